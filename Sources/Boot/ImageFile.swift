@@ -1,0 +1,54 @@
+#if canImport(Glibc)
+import Glibc
+#endif
+
+/// A kernel or initrd read into memory, with bounds-checked little-endian field access.
+public struct ImageFile: Sendable {
+    public let path: String
+    public let bytes: [UInt8]
+
+    public init(path: String, bytes: [UInt8]) { self.path = path; self.bytes = bytes }
+
+    public static func read(path: String) throws -> ImageFile {
+        let fd = open(path, O_RDONLY | O_CLOEXEC)
+        guard fd >= 0 else { throw BootError.cannotRead(path: path, reason: String(cString: strerror(errno))) }
+        defer { close(fd) }
+        var st = stat()
+        guard fstat(fd, &st) == 0 else { throw BootError.cannotRead(path: path, reason: String(cString: strerror(errno))) }
+        guard (st.st_mode & S_IFMT) == S_IFREG else { throw BootError.cannotRead(path: path, reason: "not a regular file") }
+        let size = Int(st.st_size)
+        var bytes = [UInt8](repeating: 0, count: size)
+        var done = 0
+        try bytes.withUnsafeMutableBytes { buf in
+            while done < size {
+                let n = Glibc.read(fd, buf.baseAddress! + done, size - done)
+                if n < 0 {
+                    if errno == EINTR { continue }
+                    throw BootError.cannotRead(path: path, reason: String(cString: strerror(errno)))
+                }
+                if n == 0 { break }
+                done += n
+            }
+        }
+        if done < size { bytes.removeLast(size - done) }
+        return ImageFile(path: path, bytes: bytes)
+    }
+
+    public var count: Int { bytes.count }
+
+    public func integer<T: FixedWidthInteger>(_: T.Type, at offset: Int, _ what: @autoclosure () -> String) throws -> T {
+        guard offset >= 0, offset + MemoryLayout<T>.size <= bytes.count else {
+            throw BootError.truncated(path: path, what: what())
+        }
+        var v: T = 0
+        for i in 0..<MemoryLayout<T>.size { v |= T(bytes[offset + i]) << (8 * i) }
+        return v
+    }
+
+    public func slice(_ offset: Int, _ length: Int, _ what: @autoclosure () -> String) throws -> ArraySlice<UInt8> {
+        guard offset >= 0, length >= 0, offset <= bytes.count, length <= bytes.count - offset else {
+            throw BootError.truncated(path: path, what: what())
+        }
+        return bytes[offset..<(offset + length)]
+    }
+}

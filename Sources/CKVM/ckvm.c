@@ -1,0 +1,75 @@
+#define _GNU_SOURCE
+#include "ckvm.h"
+#include <sched.h>
+#include <signal.h>
+#include <string.h>
+#include <sys/ioctl.h>
+#include <sys/syscall.h>
+#include <unistd.h>
+#include <pthread.h>
+
+const unsigned long CKVM_GET_API_VERSION = KVM_GET_API_VERSION;
+const unsigned long CKVM_CREATE_VM = KVM_CREATE_VM;
+const unsigned long CKVM_CHECK_EXTENSION = KVM_CHECK_EXTENSION;
+const unsigned long CKVM_GET_VCPU_MMAP_SIZE = KVM_GET_VCPU_MMAP_SIZE;
+const unsigned long CKVM_GET_SUPPORTED_CPUID = KVM_GET_SUPPORTED_CPUID;
+const unsigned long CKVM_GET_MSR_INDEX_LIST = KVM_GET_MSR_INDEX_LIST;
+
+const unsigned long CKVM_CREATE_VCPU = KVM_CREATE_VCPU;
+const unsigned long CKVM_SET_USER_MEMORY_REGION = KVM_SET_USER_MEMORY_REGION;
+const unsigned long CKVM_SET_TSS_ADDR = KVM_SET_TSS_ADDR;
+const unsigned long CKVM_SET_IDENTITY_MAP_ADDR = KVM_SET_IDENTITY_MAP_ADDR;
+const unsigned long CKVM_CREATE_IRQCHIP = KVM_CREATE_IRQCHIP;
+const unsigned long CKVM_CREATE_PIT2 = KVM_CREATE_PIT2;
+const unsigned long CKVM_IRQ_LINE = KVM_IRQ_LINE;
+const unsigned long CKVM_IRQFD = KVM_IRQFD;
+const unsigned long CKVM_IOEVENTFD = KVM_IOEVENTFD;
+const unsigned long CKVM_SET_GSI_ROUTING = KVM_SET_GSI_ROUTING;
+const unsigned long CKVM_ENABLE_CAP = KVM_ENABLE_CAP;
+const unsigned long CKVM_SIGNAL_MSI = KVM_SIGNAL_MSI;
+
+const unsigned long CKVM_RUN = KVM_RUN;
+const unsigned long CKVM_GET_REGS = KVM_GET_REGS;
+const unsigned long CKVM_SET_REGS = KVM_SET_REGS;
+const unsigned long CKVM_GET_SREGS = KVM_GET_SREGS;
+const unsigned long CKVM_SET_SREGS = KVM_SET_SREGS;
+const unsigned long CKVM_SET_CPUID2 = KVM_SET_CPUID2;
+const unsigned long CKVM_GET_CPUID2 = KVM_GET_CPUID2;
+const unsigned long CKVM_SET_MSRS = KVM_SET_MSRS;
+const unsigned long CKVM_GET_MSRS = KVM_GET_MSRS;
+const unsigned long CKVM_SET_FPU = KVM_SET_FPU;
+const unsigned long CKVM_GET_LAPIC = KVM_GET_LAPIC;
+const unsigned long CKVM_SET_LAPIC = KVM_SET_LAPIC;
+const unsigned long CKVM_GET_MP_STATE = KVM_GET_MP_STATE;
+const unsigned long CKVM_SET_MP_STATE = KVM_SET_MP_STATE;
+const unsigned long CKVM_TRANSLATE = KVM_TRANSLATE;
+
+int ckvm_ioctl_ptr(int fd, unsigned long request, void *arg) { return ioctl(fd, request, arg); }
+int ckvm_ioctl_val(int fd, unsigned long request, unsigned long arg) { return ioctl(fd, request, arg); }
+
+int ckvm_gettid(void) { return (int)syscall(SYS_gettid); }
+
+int ckvm_pin_current_thread(int cpu) {
+    cpu_set_t set;
+    CPU_ZERO(&set);
+    CPU_SET(cpu, &set);
+    return pthread_setaffinity_np(pthread_self(), sizeof(set), &set);
+}
+
+static void kick_handler(int signo) { (void)signo; }
+
+int ckvm_install_kick_handler(int signo) {
+    struct sigaction sa;
+    memset(&sa, 0, sizeof(sa));
+    sa.sa_handler = kick_handler;
+    sigemptyset(&sa.sa_mask);
+    sa.sa_flags = 0; // no SA_RESTART: KVM_RUN must return EINTR
+    return sigaction(signo, &sa, NULL);
+}
+
+int ckvm_block_signal(int signo, int block) {
+    sigset_t set;
+    sigemptyset(&set);
+    sigaddset(&set, signo);
+    return pthread_sigmask(block ? SIG_BLOCK : SIG_UNBLOCK, &set, NULL);
+}

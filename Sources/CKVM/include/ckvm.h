@@ -1,0 +1,93 @@
+// C shim for rtvisor: exposes <linux/kvm.h> to Swift together with the ioctl request numbers
+// (function-like macros Swift cannot import) and non-variadic wrappers. Nothing here has policy.
+#ifndef CKVM_H
+#define CKVM_H
+
+#include <stdint.h>
+#include <stddef.h>
+#include <linux/kvm.h>
+
+// ---- ioctl request numbers ----------------------------------------------------------------
+extern const unsigned long CKVM_GET_API_VERSION;
+extern const unsigned long CKVM_CREATE_VM;
+extern const unsigned long CKVM_CHECK_EXTENSION;
+extern const unsigned long CKVM_GET_VCPU_MMAP_SIZE;
+extern const unsigned long CKVM_GET_SUPPORTED_CPUID;
+extern const unsigned long CKVM_GET_MSR_INDEX_LIST;
+
+extern const unsigned long CKVM_CREATE_VCPU;
+extern const unsigned long CKVM_SET_USER_MEMORY_REGION;
+extern const unsigned long CKVM_SET_TSS_ADDR;
+extern const unsigned long CKVM_SET_IDENTITY_MAP_ADDR;
+extern const unsigned long CKVM_CREATE_IRQCHIP;
+extern const unsigned long CKVM_CREATE_PIT2;
+extern const unsigned long CKVM_IRQ_LINE;
+extern const unsigned long CKVM_IRQFD;
+extern const unsigned long CKVM_IOEVENTFD;
+extern const unsigned long CKVM_SET_GSI_ROUTING;
+extern const unsigned long CKVM_ENABLE_CAP;
+extern const unsigned long CKVM_SIGNAL_MSI;
+
+extern const unsigned long CKVM_RUN;
+extern const unsigned long CKVM_GET_REGS;
+extern const unsigned long CKVM_SET_REGS;
+extern const unsigned long CKVM_GET_SREGS;
+extern const unsigned long CKVM_SET_SREGS;
+extern const unsigned long CKVM_SET_CPUID2;
+extern const unsigned long CKVM_GET_CPUID2;
+extern const unsigned long CKVM_SET_MSRS;
+extern const unsigned long CKVM_GET_MSRS;
+extern const unsigned long CKVM_SET_FPU;
+extern const unsigned long CKVM_GET_LAPIC;
+extern const unsigned long CKVM_SET_LAPIC;
+extern const unsigned long CKVM_GET_MP_STATE;
+extern const unsigned long CKVM_SET_MP_STATE;
+extern const unsigned long CKVM_TRANSLATE;
+
+// ---- fixed-size versions of flexible-array structs (same layout as the kernel's) -----------
+#define CKVM_MAX_CPUID_ENTRIES 256
+struct ckvm_cpuid2 {
+    uint32_t nent;
+    uint32_t padding;
+    struct kvm_cpuid_entry2 entries[CKVM_MAX_CPUID_ENTRIES];
+};
+
+#define CKVM_MAX_MSR_ENTRIES 64
+struct ckvm_msrs {
+    uint32_t nmsrs;
+    uint32_t pad;
+    struct kvm_msr_entry entries[CKVM_MAX_MSR_ENTRIES];
+};
+
+#define CKVM_MAX_MSR_INDICES 1024
+struct ckvm_msr_list {
+    uint32_t nmsrs;
+    uint32_t indices[CKVM_MAX_MSR_INDICES];
+};
+
+#define CKVM_MAX_IRQ_ROUTES 1024
+struct ckvm_irq_routing {
+    uint32_t nr;
+    uint32_t flags;
+    struct kvm_irq_routing_entry entries[CKVM_MAX_IRQ_ROUTES];
+};
+
+// ---- wrappers -------------------------------------------------------------------------------
+// Each returns the ioctl's result; on -1 errno is left for the caller.
+int ckvm_ioctl_ptr(int fd, unsigned long request, void *arg);
+int ckvm_ioctl_val(int fd, unsigned long request, unsigned long arg);
+
+// kvm_run field access that Swift cannot reach through anonymous unions conveniently.
+static inline uint8_t *ckvm_run_io_data(struct kvm_run *run) {
+    return (uint8_t *)run + run->io.data_offset;
+}
+
+// Thread helpers (need _GNU_SOURCE, which must not leak into Swift's view of Glibc).
+int ckvm_gettid(void);
+int ckvm_pin_current_thread(int cpu);
+// Installs an empty handler for `signo` without SA_RESTART, so a signal sent to a vCPU thread
+// makes KVM_RUN return EINTR (how one vCPU's poweroff stops the others).
+int ckvm_install_kick_handler(int signo);
+int ckvm_block_signal(int signo, int block);
+
+#endif

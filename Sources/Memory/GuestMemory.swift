@@ -1,0 +1,153 @@
+#if canImport(Glibc)
+import Glibc
+#endif
+
+/// A guest-physical address.
+public struct GuestAddress: Hashable, Comparable, Sendable, CustomStringConvertible {
+    public let raw: UInt64
+    public init(_ raw: UInt64) { self.raw = raw }
+    public static func < (a: GuestAddress, b: GuestAddress) -> Bool { a.raw < b.raw }
+    public func adding(_ offset: UInt64) -> GuestAddress? {
+        let (sum, overflow) = raw.addingReportingOverflow(offset)
+        return overflow ? nil : GuestAddress(sum)
+    }
+    public var description: String { "0x" + String(raw, radix: 16) }
+}
+
+public enum GuestMemoryError: Error, Equatable, CustomStringConvertible {
+    /// [address, address+length) is not entirely inside one RAM region.
+    case outOfRange(address: UInt64, length: UInt64)
+    case mmapFailed(bytes: UInt64, errno: Int32)
+    case overlappingRegions
+    case invalidSize(UInt64)
+
+    public var description: String {
+        switch self {
+        case let .outOfRange(a, l): "guest memory access 0x\(String(a, radix: 16))+0x\(String(l, radix: 16)) is outside guest RAM"
+        case let .mmapFailed(b, e): "cannot map \(b / (1 << 20)) MiB of guest RAM: \(String(cString: strerror(e)))"
+        case .overlappingRegions: "guest RAM regions overlap"
+        case let .invalidSize(s): "invalid guest RAM size \(s)"
+        }
+    }
+}
+
+/// One contiguous guest-physical RAM range backed by an anonymous host mapping.
+public final class GuestMemoryRegion: @unchecked Sendable {
+    public let start: GuestAddress
+    public let size: UInt64
+    /// Host virtual address of the mapping; handed to KVM_SET_USER_MEMORY_REGION.
+    public let hostAddress: UInt64
+    private let base: UnsafeMutableRawPointer
+
+    public init(start: GuestAddress, size: UInt64, populate: Bool = false) throws {
+        guard size > 0, size % 4096 == 0 else { throw GuestMemoryError.invalidSize(size) }
+        var flags = MAP_PRIVATE | MAP_ANONYMOUS | MAP_NORESERVE
+        if populate { flags |= MAP_POPULATE }
+        let p = mmap(nil, Int(size), PROT_READ | PROT_WRITE, flags, -1, 0)
+        guard let p, p != MAP_FAILED else { throw GuestMemoryError.mmapFailed(bytes: size, errno: errno) }
+        self.base = p
+        self.start = start
+        self.size = size
+        self.hostAddress = UInt64(UInt(bitPattern: p))
+    }
+
+    deinit { munmap(base, Int(size)) }
+
+    public var end: UInt64 { start.raw + size }
+
+    func contains(_ address: UInt64, length: UInt64) -> Bool {
+        guard address >= start.raw else { return false }
+        let (last, overflow) = address.addingReportingOverflow(length)
+        return !overflow && last <= end
+    }
+
+    func pointer(_ address: UInt64) -> UnsafeMutableRawPointer { base + Int(address - start.raw) }
+}
+
+/// All of a VM's RAM. Every access is bounds-checked against the regions, so a guest-supplied
+/// address can never reach host memory outside the mappings.
+public final class GuestMemory: @unchecked Sendable {
+    public let regions: [GuestMemoryRegion]
+
+    /// Where 32-bit MMIO (PCI BARs, LAPIC, IOAPIC, platform devices) lives: RAM skips it.
+    public static let mmioHoleStart: UInt64 = 0xC000_0000
+    public static let mmioHoleEnd: UInt64 = 0x1_0000_0000
+
+    public init(regions: [GuestMemoryRegion]) throws {
+        let sorted = regions.sorted { $0.start < $1.start }
+        for (a, b) in zip(sorted, sorted.dropFirst()) where a.end > b.start.raw {
+            throw GuestMemoryError.overlappingRegions
+        }
+        self.regions = sorted
+    }
+
+    /// RAM of `bytes` laid out around the 32-bit MMIO hole: low part below 3 GiB, rest above 4 GiB.
+    public static func standard(bytes: UInt64, populate: Bool = false) throws -> GuestMemory {
+        guard bytes >= 1 << 20, bytes % 4096 == 0 else { throw GuestMemoryError.invalidSize(bytes) }
+        let low = min(bytes, mmioHoleStart)
+        var regions = [try GuestMemoryRegion(start: GuestAddress(0), size: low, populate: populate)]
+        if bytes > low {
+            regions.append(try GuestMemoryRegion(start: GuestAddress(mmioHoleEnd), size: bytes - low, populate: populate))
+        }
+        return try GuestMemory(regions: regions)
+    }
+
+    public var totalSize: UInt64 { regions.reduce(0) { $0 + $1.size } }
+
+    /// The highest address + 1 of RAM below the MMIO hole.
+    public var lowRAMEnd: UInt64 { regions.first { $0.start.raw < Self.mmioHoleStart }?.end ?? 0 }
+
+    public func contains(_ address: GuestAddress, length: UInt64 = 1) -> Bool {
+        region(for: address.raw, length: length) != nil
+    }
+
+    private func region(for address: UInt64, length: UInt64) -> GuestMemoryRegion? {
+        for r in regions where r.contains(address, length: length) { return r }
+        return nil
+    }
+
+    private func checkedPointer(_ address: GuestAddress, _ length: Int) throws -> UnsafeMutableRawPointer {
+        guard length >= 0, let r = region(for: address.raw, length: UInt64(length)) else {
+            throw GuestMemoryError.outOfRange(address: address.raw, length: UInt64(max(length, 0)))
+        }
+        return r.pointer(address.raw)
+    }
+
+    public func write(_ bytes: some Collection<UInt8>, at address: GuestAddress) throws {
+        let p = try checkedPointer(address, bytes.count)
+        var i = 0
+        for b in bytes { p.storeBytes(of: b, toByteOffset: i, as: UInt8.self); i += 1 }
+    }
+
+    public func write(_ bytes: UnsafeRawBufferPointer, at address: GuestAddress) throws {
+        let p = try checkedPointer(address, bytes.count)
+        if let src = bytes.baseAddress { p.copyMemory(from: src, byteCount: bytes.count) }
+    }
+
+    public func read(_ count: Int, at address: GuestAddress) throws -> [UInt8] {
+        let p = try checkedPointer(address, count)
+        return [UInt8](UnsafeRawBufferPointer(start: p, count: count))
+    }
+
+    /// Copies guest memory into `buffer`.
+    public func read(into buffer: UnsafeMutableRawBufferPointer, at address: GuestAddress) throws {
+        let p = try checkedPointer(address, buffer.count)
+        if let dst = buffer.baseAddress { dst.copyMemory(from: p, byteCount: buffer.count) }
+    }
+
+    public func fill(_ value: UInt8, count: Int, at address: GuestAddress) throws {
+        let p = try checkedPointer(address, count)
+        memset(p, Int32(value), count)
+    }
+
+    /// Little-endian integer access (x86 guests are little-endian).
+    public func writeInteger<T: FixedWidthInteger>(_ value: T, at address: GuestAddress) throws {
+        let p = try checkedPointer(address, MemoryLayout<T>.size)
+        p.storeBytes(of: value.littleEndian, as: T.self)
+    }
+
+    public func readInteger<T: FixedWidthInteger>(_: T.Type = T.self, at address: GuestAddress) throws -> T {
+        let p = try checkedPointer(address, MemoryLayout<T>.size)
+        return T(littleEndian: p.loadUnaligned(as: T.self))
+    }
+}
