@@ -37,57 +37,77 @@ bool lapic_send_ipi(u32 apic_id, u32 icr_lo)
 static bool calibrate_ch2(u64 *cycles)
 {
 	const u32 count = PIT_HZ * CALIB_MS / 1000;
-	u64 t0, t1;
+	u64 t0, t1, before;
 
 	outb(0x61, (inb(0x61) & ~0x02) | 0x01);	/* gate 2 on, speaker off */
 	outb(0x43, 0xb0);			/* channel 2, lo/hi byte, mode 0 */
 	outb(0x42, count & 0xff);
-	outb(0x42, count >> 8);
-	t0 = rdtsc();
+	before = rdtsc();
+	outb(0x42, count >> 8);			/* counting starts here */
+	/* Port accesses may be slow exits: date events at the access midpoint. */
+	t0 = before + (rdtsc() - before) / 2;
 	/* Mode 0: OUT2 is low while counting and goes high at terminal count. */
 	if (inb(0x61) & 0x20)
 		return false;			/* nothing behind port 0x61 */
 	do {
-		t1 = rdtsc();
-		if (t1 - t0 > 1000000000ULL)	/* ~0.3-1 s: give up */
+		before = rdtsc();
+		if (before - t0 > 1000000000ULL)	/* ~0.3-1 s: give up */
 			return false;
 	} while (!(inb(0x61) & 0x20));
+	t1 = before + (rdtsc() - before) / 2;
 	*cycles = t1 - t0;
 	return true;
 }
 
-/* Channel 0 read back through the latch command: needs only ports 0x40/0x43. */
+/* Channel 0 read back with the latch command: needs only ports 0x40/0x43. */
+static u32 pit_ch0_read(u64 *tsc)
+{
+	u64 before = rdtsc();
+	u32 v;
+
+	outb(0x43, 0x00);			/* latch channel 0 */
+	v = inb(0x40);
+	v |= (u32)inb(0x40) << 8;
+	/* Each access may be a slow exit: date the sample at the latch's midpoint. */
+	*tsc = before + (rdtsc() - before) / 2;
+	return v;
+}
+
 static bool calibrate_ch0(u64 *cycles)
 {
 	const u32 count = PIT_HZ * CALIB_MS / 1000;
-	u32 elapsed;
+	u32 start, now;
 	u64 t0, t1;
 
 	outb(0x43, 0x30);			/* channel 0, lo/hi byte, mode 0 */
 	outb(0x40, 0xff);
 	outb(0x40, 0xff);
-	t0 = rdtsc();
+	/* Time from the first sample, not from programming: no start-up latency. */
+	start = pit_ch0_read(&t0);
 	do {
-		t1 = rdtsc();
+		now = pit_ch0_read(&t1);
 		if (t1 - t0 > 100000000ULL)	/* ~30-100 ms: it is not counting */
 			return false;
-		outb(0x43, 0x00);		/* latch channel 0 */
-		elapsed = inb(0x40);
-		elapsed = 0xffff - (elapsed | (u32)inb(0x40) << 8);
-	} while (elapsed < count);
-	*cycles = t1 - t0;
+	} while (now > start || start - now < count);
+	/* Scale to exactly CALIB_MS worth of PIT ticks. */
+	*cycles = (t1 - t0) * count / (start - now);
 	return true;
 }
 
 bool timer_init(void)
 {
-	u64 cycles;
+	u64 c[3], t;
 
-	if (!calibrate_ch2(&cycles) && !calibrate_ch0(&cycles))
+	/* Median of three: one run can be skewed when the host preempts us. */
+	for (int i = 0; i < 3; i++)
+		if (!calibrate_ch2(&c[i]) && !calibrate_ch0(&c[i]))
+			return false;
+	if (c[0] > c[1]) { t = c[0]; c[0] = c[1]; c[1] = t; }
+	if (c[1] > c[2]) { t = c[1]; c[1] = c[2]; c[2] = t; }
+	if (c[0] > c[1]) { t = c[0]; c[0] = c[1]; c[1] = t; }
+	if (c[1] < CALIB_MS * 1000ULL)		/* < 1 MHz: nonsense */
 		return false;
-	if (cycles < CALIB_MS * 1000ULL)	/* < 1 MHz: nonsense */
-		return false;
-	tsc_khz = cycles / CALIB_MS;
+	tsc_khz = c[1] / CALIB_MS;
 	return true;
 }
 
