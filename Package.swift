@@ -31,7 +31,7 @@ let package = Package(
         .target(name: "Config", dependencies: ["Arch"]),
         // Wires one VM: memory, vCPU threads, devices, lifecycle.
         .target(name: "VMM", dependencies: [
-            "KVM", "Memory", "Arch", "Boot", "Devices", "Config",
+            "CKVM", "KVM", "Memory", "Arch", "Boot", "Devices", "Config",
             .product(name: "Logging", package: "swift-log"),
             .product(name: "SystemPackage", package: "swift-system"),
         ]),

@@ -20,6 +20,26 @@ public struct CPUIDPolicy: Sendable, Equatable {
         ("smap", "user-copy paths bracket accesses with `clac`/`stac`"),
     ]
 
+    /// Measured on the nested `kvm_pvm` host: its guests see XSAVE, POPCNT, SMAP (and AVX, RDRAND,
+    /// RDSEED, FSGSBASE) as the host has them whatever KVM_SET_CPUID2 says; only CX16, PCID and
+    /// INVPCID masks reach the guest. So for Linux guests the template also turns the features off
+    /// from the kernel's side, with these command-line parameters (Linux applies them before it
+    /// patches in the instructions).
+    public static func linuxParameters(for hidden: [CPUFeature]) -> [String] {
+        let names = Set(hidden.map(\.name))
+        var params: [String] = []
+        if names.contains("xsave") { params.append("noxsave") }
+        let cleared = ["cx16", "popcnt", "smap"].filter { names.contains($0) }
+        if !cleared.isEmpty { params.append("clearcpuid=" + cleared.joined(separator: ",")) }
+        return params
+    }
+
+    /// Parameters to add to a Linux guest's command line (empty unless the template is `emulating-kvm`).
+    public func linuxCommandLineAdditions(hostEmulatesRing0: Bool) -> [String] {
+        guard effectiveTemplate(hostEmulatesRing0: hostEmulatesRing0) == .emulatingKVM else { return [] }
+        return Self.linuxParameters(for: hiddenFeatures(hostEmulatesRing0: hostEmulatesRing0))
+    }
+
     public let template: CPUTemplate
     public let disabledFeatures: [String]
 

@@ -15,6 +15,8 @@ public struct ELFKernel: Sendable {
     /// The 32-bit entry from the PVH note (XEN_ELFNOTE_PHYS32_ENTRY), if the image has one.
     public let pvhEntry: UInt64?
     public let is64Bit: Bool
+    /// Owners of the image's ELF notes ("Xen", "Linux", "GNU", …).
+    public let noteNames: Set<String>
 
     static let elfMagic: [UInt8] = [0x7F, 0x45, 0x4C, 0x46]
     static let ptLoad: UInt32 = 1
@@ -56,6 +58,7 @@ public struct ELFKernel: Sendable {
 
         var segments: [Segment] = []
         var pvh: UInt64? = nil
+        var noteNames = Set<String>()
         for i in 0..<phnum {
             let h = phoff + i * phentsize
             let type = try image.integer(UInt32.self, at: h, "program header \(i)")
@@ -78,7 +81,9 @@ public struct ELFKernel: Sendable {
                 segments.append(Segment(fileOffset: offset, fileSize: filesz, physicalAddress: paddr, memorySize: memsz))
             case Self.ptNote:
                 let notes = try image.slice(offset, filesz, "note segment \(i)")
-                if let e = try Self.pvhEntry(in: notes, image: image) { pvh = e }
+                let found = try Self.scanNotes(notes, image: image)
+                if let e = found.pvhEntry { pvh = e }
+                noteNames.formUnion(found.names)
             default:
                 continue
             }
@@ -88,10 +93,13 @@ public struct ELFKernel: Sendable {
         self.entry = entry
         self.pvhEntry = pvh
         self.is64Bit = is64
+        self.noteNames = noteNames
     }
 
     /// Walks ELF notes (namesz, descsz, type, name, desc; each padded to 4 bytes).
-    static func pvhEntry(in notes: ArraySlice<UInt8>, image: ImageFile) throws -> UInt64? {
+    static func scanNotes(_ notes: ArraySlice<UInt8>, image: ImageFile) throws -> (pvhEntry: UInt64?, names: Set<String>) {
+        var names = Set<String>()
+        var pvh: UInt64? = nil
         var off = notes.startIndex
         let end = notes.endIndex
         while off + 12 <= end {
@@ -105,13 +113,14 @@ public struct ELFKernel: Sendable {
                 throw BootError.truncated(path: image.path, what: "ELF note")
             }
             let name = image.bytes[nameOff..<(nameOff + namesz)].prefix { $0 != 0 }
+            names.insert(String(decoding: name, as: UTF8.self))
             if Array(name) == Array("Xen".utf8), type == xenElfNotePhys32Entry {
-                if descsz >= 8 { return try image.integer(UInt64.self, at: descOff, "PVH entry note") }
-                if descsz >= 4 { return UInt64(try image.integer(UInt32.self, at: descOff, "PVH entry note")) }
+                if descsz >= 8 { pvh = try image.integer(UInt64.self, at: descOff, "PVH entry note") }
+                else if descsz >= 4 { pvh = UInt64(try image.integer(UInt32.self, at: descOff, "PVH entry note")) }
             }
             off = next
         }
-        return nil
+        return (pvh, names)
     }
 
     /// Copies the segments into guest memory; returns the first byte after the highest segment.

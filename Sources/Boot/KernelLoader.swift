@@ -22,6 +22,13 @@ public struct BootImages: Sendable {
 
 /// Lays a kernel, initrd, command line and the boot tables into guest memory.
 public enum KernelLoader {
+    /// A bzImage, or an ELF carrying a "Linux" note (vmlinux has one since 4.19; inmates don't).
+    public static func looksLikeLinux(_ image: ImageFile) -> Bool {
+        if BzImage.isBzImage(image) { return true }
+        guard ELFKernel.isELF(image), let elf = try? ELFKernel(parsing: image) else { return false }
+        return elf.noteNames.contains("Linux")
+    }
+
     /// Loads everything and returns the entry state for the boot vCPU.
     public static func load(_ images: BootImages, into memory: GuestMemory, vcpus: Int) throws -> EntryState {
         let cmdline = Array(images.commandLine.utf8) + [0]

@@ -73,3 +73,5 @@ int ckvm_block_signal(int signo, int block) {
     sigaddset(&set, signo);
     return pthread_sigmask(block ? SIG_BLOCK : SIG_UNBLOCK, &set, NULL);
 }
+
+int ckvm_set_thread_name(const char *name) { return pthread_setname_np(pthread_self(), name); }

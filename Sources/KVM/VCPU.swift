@@ -137,10 +137,16 @@ public final class VCPU: @unchecked Sendable {
     }
 
     public func run() throws -> VCPUExit {
-        do {
-            try IOCtl.call(fd, CKVM_RUN, "KVM_RUN", nil, interruptible: true)
-        } catch let e as KVMError where e.errno == .interrupted {
-            return .interrupted
+        while true {
+            do {
+                try IOCtl.call(fd, CKVM_RUN, "KVM_RUN", nil, interruptible: true)
+                break
+            } catch let e as KVMError where e.errno == .interrupted {
+                return .interrupted
+            } catch let e as KVMError where e.errno == .resourceTemporarilyUnavailable {
+                // An AP leaving wait-for-SIPI returns EAGAIN once; running again starts it.
+                continue
+            }
         }
         let r = runState.pointee
         let raw = UnsafeMutableRawPointer(runState)
@@ -150,9 +156,8 @@ public final class VCPU: @unchecked Sendable {
             return .portIO(PortIO(port: io.port, size: Int(io.size), count: Int(io.count),
                                   isWrite: io.direction == UInt8(KVM_EXIT_IO_OUT), data: raw + Int(io.data_offset)))
         case KVM_EXIT_MMIO:
-            let dataOffset = MemoryLayout<kvm_run>.offset(of: \kvm_run.mmio.data)!
             return .mmio(MMIOAccess(address: r.mmio.phys_addr, size: Int(r.mmio.len), isWrite: r.mmio.is_write != 0,
-                                    data: raw + dataOffset))
+                                    data: UnsafeMutableRawPointer(ckvm_run_mmio_data(runState))))
         case KVM_EXIT_HLT: return .halt
         case KVM_EXIT_SHUTDOWN: return .shutdown
         case KVM_EXIT_SYSTEM_EVENT: return .systemEvent(type: r.system_event.type)

@@ -78,8 +78,8 @@ int ckvm_ioctl_ptr(int fd, unsigned long request, void *arg);
 int ckvm_ioctl_val(int fd, unsigned long request, unsigned long arg);
 
 // kvm_run field access that Swift cannot reach through anonymous unions conveniently.
-static inline uint8_t *ckvm_run_io_data(struct kvm_run *run) {
-    return (uint8_t *)run + run->io.data_offset;
+static inline uint8_t *ckvm_run_mmio_data(struct kvm_run *run) {
+    return run->mmio.data;
 }
 
 // Thread helpers (need _GNU_SOURCE, which must not leak into Swift's view of Glibc).
@@ -89,5 +89,6 @@ int ckvm_pin_current_thread(int cpu);
 // makes KVM_RUN return EINTR (how one vCPU's poweroff stops the others).
 int ckvm_install_kick_handler(int signo);
 int ckvm_block_signal(int signo, int block);
+int ckvm_set_thread_name(const char *name);
 
 #endif

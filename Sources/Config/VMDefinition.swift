@@ -1,0 +1,209 @@
+import Arch
+#if canImport(FoundationEssentials)
+import FoundationEssentials
+#else
+import Foundation
+#endif
+#if canImport(Glibc)
+import Glibc
+#endif
+
+/// One problem in a definition: where (file and JSON path) and why.
+public struct DefinitionIssue: Equatable, Sendable, CustomStringConvertible {
+    public let file: String
+    public let path: String
+    public let reason: String
+    public var description: String { "\(file): \(path): \(reason)" }
+}
+
+/// A definition that failed validation; lists every problem found, not just the first.
+public struct DefinitionError: Error, Equatable, CustomStringConvertible {
+    public let issues: [DefinitionIssue]
+    public var description: String { issues.map(\.description).joined(separator: "\n") }
+}
+
+public struct CPUSettings: Equatable, Sendable {
+    public var template: CPUTemplate = .auto
+    public var disableFeatures: [String] = []
+    public init(template: CPUTemplate = .auto, disableFeatures: [String] = []) {
+        self.template = template; self.disableFeatures = disableFeatures
+    }
+    public var policy: CPUIDPolicy { CPUIDPolicy(template: template, disabledFeatures: disableFeatures) }
+}
+
+/// A validated VM definition (`/etc/rtvisor/vms/NAME.json`). Paths are absolute.
+public struct VMDefinition: Equatable, Sendable {
+    public var name: String
+    public var vcpus: Int
+    public var memoryMiB: Int
+    public var kernel: String
+    public var initrd: String?
+    public var cmdline: String
+    public var cpu: CPUSettings
+
+    public static let vcpuRange = 1...254
+    public static let memoryRange = 8...(1 << 20)
+    public static let cmdlineMax = 0xFFFF
+    public static let knownKeys: Set<String> = ["name", "vcpus", "memory_mib", "kernel", "initrd", "cmdline", "cpu"]
+    public static let cpuKeys: Set<String> = ["template", "disable_features"]
+
+    public init(name: String, vcpus: Int = 1, memoryMiB: Int = 128, kernel: String, initrd: String? = nil,
+                cmdline: String = "", cpu: CPUSettings = CPUSettings()) {
+        self.name = name; self.vcpus = vcpus; self.memoryMiB = memoryMiB; self.kernel = kernel
+        self.initrd = initrd; self.cmdline = cmdline; self.cpu = cpu
+    }
+
+    /// Reads and validates the definition at `path`.
+    public static func load(path: String) throws -> VMDefinition {
+        let data: Data
+        do {
+            data = try Data(contentsOf: URL(fileURLWithPath: path))
+        } catch {
+            throw DefinitionError(issues: [DefinitionIssue(file: path, path: "$", reason: "cannot read file: \(Self.reason(for: path))")])
+        }
+        let dir = path.contains("/") ? String(path[..<path.lastIndex(of: "/")!]) : "."
+        return try parse(data, file: path, baseDirectory: dir)
+    }
+
+    static func reason(for path: String) -> String {
+        var st = stat()
+        if stat(path, &st) != 0 { return String(cString: strerror(errno)) }
+        if (st.st_mode & S_IFMT) == S_IFDIR { return "is a directory" }
+        return "unreadable"
+    }
+
+    /// Validates JSON text; relative file paths are resolved against `baseDirectory`.
+    public static func parse(_ data: Data, file: String, baseDirectory: String, checkFiles: Bool = true) throws -> VMDefinition {
+        let root: JSONValue
+        do {
+            root = try JSONValue.parse(data)
+        } catch let DecodingError.dataCorrupted(ctx) {
+            let detail = (ctx.underlyingError.map { "\($0)" } ?? ctx.debugDescription)
+            throw DefinitionError(issues: [DefinitionIssue(file: file, path: "$", reason: "invalid JSON: \(Self.cleanJSONError(detail))")])
+        } catch {
+            throw DefinitionError(issues: [DefinitionIssue(file: file, path: "$", reason: "invalid JSON: \(error)")])
+        }
+        var v = Validator(file: file, baseDirectory: baseDirectory, checkFiles: checkFiles)
+        let def = v.definition(root)
+        if !v.issues.isEmpty { throw DefinitionError(issues: v.issues) }
+        return def!
+    }
+
+    static func cleanJSONError(_ s: String) -> String {
+        // Foundation wraps the useful part ("Unexpected character … around line 3, column 5.") in noise.
+        let marker = "NSDebugDescription="
+        guard let start = s.indices.first(where: { s[$0...].hasPrefix(marker) }) else { return s }
+        let rest = s[s.index(start, offsetBy: marker.count)...]
+        return String(rest.prefix { $0 != "," && $0 != ")" })
+    }
+}
+
+/// Walks the JSON tree collecting issues with their JSON paths.
+struct Validator {
+    let file: String
+    let baseDirectory: String
+    let checkFiles: Bool
+    var issues: [DefinitionIssue] = []
+
+    mutating func fail(_ path: String, _ reason: String) { issues.append(DefinitionIssue(file: file, path: path, reason: reason)) }
+
+    mutating func definition(_ root: JSONValue) -> VMDefinition? {
+        guard case let .object(o) = root else { fail("$", "must be a JSON object, got \(root.kindDescription)"); return nil }
+        for key in o.keys.sorted() where !VMDefinition.knownKeys.contains(key) {
+            fail("$.\(key)", "unknown key" + suggestion(key, VMDefinition.knownKeys))
+        }
+        let name = string(o, "name", required: true) ?? ""
+        if o["name"] != nil, !name.isEmpty {
+            let ok = name.count <= 64 && name.unicodeScalars.allSatisfy { ("a"..."z").contains($0) || ("A"..."Z").contains($0) || ("0"..."9").contains($0) || $0 == "-" || $0 == "_" }
+            if !ok { fail("$.name", "must be 1–64 characters of letters, digits, '-' and '_', got \"\(name)\"") }
+        } else if o["name"] != nil {
+            fail("$.name", "must not be empty")
+        }
+        let vcpus = integer(o, "vcpus", range: VMDefinition.vcpuRange) ?? 1
+        let memory = integer(o, "memory_mib", range: VMDefinition.memoryRange, required: true) ?? 0
+        let kernel = file(o, "kernel", required: true)
+        let initrd = file(o, "initrd", required: false)
+        let cmdline = string(o, "cmdline", required: false) ?? ""
+        if cmdline.utf8.count > VMDefinition.cmdlineMax { fail("$.cmdline", "is \(cmdline.utf8.count) bytes, the limit is \(VMDefinition.cmdlineMax)") }
+        let cpu = cpuSettings(o["cpu"])
+        return VMDefinition(name: name, vcpus: vcpus, memoryMiB: memory, kernel: kernel ?? "", initrd: initrd,
+                            cmdline: cmdline, cpu: cpu)
+    }
+
+    mutating func cpuSettings(_ value: JSONValue?) -> CPUSettings {
+        var settings = CPUSettings()
+        guard let value else { return settings }
+        guard case let .object(o) = value else { fail("$.cpu", "must be an object, got \(value.kindDescription)"); return settings }
+        for key in o.keys.sorted() where !VMDefinition.cpuKeys.contains(key) {
+            fail("$.cpu.\(key)", "unknown key" + suggestion(key, VMDefinition.cpuKeys))
+        }
+        if let t = o["template"] {
+            if case let .string(s) = t, let template = CPUTemplate(rawValue: s) { settings.template = template }
+            else { fail("$.cpu.template", "must be one of \(CPUTemplate.allCases.map { "\"\($0.rawValue)\"" }.joined(separator: ", ")), got \(t.kindDescription)") }
+        }
+        if let f = o["disable_features"] {
+            guard case let .array(items) = f else { fail("$.cpu.disable_features", "must be an array of feature names, got \(f.kindDescription)"); return settings }
+            for (i, item) in items.enumerated() {
+                guard case let .string(s) = item else { fail("$.cpu.disable_features[\(i)]", "must be a string, got \(item.kindDescription)"); continue }
+                if CPUFeature.named(s) == nil {
+                    fail("$.cpu.disable_features[\(i)]", "unknown CPU feature \"\(s)\"" + suggestion(s.lowercased(), Set(CPUFeature.byName.keys)))
+                } else {
+                    settings.disableFeatures.append(s.lowercased())
+                }
+            }
+        }
+        return settings
+    }
+
+    mutating func string(_ o: [String: JSONValue], _ key: String, required: Bool) -> String? {
+        guard let v = o[key] else { if required { fail("$.\(key)", "is required") }; return nil }
+        guard case let .string(s) = v else { fail("$.\(key)", "must be a string, got \(v.kindDescription)"); return nil }
+        return s
+    }
+
+    mutating func integer(_ o: [String: JSONValue], _ key: String, range: ClosedRange<Int>, required: Bool = false) -> Int? {
+        guard let v = o[key] else { if required { fail("$.\(key)", "is required") }; return nil }
+        guard case let .integer(i) = v, let n = Int(exactly: i), range.contains(n) else {
+            fail("$.\(key)", "must be an integer from \(range.lowerBound) to \(range.upperBound), got \(v.kindDescription)")
+            return nil
+        }
+        return n
+    }
+
+    mutating func file(_ o: [String: JSONValue], _ key: String, required: Bool) -> String? {
+        guard let s = string(o, key, required: required) else { return nil }
+        guard !s.isEmpty else { fail("$.\(key)", "must not be empty"); return nil }
+        let path = s.hasPrefix("/") ? s : baseDirectory + "/" + s
+        if checkFiles {
+            var st = stat()
+            if stat(path, &st) != 0 {
+                fail("$.\(key)", "\(path): \(String(cString: strerror(errno)))")
+                return nil
+            }
+            if (st.st_mode & S_IFMT) != S_IFREG { fail("$.\(key)", "\(path): not a regular file"); return nil }
+            if access(path, R_OK) != 0 { fail("$.\(key)", "\(path): not readable: \(String(cString: strerror(errno)))"); return nil }
+        }
+        return path
+    }
+
+    /// " (did you mean "x"?)" when a key is one edit or transposition away from a known one.
+    func suggestion(_ key: String, _ known: Set<String>) -> String {
+        let best = known.map { ($0, editDistance(key, $0)) }.min { $0.1 < $1.1 || ($0.1 == $1.1 && $0.0 < $1.0) }
+        if let best, best.1 <= 2 { return " (did you mean \"\(best.0)\"?)" }
+        return ""
+    }
+
+    func editDistance(_ a: String, _ b: String) -> Int {
+        let a = Array(a), b = Array(b)
+        if a.isEmpty || b.isEmpty { return max(a.count, b.count) }
+        var prev = Array(0...b.count)
+        for i in 1...a.count {
+            var cur = [i] + Array(repeating: 0, count: b.count)
+            for j in 1...b.count {
+                cur[j] = min(prev[j] + 1, cur[j - 1] + 1, prev[j - 1] + (a[i - 1] == b[j - 1] ? 0 : 1))
+            }
+            prev = cur
+        }
+        return prev[b.count]
+    }
+}

@@ -1,0 +1,276 @@
+import Arch
+import Boot
+import Config
+import Devices
+import KVM
+import Logging
+import Memory
+import CKVM
+#if canImport(Glibc)
+import Glibc
+#endif
+
+/// Fixed guest-physical addresses of the platform (see docs/architecture.md).
+public enum PlatformLayout {
+    /// KVM needs three pages for the VMX real-mode TSS and one for the identity map, inside the MMIO hole.
+    static let tssAddress: UInt64 = 0xFFFB_D000
+    static let identityMapAddress: UInt64 = 0xFFFB_C000
+    public static let bootMarker: UInt64 = 0xD000_0000
+    public static let exitPort: UInt64 = 0xF4
+    public static let com1: UInt64 = 0x3F8
+    public static let com1IRQ: UInt32 = 4
+    public static let i8042: UInt64 = 0x60
+    public static let cmos: UInt64 = 0x70
+}
+
+/// Options of one run that are not part of the VM definition.
+public struct RunOptions: Sendable {
+    /// Feed stdin to the serial port (foreground mode).
+    public var consoleInput: Bool
+    public var console: ConsoleOutput
+    public init(consoleInput: Bool = true, console: ConsoleOutput = ConsoleOutput()) {
+        self.consoleInput = consoleInput; self.console = console
+    }
+}
+
+/// The interrupt line of the in-kernel PIC/IOAPIC for one IRQ.
+struct KVMInterruptLine: InterruptLine {
+    let vm: VirtualMachine
+    let irq: UInt32
+    let logger: Logger
+    func setLevel(_ high: Bool) {
+        do { try vm.setIRQLine(irq, high: high) } catch { logger.error("IRQ \(irq): \(error)") }
+    }
+}
+
+/// One VM: its KVM handles, memory, devices and vCPUs. Built by `init`, run once by `run()`.
+public final class Machine: @unchecked Sendable {
+    public let definition: VMDefinition
+    let logger: Logger
+    let system: KVMSystem
+    let vm: VirtualMachine
+    public let memory: GuestMemory
+    let pio: Bus
+    let mmio: Bus
+    let vcpus: [VCPU]
+    let serial: Serial8250
+    let stop = StopController()
+    let options: RunOptions
+    /// When the VM was created; the boot marker is reported relative to it.
+    public let createdAt: UInt64
+    public let processStartedAt: UInt64?
+
+    public init(definition def: VMDefinition, options: RunOptions = RunOptions(), logger: Logger,
+                processStartedAt: UInt64? = nil) throws {
+        self.definition = def
+        self.options = options
+        self.logger = logger
+        self.processStartedAt = processStartedAt
+
+        let system = try KVMSystem()
+        for (cap, name) in [(KVMCapability.irqchip, "KVM_CAP_IRQCHIP"), (KVMCapability.userMemory, "KVM_CAP_USER_MEMORY"),
+                            (KVMCapability.setTSSAddress, "KVM_CAP_SET_TSS_ADDR"), (KVMCapability.pit2, "KVM_CAP_PIT2"),
+                            (KVMCapability.extCPUID, "KVM_CAP_EXT_CPUID"), (KVMCapability.immediateExit, "KVM_CAP_IMMEDIATE_EXIT")] {
+            try system.require(cap, name)
+        }
+        let maxVCPUs = Int(system.checkExtension(KVMCapability.maxVCPUs))
+        if maxVCPUs > 0 && def.vcpus > maxVCPUs {
+            throw VMMError.setup("\(def.vcpus) vCPUs requested, this host's KVM allows \(maxVCPUs)")
+        }
+        // Read the images first: a missing or broken kernel fails before anything is created.
+        let kernel = try ImageFile.read(path: def.kernel)
+        let emulating = KVMSystem.hostEmulatesRing0
+        let policy = def.cpu.policy
+        var cmdline = def.cmdline
+        if KernelLoader.looksLikeLinux(kernel) {
+            let existing = Set(cmdline.split(separator: " ").map(String.init))
+            let additions = policy.linuxCommandLineAdditions(hostEmulatesRing0: emulating).filter { !existing.contains($0) }
+            if !additions.isEmpty {
+                logger.info("CPU template emulating-kvm: this host ignores some CPUID masks, adding kernel parameters: \(additions.joined(separator: " "))")
+                cmdline += (cmdline.isEmpty ? "" : " ") + additions.joined(separator: " ")
+            }
+        }
+        let images = BootImages(kernel: kernel, initrd: try def.initrd.map { try ImageFile.read(path: $0) },
+                                commandLine: cmdline)
+        self.system = system
+        let vm = try system.createVM()
+        self.vm = vm
+        self.createdAt = monotonicNanoseconds()
+        try vm.setTSSAddress(PlatformLayout.tssAddress)
+        try vm.setIdentityMapAddress(PlatformLayout.identityMapAddress)
+        try vm.createIRQChip()
+        try vm.createPIT()
+
+        let memory = try GuestMemory.standard(bytes: UInt64(def.memoryMiB) << 20)
+        self.memory = memory
+        for (slot, region) in memory.regions.enumerated() {
+            try vm.setUserMemoryRegion(slot: UInt32(slot), guestAddress: region.start.raw, size: region.size, hostAddress: region.hostAddress)
+        }
+        let entry = try KernelLoader.load(images, into: memory, vcpus: def.vcpus)
+
+        // Devices. They report guest requests to the stop controller, never to KVM.
+        let stop = self.stop
+        let onRequest: @Sendable (GuestRequest) -> Void = { req in
+            switch req {
+            case .powerOff: stop.request(.powerOff)
+            case .reset: stop.request(.reset)
+            case let .failure(code): stop.request(.guestFailure(code: code))
+            }
+        }
+        let console = options.console
+        serial = Serial8250(interrupt: KVMInterruptLine(vm: vm, irq: PlatformLayout.com1IRQ, logger: logger),
+                            output: { console.write($0) })
+        let created = createdAt
+        let started = processStartedAt
+        let name = def.name
+        let markerLogger = logger
+        let marker = BootMarker {
+            let now = monotonicNanoseconds()
+            var line = "boot marker: guest \(name) signalled ready \(Self.ms(now - created)) ms after VM creation"
+            if let started { line += ", \(Self.ms(now - started)) ms after process start" }
+            markerLogger.notice("\(line)")
+        }
+        pio = try Bus(name: "pio", ranges: [
+            .init(base: PlatformLayout.i8042, length: 5, name: "i8042", device: I8042(onRequest: onRequest)),
+            .init(base: PlatformLayout.cmos, length: 2, name: "cmos", device: CMOSClock()),
+            .init(base: PlatformLayout.exitPort, length: 1, name: "exit-port", device: ExitPort(onRequest: onRequest)),
+            .init(base: PlatformLayout.com1, length: 8, name: "com1", device: serial),
+        ])
+        mmio = try Bus(name: "mmio", ranges: [
+            .init(base: PlatformLayout.bootMarker, length: 0x1000, name: "boot-marker", device: marker),
+        ])
+
+        // vCPUs: CPUID from the policy, boot MSRs, FPU, LAPIC LINT pins; registers on the BSP only,
+        // APs wait for INIT/SIPI in the in-kernel LAPIC.
+        let supported = try system.supportedCPUID()
+        let hidden = policy.hiddenFeatures(hostEmulatesRing0: emulating).map(\.name)
+        logger.info("CPU template \(policy.effectiveTemplate(hostEmulatesRing0: emulating).rawValue), hidden features: \(hidden.isEmpty ? "none" : hidden.joined(separator: ","))")
+        var vcpus: [VCPU] = []
+        for id in 0..<def.vcpus {
+            let vcpu = try vm.createVCPU(id: id)
+            try vcpu.setCPUID(policy.apply(to: supported, vcpuID: id, vcpuCount: def.vcpus, hostEmulatesRing0: emulating))
+            try vcpu.setMSRs(MSR.bootValues)
+            try vcpu.initFPU()
+            try vcpu.setupLocalInterrupts()
+            if id == 0 {
+                let (regs, sregs) = KernelLoader.registers(for: entry)
+                try vcpu.setSpecialRegisters(sregs)
+                try vcpu.setRegisters(regs)
+            }
+            vcpus.append(vcpu)
+            stop.register(vcpu)
+        }
+        self.vcpus = vcpus
+        logger.info("VM \(def.name): \(def.vcpus) vCPU(s), \(def.memoryMiB) MiB, entry \(entry)")
+    }
+
+    static func ms(_ ns: UInt64) -> String {
+        let tenths = ns / 100_000
+        return "\(tenths / 10).\(tenths % 10)"
+    }
+
+    /// Runs the guest until it stops; returns why.
+    public func run() -> StopReason {
+        ckvm_install_kick_handler(VCPU.kickSignal)
+        let terminal = TerminalMode(rawInput: options.consoleInput)
+        defer { terminal.restore() }
+        var threads: [PosixThread] = []
+        for vcpu in vcpus {
+            do {
+                threads.append(try PosixThread(name: "vcpu\(vcpu.id)") { [self] in self.vcpuLoop(vcpu) })
+            } catch {
+                stop.request(.vmmError("\(error)"))
+            }
+        }
+        if options.consoleInput { startConsoleInput() }
+        for t in threads { t.join() }
+        let reason = stop.stopReason ?? .vmmError("all vCPU threads ended without a reason")
+        let unhandled = pio.unhandled.total + mmio.unhandled.total
+        if unhandled > 0 {
+            let ports = pio.unhandled.snapshot.keys.sorted().prefix(12).map { "0x" + String($0, radix: 16) }
+            logger.info("unhandled guest accesses: \(unhandled) (ports \(ports.joined(separator: " ")); mmio \(mmio.unhandled.total))")
+        }
+        return reason
+    }
+
+    /// Requests a stop from outside (a signal handler thread, the daemon).
+    public func requestStop(_ reason: StopReason) { stop.request(reason) }
+
+    private func startConsoleInput() {
+        let serial = self.serial
+        _ = try? PosixThread(name: "console-in") {
+            var buf = [UInt8](repeating: 0, count: 256)
+            while true {
+                let n = buf.withUnsafeMutableBytes { Glibc.read(STDIN_FILENO, $0.baseAddress, $0.count) }
+                if n < 0 && errno == EINTR { continue }
+                if n <= 0 { return }
+                serial.enqueueInput(buf[0..<n])
+            }
+        }
+    }
+
+    // MARK: the vCPU loop
+
+    func vcpuLoop(_ vcpu: VCPU) {
+        vcpu.bindToCurrentThread()
+        defer { vcpu.unbindThread() }
+        while !stop.isStopping {
+            let exit: VCPUExit
+            do { exit = try vcpu.run() } catch {
+                stop.request(.vmmError("vCPU \(vcpu.id): \(error)"))
+                return
+            }
+            switch exit {
+            case let .portIO(io):
+                let port = UInt64(io.port)
+                for i in 0..<io.count {
+                    if io.isWrite { pio.write(port, size: io.size, value: UInt64(io.value(at: i))) }
+                    else { io.setValue(UInt32(truncatingIfNeeded: pio.read(port, size: io.size)), at: i) }
+                }
+            case let .mmio(m):
+                if m.isWrite { mmio.write(m.address, size: m.size, value: m.value) }
+                else { m.setValue(mmio.read(m.address, size: m.size)) }
+            case .interrupted:
+                vcpu.clearImmediateExit()
+            case .halt:
+                // Only without an in-kernel irqchip, which this VMM always creates.
+                stop.request(.unexpectedExit(vcpu: vcpu.id, reason: UInt32(KVM_EXIT_HLT)))
+            case .shutdown:
+                stop.request(.tripleFault(vcpu: vcpu.id, rip: try? vcpu.registers().rip))
+            case let .systemEvent(type):
+                switch type {
+                case SystemEventType.reset: stop.request(.reset)
+                case SystemEventType.shutdown: stop.request(.powerOff)
+                default: stop.request(.unexpectedExit(vcpu: vcpu.id, reason: UInt32(KVM_EXIT_SYSTEM_EVENT)))
+                }
+            case let .internalError(sub, data):
+                stop.request(internalError(vcpu, suberror: sub, data: data))
+            case let .failEntry(reason):
+                stop.request(.entryFailure(vcpu: vcpu.id, reason: reason))
+            case let .other(reason):
+                stop.request(.unexpectedExit(vcpu: vcpu.id, reason: reason))
+            }
+        }
+    }
+
+    /// Collects RIP and the failing instruction's bytes for an internal error.
+    func internalError(_ vcpu: VCPU, suberror: UInt32, data: [UInt64]) -> StopReason {
+        let rip = try? vcpu.registers().rip
+        var bytes: [UInt8] = []
+        // With KVM_INTERNAL_ERROR_EMULATION_FLAG_INSTRUCTION_BYTES, data[0] is the flags word and
+        // data[1...] holds insn_size followed by up to 15 bytes.
+        if suberror == InternalErrorSuberror.emulation, data.count >= 3, data[0] & 1 != 0 {
+            var raw: [UInt8] = []
+            for w in data[1...] { for i in 0..<8 { raw.append(UInt8(truncatingIfNeeded: w >> (8 * i))) } }
+            let size = Int(raw[0])
+            if size > 0 && size <= 15 && raw.count > size { bytes = Array(raw[1...size]) }
+        }
+        if bytes.isEmpty, let rip, let phys = try? vcpu.translate(rip) {
+            // An instruction is at most 15 bytes; stop at the page end rather than fail.
+            let n = Int(min(15, 0x1000 - (phys & 0xFFF)))
+            bytes = (try? memory.read(n, at: GuestAddress(phys))) ?? []
+        }
+        let hint = suberror == InternalErrorSuberror.emulation ? EmulationFailureHint.diagnose(bytes) : nil
+        return .internalError(vcpu: vcpu.id, suberror: suberror, rip: rip, instruction: bytes, hint: hint)
+    }
+}
