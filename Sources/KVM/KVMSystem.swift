@@ -47,14 +47,7 @@ public final class KVMSystem: Sendable {
         var table = ckvm_cpuid2()
         table.nent = UInt32(CKVM_MAX_CPUID_ENTRIES)
         try IOCtl.call(fd, CKVM_GET_SUPPORTED_CPUID, "KVM_GET_SUPPORTED_CPUID", &table)
-        return withUnsafeBytes(of: &table.entries) { raw in
-            let entries = raw.bindMemory(to: kvm_cpuid_entry2.self)
-            return (0..<Int(table.nent)).map { i in
-                let e = entries[i]
-                return CPUIDEntry(function: e.function, index: e.index, flags: e.flags,
-                                  eax: e.eax, ebx: e.ebx, ecx: e.ecx, edx: e.edx)
-            }
-        }
+        return CPUIDEntry.from(&table)
     }
 
     public func createVM() throws -> VirtualMachine {
@@ -81,4 +74,18 @@ public enum KVMCapability {
     public static let maxVCPUs = Int32(KVM_CAP_MAX_VCPUS)
     public static let immediateExit = Int32(KVM_CAP_IMMEDIATE_EXIT)
     public static let x86DisableExits = Int32(KVM_CAP_X86_DISABLE_EXITS)
+}
+
+extension CPUIDEntry {
+    static func from(_ table: inout ckvm_cpuid2) -> [CPUIDEntry] {
+        let n = Int(min(table.nent, UInt32(CKVM_MAX_CPUID_ENTRIES)))
+        return withUnsafeBytes(of: &table.entries) { raw in
+            let entries = raw.bindMemory(to: kvm_cpuid_entry2.self)
+            return (0..<n).map { i in
+                let e = entries[i]
+                return CPUIDEntry(function: e.function, index: e.index, flags: e.flags,
+                                  eax: e.eax, ebx: e.ebx, ecx: e.ecx, edx: e.edx)
+            }
+        }
+    }
 }

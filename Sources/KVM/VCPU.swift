@@ -244,6 +244,14 @@ public final class VCPU: @unchecked Sendable {
         try IOCtl.call(fd, CKVM_SET_CPUID2, "KVM_SET_CPUID2", &table)
     }
 
+    /// The CPUID table KVM holds for this vCPU (KVM_GET_CPUID2).
+    public func cpuid() throws -> [CPUIDEntry] {
+        var table = ckvm_cpuid2()
+        table.nent = UInt32(CKVM_MAX_CPUID_ENTRIES)
+        try IOCtl.call(fd, CKVM_GET_CPUID2, "KVM_GET_CPUID2", &table)
+        return CPUIDEntry.from(&table)
+    }
+
     public func setMSRs(_ msrs: [(index: UInt32, value: UInt64)]) throws {
         var table = ckvm_msrs()
         table.nmsrs = UInt32(msrs.count)

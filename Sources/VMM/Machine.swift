@@ -212,6 +212,9 @@ public final class Machine: @unchecked Sendable {
     // MARK: the vCPU loop
 
     func vcpuLoop(_ vcpu: VCPU) {
+        // The kick signal must be deliverable here whatever mask the VMM was started with
+        // (a parent that blocks SIGUSR2 would otherwise leave halted vCPUs unstoppable).
+        ckvm_block_signal(VCPU.kickSignal, 0)
         vcpu.bindToCurrentThread()
         defer { vcpu.unbindThread() }
         while !stop.isStopping {
