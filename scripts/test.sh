@@ -1,0 +1,49 @@
+#!/usr/bin/env bash
+# The whole test suite, from a fresh machine: installs what it needs (Debian packages),
+# builds the test guests (cached outside the clone), the VMM, cross-checks the guests under
+# QEMU TCG, then runs `swift test` (unit tests, and the /dev/kvm integration tests when
+# /dev/kvm exists).
+#   scripts/test.sh            everything
+#   scripts/test.sh --quick    skip the minimal-Linux boots on /dev/kvm (minutes each here)
+set -euo pipefail
+repo=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
+cd "$repo"
+log() { printf '== %s\n' "$*" >&2; }
+
+quick=0
+[ "${1:-}" = "--quick" ] && quick=1
+
+need=()
+for pkg in build-essential qemu-system-x86 qemu-utils; do
+	dpkg -s "$pkg" >/dev/null 2>&1 || need+=("$pkg")
+done
+if [ ${#need[@]} -gt 0 ]; then
+	log "installing ${need[*]}"
+	export DEBIAN_FRONTEND=noninteractive
+	apt-get update -q >&2
+	apt-get install -y -q "${need[@]}" >&2
+fi
+command -v swift >/dev/null || { echo "swift is not on PATH (expected the Swift 6 toolchain, e.g. /opt/swift/usr/bin)" >&2; exit 1; }
+
+log "building inmates"
+inmates=$(scripts/build-inmates.sh | tail -n 1)
+log "building the minimal Linux guest (cached)"
+guest=$(scripts/build-guest-kernel.sh | tail -n 1)
+
+log "building rtvisor"
+swift build --build-tests 2>&1 | grep -v '^\[' >&2
+
+log "cross-checking the inmates under QEMU TCG"
+scripts/test-inmates-qemu.sh >&2
+log "cross-checking the Linux guest under QEMU TCG"
+scripts/test-guest-linux-qemu.sh >&2
+
+if [ -e /dev/kvm ]; then
+	log "/dev/kvm present: integration tests boot real guests"
+else
+	log "SKIP: /dev/kvm is absent, the integration tests will report themselves skipped"
+fi
+export RTVISOR_INMATES=$inmates RTVISOR_GUEST_LINUX=$guest
+[ $quick = 1 ] && export RTVISOR_SKIP_LINUX_BOOT=1
+log "swift test"
+swift test --skip-build 2>&1
