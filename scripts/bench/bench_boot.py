@@ -97,6 +97,9 @@ def main():
     ap.add_argument("--linux-runs", type=int, default=3)
     ap.add_argument("--out", required=True, help="markdown file to append results to")
     a = ap.parse_args()
+    a.vmm, a.c_loop, a.inmates = map(os.path.abspath, (a.vmm, a.c_loop, a.inmates))
+    if a.guest:
+        a.guest = os.path.abspath(a.guest)
     tmp = tempfile.mkdtemp(prefix="rtvisor-bench-")
     hello = os.path.join(a.inmates, "hello.elf")
     pioloop = os.path.join(a.inmates, "pioloop.elf")

@@ -1,0 +1,40 @@
+import Foundation
+import Testing
+
+/// The minimal Linux guest (scripts/build-guest-kernel.sh) on the real /dev/kvm: its own drivers
+/// and user space against our VMM. Each boot takes about two minutes on the emulating
+/// development KVM, so there are few of them. RTVISOR_SKIP_LINUX_BOOT=1 skips them (quick runs).
+@Suite(.enabled(if: Env.kvmAvailable, Env.noKVMReason),
+       .enabled(if: ProcessInfo.processInfo.environment["RTVISOR_SKIP_LINUX_BOOT"] == nil,
+                "RTVISOR_SKIP_LINUX_BOOT is set: skipping the minimal-Linux boots"))
+struct LinuxGuestTests {
+    static let cmdline = "console=ttyS0 panic=-1 mitigations=off nopti rodata=off emukvm.pvmsys emukvm.exit_port=0xf4"
+
+    func boot(name: String, vcpus: Int, extraCmdline: String = "") throws -> VMMResult {
+        let dir = Env.guestLinuxDir
+        let kernel = try Env.requireFile(dir + "/vmlinux", builtBy: "scripts/build-guest-kernel.sh")
+        let initrd = try Env.requireFile(dir + "/initramfs.cpio", builtBy: "scripts/build-guest-kernel.sh")
+        let def = VMM.definition(name: name, kernel: kernel, vcpus: vcpus, memoryMiB: 64, initrd: initrd,
+                                 cmdline: Self.cmdline + (extraCmdline.isEmpty ? "" : " " + extraCmdline))
+        return try VMM.run(config: try VMM.writeDefinition(def), timeout: 900)
+    }
+
+    @Test func bootsBusyboxInitToMarkerAndPowersOff() throws {
+        let r = try boot(name: "linux1", vcpus: 1, extraCmdline: "rtvisor.check=uname")
+        #expect(r.status == 0, "console tail:\n\(r.console.suffix(3000))\nstderr:\n\(r.stderr)")
+        #expect(r.console.contains("Linux version 6.1"))
+        #expect(r.console.contains("RTVISOR_INIT_MARKER"))
+        #expect(r.console.contains("RTVISOR_CHECK_END uname status=0"))
+        #expect(r.console.contains("RTVISOR_INIT_DONE"))
+        // The VMM saw init's write to the boot-marker device and timed it.
+        #expect(r.stderr.contains("boot marker: guest linux1 signalled ready"))
+        #expect(r.stderr.contains("guest powered off"))
+    }
+
+    @Test func twoVCPUsAreBroughtUp() throws {
+        let r = try boot(name: "linux2", vcpus: 2)
+        #expect(r.status == 0, "console tail:\n\(r.console.suffix(3000))\nstderr:\n\(r.stderr)")
+        #expect(r.console.contains("smp: Brought up 1 node, 2 CPUs"))
+        #expect(r.console.contains("RTVISOR_INIT_MARKER"))
+    }
+}
