@@ -4,7 +4,8 @@ import Memory
 /// anything else; docs/architecture.md repeats this table.
 public enum BootLayout {
     public static let gdt = GuestAddress(0x500)
-    public static let idt = GuestAddress(0x520)
+    /// After the five GDT entries (0x500..<0x528).
+    public static let idt = GuestAddress(0x540)
     public static let pvhStartInfo = GuestAddress(0x6000)
     public static let pvhModuleList = GuestAddress(0x6040)
     public static let pvhMemoryMap = GuestAddress(0x6080)

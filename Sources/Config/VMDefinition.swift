@@ -113,11 +113,13 @@ struct Validator {
             fail("$.\(key)", "unknown key" + suggestion(key, VMDefinition.knownKeys))
         }
         let name = string(o, "name", required: true) ?? ""
-        if o["name"] != nil, !name.isEmpty {
-            let ok = name.count <= 64 && name.unicodeScalars.allSatisfy { ("a"..."z").contains($0) || ("A"..."Z").contains($0) || ("0"..."9").contains($0) || $0 == "-" || $0 == "_" }
-            if !ok { fail("$.name", "must be 1–64 characters of letters, digits, '-' and '_', got \"\(name)\"") }
-        } else if o["name"] != nil {
-            fail("$.name", "must not be empty")
+        if case .string = o["name"] {
+            if name.isEmpty {
+                fail("$.name", "must not be empty")
+            } else {
+                let ok = name.count <= 64 && name.unicodeScalars.allSatisfy { ("a"..."z").contains($0) || ("A"..."Z").contains($0) || ("0"..."9").contains($0) || $0 == "-" || $0 == "_" }
+                if !ok { fail("$.name", "must be 1–64 characters of letters, digits, '-' and '_', got \"\(name)\"") }
+            }
         }
         let vcpus = integer(o, "vcpus", range: VMDefinition.vcpuRange) ?? 1
         let memory = integer(o, "memory_mib", range: VMDefinition.memoryRange, required: true) ?? 0
