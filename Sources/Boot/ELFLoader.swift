@@ -55,6 +55,10 @@ public struct ELFKernel: Sendable {
         }
         guard phentsize >= (is64 ? 56 : 32) else { throw BootError.unsupported(path: p, reason: "program header size \(phentsize)") }
         guard phnum > 0 else { throw BootError.unsupported(path: p, reason: "no program headers") }
+        // phnum and phentsize are 16-bit, so this product cannot overflow; phoff is checked first.
+        guard phoff >= 0, phoff <= image.count, phnum * phentsize <= image.count - phoff else {
+            throw BootError.truncated(path: p, what: "program headers (\(phnum) × \(phentsize) bytes at offset \(phoff))")
+        }
 
         var segments: [Segment] = []
         var pvh: UInt64? = nil

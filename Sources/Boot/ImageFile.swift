@@ -37,7 +37,8 @@ public struct ImageFile: Sendable {
     public var count: Int { bytes.count }
 
     public func integer<T: FixedWidthInteger>(_: T.Type, at offset: Int, _ what: @autoclosure () -> String) throws -> T {
-        guard offset >= 0, offset + MemoryLayout<T>.size <= bytes.count else {
+        // Written so that no guest-controlled offset can overflow.
+        guard offset >= 0, offset <= bytes.count - MemoryLayout<T>.size else {
             throw BootError.truncated(path: path, what: what())
         }
         var v: T = 0

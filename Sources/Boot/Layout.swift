@@ -17,6 +17,9 @@ public enum BootLayout {
     public static let cmdlineMaxSize = 0x10000
     /// The MP table sits in the last KiB of base memory, one of the places Linux scans.
     public static let mpTable = GuestAddress(0x9FC00)
+    public static let mpTableEBDASize = 0x400
+    /// Tables too large for that KiB (more than 40 CPUs) go to the BIOS area, also scanned by Linux.
+    public static let mpTableLarge = GuestAddress(0xF0000)
     public static let ebdaStart: UInt64 = 0x9FC00
     public static let biosStart: UInt64 = 0xF0000
     public static let highMemory: UInt64 = 0x10_0000

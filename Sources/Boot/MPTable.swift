@@ -56,7 +56,13 @@ public struct MPTable: Sendable {
         return 0 &- sum
     }
 
-    public func write(to memory: GuestMemory, at address: GuestAddress = BootLayout.mpTable) throws {
+    /// Size of floating pointer + configuration table.
+    public var size: Int { 16 + 44 + 20 * cpus + 8 + 8 + 16 * 8 + 2 * 8 }
+
+    /// Where the table goes: the EBDA's last KiB when it fits, else the BIOS area.
+    public var address: GuestAddress { size <= BootLayout.mpTableEBDASize ? BootLayout.mpTable : BootLayout.mpTableLarge }
+
+    public func write(to memory: GuestMemory) throws {
         try memory.write(bytes(at: address.raw), at: address)
     }
 }

@@ -54,6 +54,9 @@ public final class Bus: Sendable {
     public init(name: String, ranges: [Range]) throws {
         let sorted = ranges.sorted { $0.base < $1.base }
         for r in sorted where r.length == 0 { throw BusError.emptyRange(name: r.name) }
+        for r in sorted where r.base > UInt64.max - r.length {
+            throw BusError.overlap(name: r.name, base: r.base, length: r.length, existing: "the end of the address space")
+        }
         for (a, b) in zip(sorted, sorted.dropFirst()) where a.base + a.length > b.base {
             throw BusError.overlap(name: b.name, base: b.base, length: b.length, existing: a.name)
         }

@@ -216,7 +216,13 @@ public final class Machine: @unchecked Sendable {
         // (a parent that blocks SIGUSR2 would otherwise leave halted vCPUs unstoppable).
         ckvm_block_signal(VCPU.kickSignal, 0)
         vcpu.bindToCurrentThread()
-        defer { vcpu.unbindThread() }
+        defer {
+            vcpu.unbindThread()
+            // Where each vCPU was when stopped from outside: the first clue for a hung guest.
+            if case .signal = stop.stopReason, let regs = try? vcpu.registers() {
+                logger.info("vCPU \(vcpu.id) stopped at RIP 0x\(String(regs.rip, radix: 16)), RSP 0x\(String(regs.rsp, radix: 16))")
+            }
+        }
         while !stop.isStopping {
             let exit: VCPUExit
             do { exit = try vcpu.run() } catch {

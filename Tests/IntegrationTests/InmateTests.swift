@@ -65,6 +65,24 @@ struct InmateTests {
         #expect(r.stderr.contains("hidden features: cx16"))
     }
 
+    /// On a host KVM that emulates ring 0 (kvm_pvm), popcnt and cmpxchg16b are missing from its
+    /// emulator: the VMM must end with status 5 and name the instruction, its bytes, RIP and the
+    /// CPU feature to hide. On hardware-virtualised KVM the instructions run and the inmate passes.
+    @Test(arguments: [("popcnt", "f3 48 0f b8 c7", "popcnt: hide CPU feature \"popcnt\""),
+                      ("cmpxchg16b", "f0 48 0f c7", "cmpxchg16b: hide CPU feature \"cx16\"")])
+    func emulationFailureIsReportedWithInstructionAndFeature(insn: String, bytes: String, hint: String) throws {
+        let r = try boot("badinsn", cmdline: "insn=\(insn)")
+        if FileManager.default.fileExists(atPath: "/sys/module/kvm_pvm") {
+            #expect(r.status == 5, "stderr: \(r.stderr)")
+            #expect(r.stderr.contains("KVM internal error on vCPU 0: emulation failure (suberror 1), RIP 0x"))
+            #expect(r.stderr.contains("instruction bytes \(bytes)"))
+            #expect(r.stderr.contains(hint))
+        } else {
+            #expect(r.status == 0, "stderr: \(r.stderr)")
+            #expect(r.console.contains("badinsn: \(insn) ran"))
+        }
+    }
+
     @Test func sigtermStopsTheVMWithSignalStatus() throws {
         // A guest that runs for a long time (a large pioloop), stopped by SIGTERM.
         let def = VMM.definition(name: "long", kernel: try Env.inmate("pioloop"), cmdline: "count=100000000")
