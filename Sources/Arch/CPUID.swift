@@ -119,6 +119,16 @@ public struct CPUFeature: Hashable, Sendable, CustomStringConvertible {
         .init(name: "abm", leaf: 0x8000_0001, subleaf: 0, register: .ecx, bit: 5, dependents: []),
         .init(name: "pdpe1gb", leaf: 0x8000_0001, subleaf: 0, register: .edx, bit: 26, dependents: []),
         .init(name: "rdtscp", leaf: 0x8000_0001, subleaf: 0, register: .edx, bit: 27, dependents: []),
+        // KVM paravirtual features (leaf 0x40000001 EAX), named as QEMU names them.
+        .init(name: "kvmclock", leaf: 0x4000_0001, subleaf: 0, register: .eax, bit: 3, dependents: []),
+        .init(name: "kvm-asyncpf", leaf: 0x4000_0001, subleaf: 0, register: .eax, bit: 4, dependents: []),
+        .init(name: "kvm-steal-time", leaf: 0x4000_0001, subleaf: 0, register: .eax, bit: 5, dependents: ["kvm-pv-tlb-flush"]),
+        .init(name: "kvm-pv-eoi", leaf: 0x4000_0001, subleaf: 0, register: .eax, bit: 6, dependents: []),
+        .init(name: "kvm-pv-unhalt", leaf: 0x4000_0001, subleaf: 0, register: .eax, bit: 7, dependents: []),
+        .init(name: "kvm-pv-tlb-flush", leaf: 0x4000_0001, subleaf: 0, register: .eax, bit: 9, dependents: []),
+        .init(name: "kvm-pv-ipi", leaf: 0x4000_0001, subleaf: 0, register: .eax, bit: 11, dependents: []),
+        .init(name: "kvm-poll-control", leaf: 0x4000_0001, subleaf: 0, register: .eax, bit: 12, dependents: []),
+        .init(name: "kvm-pv-sched-yield", leaf: 0x4000_0001, subleaf: 0, register: .eax, bit: 13, dependents: []),
     ]
 
     public static let byName: [String: CPUFeature] = Dictionary(uniqueKeysWithValues: all.map { ($0.name, $0) })

@@ -18,6 +18,12 @@ public struct CPUIDPolicy: Sendable, Equatable {
         ("xsave", "FPU init uses `xrstor`/`xrstors` (AVX, AVX-512 and MPX need XSAVE and go with it)"),
         ("popcnt", "bitmap weights (hweight) use `popcnt`"),
         ("smap", "user-copy paths bracket accesses with `clac`/`stac`"),
+        // SMP Linux hung at "Booting SMP configuration" with one vCPU in kvm_hypercall4 (PV IPI)
+        // and the other in the queued-spinlock slow path (PV unhalt waits for a KICK_CPU
+        // hypercall): this host does not complete hypercalls from emulated guest kernels.
+        ("kvm-pv-ipi", "PV IPIs are sent with the KVM_HC_SEND_IPI hypercall"),
+        ("kvm-pv-unhalt", "PV spinlocks wake waiters with the KVM_HC_KICK_CPU hypercall"),
+        ("kvm-pv-sched-yield", "directed yield uses the KVM_HC_SCHED_YIELD hypercall"),
     ]
 
     /// Measured on the nested `kvm_pvm` host: its guests see XSAVE, POPCNT, SMAP (and AVX, RDRAND,

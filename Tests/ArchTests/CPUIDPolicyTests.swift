@@ -304,7 +304,8 @@ struct LinuxCommandLineTests {
     }
 
     @Test func everyEmulatingHiddenFeatureExistsAndSaysWhy() {
-        #expect(CPUIDPolicy.emulatingKVMHidden.map(\.feature) == ["cx16", "xsave", "popcnt", "smap"])
+        #expect(CPUIDPolicy.emulatingKVMHidden.map(\.feature)
+            == ["cx16", "xsave", "popcnt", "smap", "kvm-pv-ipi", "kvm-pv-unhalt", "kvm-pv-sched-yield"])
         for (feature, why) in CPUIDPolicy.emulatingKVMHidden {
             #expect(CPUFeature.named(feature) != nil)
             #expect(!why.isEmpty)
@@ -401,5 +402,27 @@ struct EmulationFailureHintTests {
                 #expect(CPUFeature.named(f) != nil, "\(f)")
             }
         }
+    }
+}
+
+@Suite("CPUIDPolicy KVM paravirtual leaf")
+struct KVMParavirtLeafTests {
+    @Test func emulatingTemplateHidesHypercallFeaturesOnly() {
+        // All 32 feature bits of leaf 0x40000001 set on the host.
+        let host = [CPUIDEntry(function: 0x4000_0001, eax: 0xFFFF_FFFF)]
+        let out = CPUIDPolicy(template: .emulatingKVM).apply(to: host, vcpuID: 0, vcpuCount: 2, hostEmulatesRing0: true)
+        let eax = out[0].eax
+        #expect(eax & (1 << 7) == 0)   // PV unhalt
+        #expect(eax & (1 << 11) == 0)  // PV send IPI
+        #expect(eax & (1 << 13) == 0)  // PV sched yield
+        #expect(eax & (1 << 3) != 0)   // kvmclock stays
+        #expect(eax & (1 << 5) != 0)   // steal time stays
+        #expect(eax == 0xFFFF_FFFF & ~UInt32((1 << 7) | (1 << 11) | (1 << 13)))
+    }
+
+    @Test func hostTemplateKeepsThem() {
+        let host = [CPUIDEntry(function: 0x4000_0001, eax: 0xFFFF_FFFF)]
+        let out = CPUIDPolicy(template: .host).apply(to: host, vcpuID: 0, vcpuCount: 2, hostEmulatesRing0: true)
+        #expect(out[0].eax == 0xFFFF_FFFF)
     }
 }
