@@ -11,5 +11,5 @@ guest=$(scripts/build-guest-kernel.sh | tail -n 1)
 scripts/build-inmates.sh >/dev/null
 mkdir -p build
 ln -sfn "$guest" build/guest-linux
-swift build -c release --product rtvisor-vmm 2>&1 | grep -v '^\[' >&2
-exec .build/release/rtvisor-vmm --config examples/hello.json "$@"
+swift build -c release --product rtvisor-vmm --scratch-path .build-static -Xswiftc -static-executable 2>&1 | grep -v '^\[' >&2
+exec .build-static/release/rtvisor-vmm --config examples/hello.json "$@"

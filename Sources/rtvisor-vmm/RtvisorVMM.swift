@@ -27,6 +27,9 @@ struct RtvisorVMM: ParsableCommand {
     @Flag(name: .long, help: "Do not read console input from stdin.")
     var noConsoleInput = false
 
+    @Option(name: .long, help: "Append the serial console output to this file instead of stdout.")
+    var consoleLog: String?
+
     @Option(name: .long, help: "Log level: trace, debug, info, notice, warning, error, critical.")
     var logLevel: String = "info"
 
@@ -59,10 +62,15 @@ struct RtvisorVMM: ParsableCommand {
         sigaddset(&set, SIGTERM)
         pthread_sigmask(SIG_BLOCK, &set, nil)
 
+        var consoleFD = STDOUT_FILENO
+        if let consoleLog {
+            consoleFD = open(consoleLog, O_WRONLY | O_CREAT | O_APPEND | O_CLOEXEC, 0o640)
+            if consoleFD < 0 { fail("--console-log \(consoleLog): \(String(cString: strerror(errno)))") }
+        }
         let machine: Machine
         do {
             machine = try Machine(definition: definition,
-                                  options: RunOptions(consoleInput: !noConsoleInput),
+                                  options: RunOptions(consoleInput: !noConsoleInput, console: ConsoleOutput(fd: consoleFD)),
                                   logger: logger, processStartedAt: started)
         } catch {
             fail("\(definition.name): \(error)")

@@ -21,6 +21,16 @@ struct InmateTests {
         #expect(r.console.contains("memmap 0x000100000-0x003ffffff ram"))
     }
 
+    @Test func consoleCanGoToALogFile() throws {
+        let dir = try VMM.tempDir()
+        let log = dir.appendingPathComponent("console.log").path
+        let def = VMM.definition(name: "hello", kernel: try Env.inmate("hello"))
+        let r = try VMM.run(config: try VMM.writeDefinition(def, in: dir), arguments: ["--console-log", log], timeout: 30)
+        #expect(r.status == 0)
+        #expect(!r.stdout.contains("INMATE hello PASS"))
+        #expect(try String(contentsOfFile: log, encoding: .utf8).contains("INMATE hello PASS"))
+    }
+
     @Test func twoVCPUsComeUpThroughInitSipi() throws {
         let r = try boot("smp", vcpus: 2, cmdline: "expect_cpus=2")
         #expect(r.status == 0, "console: \(r.console)\nstderr: \(r.stderr)")
