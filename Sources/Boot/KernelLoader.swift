@@ -2,11 +2,19 @@ import Arch
 import Memory
 
 /// How the first vCPU must start: the state the loaded kernel's boot protocol expects.
-public enum EntryState: Equatable, Sendable {
+public enum EntryState: Equatable, Sendable, CustomStringConvertible {
     /// PVH: 32-bit protected mode, paging off, `ebx` = start_info.
     case pvh(entry: UInt64, startInfo: UInt64)
     /// Linux 64-bit boot protocol: long mode, identity paging, `rsi` = boot_params.
     case linux64(entry: UInt64, bootParams: UInt64)
+
+    public var description: String {
+        func hex(_ v: UInt64) -> String { "0x" + String(v, radix: 16) }
+        switch self {
+        case let .pvh(e, si): return "PVH entry \(hex(e)), start_info \(hex(si))"
+        case let .linux64(e, bp): return "64-bit boot protocol entry \(hex(e)), boot_params \(hex(bp))"
+        }
+    }
 }
 
 /// What a boot needs, already read from disk.

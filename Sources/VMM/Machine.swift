@@ -161,7 +161,7 @@ public final class Machine: @unchecked Sendable {
             stop.register(vcpu)
         }
         self.vcpus = vcpus
-        logger.info("VM \(def.name): \(def.vcpus) vCPU(s), \(def.memoryMiB) MiB, entry \(entry)")
+        logger.info("VM \(def.name): \(def.vcpus) vCPU(s), \(def.memoryMiB) MiB, \(entry)")
     }
 
     static func ms(_ ns: UInt64) -> String {

@@ -17,6 +17,7 @@ struct InmateTests {
         #expect(r.console.contains("INMATE hello PASS"))
         #expect(r.stderr.contains("boot marker: guest hello signalled ready"))
         #expect(r.stderr.contains("guest powered off"))
+        #expect(r.stderr.contains("PVH entry 0x"))
         // The memory map the guest received describes the RAM we gave it (64 MiB).
         #expect(r.console.contains("memmap 0x000100000-0x003ffffff ram"))
     }

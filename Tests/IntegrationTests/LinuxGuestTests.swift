@@ -10,9 +10,9 @@ import Testing
 struct LinuxGuestTests {
     static let cmdline = "console=ttyS0 panic=-1 mitigations=off nopti rodata=off emukvm.pvmsys emukvm.exit_port=0xf4"
 
-    func boot(name: String, vcpus: Int, extraCmdline: String = "") throws -> VMMResult {
+    func boot(name: String, vcpus: Int, image: String = "vmlinux", extraCmdline: String = "") throws -> VMMResult {
         let dir = Env.guestLinuxDir
-        let kernel = try Env.requireFile(dir + "/vmlinux", builtBy: "scripts/build-guest-kernel.sh")
+        let kernel = try Env.requireFile(dir + "/" + image, builtBy: "scripts/build-guest-kernel.sh")
         let initrd = try Env.requireFile(dir + "/initramfs.cpio", builtBy: "scripts/build-guest-kernel.sh")
         let def = VMM.definition(name: name, kernel: kernel, vcpus: vcpus, memoryMiB: 64, initrd: initrd,
                                  cmdline: Self.cmdline + (extraCmdline.isEmpty ? "" : " " + extraCmdline))
@@ -29,6 +29,16 @@ struct LinuxGuestTests {
         // The VMM saw init's write to the boot-marker device and timed it.
         #expect(r.stderr.contains("boot marker: guest linux1 signalled ready"))
         #expect(r.stderr.contains("guest powered off"))
+    }
+
+    /// The other loader path: the same kernel as a bzImage through the 64-bit boot protocol
+    /// (boot_params, identity-mapped long mode), decompressing itself.
+    @Test func bzImageBootsThroughThe64BitBootProtocol() throws {
+        let r = try boot(name: "linuxbz", vcpus: 1, image: "bzImage")
+        #expect(r.status == 0, "console tail:\n\(r.console.suffix(3000))\nstderr:\n\(r.stderr)")
+        #expect(r.stderr.contains("64-bit boot protocol entry 0x100200, boot_params 0x7000"))
+        #expect(r.console.contains("RTVISOR_INIT_MARKER"))
+        #expect(r.console.contains("RTVISOR_INIT_DONE"))
     }
 
     @Test func twoVCPUsAreBroughtUp() throws {
