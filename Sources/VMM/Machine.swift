@@ -77,7 +77,7 @@ public final class Machine: @unchecked Sendable {
         if maxVCPUs > 0 && def.vcpus > maxVCPUs {
             throw VMMError.setup("\(def.vcpus) vCPUs requested, this host's KVM allows \(maxVCPUs)")
         }
-        // Read the images first: a missing or broken kernel fails before anything is created.
+        // Read the images before creating the VM: a missing or broken kernel fails fast.
         let kernel = try ImageFile.read(path: def.kernel)
         let emulating = KVMSystem.hostEmulatesRing0
         let policy = def.cpu.policy
@@ -198,7 +198,7 @@ public final class Machine: @unchecked Sendable {
 
     private func startConsoleInput() {
         let serial = self.serial
-        _ = try? PosixThread(name: "console-in") {
+        let thread = try? PosixThread(name: "console-in") {
             var buf = [UInt8](repeating: 0, count: 256)
             while true {
                 let n = buf.withUnsafeMutableBytes { Glibc.read(STDIN_FILENO, $0.baseAddress, $0.count) }
@@ -207,6 +207,7 @@ public final class Machine: @unchecked Sendable {
                 serial.enqueueInput(buf[0..<n])
             }
         }
+        thread?.detach()
     }
 
     // MARK: the vCPU loop

@@ -24,6 +24,9 @@ final class PosixThread {
     }
 
     func join() { pthread_join(handle, nil) }
+
+    /// For threads nobody waits for (console input blocks in read() until the process ends).
+    func detach() { pthread_detach(handle) }
 }
 
 /// Monotonic time in nanoseconds.
