@@ -111,6 +111,9 @@ def main():
     a.vmm, a.c_loop, a.inmates = map(os.path.abspath, (a.vmm, a.c_loop, a.inmates))
     if a.guest:
         a.guest = os.path.abspath(a.guest)
+    # A freshly linked binary's pages are dirty in the page cache until written back, and smaps
+    # then counts them as Private_Dirty of every process mapping them: flush first.
+    os.sync()
     tmp = tempfile.mkdtemp(prefix="rtvisor-bench-")
     hello = os.path.join(a.inmates, "hello.elf")
     pioloop = os.path.join(a.inmates, "pioloop.elf")
