@@ -85,7 +85,7 @@ public enum InternalErrorSuberror {
         case emulation: "emulation failure"
         case simultaneousException: "exception during exception delivery"
         case deliveryEvent: "event delivery failure"
-        default: "suberror \(s)"
+        default: "unknown suberror"
         }
     }
 }

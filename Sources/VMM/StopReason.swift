@@ -1,4 +1,5 @@
 import Arch
+import KVM
 
 /// Why a VM ended. Every case maps to a documented process exit status (docs/exit-status.md).
 public enum StopReason: Equatable, Sendable, CustomStringConvertible {
@@ -34,7 +35,7 @@ public enum StopReason: Equatable, Sendable, CustomStringConvertible {
         case let .guestFailure(code): return "guest reported failure code \(code) on the exit port"
         case let .tripleFault(v, rip): return "triple fault on vCPU \(v) (KVM_EXIT_SHUTDOWN), RIP \(hex(rip))"
         case let .internalError(v, sub, rip, bytes, hint):
-            var s = "KVM internal error on vCPU \(v): \(InternalErrorName.name(sub)) (suberror \(sub)), RIP \(hex(rip))"
+            var s = "KVM internal error on vCPU \(v): \(InternalErrorSuberror.name(sub)) (suberror \(sub)), RIP \(hex(rip))"
             if !bytes.isEmpty { s += ", instruction bytes " + bytes.map { String(format2: $0) }.joined(separator: " ") }
             if let hint { s += "; \(hint)" }
             return s
@@ -42,17 +43,6 @@ public enum StopReason: Equatable, Sendable, CustomStringConvertible {
         case let .unexpectedExit(v, r): return "vCPU \(v): unexpected KVM exit reason \(r)"
         case let .vmmError(m): return "VMM error: \(m)"
         case let .signal(s): return "stopped by signal \(s)"
-        }
-    }
-}
-
-enum InternalErrorName {
-    static func name(_ s: UInt32) -> String {
-        switch s {
-        case 1: "emulation failure"
-        case 2: "exception during exception delivery"
-        case 3: "event delivery failure"
-        default: "unknown suberror"
         }
     }
 }
