@@ -3,6 +3,7 @@ import PackageDescription
 
 // Module graph (each module has one job; see docs/architecture.md):
 // CKVM → KVM → Memory → Arch → Boot → Devices → Config → VMM → rtvisor-vmm
+// Memory → Virtio (queues) → VirtioBlock, VirtioNet (device models) → PCI (bus, MSI-X, virtio-pci) → VMM
 let package = Package(
     name: "rtvisor",
     platforms: [.macOS(.v13)],
@@ -27,16 +28,28 @@ let package = Package(
         .target(name: "Boot", dependencies: ["Memory", "Arch"]),
         // Device models behind a PIO/MMIO bus; they never see KVM.
         .target(name: "Devices"),
+        // C shim for non-KVM Linux interfaces: tun/tap and block ioctls, fallocate modes, thread names.
+        .target(name: "CLinux"),
+        // Threads, eventfd and epoll for vCPU and device I/O threads.
+        .target(name: "Posix", dependencies: ["CLinux", .product(name: "SystemPackage", package: "swift-system")]),
+        // Split virtqueues and the transport-independent device interface; knows nothing of PCI.
+        .target(name: "Virtio", dependencies: ["Memory"]),
+        // virtio-blk over raw image files.
+        .target(name: "VirtioBlock", dependencies: ["Virtio", "Memory", "CLinux", .product(name: "SystemPackage", package: "swift-system")]),
+        // virtio-net over a TAP interface, with its receive thread.
+        .target(name: "VirtioNet", dependencies: ["Virtio", "Memory", "Posix", "CLinux", .product(name: "SystemPackage", package: "swift-system")]),
+        // PCI root bus (configuration mechanism #1, BAR window), MSI-X, and the virtio-pci transport.
+        .target(name: "PCI", dependencies: ["Devices", "Virtio", "Memory"]),
         // JSON VM definitions with strict validation.
         .target(name: "Config", dependencies: ["Arch"]),
         // Wires one VM: memory, vCPU threads, devices, lifecycle.
         .target(name: "VMM", dependencies: [
-            "CKVM", "KVM", "Memory", "Arch", "Boot", "Devices", "Config",
+            "CKVM", "KVM", "Memory", "Arch", "Boot", "Devices", "Config", "Posix", "Virtio", "VirtioBlock", "VirtioNet", "PCI",
             .product(name: "Logging", package: "swift-log"),
             .product(name: "SystemPackage", package: "swift-system"),
         ]),
         .executableTarget(name: "rtvisor-vmm", dependencies: [
-            "VMM", "Config",
+            "VMM", "Config", "Posix",
             .product(name: "ArgumentParser", package: "swift-argument-parser"),
             .product(name: "Logging", package: "swift-log"),
         ]),
@@ -45,6 +58,8 @@ let package = Package(
         .testTarget(name: "BootTests", dependencies: ["Boot", "Memory", "Arch"]),
         .testTarget(name: "DevicesTests", dependencies: ["Devices"]),
         .testTarget(name: "ConfigTests", dependencies: ["Config"]),
+        .testTarget(name: "VirtioTests", dependencies: ["Virtio", "VirtioBlock", "VirtioNet", "Memory"]),
+        .testTarget(name: "PCITests", dependencies: ["PCI", "Virtio", "Devices", "Memory"]),
         .testTarget(name: "KVMTests", dependencies: ["KVM", "Memory", "Arch"]),
         .testTarget(name: "IntegrationTests", dependencies: ["VMM", "Config"]),
     ]

@@ -38,7 +38,8 @@ public enum KernelLoader {
     }
 
     /// Loads everything and returns the entry state for the boot vCPU.
-    public static func load(_ images: BootImages, into memory: GuestMemory, vcpus: Int) throws -> EntryState {
+    public static func load(_ images: BootImages, into memory: GuestMemory, vcpus: Int,
+                            pciInterrupts: [(slot: Int, ioapicPin: UInt8)] = []) throws -> EntryState {
         let cmdline = Array(images.commandLine.utf8) + [0]
         let kernelEnd: UInt64
         var bootParams: BootParams? = nil
@@ -84,7 +85,7 @@ public enum KernelLoader {
         }
 
         let map = MemoryMapEntry.map(for: memory)
-        try MPTable(cpus: vcpus).write(to: memory)
+        try MPTable(cpus: vcpus, pciInterrupts: pciInterrupts).write(to: memory)
         try writeGDT(to: memory)
 
         switch entry {

@@ -4,15 +4,18 @@ import Memory
 /// the IOAPIC and the ISA interrupt wiring.
 public struct MPTable: Sendable {
     public let cpus: Int
+    /// PCI INTA# routing of bus 0: device slot → IOAPIC pin (level-triggered, active-low).
+    public let pciInterrupts: [(slot: Int, ioapicPin: UInt8)]
     public var ioapicID: UInt8 { UInt8(cpus) }
 
     static let apicVersion: UInt8 = 0x14
     static let ioapicVersion: UInt8 = 0x11
     public static let maxCPUs = 254
 
-    public init(cpus: Int) {
+    public init(cpus: Int, pciInterrupts: [(slot: Int, ioapicPin: UInt8)] = []) {
         precondition(cpus >= 1 && cpus <= Self.maxCPUs)
         self.cpus = cpus
+        self.pciInterrupts = pciInterrupts
     }
 
     /// The bytes of floating pointer + configuration table, to be placed at `address`.
@@ -27,10 +30,17 @@ public struct MPTable: Sendable {
             count += 1
         }
         entries += [1, 0] + Array("ISA   ".utf8); count += 1 // Bus 0: ISA
+        // Bus 1: PCI (the MP table's bus IDs are its own; it is PCI bus number 0).
+        if !pciInterrupts.isEmpty { entries += [1, Self.pciBusID] + Array("PCI   ".utf8); count += 1 }
         entries += [2, ioapicID, Self.ioapicVersion, 1] + u32(BootLayout.ioapicAddress); count += 1
         for irq in 0..<16 {
             // I/O interrupt: INT, conforming polarity/trigger, ISA bus, IRQ n → IOAPIC pin n.
             entries += [3, 0] + u16(0) + [0, UInt8(irq), ioapicID, UInt8(irq)]
+            count += 1
+        }
+        for (slot, pin) in pciInterrupts {
+            // I/O interrupt: INT, active-low level (flags 0b1111), PCI bus, source = slot<<2 | INTA#.
+            entries += [3, 0] + u16(0x0F) + [Self.pciBusID, UInt8(slot << 2), ioapicID, pin]
             count += 1
         }
         // Local interrupts: LINT0 = ExtINT (8259), LINT1 = NMI, to all local APICs.
@@ -57,7 +67,9 @@ public struct MPTable: Sendable {
     }
 
     /// Size of floating pointer + configuration table.
-    public var size: Int { 16 + 44 + 20 * cpus + 8 + 8 + 16 * 8 + 2 * 8 }
+    public var size: Int { 16 + 44 + 20 * cpus + 8 + 8 + 16 * 8 + 2 * 8 + (pciInterrupts.isEmpty ? 0 : 8 + 8 * pciInterrupts.count) }
+
+    static let pciBusID: UInt8 = 1
 
     /// Where the table goes: the EBDA's last KiB when it fits, else the BIOS area.
     public var address: GuestAddress { size <= BootLayout.mpTableEBDASize ? BootLayout.mpTable : BootLayout.mpTableLarge }

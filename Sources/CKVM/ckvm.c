@@ -75,3 +75,22 @@ int ckvm_block_signal(int signo, int block) {
 }
 
 int ckvm_set_thread_name(const char *name) { return pthread_setname_np(pthread_self(), name); }
+
+void ckvm_routing_set_irqchip(struct ckvm_irq_routing *r, uint32_t index, uint32_t gsi, uint32_t chip, uint32_t pin) {
+    struct kvm_irq_routing_entry *e = &r->entries[index];
+    memset(e, 0, sizeof *e);
+    e->gsi = gsi;
+    e->type = KVM_IRQ_ROUTING_IRQCHIP;
+    e->u.irqchip.irqchip = chip;
+    e->u.irqchip.pin = pin;
+}
+
+void ckvm_routing_set_msi(struct ckvm_irq_routing *r, uint32_t index, uint32_t gsi, uint64_t address, uint32_t data) {
+    struct kvm_irq_routing_entry *e = &r->entries[index];
+    memset(e, 0, sizeof *e);
+    e->gsi = gsi;
+    e->type = KVM_IRQ_ROUTING_MSI;
+    e->u.msi.address_lo = (uint32_t)address;
+    e->u.msi.address_hi = (uint32_t)(address >> 32);
+    e->u.msi.data = data;
+}

@@ -40,17 +40,23 @@ public struct VMDefinition: Equatable, Sendable {
     public var initrd: String?
     public var cmdline: String
     public var cpu: CPUSettings
+    public var disks: [DiskSettings]
+    public var nets: [NetSettings]
 
     public static let vcpuRange = 1...254
     public static let memoryRange = 8...(1 << 20)
     public static let cmdlineMax = 0xFFFF
-    public static let knownKeys: Set<String> = ["name", "vcpus", "memory_mib", "kernel", "initrd", "cmdline", "cpu"]
+    /// Slots 1–31 of PCI bus 0 (slot 0 is the host bridge).
+    public static let maxPciDevices = 31
+    public static let knownKeys: Set<String> = ["name", "vcpus", "memory_mib", "kernel", "initrd", "cmdline", "cpu",
+                                                 "disks", "nets"]
     public static let cpuKeys: Set<String> = ["template", "disable_features"]
 
     public init(name: String, vcpus: Int = 1, memoryMiB: Int = 128, kernel: String, initrd: String? = nil,
-                cmdline: String = "", cpu: CPUSettings = CPUSettings()) {
+                cmdline: String = "", cpu: CPUSettings = CPUSettings(), disks: [DiskSettings] = [], nets: [NetSettings] = []) {
         self.name = name; self.vcpus = vcpus; self.memoryMiB = memoryMiB; self.kernel = kernel
         self.initrd = initrd; self.cmdline = cmdline; self.cpu = cpu
+        self.disks = disks; self.nets = nets
     }
 
     /// Reads and validates the definition at `path`.
@@ -128,8 +134,13 @@ struct Validator {
         let cmdline = string(o, "cmdline", required: false) ?? ""
         if cmdline.utf8.count > VMDefinition.cmdlineMax { fail("$.cmdline", "is \(cmdline.utf8.count) bytes, the limit is \(VMDefinition.cmdlineMax)") }
         let cpu = cpuSettings(o["cpu"])
+        let disks = disks(o["disks"])
+        let nets = nets(o["nets"], vmName: name)
+        if disks.count + nets.count > VMDefinition.maxPciDevices {
+            fail("$", "\(disks.count) disks and \(nets.count) nets exceed the \(VMDefinition.maxPciDevices) PCI slots")
+        }
         return VMDefinition(name: name, vcpus: vcpus, memoryMiB: memory, kernel: kernel ?? "", initrd: initrd,
-                            cmdline: cmdline, cpu: cpu)
+                            cmdline: cmdline, cpu: cpu, disks: disks, nets: nets)
     }
 
     mutating func cpuSettings(_ value: JSONValue?) -> CPUSettings {

@@ -70,6 +70,7 @@ public enum KVMCapability {
     public static let pit2 = Int32(KVM_CAP_PIT2)
     public static let extCPUID = Int32(KVM_CAP_EXT_CPUID)
     public static let irqfd = Int32(KVM_CAP_IRQFD)
+    public static let irqRouting = Int32(KVM_CAP_IRQ_ROUTING)
     public static let ioeventfd = Int32(KVM_CAP_IOEVENTFD)
     public static let maxVCPUs = Int32(KVM_CAP_MAX_VCPUS)
     public static let immediateExit = Int32(KVM_CAP_IMMEDIATE_EXIT)

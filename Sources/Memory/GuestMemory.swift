@@ -140,6 +140,21 @@ public final class GuestMemory: @unchecked Sendable {
         memset(p, Int32(value), count)
     }
 
+    /// Direct access to `count` bytes of guest RAM at `address`, for device I/O that reads or
+    /// writes guest buffers in place (pread/pwrite into a virtqueue buffer). The range is checked
+    /// first; the pointer must not escape `body`.
+    public func withUnsafeMutableBytes<R>(at address: GuestAddress, count: Int,
+                                          _ body: (UnsafeMutableRawBufferPointer) throws -> R) throws -> R {
+        let p = try checkedPointer(address, count)
+        return try body(UnsafeMutableRawBufferPointer(start: p, count: count))
+    }
+
+    public func withUnsafeBytes<R>(at address: GuestAddress, count: Int,
+                                   _ body: (UnsafeRawBufferPointer) throws -> R) throws -> R {
+        let p = try checkedPointer(address, count)
+        return try body(UnsafeRawBufferPointer(start: p, count: count))
+    }
+
     /// Little-endian integer access (x86 guests are little-endian).
     public func writeInteger<T: FixedWidthInteger>(_ value: T, at address: GuestAddress) throws {
         let p = try checkedPointer(address, MemoryLayout<T>.size)

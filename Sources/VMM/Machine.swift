@@ -6,6 +6,8 @@ import KVM
 import Logging
 import Memory
 import CKVM
+import PCI
+import Posix
 #if canImport(Glibc)
 import Glibc
 #endif
@@ -54,6 +56,8 @@ public final class Machine: @unchecked Sendable {
     let mmio: Bus
     let vcpus: [VCPU]
     let serial: Serial8250
+    /// virtio-pci devices (disks, NICs), reset when the VM stops so their I/O threads end.
+    let pciDevices: [VirtioPciDevice]
     let stop = StopController()
     let options: RunOptions
     /// When the VM was created; the boot marker is reported relative to it.
@@ -106,7 +110,13 @@ public final class Machine: @unchecked Sendable {
         for (slot, region) in memory.regions.enumerated() {
             try vm.setUserMemoryRegion(slot: UInt32(slot), guestAddress: region.start.raw, size: region.size, hostAddress: region.hostAddress)
         }
-        let entry = try KernelLoader.load(images, into: memory, vcpus: def.vcpus)
+        // PCI devices before the boot tables: the MP table lists their interrupt routing.
+        for (cap, name) in [(KVMCapability.irqfd, "KVM_CAP_IRQFD"), (KVMCapability.irqRouting, "KVM_CAP_IRQ_ROUTING")] where !(def.disks.isEmpty && def.nets.isEmpty) {
+            try system.require(cap, name)
+        }
+        let pci = try PciDevices.build(definition: def, vm: vm, memory: memory, router: MsiRouter(vm: vm, logger: logger), logger: logger)
+        pciDevices = pci.transports
+        let entry = try KernelLoader.load(images, into: memory, vcpus: def.vcpus, pciInterrupts: pci.interrupts)
 
         // Devices. They report guest requests to the stop controller, never to KVM.
         let stop = self.stop
@@ -135,9 +145,11 @@ public final class Machine: @unchecked Sendable {
             .init(base: PlatformLayout.cmos, length: 2, name: "cmos", device: CMOSClock()),
             .init(base: PlatformLayout.exitPort, length: 1, name: "exit-port", device: ExitPort(onRequest: onRequest)),
             .init(base: PlatformLayout.com1, length: 8, name: "com1", device: serial),
+            .init(base: PciRoot.configAddressPort, length: PciRoot.configPortsLength, name: "pci-config", device: pci.root.configAccess),
         ])
         mmio = try Bus(name: "mmio", ranges: [
             .init(base: PlatformLayout.bootMarker, length: 0x1000, name: "boot-marker", device: marker),
+            .init(base: pci.root.windowBase, length: pci.root.windowSize, name: "pci-bars", device: pci.root.mmioWindow),
         ])
 
         // vCPUs: CPUID from the policy, boot MSRs, FPU, LAPIC LINT pins; registers on the BSP only,
@@ -184,6 +196,7 @@ public final class Machine: @unchecked Sendable {
         }
         if options.consoleInput { startConsoleInput() }
         for t in threads { t.join() }
+        for d in pciDevices { d.reset() }
         let reason = stop.stopReason ?? .vmmError("all vCPU threads ended without a reason")
         let unhandled = pio.unhandled.total + mmio.unhandled.total
         if unhandled > 0 {

@@ -2,6 +2,7 @@ import ArgumentParser
 import Config
 import Logging
 import VMM
+import Posix
 #if canImport(Glibc)
 import Glibc
 #endif

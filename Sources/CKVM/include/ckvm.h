@@ -72,6 +72,10 @@ struct ckvm_irq_routing {
     struct kvm_irq_routing_entry entries[CKVM_MAX_IRQ_ROUTES];
 };
 
+// Fill one routing entry (the union inside kvm_irq_routing_entry is awkward from Swift).
+void ckvm_routing_set_irqchip(struct ckvm_irq_routing *r, uint32_t index, uint32_t gsi, uint32_t chip, uint32_t pin);
+void ckvm_routing_set_msi(struct ckvm_irq_routing *r, uint32_t index, uint32_t gsi, uint64_t address, uint32_t data);
+
 // ---- wrappers -------------------------------------------------------------------------------
 // Each returns the ioctl's result; on -1 errno is left for the caller.
 int ckvm_ioctl_ptr(int fd, unsigned long request, void *arg);

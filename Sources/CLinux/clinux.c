@@ -1,0 +1,59 @@
+#define _GNU_SOURCE
+#include "clinux.h"
+#include <fcntl.h>
+#include <linux/falloc.h>
+#include <linux/fs.h>
+#include <string.h>
+#include <sys/ioctl.h>
+#include <sys/prctl.h>
+#include <sys/epoll.h>
+#include <sys/eventfd.h>
+
+const unsigned long CLINUX_TUNSETIFF = TUNSETIFF;
+const unsigned long CLINUX_TUNGETIFF = TUNGETIFF;
+const unsigned long CLINUX_TUNSETVNETHDRSZ = TUNSETVNETHDRSZ;
+const unsigned long CLINUX_TUNSETOFFLOAD = TUNSETOFFLOAD;
+const unsigned long CLINUX_TUNGETFEATURES = TUNGETFEATURES;
+const unsigned long CLINUX_BLKGETSIZE64 = BLKGETSIZE64;
+const unsigned long CLINUX_SIOCGIFHWADDR = SIOCGIFHWADDR;
+const int CLINUX_FALLOC_PUNCH_HOLE_KEEP_SIZE = FALLOC_FL_PUNCH_HOLE | FALLOC_FL_KEEP_SIZE;
+const int CLINUX_FALLOC_ZERO_RANGE = FALLOC_FL_ZERO_RANGE;
+
+int clinux_ioctl_ptr(int fd, unsigned long request, void *arg) { return ioctl(fd, request, arg); }
+int clinux_ioctl_val(int fd, unsigned long request, unsigned long arg) { return ioctl(fd, request, arg); }
+
+int clinux_tun_attach(int fd, const char *name, char *out_name) {
+    struct ifreq ifr;
+    memset(&ifr, 0, sizeof ifr);
+    ifr.ifr_flags = IFF_TAP | IFF_NO_PI | IFF_VNET_HDR;
+    strncpy(ifr.ifr_name, name, IFNAMSIZ - 1);
+    int rc = ioctl(fd, TUNSETIFF, &ifr);
+    if (rc == 0 && out_name) memcpy(out_name, ifr.ifr_name, IFNAMSIZ);
+    return rc;
+}
+
+void clinux_set_thread_name(const char *name) { prctl(PR_SET_NAME, name, 0, 0, 0); }
+
+const int CLINUX_EPOLL_CTL_ADD = EPOLL_CTL_ADD, CLINUX_EPOLL_CTL_MOD = EPOLL_CTL_MOD, CLINUX_EPOLL_CTL_DEL = EPOLL_CTL_DEL;
+const uint32_t CLINUX_EPOLLIN = EPOLLIN, CLINUX_EPOLLOUT = EPOLLOUT, CLINUX_EPOLLERR = EPOLLERR,
+    CLINUX_EPOLLHUP = EPOLLHUP, CLINUX_EPOLLET = EPOLLET;
+
+int clinux_epoll_create(void) { return epoll_create1(EPOLL_CLOEXEC); }
+
+int clinux_epoll_ctl(int epfd, int op, int fd, uint32_t events, uint64_t token) {
+    struct epoll_event ev = { .events = events, .data.u64 = token };
+    return epoll_ctl(epfd, op, fd, &ev);
+}
+
+int clinux_epoll_wait(int epfd, uint64_t *tokens, uint32_t *events, int max, int timeout_ms) {
+    struct epoll_event evs[16];
+    if (max > 16) max = 16;
+    int n = epoll_wait(epfd, evs, max, timeout_ms);
+    for (int i = 0; i < n; i++) { tokens[i] = evs[i].data.u64; events[i] = evs[i].events; }
+    return n;
+}
+
+int clinux_eventfd(int nonblocking) { return eventfd(0, EFD_CLOEXEC | (nonblocking ? EFD_NONBLOCK : 0)); }
+
+int clinux_fallocate(int fd, int mode, int64_t offset, int64_t length) { return fallocate(fd, mode, offset, length); }
+const int CLINUX_O_DIRECT = O_DIRECT;

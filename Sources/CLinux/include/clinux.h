@@ -1,0 +1,47 @@
+// Non-KVM Linux interfaces the device backends need and Swift cannot call directly:
+// ioctl request numbers built by macros, and non-variadic wrappers (Swift cannot call variadic
+// C functions such as ioctl(2) and fcntl(2)).
+#ifndef CLINUX_H
+#define CLINUX_H
+
+#include <stdint.h>
+#include <sys/types.h>
+#include <linux/if_tun.h>
+#include <linux/if.h>
+
+extern const unsigned long CLINUX_TUNSETIFF;
+extern const unsigned long CLINUX_TUNGETIFF;
+extern const unsigned long CLINUX_TUNSETVNETHDRSZ;
+extern const unsigned long CLINUX_TUNSETOFFLOAD;
+extern const unsigned long CLINUX_TUNGETFEATURES;
+extern const unsigned long CLINUX_BLKGETSIZE64;
+extern const unsigned long CLINUX_SIOCGIFHWADDR;
+
+// Each returns the call's result; on -1 errno is left for the caller.
+int clinux_ioctl_ptr(int fd, unsigned long request, void *arg);
+int clinux_ioctl_val(int fd, unsigned long request, unsigned long arg);
+
+/// Opens a TAP device named `name` (empty: the kernel picks tapN) with IFF_NO_PI|IFF_VNET_HDR on
+/// the open /dev/net/tun descriptor `fd`; writes the final name to `out_name` (IFNAMSIZ bytes).
+int clinux_tun_attach(int fd, const char *name, char *out_name);
+
+/// fallocate(2) modes, as ints (macros in <linux/falloc.h>).
+extern const int CLINUX_FALLOC_PUNCH_HOLE_KEEP_SIZE;
+extern const int CLINUX_FALLOC_ZERO_RANGE;
+int clinux_fallocate(int fd, int mode, int64_t offset, int64_t length);
+/// O_DIRECT (only visible to C with _GNU_SOURCE).
+extern const int CLINUX_O_DIRECT;
+
+/// epoll and eventfd without the packed struct epoll_event crossing into Swift.
+int clinux_epoll_create(void);
+int clinux_epoll_ctl(int epfd, int op, int fd, uint32_t events, uint64_t token);
+/// Waits for up to `max` events, filling tokens[i] and events[i]; returns the count or -1.
+int clinux_epoll_wait(int epfd, uint64_t *tokens, uint32_t *events, int max, int timeout_ms);
+int clinux_eventfd(int nonblocking);
+extern const int CLINUX_EPOLL_CTL_ADD, CLINUX_EPOLL_CTL_MOD, CLINUX_EPOLL_CTL_DEL;
+extern const uint32_t CLINUX_EPOLLIN, CLINUX_EPOLLOUT, CLINUX_EPOLLERR, CLINUX_EPOLLHUP, CLINUX_EPOLLET;
+
+/// Names the calling thread (at most 15 characters are kept).
+void clinux_set_thread_name(const char *name);
+
+#endif

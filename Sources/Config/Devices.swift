@@ -1,0 +1,157 @@
+#if canImport(Glibc)
+import Glibc
+#endif
+
+/// One virtio-blk disk of a definition (`disks[]`).
+public struct DiskSettings: Equatable, Sendable {
+    /// Absolute path of a raw image file or block device.
+    public var path: String
+    public var readOnly: Bool
+    /// Returned by VIRTIO_BLK_T_GET_ID (/sys/block/vdX/serial in a Linux guest); ≤ 20 bytes.
+    public var serial: String
+    /// Open with O_DIRECT: bypass the host page cache.
+    public var directIO: Bool
+
+    public static let keys: Set<String> = ["path", "read_only", "serial", "direct_io"]
+    public static let serialMax = 20
+
+    public init(path: String, readOnly: Bool = false, serial: String = "", directIO: Bool = false) {
+        self.path = path; self.readOnly = readOnly; self.serial = serial; self.directIO = directIO
+    }
+}
+
+/// One virtio-net interface of a definition (`nets[]`), backed by a TAP device.
+public struct NetSettings: Equatable, Sendable {
+    /// Host interface name; created if it does not exist, attached to if it does.
+    public var tap: String
+    public var mac: [UInt8]
+
+    public static let keys: Set<String> = ["tap", "mac"]
+
+    public init(tap: String, mac: [UInt8]) { self.tap = tap; self.mac = mac }
+
+    /// A locally administered unicast MAC derived from the VM name and interface index, so a VM
+    /// keeps its address across restarts without one in the definition.
+    public static func stableMAC(vmName: String, index: Int) -> [UInt8] {
+        var h: UInt64 = 0xcbf2_9ce4_8422_2325 // FNV-1a 64
+        for b in Array("\(vmName)/\(index)".utf8) { h = (h ^ UInt64(b)) &* 0x100_0000_01b3 }
+        return [0x02] + (0..<5).map { UInt8(truncatingIfNeeded: h >> (8 * UInt64($0))) }
+    }
+
+    public static func parseMAC(_ s: String) -> [UInt8]? {
+        let parts = s.split(separator: ":", omittingEmptySubsequences: false)
+        guard parts.count == 6 else { return nil }
+        var out: [UInt8] = []
+        for p in parts {
+            guard p.count == 2, let b = UInt8(p, radix: 16) else { return nil }
+            out.append(b)
+        }
+        return out
+    }
+
+    public static func format(_ mac: [UInt8]) -> String {
+        mac.map { let s = String($0, radix: 16); return s.count == 1 ? "0" + s : s }.joined(separator: ":")
+    }
+}
+
+extension Validator {
+    mutating func disks(_ value: JSONValue?) -> [DiskSettings] {
+        guard let value else { return [] }
+        guard case let .array(items) = value else { fail("$.disks", "must be an array of disk objects, got \(value.kindDescription)"); return [] }
+        var disks: [DiskSettings] = []
+        var seen: [String: Int] = [:]
+        for (i, item) in items.enumerated() {
+            let at = "$.disks[\(i)]"
+            guard case let .object(o) = item else { fail(at, "must be an object, got \(item.kindDescription)"); continue }
+            for key in o.keys.sorted() where !DiskSettings.keys.contains(key) {
+                fail("\(at).\(key)", "unknown key" + suggestion(key, DiskSettings.keys))
+            }
+            let readOnly = bool(o, "read_only", at: at) ?? false
+            let directIO = bool(o, "direct_io", at: at) ?? false
+            var serial = ""
+            if let v = o["serial"] {
+                if case let .string(s) = v, s.utf8.count <= DiskSettings.serialMax, s.unicodeScalars.allSatisfy({ $0.isASCII && $0.value >= 0x20 && $0.value < 0x7F }) {
+                    serial = s
+                } else {
+                    fail("\(at).serial", "must be a string of at most \(DiskSettings.serialMax) printable ASCII characters, got \(v.kindDescription)")
+                }
+            }
+            guard let path = diskPath(o, at: at, readOnly: readOnly) else { continue }
+            if let first = seen[path] {
+                fail("\(at).path", "\(path) is already used by $.disks[\(first)]")
+                continue
+            }
+            seen[path] = i
+            disks.append(DiskSettings(path: path, readOnly: readOnly, serial: serial, directIO: directIO))
+        }
+        return disks
+    }
+
+    mutating func diskPath(_ o: [String: JSONValue], at: String, readOnly: Bool) -> String? {
+        guard let v = o["path"] else { fail("\(at).path", "is required"); return nil }
+        guard case let .string(s) = v, !s.isEmpty else { fail("\(at).path", "must be a non-empty string, got \(v.kindDescription)"); return nil }
+        let path = s.hasPrefix("/") ? s : baseDirectory + "/" + s
+        guard checkFiles else { return path }
+        var st = stat()
+        guard stat(path, &st) == 0 else { fail("\(at).path", "\(path): \(String(cString: strerror(errno)))"); return nil }
+        let type = st.st_mode & S_IFMT
+        guard type == S_IFREG || type == S_IFBLK else { fail("\(at).path", "\(path): not a regular file or block device"); return nil }
+        guard access(path, readOnly ? R_OK : R_OK | W_OK) == 0 else {
+            fail("\(at).path", "\(path): not \(readOnly ? "readable" : "readable and writable"): \(String(cString: strerror(errno)))"
+                 + (readOnly ? "" : " (set \"read_only\": true for a read-only disk)"))
+            return nil
+        }
+        if type == S_IFREG && st.st_size < 512 { fail("\(at).path", "\(path): smaller than one 512-byte sector"); return nil }
+        return path
+    }
+
+    mutating func nets(_ value: JSONValue?, vmName: String) -> [NetSettings] {
+        guard let value else { return [] }
+        guard case let .array(items) = value else { fail("$.nets", "must be an array of interface objects, got \(value.kindDescription)"); return [] }
+        var nets: [NetSettings] = []
+        var taps: [String: Int] = [:]
+        var macs: [[UInt8]: Int] = [:]
+        for (i, item) in items.enumerated() {
+            let at = "$.nets[\(i)]"
+            guard case let .object(o) = item else { fail(at, "must be an object, got \(item.kindDescription)"); continue }
+            for key in o.keys.sorted() where !NetSettings.keys.contains(key) {
+                fail("\(at).\(key)", "unknown key" + suggestion(key, NetSettings.keys))
+            }
+            var tap: String? = nil
+            if let v = o["tap"] {
+                // IFNAMSIZ is 16 with the NUL; '/' and whitespace are not allowed in interface names.
+                if case let .string(s) = v, !s.isEmpty, s.utf8.count <= 15, s != ".", s != "..",
+                   s.unicodeScalars.allSatisfy({ $0.isASCII && $0.value > 0x20 && $0.value < 0x7F && $0 != "/" && $0 != ":" }) {
+                    tap = s
+                } else {
+                    fail("\(at).tap", "must be an interface name of 1–15 printable ASCII characters without '/', ':' or spaces, got \(v.kindDescription)")
+                }
+            } else {
+                fail("\(at).tap", "is required")
+            }
+            var mac = NetSettings.stableMAC(vmName: vmName, index: i)
+            if let v = o["mac"] {
+                if case let .string(s) = v, let m = NetSettings.parseMAC(s) {
+                    if m[0] & 1 != 0 { fail("\(at).mac", "\(s) is a multicast address; the first octet must be even") }
+                    else if m.allSatisfy({ $0 == 0 }) { fail("\(at).mac", "must not be 00:00:00:00:00:00") }
+                    else { mac = m }
+                } else {
+                    fail("\(at).mac", "must be six hex octets separated by ':' like \"02:00:00:00:00:01\", got \(v.kindDescription)")
+                }
+            }
+            guard let tap else { continue }
+            if let first = taps[tap] { fail("\(at).tap", "\"\(tap)\" is already used by $.nets[\(first)]"); continue }
+            if let first = macs[mac] { fail("\(at).mac", "\(NetSettings.format(mac)) is already used by $.nets[\(first)]"); continue }
+            taps[tap] = i
+            macs[mac] = i
+            nets.append(NetSettings(tap: tap, mac: mac))
+        }
+        return nets
+    }
+
+    mutating func bool(_ o: [String: JSONValue], _ key: String, at: String) -> Bool? {
+        guard let v = o[key] else { return nil }
+        guard case let .bool(b) = v else { fail("\(at).\(key)", "must be true or false, got \(v.kindDescription)"); return nil }
+        return b
+    }
+}

@@ -1,0 +1,36 @@
+import CLinux
+import SystemPackage
+#if canImport(Glibc)
+import Glibc
+#endif
+
+/// An eventfd(2) counter: the cheapest cross-thread (and guest-interrupt, via irqfd) signal.
+public final class EventFD: Sendable {
+    public let fd: FileDescriptor
+
+    public init(nonBlocking: Bool = true) throws(Errno) {
+        let raw = clinux_eventfd(nonBlocking ? 1 : 0)
+        guard raw >= 0 else { throw Errno(rawValue: errno) }
+        fd = FileDescriptor(rawValue: raw)
+    }
+
+    deinit { try? fd.close() }
+
+    /// Adds 1. Never blocks in practice: the counter would have to reach 2^64-2.
+    public func signal() {
+        var one: UInt64 = 1
+        while write(fd.rawValue, &one, 8) < 0 && errno == EINTR {}
+    }
+
+    /// Reads and resets the counter; 0 if it was not signalled (non-blocking mode).
+    @discardableResult
+    public func drain() -> UInt64 {
+        var v: UInt64 = 0
+        while true {
+            let n = read(fd.rawValue, &v, 8)
+            if n == 8 { return v }
+            if n < 0 && errno == EINTR { continue }
+            return 0
+        }
+    }
+}

@@ -1,0 +1,239 @@
+import Memory
+import Posix
+import Synchronization
+import SystemPackage
+import Virtio
+
+/// virtio-net feature bits (virtio 1.x 5.1.3).
+public enum VirtioNetFeature {
+    public static let checksum: UInt64 = 1 << 0        // device handles partial checksums (TX)
+    public static let guestChecksum: UInt64 = 1 << 1   // driver handles partial checksums (RX)
+    public static let mac: UInt64 = 1 << 5
+    public static let guestTSO4: UInt64 = 1 << 7
+    public static let guestTSO6: UInt64 = 1 << 8
+    public static let hostTSO4: UInt64 = 1 << 11
+    public static let hostTSO6: UInt64 = 1 << 12
+    public static let status: UInt64 = 1 << 16
+}
+
+public struct NetStatistics: Sendable, Equatable {
+    public var txFrames = 0, rxFrames = 0, txDropped = 0, rxDropped = 0
+    public var txBytes: UInt64 = 0, rxBytes: UInt64 = 0
+}
+
+/// A virtio-net device on a TAP interface. TX runs on the vCPU thread that notifies the transmit
+/// queue. RX needs a thread of its own, since frames arrive whenever the host sends them: it waits
+/// in epoll for the tap and for "new receive buffers" kicks, fills the receive queue and
+/// interrupts the guest (through irqfd on PCI/MSI-X, without returning to a vCPU).
+public final class VirtioNet: VirtioDevice {
+    public let deviceType = VirtioDeviceType.net
+    public let name: String
+    public let tap: Tap
+    public let mac: [UInt8]
+    public let queueMaxSizes: [UInt16]
+    public let availableFeatures: UInt64
+    private let config: VirtioConfigSpace
+
+    static let rxQueue = 0
+    static let txQueue = 1
+    /// Largest frame with header: 64 KiB TSO super-frame + Ethernet header + virtio-net header.
+    static let maxFrame = 65562
+
+    private struct Queue {
+        var memory: GuestMemory
+        var queue: VirtQueue
+        var interrupt: any VirtioInterrupt
+        var failed = false
+    }
+    private let rx = Mutex<Queue?>(nil)
+    private let tx = Mutex<Queue?>(nil)
+    private let stats = Mutex(NetStatistics())
+    private let rxThread = Mutex<RxWorker?>(nil)
+
+    public init(name: String, tap: Tap, mac: [UInt8], queueSize: UInt16 = 256) {
+        precondition(mac.count == 6)
+        self.name = name
+        self.tap = tap
+        self.mac = mac
+        self.queueMaxSizes = [queueSize, queueSize]
+        var features = VirtioFeature.version1 | VirtioFeature.ringIndirectDescriptors | VirtioFeature.ringEventIndex
+            | VirtioNetFeature.mac | VirtioNetFeature.status
+        if tap.supportsOffloads {
+            features |= VirtioNetFeature.checksum | VirtioNetFeature.guestChecksum
+                | VirtioNetFeature.hostTSO4 | VirtioNetFeature.hostTSO6
+                | VirtioNetFeature.guestTSO4 | VirtioNetFeature.guestTSO6
+        }
+        availableFeatures = features
+        // struct virtio_net_config: mac[6], status, max_virtqueue_pairs (5.1.4).
+        var c = VirtioConfigSpace(size: 10)
+        for (i, b) in mac.enumerated() { c.set(b, at: i) }
+        c.set(UInt16(1), at: 6)   // VIRTIO_NET_S_LINK_UP
+        c.set(UInt16(1), at: 8)
+        config = c
+    }
+
+    public var statistics: NetStatistics { stats.withLock { $0 } }
+
+    public func readConfig(offset: Int, size: Int) -> UInt64 { config.read(offset: offset, size: size) }
+    public func writeConfig(offset: Int, size: Int, value: UInt64) {}
+
+    public func activate(_ a: VirtioActivation) throws {
+        guard a.queues.count == 2, a.queues[0].ready, a.queues[1].ready else { throw VirtQueueError.notReady }
+        // Offloads the guest can receive: only what it acknowledged.
+        var offloads: UInt = 0
+        if a.features & VirtioNetFeature.guestChecksum != 0 {
+            offloads |= Tap.offloadChecksum
+            if a.features & VirtioNetFeature.guestTSO4 != 0 { offloads |= Tap.offloadTSO4 }
+            if a.features & VirtioNetFeature.guestTSO6 != 0 { offloads |= Tap.offloadTSO6 }
+        }
+        if tap.supportsOffloads { try tap.setOffloads(offloads) }
+        rx.withLock { $0 = Queue(memory: a.memory, queue: a.queues[0], interrupt: a.interrupt) }
+        tx.withLock { $0 = Queue(memory: a.memory, queue: a.queues[1], interrupt: a.interrupt) }
+        let worker = try RxWorker(device: self)
+        rxThread.withLock { $0 = worker }
+    }
+
+    public func reset() {
+        let worker = rxThread.withLock { w -> RxWorker? in defer { w = nil }; return w }
+        worker?.stop()
+        rx.withLock { $0 = nil }
+        tx.withLock { $0 = nil }
+    }
+
+    public func queueNotify(_ queue: Int) {
+        switch queue {
+        case Self.rxQueue: rxThread.withLock { $0?.kick.signal() }
+        case Self.txQueue: transmit()
+        default: break
+        }
+    }
+
+    // MARK: transmit (vCPU thread)
+
+    private func transmit() {
+        tx.withLock { state in
+            guard var s = state, !s.failed else { return }
+            defer { state = s }
+            var frame = [UInt8](repeating: 0, count: Self.maxFrame)
+            do {
+                var completed = 0
+                while let chain = try s.queue.pop(memory: s.memory) {
+                    let length = chain.readableLength
+                    if length > UInt64(Self.maxFrame) || length < UInt64(Tap.headerSize) {
+                        stats.withLock { $0.txDropped += 1 }
+                    } else {
+                        var reader = ChainReader(memory: s.memory, buffers: chain.readable)
+                        var position = 0
+                        try frame.withUnsafeMutableBytes { dst in
+                            try reader.forEachSegment(Int(length)) { address, n in
+                                try s.memory.read(into: UnsafeMutableRawBufferPointer(rebasing: dst[position..<position + n]), at: address)
+                                position += n
+                            }
+                        }
+                        let sent = try frame.withUnsafeBytes { try tap.send(UnsafeRawBufferPointer(rebasing: $0[0..<Int(length)])) }
+                        stats.withLock {
+                            if sent { $0.txFrames += 1; $0.txBytes += length - UInt64(Tap.headerSize) } else { $0.txDropped += 1 }
+                        }
+                    }
+                    try s.queue.addUsed(memory: s.memory, head: chain.head, length: 0)
+                    completed += 1
+                }
+                if completed > 0, try s.queue.shouldNotify(memory: s.memory) { s.interrupt.signalUsedQueue(Self.txQueue) }
+            } catch {
+                s.failed = true
+                s.interrupt.deviceNeedsReset(reason: "\(name): transmit queue: \(error)")
+            }
+        }
+    }
+
+    // MARK: receive (RX thread)
+
+    /// Moves frames from the tap into receive buffers until the tap is empty or the guest has no
+    /// buffers. Returns false if the guest ran out of buffers (wait for a kick).
+    fileprivate func receive(_ pending: inout [UInt8]?, scratch: inout [UInt8]) -> Bool {
+        rx.withLock { state in
+            guard var s = state, !s.failed else { return false }
+            defer { state = s }
+            var completed = 0
+            var haveBuffers = true
+            do {
+                while true {
+                    if pending == nil {
+                        let n = try scratch.withUnsafeMutableBytes { try tap.receive(into: $0) }
+                        guard let n else { break }
+                        pending = Array(scratch[0..<n])
+                    }
+                    guard let chain = try s.queue.pop(memory: s.memory) else { haveBuffers = false; break }
+                    var frame = pending!
+                    pending = nil
+                    var writer = ChainWriter(memory: s.memory, buffers: chain.writable)
+                    if frame.count < Int(Tap.headerSize) || UInt64(frame.count) > writer.remaining {
+                        stats.withLock { $0.rxDropped += 1 }
+                        try s.queue.addUsed(memory: s.memory, head: chain.head, length: 0)
+                    } else {
+                        // num_buffers: always 1 without VIRTIO_NET_F_MRG_RXBUF (the tap leaves it alone).
+                        frame[10] = 1; frame[11] = 0
+                        _ = try writer.write(frame)
+                        try s.queue.addUsed(memory: s.memory, head: chain.head, length: writer.written)
+                        stats.withLock { $0.rxFrames += 1; $0.rxBytes += UInt64(frame.count) - UInt64(Tap.headerSize) }
+                    }
+                    completed += 1
+                }
+                if completed > 0, try s.queue.shouldNotify(memory: s.memory) { s.interrupt.signalUsedQueue(Self.rxQueue) }
+            } catch let e as Errno {
+                // A tap read error (e.g. the interface went away): drop, keep the queue usable.
+                stats.withLock { $0.rxDropped += 1 }
+                _ = e
+            } catch {
+                s.failed = true
+                s.interrupt.deviceNeedsReset(reason: "\(name): receive queue: \(error)")
+                return false
+            }
+            return haveBuffers
+        }
+    }
+}
+
+/// The RX thread: epoll on the tap (edge-triggered), a kick eventfd (the guest added receive
+/// buffers) and a stop eventfd.
+private final class RxWorker: Sendable {
+    let kick: EventFD
+    let stopEvent: EventFD
+    let thread: PosixThread
+
+    enum Token: UInt64 { case tap = 1, kick, stop }
+
+    init(device: VirtioNet) throws {
+        let kick = try EventFD()
+        let stopEvent = try EventFD()
+        let epoll = try Epoll()
+        try epoll.add(device.tap.fd, events: [.readable, .edgeTriggered], token: Token.tap.rawValue)
+        try epoll.add(kick.fd, events: .readable, token: Token.kick.rawValue)
+        try epoll.add(stopEvent.fd, events: .readable, token: Token.stop.rawValue)
+        self.kick = kick
+        self.stopEvent = stopEvent
+        thread = try PosixThread(name: "\(device.name)-rx") { [weak device] in
+            var pending: [UInt8]? = nil
+            var scratch = [UInt8](repeating: 0, count: VirtioNet.maxFrame)
+            // Frames may already be queued, and the guest already has buffers: start with a pass.
+            _ = device?.receive(&pending, scratch: &scratch)
+            while true {
+                guard let events = try? epoll.wait() else { return }
+                for (token, _) in events {
+                    switch Token(rawValue: token) {
+                    case .stop: return
+                    case .kick: kick.drain()
+                    default: break
+                    }
+                }
+                guard let device else { return }
+                _ = device.receive(&pending, scratch: &scratch)
+            }
+        }
+    }
+
+    func stop() {
+        stopEvent.signal()
+        thread.join()
+    }
+}
