@@ -1,0 +1,508 @@
+/*
+ * virtio-blk - drives a modern virtio-pci block device (1af4:1042, or the
+ * transitional 1af4:1001 through its modern interface) with one polled
+ * split virtqueue.  Modes (blk.mode=):
+ *
+ *   write (default)  config + GET_ID, write blk.sectors at blk.start with the
+ *                    pattern in 1-, 8- and multi-buffer requests, FLUSH,
+ *                    read back and compare
+ *   verify           read back and compare only (second boot over the image)
+ *   readonly         expects VIRTIO_BLK_F_RO: a read works, a write fails
+ *   zeroes           WRITE_ZEROES (read back zeros) and DISCARD, if offered
+ *   bench            4 KiB random reads, 1 MiB sequential reads and writes
+ *
+ * Pattern: 32-bit LE word k (0..127) of absolute 512-byte sector s is
+ * fmix32(seed ^ (s * 0x9E3779B1) ^ (k * 0x85EBCA77)), all mod 2^32.
+ * See docs/inmates.md for every key and output line.
+ */
+#include "virtio.h"
+
+const char inmate_name[] = "virtio-blk";
+
+#define VIRTIO_BLK_F_SIZE_MAX	1
+#define VIRTIO_BLK_F_SEG_MAX	2
+#define VIRTIO_BLK_F_RO		5
+#define VIRTIO_BLK_F_BLK_SIZE	6
+#define VIRTIO_BLK_F_FLUSH	9
+#define VIRTIO_BLK_F_DISCARD	13
+#define VIRTIO_BLK_F_WRITE_ZEROES 14
+
+#define VIRTIO_BLK_T_IN		0
+#define VIRTIO_BLK_T_OUT	1
+#define VIRTIO_BLK_T_FLUSH	4
+#define VIRTIO_BLK_T_GET_ID	8
+#define VIRTIO_BLK_T_DISCARD	11
+#define VIRTIO_BLK_T_WRITE_ZEROES 13
+
+#define VIRTIO_BLK_S_OK		0
+#define VIRTIO_BLK_S_IOERR	1
+#define VIRTIO_BLK_S_UNSUPP	2
+
+/* struct virtio_blk_config offsets */
+#define CFG_CAPACITY		0
+#define CFG_SIZE_MAX		8
+#define CFG_SEG_MAX		12
+#define CFG_BLK_SIZE		20
+#define CFG_MAX_DISCARD_SECTORS	36
+#define CFG_MAX_DISCARD_SEG	40
+#define CFG_DISCARD_ALIGN	44
+#define CFG_MAX_WZ_SECTORS	48
+#define CFG_MAX_WZ_SEG		52
+
+#define SECTOR		512
+#define MAX_SEGS	32		/* data buffers per request (<= VQ_MAX_INDIRECT - 2 with header/status) */
+#define BIG_BUF		(1u << 20)	/* 1 MiB: bench requests */
+#define SEG_STRIDE	(64u << 10)	/* multi-buffer requests: one buffer per 64 KiB slot */
+
+struct blk_hdr {
+	u32 type;
+	u32 reserved;
+	u64 sector;
+};
+
+struct blk_range {		/* discard / write zeroes segment */
+	u64 sector;
+	u32 num_sectors;
+	u32 flags;		/* bit 0: unmap (write zeroes only) */
+};
+
+static u8 pool[3u << 20] __attribute__((aligned(4096)));
+
+static struct virtio_dev dev;
+static struct virtqueue *vq;
+static struct blk_hdr *hdr;
+static volatile u8 *status;
+static struct blk_range *range;
+static u8 *buf;			/* BIG_BUF + slack for scattered segments */
+static u8 *idbuf;
+static u64 capacity, timeout_us;
+static u32 seed, size_max, seg_max;
+static bool first_done;
+
+static u32 fmix32(u32 x)
+{
+	x ^= x >> 16;
+	x *= 0x85ebca6bu;
+	x ^= x >> 13;
+	x *= 0xc2b2ae35u;
+	x ^= x >> 16;
+	return x;
+}
+
+static inline u32 pattern(u64 s, u32 k)
+{
+	return fmix32(seed ^ ((u32)s * 0x9E3779B1u) ^ (k * 0x85EBCA77u));
+}
+
+static void fill_sector(u8 *p, u64 s)
+{
+	u32 *w = (u32 *)p;
+
+	for (u32 k = 0; k < SECTOR / 4; k++)
+		w[k] = pattern(s, k);
+}
+
+/* One request: header, data buffers, status.  Returns the device's status. */
+static u8 blk_request(u32 type, u64 sector, const struct vbuf *data, unsigned int n)
+{
+	struct vbuf b[MAX_SEGS + 2];
+
+	if (n > MAX_SEGS)
+		inmate_fail(EXIT_CONFIG, "request with %u data buffers (max %u)", n, MAX_SEGS);
+	hdr->type = type;
+	hdr->reserved = 0;
+	hdr->sector = sector;
+	*status = 0xff;
+	b[0] = (struct vbuf){ (u64)hdr, sizeof(*hdr), false };
+	for (unsigned int i = 0; i < n; i++)
+		b[i + 1] = data[i];
+	b[n + 1] = (struct vbuf){ (u64)status, 1, true };
+	vq_run(vq, b, n + 2, timeout_us);
+	if (!first_done) {
+		first_done = true;
+		virtio_check_msix(&dev);
+	}
+	if (*status == 0xff)
+		inmate_fail(EXIT_IOSTATUS, "request type %u sector %lu: device did not write the status byte",
+			    type, sector);
+	return *status;
+}
+
+static void expect_ok(u8 st, const char *what, u64 sector, u32 count)
+{
+	if (st != VIRTIO_BLK_S_OK)
+		inmate_fail(EXIT_IOSTATUS, "%s of %u sectors at %lu: status %u (%s)", what, count, sector, st,
+			    st == VIRTIO_BLK_S_IOERR ? "IOERR" : st == VIRTIO_BLK_S_UNSUPP ? "UNSUPP" : "?");
+}
+
+/*
+ * Split count sectors into nsegs buffers (each a 64 KiB slot of buf, so
+ * they are not contiguous in memory), honouring seg_max and size_max.
+ * Returns the number of buffers written to segs.
+ */
+static unsigned int make_segs(struct vbuf *segs, u32 count, unsigned int nsegs, bool write)
+{
+	u32 per_seg_max = SEG_STRIDE / SECTOR, total = count;
+	unsigned int n = 0;
+
+	if (size_max && size_max / SECTOR < per_seg_max)
+		per_seg_max = size_max / SECTOR ? size_max / SECTOR : 1;
+	if (nsegs > count)
+		nsegs = count;
+	if (nsegs < 1)
+		nsegs = 1;
+	while (count) {
+		/* equal pieces, the remainder in the last: 13 in 3 -> 4, 4, 5 */
+		u32 this = n + 1 < nsegs ? total / nsegs : count;
+
+		if (this == 0)
+			this = 1;
+		if (this > count)
+			this = count;
+		if (this > per_seg_max)
+			this = per_seg_max;
+		if (n >= MAX_SEGS || (seg_max && n >= seg_max) || (u64)(n + 1) * SEG_STRIDE > BIG_BUF)
+			inmate_fail(EXIT_CONFIG, "request of %u sectors too large for seg_max %u / size_max %u",
+				    total, seg_max, size_max);
+		segs[n] = (struct vbuf){ (u64)(buf + (u64)n * SEG_STRIDE), this * SECTOR, write };
+		n++;
+		count -= this;
+	}
+	return n;
+}
+
+/* Write count sectors at s with the pattern; updates the FNV checksum. */
+static void write_chunk(u64 s, u32 count, unsigned int nsegs, u32 *fnv)
+{
+	struct vbuf segs[MAX_SEGS];
+	unsigned int n = make_segs(segs, count, nsegs, false);
+	u64 sec = s;
+
+	for (unsigned int i = 0; i < n; i++)
+		for (u32 off = 0; off < segs[i].len; off += SECTOR, sec++) {
+			fill_sector((u8 *)segs[i].addr + off, sec);
+			*fnv = fnv1a(*fnv, (u8 *)segs[i].addr + off, SECTOR);
+		}
+	expect_ok(blk_request(VIRTIO_BLK_T_OUT, s, segs, n), "write", s, count);
+}
+
+/* Read count sectors at s and compare with the pattern (or zeros). */
+static void read_chunk(u64 s, u32 count, unsigned int nsegs, bool zeros, u32 *fnv)
+{
+	struct vbuf segs[MAX_SEGS];
+	unsigned int n = make_segs(segs, count, nsegs, true);
+	u64 sec = s;
+
+	for (unsigned int i = 0; i < n; i++)
+		memset((void *)segs[i].addr, 0xa5, segs[i].len);	/* no stale matches */
+	expect_ok(blk_request(VIRTIO_BLK_T_IN, s, segs, n), "read", s, count);
+	for (unsigned int i = 0; i < n; i++)
+		for (u32 off = 0; off < segs[i].len; off += SECTOR, sec++) {
+			const u32 *w = (const u32 *)(segs[i].addr + off);
+
+			for (u32 k = 0; k < SECTOR / 4; k++) {
+				u32 want = zeros ? 0 : pattern(sec, k);
+
+				if (w[k] != want)
+					inmate_fail(EXIT_MISMATCH, "sector %lu word %u: read %#010x, want %#010x (request of %u sectors at %lu, buffer %u of %u)",
+						    sec, k, w[k], want, count, s, i, n);
+			}
+			if (fnv)
+				*fnv = fnv1a(*fnv, w, SECTOR);
+		}
+}
+
+/* Request shapes {sectors, buffers}: cycles through them over the range. */
+static const u32 write_shapes[][2] = { { 1, 1 }, { 8, 1 }, { 13, 3 }, { 4, 2 }, { 32, 4 } };
+static const u32 read_shapes[][2] = { { 5, 1 }, { 1, 1 }, { 24, 3 }, { 8, 2 }, { 64, 1 } };
+
+static u32 walk(u64 start, u64 sectors, bool write, bool zeros)
+{
+	const u32 (*shapes)[2] = write ? write_shapes : read_shapes;
+	unsigned int nshapes = write ? ARRAY_SIZE(write_shapes) : ARRAY_SIZE(read_shapes);
+	u32 fnv = FNV1A_INIT, reqs = 0;
+	u64 s = start, end = start + sectors;
+
+	for (unsigned int i = 0; s < end; i++) {
+		u32 count = shapes[i % nshapes][0], nsegs = shapes[i % nshapes][1];
+
+		if (count > end - s)
+			count = end - s;
+		if (write)
+			write_chunk(s, count, nsegs, &fnv);
+		else
+			read_chunk(s, count, nsegs, zeros, &fnv);
+		s += count;
+		reqs++;
+	}
+	printk("virtio-blk: %s %lu sectors at %lu in %u requests\n", write ? "wrote" : "read back",
+	       sectors, start, reqs);
+	return fnv;
+}
+
+static void get_id(void)
+{
+	struct vbuf b = { (u64)idbuf, 20, true };
+	char serial[21], want[32];
+	u8 st;
+
+	memset(idbuf, 0, 20);
+	st = blk_request(VIRTIO_BLK_T_GET_ID, 0, &b, 1);
+	if (st == VIRTIO_BLK_S_UNSUPP) {
+		printk("virtio-blk: GET_ID unsupported\n");
+		if (cmdline_get("blk.serial", want, sizeof(want)))
+			inmate_fail(EXIT_MISMATCH, "blk.serial=%s given but GET_ID is unsupported", want);
+		return;
+	}
+	expect_ok(st, "GET_ID", 0, 0);
+	memcpy(serial, idbuf, 20);
+	serial[20] = '\0';	/* 20 bytes, NUL-terminated only if shorter */
+	printk("virtio-blk: serial \"%s\"\n", serial);
+	if (cmdline_get("blk.serial", want, sizeof(want)) && strcmp(want, serial))
+		inmate_fail(EXIT_MISMATCH, "serial \"%s\", want \"%s\"", serial, want);
+}
+
+static void flush(void)
+{
+	if (!virtio_has(&dev, VIRTIO_BLK_F_FLUSH)) {
+		printk("virtio-blk: FLUSH not offered, skipped\n");
+		return;
+	}
+	expect_ok(blk_request(VIRTIO_BLK_T_FLUSH, 0, NULL, 0), "flush", 0, 0);
+	printk("virtio-blk: flush ok\n");
+}
+
+static void check_range(u64 start, u64 sectors)
+{
+	if (sectors == 0 || start + sectors > capacity || start + sectors < start)
+		inmate_fail(EXIT_CONFIG, "range %lu+%lu sectors outside the disk (capacity %lu)", start,
+			    sectors, capacity);
+}
+
+/* ---- modes -------------------------------------------------------------- */
+
+static void mode_readonly(u64 start)
+{
+	struct vbuf b = { (u64)buf, SECTOR, true };
+	u8 st;
+
+	if (!virtio_has(&dev, VIRTIO_BLK_F_RO))
+		inmate_fail(EXIT_FEATURE, "blk.mode=readonly but the device does not offer VIRTIO_BLK_F_RO");
+	expect_ok(blk_request(VIRTIO_BLK_T_IN, start, &b, 1), "read", start, 1);
+	b.write = false;
+	st = blk_request(VIRTIO_BLK_T_OUT, start, &b, 1);
+	if (st != VIRTIO_BLK_S_IOERR && st != VIRTIO_BLK_S_UNSUPP)
+		inmate_fail(EXIT_IOSTATUS, "write to a read-only disk completed with status %u, want IOERR (1) or UNSUPP (2)", st);
+	printk("INMATE virtio-blk OK: read-only: read ok, write rejected with status %u (%s)\n", st,
+	       st == VIRTIO_BLK_S_IOERR ? "IOERR" : "UNSUPP");
+}
+
+static void range_request(u32 type, u64 s, u64 n, u32 max_per_seg, u32 flags, const char *what)
+{
+	while (n) {
+		u32 this = n > max_per_seg ? max_per_seg : (u32)n;
+		struct vbuf b = { (u64)range, sizeof(*range), false };
+
+		range->sector = s;
+		range->num_sectors = this;
+		range->flags = flags;
+		expect_ok(blk_request(type, 0, &b, 1), what, s, this);
+		s += this;
+		n -= this;
+	}
+}
+
+static void mode_zeroes(u64 start, u64 sectors)
+{
+	bool wz = virtio_has(&dev, VIRTIO_BLK_F_WRITE_ZEROES), dc = virtio_has(&dev, VIRTIO_BLK_F_DISCARD);
+	char tested[96] = "";
+
+	check_range(start, sectors);
+	if (wz) {
+		u32 max = virtio_cfg32(&dev, CFG_MAX_WZ_SECTORS);
+
+		printk("virtio-blk: write zeroes: max %u sectors, max %u segments\n", max,
+		       virtio_cfg32(&dev, CFG_MAX_WZ_SEG));
+		if (!max)
+			inmate_fail(EXIT_CONFIG, "WRITE_ZEROES offered with max_write_zeroes_sectors 0");
+		walk(start, sectors, true, false);	/* something nonzero to overwrite */
+		range_request(VIRTIO_BLK_T_WRITE_ZEROES, start, sectors, max, 0, "write zeroes");
+		walk(start, sectors, false, true);
+		snprintk(tested, sizeof(tested), "write_zeroes %lu sectors", sectors);
+	}
+	if (dc) {
+		u32 max = virtio_cfg32(&dev, CFG_MAX_DISCARD_SECTORS);
+		u32 align = virtio_cfg32(&dev, CFG_DISCARD_ALIGN);
+		u64 s = start, n = sectors;
+		size_t len = strlen(tested);
+
+		printk("virtio-blk: discard: max %u sectors, max %u segments, alignment %u\n", max,
+		       virtio_cfg32(&dev, CFG_MAX_DISCARD_SEG), align);
+		if (!max)
+			inmate_fail(EXIT_CONFIG, "DISCARD offered with max_discard_sectors 0");
+		if (align > 1) {		/* shrink to aligned boundaries */
+			u64 a = (s + align - 1) / align * align, e = (s + n) / align * align;
+
+			s = a;
+			n = e > a ? e - a : 0;
+		}
+		if (n) {
+			range_request(VIRTIO_BLK_T_DISCARD, s, n, max, 0, "discard");
+			snprintk(tested + len, sizeof(tested) - len, "%sdiscard %lu sectors", len ? ", " : "", n);
+		} else {
+			snprintk(tested + len, sizeof(tested) - len, "%sdiscard skipped (range < alignment %u)",
+				 len ? ", " : "", align);
+		}
+	}
+	printk("INMATE virtio-blk OK: zeroes: %s%s%s\n", tested[0] ? tested : "neither tested",
+	       wz ? "" : " (WRITE_ZEROES not offered)", dc ? "" : " (DISCARD not offered)");
+}
+
+static u64 rand_state = 0x853c49e6748fea9bULL;
+
+static u32 lcg(void)
+{
+	rand_state = rand_state * 6364136223846793005ULL + 1442695040888963407ULL;
+	return (u32)(rand_state >> 33);
+}
+
+static void mode_bench(u64 start)
+{
+	u64 secs = cmdline_get_u64("bench.secs", 2), dur = us_to_tsc(secs * 1000000);
+	u64 bigsec = BIG_BUF / SECTOR, area, t0, t, ops;
+	struct vbuf segs[MAX_SEGS];
+	unsigned int nbig;
+	u32 iops, rd, wr;
+
+	if (capacity < start + 8)
+		inmate_fail(EXIT_CONFIG, "disk too small for bench (capacity %lu)", capacity);
+	area = capacity - start;
+	if (area < bigsec)
+		bigsec = area;
+	if (!secs)
+		secs = 1;
+	dur = us_to_tsc(secs * 1000000);
+	/* A polling driver: no completion interrupts unless bench.intr=1. */
+	vq_set_interrupts(vq, cmdline_get_u64("bench.intr", 0) != 0);
+
+	/* 4 KiB random reads, one outstanding. */
+	ops = 0;
+	t0 = rdtsc();
+	do {
+		u64 s = start + ((u64)lcg() % (area / 8)) * 8;
+		struct vbuf b = { (u64)buf, 4096, true };
+
+		expect_ok(blk_request(VIRTIO_BLK_T_IN, s, &b, 1), "bench read", s, 8);
+		ops++;
+	} while ((t = rdtsc() - t0) < dur);
+	iops = ops * 1000000 / tsc_to_us(t);
+	printk("bench: randread4k %lu requests in %lu ms\n", ops, tsc_to_us(t) / 1000);
+
+	/* 1 MiB sequential reads, several buffers each (64 KiB slots). */
+	nbig = make_segs(segs, bigsec, 16, true);
+	ops = 0;
+	t0 = rdtsc();
+	do {
+		u64 s = start + (ops * bigsec) % (area - area % bigsec);
+
+		expect_ok(blk_request(VIRTIO_BLK_T_IN, s, segs, nbig), "bench read", s, bigsec);
+		ops++;
+	} while ((t = rdtsc() - t0) < dur);
+	rd = ops * bigsec * SECTOR / tsc_to_us(t);	/* bytes/us = MB/s */
+	printk("bench: seqread %lu x %lu KiB (%u buffers) in %lu ms\n", ops, bigsec / 2, nbig,
+	       tsc_to_us(t) / 1000);
+
+	nbig = make_segs(segs, bigsec, 16, false);
+	ops = 0;
+	t0 = rdtsc();
+	do {
+		u64 s = start + (ops * bigsec) % (area - area % bigsec);
+
+		expect_ok(blk_request(VIRTIO_BLK_T_OUT, s, segs, nbig), "bench write", s, bigsec);
+		ops++;
+	} while ((t = rdtsc() - t0) < dur);
+	wr = ops * bigsec * SECTOR / tsc_to_us(t);
+	printk("bench: seqwrite %lu x %lu KiB (%u buffers) in %lu ms\n", ops, bigsec / 2, nbig,
+	       tsc_to_us(t) / 1000);
+	flush();
+	printk("BENCH blk randread4k_iops=%u seqread_mbps=%u seqwrite_mbps=%u\n", iops, rd, wr);
+	printk("virtio-blk: queue notifies %lu for %lu requests\n", vq->notifies, vq->submitted);
+}
+
+void inmate_main(void)
+{
+	static const u16 ids[][2] = { { 0x1af4, 0x1042 }, { 0x1af4, 0x1001 }, { 0, 0 } };
+	char mode[16] = "write";
+	u64 start = cmdline_get_u64("blk.start", 0), sectors = cmdline_get_u64("blk.sectors", 64);
+	u64 want = (1ULL << VIRTIO_BLK_F_SIZE_MAX) | (1ULL << VIRTIO_BLK_F_SEG_MAX) |
+		   (1ULL << VIRTIO_BLK_F_RO) | (1ULL << VIRTIO_BLK_F_BLK_SIZE) |
+		   (1ULL << VIRTIO_BLK_F_FLUSH) | (1ULL << VIRTIO_BLK_F_DISCARD) |
+		   (1ULL << VIRTIO_BLK_F_WRITE_ZEROES);
+	bool calibrated;
+	u32 fnv;
+
+	cmdline_get("blk.mode", mode, sizeof(mode));
+	seed = (u32)cmdline_get_u64("blk.seed", 1);
+	timeout_us = cmdline_get_u64("blk.timeout_ms", 5000) * 1000;
+	if (strcmp(mode, "write") && strcmp(mode, "verify") && strcmp(mode, "readonly") &&
+	    strcmp(mode, "zeroes") && strcmp(mode, "bench"))
+		inmate_fail(EXIT_CONFIG, "unknown blk.mode=%s (write, verify, readonly, zeroes, bench)", mode);
+	calibrated = timer_init();
+	printk("virtio-blk: mode %s, TSC %lu kHz%s\n", mode, tsc_khz, calibrated ? "" : " (assumed)");
+
+	dma_pool_init(pool, sizeof(pool));
+	hdr = dma_alloc(sizeof(*hdr), 16);
+	status = dma_alloc(1, 1);
+	range = dma_alloc(sizeof(*range), 16);
+	idbuf = dma_alloc(20, 4);
+	buf = dma_alloc(BIG_BUF + 4096, 4096);
+
+	virtio_init(&dev, "virtio-blk", ids, want);
+	virtio_setup_msix(&dev);
+	vq = virtio_setup_queue(&dev, 0, 256);
+	virtio_driver_ok(&dev);
+
+	capacity = virtio_cfg64(&dev, CFG_CAPACITY);
+	if (virtio_has(&dev, VIRTIO_BLK_F_SIZE_MAX))
+		size_max = virtio_cfg32(&dev, CFG_SIZE_MAX);
+	if (virtio_has(&dev, VIRTIO_BLK_F_SEG_MAX))
+		seg_max = virtio_cfg32(&dev, CFG_SEG_MAX);
+	printk("virtio-blk: capacity %lu sectors (%lu KiB), blk_size %u%s, size_max %u, seg_max %u, features:%s%s%s%s%s\n",
+	       capacity, capacity / 2,
+	       virtio_has(&dev, VIRTIO_BLK_F_BLK_SIZE) ? virtio_cfg32(&dev, CFG_BLK_SIZE) : 512,
+	       virtio_has(&dev, VIRTIO_BLK_F_BLK_SIZE) ? "" : " (not offered)", size_max, seg_max,
+	       virtio_has(&dev, VIRTIO_BLK_F_RO) ? " ro" : "",
+	       virtio_has(&dev, VIRTIO_BLK_F_FLUSH) ? " flush" : "",
+	       virtio_has(&dev, VIRTIO_BLK_F_DISCARD) ? " discard" : "",
+	       virtio_has(&dev, VIRTIO_BLK_F_WRITE_ZEROES) ? " write_zeroes" : "",
+	       virtio_has(&dev, VIRTIO_F_INDIRECT_DESC) ? " indirect" : "");
+	if (virtio_has(&dev, VIRTIO_BLK_F_BLK_SIZE) && virtio_cfg32(&dev, CFG_BLK_SIZE) != SECTOR)
+		printk("virtio-blk: warning: blk_size is not 512; 1-sector requests may be refused\n");
+	if (seg_max && seg_max < 4)
+		inmate_fail(EXIT_CONFIG, "seg_max %u < 4: too small for the multi-buffer requests", seg_max);
+
+	get_id();
+
+	if (!strcmp(mode, "readonly")) {
+		mode_readonly(start);
+	} else if (!strcmp(mode, "zeroes")) {
+		mode_zeroes(start, sectors);
+	} else if (!strcmp(mode, "bench")) {
+		mode_bench(start);
+	} else if (!strcmp(mode, "verify")) {
+		check_range(start, sectors);
+		fnv = walk(start, sectors, false, false);
+		printk("INMATE virtio-blk OK: verified %lu sectors at %lu checksum=%#010x\n", sectors, start, fnv);
+	} else {
+		check_range(start, sectors);
+		fnv = walk(start, sectors, true, false);
+		flush();
+		if (walk(start, sectors, false, false) != fnv)
+			inmate_fail(EXIT_MISMATCH, "read-back checksum differs");
+		printk("INMATE virtio-blk OK: wrote %lu sectors at %lu checksum=%#010x\n", sectors, start, fnv);
+	}
+	if (dev.vq[0].indirect_used)
+		printk("virtio-blk: %lu of %lu requests used indirect descriptors\n", vq->indirect_used,
+		       vq->submitted);
+	printk("virtio-blk: %lu requests, %lu notifies\n", vq->submitted, vq->notifies);
+}
