@@ -78,10 +78,12 @@ enum VMM {
         return "{" + fields.joined(separator: ", ") + "}"
     }
 
-    static func run(config: String, arguments: [String] = [], timeout: Double) throws -> VMMResult {
+    /// Runs the VMM; `prefix` wraps it in another command (e.g. `ip netns exec NS`).
+    static func run(config: String, arguments: [String] = [], timeout: Double, prefix: [String] = []) throws -> VMMResult {
         let p = Process()
-        p.executableURL = URL(fileURLWithPath: Env.vmmBinary)
-        p.arguments = ["--config", config, "--no-console-input"] + arguments
+        let argv = prefix + [Env.vmmBinary, "--config", config, "--no-console-input"] + arguments
+        p.executableURL = URL(fileURLWithPath: argv[0])
+        p.arguments = Array(argv.dropFirst())
         let out = Pipe(), err = Pipe()
         p.standardOutput = out
         p.standardError = err
