@@ -53,6 +53,9 @@ let package = Package(
             .product(name: "ArgumentParser", package: "swift-argument-parser"),
             .product(name: "Logging", package: "swift-log"),
         ]),
+        // Fuzz target for the virtqueue core and virtio-blk (libFuzzer build via scripts/fuzz-virtio.sh;
+        // the plain build replays saved inputs).
+        .executableTarget(name: "virtio-fuzz", dependencies: ["Memory", "Virtio", "VirtioBlock"]),
         .testTarget(name: "ArchTests", dependencies: ["Arch"]),
         .testTarget(name: "MemoryTests", dependencies: ["Memory"]),
         .testTarget(name: "BootTests", dependencies: ["Boot", "Memory", "Arch"]),

@@ -12,13 +12,39 @@ struct LinuxGuestTests {
 
     /// Generous: an idle development machine boots in 2–4 minutes, one loaded by parallel builds
     /// took 6 (1 vCPU) and 17 (2 vCPUs). A hung guest still ends the test.
-    func boot(name: String, vcpus: Int, image: String = "vmlinux", extraCmdline: String = "") throws -> VMMResult {
-        let dir = Env.guestLinuxDir
-        let kernel = try Env.requireFile(dir + "/" + image, builtBy: "scripts/build-guest-kernel.sh")
-        let initrd = try Env.requireFile(dir + "/initramfs.cpio", builtBy: "scripts/build-guest-kernel.sh")
+    func boot(name: String, vcpus: Int, image: String = "vmlinux", extraCmdline: String = "", extra: String = "",
+              in dir: URL? = nil, prefix: [String] = []) throws -> VMMResult {
+        let guest = Env.guestLinuxDir
+        let kernel = try Env.requireFile(guest + "/" + image, builtBy: "scripts/build-guest-kernel.sh")
+        let initrd = try Env.requireFile(guest + "/initramfs.cpio", builtBy: "scripts/build-guest-kernel.sh")
         let def = VMM.definition(name: name, kernel: kernel, vcpus: vcpus, memoryMiB: 64, initrd: initrd,
-                                 cmdline: Self.cmdline + (extraCmdline.isEmpty ? "" : " " + extraCmdline))
-        return try VMM.run(config: try VMM.writeDefinition(def), timeout: vcpus > 1 ? 1500 : 900)
+                                 cmdline: Self.cmdline + (extraCmdline.isEmpty ? "" : " " + extraCmdline), extra: extra)
+        return try VMM.run(config: try VMM.writeDefinition(def, in: dir), timeout: vcpus > 1 ? 1500 : 900, prefix: prefix)
+    }
+
+    /// Linux's virtio_pci, virtio_blk and virtio_net drivers on our PCI bus: enumeration through
+    /// 0xCF8, BARs, MSI-X vectors, a write with fsync (FLUSH) that the host then finds in the image.
+    @Test(.enabled(if: EchoNamespace.unavailableReason == nil, Comment(rawValue: EchoNamespace.unavailableReason ?? "")))
+    func virtioDiskAndNICThroughLinuxDrivers() throws {
+        let dir = try VMM.tempDir()
+        let disk = try DiskImage(megabytes: 4, in: dir)
+        let h = try FileHandle(forWritingTo: URL(fileURLWithPath: disk.path))
+        try h.write(contentsOf: Data("RTVISOR-HOST-DISK".utf8))
+        try h.close()
+        let ns = try EchoNamespace(echoArguments: [])
+        defer { _ = ns.finish() }
+        let r = try boot(name: "linuxvirtio", vcpus: 1, extraCmdline: "rtvisor.check=virtio",
+                         extra: "\"disks\": [{\"path\": \"\(disk.path)\", \"serial\": \"lnx-1\"}], \"nets\": [{\"tap\": \"\(ns.tap)\"}]",
+                         in: dir, prefix: [EchoNamespace.ip, "netns", "exec", ns.name])
+        #expect(r.status == 0, "console tail:\n\(r.console.suffix(4000))\nstderr:\n\(r.stderr)")
+        #expect(r.console.contains("virtio_blk virtio0: [vda] 8192 512-byte logical blocks"))
+        #expect(r.console.contains("disk says: RTVISOR-HOST-DISK"))
+        #expect(r.console.contains("RTVISOR_CHECK_END virtio status=0"))
+        // MSI-X: one vector for configuration and one per queue, per device.
+        #expect(r.console.contains("PCI-MSI") && r.console.contains("virtio0-req.0"), "console tail:\n\(r.console.suffix(4000))")
+        #expect(r.console.contains("virtio1-input.0") && r.console.contains("virtio1-output.0"))
+        #expect(r.console.contains("eth0:"))
+        #expect(try disk.sectors(8, 1).starts(with: Array("RTVISOR-GUEST-WROTE-THIS\n".utf8)))
     }
 
     @Test func bootsBusyboxInitToMarkerAndPowersOff() throws {
