@@ -181,7 +181,8 @@ static void write_chunk(u64 s, u32 count, unsigned int nsegs, u32 *fnv)
 	for (unsigned int i = 0; i < n; i++)
 		for (u32 off = 0; off < segs[i].len; off += SECTOR, sec++) {
 			fill_sector((u8 *)segs[i].addr + off, sec);
-			*fnv = fnv1a(*fnv, (u8 *)segs[i].addr + off, SECTOR);
+			if (fnv)
+				*fnv = fnv1a(*fnv, (u8 *)segs[i].addr + off, SECTOR);
 		}
 	expect_ok(blk_request(VIRTIO_BLK_T_OUT, s, segs, n), "write", s, count);
 }
@@ -216,12 +217,15 @@ static void read_chunk(u64 s, u32 count, unsigned int nsegs, bool zeros, u32 *fn
 static const u32 write_shapes[][2] = { { 1, 1 }, { 8, 1 }, { 13, 3 }, { 4, 2 }, { 32, 4 } };
 static const u32 read_shapes[][2] = { { 5, 1 }, { 1, 1 }, { 24, 3 }, { 8, 2 }, { 64, 1 } };
 
-static u32 walk(u64 start, u64 sectors, bool write, bool zeros)
+/* Writes (write) or reads back and compares (zeros: expect zeros) a range;
+ * returns the FNV-1a of the data unless nofnv (saves time where the code
+ * runs emulated: the per-word compare already proves the data). */
+static u32 walk(u64 start, u64 sectors, bool write, bool zeros, bool nofnv)
 {
 	const u32 (*shapes)[2] = write ? write_shapes : read_shapes;
 	unsigned int nshapes = write ? ARRAY_SIZE(write_shapes) : ARRAY_SIZE(read_shapes);
 	u32 fnv = FNV1A_INIT, reqs = 0;
-	u64 s = start, end = start + sectors;
+	u64 s = start, end = start + sectors, t0 = rdtsc();
 
 	for (unsigned int i = 0; s < end; i++) {
 		u32 count = shapes[i % nshapes][0], nsegs = shapes[i % nshapes][1];
@@ -229,14 +233,14 @@ static u32 walk(u64 start, u64 sectors, bool write, bool zeros)
 		if (count > end - s)
 			count = end - s;
 		if (write)
-			write_chunk(s, count, nsegs, &fnv);
+			write_chunk(s, count, nsegs, nofnv ? NULL : &fnv);
 		else
-			read_chunk(s, count, nsegs, zeros, &fnv);
+			read_chunk(s, count, nsegs, zeros, nofnv ? NULL : &fnv);
 		s += count;
 		reqs++;
 	}
-	printk("virtio-blk: %s %lu sectors at %lu in %u requests\n", write ? "wrote" : "read back",
-	       sectors, start, reqs);
+	printk("virtio-blk: %s %lu sectors at %lu in %u requests, %lu us\n", write ? "wrote" : "read back",
+	       sectors, start, reqs, tsc_to_us(rdtsc() - t0));
 	return fnv;
 }
 
@@ -325,9 +329,9 @@ static void mode_zeroes(u64 start, u64 sectors)
 		       virtio_cfg32(&dev, CFG_MAX_WZ_SEG));
 		if (!max)
 			inmate_fail(EXIT_CONFIG, "WRITE_ZEROES offered with max_write_zeroes_sectors 0");
-		walk(start, sectors, true, false);	/* something nonzero to overwrite */
+		walk(start, sectors, true, false, true);	/* something nonzero to overwrite */
 		range_request(VIRTIO_BLK_T_WRITE_ZEROES, start, sectors, max, 0, "write zeroes");
-		walk(start, sectors, false, true);
+		walk(start, sectors, false, true, true);
 		snprintk(tested, sizeof(tested), "write_zeroes %lu sectors", sectors);
 	}
 	if (dc) {
@@ -491,14 +495,13 @@ void inmate_main(void)
 		mode_bench(start);
 	} else if (!strcmp(mode, "verify")) {
 		check_range(start, sectors);
-		fnv = walk(start, sectors, false, false);
+		fnv = walk(start, sectors, false, false, false);
 		printk("INMATE virtio-blk OK: verified %lu sectors at %lu checksum=%#010x\n", sectors, start, fnv);
 	} else {
 		check_range(start, sectors);
-		fnv = walk(start, sectors, true, false);
+		fnv = walk(start, sectors, true, false, false);
 		flush();
-		if (walk(start, sectors, false, false) != fnv)
-			inmate_fail(EXIT_MISMATCH, "read-back checksum differs");
+		walk(start, sectors, false, false, true);
 		printk("INMATE virtio-blk OK: wrote %lu sectors at %lu checksum=%#010x\n", sectors, start, fnv);
 	}
 	if (dev.vq[0].indirect_used)

@@ -202,10 +202,17 @@ static inline u32 fnv1a(u32 h, const void *p, size_t n)
 {
 	const u8 *b = p;
 
-	for (size_t i = 0; i < n; i++) {
-		h ^= b[i];
-		h *= 0x01000193u;
+	/* A word at a time: fewer instructions where ring 0 runs emulated. */
+	for (; n >= 4; n -= 4, b += 4) {
+		u32 w = *(const u32 *)b;
+
+		h = (h ^ (w & 0xff)) * 0x01000193u;
+		h = (h ^ ((w >> 8) & 0xff)) * 0x01000193u;
+		h = (h ^ ((w >> 16) & 0xff)) * 0x01000193u;
+		h = (h ^ (w >> 24)) * 0x01000193u;
 	}
+	for (; n; n--, b++)
+		h = (h ^ *b) * 0x01000193u;
 	return h;
 }
 #define FNV1A_INIT 0x811c9dc5u
