@@ -106,6 +106,8 @@ static void fill_sector(u8 *p, u64 s)
 static u8 blk_request(u32 type, u64 sector, const struct vbuf *data, unsigned int n)
 {
 	struct vbuf b[MAX_SEGS + 2];
+	static bool len_warned;
+	u32 len, want_len;
 
 	if (n > MAX_SEGS)
 		inmate_fail(EXIT_CONFIG, "request with %u data buffers (max %u)", n, MAX_SEGS);
@@ -117,7 +119,19 @@ static u8 blk_request(u32 type, u64 sector, const struct vbuf *data, unsigned in
 	for (unsigned int i = 0; i < n; i++)
 		b[i + 1] = data[i];
 	b[n + 1] = (struct vbuf){ (u64)status, 1, true };
-	vq_run(vq, b, n + 2, timeout_us);
+	len = vq_run(vq, b, n + 2, timeout_us);
+	/* used.len = bytes the device wrote: data + status for reads and GET_ID,
+	 * the status alone otherwise.  Drivers must not rely on it (Linux does
+	 * not), so a difference is only reported, once. */
+	want_len = 1;
+	for (unsigned int i = 0; i < n; i++)
+		if (data[i].write)
+			want_len += data[i].len;
+	if (len != want_len && !len_warned && *status == VIRTIO_BLK_S_OK) {
+		len_warned = true;
+		printk("virtio-blk: warning: request type %u: used len %u, want %u (data written + status byte)\n",
+		       type, len, want_len);
+	}
 	if (!first_done) {
 		first_done = true;
 		virtio_check_msix(&dev);
