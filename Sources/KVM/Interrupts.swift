@@ -78,4 +78,13 @@ extension VirtualMachine {
         io.flags = pio ? 1 << 1 : 0 // KVM_IOEVENTFD_FLAG_PIO (1 << kvm_ioeventfd_flag_nr_pio)
         try IOCtl.call(fd, CKVM_IOEVENTFD, "KVM_IOEVENTFD", &io)
     }
+
+    public func unregisterIOEventFD(_ eventfd: FileDescriptor, address: UInt64, length: UInt32, pio: Bool = false) throws {
+        var io = kvm_ioeventfd()
+        io.addr = address
+        io.len = length
+        io.fd = eventfd.rawValue
+        io.flags = (pio ? 1 << 1 : 0) | 1 << 2 // KVM_IOEVENTFD_FLAG_PIO, KVM_IOEVENTFD_FLAG_DEASSIGN
+        try IOCtl.call(fd, CKVM_IOEVENTFD, "KVM_IOEVENTFD(deassign)", &io)
+    }
 }

@@ -18,6 +18,9 @@ public final class VirtioPciDevice: PciDevice {
     let intx: (any InterruptLine)?
     /// Called when the device needs reset or rejected activation, for the VMM's log.
     let onError: @Sendable (String) -> Void
+    /// When set, queue notifications reach the device through it (ioeventfd) instead of the
+    /// vCPU's MMIO exit.
+    let notifyOffload: (any NotifyOffload)?
 
     static let barSize: UInt64 = 0x8000
     static let commonOffset: UInt64 = 0x0000, commonLength: UInt64 = 0x38
@@ -48,10 +51,12 @@ public final class VirtioPciDevice: PciDevice {
 
     public init(device: any VirtioDevice, memory: GuestMemory, msiSink: any MsiVectorSink,
                 intx: (any InterruptLine)?, intxPin: UInt8 = 1, intxLine: UInt8 = 0,
+                notifyOffload: (any NotifyOffload)? = nil,
                 onError: @escaping @Sendable (String) -> Void = { _ in }) {
         self.device = device
         self.memory = memory
         self.intx = intx
+        self.notifyOffload = notifyOffload
         self.onError = onError
         let queueCount = device.queueMaxSizes.count
         msix = MsixTable(vectorCount: queueCount + 1, sink: msiSink)
@@ -291,6 +296,14 @@ public final class VirtioPciDevice: PciDevice {
                 try device.activate(VirtioActivation(memory: memory, features: features, queues: queues,
                                                      interrupt: VirtioPciInterrupt(transport: self)))
                 transport.withLock { $0.active = true }
+                if let notifyOffload {
+                    let bar = transport.withLock { $0.config.bars.first { $0.index == 0 }?.address ?? 0 }
+                    let device = self.device
+                    let doorbells = queues.indices.filter { queues[$0].ready }.map { q in
+                        (queue: q, address: bar + Self.notifyOffset + UInt64(q) * UInt64(Self.notifyMultiplier))
+                    }
+                    notifyOffload.attach(name, doorbells: doorbells) { device.queueNotify($0) }
+                }
             } catch {
                 deviceNeedsReset(reason: "\(name): cannot start: \(error)")
             }
@@ -301,6 +314,7 @@ public final class VirtioPciDevice: PciDevice {
 
     /// Device reset (status 0), also used when the VMM resets the machine.
     public func reset() {
+        notifyOffload?.detach(name)
         device.reset()
         transport.withLock { t in
             t.status = 0
@@ -348,6 +362,13 @@ public final class VirtioPciDevice: PciDevice {
 
     /// The status register, for tests and diagnostics.
     public var status: UInt8 { transport.withLock { $0.status } }
+}
+
+/// Delivers queue notifications without a trip through the vCPU loop: the VMM registers each
+/// doorbell address with KVM (ioeventfd) and calls `handler(queue)` from its own thread.
+public protocol NotifyOffload: Sendable {
+    func attach(_ device: String, doorbells: [(queue: Int, address: UInt64)], handler: @escaping @Sendable (Int) -> Void)
+    func detach(_ device: String)
 }
 
 /// The interrupt handle a device gets at activation.

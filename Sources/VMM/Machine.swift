@@ -25,13 +25,22 @@ public enum PlatformLayout {
     public static let cmos: UInt64 = 0x70
 }
 
+/// How virtio queue notifications reach the device model.
+public enum NotifyPath: String, Sendable, CaseIterable {
+    /// The notify write exits to the vCPU thread, which runs the device (default; docs/virtio.md).
+    case exit
+    /// KVM ioeventfd: the write completes in the kernel and a VMM thread runs the device.
+    case ioeventfd
+}
+
 /// Options of one run that are not part of the VM definition.
 public struct RunOptions: Sendable {
     /// Feed stdin to the serial port (foreground mode).
     public var consoleInput: Bool
     public var console: ConsoleOutput
-    public init(consoleInput: Bool = true, console: ConsoleOutput = ConsoleOutput()) {
-        self.consoleInput = consoleInput; self.console = console
+    public var notifyPath: NotifyPath
+    public init(consoleInput: Bool = true, console: ConsoleOutput = ConsoleOutput(), notifyPath: NotifyPath = .exit) {
+        self.consoleInput = consoleInput; self.console = console; self.notifyPath = notifyPath
     }
 }
 
@@ -114,7 +123,9 @@ public final class Machine: @unchecked Sendable {
         for (cap, name) in [(KVMCapability.irqfd, "KVM_CAP_IRQFD"), (KVMCapability.irqRouting, "KVM_CAP_IRQ_ROUTING")] where !(def.disks.isEmpty && def.nets.isEmpty) {
             try system.require(cap, name)
         }
-        let pci = try PciDevices.build(definition: def, vm: vm, memory: memory, router: MsiRouter(vm: vm, logger: logger), logger: logger)
+        let offload: IOEventNotifier? = options.notifyPath == .ioeventfd ? try IOEventNotifier(vm: vm, logger: logger) : nil
+        let pci = try PciDevices.build(definition: def, vm: vm, memory: memory, router: MsiRouter(vm: vm, logger: logger),
+                                       notifyOffload: offload, logger: logger)
         pciDevices = pci.transports
         let entry = try KernelLoader.load(images, into: memory, vcpus: def.vcpus, pciInterrupts: pci.interrupts)
 

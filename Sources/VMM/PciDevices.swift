@@ -24,7 +24,7 @@ enum PciDevices {
     }
 
     static func build(definition def: VMDefinition, vm: VirtualMachine, memory: GuestMemory, router: MsiRouter,
-                      logger: Logger) throws -> Built {
+                      notifyOffload: (any NotifyOffload)?, logger: Logger) throws -> Built {
         var devices: [any VirtioDevice] = []
         for (i, disk) in def.disks.enumerated() {
             let image: BlockImage
@@ -48,7 +48,7 @@ enum PciDevices {
             let log = logger
             transports.append(VirtioPciDevice(device: device, memory: memory, msiSink: sink,
                                               intx: KVMInterruptLine(vm: vm, irq: pin, logger: logger),
-                                              intxLine: UInt8(pin),
+                                              intxLine: UInt8(pin), notifyOffload: notifyOffload,
                                               onError: { log.error("\($0)") }))
             interrupts.append((slot, UInt8(pin)))
         }

@@ -31,11 +31,17 @@ struct RtvisorVMM: ParsableCommand {
     @Option(name: .long, help: "Append the serial console output to this file instead of stdout.")
     var consoleLog: String?
 
+    @Option(name: .long, help: "How virtio queue notifications reach the devices: exit (the vCPU thread runs the device, default) or ioeventfd (a VMM thread does; for comparison).")
+    var notify: String = "exit"
+
     @Option(name: .long, help: "Log level: trace, debug, info, notice, warning, error, critical.")
     var logLevel: String = "info"
 
     func run() throws {
         let started = monotonicNanoseconds()
+        guard let notifyPath = NotifyPath(rawValue: notify) else {
+            throw ValidationError("--notify must be one of: \(NotifyPath.allCases.map(\.rawValue).joined(separator: ", "))")
+        }
         let level = Logger.Level(rawValue: logLevel) ?? .info
         LoggingSystem.bootstrap { label in
             var h = StreamLogHandler.standardError(label: label)
@@ -71,7 +77,7 @@ struct RtvisorVMM: ParsableCommand {
         let machine: Machine
         do {
             machine = try Machine(definition: definition,
-                                  options: RunOptions(consoleInput: !noConsoleInput, console: ConsoleOutput(fd: consoleFD)),
+                                  options: RunOptions(consoleInput: !noConsoleInput, console: ConsoleOutput(fd: consoleFD), notifyPath: notifyPath),
                                   logger: logger, processStartedAt: started)
         } catch {
             fail("\(definition.name): \(error)")

@@ -35,8 +35,9 @@ let disk: BlockImage = {
     return image
 }()
 
-func runOne(_ input: UnsafeRawBufferPointer) {
-    guard input.count >= 8 else { return }
+@discardableResult
+func runOne(_ input: UnsafeRawBufferPointer) -> String {
+    guard input.count >= 8 else { return "too short" }
     let memory = try! GuestMemory(regions: [try! GuestMemoryRegion(start: GuestAddress(0), size: ramSize)])
     // Bytes 0..<8: queue size exponent, feature flags, ring offsets; the rest is RAM content.
     let b = Array(input.prefix(8))
@@ -50,7 +51,7 @@ func runOne(_ input: UnsafeRawBufferPointer) {
     let features = (b[4] & 1 != 0 ? VirtioFeature.ringIndirectDescriptors : 0) | (b[4] & 2 != 0 ? VirtioFeature.ringEventIndex : 0)
         | VirtioFeature.version1
     q.setFeatures(features)
-    guard (try? q.validate(memory: memory)) != nil else { return }
+    guard (try? q.validate(memory: memory)) != nil else { return "queue rejected" }
 
     // 1. The queue core directly: pop everything, return it, check the used index moves in step.
     var direct = q
@@ -72,13 +73,27 @@ func runOne(_ input: UnsafeRawBufferPointer) {
     device.queueNotify(0)
     device.queueNotify(0)
     device.reset()
+    let st = device.statistics
+    return "\(popped) chain(s); blk: \(st.readRequests) read, \(st.writeRequests) write, \(st.flushes) flush, \(st.errors) error"
 }
 
 #if FUZZING
-@_cdecl("LLVMFuzzerTestOneInput")
-public func fuzzOne(_ data: UnsafePointer<UInt8>, _ size: Int) -> Int32 {
-    runOne(UnsafeRawBufferPointer(start: data, count: size))
-    return 0
+@_silgen_name("LLVMFuzzerRunDriver")
+func LLVMFuzzerRunDriver(_ argc: UnsafeMutablePointer<Int32>,
+                         _ argv: UnsafeMutablePointer<UnsafeMutablePointer<UnsafeMutablePointer<CChar>?>?>,
+                         _ callback: @convention(c) (UnsafePointer<UInt8>?, Int) -> Int32) -> Int32
+
+// SwiftPM links executables with main = <module>_main, so libFuzzer's own main() is not used:
+// this one hands the command line to libFuzzer's driver.
+@_cdecl("virtio_fuzz_main")
+func fuzzMain(_ argc: Int32, _ argv: UnsafeMutablePointer<UnsafeMutablePointer<CChar>?>?) -> Int32 {
+    var argc = argc
+    var argv = argv
+    return LLVMFuzzerRunDriver(&argc, &argv) { data, size in
+        guard let data else { return 0 }
+        runOne(UnsafeRawBufferPointer(start: data, count: size))
+        return 0
+    }
 }
 #else
 @main
@@ -99,8 +114,8 @@ struct Replay {
                 bytes += buf[0..<n]
             }
             fclose(f)
-            bytes.withUnsafeBytes { runOne($0) }
-            print("\(path): ok")
+            let summary = bytes.withUnsafeBytes { runOne($0) }
+            print("\(path): ok: \(summary)")
         }
     }
 }

@@ -68,6 +68,20 @@ struct VirtioBlockInmateTests {
         #expect(v.console.contains("INMATE virtio-blk OK: verified 96 sectors at 40"))
     }
 
+    /// The alternative notify path (`--notify ioeventfd`): doorbells complete in KVM and a VMM
+    /// thread runs the device.
+    @Test func ioeventfdNotifyPath() throws {
+        let dir = try VMM.tempDir()
+        let disk = try DiskImage(megabytes: 1, in: dir)
+        let def = VMM.definition(name: "blk", kernel: try Env.inmate("virtio-blk"), cmdline: "blk.mode=write blk.sectors=16 blk.seed=5",
+                                 extra: "\"disks\": [{\"path\": \"\(disk.path)\"}]")
+        let r = try VMM.run(config: try VMM.writeDefinition(def, in: dir), arguments: ["--notify", "ioeventfd"], timeout: 60)
+        #expect(r.status == 0, "console: \(r.console)\nstderr: \(r.stderr)")
+        #expect(r.stderr.contains("blk0: queue 0 doorbell 0xc0003000 on ioeventfd"))
+        #expect(r.console.contains("INMATE virtio-blk OK: wrote 16 sectors at 0"))
+        #expect(try disk.sectors(15, 1) == blockPattern(seed: 5, sector: 15))
+    }
+
     @Test func readOnlyDiskAnswersWritesWithAnError() throws {
         let dir = try VMM.tempDir()
         let disk = try DiskImage(megabytes: 1, in: dir)
