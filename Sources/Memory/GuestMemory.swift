@@ -155,6 +155,18 @@ public final class GuestMemory: @unchecked Sendable {
         return try body(UnsafeRawBufferPointer(start: p, count: count))
     }
 
+    /// Host iovecs for several guest ranges at once (preadv/pwritev/writev straight into guest
+    /// buffers). Every range is checked first; the vectors must not escape `body`.
+    public func withIOVectors<R>(_ segments: [(address: GuestAddress, length: Int)],
+                                 _ body: (UnsafeBufferPointer<iovec>) throws -> R) throws -> R {
+        var vectors: [iovec] = []
+        vectors.reserveCapacity(segments.count)
+        for s in segments {
+            vectors.append(iovec(iov_base: try checkedPointer(s.address, s.length), iov_len: s.length))
+        }
+        return try vectors.withUnsafeBufferPointer { try body($0) }
+    }
+
     /// Little-endian integer access (x86 guests are little-endian).
     public func writeInteger<T: FixedWidthInteger>(_ value: T, at address: GuestAddress) throws {
         let p = try checkedPointer(address, MemoryLayout<T>.size)

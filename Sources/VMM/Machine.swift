@@ -241,7 +241,15 @@ public final class Machine: @unchecked Sendable {
         // (a parent that blocks SIGUSR2 would otherwise leave halted vCPUs unstoppable).
         ckvm_block_signal(VCPU.kickSignal, 0)
         vcpu.bindToCurrentThread()
+        // Exit counts by kind and address, logged at debug level when the vCPU ends: where a
+        // guest's exits go is the first question of any performance investigation.
+        var exits: [String: Int] = [:]
+        let countExits = logger.logLevel <= .debug
         defer {
+            if countExits {
+                let top = exits.sorted { $0.value > $1.value }.prefix(8).map { "\($0.key) \($0.value)" }
+                logger.debug("vCPU \(vcpu.id) exits: \(top.joined(separator: ", "))")
+            }
             vcpu.unbindThread()
             // Where each vCPU was when stopped from outside: the first clue for a hung guest.
             if case .signal = stop.stopReason, let regs = try? vcpu.registers() {
@@ -257,14 +265,17 @@ public final class Machine: @unchecked Sendable {
             switch exit {
             case let .portIO(io):
                 let port = UInt64(io.port)
+                if countExits { exits["pio 0x" + String(port, radix: 16), default: 0] += 1 }
                 for i in 0..<io.count {
                     if io.isWrite { pio.write(port, size: io.size, value: UInt64(io.value(at: i))) }
                     else { io.setValue(UInt32(truncatingIfNeeded: pio.read(port, size: io.size)), at: i) }
                 }
             case let .mmio(m):
+                if countExits { exits["mmio\(m.isWrite ? "w" : "r") 0x" + String(m.address, radix: 16), default: 0] += 1 }
                 if m.isWrite { mmio.write(m.address, size: m.size, value: m.value) }
                 else { m.setValue(mmio.read(m.address, size: m.size)) }
             case .interrupted:
+                if countExits { exits["interrupted", default: 0] += 1 }
                 vcpu.clearImmediateExit()
             case .halt:
                 // Only without an in-kernel irqchip, which this VMM always creates.

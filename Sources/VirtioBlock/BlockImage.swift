@@ -105,6 +105,65 @@ public final class BlockImage: Sendable {
         }
     }
 
+    /// Reads into several guest buffers with one preadv (the data of one request).
+    public func read(into memory: GuestMemory, segments: [(address: GuestAddress, length: Int)], offset: UInt64) throws {
+        if directIO || segments.count == 1 {
+            var position = offset
+            for s in segments {
+                try read(into: memory, at: s.address, count: s.length, offset: position)
+                position += UInt64(s.length)
+            }
+            return
+        }
+        try memory.withIOVectors(segments) { try vectored($0, offset: offset, write: false) }
+    }
+
+    /// Writes several guest buffers with one pwritev.
+    public func write(from memory: GuestMemory, segments: [(address: GuestAddress, length: Int)], offset: UInt64) throws {
+        if directIO || segments.count == 1 {
+            var position = offset
+            for s in segments {
+                try write(from: memory, at: s.address, count: s.length, offset: position)
+                position += UInt64(s.length)
+            }
+            return
+        }
+        try memory.withIOVectors(segments) { try vectored($0, offset: offset, write: true) }
+    }
+
+    /// preadv/pwritev until every vector is done; reads past the end of the file yield zeroes.
+    private func vectored(_ vectors: UnsafeBufferPointer<iovec>, offset: UInt64, write: Bool) throws {
+        var iov = Array(vectors)
+        var start = 0
+        var position = offset
+        while start < iov.count {
+            let count = Int32(min(iov.count - start, 1024)) // IOV_MAX on Linux
+            let n = iov.withUnsafeBufferPointer { p in
+                write ? pwritev(fd.rawValue, p.baseAddress! + start, count, off_t(position))
+                      : preadv(fd.rawValue, p.baseAddress! + start, count, off_t(position))
+            }
+            if n < 0 {
+                if errno == EINTR { continue }
+                throw Errno(rawValue: errno)
+            }
+            if n == 0 {
+                guard !write else { throw Errno.ioError }
+                for i in start..<iov.count { memset(iov[i].iov_base, 0, iov[i].iov_len) }
+                return
+            }
+            position += UInt64(n)
+            var done = n
+            while done > 0 && start < iov.count {
+                if done >= iov[start].iov_len { done -= iov[start].iov_len; start += 1 }
+                else {
+                    iov[start].iov_base = iov[start].iov_base! + done
+                    iov[start].iov_len -= done
+                    done = 0
+                }
+            }
+        }
+    }
+
     /// Makes every acknowledged write durable (VIRTIO_BLK_T_FLUSH).
     public func flush() throws {
         while fdatasync(fd.rawValue) != 0 {

@@ -157,22 +157,18 @@ public final class VirtioBlock: VirtioDevice {
         case P.typeIn:
             let count = writer.remaining
             guard let offset = range(sector: sector, bytes: count) else { return P.statusIOError }
-            var position = offset
-            try writer.forEachSegment(Int(count)) { address, length in
-                try image.read(into: memory, at: address, count: length, offset: position)
-                position += UInt64(length)
-            }
+            var segments: [(address: GuestAddress, length: Int)] = []
+            try writer.forEachSegment(Int(count)) { segments.append(($0, $1)) }
+            try image.read(into: memory, segments: segments, offset: offset)
             stats.withLock { $0.readRequests += 1; $0.bytesRead += count }
             return P.statusOK
         case P.typeOut:
             guard !image.readOnly else { return P.statusIOError }
             let count = reader.remaining
             guard let offset = range(sector: sector, bytes: count) else { return P.statusIOError }
-            var position = offset
-            try reader.forEachSegment(Int(count)) { address, length in
-                try image.write(from: memory, at: address, count: length, offset: position)
-                position += UInt64(length)
-            }
+            var segments: [(address: GuestAddress, length: Int)] = []
+            try reader.forEachSegment(Int(count)) { segments.append(($0, $1)) }
+            try image.write(from: memory, segments: segments, offset: offset)
             stats.withLock { $0.writeRequests += 1; $0.bytesWritten += count }
             return P.statusOK
         case P.typeFlush:
