@@ -14,7 +14,7 @@ quick=0
 [ "${1:-}" = "--quick" ] && quick=1
 
 need=()
-for pkg in build-essential qemu-system-x86 qemu-utils; do
+for pkg in build-essential qemu-system-x86 qemu-utils iproute2 python3; do
 	dpkg -s "$pkg" >/dev/null 2>&1 || need+=("$pkg")
 done
 if [ ${#need[@]} -gt 0 ]; then
@@ -37,6 +37,16 @@ log "cross-checking the inmates under QEMU TCG"
 scripts/test-inmates-qemu.sh >&2
 log "cross-checking the Linux guest under QEMU TCG"
 scripts/test-guest-linux-qemu.sh >&2
+net_args=()
+if [ "$(id -u)" != 0 ]; then
+	log "SKIP: not root, the virtio-net cases (network namespace + tap) are skipped"
+	net_args=(--no-net)
+fi
+log "cross-checking the virtio inmates against QEMU's virtio-blk-pci/virtio-net-pci (TCG)"
+scripts/test-virtio-inmates-qemu.sh "${net_args[@]}" "$inmates" >&2
+
+log "fuzzing the virtqueue and virtio-blk parsers (libFuzzer + ASan, ${RTVISOR_FUZZ_SECONDS:-60} s)"
+scripts/fuzz-virtio.sh "${RTVISOR_FUZZ_SECONDS:-60}" >&2
 
 if [ -e /dev/kvm ]; then
 	log "/dev/kvm present: integration tests boot real guests"
