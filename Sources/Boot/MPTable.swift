@@ -29,13 +29,15 @@ public struct MPTable: Sendable {
             entries += [0, UInt8(cpu), Self.apicVersion, cpu == 0 ? 3 : 1] + u32(0x600) + u32(0x201) + [UInt8](repeating: 0, count: 8)
             count += 1
         }
-        entries += [1, 0] + Array("ISA   ".utf8); count += 1 // Bus 0: ISA
-        // Bus 1: PCI (the MP table's bus IDs are its own; it is PCI bus number 0).
+        // Linux looks PCI interrupts up by MP bus ID == PCI bus number, so with PCI devices the
+        // PCI bus is ID 0 and ISA moves to ID 1 (the layout SeaBIOS uses); without, ISA is 0.
+        let isaBus: UInt8 = pciInterrupts.isEmpty ? 0 : 1
         if !pciInterrupts.isEmpty { entries += [1, Self.pciBusID] + Array("PCI   ".utf8); count += 1 }
+        entries += [1, isaBus] + Array("ISA   ".utf8); count += 1
         entries += [2, ioapicID, Self.ioapicVersion, 1] + u32(BootLayout.ioapicAddress); count += 1
         for irq in 0..<16 {
             // I/O interrupt: INT, conforming polarity/trigger, ISA bus, IRQ n → IOAPIC pin n.
-            entries += [3, 0] + u16(0) + [0, UInt8(irq), ioapicID, UInt8(irq)]
+            entries += [3, 0] + u16(0) + [isaBus, UInt8(irq), ioapicID, UInt8(irq)]
             count += 1
         }
         for (slot, pin) in pciInterrupts {
@@ -69,7 +71,7 @@ public struct MPTable: Sendable {
     /// Size of floating pointer + configuration table.
     public var size: Int { 16 + 44 + 20 * cpus + 8 + 8 + 16 * 8 + 2 * 8 + (pciInterrupts.isEmpty ? 0 : 8 + 8 * pciInterrupts.count) }
 
-    static let pciBusID: UInt8 = 1
+    static let pciBusID: UInt8 = 0
 
     /// Where the table goes: the EBDA's last KiB when it fits, else the BIOS area.
     public var address: GuestAddress { size <= BootLayout.mpTableEBDASize ? BootLayout.mpTable : BootLayout.mpTableLarge }

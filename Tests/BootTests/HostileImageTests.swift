@@ -38,3 +38,29 @@ import Testing
         }
     }
 }
+
+@Suite struct MPTablePCITests {
+    @Test func pciBusAndSlotInterruptsAreListed() {
+        let table = MPTable(cpus: 2, pciInterrupts: [(slot: 1, ioapicPin: 16), (slot: 2, ioapicPin: 17)])
+        let bytes = table.bytes(at: table.address.raw)
+        #expect(bytes.count == table.size)
+        // Floating pointer and configuration table both sum to zero.
+        #expect(bytes[0..<16].reduce(UInt8(0), &+) == 0)
+        #expect(bytes[16...].reduce(UInt8(0), &+) == 0)
+        let body: [UInt8] = Array(bytes[(16 + 44)..<bytes.count])
+        // Linux matches MP bus IDs against PCI bus numbers: PCI is bus 0, ISA moves to bus 1.
+        let pciBus: [UInt8] = [1, 0] + Array("PCI   ".utf8)
+        let isaBus: [UInt8] = [1, 1] + Array("ISA   ".utf8)
+        #expect(body.indices.contains { i in i + 8 <= body.count && Array(body[i..<i + 8]) == pciBus })
+        #expect(body.indices.contains { i in i + 8 <= body.count && Array(body[i..<i + 8]) == isaBus })
+        // ISA IRQ 4 (COM1) now names bus 1.
+        let com1: [UInt8] = [3, 0, 0, 0, 1, 4, 2, 4]
+        #expect(body.indices.contains { i in i + 8 <= body.count && Array(body[i..<i + 8]) == com1 })
+        // I/O interrupt entries: level, active low, bus 0, source = slot << 2 (INTA#), IOAPIC id = cpus.
+        for (slot, pin) in [(1, 16), (2, 17)] {
+            let entry: [UInt8] = [3, 0, 0x0F, 0, 0, UInt8(slot << 2), 2, UInt8(pin)]
+            #expect(body.indices.contains { i in i + 8 <= body.count && Array(body[i..<i + 8]) == entry }, "slot \(slot)")
+        }
+        #expect(MPTable(cpus: 2).size + 8 + 16 == table.size)
+    }
+}

@@ -47,6 +47,26 @@ struct LinuxGuestTests {
         #expect(try disk.sectors(8, 1).starts(with: Array("RTVISOR-GUEST-WROTE-THIS\n".utf8)))
     }
 
+    /// INTx instead of MSI-X (`pci=nomsi`): Linux finds each slot's INTA# routing in the MP table,
+    /// programs the IOAPIC pin level-triggered, and the device's ISR read deasserts the line.
+    @Test func virtioDiskOnINTxWithoutMSI() throws {
+        let dir = try VMM.tempDir()
+        let disk = try DiskImage(megabytes: 4, in: dir)
+        let h = try FileHandle(forWritingTo: URL(fileURLWithPath: disk.path))
+        try h.write(contentsOf: Data("RTVISOR-HOST-DISK".utf8))
+        try h.close()
+        let r = try boot(name: "linuxintx", vcpus: 1, extraCmdline: "pci=nomsi rtvisor.check=virtio",
+                         extra: "\"disks\": [{\"path\": \"\(disk.path)\"}]", in: dir)
+        // Without a NIC the check's last step (/proc/net/dev) still works; the disk is what matters.
+        #expect(r.status == 0, "console tail:\n\(r.console.suffix(4000))\nstderr:\n\(r.stderr)")
+        #expect(r.console.contains("disk says: RTVISOR-HOST-DISK"))
+        let intx = r.console.split(separator: "\n").first { $0.contains("IO-APIC") && $0.contains("16-fasteoi") && $0.contains("virtio0") }
+        #expect(intx != nil, "no level-triggered IOAPIC pin 16 for virtio0; console tail:\n\(r.console.suffix(4000))")
+        #expect(!r.console.contains("PCI-MSI"))
+        #expect(r.console.contains("RTVISOR_CHECK_END virtio status=0"))
+        #expect(try disk.sectors(8, 1).starts(with: Array("RTVISOR-GUEST-WROTE-THIS\n".utf8)))
+    }
+
     @Test func bootsBusyboxInitToMarkerAndPowersOff() throws {
         let r = try boot(name: "linux1", vcpus: 1, extraCmdline: "rtvisor.check=uname")
         #expect(r.status == 0, "console tail:\n\(r.console.suffix(3000))\nstderr:\n\(r.stderr)")
