@@ -10,6 +10,9 @@
  *   readonly         expects VIRTIO_BLK_F_RO: a read works, a write fails
  *   zeroes           WRITE_ZEROES (read back zeros) and DISCARD, if offered
  *   bench            4 KiB random reads, 1 MiB sequential reads and writes
+ *   hostile          two disks: malformed chains on disk 0 (NEEDS_RESET, reset,
+ *                    re-init, I/O again), bad requests (error statuses), disk 1
+ *                    keeps working throughout
  *
  * Pattern: 32-bit LE word k (0..127) of absolute 512-byte sector s is
  * fmix32(seed ^ (s * 0x9E3779B1) ^ (k * 0x85EBCA77)), all mod 2^32.
@@ -68,7 +71,19 @@ struct blk_range {		/* discard / write zeroes segment */
 
 static u8 pool[3u << 20] __attribute__((aligned(4096)));
 
-static struct virtio_dev dev;
+/* One disk; hostile mode drives two.  dev/vq/capacity/size_max/seg_max are
+ * the selected one's (select_disk()). */
+struct disk {
+	struct virtio_dev dev;
+	struct virtqueue *vq;
+	u64 capacity;
+	u32 size_max, seg_max;
+	unsigned int inits;		/* initialisations so far */
+	void *ring_mark;		/* dma_mark() before re-initialisations' rings */
+};
+
+static struct disk disks[2];
+static struct virtio_dev *dev = &disks[0].dev;
 static struct virtqueue *vq;
 static struct blk_hdr *hdr;
 static volatile u8 *status;
@@ -134,7 +149,7 @@ static u8 blk_request(u32 type, u64 sector, const struct vbuf *data, unsigned in
 	}
 	if (!first_done) {
 		first_done = true;
-		virtio_check_msix(&dev);
+		virtio_check_msix(dev);
 	}
 	if (*status == 0xff)
 		inmate_fail(EXIT_IOSTATUS, "request type %u sector %lu: device did not write the status byte",
@@ -282,7 +297,7 @@ static void get_id(void)
 
 static void flush(void)
 {
-	if (!virtio_has(&dev, VIRTIO_BLK_F_FLUSH)) {
+	if (!virtio_has(dev, VIRTIO_BLK_F_FLUSH)) {
 		printk("virtio-blk: FLUSH not offered, skipped\n");
 		return;
 	}
@@ -304,7 +319,7 @@ static void mode_readonly(u64 start)
 	struct vbuf b = { (u64)buf, SECTOR, true };
 	u8 st;
 
-	if (!virtio_has(&dev, VIRTIO_BLK_F_RO))
+	if (!virtio_has(dev, VIRTIO_BLK_F_RO))
 		inmate_fail(EXIT_FEATURE, "blk.mode=readonly but the device does not offer VIRTIO_BLK_F_RO");
 	expect_ok(blk_request(VIRTIO_BLK_T_IN, start, &b, 1), "read", start, 1);
 	b.write = false;
@@ -332,15 +347,15 @@ static void range_request(u32 type, u64 s, u64 n, u32 max_per_seg, u32 flags, co
 
 static void mode_zeroes(u64 start, u64 sectors)
 {
-	bool wz = virtio_has(&dev, VIRTIO_BLK_F_WRITE_ZEROES), dc = virtio_has(&dev, VIRTIO_BLK_F_DISCARD);
+	bool wz = virtio_has(dev, VIRTIO_BLK_F_WRITE_ZEROES), dc = virtio_has(dev, VIRTIO_BLK_F_DISCARD);
 	char tested[96] = "";
 
 	check_range(start, sectors);
 	if (wz) {
-		u32 max = virtio_cfg32(&dev, CFG_MAX_WZ_SECTORS);
+		u32 max = virtio_cfg32(dev, CFG_MAX_WZ_SECTORS);
 
 		printk("virtio-blk: write zeroes: max %u sectors, max %u segments\n", max,
-		       virtio_cfg32(&dev, CFG_MAX_WZ_SEG));
+		       virtio_cfg32(dev, CFG_MAX_WZ_SEG));
 		if (!max)
 			inmate_fail(EXIT_CONFIG, "WRITE_ZEROES offered with max_write_zeroes_sectors 0");
 		walk(start, sectors, true, false, true);	/* something nonzero to overwrite */
@@ -349,13 +364,13 @@ static void mode_zeroes(u64 start, u64 sectors)
 		snprintk(tested, sizeof(tested), "write_zeroes %lu sectors", sectors);
 	}
 	if (dc) {
-		u32 max = virtio_cfg32(&dev, CFG_MAX_DISCARD_SECTORS);
-		u32 align = virtio_cfg32(&dev, CFG_DISCARD_ALIGN);
+		u32 max = virtio_cfg32(dev, CFG_MAX_DISCARD_SECTORS);
+		u32 align = virtio_cfg32(dev, CFG_DISCARD_ALIGN);
 		u64 s = start, n = sectors;
 		size_t len = strlen(tested);
 
 		printk("virtio-blk: discard: max %u sectors, max %u segments, alignment %u\n", max,
-		       virtio_cfg32(&dev, CFG_MAX_DISCARD_SEG), align);
+		       virtio_cfg32(dev, CFG_MAX_DISCARD_SEG), align);
 		if (!max)
 			inmate_fail(EXIT_CONFIG, "DISCARD offered with max_discard_sectors 0");
 		if (align > 1) {		/* shrink to aligned boundaries */
@@ -447,9 +462,405 @@ static void mode_bench(u64 start)
 	printk("virtio-blk: queue notifies %lu for %lu requests\n", vq->notifies, vq->submitted);
 }
 
+static const u16 blk_ids[][2] = { { 0x1af4, 0x1042 }, { 0x1af4, 0x1001 }, { 0, 0 } };
+
+static void select_disk(struct disk *dk)
+{
+	dev = &dk->dev;
+	vq = dk->vq;
+	capacity = dk->capacity;
+	size_max = dk->size_max;
+	seg_max = dk->seg_max;
+}
+
+/*
+ * Finds the index-th virtio-blk function (slot order), initialises it with
+ * one queue of at most qmax entries and selects it.  vector: its MSI-X queue
+ * vector (config: vector + 1).  A re-initialisation (dk->inits > 0) puts its
+ * rings where the previous re-initialisation had them.
+ */
+static void disk_init(struct disk *dk, unsigned int index, u64 want, u8 vector, u16 qmax)
+{
+	struct virtio_dev *d = &dk->dev;
+
+	virtio_init_nth(d, "virtio-blk", blk_ids, index, want);
+	d->msix_vector = vector;
+	virtio_setup_msix(d);
+	if (dk->inits) {
+		if (!dk->ring_mark)
+			dk->ring_mark = dma_mark();
+		else
+			dma_release(dk->ring_mark);
+	}
+	dk->vq = virtio_setup_queue(d, 0, qmax);
+	virtio_driver_ok(d);
+	dk->inits++;
+
+	dk->capacity = virtio_cfg64(d, CFG_CAPACITY);
+	dk->size_max = virtio_has(d, VIRTIO_BLK_F_SIZE_MAX) ? virtio_cfg32(d, CFG_SIZE_MAX) : 0;
+	dk->seg_max = virtio_has(d, VIRTIO_BLK_F_SEG_MAX) ? virtio_cfg32(d, CFG_SEG_MAX) : 0;
+	select_disk(dk);
+	printk("virtio-blk: capacity %lu sectors (%lu KiB), blk_size %u%s, size_max %u, seg_max %u, features:%s%s%s%s%s\n",
+	       capacity, capacity / 2,
+	       virtio_has(dev, VIRTIO_BLK_F_BLK_SIZE) ? virtio_cfg32(dev, CFG_BLK_SIZE) : 512,
+	       virtio_has(dev, VIRTIO_BLK_F_BLK_SIZE) ? "" : " (not offered)", size_max, seg_max,
+	       virtio_has(dev, VIRTIO_BLK_F_RO) ? " ro" : "",
+	       virtio_has(dev, VIRTIO_BLK_F_FLUSH) ? " flush" : "",
+	       virtio_has(dev, VIRTIO_BLK_F_DISCARD) ? " discard" : "",
+	       virtio_has(dev, VIRTIO_BLK_F_WRITE_ZEROES) ? " write_zeroes" : "",
+	       virtio_has(dev, VIRTIO_F_INDIRECT_DESC) ? " indirect" : "");
+	if (virtio_has(dev, VIRTIO_BLK_F_BLK_SIZE) && virtio_cfg32(dev, CFG_BLK_SIZE) != SECTOR)
+		printk("virtio-blk: warning: blk_size is not 512; 1-sector requests may be refused\n");
+	if (seg_max && seg_max < 4)
+		inmate_fail(EXIT_CONFIG, "seg_max %u < 4: too small for the multi-buffer requests", seg_max);
+}
+
+/* ---- hostile mode ------------------------------------------------------------
+ *
+ * Disk 0 gets malformed chains (it must go to DEVICE_NEEDS_RESET), then a
+ * reset and a re-initialisation; disk 1 must keep working throughout.  The
+ * badreq group sends well-formed chains with bad requests, which must get
+ * error statuses without a reset.  See docs/inmates.md.
+ */
+
+enum { H_LOOP, H_SELFLOOP, H_OOB, H_INDIRECT_SELF, H_NEXT_OOB, H_HUGE, H_AVAIL_JUMP, H_BADREQ, H_N };
+
+static const char *const hostile_names[H_N] = {
+	"loop", "selfloop", "oob", "indirect-self", "next-oob", "huge", "avail-jump", "badreq",
+};
+
+#define HOSTILE_QSIZE	64		/* disk 0's queue: smaller than the devices' maximum on purpose */
+#define HOSTILE_OOB_ADDR 0x7ff000000000ULL
+#define HOSTILE_VEC0	0x50		/* disk 0's MSI-X vectors: 0x50 + 2 * initialisation (+1 config) */
+
+static u64 hostile_want, hostile_us, hostile_start;
+static bool hostile_strict;
+static struct vring_desc *itab;		/* indirect-self's table */
+
+static void disk0_init(bool indirect)
+{
+	struct disk *d0 = &disks[0];
+	u8 vec = HOSTILE_VEC0 + 2 * (d0->inits % 40);
+
+	disk_init(d0, 0, hostile_want | (indirect ? 1ULL << VIRTIO_F_INDIRECT_DESC : 0), vec, HOSTILE_QSIZE);
+	if (indirect && !virtio_has(dev, VIRTIO_F_INDIRECT_DESC))
+		inmate_fail(EXIT_FEATURE, "hostile: disk 0 does not offer VIRTIO_F_INDIRECT_DESC (needed by indirect-self)");
+}
+
+/* The other disk: not in NEEDS_RESET/FAILED, and a write + read-back works. */
+static void disk1_check(u64 s, u32 count, const char *when)
+{
+	struct disk *d1 = &disks[1];
+	u8 st = virtio_get_status(&d1->dev);
+
+	if (st & (VIRTIO_S_NEEDS_RESET | VIRTIO_S_FAILED))
+		inmate_fail(EXIT_BADRESET, "hostile: disk 1 status %#x %s (disk 0's trouble must not reach it)", st, when);
+	select_disk(d1);
+	write_chunk(s, count, 1, NULL);
+	read_chunk(s, count, 1, false, NULL);
+	select_disk(&disks[0]);
+	printk("hostile: disk 1 wrote and read back %u sectors at %lu %s\n", count, s, when);
+}
+
+/* A normal write + read-back of 8 sectors (2 buffers) on the selected disk. */
+static void rw_check(u64 s)
+{
+	write_chunk(s, 8, 2, NULL);
+	read_chunk(s, 8, 2, false, NULL);
+}
+
+static const char *st_name(u8 st)
+{
+	return st == VIRTIO_BLK_S_OK ? "OK" : st == VIRTIO_BLK_S_IOERR ? "IOERR" :
+	       st == VIRTIO_BLK_S_UNSUPP ? "UNSUPP" : st == 0xff ? "not written" : "?";
+}
+
+static void put_desc(struct vring_desc *d, u64 addr, u32 len, u16 flags, u16 next)
+{
+	d->addr = addr;
+	d->len = len;
+	d->flags = flags;
+	d->next = next;
+}
+
+/* Puts case c's malformed chain on disk 0's queue and rings the doorbell. */
+static void hostile_submit(int c)
+{
+	struct vring_desc *d = vq->desc;
+	u16 size = vq->size;
+
+	hdr->type = VIRTIO_BLK_T_IN;
+	hdr->reserved = 0;
+	hdr->sector = 0;
+	*status = 0xff;
+	switch (c) {
+	case H_LOOP:		/* 0 -> 1 -> 0 -> ... */
+		put_desc(&d[0], (u64)hdr, sizeof(*hdr), VRING_DESC_F_NEXT, 1);
+		put_desc(&d[1], (u64)buf, SECTOR, VRING_DESC_F_NEXT, 0);
+		break;
+	case H_SELFLOOP:	/* 0 -> 0 */
+		put_desc(&d[0], (u64)hdr, sizeof(*hdr), VRING_DESC_F_NEXT, 0);
+		break;
+	case H_OOB:		/* a data buffer far beyond guest RAM */
+		put_desc(&d[0], (u64)hdr, sizeof(*hdr), VRING_DESC_F_NEXT, 1);
+		put_desc(&d[1], HOSTILE_OOB_ADDR, SECTOR, VRING_DESC_F_WRITE | VRING_DESC_F_NEXT, 2);
+		put_desc(&d[2], (u64)status, 1, VRING_DESC_F_WRITE, 0);
+		break;
+	case H_INDIRECT_SELF:	/* indirect table whose only entry is an indirect descriptor for itself */
+		put_desc(&itab[0], (u64)itab, sizeof(*itab), VRING_DESC_F_INDIRECT, 0);
+		put_desc(&d[0], (u64)itab, sizeof(*itab), VRING_DESC_F_INDIRECT, 0);
+		break;
+	case H_NEXT_OOB:	/* next = queue size */
+		put_desc(&d[0], (u64)hdr, sizeof(*hdr), VRING_DESC_F_NEXT, size);
+		break;
+	case H_HUGE:		/* a write whose data is 4 GiB - 1 from address 0 */
+		hdr->type = VIRTIO_BLK_T_OUT;
+		put_desc(&d[0], (u64)hdr, sizeof(*hdr), VRING_DESC_F_NEXT, 1);
+		put_desc(&d[1], 0, 0xffffffffu, VRING_DESC_F_NEXT, 2);
+		put_desc(&d[2], (u64)status, 1, VRING_DESC_F_WRITE, 0);
+		break;
+	case H_AVAIL_JUMP:	/* avail.idx jumps by size + 5, every entry a valid 1-sector read */
+		put_desc(&d[0], (u64)hdr, sizeof(*hdr), VRING_DESC_F_NEXT, 1);
+		put_desc(&d[1], (u64)buf, SECTOR, VRING_DESC_F_WRITE | VRING_DESC_F_NEXT, 2);
+		put_desc(&d[2], (u64)status, 1, VRING_DESC_F_WRITE, 0);
+		for (u16 i = 0; i < size; i++)
+			vq->avail->ring[i] = 0;
+		vq->avail_idx += size + 5;
+		break;
+	}
+	if (c != H_AVAIL_JUMP) {
+		vq->avail->ring[vq->avail_idx & vq->mask] = 0;
+		vq->avail_idx++;
+	}
+	barrier();
+	vq->avail->idx = vq->avail_idx;
+	vq_notify(vq);
+}
+
+/* Resets disk 0 (status 0, bounded wait for 0) and initialises it again. */
+static void disk0_reset(const char *name, bool indirect_next)
+{
+	if (!virtio_try_reset(dev, 1000000))
+		inmate_fail(EXIT_TRANSPORT, "hostile: %s: disk 0 status stays %#x 1 s after writing 0", name,
+			    virtio_get_status(dev));
+	disk0_init(indirect_next);
+}
+
+/*
+ * Without blk.strict=1, a completion instead of NEEDS_RESET is accepted for
+ * oob: QEMU maps a guest-physical address where nothing is through its
+ * bounce buffer (reads give 0xff, writes vanish), so the request completes.
+ */
+static bool may_complete(int c)
+{
+	return !hostile_strict && c == H_OOB;
+}
+
+static void hostile_malformed(int c, unsigned int n, bool indirect_next)
+{
+	const char *name = hostile_names[c];
+	u64 t0 = rdtsc(), limit = us_to_tsc(hostile_us), us;
+	u16 used0 = vq->used->idx, used;
+	u8 st;
+	char irq[48];
+	const char *when = "while disk 0 needs reset";
+
+	hostile_submit(c);
+	while (!((st = virtio_get_status(dev)) & VIRTIO_S_NEEDS_RESET)) {
+		used = vq->used->idx;
+		if (used != used0 && may_complete(c) && *status != 0xff) {
+			printk("hostile: %s -> completed with status %u (%s), no reset (status %#x, used idx %u -> %u; accepted without blk.strict=1)\n",
+			       name, *status, st_name(*status), st, used0, used);
+			when = "after disk 0's malformed chain";
+			goto reset;
+		}
+		if (rdtsc() - t0 > limit)
+			inmate_fail(EXIT_NORESET, "hostile: %s: device status %#x, used idx %u -> %u (avail idx %u), status byte %#x %lu ms after the malformed chain; want NEEDS_RESET (0x40)",
+				    name, st, used0, used, vq->avail_idx, *status, hostile_us / 1000);
+		cpu_relax();
+	}
+	us = tsc_to_us(rdtsc() - t0);
+	used = vq->used->idx;
+	if (!dev->msix_on) {
+		snprintk(irq, sizeof(irq), "MSI-X off");
+	} else if (virtio_wait_config_irq(dev, 1000000)) {
+		snprintk(irq, sizeof(irq), "config interrupt %#x", dev->msix_vector + dev->msix_cfg_entry);
+	} else {
+		inmate_fail(EXIT_MSIX, "hostile: %s: NEEDS_RESET (status %#x) but config vector %#x not pending in the LAPIC IRR after 1 s",
+			    name, st, dev->msix_vector + dev->msix_cfg_entry);
+	}
+	printk("hostile: %s -> needs reset (status %#x, used idx %u -> %u, %s, after %lu us)\n", name, st,
+	       used0, used, irq, us);
+reset:
+	disk1_check(hostile_start + 4 * n, 4, when);
+	disk0_reset(name, indirect_next);
+	rw_check(hostile_start + 8 * n);
+	printk("hostile: %s recovered\n", name);
+}
+
+/* badreq: well-formed chains carrying bad requests. */
+struct badreq {
+	const char *name;
+	u32 type;
+	u64 sector;		/* ~0: capacity */
+	u32 hdr_len, data_len;	/* data: device-writable */
+	u8 want;
+};
+
+static const struct badreq badreqs[] = {
+	{ "short-header",    VIRTIO_BLK_T_IN, 0, 8, 0, VIRTIO_BLK_S_IOERR },
+	{ "beyond-capacity", VIRTIO_BLK_T_IN, ~0ULL, 16, SECTOR, VIRTIO_BLK_S_IOERR },
+	{ "sector-overflow", VIRTIO_BLK_T_IN, 1ULL << 55, 16, SECTOR, VIRTIO_BLK_S_IOERR },	/* * 512 = 2^64 */
+	{ "partial-sector",  VIRTIO_BLK_T_IN, 0, 16, 700, VIRTIO_BLK_S_IOERR },
+	{ "unknown-type",    0x77, 0, 16, 0, VIRTIO_BLK_S_UNSUPP },
+};
+
+static void hostile_badreq(unsigned int n, bool indirect_next)
+{
+	unsigned int ok = 0, resets = 0;
+
+	for (unsigned int i = 0; i < ARRAY_SIZE(badreqs); i++) {
+		const struct badreq *r = &badreqs[i];
+		struct vbuf b[3];
+		unsigned int nb = 0;
+		u64 t0 = rdtsc(), limit = us_to_tsc(hostile_us), cookie;
+		u32 len;
+		u8 st;
+
+		hdr->type = r->type;
+		hdr->reserved = 0;
+		hdr->sector = r->sector == ~0ULL ? capacity : r->sector;
+		*status = 0xff;
+		b[nb++] = (struct vbuf){ (u64)hdr, r->hdr_len, false };
+		if (r->data_len)
+			b[nb++] = (struct vbuf){ (u64)buf, r->data_len, true };
+		b[nb++] = (struct vbuf){ (u64)status, 1, true };
+		if (!vq_add(vq, b, nb, 0xbad0 + i))
+			inmate_fail(EXIT_CONFIG, "hostile: badreq %s: no room in the queue", r->name);
+		vq_kick(vq);
+		for (;;) {
+			if (vq_get_used(vq, &cookie, &len)) {
+				st = virtio_get_status(dev);
+				if (st & VIRTIO_S_NEEDS_RESET)
+					inmate_fail(EXIT_BADRESET, "hostile: badreq %s: completed (status byte %u) but the device is in NEEDS_RESET (status %#x)",
+						    r->name, *status, st);
+				if (*status != r->want)
+					inmate_fail(EXIT_IOSTATUS, "hostile: badreq %s: status %u (%s), want %u (%s)",
+						    r->name, *status, st_name(*status), r->want, st_name(r->want));
+				printk("hostile: badreq %s -> status %u (%s)\n", r->name, *status, st_name(*status));
+				ok++;
+				break;
+			}
+			st = virtio_get_status(dev);
+			if (st & VIRTIO_S_NEEDS_RESET) {
+				if (hostile_strict)
+					inmate_fail(EXIT_BADRESET, "hostile: badreq %s: a well-formed chain put the device into NEEDS_RESET (status %#x); want status %u (%s)",
+						    r->name, st, r->want, st_name(r->want));
+				printk("hostile: badreq %s -> needs reset (status %#x; accepted without blk.strict=1, which wants %s)\n",
+				       r->name, st, st_name(r->want));
+				resets++;
+				disk0_reset("badreq", false);
+				break;
+			}
+			if (rdtsc() - t0 > limit)
+				inmate_fail(EXIT_TIMEOUT, "hostile: badreq %s: neither completed nor NEEDS_RESET after %lu ms (status %#x, used idx %u)",
+					    r->name, hostile_us / 1000, st, vq->used->idx);
+			cpu_relax();
+		}
+	}
+	printk("hostile: badreq -> %u error statuses, %u reset%s\n", ok, resets, resets == 1 ? "" : "s");
+	disk1_check(hostile_start + 4 * n, 4, "after badreq");
+	rw_check(hostile_start + 8 * n);
+	if (indirect_next) {	/* the next case needs INDIRECT_DESC negotiated */
+		disk0_reset("badreq", true);
+		rw_check(hostile_start + 8 * n);
+	}
+	printk("hostile: badreq: disk 0 still works\n");
+}
+
+static void mode_hostile(u64 want)
+{
+	char list[160] = "all", *p;
+	int cases[32];
+	unsigned int ncases = 0, nmal = 0, nbad = 0;
+	u64 sectors;
+
+	hostile_want = want;
+	hostile_us = cmdline_get_u64("blk.hostile_ms", 2000) * 1000;
+	hostile_strict = cmdline_get_u64("blk.strict", 0) != 0;
+	hostile_start = cmdline_get_u64("blk.start", 0);
+	cmdline_get("blk.hostile", list, sizeof(list));
+	p = list;
+	while (*p) {
+		char *e = p;
+		int c = -1;
+
+		while (*e && *e != ',')
+			e++;
+		if (*e)
+			*e++ = '\0';
+		if (!strcmp(p, "all")) {
+			for (int k = 0; k < H_N && ncases < ARRAY_SIZE(cases); k++)
+				cases[ncases++] = k;
+			p = e;
+			continue;
+		}
+		for (int k = 0; k < H_N; k++)
+			if (!strcmp(p, hostile_names[k]))
+				c = k;
+		if (c < 0)
+			inmate_fail(EXIT_CONFIG, "unknown blk.hostile case '%s' (all, loop, selfloop, oob, indirect-self, next-oob, huge, avail-jump, badreq; comma-separated)", p);
+		if (ncases >= ARRAY_SIZE(cases))
+			inmate_fail(EXIT_CONFIG, "blk.hostile: more than %u cases", (unsigned int)ARRAY_SIZE(cases));
+		cases[ncases++] = c;
+		p = e;
+	}
+	if (!ncases)
+		inmate_fail(EXIT_CONFIG, "blk.hostile: no case given");
+	printk("hostile: %u cases, %s, NEEDS_RESET wait %lu ms\n", ncases,
+	       hostile_strict ? "strict" : "not strict (blk.strict=1: rtvisor's expectations)", hostile_us / 1000);
+
+	itab = dma_alloc(sizeof(*itab), 16);
+	disk_init(&disks[1], 1, want, 0x40, 256);
+	disk0_init(cases[0] == H_INDIRECT_SELF);
+	sectors = 8 * (u64)ncases + 32;
+	if (hostile_start + sectors > disks[0].capacity || hostile_start + sectors > disks[1].capacity)
+		inmate_fail(EXIT_CONFIG, "hostile: needs %lu sectors from %lu on both disks (capacities %lu, %lu)",
+			    sectors, hostile_start, disks[0].capacity, disks[1].capacity);
+
+	/* Both disks answer before anything hostile happens. */
+	rw_check(hostile_start);
+	disk1_check(hostile_start, 4, "before the first case");
+
+	for (unsigned int i = 0; i < ncases; i++) {
+		bool indirect_next = i + 1 < ncases && cases[i + 1] == H_INDIRECT_SELF;
+
+		printk("hostile: case %u of %u: %s\n", i + 1, ncases, hostile_names[cases[i]]);
+		if (cases[i] == H_BADREQ) {
+			hostile_badreq(i + 1, indirect_next);
+			nbad++;
+		} else {
+			hostile_malformed(cases[i], i + 1, indirect_next);
+			nmal++;
+		}
+	}
+
+	/* Disk 1 after all that: a normal write + flush + read-back. */
+	select_disk(&disks[1]);
+	walk(hostile_start, 32, true, false, true);
+	flush();
+	walk(hostile_start, 32, false, false, true);
+	if (virtio_get_status(dev) & (VIRTIO_S_NEEDS_RESET | VIRTIO_S_FAILED))
+		inmate_fail(EXIT_BADRESET, "hostile: disk 1 status %#x at the end", virtio_get_status(dev));
+	if (nbad)
+		printk("INMATE virtio-blk OK: hostile: %u cases, device reset each time, other disk unaffected; badreq: error statuses%s\n",
+		       nmal, hostile_strict ? " without reset" : "");
+	else
+		printk("INMATE virtio-blk OK: hostile: %u cases, device reset each time, other disk unaffected\n", nmal);
+}
+
 void inmate_main(void)
 {
-	static const u16 ids[][2] = { { 0x1af4, 0x1042 }, { 0x1af4, 0x1001 }, { 0, 0 } };
 	char mode[16] = "write";
 	u64 start = cmdline_get_u64("blk.start", 0), sectors = cmdline_get_u64("blk.sectors", 64);
 	u64 want = (1ULL << VIRTIO_BLK_F_SIZE_MAX) | (1ULL << VIRTIO_BLK_F_SEG_MAX) |
@@ -463,8 +874,8 @@ void inmate_main(void)
 	seed = (u32)cmdline_get_u64("blk.seed", 1);
 	timeout_us = cmdline_get_u64("blk.timeout_ms", 5000) * 1000;
 	if (strcmp(mode, "write") && strcmp(mode, "verify") && strcmp(mode, "readonly") &&
-	    strcmp(mode, "zeroes") && strcmp(mode, "bench"))
-		inmate_fail(EXIT_CONFIG, "unknown blk.mode=%s (write, verify, readonly, zeroes, bench)", mode);
+	    strcmp(mode, "zeroes") && strcmp(mode, "bench") && strcmp(mode, "hostile"))
+		inmate_fail(EXIT_CONFIG, "unknown blk.mode=%s (write, verify, readonly, zeroes, bench, hostile)", mode);
 	calibrated = timer_init();
 	printk("virtio-blk: mode %s, TSC %lu kHz%s\n", mode, tsc_khz, calibrated ? "" : " (assumed)");
 
@@ -475,30 +886,12 @@ void inmate_main(void)
 	idbuf = dma_alloc(20, 4);
 	buf = dma_alloc(BIG_BUF + 4096, 4096);
 
-	virtio_init(&dev, "virtio-blk", ids, want);
-	virtio_setup_msix(&dev);
-	vq = virtio_setup_queue(&dev, 0, 256);
-	virtio_driver_ok(&dev);
+	if (!strcmp(mode, "hostile")) {
+		mode_hostile(want);
+		return;
+	}
 
-	capacity = virtio_cfg64(&dev, CFG_CAPACITY);
-	if (virtio_has(&dev, VIRTIO_BLK_F_SIZE_MAX))
-		size_max = virtio_cfg32(&dev, CFG_SIZE_MAX);
-	if (virtio_has(&dev, VIRTIO_BLK_F_SEG_MAX))
-		seg_max = virtio_cfg32(&dev, CFG_SEG_MAX);
-	printk("virtio-blk: capacity %lu sectors (%lu KiB), blk_size %u%s, size_max %u, seg_max %u, features:%s%s%s%s%s\n",
-	       capacity, capacity / 2,
-	       virtio_has(&dev, VIRTIO_BLK_F_BLK_SIZE) ? virtio_cfg32(&dev, CFG_BLK_SIZE) : 512,
-	       virtio_has(&dev, VIRTIO_BLK_F_BLK_SIZE) ? "" : " (not offered)", size_max, seg_max,
-	       virtio_has(&dev, VIRTIO_BLK_F_RO) ? " ro" : "",
-	       virtio_has(&dev, VIRTIO_BLK_F_FLUSH) ? " flush" : "",
-	       virtio_has(&dev, VIRTIO_BLK_F_DISCARD) ? " discard" : "",
-	       virtio_has(&dev, VIRTIO_BLK_F_WRITE_ZEROES) ? " write_zeroes" : "",
-	       virtio_has(&dev, VIRTIO_F_INDIRECT_DESC) ? " indirect" : "");
-	if (virtio_has(&dev, VIRTIO_BLK_F_BLK_SIZE) && virtio_cfg32(&dev, CFG_BLK_SIZE) != SECTOR)
-		printk("virtio-blk: warning: blk_size is not 512; 1-sector requests may be refused\n");
-	if (seg_max && seg_max < 4)
-		inmate_fail(EXIT_CONFIG, "seg_max %u < 4: too small for the multi-buffer requests", seg_max);
-
+	disk_init(&disks[0], 0, want, 0x40, 256);
 	get_id();
 
 	if (!strcmp(mode, "readonly")) {
@@ -518,7 +911,7 @@ void inmate_main(void)
 		walk(start, sectors, false, false, true);
 		printk("INMATE virtio-blk OK: wrote %lu sectors at %lu checksum=%#010x\n", sectors, start, fnv);
 	}
-	if (dev.vq[0].indirect_used)
+	if (dev->vq[0].indirect_used)
 		printk("virtio-blk: %lu of %lu requests used indirect descriptors\n", vq->indirect_used,
 		       vq->submitted);
 	printk("virtio-blk: %lu requests, %lu notifies\n", vq->submitted, vq->notifies);

@@ -14,11 +14,11 @@
 
 /* ---- DMA pool ---------------------------------------------------------- */
 
-static u8 *pool_cur, *pool_end;
+static u8 *pool_base, *pool_cur, *pool_end;
 
 void dma_pool_init(void *base, size_t size)
 {
-	pool_cur = base;
+	pool_base = pool_cur = base;
 	pool_end = (u8 *)base + size;
 }
 
@@ -31,6 +31,18 @@ void *dma_alloc(size_t size, size_t align)
 	pool_cur = (u8 *)(p + size);
 	memset((void *)p, 0, size);
 	return (void *)p;
+}
+
+void *dma_mark(void)
+{
+	return pool_cur;
+}
+
+void dma_release(void *mark)
+{
+	if (!pool_base || (u8 *)mark < pool_base || (u8 *)mark > pool_cur)
+		inmate_fail(EXIT_CONFIG, "dma_release(%#lx) outside the allocated pool", (u64)mark);
+	pool_cur = mark;
 }
 
 /* ---- region access (MMIO or port I/O) ------------------------------------ */
@@ -90,6 +102,29 @@ static u8 status_get(struct virtio_dev *d)
 static void status_set(struct virtio_dev *d, u8 s)
 {
 	vr_write8(&d->common, VCC_STATUS, s);
+}
+
+u8 virtio_get_status(struct virtio_dev *d)
+{
+	return status_get(d);
+}
+
+void virtio_set_status(struct virtio_dev *d, u8 s)
+{
+	status_set(d, s);
+}
+
+bool virtio_try_reset(struct virtio_dev *d, u64 timeout_us)
+{
+	u64 t0 = rdtsc(), limit = us_to_tsc(timeout_us);
+
+	status_set(d, 0);
+	while (status_get(d) != 0) {
+		if (rdtsc() - t0 > limit)
+			return false;
+		cpu_relax();
+	}
+	return true;
 }
 
 static noreturn void virtio_fail(struct virtio_dev *d, u8 code, const char *what)
@@ -169,6 +204,12 @@ void virtio_print_features(struct virtio_dev *d)
 
 void virtio_init(struct virtio_dev *d, const char *name, const u16 (*ids)[2], u64 want)
 {
+	virtio_init_nth(d, name, ids, 0, want);
+}
+
+void virtio_init_nth(struct virtio_dev *d, const char *name, const u16 (*ids)[2], unsigned int index,
+		     u64 want)
+{
 	u64 feat;
 	u8 pos = 0;
 	bool any_io;
@@ -181,7 +222,7 @@ void virtio_init(struct virtio_dev *d, const char *name, const u16 (*ids)[2], u6
 	d->msix_vector = 0x40;
 	pci_force_assign = cmdline_get_u64("pci.reassign", 0) != 0;
 
-	if (!pci_find(ids, 0, &d->pci, cmdline_get_u64("pci.verbose", 0) != 0)) {
+	if (!pci_find(ids, index, &d->pci, cmdline_get_u64("pci.verbose", 0) != 0)) {
 		char want_ids[64];
 		size_t n = 0;
 
@@ -189,6 +230,9 @@ void virtio_init(struct virtio_dev *d, const char *name, const u16 (*ids)[2], u6
 		for (unsigned int i = 0; ids[i][0] && n < sizeof(want_ids) - 12; i++)
 			n += snprintk(want_ids + n, sizeof(want_ids) - n, "%s%04x:%04x", i ? "," : "",
 				      ids[i][0], ids[i][1]);
+		if (index)
+			inmate_fail(EXIT_NODEV, "no %s PCI device number %u on bus 0 (looked for %s; counting from 0)",
+				    name, index, want_ids);
 		inmate_fail(EXIT_NODEV, "no %s PCI device on bus 0 (looked for %s)", name, want_ids);
 	}
 	printk("%s: PCI 00:%02x.%u id %04x:%04x rev %u subsys %04x\n", name, d->pci.slot, d->pci.fn,
@@ -321,6 +365,7 @@ void virtio_setup_msix(struct virtio_dev *d)
 	d->msix_on = true;
 
 	cfgvec = d->msix_table_size >= 2 ? 1 : 0;
+	d->msix_cfg_entry = cfgvec;
 	vr_write16(&d->common, VCC_MSIX, cfgvec);
 	if (vr_read16(&d->common, VCC_MSIX) != cfgvec)
 		inmate_fail(EXIT_MSIX, "%s: config_msix_vector %u not accepted (reads %#x)", d->name,
@@ -328,6 +373,21 @@ void virtio_setup_msix(struct virtio_dev *d)
 	printk("%s: MSI-X: %u entries, table BAR%u+%#x; queues -> entry 0 (vector %#x), config -> entry %u (vector %#x)\n",
 	       d->name, d->msix_table_size, tbl & 7, tbl & ~7u, d->msix_vector, cfgvec,
 	       d->msix_vector + cfgvec);
+}
+
+bool virtio_wait_config_irq(struct virtio_dev *d, u64 timeout_us)
+{
+	u64 t0 = rdtsc(), limit = us_to_tsc(timeout_us);
+	u8 vec = d->msix_vector + d->msix_cfg_entry;
+
+	if (!d->msix_on)
+		return false;
+	while (!irr_pending(vec)) {
+		if (rdtsc() - t0 > limit)
+			return false;
+		cpu_relax();
+	}
+	return true;
 }
 
 void virtio_check_msix(struct virtio_dev *d)
@@ -570,6 +630,16 @@ void vq_kick(struct virtqueue *vq)
 		else
 			mmio_write16(vq->notify_addr, vq->index);
 	}
+}
+
+void vq_notify(struct virtqueue *vq)
+{
+	mb();
+	vq->notifies++;
+	if (vq->notify_io)
+		outw(vq->notify_addr, vq->index);
+	else
+		mmio_write16(vq->notify_addr, vq->index);
 }
 
 bool vq_get_used(struct virtqueue *vq, u64 *cookie, u32 *len)

@@ -19,6 +19,8 @@
 #define EXIT_MSIX	11	/* MSI-X did not reach the LAPIC */
 #define EXIT_LOSS	12	/* net: replies missing */
 #define EXIT_CONFIG	13	/* bad cmdline value or device config */
+#define EXIT_NORESET	14	/* blk hostile: a malformed chain did not put the device into NEEDS_RESET */
+#define EXIT_BADRESET	15	/* blk hostile: NEEDS_RESET where none was due (other disk, well-formed chain) */
 
 /* feature bits */
 #define VIRTIO_F_INDIRECT_DESC	28
@@ -143,7 +145,8 @@ struct virtio_dev {
 	u16 msix_table_size;
 	u64 msix_table;
 	bool msix_on;
-	u8 msix_vector;		/* LAPIC vector the queues signal (0x40) */
+	u8 msix_vector;		/* LAPIC vector the queues signal (0x40); config: msix_vector + msix_cfg_entry */
+	u8 msix_cfg_entry;	/* MSI-X table entry config changes use (1, or 0 with a 1-entry table) */
 	/* options from the cmdline */
 	bool opt_indirect, opt_event_idx, opt_msix;
 };
@@ -162,6 +165,10 @@ static inline bool virtio_has(const struct virtio_dev *d, unsigned int bit)
 /* DMA memory: bump allocator over a pool the inmate provides. */
 void dma_pool_init(void *base, size_t size);
 void *dma_alloc(size_t size, size_t align);	/* zeroed; fails the inmate if exhausted */
+/* Everything allocated after dma_mark() is freed by dma_release(mark): for
+ * rings of a device that was reset (re-initialisation in a loop). */
+void *dma_mark(void);
+void dma_release(void *mark);
 
 /* Finds the device (first match of ids), maps the BARs its capabilities use,
  * parses the caps, resets it and negotiates features: want = the device
@@ -169,6 +176,20 @@ void *dma_alloc(size_t size, size_t align);	/* zeroed; fails the inmate if exhau
  * INDIRECT_DESC / EVENT_IDX are added per cmdline (virtio.indirect=1,
  * virtio.event_idx=1).  Ends with FEATURES_OK set and checked. */
 void virtio_init(struct virtio_dev *d, const char *name, const u16 (*ids)[2], u64 want);
+/* The same for the index-th matching function on bus 0 (slot order).  want
+ * may include VIRTIO_F_INDIRECT_DESC / VIRTIO_F_EVENT_IDX to ask for them
+ * whatever the cmdline says (they are negotiated if offered).  The caller
+ * may change d->msix_vector between this and virtio_setup_msix(). */
+void virtio_init_nth(struct virtio_dev *d, const char *name, const u16 (*ids)[2], unsigned int index,
+		     u64 want);
+/* device_status access, and a reset (write 0, wait up to timeout_us for 0):
+ * false if the status never read 0. */
+u8 virtio_get_status(struct virtio_dev *d);
+void virtio_set_status(struct virtio_dev *d, u8 s);
+bool virtio_try_reset(struct virtio_dev *d, u64 timeout_us);
+/* MSI-X on: waits up to timeout_us for the config vector's LAPIC IRR bit.
+ * Returns false at once if MSI-X is off. */
+bool virtio_wait_config_irq(struct virtio_dev *d, u64 timeout_us);
 /* Sets up queue idx (size min(device max, max_size), power of two). */
 struct virtqueue *virtio_setup_queue(struct virtio_dev *d, u16 idx, u16 max_size);
 /* MSI-X (virtio.msix=1, default): table entry 0 -> vector 0x40 for all
@@ -188,6 +209,7 @@ void virtio_print_features(struct virtio_dev *d);
 /* Queue operations.  vq_add returns false if the ring has no room. */
 bool vq_add(struct virtqueue *vq, const struct vbuf *bufs, unsigned int n, u64 cookie);
 void vq_kick(struct virtqueue *vq);	/* publish avail idx, notify unless suppressed */
+void vq_notify(struct virtqueue *vq);	/* write the doorbell, unconditionally */
 bool vq_get_used(struct virtqueue *vq, u64 *cookie, u32 *len);
 /* Waits up to timeout_us for one completion; fails (EXIT_TIMEOUT) naming the queue. */
 void vq_wait_used(struct virtqueue *vq, u64 *cookie, u32 *len, u64 timeout_us);
