@@ -98,8 +98,12 @@ public final class PciRoot: Sendable {
 
     // MARK: BAR access
 
-    /// The MMIO window as a bus device; offsets are relative to `windowBase`.
-    public var mmioWindow: any BusDevice { BarWindow(root: self) }
+    /// The BAR window as a bus device; offsets are relative to `windowBase`.
+    public var mmioWindow: any BusDevice { BarWindow(root: self, base: windowBase) }
+
+    /// A bus device answering for BARs wherever the guest moved them in [base, base + size):
+    /// guests may reassign BARs anywhere in the MMIO hole, not only where the VMM placed them.
+    public func barDecoder(base: UInt64) -> any BusDevice { BarWindow(root: self, base: base) }
 
     func barAccess(_ address: UInt64) -> (device: any PciDevice, bar: Int, offset: UInt64)? {
         let hit = decoded.withLock { list in list.first { address >= $0.base && address - $0.base < $0.size } }
@@ -134,15 +138,16 @@ final class ConfigMechanism1: BusDevice {
 
 final class BarWindow: BusDevice {
     let root: PciRoot
-    init(root: PciRoot) { self.root = root }
+    let base: UInt64
+    init(root: PciRoot, base: UInt64) { self.root = root; self.base = base }
 
     func read(offset: UInt64, size: Int) -> UInt64 {
-        guard let hit = root.barAccess(root.windowBase + offset) else { return size >= 8 ? UInt64.max : (1 << (8 * UInt64(size))) - 1 }
+        guard let hit = root.barAccess(base + offset) else { return size >= 8 ? UInt64.max : (1 << (8 * UInt64(size))) - 1 }
         return hit.device.readBar(hit.bar, offset: hit.offset, size: size)
     }
 
     func write(offset: UInt64, size: Int, value: UInt64) {
-        guard let hit = root.barAccess(root.windowBase + offset) else { return }
+        guard let hit = root.barAccess(base + offset) else { return }
         hit.device.writeBar(hit.bar, offset: hit.offset, size: size, value: value)
     }
 }

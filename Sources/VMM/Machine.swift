@@ -161,6 +161,10 @@ public final class Machine: @unchecked Sendable {
         mmio = try Bus(name: "mmio", ranges: [
             .init(base: PlatformLayout.bootMarker, length: 0x1000, name: "boot-marker", device: marker),
             .init(base: pci.root.windowBase, length: pci.root.windowSize, name: "pci-bars", device: pci.root.mmioWindow),
+            // Guests may move BARs anywhere in the hole (an OS reassigning resources): decode the
+            // rest of it up to the IOAPIC too, around the boot marker.
+            .init(base: PlatformLayout.bootMarker + 0x1000, length: PciDevices.holeDecodeEnd - PlatformLayout.bootMarker - 0x1000,
+                  name: "pci-bars-high", device: pci.root.barDecoder(base: PlatformLayout.bootMarker + 0x1000)),
         ])
 
         // vCPUs: CPUID from the policy, boot MSRs, FPU, LAPIC LINT pins; registers on the BSP only,

@@ -13,6 +13,8 @@ enum PciDevices {
     /// Guest-physical window for BARs: the start of the MMIO hole, below the boot marker.
     static let windowBase: UInt64 = 0xC000_0000
     static let windowSize: UInt64 = 0x1000_0000
+    /// BARs the guest moves are decoded up to here (the IOAPIC at 0xFEC00000 and above are KVM's).
+    static let holeDecodeEnd: UInt64 = 0xFEC0_0000
     /// IOAPIC pins for PCI INTA# (ISA IRQs keep 0–15).
     static let firstINTxPin: UInt32 = 16
 

@@ -21,8 +21,8 @@ func blockPattern(seed: UInt32, sector: UInt64) -> [UInt8] {
 /// A raw disk image in a temporary directory.
 struct DiskImage {
     let path: String
-    init(megabytes: Int, in dir: URL) throws {
-        path = dir.appendingPathComponent("disk.img").path
+    init(megabytes: Int, in dir: URL, name: String = "disk.img") throws {
+        path = dir.appendingPathComponent(name).path
         FileManager.default.createFile(atPath: path, contents: nil)
         let h = try FileHandle(forWritingTo: URL(fileURLWithPath: path))
         try h.truncate(atOffset: UInt64(megabytes) << 20)
@@ -80,6 +80,43 @@ struct VirtioBlockInmateTests {
         #expect(r.stderr.contains("blk0: queue 0 doorbell 0xc0003000 on ioeventfd"))
         #expect(r.console.contains("INMATE virtio-blk OK: wrote 16 sectors at 0"))
         #expect(try disk.sectors(15, 1) == blockPattern(seed: 5, sector: 15))
+    }
+
+    /// A hostile guest: malformed chains on disk 0 (loops, out-of-RAM buffers, self-referencing
+    /// indirect tables, bad indices, huge lengths, avail.idx jumps). Each puts only that device
+    /// into DEVICE_NEEDS_RESET with a config interrupt; the guest resets it and it works again;
+    /// disk 1 keeps working throughout; well-formed bad requests get error statuses instead.
+    @Test func hostileChainsResetOnlyTheirDevice() throws {
+        let dir = try VMM.tempDir()
+        let d0 = try DiskImage(megabytes: 1, in: dir, name: "d0.img")
+        let d1 = try DiskImage(megabytes: 1, in: dir, name: "d1.img")
+        let r = try boot("blk.mode=hostile blk.strict=1 blk.seed=77",
+                         disks: "{\"path\": \"\(d0.path)\"}, {\"path\": \"\(d1.path)\"}", in: dir, timeout: 120)
+        #expect(r.status == 0, "console: \(r.console)\nstderr: \(r.stderr)")
+        #expect(r.console.contains("INMATE virtio-blk OK: hostile: 7 cases, device reset each time, other disk unaffected; badreq: error statuses without reset"))
+        for c in ["loop", "selfloop", "oob", "indirect-self", "next-oob", "huge", "avail-jump"] {
+            #expect(r.console.contains("hostile: \(c) -> needs reset"), "case \(c)")
+            #expect(r.console.contains("hostile: \(c) recovered"), "case \(c)")
+        }
+        // The VMM says what was wrong, per device, and stays up.
+        for reason in ["blk0: request queue: descriptor chain longer than", "is outside guest RAM",
+                       "indirect descriptor inside an indirect table", "is outside the table of",
+                       "is more than the queue size"] {
+            #expect(r.stderr.contains(reason), "missing log: \(reason)")
+        }
+        #expect(!r.stderr.split(separator: "\n").contains { $0.contains(" error ") && $0.contains("blk1") })
+        #expect(r.stderr.contains("guest powered off"))
+    }
+
+    /// The guest moves the BAR itself (outside the window the VMM assigned from); the device follows.
+    @Test func barMovedByTheGuest() throws {
+        let dir = try VMM.tempDir()
+        let disk = try DiskImage(megabytes: 1, in: dir)
+        let r = try boot("blk.mode=write blk.sectors=8 blk.seed=3 pci.reassign=1", disks: "{\"path\": \"\(disk.path)\"}", in: dir)
+        #expect(r.status == 0, "console: \(r.console)\nstderr: \(r.stderr)")
+        #expect(r.console.contains("assigned 0xe0000000"))
+        #expect(r.console.contains("INMATE virtio-blk OK: wrote 8 sectors at 0"))
+        #expect(try disk.sectors(7, 1) == blockPattern(seed: 3, sector: 7))
     }
 
     @Test func readOnlyDiskAnswersWritesWithAnError() throws {
