@@ -40,11 +40,14 @@ public struct VMDefinition: Equatable, Sendable {
     public var initrd: String?
     public var cmdline: String
     public var cpu: CPUSettings
+    /// rtvisord's fields (autostart, restart policy, stop timeout); see DaemonSettings.swift.
+    public var daemon: DaemonSettings = DaemonSettings()
 
     public static let vcpuRange = 1...254
     public static let memoryRange = 8...(1 << 20)
     public static let cmdlineMax = 0xFFFF
-    public static let knownKeys: Set<String> = ["name", "vcpus", "memory_mib", "kernel", "initrd", "cmdline", "cpu"]
+    public static let knownKeys: Set<String> = Set(["name", "vcpus", "memory_mib", "kernel", "initrd", "cmdline", "cpu"])
+        .union(DaemonSettings.keys)
     public static let cpuKeys: Set<String> = ["template", "disable_features"]
 
     public init(name: String, vcpus: Int = 1, memoryMiB: Int = 128, kernel: String, initrd: String? = nil,
@@ -128,8 +131,10 @@ struct Validator {
         let cmdline = string(o, "cmdline", required: false) ?? ""
         if cmdline.utf8.count > VMDefinition.cmdlineMax { fail("$.cmdline", "is \(cmdline.utf8.count) bytes, the limit is \(VMDefinition.cmdlineMax)") }
         let cpu = cpuSettings(o["cpu"])
-        return VMDefinition(name: name, vcpus: vcpus, memoryMiB: memory, kernel: kernel ?? "", initrd: initrd,
-                            cmdline: cmdline, cpu: cpu)
+        var def = VMDefinition(name: name, vcpus: vcpus, memoryMiB: memory, kernel: kernel ?? "", initrd: initrd,
+                               cmdline: cmdline, cpu: cpu)
+        def.daemon = daemonSettings(o)
+        return def
     }
 
     mutating func cpuSettings(_ value: JSONValue?) -> CPUSettings {
