@@ -86,3 +86,13 @@ extension Validator {
         return n
     }
 }
+
+// Public constructors for rtvisord, which reports problems of whole files (unreadable,
+// duplicate VM names) in the same `FILE: $.path: reason` form.
+extension DefinitionIssue {
+    public init(in file: String, at path: String, reason: String) { self.init(file: file, path: path, reason: reason) }
+}
+
+extension DefinitionError {
+    public init(_ issues: [DefinitionIssue]) { self.init(issues: issues) }
+}
