@@ -76,7 +76,10 @@ let package = Package(
             "APIModels", "CDaemonSupport",
             .product(name: "ArgumentParser", package: "swift-argument-parser"),
         ]),
-        .testTarget(name: "DaemonTests", dependencies: ["Daemon", "API", "APIModels", "Journald", "SystemdNotify", "Config"]),
+        .testTarget(name: "DaemonTests", dependencies: [
+            "Daemon", "API", "APIModels", "Journald", "SystemdNotify", "Config", "CDaemonSupport",
+            .product(name: "Logging", package: "swift-log"),
+        ]),
         .testTarget(name: "ArchTests", dependencies: ["Arch"]),
         .testTarget(name: "MemoryTests", dependencies: ["Memory"]),
         .testTarget(name: "BootTests", dependencies: ["Boot", "Memory", "Arch"]),

@@ -107,6 +107,8 @@ int cdaemon_seal_all(int fd)
 	return fcntl(fd, F_ADD_SEALS, F_SEAL_SHRINK | F_SEAL_GROW | F_SEAL_WRITE | F_SEAL_SEAL);
 }
 
+int cdaemon_get_seals(int fd) { return fcntl(fd, F_GET_SEALS); }
+
 int cdaemon_set_sndbuf(int fd, int size) { return setsockopt(fd, SOL_SOCKET, SO_SNDBUF, &size, sizeof(size)); }
 
 int cdaemon_set_nonblock(int fd)
@@ -192,3 +194,46 @@ int cdaemon_connect_unix(const char *path)
 int cdaemon_pipe(int fds[2]) { return pipe2(fds, O_CLOEXEC | O_NONBLOCK); }
 
 int cdaemon_accept(int fd) { return accept4(fd, NULL, NULL, SOCK_CLOEXEC | SOCK_NONBLOCK); }
+
+int cdaemon_bind_datagram(const char *path)
+{
+	struct sockaddr_un sa;
+	socklen_t sl = fill_addr(&sa, path);
+	int fd = socket(AF_UNIX, SOCK_DGRAM | SOCK_CLOEXEC, 0);
+
+	if (fd < 0)
+		return -1;
+	if (path[0] != '@')
+		unlink(path);
+	if (bind(fd, (struct sockaddr *)&sa, sl) < 0) {
+		int e = errno;
+		close(fd);
+		errno = e;
+		return -1;
+	}
+	return fd;
+}
+
+ssize_t cdaemon_recv_with_fd(int fd, void *buf, size_t len, int *passed_fd)
+{
+	union { struct cmsghdr h; char buf[CMSG_SPACE(sizeof(int))]; } control;
+	struct iovec iov = { .iov_base = buf, .iov_len = len };
+	struct msghdr mh;
+	struct cmsghdr *c;
+	ssize_t r;
+
+	memset(&mh, 0, sizeof(mh));
+	mh.msg_iov = &iov;
+	mh.msg_iovlen = 1;
+	mh.msg_control = control.buf;
+	mh.msg_controllen = sizeof(control.buf);
+	*passed_fd = -1;
+	do r = recvmsg(fd, &mh, MSG_CMSG_CLOEXEC);
+	while (r < 0 && errno == EINTR);
+	if (r < 0)
+		return r;
+	for (c = CMSG_FIRSTHDR(&mh); c; c = CMSG_NXTHDR(&mh, c))
+		if (c->cmsg_level == SOL_SOCKET && c->cmsg_type == SCM_RIGHTS)
+			memcpy(passed_fd, CMSG_DATA(c), sizeof(int));
+	return r;
+}

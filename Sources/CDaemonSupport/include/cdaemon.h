@@ -26,6 +26,7 @@ ssize_t cdaemon_send_fd(int fd, const char *path, int passed_fd);
 // memfd_create + seal helpers for the large-entry path.
 int cdaemon_memfd(const char *name);
 int cdaemon_seal_all(int fd);
+int cdaemon_get_seals(int fd);
 
 // Sets SO_SNDBUF to `size` (best effort).
 int cdaemon_set_sndbuf(int fd, int size);
@@ -52,4 +53,10 @@ int cdaemon_connect_unix(const char *path);
 // pipe2(O_CLOEXEC|O_NONBLOCK) and accept4(SOCK_CLOEXEC|SOCK_NONBLOCK) (GNU extensions).
 int cdaemon_pipe(int fds[2]);
 int cdaemon_accept(int fd);
+
+// A datagram socket bound to `path` ('@' = abstract), and a receive that also returns a file
+// descriptor passed with SCM_RIGHTS (-1 when none): the receiving side of journald's and
+// systemd's notify protocols, for tests.
+int cdaemon_bind_datagram(const char *path);
+ssize_t cdaemon_recv_with_fd(int fd, void *buf, size_t len, int *passed_fd);
 #endif
