@@ -50,9 +50,13 @@ public actor Supervisor: VMControl {
     /// Hard-stop escalation after SIGTERM, before SIGKILL.
     let killGraceSeconds: Double = 5
 
+    /// The group that may use the API and console sockets (`rtvisor`); nil or missing: root only.
+    let accessGroup: gid_t?
+
     public init(paths: DaemonPaths, logger: Logger, cgroups: CgroupPlacement = CgroupPlacement(), version: String,
-                onStatus: @escaping @Sendable (String) -> Void) {
+                accessGroup: String? = nil, onStatus: @escaping @Sendable (String) -> Void) {
         self.paths = paths; self.logger = logger; self.cgroups = cgroups; self.version = version; self.onStatus = onStatus
+        self.accessGroup = accessGroup.flatMap { getgrnam($0)?.pointee.gr_gid }
     }
 
     // MARK: events
@@ -165,6 +169,9 @@ public actor Supervisor: VMControl {
         let dir = paths.vmDirectory(name)
         do {
             try fm.createDirectory(atPath: dir, withIntermediateDirectories: true, attributes: [.posixPermissions: 0o750])
+            // Set-group-ID directory of group rtvisor: the VMM's console socket (mode 0660)
+            // inherits the group, so members can attach.
+            if let gid = accessGroup, chown(dir, getuid(), gid) == 0 { chmod(dir, 0o2750) }
             try Data(r.loaded.contents).write(to: URL(fileURLWithPath: paths.definitionCopy(name)), options: .atomic)
         } catch {
             return launchFailed(name, "cannot prepare \(dir): \(error)")

@@ -26,8 +26,13 @@ public final class JournalSocket: Sendable {
 
     public enum SendError: Error, Equatable { case errno(Int32) }
 
+    /// Entries above this go through a memfd directly: the datagram limit depends on the
+    /// host's net.core.wmem_max, and journald handles big entries best as a sealed file.
+    public static let datagramLimit = 128 * 1024
+
     public func send(_ entry: JournalEntry) throws(SendError) {
         let data = entry.encoded()
+        if data.count > Self.datagramLimit { return try sendViaMemfd(data) }
         let n = data.withUnsafeBytes { cdaemon_send_datagram(fd, path, $0.baseAddress, $0.count) }
         if n >= 0 { return }
         let err = errno

@@ -64,7 +64,7 @@ struct Rtvisord: ParsableCommand {
         let notifier = SystemdNotifier(environment: ProcessInfo.processInfo.environment)
         let paths = DaemonPaths(definitions: definitions, run: runDirectory, vmm: vmm ?? Self.defaultVMM(),
                                 apiSocket: apiSocket ?? runDirectory + "/api.sock")
-        let supervisor = Supervisor(paths: paths, logger: logger, version: Self.version) { status in
+        let supervisor = Supervisor(paths: paths, logger: logger, version: Self.version, accessGroup: apiGroup) { status in
             notifier.notify(.status(status))
         }
         let daemon = DaemonRun(supervisor: supervisor, notifier: notifier, logger: logger, paths: paths, apiGroup: apiGroup)

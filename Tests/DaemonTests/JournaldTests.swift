@@ -115,7 +115,7 @@ import Testing
         let server = cdaemon_bind_datagram(path)
         defer { close(server) }
         let socket = try #require(JournalSocket(path: path))
-        // Far above any datagram limit (net.core.wmem_max): sendto fails with EMSGSIZE.
+        // Above JournalSocket.datagramLimit.
         let big = String(repeating: "x", count: 2 << 20)
         let e = JournalEntry(message: big, priority: .info, fields: ["VM_NAME": "big"])
         try socket.send(e)
