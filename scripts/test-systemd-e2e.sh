@@ -204,9 +204,9 @@ C rtvisorctl list | sed 's/^/  /'
 step "kill -9 of one VMM: restarted per policy, the other VM undisturbed"
 EX_PID=$(vm_field example pid); SE_PID=$(vm_field second pid)
 C kill -9 "$EX_PID"
-until_ok 15 sh -c "[ \"\$(nsenter -t $LEADER -m -u -i -n -p -C rtvisorctl list --json | python3 -c \"import json,sys; v=[v for v in json.load(sys.stdin)['vms'] if v['name']=='example'][0]; print(v['state'], v['pid'], v['restarts'])\")\" != 'running $EX_PID 0' ] && nsenter -t $LEADER -m -u -i -n -p -C rtvisorctl list --json | grep -q '\"restarts\":1'" \
-	|| { C rtvisorctl list; fail "example not restarted"; }
-until_ok 10 vm_running example || { C rtvisorctl list; fail "example not running again"; }
+restarted_with_new_pid() { [ "$(vm_field "$1" state)" = running ] && [ "$(vm_field "$1" pid)" != "$2" ]; }
+until_ok 15 restarted_with_new_pid example "$EX_PID" || { C rtvisorctl list; fail "example not restarted"; }
+[ "$(vm_field example restarts)" = 1 ] || fail "example restarts != 1"
 NEW_EX=$(vm_field example pid)
 [ "$NEW_EX" != "$EX_PID" ] || fail "example has the same pid after kill -9"
 [ "$(vm_field second pid)" = "$SE_PID" ] || fail "second was disturbed"
@@ -242,7 +242,7 @@ until_ok 10 journal_has "'IDLE_HEARTBEAT' in r.get('MESSAGE','') and int(r['__RE
 
 step "rtvisorctl reboot (VMM stopped and started again)"
 C rtvisorctl reboot second >/dev/null
-until_ok 10 sh -c "nsenter -t $LEADER -m -u -i -n -p -C rtvisorctl list --json | python3 -c \"import json,sys; v=[v for v in json.load(sys.stdin)['vms'] if v['name']=='second'][0]; sys.exit(0 if v['state']=='running' and v['pid']!=$SE_PID else 1)\"" || { C rtvisorctl list; fail "reboot"; }
+until_ok 10 restarted_with_new_pid second "$SE_PID" || { C rtvisorctl list; fail "reboot"; }
 
 step "validate through the API"
 C rtvisorctl validate /etc/rtvisor/vms/broken.json >"$work/validate.out" 2>&1 && fail "validate accepted broken.json"
@@ -260,7 +260,8 @@ JSON
 	T=$(ts)
 	C systemctl reload rtvisord
 	until_ok 300 journal_has "'RTVISOR_INIT_DONE' in r.get('MESSAGE','')" -u rtvisord VM_NAME=linux || { J -u rtvisord VM_NAME=linux | tail -20; fail "Linux guest did not reach RTVISOR_INIT_DONE"; }
-	until_ok 30 sh -c "[ \"\$(nsenter -t $LEADER -m -u -i -n -p -C rtvisorctl list --json | python3 -c \"import json,sys; print([v for v in json.load(sys.stdin)['vms'] if v['name']=='linux'][0]['state'])\")\" = stopped ]" || { C rtvisorctl list; fail "linux not stopped after power-off"; }
+	linux_stopped() { [ "$(vm_field linux state)" = stopped ]; }
+	until_ok 30 linux_stopped || { C rtvisorctl list; fail "linux not stopped after power-off"; }
 	say "  Linux guest booted and powered off in $(el "$T"); journal lines: $(J -u rtvisord VM_NAME=linux VM_CONSOLE=serial -o cat | wc -l)"
 fi
 

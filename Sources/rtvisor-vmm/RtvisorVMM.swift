@@ -99,6 +99,10 @@ struct RtvisorVMM: ParsableCommand {
         sigaddset(&set, SIGUSR1)
         pthread_sigmask(SIG_BLOCK, &set, nil)
 
+        // Under rtvisord the VMM outlives the daemon: a write to a stderr pipe whose reader is
+        // gone must fail with EPIPE, not kill the guest.
+        if consoleSocket != nil || statusFile != nil { signal(SIGPIPE, SIG_IGN) }
+
         var consoleFD = STDOUT_FILENO
         if let consoleLog {
             consoleFD = open(consoleLog, O_WRONLY | O_CREAT | O_APPEND | O_CLOEXEC, 0o640)
