@@ -97,11 +97,18 @@ public struct CgroupPlacement: Sendable {
         return line.split(separator: "/").last(where: { $0.hasSuffix(".service") }).map(String.init)
     }
 
-    /// Moves `pid` into `<base>/vm-NAME`; returns the cgroup directory, or nil.
-    public func place(pid: pid_t, vm name: String) -> String? {
+    /// Creates `<base>/vm-NAME` for a VMM to join (`rtvisor-vmm --cgroup`, before it starts
+    /// any thread); nil when there is no writable cgroup.
+    public func prepare(vm name: String) -> String? {
         guard let base else { return nil }
         let dir = base + "/vm-" + name
         if mkdir(dir, 0o755) != 0 && errno != EEXIST { return nil }
+        return dir
+    }
+
+    /// Moves `pid` into `<base>/vm-NAME`; returns the cgroup directory, or nil.
+    public func place(pid: pid_t, vm name: String) -> String? {
+        guard let dir = prepare(vm: name) else { return nil }
         do {
             try "\(pid)\n".write(toFile: dir + "/cgroup.procs", atomically: false, encoding: .utf8)
             return dir

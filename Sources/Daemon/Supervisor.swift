@@ -177,16 +177,18 @@ public actor Supervisor: VMControl {
             return launchFailed(name, "cannot prepare \(dir): \(error)")
         }
         try? fm.removeItem(atPath: paths.statusFile(name))
-        let argv = [paths.vmm, "--config", paths.definitionCopy(name), "--base-directory", r.loaded.directory,
+        var argv = [paths.vmm, "--config", paths.definitionCopy(name), "--base-directory", r.loaded.directory,
                     "--no-console-input", "--console-socket", paths.consoleSocket(name), "--console-journal",
                     "--log-journal", "--status-file", paths.statusFile(name)]
+        let cgroup = cgroups.prepare(vm: name)
+        if let cgroup { argv += ["--cgroup", cgroup] }
         let pid: pid_t
         do {
             pid = try Processes.spawn(argv, environment: ["PATH=/usr/sbin:/usr/bin:/sbin:/bin"])
         } catch {
             return launchFailed(name, "\(error)")
         }
-        r.cgroup = cgroups.place(pid: pid, vm: name)
+        r.cgroup = cgroup
         r.pid = pid
         r.isChild = true
         r.startTime = Processes.startTime(of: pid) ?? 0

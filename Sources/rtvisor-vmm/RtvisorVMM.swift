@@ -56,8 +56,14 @@ struct RtvisorVMM: ParsableCommand {
     @Option(name: .long, help: "At exit, write 'STATUS REASON' to this file (read by rtvisord after a restart).")
     var statusFile: String?
 
+    @Option(name: .long, help: "Move this process into this cgroup (v2 directory) before anything else runs.")
+    var cgroup: String?
+
     func run() throws {
         let started = monotonicNanoseconds()
+        // First, while this is the only thread: every later thread (vCPUs, console) and every
+        // journal entry is then accounted to the VM's own cgroup.
+        if let cgroup { joinCgroup(cgroup) }
         let level = Logger.Level(rawValue: logLevel) ?? .info
         let journal: JournalSink? = (logJournal || consoleJournal) ? JournalSink() : nil
         if logJournal, let journal {
@@ -157,6 +163,17 @@ struct RtvisorVMM: ParsableCommand {
             data.append(contentsOf: buf[0..<n])
         }
         return try VMDefinition.parse(Data(data), file: config, baseDirectory: baseDirectory)
+    }
+
+    func joinCgroup(_ dir: String) {
+        let fd = open(dir + "/cgroup.procs", O_WRONLY | O_CLOEXEC)
+        var ok = false
+        if fd >= 0 {
+            var zero = Array("0\n".utf8)  // "0": the writing process itself
+            ok = zero.withUnsafeMutableBytes { write(fd, $0.baseAddress, $0.count) } == 2
+            close(fd)
+        }
+        if !ok { writeStderr("rtvisor-vmm: warning: cannot join cgroup \(dir): \(String(cString: strerror(errno)))\n") }
     }
 
     /// Atomically (temporary file + rename), so a reader never sees half a status.
