@@ -187,7 +187,8 @@ journal_has "r.get('RTVISOR_EVENT')=='vm-started' and r.get('MESSAGE_ID') and r.
 step "the broken definition is reported with file, JSON path and reason, and skipped"
 journal_has "r.get('RTVISOR_EVENT')=='definition-invalid' and r.get('DEFINITION_FILE')=='/etc/rtvisor/vms/broken.json' and r.get('JSON_PATH')=='\$.memory_mib' and r.get('PRIORITY')=='3'" -u rtvisord \
 	|| { J -u rtvisord | grep -i broken; fail "broken.json not reported"; }
-J -u rtvisord -o cat | grep -m2 broken.json | sed 's/^/  /'
+# (through a file: grep -m closing the pipe early would SIGPIPE journalctl under pipefail)
+J -u rtvisord -o cat >"$work/journal.txt"; grep -m2 broken.json "$work/journal.txt" | sed 's/^/  /'
 C rtvisorctl list --json | python3 -c '
 import json, sys
 d = json.load(sys.stdin)
@@ -286,8 +287,9 @@ fi
 
 step "watchdog (WatchdogSec=3s) fed: no watchdog restarts"
 [ "$(C systemctl show -P NRestarts rtvisord)" = 0 ] || fail "rtvisord was restarted by systemd (watchdog?)"
-J -u rtvisord | grep -qi "watchdog timeout" && fail "watchdog timeout in the journal"
-J -u rtvisord -o cat | grep -m1 "watchdog: pinging" | sed 's/^/  /'
+J -u rtvisord >"$work/journal.txt"
+grep -qi "watchdog timeout" "$work/journal.txt" && fail "watchdog timeout in the journal"
+grep -m1 "watchdog: pinging" "$work/journal.txt" | sed 's/^/  /'
 
 step "systemctl stop rtvisord: guests shut down cleanly (Ctrl-Alt-Del), then the daemon exits"
 T=$(ts)
@@ -299,7 +301,7 @@ for vm in example second; do
 	journal_has "r.get('RTVISOR_EVENT')=='vm-stopped' and r.get('VM_NAME')=='$vm' and r.get('VM_EXIT_REASON')=='guest powered off'" -u rtvisord || fail "$vm not powered off cleanly"
 done
 say "  stopped in $(el "$T")"
-J -u rtvisord -o cat | grep -E "stopped on request|all guests stopped" | sed 's/^/  /'
+J -u rtvisord -o cat >"$work/journal.txt"; grep -E "stopped on request|all guests stopped" "$work/journal.txt" | sed 's/^/  /'
 
 say "ALL SYSTEMD E2E CHECKS PASSED in $(el "$T_ALL")"
 if [ "${KEEP:-0}" = 1 ]; then
