@@ -9,11 +9,15 @@ let package = Package(
     platforms: [.macOS(.v13)],
     products: [
         .executable(name: "rtvisor-vmm", targets: ["rtvisor-vmm"]),
+        .executable(name: "rtvisord", targets: ["rtvisord"]),
+        .executable(name: "rtvisorctl", targets: ["rtvisorctl"]),
     ],
     dependencies: [
         .package(url: "https://github.com/apple/swift-argument-parser", from: "1.5.0"),
         .package(url: "https://github.com/apple/swift-system", from: "1.4.0"),
         .package(url: "https://github.com/apple/swift-log", from: "1.6.0"),
+        // The daemon's control API only (rtvisord); rtvisor-vmm and rtvisorctl do not link it.
+        .package(url: "https://github.com/apple/swift-nio", from: "2.101.0"),
     ],
     targets: [
         // C shim: <linux/kvm.h>, ioctl request numbers as constants, non-variadic wrappers.
@@ -49,8 +53,44 @@ let package = Package(
             .product(name: "SystemPackage", package: "swift-system"),
         ]),
         .executableTarget(name: "rtvisor-vmm", dependencies: [
-            "VMM", "Config", "Posix",
+            "VMM", "Config", "Posix", "Journald", "CDaemonSupport",
             .product(name: "ArgumentParser", package: "swift-argument-parser"),
+            .product(name: "Logging", package: "swift-log"),
+        ]),
+        // ---- daemon (issue 4) ----
+        // C shim for the daemon side: pidfd, posix_spawn with setsid, SCM_RIGHTS, memfd.
+        .target(name: "CDaemonSupport"),
+        // journald native protocol: entry encoding, datagram/memfd transport, swift-log LogHandler.
+        .target(name: "Journald", dependencies: ["CDaemonSupport", .product(name: "Logging", package: "swift-log")]),
+        // sd_notify over $NOTIFY_SOCKET (READY/STATUS/STOPPING/WATCHDOG) without libsystemd.
+        .target(name: "SystemdNotify"),
+        // JSON shapes of the control API, shared by the server and rtvisorctl (no NIO here).
+        .target(name: "APIModels"),
+        // Definition directory loading and diffing, restart policy, VM supervision, state files.
+        .target(name: "Daemon", dependencies: [
+            "Config", "Journald", "APIModels", "CDaemonSupport",
+            .product(name: "Logging", package: "swift-log"),
+            .product(name: "SystemPackage", package: "swift-system"),
+        ]),
+        // The control API: transport-free router (tested directly) and an HTTP/1.1 server on a Unix socket.
+        .target(name: "API", dependencies: [
+            "Daemon", "APIModels",
+            .product(name: "NIOCore", package: "swift-nio"),
+            .product(name: "NIOPosix", package: "swift-nio"),
+            .product(name: "NIOHTTP1", package: "swift-nio"),
+            .product(name: "Logging", package: "swift-log"),
+        ]),
+        .executableTarget(name: "rtvisord", dependencies: [
+            "Daemon", "API", "Journald", "SystemdNotify", "Config",
+            .product(name: "ArgumentParser", package: "swift-argument-parser"),
+            .product(name: "Logging", package: "swift-log"),
+        ]),
+        .executableTarget(name: "rtvisorctl", dependencies: [
+            "APIModels", "CDaemonSupport",
+            .product(name: "ArgumentParser", package: "swift-argument-parser"),
+        ]),
+        .testTarget(name: "DaemonTests", dependencies: [
+            "Daemon", "API", "APIModels", "Journald", "SystemdNotify", "Config", "CDaemonSupport",
             .product(name: "Logging", package: "swift-log"),
         ]),
         // Fuzz target for the virtqueue core and virtio-blk (libFuzzer build via scripts/fuzz-virtio.sh;

@@ -5,6 +5,8 @@
 # /dev/kvm exists).
 #   scripts/test.sh            everything
 #   scripts/test.sh --quick    skip the minimal-Linux boots on /dev/kvm (minutes each here)
+# Last, the daemon's end-to-end test under a real systemd in systemd-nspawn
+# (scripts/test-systemd-e2e.sh; it reports SKIP without root or /dev/kvm).
 set -euo pipefail
 repo=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
 cd "$repo"
@@ -57,3 +59,6 @@ export RTVISOR_INMATES=$inmates RTVISOR_GUEST_LINUX=$guest
 [ $quick = 1 ] && export RTVISOR_SKIP_LINUX_BOOT=1
 log "swift test"
 swift test --skip-build 2>&1
+
+log "rtvisord end-to-end under systemd (systemd-nspawn)"
+scripts/test-systemd-e2e.sh

@@ -42,14 +42,17 @@ public struct VMDefinition: Equatable, Sendable {
     public var cpu: CPUSettings
     public var disks: [DiskSettings]
     public var nets: [NetSettings]
+    /// rtvisord's fields (autostart, restart policy, stop timeout); see DaemonSettings.swift.
+    public var daemon: DaemonSettings = DaemonSettings()
 
     public static let vcpuRange = 1...254
     public static let memoryRange = 8...(1 << 20)
     public static let cmdlineMax = 0xFFFF
     /// Slots 1–31 of PCI bus 0 (slot 0 is the host bridge).
     public static let maxPciDevices = 31
-    public static let knownKeys: Set<String> = ["name", "vcpus", "memory_mib", "kernel", "initrd", "cmdline", "cpu",
-                                                 "disks", "nets"]
+    public static let knownKeys: Set<String> = Set(["name", "vcpus", "memory_mib", "kernel", "initrd", "cmdline", "cpu",
+                                                     "disks", "nets"])
+        .union(DaemonSettings.keys)
     public static let cpuKeys: Set<String> = ["template", "disable_features"]
 
     public init(name: String, vcpus: Int = 1, memoryMiB: Int = 128, kernel: String, initrd: String? = nil,
@@ -139,8 +142,10 @@ struct Validator {
         if disks.count + nets.count > VMDefinition.maxPciDevices {
             fail("$", "\(disks.count) disks and \(nets.count) nets exceed the \(VMDefinition.maxPciDevices) PCI slots")
         }
-        return VMDefinition(name: name, vcpus: vcpus, memoryMiB: memory, kernel: kernel ?? "", initrd: initrd,
-                            cmdline: cmdline, cpu: cpu, disks: disks, nets: nets)
+        var def = VMDefinition(name: name, vcpus: vcpus, memoryMiB: memory, kernel: kernel ?? "", initrd: initrd,
+                               cmdline: cmdline, cpu: cpu, disks: disks, nets: nets)
+        def.daemon = daemonSettings(o)
+        return def
     }
 
     mutating func cpuSettings(_ value: JSONValue?) -> CPUSettings {

@@ -5,12 +5,26 @@ import Synchronization
 public final class I8042: BusDevice {
     public static let resetCommand: UInt8 = 0xFE
     private let onRequest: @Sendable (GuestRequest) -> Void
+    /// Scancodes waiting in the output buffer (injected by the VMM, e.g. Ctrl-Alt-Del).
+    private let keyboardQueue = Mutex<[UInt8]>([])
 
     public init(onRequest: @escaping @Sendable (GuestRequest) -> Void) { self.onRequest = onRequest }
 
+    /// Ctrl-Alt-Del in scancode set 1 (presses, then releases): what Firecracker's
+    /// SendCtrlAltDel injects and how rtvisord asks a guest to shut down. The guest polls the
+    /// status port (bit 0, output buffer full) and reads the codes from port 0x60; no IRQ 1 is
+    /// raised (this controller model has no keyboard interrupt or command set).
+    public static let ctrlAltDel: [UInt8] = [0x1D, 0x38, 0xE0, 0x53, 0xE0, 0xD3, 0xB8, 0x9D]
+
+    public func injectScancodes(_ codes: [UInt8]) { keyboardQueue.withLock { $0.append(contentsOf: codes) } }
+
     public func read(offset: UInt64, size: Int) -> UInt64 {
-        // Status: output buffer empty, input buffer empty; data: nothing pending.
-        0
+        // Status (0x64): bit 0 when a scancode is waiting; data (0x60): the next one.
+        switch offset {
+        case 4: return keyboardQueue.withLock { $0.isEmpty ? 0 : 1 }
+        case 0: return UInt64(keyboardQueue.withLock { $0.isEmpty ? 0 : $0.removeFirst() })
+        default: return 0
+        }
     }
 
     public func write(offset: UInt64, size: Int, value: UInt64) {

@@ -9,13 +9,17 @@ import Synchronization
 public final class ConsoleOutput: Sendable {
     private let fd: Int32
     private let tail = Mutex<[UInt8]>([])
+    /// A second consumer of every byte (rtvisor-vmm's console socket and journal forwarding).
+    private let tap: (@Sendable (UInt8) -> Void)?
     static let tailLimit = 4096
 
-    public init(fd: Int32 = STDOUT_FILENO) { self.fd = fd }
+    /// `fd` < 0: no file descriptor output (only the tap and the tail).
+    public init(fd: Int32 = STDOUT_FILENO, tap: (@Sendable (UInt8) -> Void)? = nil) { self.fd = fd; self.tap = tap }
 
     public func write(_ byte: UInt8) {
         var b = byte
-        while Glibc.write(fd, &b, 1) < 0 && errno == EINTR {}
+        if fd >= 0 { while Glibc.write(fd, &b, 1) < 0 && errno == EINTR {} }
+        tap?(byte)
         tail.withLock { t in
             t.append(byte)
             if t.count > Self.tailLimit { t.removeFirst(t.count - Self.tailLimit / 2) }

@@ -67,6 +67,8 @@ public final class Machine: @unchecked Sendable {
     let serial: Serial8250
     /// virtio-pci devices (disks, NICs), reset when the VM stops so their I/O threads end.
     let pciDevices: [VirtioPciDevice]
+    /// Kept for `requestGuestShutdown()` (Ctrl-Alt-Del injection).
+    let keyboard: I8042
     let stop = StopController()
     let options: RunOptions
     /// When the VM was created; the boot marker is reported relative to it.
@@ -151,8 +153,9 @@ public final class Machine: @unchecked Sendable {
             if let started { line += ", \(Self.ms(now - started)) ms after process start" }
             markerLogger.notice("\(line)")
         }
+        keyboard = I8042(onRequest: onRequest)
         pio = try Bus(name: "pio", ranges: [
-            .init(base: PlatformLayout.i8042, length: 5, name: "i8042", device: I8042(onRequest: onRequest)),
+            .init(base: PlatformLayout.i8042, length: 5, name: "i8042", device: keyboard),
             .init(base: PlatformLayout.cmos, length: 2, name: "cmos", device: CMOSClock()),
             .init(base: PlatformLayout.exitPort, length: 1, name: "exit-port", device: ExitPort(onRequest: onRequest)),
             .init(base: PlatformLayout.com1, length: 8, name: "com1", device: serial),
@@ -223,6 +226,14 @@ public final class Machine: @unchecked Sendable {
 
     /// Requests a stop from outside (a signal handler thread, the daemon).
     public func requestStop(_ reason: StopReason) { stop.request(reason) }
+
+    /// Asks the guest to shut down (Ctrl-Alt-Del on the i8042); the VM keeps running until the
+    /// guest acts on it.
+    public func requestGuestShutdown() { keyboard.injectScancodes(I8042.ctrlAltDel) }
+
+    /// Feeds bytes to the serial port's receiver (console clients other than stdin).
+    @discardableResult
+    public func enqueueConsoleInput(_ bytes: ArraySlice<UInt8>) -> Int { serial.enqueueInput(bytes) }
 
     private func startConsoleInput() {
         let serial = self.serial

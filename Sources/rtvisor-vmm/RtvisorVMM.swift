@@ -1,8 +1,14 @@
 import ArgumentParser
 import Config
+import Journald
 import Logging
 import VMM
 import Posix
+#if canImport(FoundationEssentials)
+import FoundationEssentials
+#else
+import Foundation
+#endif
 #if canImport(Glibc)
 import Glibc
 #endif
@@ -16,7 +22,8 @@ struct RtvisorVMM: ParsableCommand {
         Exit status: 0 guest powered off, 1 VMM or definition error, 3 guest reset (reboot),
         4 triple fault, 5 KVM internal error (e.g. emulation failure), 6 guest-reported failure
         (exit port), 7 vCPU entry failure or unexpected exit, 128+N stopped by signal N.
-        See docs/exit-status.md.
+        See docs/exit-status.md. SIGUSR1 asks the guest to shut down (Ctrl-Alt-Del on the i8042);
+        SIGINT/SIGTERM stop the VM at once.
         """)
 
     @Option(name: .long, help: "The VM definition (JSON).")
@@ -37,20 +44,51 @@ struct RtvisorVMM: ParsableCommand {
     @Option(name: .long, help: "Log level: trace, debug, info, notice, warning, error, critical.")
     var logLevel: String = "info"
 
+    // Options rtvisord uses (docs/daemon.md); each also works by hand.
+    @Option(name: .long, help: "Resolve relative paths in the definition against this directory (the definition was copied).")
+    var baseDirectory: String?
+
+    @Option(name: .long, help: "Serve the serial console on this unix socket (backlog + live output; input accepted).")
+    var consoleSocket: String?
+
+    @Flag(name: .long, help: "Send each console output line to journald with VM_NAME (stdout gets no console output).")
+    var consoleJournal = false
+
+    @Flag(name: .long, help: "Log to journald (native protocol, VM_NAME/VM_PID fields) instead of stderr.")
+    var logJournal = false
+
+    @Option(name: .long, help: "At exit, write 'STATUS REASON' to this file (read by rtvisord after a restart).")
+    var statusFile: String?
+
+    @Option(name: .long, help: "Move this process into this cgroup (v2 directory) before anything else runs.")
+    var cgroup: String?
+
     func run() throws {
         let started = monotonicNanoseconds()
+        // First, while this is the only thread: every later thread (vCPUs, console) and every
+        // journal entry is then accounted to the VM's own cgroup.
+        if let cgroup { joinCgroup(cgroup) }
         guard let notifyPath = NotifyPath(rawValue: notify) else {
             throw ValidationError("--notify must be one of: \(NotifyPath.allCases.map(\.rawValue).joined(separator: ", "))")
         }
         let level = Logger.Level(rawValue: logLevel) ?? .info
-        LoggingSystem.bootstrap { label in
-            var h = StreamLogHandler.standardError(label: label)
-            h.logLevel = level
-            return h
+        let journal: JournalSink? = (logJournal || consoleJournal) ? JournalSink() : nil
+        if logJournal, let journal {
+            LoggingSystem.bootstrap { label in
+                var h = JournaldLogHandler(label: label, identifier: "rtvisor-vmm", sink: journal)
+                h.logLevel = level
+                return h
+            }
+        } else {
+            LoggingSystem.bootstrap { label in
+                var h = StreamLogHandler.standardError(label: label)
+                h.logLevel = level
+                return h
+            }
         }
         let definition: VMDefinition
         do {
-            definition = try VMDefinition.load(path: config)
+            definition = try loadDefinition()
         } catch {
             fail("\(error)")
         }
@@ -60,6 +98,10 @@ struct RtvisorVMM: ParsableCommand {
         }
         var logger = Logger(label: "rtvisor.vmm")
         logger[metadataKey: "vm"] = "\(definition.name)"
+        if logJournal {
+            logger[metadataKey: "VM_NAME"] = "\(definition.name)"
+            logger[metadataKey: "VM_PID"] = "\(getpid())"
+        }
 
         // SIGINT/SIGTERM are taken by a dedicated thread (sigwait) so every other thread, the vCPUs
         // above all, never runs a handler for them.
@@ -67,25 +109,90 @@ struct RtvisorVMM: ParsableCommand {
         sigemptyset(&set)
         sigaddset(&set, SIGINT)
         sigaddset(&set, SIGTERM)
+        sigaddset(&set, SIGUSR1)
         pthread_sigmask(SIG_BLOCK, &set, nil)
+
+        // Under rtvisord the VMM outlives the daemon: a write to a stderr pipe whose reader is
+        // gone must fail with EPIPE, not kill the guest.
+        if consoleSocket != nil || statusFile != nil { signal(SIGPIPE, SIG_IGN) }
 
         var consoleFD = STDOUT_FILENO
         if let consoleLog {
             consoleFD = open(consoleLog, O_WRONLY | O_CREAT | O_APPEND | O_CLOEXEC, 0o640)
             if consoleFD < 0 { fail("--console-log \(consoleLog): \(String(cString: strerror(errno)))") }
         }
+        // Console input reaches the machine through this box, filled once the machine exists.
+        let machineBox = MachineBox()
+        var server: ConsoleServer?
+        if consoleSocket != nil || consoleJournal {
+            do {
+                server = try ConsoleServer(socketPath: consoleSocket, vmName: definition.name, journal: consoleJournal ? journal : nil) { bytes in
+                    machineBox.machine?.enqueueConsoleInput(bytes)
+                }
+            } catch {
+                fail("\(definition.name): \(error)")
+            }
+            // In the daemon's mode the console goes to the socket and the journal, not stdout.
+            if consoleLog == nil && consoleJournal { consoleFD = -1 }
+        }
         let machine: Machine
         do {
+            var tap: (@Sendable (UInt8) -> Void)? = nil
+            if let server { tap = { byte in server.tap(byte) } }
             machine = try Machine(definition: definition,
-                                  options: RunOptions(consoleInput: !noConsoleInput, console: ConsoleOutput(fd: consoleFD), notifyPath: notifyPath),
+                                  options: RunOptions(consoleInput: !noConsoleInput, console: ConsoleOutput(fd: consoleFD, tap: tap), notifyPath: notifyPath),
                                   logger: logger, processStartedAt: started)
         } catch {
+            writeStatus(1, "\(error)")
             fail("\(definition.name): \(error)")
         }
+        machineBox.machine = machine
+        server?.start()
         SignalForwarder.start(set: set, machine: machine)
         let reason = machine.run()
+        server?.finish()
+        writeStatus(reason.exitStatus, "\(reason)")
         writeStderr("rtvisor-vmm: \(definition.name): \(reason)\n")
         Glibc.exit(reason.exitStatus)
+    }
+
+    func loadDefinition() throws -> VMDefinition {
+        guard let baseDirectory else { return try VMDefinition.load(path: config) }
+        let fd = open(config, O_RDONLY | O_CLOEXEC)
+        guard fd >= 0 else { return try VMDefinition.load(path: config) }
+        defer { close(fd) }
+        var data: [UInt8] = []
+        var buf = [UInt8](repeating: 0, count: 65536)
+        while true {
+            let n = buf.withUnsafeMutableBytes { read(fd, $0.baseAddress, $0.count) }
+            if n < 0 && errno == EINTR { continue }
+            if n <= 0 { break }
+            data.append(contentsOf: buf[0..<n])
+        }
+        return try VMDefinition.parse(Data(data), file: config, baseDirectory: baseDirectory)
+    }
+
+    func joinCgroup(_ dir: String) {
+        let fd = open(dir + "/cgroup.procs", O_WRONLY | O_CLOEXEC)
+        var ok = false
+        if fd >= 0 {
+            var zero = Array("0\n".utf8)  // "0": the writing process itself
+            ok = zero.withUnsafeMutableBytes { write(fd, $0.baseAddress, $0.count) } == 2
+            close(fd)
+        }
+        if !ok { writeStderr("rtvisor-vmm: warning: cannot join cgroup \(dir): \(String(cString: strerror(errno)))\n") }
+    }
+
+    /// Atomically (temporary file + rename), so a reader never sees half a status.
+    func writeStatus(_ status: Int32, _ reason: String) {
+        guard let statusFile else { return }
+        let tmp = statusFile + ".tmp"
+        let fd = open(tmp, O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, 0o640)
+        guard fd >= 0 else { return }
+        var bytes = Array("\(status) \(reason)\n".utf8)
+        _ = bytes.withUnsafeMutableBytes { write(fd, $0.baseAddress, $0.count) }
+        close(fd)
+        rename(tmp, statusFile)
     }
 
     func fail(_ message: String) -> Never {
@@ -103,12 +210,17 @@ enum SignalForwarder {
             let ctx = Unmanaged<Context>.fromOpaque(raw!).takeRetainedValue()
             var sig: Int32 = 0
             while sigwait(&ctx.set, &sig) == 0 {
-                ctx.machine.requestStop(.signal(sig))
+                if sig == SIGUSR1 { ctx.machine.requestGuestShutdown() } else { ctx.machine.requestStop(.signal(sig)) }
             }
             return nil
         }, ctx)
         pthread_detach(thread)
     }
+}
+
+final class MachineBox: @unchecked Sendable {
+    // Written once before the console thread starts, read by that thread afterwards.
+    var machine: Machine?
 }
 
 func writeStderr(_ s: String) {

@@ -1,0 +1,130 @@
+import APIModels
+import Daemon
+import Foundation
+
+public struct APIRequest: Sendable {
+    public var method: String
+    /// The request target; a query string is allowed.
+    public var target: String
+    public var body: [UInt8]
+    public init(method: String, target: String, body: [UInt8] = []) { self.method = method; self.target = target; self.body = body }
+}
+
+public struct APIResponse: Sendable, Equatable {
+    public var status: Int
+    public var headers: [(String, String)]
+    public var body: [UInt8]
+    public init(status: Int, headers: [(String, String)] = [], body: [UInt8]) { self.status = status; self.headers = headers; self.body = body }
+    public var text: String { String(decoding: body, as: UTF8.self) }
+    public static func == (a: Self, b: Self) -> Bool {
+        a.status == b.status && a.body == b.body && a.headers.map { $0.0 + ":" + $0.1 } == b.headers.map { $0.0 + ":" + $0.1 }
+    }
+}
+
+/// The control API's routes (docs/api.yaml), independent of the transport: the HTTP server
+/// hands it method, target and body; tests call it directly.
+///
+///     GET  /v1/daemon                   DaemonInfo
+///     GET  /v1/vms                      VMList
+///     GET  /v1/vms/{name}               VMDetail
+///     POST /v1/vms/{name}/start         ActionResult
+///     POST /v1/vms/{name}/stop          ActionResult (body {"force": true} or ?force=true)
+///     POST /v1/vms/{name}/reboot|pause|resume
+///     POST /v1/validate                 ValidateResult (ValidateRequest body)
+///     POST /v1/reload                   ReloadResult
+public struct APIRouter: Sendable {
+    let control: any VMControl
+    public static let maxBody = 1 << 20
+
+    public init(control: any VMControl) { self.control = control }
+
+    public func handle(_ request: APIRequest) async -> APIResponse {
+        let (path, query) = Self.split(request.target)
+        let parts = path.split(separator: "/", omittingEmptySubsequences: true).map(String.init)
+        guard parts.first == "v1" else { return Self.error(404, "no such endpoint: \(path)") }
+        let rest = Array(parts.dropFirst())
+        switch rest.count {
+        case 1 where rest[0] == "daemon":
+            guard request.method == "GET" else { return Self.methodNotAllowed("GET") }
+            return Self.json(200, await control.info())
+        case 1 where rest[0] == "vms":
+            guard request.method == "GET" else { return Self.methodNotAllowed("GET") }
+            return Self.json(200, await control.list())
+        case 1 where rest[0] == "reload":
+            guard request.method == "POST" else { return Self.methodNotAllowed("POST") }
+            return Self.json(200, await control.reload())
+        case 1 where rest[0] == "validate":
+            guard request.method == "POST" else { return Self.methodNotAllowed("POST") }
+            guard let req = try? JSONDecoder().decode(ValidateRequest.self, from: Data(request.body)) else {
+                return Self.error(400, "body must be a JSON object {\"definition\": \"<definition JSON text>\", \"file\"?: …, \"base_directory\"?: …}")
+            }
+            return Self.json(200, await control.validate(req))
+        case 2 where rest[0] == "vms":
+            guard request.method == "GET" else { return Self.methodNotAllowed("GET") }
+            return await run { () async throws(ControlError) in try await control.inspect(rest[1]) }
+        case 3 where rest[0] == "vms":
+            guard request.method == "POST" else { return Self.methodNotAllowed("POST") }
+            let name = rest[1]
+            switch rest[2] {
+            case "start": return await run { () async throws(ControlError) in try await control.start(name) }
+            case "stop":
+                var force = query["force"] == "true" || query["force"] == "1"
+                if !request.body.isEmpty {
+                    guard let s = try? JSONDecoder().decode(StopRequest.self, from: Data(request.body)) else {
+                        return Self.error(400, "body must be a JSON object {\"force\": true|false}")
+                    }
+                    force = force || (s.force ?? false)
+                }
+                return await run { () async throws(ControlError) in try await control.stop(name, force: force) }
+            case "reboot": return await run { () async throws(ControlError) in try await control.reboot(name) }
+            case "pause": return await run { () async throws(ControlError) in try await control.pause(name) }
+            case "resume": return await run { () async throws(ControlError) in try await control.resume(name) }
+            default: return Self.error(404, "no such action: \(rest[2]) (start, stop, reboot, pause, resume)")
+            }
+        default:
+            return Self.error(404, "no such endpoint: \(path)")
+        }
+    }
+
+    func run<T: Encodable>(_ body: () async throws(ControlError) -> T) async -> APIResponse {
+        do {
+            return Self.json(200, try await body())
+        } catch {
+            switch error {
+            case let .notFound(m): return Self.error(404, m)
+            case let .conflict(m): return Self.error(409, m)
+            case let .failed(m): return Self.error(500, m)
+            }
+        }
+    }
+
+    static func split(_ target: String) -> (String, [String: String]) {
+        guard let q = target.firstIndex(of: "?") else { return (target, [:]) }
+        var query: [String: String] = [:]
+        for pair in target[target.index(after: q)...].split(separator: "&") {
+            let kv = pair.split(separator: "=", maxSplits: 1)
+            query[String(kv[0])] = kv.count > 1 ? String(kv[1]) : ""
+        }
+        return (String(target[..<q]), query)
+    }
+
+    static let encoder: JSONEncoder = {
+        let e = JSONEncoder()
+        e.outputFormatting = [.sortedKeys, .withoutEscapingSlashes]
+        return e
+    }()
+
+    public static func json(_ status: Int, _ value: some Encodable) -> APIResponse {
+        var body = (try? encoder.encode(value)).map { Array($0) } ?? Array("{\"error\":\"encoding failed\"}".utf8)
+        body.append(0x0A)
+        return APIResponse(status: status, headers: [("Content-Type", "application/json")], body: body)
+    }
+
+    public static func error(_ status: Int, _ message: String) -> APIResponse { json(status, APIErrorBody(error: message)) }
+
+    static func methodNotAllowed(_ allow: String) -> APIResponse {
+        var r = error(405, "method not allowed; use \(allow)")
+        r.headers.append(("Allow", allow))
+        return r
+    }
+}

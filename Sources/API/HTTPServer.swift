@@ -1,0 +1,90 @@
+import Logging
+import NIOCore
+import NIOHTTP1
+import NIOPosix
+#if canImport(Glibc)
+import Glibc
+#endif
+
+/// HTTP/1.1 on a unix socket (SwiftNIO's parser), one request at a time per connection,
+/// answered by `APIRouter`. Access control is the socket file's mode and group (0660,
+/// group `rtvisor`): whoever can connect may use every endpoint.
+public final class HTTPServer: Sendable {
+    let router: APIRouter
+    let logger: Logger
+    let group: MultiThreadedEventLoopGroup
+
+    public init(router: APIRouter, logger: Logger) {
+        self.router = router; self.logger = logger
+        group = MultiThreadedEventLoopGroup(numberOfThreads: 1)
+    }
+
+    /// Binds (replacing a stale socket file), sets mode and group, then serves until cancelled.
+    public func run(socketPath: String, groupName: String?) async throws {
+        let server = try await ServerBootstrap(group: group)
+            .serverChannelOption(.backlog, value: 64)
+            .bind(unixDomainSocketPath: socketPath, cleanupExistingSocketFile: true) { channel in
+                channel.eventLoop.makeCompletedFuture {
+                    try channel.pipeline.syncOperations.configureHTTPServerPipeline(withErrorHandling: true)
+                    return try NIOAsyncChannel<HTTPServerRequestPart, HTTPServerResponsePart>(wrappingChannelSynchronously: channel)
+                }
+            }
+        Self.restrict(socketPath, groupName: groupName, logger: logger)
+        try await withThrowingDiscardingTaskGroup { tasks in
+            try await server.executeThenClose { connections in
+                for try await connection in connections {
+                    tasks.addTask { await self.serve(connection) }
+                }
+            }
+        }
+    }
+
+    public func shutdown() async { try? await group.shutdownGracefully() }
+
+    static func restrict(_ path: String, groupName: String?, logger: Logger) {
+        chmod(path, 0o660)
+        guard let groupName else { return }
+        if let g = getgrnam(groupName) {
+            if chown(path, 0, g.pointee.gr_gid) != 0 && chown(path, getuid(), g.pointee.gr_gid) != 0 {
+                logger.warning("cannot give \(path) to group \(groupName): \(String(cString: strerror(errno)))")
+            }
+        } else {
+            logger.warning("group \(groupName) does not exist: \(path) is usable by root only (scripts/install.sh creates the group)")
+        }
+    }
+
+    func serve(_ connection: NIOAsyncChannel<HTTPServerRequestPart, HTTPServerResponsePart>) async {
+        do {
+            try await connection.executeThenClose { inbound, outbound in
+                var head: HTTPRequestHead?
+                var body: [UInt8] = []
+                var tooLarge = false
+                for try await part in inbound {
+                    switch part {
+                    case let .head(h):
+                        head = h; body = []; tooLarge = false
+                    case var .body(buf):
+                        if body.count + buf.readableBytes > APIRouter.maxBody { tooLarge = true } else { body += buf.readBytes(length: buf.readableBytes) ?? [] }
+                    case .end:
+                        guard let h = head else { continue }
+                        let response = tooLarge ? APIRouter.error(413, "request body over \(APIRouter.maxBody) bytes")
+                            : await router.handle(APIRequest(method: h.method.rawValue, target: h.uri, body: body))
+                        var headers = HTTPHeaders(response.headers)
+                        headers.add(name: "Content-Length", value: String(response.body.count))
+                        let keepAlive = h.isKeepAlive
+                        headers.add(name: "Connection", value: keepAlive ? "keep-alive" : "close")
+                        let status = HTTPResponseStatus(statusCode: response.status)
+                        try await outbound.write(.head(HTTPResponseHead(version: h.version, status: status, headers: headers)))
+                        try await outbound.write(.body(.byteBuffer(ByteBuffer(bytes: response.body))))
+                        try await outbound.write(.end(nil))
+                        logger.debug("\(h.method.rawValue) \(h.uri) → \(response.status)")
+                        if !keepAlive { return }
+                        head = nil
+                    }
+                }
+            }
+        } catch {
+            logger.debug("API connection ended: \(error)")
+        }
+    }
+}

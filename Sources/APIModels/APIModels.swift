@@ -1,0 +1,175 @@
+// The control API's JSON shapes (docs/api.yaml), shared by rtvisord and rtvisorctl.
+// snake_case on the wire; every type is plain data.
+
+/// A VM's lifecycle state as the supervisor sees it.
+public enum VMStateName: String, Codable, Sendable, CaseIterable {
+    /// Not running; last ended normally (or never started).
+    case stopped
+    /// The VMM process is starting or running the guest.
+    case running
+    /// The VMM process is stopped (SIGSTOP), the guest frozen.
+    case paused
+    /// A stop was requested; waiting for the guest/VMM to end.
+    case stopping
+    /// Ended unexpectedly; a restart is scheduled (restart policy backoff).
+    case restarting
+    /// Ended unexpectedly and will not be restarted (policy `no`, or the restart limit was hit).
+    case failed
+}
+
+public struct ExitInfo: Codable, Sendable, Equatable {
+    /// rtvisor-vmm's exit status (docs/exit-status.md), when it exited.
+    public var status: Int32?
+    /// The signal that killed it, when it was killed.
+    public var signal: Int32?
+    /// rtvisor-vmm's own reason line, or what the daemon knows.
+    public var reason: String
+    /// Unix time in seconds.
+    public var at: Double
+    public init(status: Int32?, signal: Int32?, reason: String, at: Double) {
+        self.status = status; self.signal = signal; self.reason = reason; self.at = at
+    }
+}
+
+public struct VMSummary: Codable, Sendable, Equatable {
+    public var name: String
+    public var state: VMStateName
+    public var pid: Int32?
+    public var autostart: Bool
+    public var restartPolicy: String
+    /// Automatic restarts (policy) and reboots since rtvisord loaded the definition.
+    public var restarts: Int
+    /// The definition file changed since the VM started; applied on its next start/reboot.
+    public var pendingChange: Bool
+    public var definitionFile: String
+    /// Unix time of the last state change.
+    public var since: Double
+    public var lastExit: ExitInfo?
+
+    public init(name: String, state: VMStateName, pid: Int32?, autostart: Bool, restartPolicy: String, restarts: Int,
+                pendingChange: Bool, definitionFile: String, since: Double, lastExit: ExitInfo?) {
+        self.name = name; self.state = state; self.pid = pid; self.autostart = autostart
+        self.restartPolicy = restartPolicy; self.restarts = restarts; self.pendingChange = pendingChange
+        self.definitionFile = definitionFile; self.since = since; self.lastExit = lastExit
+    }
+
+    enum CodingKeys: String, CodingKey {
+        case name, state, pid, autostart, restarts, since
+        case restartPolicy = "restart_policy", pendingChange = "pending_change"
+        case definitionFile = "definition_file", lastExit = "last_exit"
+    }
+}
+
+public struct VMDetail: Codable, Sendable, Equatable {
+    public var summary: VMSummary
+    public var vcpus: Int
+    public var memoryMiB: Int
+    public var kernel: String
+    public var initrd: String?
+    public var cmdline: String
+    public var consoleSocket: String
+    public var cgroup: String?
+    public var stopTimeoutSeconds: Int
+
+    public init(summary: VMSummary, vcpus: Int, memoryMiB: Int, kernel: String, initrd: String?, cmdline: String,
+                consoleSocket: String, cgroup: String?, stopTimeoutSeconds: Int) {
+        self.summary = summary; self.vcpus = vcpus; self.memoryMiB = memoryMiB; self.kernel = kernel
+        self.initrd = initrd; self.cmdline = cmdline; self.consoleSocket = consoleSocket; self.cgroup = cgroup
+        self.stopTimeoutSeconds = stopTimeoutSeconds
+    }
+
+    enum CodingKeys: String, CodingKey {
+        case summary, vcpus, kernel, initrd, cmdline, cgroup
+        case memoryMiB = "memory_mib", consoleSocket = "console_socket", stopTimeoutSeconds = "stop_timeout_s"
+    }
+}
+
+/// One problem in a definition file: `FILE: $.json.path: reason`.
+public struct DefinitionProblem: Codable, Sendable, Equatable, CustomStringConvertible {
+    public var file: String
+    public var path: String
+    public var reason: String
+    public init(file: String, path: String, reason: String) { self.file = file; self.path = path; self.reason = reason }
+    public var description: String { "\(file): \(path): \(reason)" }
+}
+
+public struct VMList: Codable, Sendable, Equatable {
+    public var vms: [VMSummary]
+    /// Definition files that were skipped, with every problem found.
+    public var invalidDefinitions: [DefinitionProblem]
+    public init(vms: [VMSummary], invalidDefinitions: [DefinitionProblem]) { self.vms = vms; self.invalidDefinitions = invalidDefinitions }
+    enum CodingKeys: String, CodingKey { case vms, invalidDefinitions = "invalid_definitions" }
+}
+
+public struct StopRequest: Codable, Sendable, Equatable {
+    /// Skip the graceful (Ctrl-Alt-Del) phase.
+    public var force: Bool?
+    public init(force: Bool? = nil) { self.force = force }
+}
+
+public struct ActionResult: Codable, Sendable, Equatable {
+    public var name: String
+    public var action: String
+    public var state: VMStateName
+    public var message: String
+    public init(name: String, action: String, state: VMStateName, message: String) {
+        self.name = name; self.action = action; self.state = state; self.message = message
+    }
+}
+
+/// `POST /v1/validate`: a definition's text, checked as if it were in `baseDirectory`.
+public struct ValidateRequest: Codable, Sendable, Equatable {
+    public var definition: String
+    /// Shown in problems (default "definition").
+    public var file: String?
+    /// Relative kernel/initrd paths are resolved against it (default /etc/rtvisor/vms).
+    public var baseDirectory: String?
+    public init(definition: String, file: String? = nil, baseDirectory: String? = nil) {
+        self.definition = definition; self.file = file; self.baseDirectory = baseDirectory
+    }
+    enum CodingKeys: String, CodingKey { case definition, file, baseDirectory = "base_directory" }
+}
+
+public struct ValidateResult: Codable, Sendable, Equatable {
+    public var valid: Bool
+    public var name: String?
+    public var problems: [DefinitionProblem]
+    public init(valid: Bool, name: String?, problems: [DefinitionProblem]) { self.valid = valid; self.name = name; self.problems = problems }
+}
+
+public struct ReloadResult: Codable, Sendable, Equatable {
+    public var added: [String]
+    public var removed: [String]
+    public var changed: [String]
+    /// Running VMs whose definition changed: the change applies when they restart.
+    public var pending: [String]
+    public var invalidDefinitions: [DefinitionProblem]
+    public init(added: [String], removed: [String], changed: [String], pending: [String], invalidDefinitions: [DefinitionProblem]) {
+        self.added = added; self.removed = removed; self.changed = changed; self.pending = pending
+        self.invalidDefinitions = invalidDefinitions
+    }
+    enum CodingKeys: String, CodingKey { case added, removed, changed, pending, invalidDefinitions = "invalid_definitions" }
+}
+
+public struct DaemonInfo: Codable, Sendable, Equatable {
+    public var version: String
+    public var pid: Int32
+    public var definitionsDirectory: String
+    public var status: String
+    public init(version: String, pid: Int32, definitionsDirectory: String, status: String) {
+        self.version = version; self.pid = pid; self.definitionsDirectory = definitionsDirectory; self.status = status
+    }
+    enum CodingKeys: String, CodingKey { case version, pid, status, definitionsDirectory = "definitions_directory" }
+}
+
+public struct APIErrorBody: Codable, Sendable, Equatable {
+    public var error: String
+    public var problems: [DefinitionProblem]?
+    public init(error: String, problems: [DefinitionProblem]? = nil) { self.error = error; self.problems = problems }
+}
+
+public enum APIPaths {
+    public static let defaultSocket = "/run/rtvisor/api.sock"
+    public static let defaultRunDirectory = "/run/rtvisor"
+    public static let defaultDefinitions = "/etc/rtvisor/vms"
+}

@@ -1,0 +1,239 @@
+#define _GNU_SOURCE
+#include "cdaemon.h"
+#include <errno.h>
+#include <fcntl.h>
+#include <signal.h>
+#include <spawn.h>
+#include <string.h>
+#include <sys/mman.h>
+#include <sys/socket.h>
+#include <sys/syscall.h>
+#include <sys/stat.h>
+#include <sys/un.h>
+#include <termios.h>
+#include <unistd.h>
+
+#ifndef SYS_pidfd_open
+#define SYS_pidfd_open 434
+#endif
+#ifndef POSIX_SPAWN_SETSID
+#define POSIX_SPAWN_SETSID 0x80
+#endif
+
+int cdaemon_pidfd_open(pid_t pid) { return (int)syscall(SYS_pidfd_open, pid, 0); }
+
+int cdaemon_spawn(pid_t *pid, const char *path, char *const argv[], char *const envp[], int out_fd, int err_fd)
+{
+	posix_spawn_file_actions_t fa;
+	posix_spawnattr_t attr;
+	sigset_t empty, defaults;
+	int r;
+
+	posix_spawn_file_actions_init(&fa);
+	posix_spawnattr_init(&attr);
+	sigemptyset(&empty);
+	sigemptyset(&defaults);
+	int sigs[] = { SIGHUP, SIGINT, SIGTERM, SIGCHLD, SIGUSR1, SIGUSR2, SIGPIPE };
+	for (size_t i = 0; i < sizeof(sigs) / sizeof(sigs[0]); i++)
+		sigaddset(&defaults, sigs[i]);
+	posix_spawnattr_setsigmask(&attr, &empty);
+	posix_spawnattr_setsigdefault(&attr, &defaults);
+	posix_spawnattr_setflags(&attr, POSIX_SPAWN_SETSIGMASK | POSIX_SPAWN_SETSIGDEF | POSIX_SPAWN_SETSID);
+	posix_spawn_file_actions_addopen(&fa, 0, "/dev/null", O_RDONLY, 0);
+	if (out_fd >= 0)
+		posix_spawn_file_actions_adddup2(&fa, out_fd, 1);
+	if (err_fd >= 0)
+		posix_spawn_file_actions_adddup2(&fa, err_fd, 2);
+	r = posix_spawn(pid, path, &fa, &attr, argv, envp);
+	posix_spawn_file_actions_destroy(&fa);
+	posix_spawnattr_destroy(&attr);
+	return r;
+}
+
+static socklen_t fill_addr(struct sockaddr_un *sa, const char *path)
+{
+	size_t n = strlen(path);
+	memset(sa, 0, sizeof(*sa));
+	sa->sun_family = AF_UNIX;
+	if (n >= sizeof(sa->sun_path))
+		n = sizeof(sa->sun_path) - 1;
+	memcpy(sa->sun_path, path, n);
+	if (path[0] == '@') {
+		sa->sun_path[0] = 0;	/* abstract namespace: no trailing NUL counted */
+		return (socklen_t)(offsetof(struct sockaddr_un, sun_path) + n);
+	}
+	return (socklen_t)(offsetof(struct sockaddr_un, sun_path) + n + 1);
+}
+
+ssize_t cdaemon_send_datagram(int fd, const char *path, const void *data, size_t len)
+{
+	struct sockaddr_un sa;
+	socklen_t sl = fill_addr(&sa, path);
+	ssize_t r;
+	do r = sendto(fd, data, len, MSG_NOSIGNAL, (struct sockaddr *)&sa, sl);
+	while (r < 0 && errno == EINTR);
+	return r;
+}
+
+ssize_t cdaemon_send_fd(int fd, const char *path, int passed_fd)
+{
+	struct sockaddr_un sa;
+	socklen_t sl = fill_addr(&sa, path);
+	union { struct cmsghdr h; char buf[CMSG_SPACE(sizeof(int))]; } control;
+	struct msghdr mh;
+	struct cmsghdr *c;
+	ssize_t r;
+
+	memset(&mh, 0, sizeof(mh));
+	memset(&control, 0, sizeof(control));
+	mh.msg_name = &sa;
+	mh.msg_namelen = sl;
+	mh.msg_control = control.buf;
+	mh.msg_controllen = sizeof(control.buf);
+	c = CMSG_FIRSTHDR(&mh);
+	c->cmsg_level = SOL_SOCKET;
+	c->cmsg_type = SCM_RIGHTS;
+	c->cmsg_len = CMSG_LEN(sizeof(int));
+	memcpy(CMSG_DATA(c), &passed_fd, sizeof(int));
+	do r = sendmsg(fd, &mh, MSG_NOSIGNAL);
+	while (r < 0 && errno == EINTR);
+	return r;
+}
+
+int cdaemon_memfd(const char *name) { return memfd_create(name, MFD_ALLOW_SEALING | MFD_CLOEXEC); }
+
+int cdaemon_seal_all(int fd)
+{
+	return fcntl(fd, F_ADD_SEALS, F_SEAL_SHRINK | F_SEAL_GROW | F_SEAL_WRITE | F_SEAL_SEAL);
+}
+
+int cdaemon_get_seals(int fd) { return fcntl(fd, F_GET_SEALS); }
+
+int cdaemon_set_sndbuf(int fd, int size) { return setsockopt(fd, SOL_SOCKET, SO_SNDBUF, &size, sizeof(size)); }
+
+int cdaemon_set_nonblock(int fd)
+{
+	int fl = fcntl(fd, F_GETFL);
+	return fl < 0 ? -1 : fcntl(fd, F_SETFL, fl | O_NONBLOCK);
+}
+
+int cdaemon_set_cloexec(int fd)
+{
+	int fl = fcntl(fd, F_GETFD);
+	return fl < 0 ? -1 : fcntl(fd, F_SETFD, fl | FD_CLOEXEC);
+}
+
+int cdaemon_peer_uid(int fd, uid_t *uid, gid_t *gid, pid_t *pid)
+{
+	struct ucred cr;
+	socklen_t l = sizeof(cr);
+	if (getsockopt(fd, SOL_SOCKET, SO_PEERCRED, &cr, &l) < 0)
+		return -1;
+	*uid = cr.uid; *gid = cr.gid; *pid = cr.pid;
+	return 0;
+}
+
+size_t cdaemon_termios_size(void) { return sizeof(struct termios); }
+
+int cdaemon_tty_raw(int fd, void *saved, size_t saved_size)
+{
+	struct termios t;
+	if (saved_size < sizeof(t) || tcgetattr(fd, &t) < 0)
+		return -1;
+	memcpy(saved, &t, sizeof(t));
+	cfmakeraw(&t);
+	return tcsetattr(fd, TCSANOW, &t);
+}
+
+int cdaemon_tty_restore(int fd, const void *saved)
+{
+	return tcsetattr(fd, TCSANOW, (const struct termios *)saved);
+}
+
+int cdaemon_listen_unix(const char *path, int backlog, unsigned mode)
+{
+	struct sockaddr_un sa;
+	socklen_t sl;
+	int fd;
+
+	if (strlen(path) >= sizeof(sa.sun_path)) { errno = ENAMETOOLONG; return -1; }
+	sl = fill_addr(&sa, path);
+	fd = socket(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0);
+	if (fd < 0)
+		return -1;
+	unlink(path);
+	if (bind(fd, (struct sockaddr *)&sa, sl) < 0 || chmod(path, mode) < 0 || listen(fd, backlog) < 0) {
+		int e = errno;
+		close(fd);
+		errno = e;
+		return -1;
+	}
+	return fd;
+}
+
+int cdaemon_connect_unix(const char *path)
+{
+	struct sockaddr_un sa;
+	socklen_t sl;
+	int fd;
+
+	if (strlen(path) >= sizeof(sa.sun_path)) { errno = ENAMETOOLONG; return -1; }
+	sl = fill_addr(&sa, path);
+	fd = socket(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0);
+	if (fd < 0)
+		return -1;
+	if (connect(fd, (struct sockaddr *)&sa, sl) < 0) {
+		int e = errno;
+		close(fd);
+		errno = e;
+		return -1;
+	}
+	return fd;
+}
+
+int cdaemon_pipe(int fds[2]) { return pipe2(fds, O_CLOEXEC | O_NONBLOCK); }
+
+int cdaemon_accept(int fd) { return accept4(fd, NULL, NULL, SOCK_CLOEXEC | SOCK_NONBLOCK); }
+
+int cdaemon_bind_datagram(const char *path)
+{
+	struct sockaddr_un sa;
+	socklen_t sl = fill_addr(&sa, path);
+	int fd = socket(AF_UNIX, SOCK_DGRAM | SOCK_CLOEXEC, 0);
+
+	if (fd < 0)
+		return -1;
+	if (path[0] != '@')
+		unlink(path);
+	if (bind(fd, (struct sockaddr *)&sa, sl) < 0) {
+		int e = errno;
+		close(fd);
+		errno = e;
+		return -1;
+	}
+	return fd;
+}
+
+ssize_t cdaemon_recv_with_fd(int fd, void *buf, size_t len, int *passed_fd)
+{
+	union { struct cmsghdr h; char buf[CMSG_SPACE(sizeof(int))]; } control;
+	struct iovec iov = { .iov_base = buf, .iov_len = len };
+	struct msghdr mh;
+	struct cmsghdr *c;
+	ssize_t r;
+
+	memset(&mh, 0, sizeof(mh));
+	mh.msg_iov = &iov;
+	mh.msg_iovlen = 1;
+	mh.msg_control = control.buf;
+	mh.msg_controllen = sizeof(control.buf);
+	*passed_fd = -1;
+	do r = recvmsg(fd, &mh, MSG_CMSG_CLOEXEC);
+	while (r < 0 && errno == EINTR);
+	if (r < 0)
+		return r;
+	for (c = CMSG_FIRSTHDR(&mh); c; c = CMSG_NXTHDR(&mh, c))
+		if (c->cmsg_level == SOL_SOCKET && c->cmsg_type == SCM_RIGHTS)
+			memcpy(passed_fd, CMSG_DATA(c), sizeof(int));
+	return r;
+}

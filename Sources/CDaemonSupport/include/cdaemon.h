@@ -1,0 +1,62 @@
+#ifndef CDAEMON_H
+#define CDAEMON_H
+// Small non-variadic wrappers for the daemon side (Swift cannot call variadic C functions
+// such as syscall/prctl/fcntl, and glibc's CMSG_* are macros).
+#include <stddef.h>
+#include <stdint.h>
+#include <sys/types.h>
+
+// pidfd_open(2): a file descriptor that becomes readable when the process exits; works for
+// processes that are not our children (VMMs re-adopted after a daemon restart). -1/errno on error.
+int cdaemon_pidfd_open(pid_t pid);
+
+// posix_spawn with argv/envp arrays (no shell), in a new session, with an empty signal mask
+// and default dispositions for the signals the daemon handles. stdin is /dev/null; stdout and
+// stderr are `out_fd`/`err_fd` (or inherited when -1). Returns 0 and the pid, or an errno.
+int cdaemon_spawn(pid_t *pid, const char *path, char *const argv[], char *const envp[], int out_fd, int err_fd);
+
+// Sends `data` as one datagram to the unix socket at `path` (abstract when it starts with '@').
+// Returns bytes sent or -1/errno. Used for $NOTIFY_SOCKET and the journal socket.
+ssize_t cdaemon_send_datagram(int fd, const char *path, const void *data, size_t len);
+
+// Sends an empty datagram carrying `passed_fd` (SCM_RIGHTS) to `path`: journald's memfd path
+// for entries too large for one datagram.
+ssize_t cdaemon_send_fd(int fd, const char *path, int passed_fd);
+
+// memfd_create + seal helpers for the large-entry path.
+int cdaemon_memfd(const char *name);
+int cdaemon_seal_all(int fd);
+int cdaemon_get_seals(int fd);
+
+// Sets SO_SNDBUF to `size` (best effort).
+int cdaemon_set_sndbuf(int fd, int size);
+
+// Sets O_NONBLOCK and FD_CLOEXEC.
+int cdaemon_set_nonblock(int fd);
+int cdaemon_set_cloexec(int fd);
+
+// The peer's credentials of a connected unix socket (SO_PEERCRED).
+int cdaemon_peer_uid(int fd, uid_t *uid, gid_t *gid, pid_t *pid);
+
+// Terminal helpers for `rtvisorctl console`.
+int cdaemon_tty_raw(int fd, void *saved, size_t saved_size);
+int cdaemon_tty_restore(int fd, const void *saved);
+size_t cdaemon_termios_size(void);
+
+
+
+// Unix stream sockets by path: a listening socket (an existing socket file is replaced,
+// mode set to `mode`), and a connected client. -1/errno on error. Both close-on-exec.
+int cdaemon_listen_unix(const char *path, int backlog, unsigned mode);
+int cdaemon_connect_unix(const char *path);
+
+// pipe2(O_CLOEXEC|O_NONBLOCK) and accept4(SOCK_CLOEXEC|SOCK_NONBLOCK) (GNU extensions).
+int cdaemon_pipe(int fds[2]);
+int cdaemon_accept(int fd);
+
+// A datagram socket bound to `path` ('@' = abstract), and a receive that also returns a file
+// descriptor passed with SCM_RIGHTS (-1 when none): the receiving side of journald's and
+// systemd's notify protocols, for tests.
+int cdaemon_bind_datagram(const char *path);
+ssize_t cdaemon_recv_with_fd(int fd, void *buf, size_t len, int *passed_fd);
+#endif

@@ -1,0 +1,166 @@
+import CDaemonSupport
+import Foundation
+import SystemPackage
+
+/// Process operations the supervisor needs, by pid. Spawning never goes through a shell: argv
+/// is passed as an array to posix_spawn.
+public enum Processes {
+    public struct SpawnError: Error, CustomStringConvertible {
+        public let errno: Errno
+        public let path: String
+        public var description: String { "cannot start \(path): \(errno)" }
+    }
+
+    /// Starts `argv[0]` with `argv` and `environment`, in a new session, stdin on /dev/null,
+    /// stdout/stderr inherited (the daemon's journal stream).
+    public static func spawn(_ argv: [String], environment: [String]) throws(SpawnError) -> pid_t {
+        var pid: pid_t = 0
+        let cArgv = argv.map { strdup($0) } + [nil]
+        let cEnv = environment.map { strdup($0) } + [nil]
+        defer { cArgv.forEach { free($0) }; cEnv.forEach { free($0) } }
+        let r = cArgv.withUnsafeBufferPointer { a in
+            cEnv.withUnsafeBufferPointer { e in
+                cdaemon_spawn(&pid, argv[0], a.baseAddress, e.baseAddress, -1, -1)
+            }
+        }
+        if r != 0 { throw SpawnError(errno: Errno(rawValue: r), path: argv[0]) }
+        return pid
+    }
+
+    /// Field 22 of /proc/PID/stat (start time in clock ticks since boot): with the pid it
+    /// identifies a process across pid reuse.
+    public static func startTime(of pid: pid_t) -> UInt64? {
+        guard let s = try? String(contentsOfFile: "/proc/\(pid)/stat", encoding: .utf8),
+              let close = s.lastIndex(of: ")") else { return nil }
+        // After "pid (comm) ": state is field 3; start time is field 22.
+        let fields = s[s.index(after: close)...].split(separator: " ")
+        guard fields.count > 19 else { return nil }
+        return UInt64(fields[19])
+    }
+
+    /// The process state letter (R, S, D, T = stopped, Z = zombie, …).
+    public static func stateLetter(of pid: pid_t) -> Character? {
+        guard let s = try? String(contentsOfFile: "/proc/\(pid)/stat", encoding: .utf8),
+              let close = s.lastIndex(of: ")") else { return nil }
+        return s[s.index(after: close)...].split(separator: " ").first?.first
+    }
+
+    public static func isAlive(_ pid: pid_t, startTime: UInt64) -> Bool {
+        guard let t = Self.startTime(of: pid), t == startTime, let st = stateLetter(of: pid) else { return false }
+        return st != "Z" && st != "X"
+    }
+
+    @discardableResult
+    public static func signal(_ pid: pid_t, _ sig: Int32) -> Bool { kill(pid, sig) == 0 }
+
+    /// Blocks until `pid` ends. Children are reaped and their status returned; for other
+    /// processes (re-adopted after a daemon restart) the status is not available here.
+    public static func waitForExit(pid: pid_t, isChild: Bool) -> ExitOutcome {
+        let fd = cdaemon_pidfd_open(pid)
+        if fd >= 0 {
+            var p = pollfd(fd: fd, events: Int16(POLLIN), revents: 0)
+            while poll(&p, 1, -1) < 0 && errno == EINTR {}
+            close(fd)
+        } else if !isChild {
+            // No pidfd (kernel < 5.3): poll for the pid.
+            while kill(pid, 0) == 0 || errno == EPERM { usleep(200_000) }
+        }
+        guard isChild else { return .unknown }
+        var status: Int32 = 0
+        while waitpid(pid, &status, 0) < 0 {
+            if errno != EINTR { return .unknown }
+        }
+        if status & 0x7f == 0 { return .exited((status >> 8) & 0xff) }
+        return .signaled(status & 0x7f)
+    }
+}
+
+/// The daemon's own cgroup (v2) and one child cgroup per VM under it, which `Delegate=yes`
+/// allows. Best effort: without a writable cgroup the VMM stays in the daemon's cgroup.
+public struct CgroupPlacement: Sendable {
+    public let base: String?
+
+    public init(procSelfCgroup: String? = try? String(contentsOfFile: "/proc/self/cgroup", encoding: .utf8),
+                mountPoint: String = "/sys/fs/cgroup") {
+        guard let text = procSelfCgroup,
+              let line = text.split(separator: "\n").first(where: { $0.hasPrefix("0::") }) else { base = nil; return }
+        let path = String(line.dropFirst(3))
+        let dir = mountPoint + (path == "/" ? "" : path)
+        base = access(dir + "/cgroup.procs", W_OK) == 0 ? dir : nil
+    }
+
+    /// The systemd unit this process runs in (the last `*.service` component of its cgroup).
+    public static func unitName(procSelfCgroup: String? = try? String(contentsOfFile: "/proc/self/cgroup", encoding: .utf8)) -> String? {
+        guard let text = procSelfCgroup,
+              let line = text.split(separator: "\n").first(where: { $0.hasPrefix("0::") }) ?? text.split(separator: "\n").first(where: { $0.contains("name=systemd:") })
+        else { return nil }
+        return line.split(separator: "/").last(where: { $0.hasSuffix(".service") }).map(String.init)
+    }
+
+    /// Creates `<base>/vm-NAME` for a VMM to join (`rtvisor-vmm --cgroup`, before it starts
+    /// any thread); nil when there is no writable cgroup.
+    public func prepare(vm name: String) -> String? {
+        guard let base else { return nil }
+        let dir = base + "/vm-" + name
+        if mkdir(dir, 0o755) != 0 && errno != EEXIST { return nil }
+        return dir
+    }
+
+    /// Moves `pid` into `<base>/vm-NAME`; returns the cgroup directory, or nil.
+    public func place(pid: pid_t, vm name: String) -> String? {
+        guard let dir = prepare(vm: name) else { return nil }
+        do {
+            try "\(pid)\n".write(toFile: dir + "/cgroup.procs", atomically: false, encoding: .utf8)
+            return dir
+        } catch {
+            return nil
+        }
+    }
+
+    /// Removes an empty VM cgroup (fails harmlessly while processes remain).
+    public func remove(vm name: String) {
+        guard let base else { return }
+        rmdir(base + "/vm-" + name)
+    }
+}
+
+/// Asks systemd whether the daemon is being restarted (a `restart` job is queued for its unit)
+/// rather than stopped: on restart the guests keep running and the next rtvisord re-adopts them.
+/// systemd sends the same SIGTERM for both, so the job list is the only place the difference shows.
+public enum SystemdJobs {
+    public static func restartPending(unit: String, systemctl: String = "/bin/systemctl") -> Bool {
+        guard access(systemctl, X_OK) == 0 else { return false }
+        var fds: [Int32] = [0, 0]
+        guard pipe(&fds) == 0 else { return false }
+        var pid: pid_t = 0
+        let argv = [systemctl, "list-jobs", "--no-legend", "--no-pager", "--plain", "--full"]
+        let cArgv = argv.map { strdup($0) } + [nil]
+        let cEnv: [UnsafeMutablePointer<CChar>?] = [strdup("PATH=/usr/sbin:/usr/bin:/sbin:/bin"), nil]
+        defer { cArgv.forEach { free($0) }; cEnv.forEach { free($0) } }
+        let devnull = open("/dev/null", O_WRONLY | O_CLOEXEC)
+        defer { if devnull >= 0 { close(devnull) } }
+        let r = cArgv.withUnsafeBufferPointer { a in cEnv.withUnsafeBufferPointer { e in cdaemon_spawn(&pid, systemctl, a.baseAddress, e.baseAddress, fds[1], devnull) } }
+        close(fds[1])
+        guard r == 0 else { close(fds[0]); return false }
+        var out: [UInt8] = []
+        var buf = [UInt8](repeating: 0, count: 4096)
+        while true {
+            let n = buf.withUnsafeMutableBytes { read(fds[0], $0.baseAddress, $0.count) }
+            if n < 0 && errno == EINTR { continue }
+            if n <= 0 { break }
+            out.append(contentsOf: buf[0..<n])
+        }
+        close(fds[0])
+        var st: Int32 = 0
+        while waitpid(pid, &st, 0) < 0 && errno == EINTR {}
+        return jobListShowsRestart(String(decoding: out, as: UTF8.self), unit: unit)
+    }
+
+    /// `JOB UNIT TYPE STATE` lines; a restart's stop phase is listed with type `restart`.
+    public static func jobListShowsRestart(_ text: String, unit: String) -> Bool {
+        text.split(separator: "\n").contains { line in
+            let f = line.split(whereSeparator: { $0 == " " || $0 == "\t" })
+            return f.count >= 3 && f[1] == unit && f[2].hasSuffix("restart")
+        }
+    }
+}

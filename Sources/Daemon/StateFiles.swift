@@ -1,0 +1,66 @@
+import Foundation
+
+/// Where the daemon keeps things. `/run/rtvisor/vms/NAME/` holds, per VM: `definition.json`
+/// (the exact bytes the VMM runs), `state.json` (pid and start time, for re-adoption),
+/// `console.sock` (owned by the VMM) and `exit-status` (written by the VMM when it ends).
+public struct DaemonPaths: Sendable {
+    public var definitions: String
+    public var run: String
+    public var vmm: String
+    public var apiSocket: String
+
+    public init(definitions: String, run: String, vmm: String, apiSocket: String) {
+        self.definitions = definitions; self.run = run; self.vmm = vmm; self.apiSocket = apiSocket
+    }
+
+    public var vmsDirectory: String { run + "/vms" }
+    public func vmDirectory(_ name: String) -> String { vmsDirectory + "/" + name }
+    public func definitionCopy(_ name: String) -> String { vmDirectory(name) + "/definition.json" }
+    public func stateFile(_ name: String) -> String { vmDirectory(name) + "/state.json" }
+    public func consoleSocket(_ name: String) -> String { vmDirectory(name) + "/console.sock" }
+    public func statusFile(_ name: String) -> String { vmDirectory(name) + "/exit-status" }
+}
+
+/// `state.json`: what the next rtvisord needs to re-adopt a running VMM.
+public struct VMStateFile: Codable, Equatable, Sendable {
+    public var pid: Int32
+    /// /proc/PID/stat start time: guards against pid reuse.
+    public var startTime: UInt64
+    public var definitionFile: String
+    public var baseDirectory: String
+    public var startedAt: Double
+    public var restarts: Int
+    public var cgroup: String?
+
+    public init(pid: Int32, startTime: UInt64, definitionFile: String, baseDirectory: String, startedAt: Double, restarts: Int, cgroup: String?) {
+        self.pid = pid; self.startTime = startTime; self.definitionFile = definitionFile
+        self.baseDirectory = baseDirectory; self.startedAt = startedAt; self.restarts = restarts; self.cgroup = cgroup
+    }
+
+    enum CodingKeys: String, CodingKey {
+        case pid, restarts, cgroup
+        case startTime = "start_time", definitionFile = "definition_file", baseDirectory = "base_directory", startedAt = "started_at"
+    }
+
+    public func write(to path: String) throws {
+        let enc = JSONEncoder()
+        enc.outputFormatting = [.sortedKeys]
+        try enc.encode(self).write(to: URL(fileURLWithPath: path), options: .atomic)
+    }
+
+    public static func read(_ path: String) -> VMStateFile? {
+        guard let d = FileManager.default.contents(atPath: path) else { return nil }
+        return try? JSONDecoder().decode(VMStateFile.self, from: d)
+    }
+}
+
+/// `exit-status`: "STATUS REASON" as rtvisor-vmm writes it at exit.
+public enum ExitStatusFile {
+    public static func read(_ path: String) -> (status: Int32, reason: String)? {
+        guard let s = try? String(contentsOfFile: path, encoding: .utf8) else { return nil }
+        let line = s.split(separator: "\n").first ?? ""
+        let parts = line.split(separator: " ", maxSplits: 1)
+        guard let first = parts.first, let status = Int32(first) else { return nil }
+        return (status, parts.count > 1 ? String(parts[1]) : "")
+    }
+}

@@ -1,0 +1,30 @@
+import APIModels
+
+/// What the control API can ask of the daemon (the Supervisor implements it; API tests use a fake).
+public protocol VMControl: Sendable {
+    func list() async -> VMList
+    func inspect(_ name: String) async throws(ControlError) -> VMDetail
+    func start(_ name: String) async throws(ControlError) -> ActionResult
+    func stop(_ name: String, force: Bool) async throws(ControlError) -> ActionResult
+    func reboot(_ name: String) async throws(ControlError) -> ActionResult
+    func pause(_ name: String) async throws(ControlError) -> ActionResult
+    func resume(_ name: String) async throws(ControlError) -> ActionResult
+    func validate(_ request: ValidateRequest) async -> ValidateResult
+    func reload() async -> ReloadResult
+    func info() async -> DaemonInfo
+}
+
+public enum ControlError: Error, Equatable, Sendable, CustomStringConvertible {
+    /// No VM of that name (HTTP 404).
+    case notFound(String)
+    /// The VM is in a state where the action makes no sense (HTTP 409).
+    case conflict(String)
+    /// The action was tried and failed (HTTP 500).
+    case failed(String)
+
+    public var description: String {
+        switch self {
+        case let .notFound(s), let .conflict(s), let .failed(s): s
+        }
+    }
+}

@@ -1,0 +1,38 @@
+/// Fixed 128-bit MESSAGE_IDs for rtvisor's lifecycle events (like systemd's catalog ids), so
+/// `journalctl MESSAGE_ID=…` finds every such event across versions. Random ids, generated once
+/// (Python's uuid4); never change them.
+public enum LifecycleEvent: String, CaseIterable, Sendable {
+    case daemonReady = "daemon-ready"
+    case daemonStopping = "daemon-stopping"
+    case daemonReloaded = "daemon-reloaded"
+    case definitionInvalid = "definition-invalid"
+    case definitionPending = "definition-pending"
+    case vmStarted = "vm-started"
+    case vmAdopted = "vm-adopted"
+    case vmStopped = "vm-stopped"
+    case vmFailed = "vm-failed"
+    case vmRestartScheduled = "vm-restart-scheduled"
+    case vmRestartLimit = "vm-restart-limit"
+    case vmPaused = "vm-paused"
+    case vmResumed = "vm-resumed"
+    case vmConsole = "vm-console"
+
+    public var messageID: String {
+        switch self {
+        case .daemonReady: "bbcc5c5093ea49079f3ac5d1605ad04c"
+        case .daemonStopping: "fb00b310b9cb4aad836ea1fa4d3c83ac"
+        case .daemonReloaded: "0ebc77a3c6824a25a26bf0a426bcfcf0"
+        case .definitionInvalid: "2db17792ecdf4c33a0d45fff5210783c"
+        case .definitionPending: "813b4aa90c1b44fa9eb0120b5bd3c049"
+        case .vmStarted: "ba0b1ae689bd47a7ae1c3e66abd5a16b"
+        case .vmAdopted: "66e17a180a5048688fbb9d4317acab4c"
+        case .vmStopped: "fab278c2d2cd4109af3ddc8c87aab4f7"
+        case .vmFailed: "8cf25365198240b4804a5e7a4e226edc"
+        case .vmRestartScheduled: "e9df7a599c634dacbc312040720372cf"
+        case .vmRestartLimit: "28a9720047604faa8216783a950a3fb4"
+        case .vmPaused: "59e3062da4034c439921c56eff47e57f"
+        case .vmResumed: "b3b970ac4869473ab0bcb56faa27590c"
+        case .vmConsole: "78b000b79d4a45068ae0a6b24d0c4f43"
+        }
+    }
+}

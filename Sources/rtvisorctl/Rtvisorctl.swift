@@ -1,0 +1,256 @@
+import APIModels
+import ArgumentParser
+#if canImport(FoundationEssentials)
+import FoundationEssentials
+#else
+import Foundation
+#endif
+#if canImport(Glibc)
+import Glibc
+#endif
+
+@main
+struct Rtvisorctl: ParsableCommand {
+    static let configuration = CommandConfiguration(
+        commandName: "rtvisorctl",
+        abstract: "Control rtvisord: list, inspect, start, stop, reboot, pause, resume, validate VMs; attach to a console.",
+        discussion: "Talks HTTP/JSON to rtvisord's socket (docs/api.yaml). Shell completion: rtvisorctl --generate-completion-script bash|zsh|fish.",
+        subcommands: [List.self, Inspect.self, Start.self, Stop.self, Reboot.self, Pause.self, Resume.self,
+                      Validate.self, Reload.self, Console.self, Info.self])
+}
+
+struct CommonOptions: ParsableArguments {
+    @Option(help: "rtvisord's API socket.")
+    var socket = ProcessInfo.processInfo.environment["RTVISOR_API_SOCKET"] ?? APIPaths.defaultSocket
+
+    @Flag(help: "Print the API's JSON (for scripts) instead of a table.")
+    var json = false
+
+    var client: UnixHTTPClient { UnixHTTPClient(socketPath: socket) }
+
+    /// Sends the request; prints JSON or hands the decoded value to `human`. Non-2xx: the
+    /// error message on stderr and exit status 1.
+    func call<T: Decodable>(_ method: String, _ target: String, body: [UInt8]? = nil, as: T.Type, human: (T) -> Void) throws {
+        let r: UnixHTTPClient.Response
+        do { r = try client.request(method, target, body: body) } catch {
+            writeErr("rtvisorctl: \(error)\n")
+            throw ExitCode(2)
+        }
+        guard (200..<300).contains(r.status) else {
+            if json { print(r.text, terminator: r.text.hasSuffix("\n") ? "" : "\n") }
+            let msg = (try? JSONDecoder().decode(APIErrorBody.self, from: Data(r.body)))?.error ?? r.text
+            writeErr("rtvisorctl: \(msg) (HTTP \(r.status))\n")
+            throw ExitCode(1)
+        }
+        if json { print(r.text, terminator: r.text.hasSuffix("\n") ? "" : "\n"); return }
+        do { human(try JSONDecoder().decode(T.self, from: Data(r.body))) } catch {
+            writeErr("rtvisorctl: unexpected response: \(error)\n")
+            throw ExitCode(1)
+        }
+    }
+}
+
+func pathComponent(_ name: String) -> String {
+    // VM names are [A-Za-z0-9_-]; anything else is percent-encoded so it cannot change the route.
+    var out = ""
+    for b in name.utf8 {
+        let c = Character(UnicodeScalar(b))
+        if c.isLetter && b < 128 || c.isNumber && b < 128 || c == "-" || c == "_" { out.append(c) }
+        else { out += "%" + String(b, radix: 16, uppercase: true).leftPad(2) }
+    }
+    return out
+}
+
+extension String {
+    func leftPad(_ n: Int) -> String { count >= n ? self : String(repeating: "0", count: n - count) + self }
+    func padded(_ n: Int) -> String { count >= n ? self : self + String(repeating: " ", count: n - count) }
+}
+
+func table(_ header: [String], _ rows: [[String]]) {
+    var widths = header.map(\.count)
+    for r in rows { for (i, c) in r.enumerated() { widths[i] = max(widths[i], c.count) } }
+    let line = { (r: [String]) in r.enumerated().map { $0.offset == r.count - 1 ? $0.element : $0.element.padded(widths[$0.offset]) }.joined(separator: "  ") }
+    print(line(header))
+    for r in rows { print(line(r)) }
+}
+
+func exitText(_ e: ExitInfo?) -> String {
+    guard let e else { return "-" }
+    if let s = e.status { return "\(s): \(e.reason)" }
+    if let s = e.signal { return "signal \(s)" }
+    return e.reason
+}
+
+struct List: ParsableCommand {
+    static let configuration = CommandConfiguration(abstract: "List VMs and invalid definitions.")
+    @OptionGroup var options: CommonOptions
+
+    func run() throws {
+        try options.call("GET", "/v1/vms", as: VMList.self) { list in
+            table(["NAME", "STATE", "PID", "AUTOSTART", "RESTART", "RESTARTS", "PENDING", "LAST EXIT"], list.vms.map { v in
+                [v.name, v.state.rawValue, v.pid.map(String.init) ?? "-", v.autostart ? "yes" : "no", v.restartPolicy,
+                 String(v.restarts), v.pendingChange ? "yes" : "no", exitText(v.lastExit)]
+            })
+            if !list.invalidDefinitions.isEmpty {
+                print("\nInvalid definitions (skipped):")
+                for p in list.invalidDefinitions { print("  \(p)") }
+            }
+        }
+    }
+}
+
+struct NameArgument: ParsableArguments {
+    @Argument(help: "The VM's name.", completion: .custom { _, _, _ in vmNamesForCompletion() })
+    var name: String
+}
+
+/// Shell completion of VM names: asks the daemon, silently offers nothing when it cannot.
+func vmNamesForCompletion() -> [String] {
+    let socket = ProcessInfo.processInfo.environment["RTVISOR_API_SOCKET"] ?? APIPaths.defaultSocket
+    guard let r = try? UnixHTTPClient(socketPath: socket).request("GET", "/v1/vms"),
+          let list = try? JSONDecoder().decode(VMList.self, from: Data(r.body)) else { return [] }
+    return list.vms.map(\.name)
+}
+
+struct Inspect: ParsableCommand {
+    static let configuration = CommandConfiguration(abstract: "Show one VM in detail.")
+    @OptionGroup var options: CommonOptions
+    @OptionGroup var vm: NameArgument
+
+    func run() throws {
+        try options.call("GET", "/v1/vms/\(pathComponent(vm.name))", as: VMDetail.self) { d in
+            let s = d.summary
+            let rows: [(String, String)] = [
+                ("Name", s.name), ("State", s.state.rawValue), ("PID", s.pid.map(String.init) ?? "-"),
+                ("Definition", s.definitionFile), ("Pending change", s.pendingChange ? "yes (applies on restart)" : "no"),
+                ("Autostart", s.autostart ? "yes" : "no"), ("Restart policy", s.restartPolicy), ("Restarts", String(s.restarts)),
+                ("Stop timeout", "\(d.stopTimeoutSeconds) s"), ("vCPUs", String(d.vcpus)), ("Memory", "\(d.memoryMiB) MiB"),
+                ("Kernel", d.kernel), ("Initrd", d.initrd ?? "-"), ("Command line", d.cmdline),
+                ("Console", d.consoleSocket), ("Cgroup", d.cgroup ?? "-"), ("Last exit", exitText(s.lastExit)),
+            ]
+            for (k, v) in rows { print("\((k + ":").padded(16)) \(v)") }
+        }
+    }
+}
+
+struct ActionCommand {
+    static func run(_ options: CommonOptions, _ name: String, _ action: String, body: [UInt8]? = nil) throws {
+        try options.call("POST", "/v1/vms/\(pathComponent(name))/\(action)", body: body, as: ActionResult.self) { r in
+            print("\(r.name): \(r.message) [\(r.state.rawValue)]")
+        }
+    }
+}
+
+struct Start: ParsableCommand {
+    static let configuration = CommandConfiguration(abstract: "Start a VM.")
+    @OptionGroup var options: CommonOptions
+    @OptionGroup var vm: NameArgument
+    func run() throws { try ActionCommand.run(options, vm.name, "start") }
+}
+
+struct Stop: ParsableCommand {
+    static let configuration = CommandConfiguration(abstract: "Stop a VM: Ctrl-Alt-Del to the guest, hard stop after its stop timeout.")
+    @OptionGroup var options: CommonOptions
+    @OptionGroup var vm: NameArgument
+    @Flag(help: "Stop at once (the VMM stops the vCPUs) instead of asking the guest.")
+    var force = false
+    func run() throws { try ActionCommand.run(options, vm.name, "stop", body: Array("{\"force\":\(force)}".utf8)) }
+}
+
+struct Reboot: ParsableCommand {
+    static let configuration = CommandConfiguration(abstract: "Reset a VM: its VMM is stopped and started again (with a pending definition change applied).")
+    @OptionGroup var options: CommonOptions
+    @OptionGroup var vm: NameArgument
+    func run() throws { try ActionCommand.run(options, vm.name, "reboot") }
+}
+
+struct Pause: ParsableCommand {
+    static let configuration = CommandConfiguration(abstract: "Pause a VM (its VMM process is stopped with SIGSTOP).")
+    @OptionGroup var options: CommonOptions
+    @OptionGroup var vm: NameArgument
+    func run() throws { try ActionCommand.run(options, vm.name, "pause") }
+}
+
+struct Resume: ParsableCommand {
+    static let configuration = CommandConfiguration(abstract: "Resume a paused VM.")
+    @OptionGroup var options: CommonOptions
+    @OptionGroup var vm: NameArgument
+    func run() throws { try ActionCommand.run(options, vm.name, "resume") }
+}
+
+struct Validate: ParsableCommand {
+    static let configuration = CommandConfiguration(abstract: "Validate definition files with the daemon's rules (paths checked as the daemon sees them).")
+    @OptionGroup var options: CommonOptions
+    @Argument(help: "Definition files.", completion: .file(extensions: ["json"]))
+    var files: [String]
+
+    func run() throws {
+        var bad = false
+        for file in files {
+            guard let fd = Optional(open(file, O_RDONLY | O_CLOEXEC)), fd >= 0 else {
+                writeErr("rtvisorctl: \(file): \(String(cString: strerror(errno)))\n"); bad = true; continue
+            }
+            var data: [UInt8] = []
+            var buf = [UInt8](repeating: 0, count: 65536)
+            while true {
+                let n = buf.withUnsafeMutableBytes { read(fd, $0.baseAddress, $0.count) }
+                if n <= 0 { break }
+                data.append(contentsOf: buf[0..<n])
+            }
+            close(fd)
+            let absolute = file.hasPrefix("/") ? file : (currentDirectory() + "/" + file)
+            let base = absolute.contains("/") ? String(absolute[..<absolute.lastIndex(of: "/")!]) : "."
+            let req = ValidateRequest(definition: String(decoding: data, as: UTF8.self), file: file, baseDirectory: base)
+            let body = Array(try JSONEncoder().encode(req))
+            try options.call("POST", "/v1/validate", body: body, as: ValidateResult.self) { r in
+                if r.valid { print("\(file): OK (\(r.name ?? "?"))") } else { for p in r.problems { print("\(p)") }; bad = true }
+            }
+        }
+        if bad { throw ExitCode(1) }
+    }
+
+    func currentDirectory() -> String {
+        var buf = [CChar](repeating: 0, count: 4096)
+        guard getcwd(&buf, buf.count) != nil else { return "." }
+        return String(decoding: buf.prefix { $0 != 0 }.map { UInt8(bitPattern: $0) }, as: UTF8.self)
+    }
+}
+
+struct Reload: ParsableCommand {
+    static let configuration = CommandConfiguration(abstract: "Re-read the definitions directory (like systemctl reload rtvisord).")
+    @OptionGroup var options: CommonOptions
+    func run() throws {
+        try options.call("POST", "/v1/reload", as: ReloadResult.self) { r in
+            print("added: \(r.added.joined(separator: " ")); removed: \(r.removed.joined(separator: " ")); changed: \(r.changed.joined(separator: " ")); pending until restart: \(r.pending.joined(separator: " "))")
+            for p in r.invalidDefinitions { print("invalid: \(p)") }
+        }
+    }
+}
+
+struct Info: ParsableCommand {
+    static let configuration = CommandConfiguration(commandName: "daemon", abstract: "Show the daemon's version and status.")
+    @OptionGroup var options: CommonOptions
+    func run() throws {
+        try options.call("GET", "/v1/daemon", as: DaemonInfo.self) { i in
+            print("rtvisord \(i.version), PID \(i.pid), definitions in \(i.definitionsDirectory): \(i.status)")
+        }
+    }
+}
+
+struct Console: ParsableCommand {
+    static let configuration = CommandConfiguration(abstract: "Attach to a VM's serial console (Ctrl-] detaches). Output starts with the last 64 KiB.")
+    @OptionGroup var options: CommonOptions
+    @OptionGroup var vm: NameArgument
+    @Option(help: "Detach after this many seconds (for scripts).")
+    var timeout: Double?
+
+    func run() throws {
+        var socketPath: String?
+        try options.call("GET", "/v1/vms/\(pathComponent(vm.name))", as: VMDetail.self) { d in socketPath = d.consoleSocket }
+        guard let socketPath, !options.json else { return }
+        do { _ = try ConsoleAttach.run(socketPath: socketPath, seconds: timeout) } catch {
+            writeErr("rtvisorctl: \(error)\n")
+            throw ExitCode(1)
+        }
+    }
+}

@@ -1,0 +1,181 @@
+import API
+import APIModels
+import ArgumentParser
+import Daemon
+import Dispatch
+import Foundation
+import Journald
+import Logging
+import SystemdNotify
+
+@main
+struct Rtvisord: ParsableCommand {
+    static let version = "0.4.0"
+    static let configuration = CommandConfiguration(
+        commandName: "rtvisord",
+        abstract: "The rtvisor daemon: runs the VMs defined in /etc/rtvisor/vms, one rtvisor-vmm process each.",
+        discussion: """
+        Signals: SIGHUP re-reads the definitions (new VMs added, removed ones stopped, changed ones
+        pending until restarted); SIGTERM/SIGINT stop every guest gracefully and exit, except when
+        systemd is restarting the unit, where guests keep running and the next rtvisord re-adopts
+        them. Control API: HTTP/JSON on --api-socket (docs/api.yaml). See docs/daemon.md.
+        """,
+        version: version)
+
+    @Option(help: "Directory of VM definitions (*.json).")
+    var definitions = APIPaths.defaultDefinitions
+
+    @Option(help: "Runtime state directory (per-VM state files, console sockets).")
+    var runDirectory = APIPaths.defaultRunDirectory
+
+    @Option(help: "Control API socket (default: RUN-DIRECTORY/api.sock).")
+    var apiSocket: String?
+
+    @Option(help: "Group given access to the API socket (mode 0660).")
+    var apiGroup = "rtvisor"
+
+    @Option(help: "The rtvisor-vmm executable (default: next to rtvisord).")
+    var vmm: String?
+
+    @Option(help: "Log level: trace, debug, info, notice, warning, error, critical.")
+    var logLevel = "info"
+
+    @Flag(help: "Validate every definition, print the problems and exit (status 1 if any).")
+    var check = false
+
+    func run() throws {
+        if check { Self.checkDefinitions(definitions) }
+        // Before any other thread exists, so every thread inherits the mask: SIGHUP/SIGTERM/SIGINT
+        // are only ever taken by the sigwait thread below.
+        var set = sigset_t()
+        sigemptyset(&set)
+        for s in [SIGHUP, SIGTERM, SIGINT] { sigaddset(&set, s) }
+        pthread_sigmask(SIG_BLOCK, &set, nil)
+        signal(SIGPIPE, SIG_IGN)
+
+        let sink = JournalSink()
+        let level = Logger.Level(rawValue: logLevel) ?? .info
+        LoggingSystem.bootstrap { label in
+            var h = JournaldLogHandler(label: label, identifier: "rtvisord", sink: sink)
+            h.logLevel = level
+            return h
+        }
+        let logger = Logger(label: "rtvisord")
+        let notifier = SystemdNotifier(environment: ProcessInfo.processInfo.environment)
+        let paths = DaemonPaths(definitions: definitions, run: runDirectory, vmm: vmm ?? Self.defaultVMM(),
+                                apiSocket: apiSocket ?? runDirectory + "/api.sock")
+        let supervisor = Supervisor(paths: paths, logger: logger, version: Self.version, accessGroup: apiGroup) { status in
+            notifier.notify(.status(status))
+        }
+        let daemon = DaemonRun(supervisor: supervisor, notifier: notifier, logger: logger, paths: paths, apiGroup: apiGroup)
+        let done = DispatchSemaphore(value: 0)
+        Task {
+            await daemon.run(signals: set)
+            done.signal()
+        }
+        done.wait()
+        Foundation.exit(0)
+    }
+
+    static func defaultVMM() -> String {
+        let exe = (try? FileManager.default.destinationOfSymbolicLink(atPath: "/proc/self/exe")) ?? ""
+        let sibling = (exe as NSString).deletingLastPathComponent + "/rtvisor-vmm"
+        if FileManager.default.isExecutableFile(atPath: sibling) { return sibling }
+        return "/usr/local/bin/rtvisor-vmm"
+    }
+
+    static func checkDefinitions(_ dir: String) -> Never {
+        let scan = DefinitionDirectory.scan(directory: dir)
+        for name in scan.definitions.keys.sorted() { print("\(scan.definitions[name]!.file): OK (\(name))") }
+        for p in scan.problems { print("\(p)") }
+        Foundation.exit(scan.problems.isEmpty ? 0 : 1)
+    }
+}
+
+/// The daemon's lifetime: bootstrap, API, readiness, watchdog, signals, shutdown.
+struct DaemonRun: Sendable {
+    let supervisor: Supervisor
+    let notifier: SystemdNotifier
+    let logger: Logger
+    let paths: DaemonPaths
+    let apiGroup: String
+
+    func run(signals: sigset_t) async {
+        await supervisor.bootstrap()
+        let server = HTTPServer(router: APIRouter(control: supervisor), logger: logger)
+        let api = Task {
+            do { try await server.run(socketPath: paths.apiSocket, groupName: apiGroup) } catch is CancellationError {
+            } catch {
+                logger.critical("control API on \(paths.apiSocket) failed: \(error)")
+            }
+        }
+        // Readiness once the API socket exists (rtvisorctl works as soon as systemctl start returns).
+        for _ in 0..<100 where !FileManager.default.fileExists(atPath: paths.apiSocket) {
+            try? await Task.sleep(for: .milliseconds(20))
+        }
+        let status = await supervisor.statusText
+        notifier.notify(.ready, .status(status))
+        await event(.daemonReady, "rtvisord \(Rtvisord.version) ready: \(status); API on \(paths.apiSocket)")
+
+        let watchdog = Task {
+            guard let ns = notifier.watchdogPingIntervalNanoseconds else { return }
+            logger.info("watchdog: pinging systemd every \(ns / 1_000_000) ms")
+            while !Task.isCancelled {
+                // Only a responsive supervisor actor earns a ping.
+                if await supervisor.ping() { notifier.notify(.watchdog) }
+                try? await Task.sleep(for: .nanoseconds(Int(ns)))
+            }
+        }
+
+        let stream = SignalStream.start(signals)
+        for await sig in stream {
+            if sig == SIGHUP {
+                notifier.notify(.reloading, .status("reloading definitions"))
+                let r = await supervisor.reload()
+                let status = await supervisor.statusText
+                notifier.notify(.ready, .status(status))
+                logger.info("reload done: added [\(r.added.joined(separator: " "))], removed [\(r.removed.joined(separator: " "))], pending [\(r.pending.joined(separator: " "))]")
+                continue
+            }
+            // SIGTERM / SIGINT
+            notifier.notify(.stopping)
+            let unit = CgroupPlacement.unitName() ?? "rtvisord.service"
+            // Only under systemd (INVOCATION_ID is set for every unit it starts) can a restart be pending.
+            let underSystemd = ProcessInfo.processInfo.environment["INVOCATION_ID"] != nil
+            if sig == SIGTERM && underSystemd && SystemdJobs.restartPending(unit: unit) {
+                let n = await supervisor.detachAll()
+                notifier.notify(.status("restarting: \(n) guests keep running"))
+                await event(.daemonStopping, "rtvisord restarting (\(unit) has a restart job): \(n) guest(s) keep running and will be re-adopted")
+            } else {
+                notifier.notify(.status("stopping all guests"))
+                await event(.daemonStopping, "rtvisord stopping (signal \(sig)): shutting down every guest")
+                await supervisor.shutdownAll()
+                await event(.daemonStopping, "all guests stopped; rtvisord exits")
+            }
+            break
+        }
+        watchdog.cancel()
+        api.cancel()
+        unlink(paths.apiSocket)
+        await server.shutdown()
+    }
+
+    func event(_ e: LifecycleEvent, _ message: String) async {
+        logger.notice("\(message)", metadata: ["MESSAGE_ID": .string(e.messageID), "RTVISOR_EVENT": .string(e.rawValue)])
+    }
+}
+
+/// sigwait on a dedicated thread, as an AsyncStream of signal numbers.
+enum SignalStream {
+    static func start(_ set: sigset_t) -> AsyncStream<Int32> {
+        let (stream, continuation) = AsyncStream<Int32>.makeStream()
+        let thread = Thread {
+            var s = set
+            var sig: Int32 = 0
+            while sigwait(&s, &sig) == 0 { continuation.yield(sig) }
+        }
+        thread.name = "signals"
+        thread.start()
+        return stream
+    }
+}

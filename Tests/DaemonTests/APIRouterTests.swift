@@ -1,0 +1,203 @@
+import API
+import APIModels
+import CDaemonSupport
+import Daemon
+import Foundation
+import Logging
+import Testing
+
+/// A VMControl that records calls and answers from a fixed table.
+actor FakeControl: VMControl {
+    var calls: [String] = []
+    var vms: [String: VMStateName] = ["web": .running, "db": .stopped]
+
+    func summary(_ name: String) -> VMSummary {
+        VMSummary(name: name, state: vms[name]!, pid: vms[name] == .running ? 42 : nil, autostart: true, restartPolicy: "on-failure",
+                  restarts: 0, pendingChange: false, definitionFile: "/etc/rtvisor/vms/\(name).json", since: 0, lastExit: nil)
+    }
+
+    func list() -> VMList {
+        calls.append("list")
+        return VMList(vms: vms.keys.sorted().map(summary), invalidDefinitions: [DefinitionProblem(file: "/etc/rtvisor/vms/bad.json", path: "$.vcpus", reason: "must be an integer")])
+    }
+
+    func inspect(_ name: String) throws(ControlError) -> VMDetail {
+        calls.append("inspect \(name)")
+        guard vms[name] != nil else { throw .notFound("no VM named \"\(name)\"") }
+        return VMDetail(summary: summary(name), vcpus: 1, memoryMiB: 32, kernel: "/k", initrd: nil, cmdline: "", consoleSocket: "/run/rtvisor/vms/\(name)/console.sock", cgroup: nil, stopTimeoutSeconds: 30)
+    }
+
+    func act(_ action: String, _ name: String, requires: VMStateName, to: VMStateName) throws(ControlError) -> ActionResult {
+        calls.append("\(action) \(name)")
+        guard let s = vms[name] else { throw .notFound("no VM named \"\(name)\"") }
+        guard s == requires else { throw .conflict("VM \(name) is \(s.rawValue)") }
+        vms[name] = to
+        return ActionResult(name: name, action: action, state: to, message: action)
+    }
+
+    func start(_ name: String) throws(ControlError) -> ActionResult { try act("start", name, requires: .stopped, to: .running) }
+    func stop(_ name: String, force: Bool) throws(ControlError) -> ActionResult { try act(force ? "stop-force" : "stop", name, requires: .running, to: .stopping) }
+    func reboot(_ name: String) throws(ControlError) -> ActionResult { try act("reboot", name, requires: .running, to: .running) }
+    func pause(_ name: String) throws(ControlError) -> ActionResult { try act("pause", name, requires: .running, to: .paused) }
+    func resume(_ name: String) throws(ControlError) -> ActionResult {
+        calls.append("resume \(name)")
+        throw .failed("SIGCONT failed")
+    }
+    nonisolated func validate(_ request: ValidateRequest) async -> ValidateResult {
+        Supervisor.validate(request, defaultBase: "/nonexistent")
+    }
+    func reload() -> ReloadResult {
+        calls.append("reload")
+        return ReloadResult(added: ["new"], removed: [], changed: [], pending: [], invalidDefinitions: [])
+    }
+    func info() -> DaemonInfo { DaemonInfo(version: "test", pid: 1, definitionsDirectory: "/etc/rtvisor/vms", status: "2 VMs") }
+}
+
+func decode<T: Decodable>(_ type: T.Type, _ r: APIResponse) throws -> T { try JSONDecoder().decode(T.self, from: Data(r.body)) }
+
+@Suite struct APIRouterTests {
+    @Test func listReturnsVMsAndInvalidDefinitions() async throws {
+        let fake = FakeControl()
+        let r = await APIRouter(control: fake).handle(APIRequest(method: "GET", target: "/v1/vms"))
+        #expect(r.status == 200)
+        #expect(r.headers.contains { $0.0 == "Content-Type" && $0.1 == "application/json" })
+        let list = try decode(VMList.self, r)
+        #expect(list.vms.map(\.name) == ["db", "web"])
+        #expect(list.invalidDefinitions.first?.path == "$.vcpus")
+        // snake_case on the wire
+        #expect(r.text.contains("\"invalid_definitions\"") && r.text.contains("\"restart_policy\":\"on-failure\""))
+    }
+
+    @Test func inspectUnknownIs404WithErrorBody() async throws {
+        let r = await APIRouter(control: FakeControl()).handle(APIRequest(method: "GET", target: "/v1/vms/nope"))
+        #expect(r.status == 404)
+        #expect(try decode(APIErrorBody.self, r).error == "no VM named \"nope\"")
+    }
+
+    @Test func actionsMapErrorsToStatusCodes() async throws {
+        let fake = FakeControl()
+        let router = APIRouter(control: fake)
+        #expect(await router.handle(APIRequest(method: "POST", target: "/v1/vms/db/start")).status == 200)
+        #expect(await router.handle(APIRequest(method: "POST", target: "/v1/vms/db/start")).status == 409)
+        #expect(await router.handle(APIRequest(method: "POST", target: "/v1/vms/web/pause")).status == 200)
+        #expect(await router.handle(APIRequest(method: "POST", target: "/v1/vms/web/resume")).status == 500)
+        #expect(await router.handle(APIRequest(method: "POST", target: "/v1/vms/ghost/reboot")).status == 404)
+        #expect(await router.handle(APIRequest(method: "POST", target: "/v1/vms/web/explode")).status == 404)
+        #expect(await fake.calls == ["start db", "start db", "pause web", "resume web", "reboot ghost"])
+    }
+
+    @Test func stopForceFromBodyOrQuery() async throws {
+        let fake = FakeControl()
+        let router = APIRouter(control: fake)
+        let r = await router.handle(APIRequest(method: "POST", target: "/v1/vms/web/stop", body: Array("{\"force\": true}".utf8)))
+        #expect(r.status == 200)
+        #expect(try decode(ActionResult.self, r).state == .stopping)
+        await fake.setRunning("web")
+        #expect(await router.handle(APIRequest(method: "POST", target: "/v1/vms/web/stop?force=1")).status == 200)
+        await fake.setRunning("web")
+        #expect(await router.handle(APIRequest(method: "POST", target: "/v1/vms/web/stop")).status == 200)
+        #expect(await router.handle(APIRequest(method: "POST", target: "/v1/vms/web/stop", body: Array("force".utf8))).status == 400)
+        #expect(await fake.calls == ["stop-force web", "stop-force web", "stop web"])
+    }
+
+    @Test func wrongMethodIs405WithAllow() async {
+        let router = APIRouter(control: FakeControl())
+        let r = await router.handle(APIRequest(method: "DELETE", target: "/v1/vms"))
+        #expect(r.status == 405)
+        #expect(r.headers.contains { $0.0 == "Allow" && $0.1 == "GET" })
+        #expect(await router.handle(APIRequest(method: "GET", target: "/v1/vms/web/start")).status == 405)
+        #expect(await router.handle(APIRequest(method: "GET", target: "/v2/vms")).status == 404)
+        #expect(await router.handle(APIRequest(method: "GET", target: "/")).status == 404)
+    }
+
+    @Test func validateReportsProblemsWithPaths() async throws {
+        let router = APIRouter(control: FakeControl())
+        let body = try JSONEncoder().encode(ValidateRequest(definition: "{\"name\": \"x y\", \"memory_mib\": 1}", file: "x.json", baseDirectory: "/tmp"))
+        let r = await router.handle(APIRequest(method: "POST", target: "/v1/validate", body: Array(body)))
+        #expect(r.status == 200)
+        let v = try decode(ValidateResult.self, r)
+        #expect(!v.valid)
+        #expect(Set(v.problems.map(\.path)) == ["$.name", "$.memory_mib", "$.kernel"])
+        #expect(v.problems.allSatisfy { $0.file == "x.json" })
+        #expect(await router.handle(APIRequest(method: "POST", target: "/v1/validate", body: Array("[]".utf8))).status == 400)
+    }
+
+    @Test func reloadAndDaemonInfo() async throws {
+        let router = APIRouter(control: FakeControl())
+        #expect(try decode(ReloadResult.self, await router.handle(APIRequest(method: "POST", target: "/v1/reload"))).added == ["new"])
+        #expect(try decode(DaemonInfo.self, await router.handle(APIRequest(method: "GET", target: "/v1/daemon"))).version == "test")
+    }
+}
+
+extension FakeControl {
+    func setRunning(_ name: String) { vms[name] = .running }
+}
+
+/// The real HTTP server on a unix socket, spoken to with raw HTTP/1.1.
+@Suite struct HTTPServerTests {
+    /// Blocking socket I/O on its own thread, so the cooperative pool stays free for the server.
+    func exchange(_ path: String, _ request: String) async throws -> String {
+        for _ in 0..<500 where !FileManager.default.fileExists(atPath: path) { try await Task.sleep(for: .milliseconds(10)) }
+        return await withCheckedContinuation { c in
+            let t = Thread { c.resume(returning: Self.blockingExchange(path, request)) }
+            t.start()
+        }
+    }
+
+    static func blockingExchange(_ path: String, _ request: String) -> String {
+        let fd = cdaemon_connect_unix(path)
+        guard fd >= 0 else { return "connect failed: \(errno)" }
+        defer { close(fd) }
+        let bytes = Array(request.utf8)
+        _ = bytes.withUnsafeBytes { write(fd, $0.baseAddress, $0.count) }
+        var out: [UInt8] = []
+        var buf = [UInt8](repeating: 0, count: 4096)
+        while true {
+            let n = buf.withUnsafeMutableBytes { read(fd, $0.baseAddress, $0.count) }
+            if n <= 0 { break }
+            out += buf[0..<n]
+        }
+        return String(decoding: out, as: UTF8.self)
+    }
+
+    @Test func servesRequestsOnAUnixSocketWithMode0660() async throws {
+        let path = try makeTempDir() + "/api.sock"
+        let server = HTTPServer(router: APIRouter(control: FakeControl()), logger: Logger(label: "test"))
+        let task = Task { try await server.run(socketPath: path, groupName: nil) }
+        defer { task.cancel() }
+        let list = try await exchange(path, "GET /v1/vms HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n")
+        #expect(list.hasPrefix("HTTP/1.1 200 OK\r\n"))
+        #expect(list.contains("\"name\":\"web\""))
+        var st = stat()
+        stat(path, &st)
+        #expect(st.st_mode & 0o777 == 0o660)
+        let body = "{\"force\":true}"
+        let stop = try await exchange(path, "POST /v1/vms/web/stop HTTP/1.1\r\nHost: x\r\nContent-Length: \(body.utf8.count)\r\nConnection: close\r\n\r\n\(body)")
+        #expect(stop.hasPrefix("HTTP/1.1 200 OK\r\n"))
+        #expect(stop.contains("\"action\":\"stop-force\""))
+        let bad = try await exchange(path, "GARBAGE\r\n\r\n")
+        #expect(bad.hasPrefix("HTTP/1.1 400"))
+        task.cancel()
+        await server.shutdown()
+    }
+}
+
+/// docs/api.yaml describes every route the router serves, and nothing it does not.
+@Suite struct OpenAPIDocumentTests {
+    @Test func everyRouteIsDocumented() async throws {
+        let root = URL(fileURLWithPath: #filePath).deletingLastPathComponent().deletingLastPathComponent().deletingLastPathComponent()
+        let yaml = try String(contentsOf: root.appendingPathComponent("docs/api.yaml"), encoding: .utf8)
+        let documented = Set(yaml.split(separator: "\n").filter { $0.hasPrefix("  /v1/") }.map { String($0.dropFirst(2).dropLast()) })
+        let routes: Set<String> = ["/v1/daemon", "/v1/vms", "/v1/vms/{name}", "/v1/vms/{name}/start", "/v1/vms/{name}/stop",
+                                   "/v1/vms/{name}/reboot", "/v1/vms/{name}/pause", "/v1/vms/{name}/resume", "/v1/validate", "/v1/reload"]
+        #expect(documented == routes)
+        // And the router answers each of them (not 404).
+        let router = APIRouter(control: FakeControl())
+        for route in routes {
+            let path = route.replacingOccurrences(of: "{name}", with: "web")
+            let method = ["/v1/daemon", "/v1/vms", "/v1/vms/web"].contains(path) ? "GET" : "POST"
+            let body: [UInt8] = path == "/v1/validate" ? Array("{\"definition\": \"{}\"}".utf8) : []
+            #expect(await router.handle(APIRequest(method: method, target: path, body: body)).status != 404, "\(method) \(path)")
+        }
+    }
+}

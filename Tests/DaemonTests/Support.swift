@@ -1,0 +1,23 @@
+import Foundation
+
+/// A fresh temporary directory per test.
+func makeTempDir() throws -> String {
+    let d = FileManager.default.temporaryDirectory.appendingPathComponent("rtvisord-test-\(UUID().uuidString)").path
+    try FileManager.default.createDirectory(atPath: d, withIntermediateDirectories: true)
+    return d
+}
+
+func write(_ text: String, to path: String) throws {
+    try text.write(toFile: path, atomically: true, encoding: .utf8)
+}
+
+/// A kernel file that exists (definitions check that kernel paths are readable files).
+func makeKernel(in dir: String) throws -> String {
+    let k = dir + "/kernel.elf"
+    try write("not really a kernel", to: k)
+    return k
+}
+
+func definitionJSON(name: String, kernel: String, memory: Int = 32, extra: String = "") -> String {
+    "{\"name\": \"\(name)\", \"memory_mib\": \(memory), \"kernel\": \"\(kernel)\"\(extra.isEmpty ? "" : ", " + extra)}"
+}

@@ -1,0 +1,134 @@
+import Foundation
+import Testing
+
+/// rtvisor-vmm's daemon-facing options and rtvisord itself, as real processes on /dev/kvm,
+/// without systemd (scripts/test-systemd-e2e.sh covers systemd and journald).
+@Suite(.enabled(if: Env.kvmAvailable, Env.noKVMReason), .serialized)
+struct DaemonProcessTests {
+    static func binary(_ name: String) -> String {
+        let dir = (Env.vmmBinary as NSString).deletingLastPathComponent
+        return dir + "/" + name
+    }
+
+    /// Short paths: unix socket names are limited to 108 bytes.
+    static func shortTempDir() throws -> String {
+        let d = "/tmp/rtvd-\(UUID().uuidString.prefix(8))"
+        try FileManager.default.createDirectory(atPath: d, withIntermediateDirectories: true)
+        return d
+    }
+
+    static func waitFor(_ seconds: Double, _ what: String, _ ok: () -> Bool) -> Bool {
+        let end = Date().addingTimeInterval(seconds)
+        while Date() < end { if ok() { return true }; usleep(50_000) }
+        Issue.record("timed out after \(seconds) s waiting for \(what)")
+        return false
+    }
+
+    static func run(_ path: String, _ args: [String], env: [String: String] = [:]) -> (Int32, String) {
+        let p = Process()
+        p.executableURL = URL(fileURLWithPath: path)
+        p.arguments = args
+        p.environment = ProcessInfo.processInfo.environment.merging(env) { $1 }
+        let out = Pipe()
+        p.standardOutput = out
+        p.standardError = out
+        p.standardInput = FileHandle.nullDevice
+        guard (try? p.run()) != nil else { return (-1, "cannot run \(path)") }
+        let data = out.fileHandleForReading.readDataToEndOfFile()
+        p.waitUntilExit()
+        return (p.terminationStatus, String(decoding: data, as: UTF8.self))
+    }
+
+    @Test func sigusr1InjectsCtrlAltDelAndTheIdleGuestPowersOff() throws {
+        let dir = try Self.shortTempDir()
+        let def = try VMM.writeDefinition(VMM.definition(name: "idle", kernel: try Env.inmate("idle"), memoryMiB: 32, cmdline: "idle.heartbeat=0"), in: URL(fileURLWithPath: dir))
+        let p = Process()
+        p.executableURL = URL(fileURLWithPath: Env.vmmBinary)
+        p.arguments = ["--config", def, "--no-console-input", "--console-socket", dir + "/c.sock", "--status-file", dir + "/status"]
+        let out = Pipe()
+        p.standardOutput = out
+        p.standardError = FileHandle.nullDevice
+        try p.run()
+        guard Self.waitFor(10, "the console socket", { FileManager.default.fileExists(atPath: dir + "/c.sock") }) else { p.terminate(); return }
+        // The console socket replays the backlog to a late client.
+        usleep(300_000)
+        let backlog = try Self.readSocket(dir + "/c.sock", seconds: 1)
+        #expect(backlog.contains("IDLE_READY"))
+        kill(p.processIdentifier, SIGUSR1)
+        let deadline = Date().addingTimeInterval(10)
+        while p.isRunning && Date() < deadline { usleep(20_000) }
+        if p.isRunning { p.terminate(); Issue.record("the idle guest did not power off after SIGUSR1") }
+        p.waitUntilExit()
+        #expect(p.terminationStatus == 0)
+        let stdout = String(decoding: out.fileHandleForReading.readDataToEndOfFile(), as: UTF8.self)
+        #expect(stdout.contains("IDLE_CTRL_ALT_DEL"))
+        #expect(try String(contentsOfFile: dir + "/status", encoding: .utf8) == "0 guest powered off\n")
+    }
+
+    static func readSocket(_ path: String, seconds: Double) throws -> String {
+        let fd = socket(AF_UNIX, Int32(SOCK_STREAM.rawValue), 0)
+        defer { close(fd) }
+        var addr = sockaddr_un()
+        addr.sun_family = sa_family_t(AF_UNIX)
+        withUnsafeMutableBytes(of: &addr.sun_path) { raw in for (i, b) in path.utf8.enumerated() { raw[i] = b } }
+        let r = withUnsafePointer(to: &addr) { $0.withMemoryRebound(to: sockaddr.self, capacity: 1) { connect(fd, $0, socklen_t(MemoryLayout<sockaddr_un>.size)) } }
+        guard r == 0 else { return "connect failed: \(errno)" }
+        var tv = timeval(tv_sec: Int(seconds), tv_usec: 0)
+        setsockopt(fd, SOL_SOCKET, SO_RCVTIMEO, &tv, socklen_t(MemoryLayout<timeval>.size))
+        var buf = [UInt8](repeating: 0, count: 65536)
+        let n = read(fd, &buf, buf.count)
+        return n > 0 ? String(decoding: buf[0..<n], as: UTF8.self) : ""
+    }
+
+    @Test func daemonRestartsAKilledVMMAndStopsGuestsOnSIGTERM() throws {
+        let dir = try Self.shortTempDir()
+        let vms = dir + "/vms"
+        try FileManager.default.createDirectory(atPath: vms, withIntermediateDirectories: true)
+        try VMM.definition(name: "idle", kernel: try Env.inmate("idle"), memoryMiB: 32, cmdline: "idle.heartbeat=0",
+                           extra: "\"autostart\": true, \"restart\": {\"policy\": \"on-failure\", \"backoff_ms\": 100}, \"stop_timeout_s\": 5")
+            .write(toFile: vms + "/idle.json", atomically: true, encoding: .utf8)
+        try "{\"name\": \"bad\", \"memory_mib\": 1}".write(toFile: vms + "/bad.json", atomically: true, encoding: .utf8)
+        let daemon = Process()
+        daemon.executableURL = URL(fileURLWithPath: Self.binary("rtvisord"))
+        daemon.arguments = ["--definitions", vms, "--run-directory", dir + "/run", "--vmm", Env.vmmBinary]
+        let err = Pipe()
+        daemon.standardError = err
+        daemon.standardOutput = FileHandle.nullDevice
+        try daemon.run()
+        defer { if daemon.isRunning { kill(daemon.processIdentifier, SIGKILL) } }
+        let ctl = Self.binary("rtvisorctl")
+        let env = ["RTVISOR_API_SOCKET": dir + "/run/api.sock"]
+        func state() -> (String, Int32)? {
+            let (status, out) = Self.run(ctl, ["list", "--json"], env: env)
+            guard status == 0, let d = try? JSONSerialization.jsonObject(with: Data(out.utf8)) as? [String: Any],
+                  let vm = (d["vms"] as? [[String: Any]])?.first(where: { $0["name"] as? String == "idle" }) else { return nil }
+            return ((vm["state"] as? String) ?? "", Int32((vm["pid"] as? Int) ?? 0))
+        }
+        guard Self.waitFor(20, "idle running", { state()?.0 == "running" }) else { return }
+        let first = state()!.1
+        let (_, table) = Self.run(ctl, ["list"], env: env)
+        #expect(table.contains("idle") && table.contains("Invalid definitions") && table.contains("$.memory_mib"))
+        kill(first, SIGKILL)
+        guard Self.waitFor(20, "idle restarted", { if let s = state() { return s.0 == "running" && s.1 != first }; return false }) else { return }
+        let second = state()!.1
+        let (consoleStatus, console) = Self.run(ctl, ["console", "idle", "--timeout", "1"], env: env)
+        #expect(consoleStatus == 0)
+        #expect(console.contains("IDLE_READY"))
+        kill(daemon.processIdentifier, SIGTERM)
+        let deadline = Date().addingTimeInterval(20)
+        while daemon.isRunning && Date() < deadline { usleep(50_000) }
+        #expect(!daemon.isRunning, "rtvisord did not exit after SIGTERM")
+        daemon.waitUntilExit()
+        #expect(daemon.terminationStatus == 0)
+        #expect(kill(second, 0) != 0, "the VMM outlived the daemon's stop")
+        let log = String(decoding: err.fileHandleForReading.readDataToEndOfFile(), as: UTF8.self)
+        if !FileManager.default.fileExists(atPath: "/run/systemd/journal/socket") {
+            // No journald here: the stderr fallback with <N> priorities.
+            #expect(log.contains("<3>invalid definition skipped: \(vms)/bad.json: $.memory_mib"))
+            #expect(log.contains("restarts in 100 ms"))
+            #expect(log.contains("<5>VM idle stopped on request: exit status 0: guest powered off"))
+            #expect(log.contains("IDLE_CTRL_ALT_DEL"))
+        }
+        try? FileManager.default.removeItem(atPath: dir)
+    }
+}
