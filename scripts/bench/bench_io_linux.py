@@ -99,28 +99,30 @@ def parse(console):
 
 
 def run_guest(cmd, timeout, log):
-    """Run a VMM in the namespace with an iperf3 server beside it; return (status, console, secs)."""
+    """Run a VMM in the namespace with an iperf3 server beside it; return (status, console,
+    stderr, seconds). The console streams into `log` (tail -f it: a run on slow hardware)."""
     srv_log = open(log + ".iperf3-server", "w")
     srv = subprocess.Popen(in_ns(["iperf3", "-s", "-B", HOST_IP]), stdout=srv_log, stderr=subprocess.STDOUT)
     t0 = time.monotonic()
-    try:
-        p = subprocess.run(in_ns(cmd), capture_output=True, text=True, timeout=timeout,
-                           stdin=subprocess.DEVNULL, errors="replace")
-        st, out, err = p.returncode, p.stdout, p.stderr
-    except subprocess.TimeoutExpired as e:
-        st = "timeout"
-        out = (e.stdout or b"").decode(errors="replace") if isinstance(e.stdout, bytes) else (e.stdout or "")
-        err = (e.stderr or b"").decode(errors="replace") if isinstance(e.stderr, bytes) else (e.stderr or "")
-    finally:
-        secs = time.monotonic() - t0
-        srv.terminate()
+    with open(log, "w") as out_f, open(log + ".stderr", "w") as err_f:
+        p = subprocess.Popen(in_ns(cmd), stdout=out_f, stderr=err_f, stdin=subprocess.DEVNULL)
         try:
-            srv.wait(timeout=10)
+            st = p.wait(timeout=timeout)
         except subprocess.TimeoutExpired:
-            srv.kill(); srv.wait()
-        srv_log.close()
-    with open(log, "w") as f:
-        f.write(f"# {' '.join(cmd)}\n# status {st}, {secs:.1f} s\n{out}\n# stderr\n{err}\n")
+            p.kill(); p.wait()
+            st = "timeout"
+        finally:
+            secs = time.monotonic() - t0
+            if p.poll() is None:
+                p.kill(); p.wait()
+            srv.terminate()
+            try:
+                srv.wait(timeout=10)
+            except subprocess.TimeoutExpired:
+                srv.kill(); srv.wait()
+            srv_log.close()
+    out = open(log, errors="replace").read()
+    err = open(log + ".stderr", errors="replace").read()
     return st, out, err, secs
 
 
@@ -225,7 +227,7 @@ def main():
         text.append("| measurement | rtvisor | QEMU | rtvisor / QEMU |\n|---|---|---|---|\n")
         for key, label in KEYS:
             r, q = med(results["rtvisor"].get(key, [])), med(results["qemu"].get(key, []))
-            text.append(f"| {label} | {r:.1f} | {q:.1f} | {r / q:.2f}× |\n")
+            text.append(f"| {label} | {r:.1f} | {q:.1f} | {(f'{r / q:.2f}×' if q else '–')} |\n")
     else:
         p = peers[0]
         text.append(f"| measurement | {'rtvisor' if p == 'rtvisor' else 'QEMU'} |\n|---|---|\n")
