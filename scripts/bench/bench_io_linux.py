@@ -63,6 +63,9 @@ def qemu_cmd(accel, kernel, initrd, cmdline, mem, disk):
 def parse(console):
     """(results dict, problems list) from a guest console."""
     text = console.replace("\r", "")
+    # Kernel messages on the same console: the guest turns them off during the check, but one
+    # printed before that, or mid-line, must not break the JSON.
+    text = re.sub(r"\[ *\d+\.\d{6}\] [^\n]*\n", "", text)
     blocks = {m.group(1): (m.group(2), int(m.group(3))) for m in
               re.finditer(r"^BENCH_JSON_BEGIN (\S+)\n(.*?)^BENCH_JSON_END \1 status=(\d+)$", text, re.S | re.M)}
     r, problems = {}, []
