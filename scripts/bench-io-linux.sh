@@ -46,18 +46,30 @@ guest=$(scripts/build-guest-kernel.sh | tail -n 1)
 initrd=$(python3 scripts/bench/bench_linux_initramfs.py --guest "$guest" --check guests/linux/bench/bench.sh | tail -n 1)/initramfs.cpio
 vmm_args=()
 if [ $need_vmm = 1 ]; then
-	swift build -c release --product rtvisor-vmm --scratch-path .build-static -Xswiftc -static-executable 2>&1 | grep -v '^\[' >&2 || :
+	build_log=$(mktemp)
+	if ! swift build -c release --product rtvisor-vmm --scratch-path .build-static -Xswiftc -static-executable >"$build_log" 2>&1; then
+		grep -v '^\[' "$build_log" >&2 || :
+		rm -f "$build_log"
+		echo "bench-io-linux: swift build failed" >&2
+		exit 1
+	fi
+	grep -v '^\[' "$build_log" >&2 || :
+	rm -f "$build_log"
 	vmm_args=(--vmm .build-static/release/rtvisor-vmm)
 fi
-# The driver deletes its network namespace (and with it the tap) itself; this covers a kill.
-ns_before=$(ip netns list 2>/dev/null | awk '/^rtvbenchl/ {print $1}' | sort)
+# The driver stops its VMM and iperf3 server and deletes its network namespace (and with it the
+# tap) itself; this covers the driver being killed: whatever still runs in the namespace (only
+# the driver's own VMM and iperf3 server) is stopped by PID, then the namespace goes.
+netns=rtvbenchl$$
 cleanup() {
-	local ns
-	for ns in $(ip netns list 2>/dev/null | awk '/^rtvbenchl/ {print $1}' | sort); do
-		grep -qxF "$ns" <<<"$ns_before" || ip netns del "$ns" 2>/dev/null || :
-	done
+	local pid
+	ip netns list 2>/dev/null | grep -q "^$netns\b" || return 0
+	for pid in $(ip netns pids "$netns" 2>/dev/null); do kill "$pid" 2>/dev/null || :; done
+	sleep 1
+	for pid in $(ip netns pids "$netns" 2>/dev/null); do kill -9 "$pid" 2>/dev/null || :; done
+	ip netns del "$netns" 2>/dev/null || :
 }
 trap cleanup EXIT
 trap 'exit 130' INT TERM HUP
 python3 scripts/bench/bench_io_linux.py "${vmm_args[@]}" --guest "$guest" --initrd "$initrd" \
-	--out docs/benchmarks.md "${args[@]}"
+	--netns "$netns" --out docs/benchmarks.md "${args[@]}"

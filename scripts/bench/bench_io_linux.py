@@ -146,9 +146,12 @@ def main():
     ap.add_argument("--memory", type=int, default=256, help="guest MiB")
     ap.add_argument("--timeout", type=int, help="per guest run, seconds")
     ap.add_argument("--out", required=True)
+    ap.add_argument("--netns", help="name of the network namespace to create (default: rtvbenchl<pid>)")
     ap.add_argument("--record", action="store_true", help="append to --out even when it is not a real measurement")
     ap.add_argument("--logs", help="keep consoles here (default: a temporary directory, kept on failure)")
     a = ap.parse_args()
+    global NS
+    NS = a.netns or NS
     if a.accel == "tcg" and not a.rtvisor_only:
         a.peer_only = True  # rtvisor needs KVM
     if a.accel == "tcg" and a.rtvisor_only:
