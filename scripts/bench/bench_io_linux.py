@@ -11,7 +11,7 @@ tap's host side, and prints the raw JSON between BENCH_JSON_BEGIN/END lines; it 
 Results go to docs/benchmarks.md only for a real measurement (both VMMs, hardware KVM that runs
 guest kernel code natively). Under QEMU TCG, on the emulating development KVM, or with one VMM
 only, the table is printed and not recorded (--record records it anyway, marked as such)."""
-import argparse, json, os, re, statistics, subprocess, sys, tempfile, time
+import argparse, json, os, re, shutil, statistics, subprocess, sys, tempfile, time
 
 EMULATING = os.path.exists("/sys/module/kvm_pvm")
 NS = f"rtvbenchl{os.getpid()}"
@@ -247,7 +247,10 @@ def main():
         print(f"appended to {a.out}", file=sys.stderr)
     else:
         print(f"not appended to {a.out} (not a real measurement; --record to append anyway)", file=sys.stderr)
-    print(f"consoles: {logs}", file=sys.stderr)
+    if a.logs:
+        print(f"consoles: {logs}", file=sys.stderr)
+    else:
+        shutil.rmtree(logs, ignore_errors=True)  # kept only on failure, or in --logs DIR
 
 
 if __name__ == "__main__":
