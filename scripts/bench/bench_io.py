@@ -148,6 +148,14 @@ def main():
             if r != r:  # nan: phase not run
                 continue
             f.write(f"| {label} | {r:.0f} | {e:.0f} | {q:.0f} | {r / q:.2f}× | {e / r:.2f}× |\n")
+        f.write("\nEvery run, in order (rtvisor exit / ioeventfd / QEMU):\n\n")
+        for key, label in labels:
+            if key not in results["rtvisor"]:
+                continue
+            f.write(f"- {key}: " + "; ".join(" / ".join(str(results[p][key][i]) for p in peers)
+                                          for i in range(len(results["rtvisor"][key]))) + "\n")
+        load = os.getloadavg()[0]
+        f.write(f"\nLoad average when the run ended: {load:.2f} (2 CPUs).\n")
     print(open(a.out).read().split("## bench-io")[-1])
 
 
