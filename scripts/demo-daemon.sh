@@ -27,7 +27,7 @@ JSON
 	cat >"$1/linux.json" <<JSON
 { "name": "linux", "vcpus": 1, "memory_mib": 128, "kernel": "$3/vmlinux", "initrd": "$3/initramfs.cpio",
   "cmdline": "console=ttyS0 panic=-1 mitigations=off nopti rodata=off emukvm.pvmsys emukvm.exit_port=0xf4",
-  "autostart": true, "restart": "no" }
+  "autostart": true, "restart": "no", "stop_timeout_s": 5 }
 JSON
 }
 

@@ -16,7 +16,16 @@
 set -euo pipefail
 repo=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
 say() { printf '== %s\n' "$*"; }
-fail() { printf 'FAIL: %s\n' "$*" >&2; exit 1; }
+LEADER=
+fail() {
+	printf 'FAIL: %s\n' "$*" >&2
+	if [ -n "$LEADER" ]; then
+		echo "--- rtvisord journal (last 60 lines) ---" >&2
+		timeout 20 nsenter -t "$LEADER" -m -u -i -n -p -C journalctl -b -u rtvisord --no-pager -n 60 >&2 || true
+		timeout 20 nsenter -t "$LEADER" -m -u -i -n -p -C systemctl status rtvisord --no-pager >&2 || true
+	fi
+	exit 1
+}
 skip() { printf 'SKIP: systemd e2e: %s\n' "$*"; exit 0; }
 ts() { date +%s.%N; }
 el() { awk -v a="$1" -v b="$(ts)" 'BEGIN{printf "%.1fs", b-a}'; }
@@ -125,7 +134,8 @@ for _ in $(seq 100); do
 	kill -0 "$NSPAWN" 2>/dev/null || { cat "$work/nspawn.log"; fail "nspawn exited"; }
 	sleep 0.1
 done
-C() { nsenter -t "$LEADER" -m -u -i -n -p -C "$@"; }
+# Every command inside is bounded: a hang fails the test with the journal instead of stalling it.
+C() { timeout 120 nsenter -t "$LEADER" -m -u -i -n -p -C "$@"; }
 STATE=
 for _ in $(seq 300); do
 	STATE=$(C systemctl is-system-running --wait 2>/dev/null) && break

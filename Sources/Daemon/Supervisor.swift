@@ -109,18 +109,23 @@ public actor Supervisor: VMControl {
         invalid = scan.problems
         reportInvalid(scan.problems)
         for (name, loaded) in scan.definitions { records[name] = Record(loaded) }
-        adoptRunning()
-        for name in records.keys.sorted() {
+        // VMs a previous rtvisord was running are not autostarted again: if one ended meanwhile,
+        // its restart policy has decided (a guest that powered off stays off).
+        let managedBefore = adoptRunning()
+        for name in records.keys.sorted() where !managedBefore.contains(name) {
             guard let r = records[name], r.state == .stopped, r.loaded.definition.daemon.autostart else { continue }
             launch(name, why: "autostart")
         }
         publishStatus()
     }
 
-    func adoptRunning() {
-        guard let dirs = try? FileManager.default.contentsOfDirectory(atPath: paths.vmsDirectory) else { return }
+    /// Returns the names that had a state file (running under the previous rtvisord).
+    func adoptRunning() -> Set<String> {
+        guard let dirs = try? FileManager.default.contentsOfDirectory(atPath: paths.vmsDirectory) else { return [] }
+        var seen: Set<String> = []
         for name in dirs.sorted() {
             guard let st = VMStateFile.read(paths.stateFile(name)) else { continue }
+            seen.insert(name)
             let alive = Processes.isAlive(st.pid, startTime: st.startTime)
             var record: Record
             if let r = records[name] {
@@ -158,6 +163,7 @@ public actor Supervisor: VMControl {
                 processEnded(name: name, pid: st.pid, outcome: .unknown)
             }
         }
+        return seen
     }
 
     // MARK: launching and watching

@@ -8,6 +8,8 @@ import Glibc
 /// rtvisorctl free of SwiftNIO.
 struct UnixHTTPClient {
     let socketPath: String
+    /// A daemon that accepts but never answers gives an error, not a hung command.
+    var timeoutSeconds = 30
 
     struct Response {
         var status: Int
@@ -29,6 +31,9 @@ struct UnixHTTPClient {
             throw ClientError(description: "cannot connect to \(socketPath): \(String(cString: strerror(e)))\(hint)")
         }
         defer { close(fd) }
+        var tv = timeval(tv_sec: timeoutSeconds, tv_usec: 0)
+        setsockopt(fd, SOL_SOCKET, SO_RCVTIMEO, &tv, socklen_t(MemoryLayout<timeval>.size))
+        setsockopt(fd, SOL_SOCKET, SO_SNDTIMEO, &tv, socklen_t(MemoryLayout<timeval>.size))
         var head = "\(method) \(target) HTTP/1.1\r\nHost: rtvisord\r\nConnection: close\r\nAccept: application/json\r\n"
         let payload = body ?? []
         if body != nil { head += "Content-Type: application/json\r\n" }
@@ -38,7 +43,11 @@ struct UnixHTTPClient {
         var buf = [UInt8](repeating: 0, count: 65536)
         while true {
             let n = buf.withUnsafeMutableBytes { read(fd, $0.baseAddress, $0.count) }
-            if n < 0 { if errno == EINTR { continue }; throw ClientError(description: "read: \(String(cString: strerror(errno)))") }
+            if n < 0 {
+                if errno == EINTR { continue }
+                if errno == EAGAIN { throw ClientError(description: "no answer from rtvisord on \(socketPath) within \(timeoutSeconds) s") }
+                throw ClientError(description: "read: \(String(cString: strerror(errno)))")
+            }
             if n == 0 { break }
             data.append(contentsOf: buf[0..<n])
         }

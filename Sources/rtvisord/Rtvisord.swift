@@ -142,7 +142,7 @@ struct DaemonRun: Sendable {
             let unit = CgroupPlacement.unitName() ?? "rtvisord.service"
             // Only under systemd (INVOCATION_ID is set for every unit it starts) can a restart be pending.
             let underSystemd = ProcessInfo.processInfo.environment["INVOCATION_ID"] != nil
-            if sig == SIGTERM && underSystemd && SystemdJobs.restartPending(unit: unit) {
+            if sig == SIGTERM, underSystemd, await Self.offThePool({ SystemdJobs.restartPending(unit: unit) }) {
                 let n = await supervisor.detachAll()
                 notifier.notify(.status("restarting: \(n) guests keep running"))
                 await event(.daemonStopping, "rtvisord restarting (\(unit) has a restart job): \(n) guest(s) keep running and will be re-adopted")
@@ -158,6 +158,14 @@ struct DaemonRun: Sendable {
         api.cancel()
         unlink(paths.apiSocket)
         await server.shutdown()
+    }
+
+    /// Blocking work (a child process and its pipe) on its own thread, not a cooperative one.
+    static func offThePool<T: Sendable>(_ work: @escaping @Sendable () -> T) async -> T {
+        await withCheckedContinuation { c in
+            let t = Thread { c.resume(returning: work()) }
+            t.start()
+        }
     }
 
     func event(_ e: LifecycleEvent, _ message: String) async {
