@@ -29,7 +29,7 @@ let disk: BlockImage = {
     let fd = mkstemp(&template)
     ftruncate(fd, 64 * 512)
     close(fd)
-    let path = String(cString: template)
+    let path = String(decoding: template.prefix { $0 != 0 }.map { UInt8(bitPattern: $0) }, as: UTF8.self)
     let image = try! BlockImage(path: path, readOnly: false)
     unlink(path)
     return image
