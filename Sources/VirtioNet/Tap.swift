@@ -84,4 +84,16 @@ public final class Tap: Sendable {
             throw Errno(rawValue: errno)
         }
     }
+
+    /// One frame (with header) from the host straight into `vectors` (guest buffers); nil when
+    /// none is queued. A frame longer than the vectors is truncated by the tap.
+    public func receive(vectors: UnsafeBufferPointer<iovec>) throws(Errno) -> Int? {
+        while true {
+            let n = readv(fd.rawValue, vectors.baseAddress, Int32(vectors.count))
+            if n >= 0 { return n }
+            if errno == EINTR { continue }
+            if errno == EAGAIN { return nil }
+            throw Errno(rawValue: errno)
+        }
+    }
 }

@@ -44,6 +44,8 @@ public final class VirtioNet: VirtioDevice {
         var queue: VirtQueue
         var interrupt: any VirtioInterrupt
         var failed = false
+        /// Transmit only: one frame gathered from the chain's buffers.
+        var scratch: [UInt8] = []
     }
     private let rx = Mutex<Queue?>(nil)
     private let tx = Mutex<Queue?>(nil)
@@ -114,7 +116,10 @@ public final class VirtioNet: VirtioDevice {
         tx.withLock { state in
             guard var s = state, !s.failed else { return }
             defer { state = s }
-            var frame = [UInt8](repeating: 0, count: Self.maxFrame)
+            if s.scratch.isEmpty { s.scratch = [UInt8](repeating: 0, count: Self.maxFrame) }
+            var frame = s.scratch
+            s.scratch = []
+            defer { s.scratch = frame }
             do {
                 var completed = 0
                 while let chain = try s.queue.pop(memory: s.memory) {
@@ -149,8 +154,10 @@ public final class VirtioNet: VirtioDevice {
     // MARK: receive (RX thread)
 
     /// Moves frames from the tap into receive buffers until the tap is empty or the guest has no
-    /// buffers. Returns false if the guest ran out of buffers (wait for a kick).
-    fileprivate func receive(_ pending: inout [UInt8]?, scratch: inout [UInt8]) -> Bool {
+    /// buffers. Returns false if the guest ran out of buffers (wait for a kick). Frames are read
+    /// with one readv straight into the chain's buffers; a chain popped while the tap was empty is
+    /// kept in `pending` for the next frame (the driver does not see it until it is used).
+    fileprivate func receive(_ pending: inout DescriptorChain?) -> Bool {
         rx.withLock { state in
             guard var s = state, !s.failed else { return false }
             defer { state = s }
@@ -159,31 +166,41 @@ public final class VirtioNet: VirtioDevice {
             do {
                 while true {
                     if pending == nil {
-                        let n = try scratch.withUnsafeMutableBytes { try tap.receive(into: $0) }
-                        guard let n else { break }
-                        pending = Array(scratch[0..<n])
+                        guard let chain = try s.queue.pop(memory: s.memory) else { haveBuffers = false; break }
+                        pending = chain
                     }
-                    guard let chain = try s.queue.pop(memory: s.memory) else { haveBuffers = false; break }
-                    var frame = pending!
+                    let chain = pending!
+                    // Too small for a header and a minimal frame: return it unused rather than
+                    // let a zero-length read swallow a frame.
+                    if chain.writableLength < UInt64(Tap.headerSize) + 60 {
+                        pending = nil
+                        stats.withLock { $0.rxDropped += 1 }
+                        try s.queue.addUsed(memory: s.memory, head: chain.head, length: 0)
+                        completed += 1
+                        continue
+                    }
+                    let segments = chain.writable.map { (address: $0.address, length: Int($0.length)) }
+                    let memory = s.memory
+                    guard let n = try memory.withIOVectors(segments, { try tap.receive(vectors: $0) }) else { break }
                     pending = nil
-                    var writer = ChainWriter(memory: s.memory, buffers: chain.writable)
-                    if frame.count < Int(Tap.headerSize) || UInt64(frame.count) > writer.remaining {
+                    if n < Int(Tap.headerSize) {
                         stats.withLock { $0.rxDropped += 1 }
                         try s.queue.addUsed(memory: s.memory, head: chain.head, length: 0)
                     } else {
-                        // num_buffers: always 1 without VIRTIO_NET_F_MRG_RXBUF (the tap leaves it alone).
-                        frame[10] = 1; frame[11] = 0
-                        _ = try writer.write(frame)
-                        try s.queue.addUsed(memory: s.memory, head: chain.head, length: writer.written)
-                        stats.withLock { $0.rxFrames += 1; $0.rxBytes += UInt64(frame.count) - UInt64(Tap.headerSize) }
+                        // num_buffers (header bytes 10–11): always 1 without VIRTIO_NET_F_MRG_RXBUF;
+                        // the tap leaves those bytes alone.
+                        var writer = ChainWriter(memory: s.memory, buffers: chain.writable)
+                        try writer.forEachSegment(10) { _, _ in }
+                        _ = try writer.write([1, 0])
+                        try s.queue.addUsed(memory: s.memory, head: chain.head, length: UInt32(n))
+                        stats.withLock { $0.rxFrames += 1; $0.rxBytes += UInt64(n) - UInt64(Tap.headerSize) }
                     }
                     completed += 1
                 }
                 if completed > 0, try s.queue.shouldNotify(memory: s.memory) { s.interrupt.signalUsedQueue(Self.rxQueue) }
-            } catch let e as Errno {
-                // A tap read error (e.g. the interface went away): drop, keep the queue usable.
+            } catch is Errno {
+                // A tap read error (e.g. the interface went away): count it, keep the queue usable.
                 stats.withLock { $0.rxDropped += 1 }
-                _ = e
             } catch {
                 s.failed = true
                 s.interrupt.deviceNeedsReset(reason: "\(name): receive queue: \(error)")
@@ -213,10 +230,9 @@ private final class RxWorker: Sendable {
         self.kick = kick
         self.stopEvent = stopEvent
         thread = try PosixThread(name: "\(device.name)-rx") { [weak device] in
-            var pending: [UInt8]? = nil
-            var scratch = [UInt8](repeating: 0, count: VirtioNet.maxFrame)
+            var pending: DescriptorChain? = nil
             // Frames may already be queued, and the guest already has buffers: start with a pass.
-            _ = device?.receive(&pending, scratch: &scratch)
+            _ = device?.receive(&pending)
             while true {
                 guard let events = try? epoll.wait() else { return }
                 for (token, _) in events {
@@ -227,7 +243,7 @@ private final class RxWorker: Sendable {
                     }
                 }
                 guard let device else { return }
-                _ = device.receive(&pending, scratch: &scratch)
+                _ = device.receive(&pending)
             }
         }
     }
