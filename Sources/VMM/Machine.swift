@@ -22,6 +22,7 @@ public enum PlatformLayout {
     public static let com1: UInt64 = 0x3F8
     public static let com1IRQ: UInt32 = 4
     public static let i8042: UInt64 = 0x60
+    public static let i8042IRQ: UInt32 = 1
     public static let cmos: UInt64 = 0x70
 }
 
@@ -153,7 +154,7 @@ public final class Machine: @unchecked Sendable {
             if let started { line += ", \(Self.ms(now - started)) ms after process start" }
             markerLogger.notice("\(line)")
         }
-        keyboard = I8042(onRequest: onRequest)
+        keyboard = I8042(irq: KVMInterruptLine(vm: vm, irq: PlatformLayout.i8042IRQ, logger: logger), onRequest: onRequest)
         pio = try Bus(name: "pio", ranges: [
             .init(base: PlatformLayout.i8042, length: 5, name: "i8042", device: keyboard),
             .init(base: PlatformLayout.cmos, length: 2, name: "cmos", device: CMOSClock()),
