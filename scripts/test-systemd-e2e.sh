@@ -220,10 +220,11 @@ C rtvisorctl list | sed 's/^/  /'
 step "kill -9 of one VMM: restarted per policy, the other VM undisturbed"
 EX_PID=$(vm_field example pid); SE_PID=$(vm_field second pid)
 C kill -9 "$EX_PID"
-restarted_with_new_pid() { [ "$(vm_field "$1" state)" = running ] && [ "$(vm_field "$1" pid)" != "$2" ]; }
+restarted_with_new_pid() { local p; p=$(vm_field "$1" pid); [ -n "$p" ] && [ "$p" != "$2" ] && [ "$(vm_field "$1" state)" = running ]; }
 until_ok 15 restarted_with_new_pid example "$EX_PID" || { C rtvisorctl list; fail "example not restarted"; }
 [ "$(vm_field example restarts)" = 1 ] || fail "example restarts != 1"
 NEW_EX=$(vm_field example pid)
+[ -n "$NEW_EX" ] || { C rtvisorctl list --json; fail "rtvisorctl list --json gave no pid for the restarted example"; }
 [ "$NEW_EX" != "$EX_PID" ] || fail "example has the same pid after kill -9"
 [ "$(vm_field second pid)" = "$SE_PID" ] || fail "second was disturbed"
 journal_has "r.get('RTVISOR_EVENT')=='vm-restart-scheduled' and r.get('VM_NAME')=='example' and 'signal 9' in r.get('VM_EXIT_REASON','')" -u rtvisord || fail "no vm-restart-scheduled event"
