@@ -92,3 +92,142 @@ struct I8042Tests {
         }
     }
 }
+
+@Suite("ExitPort")
+struct ExitPortTests {
+    @Test(arguments: [
+        (UInt64(0), GuestRequest.powerOff),
+        (1, .reset),
+        (2, .failure(code: 2)),
+        (7, .failure(code: 7)),
+        (255, .failure(code: 255)),
+        (0x100, .powerOff), // a byte port: only the low byte counts
+        (0x107, .failure(code: 7)),
+    ])
+    func valueSelectsTheRequest(value: UInt64, expected: GuestRequest) {
+        let requests = Recorder<GuestRequest>()
+        let port = ExitPort(onRequest: { requests.append($0) })
+        port.write(offset: 0, size: 1, value: value)
+        #expect(requests.all == [expected])
+    }
+
+    @Test func readsAllOnes() {
+        #expect(ExitPort(onRequest: { _ in }).read(offset: 0, size: 1) == 0xFF)
+    }
+}
+
+@Suite("BootMarker")
+struct BootMarkerTests {
+    @Test func onlyTheMagicAtOffsetZeroCounts() {
+        let marks = Recorder<Int>()
+        let marker = BootMarker(onMarker: { marks.append(1) })
+        #expect(marker.count == 0)
+        marker.write(offset: 0, size: 1, value: 122)
+        marker.write(offset: 1, size: 1, value: 123)
+        marker.write(offset: 0, size: 1, value: 0)
+        #expect(marker.count == 0)
+        #expect(marks.all.isEmpty)
+
+        marker.write(offset: 0, size: 1, value: 123)
+        #expect(marker.count == 1)
+        #expect(marks.all.count == 1)
+        marker.write(offset: 0, size: 4, value: 0x1234_567B) // low byte 123
+        #expect(marker.count == 2)
+        #expect(marks.all.count == 2)
+        #expect(BootMarker.magic == 123)
+        #expect(marker.read(offset: 0, size: 1) == 0)
+    }
+}
+
+@Suite("CMOSClock")
+struct CMOSClockTests {
+    /// 2026-11-22 10:35:45 UTC, a Sunday.
+    static let instant: time_t = {
+        var tm = Glibc.tm()
+        tm.tm_year = 2026 - 1900
+        tm.tm_mon = 10
+        tm.tm_mday = 22
+        tm.tm_hour = 10
+        tm.tm_min = 35
+        tm.tm_sec = 45
+        return timegm(&tm)
+    }()
+
+    private func read(_ clock: CMOSClock, _ register: UInt8) -> UInt8 {
+        clock.write(offset: 0, size: 1, value: UInt64(register))
+        return UInt8(clock.read(offset: 1, size: 1))
+    }
+
+    @Test func instantIsWhatWeThinkItIs() {
+        #expect(Self.instant == 1_795_343_745)
+    }
+
+    @Test func timeAndDateRegistersAreBCD() {
+        let t = Self.instant
+        let clock = CMOSClock(now: { t })
+        #expect(read(clock, 0x00) == 0x45) // seconds
+        #expect(read(clock, 0x02) == 0x35) // minutes
+        #expect(read(clock, 0x04) == 0x10) // hours, 24-hour mode
+        #expect(read(clock, 0x06) == 0x01) // day of week: Sunday = 1
+        #expect(read(clock, 0x07) == 0x22) // day of month
+        #expect(read(clock, 0x08) == 0x11) // month
+        #expect(read(clock, 0x09) == 0x26) // year
+        #expect(read(clock, 0x32) == 0x20) // century
+    }
+
+    @Test func statusRegisters() {
+        let t = Self.instant
+        let clock = CMOSClock(now: { t })
+        let a = read(clock, 0x0A)
+        #expect(a & 0x80 == 0, "UIP clear: the guest never waits for an update")
+        #expect(a == 0x26)
+        #expect(read(clock, 0x0B) == 0x02, "24-hour, BCD (DM clear)")
+        #expect(read(clock, 0x0B) & 0x04 == 0)
+        #expect(read(clock, 0x0D) == 0x80, "valid RAM and time")
+    }
+
+    @Test func indexIgnoresTheNMIMaskBit() {
+        let t = Self.instant
+        let clock = CMOSClock(now: { t })
+        #expect(read(clock, 0x80 | 0x04) == 0x10)
+        #expect(read(clock, 0x80 | 0x00) == 0x45)
+        #expect(read(clock, 0x80 | 0x32) == 0x20)
+    }
+
+    @Test func unknownRegistersAndTheIndexPortRead() {
+        let t = Self.instant
+        let clock = CMOSClock(now: { t })
+        #expect(read(clock, 0x0E) == 0)
+        #expect(read(clock, 0x10) == 0)
+        #expect(clock.read(offset: 0, size: 1) == 0xFF)
+        // Writing the data port does not change the index.
+        clock.write(offset: 0, size: 1, value: 0x02)
+        clock.write(offset: 1, size: 1, value: 0x59)
+        #expect(clock.read(offset: 1, size: 1) == 0x35)
+    }
+
+    @Test func everyReadConsultsTheClock() {
+        let now = Mutex<time_t>(Self.instant)
+        let clock = CMOSClock(now: { now.withLock { $0 } })
+        #expect(read(clock, 0x00) == 0x45)
+        now.withLock { $0 += 14 }
+        #expect(read(clock, 0x00) == 0x59)
+        now.withLock { $0 += 1 }
+        #expect(read(clock, 0x00) == 0x00)
+        #expect(read(clock, 0x02) == 0x36)
+    }
+
+    @Test func centuryAndDayOfWeekAtOtherDates() {
+        // 1999-12-31 23:59:59 UTC, a Friday.
+        var tm = Glibc.tm()
+        tm.tm_year = 99; tm.tm_mon = 11; tm.tm_mday = 31; tm.tm_hour = 23; tm.tm_min = 59; tm.tm_sec = 59
+        let t = timegm(&tm)
+        let clock = CMOSClock(now: { t })
+        #expect(read(clock, 0x09) == 0x99)
+        #expect(read(clock, 0x32) == 0x19)
+        #expect(read(clock, 0x06) == 0x06)
+        #expect(read(clock, 0x08) == 0x12)
+        #expect(read(clock, 0x07) == 0x31)
+        #expect(read(clock, 0x04) == 0x23)
+    }
+}
