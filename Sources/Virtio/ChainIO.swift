@@ -1,19 +1,46 @@
 import Memory
 
-/// Reads the device-readable part of a chain as one byte stream, across buffer boundaries.
-public struct ChainReader {
-    let memory: GuestMemory
+/// A position in a list of guest buffers, consumed front to back: what reading a chain's
+/// readable part and writing its writable part have in common.
+struct BufferCursor {
     var buffers: ArraySlice<GuestBuffer>
     var offset: UInt32 = 0
 
-    public init(memory: GuestMemory, buffers: [GuestBuffer]) {
-        self.memory = memory
-        self.buffers = buffers[...]
-    }
+    init(_ buffers: [GuestBuffer]) { self.buffers = buffers[...] }
 
-    public var remaining: UInt64 {
+    var remaining: UInt64 {
         buffers.reduce(0) { $0 + UInt64($1.length) } - UInt64(offset)
     }
+
+    /// Visits the next `count` bytes as (address, length) segments of guest RAM and consumes
+    /// them; returns how many bytes were visited (fewer if the buffers run out).
+    @discardableResult
+    mutating func consume(_ count: Int, _ body: (GuestAddress, Int) throws -> Void) rethrows -> UInt64 {
+        var left = UInt64(count)
+        var visited: UInt64 = 0
+        while left > 0, let b = buffers.first {
+            let available = UInt64(b.length - offset)
+            let n = min(available, left)
+            if n > 0 { try body(GuestAddress(b.address.raw + UInt64(offset)), Int(n)) }
+            left -= n
+            visited += n
+            if n == available { buffers.removeFirst(); offset = 0 } else { offset += UInt32(n) }
+        }
+        return visited
+    }
+}
+
+/// Reads the device-readable part of a chain as one byte stream, across buffer boundaries.
+public struct ChainReader {
+    let memory: GuestMemory
+    var cursor: BufferCursor
+
+    public init(memory: GuestMemory, buffers: [GuestBuffer]) {
+        self.memory = memory
+        cursor = BufferCursor(buffers)
+    }
+
+    public var remaining: UInt64 { cursor.remaining }
 
     /// Reads exactly `count` bytes, or nil if the chain holds fewer.
     public mutating func read(_ count: Int) throws -> [UInt8]? {
@@ -29,14 +56,7 @@ public struct ChainReader {
 
     /// Visits the next `count` bytes as (address, length) segments of guest RAM and consumes them.
     public mutating func forEachSegment(_ count: Int, _ body: (GuestAddress, Int) throws -> Void) throws {
-        var left = UInt64(count)
-        while left > 0, let b = buffers.first {
-            let available = UInt64(b.length - offset)
-            let n = min(available, left)
-            if n > 0 { try body(GuestAddress(b.address.raw + UInt64(offset)), Int(n)) }
-            left -= n
-            if n == available { buffers.removeFirst(); offset = 0 } else { offset += UInt32(n) }
-        }
+        try cursor.consume(count, body)
     }
 
     public mutating func readInteger<T: FixedWidthInteger>(_: T.Type = T.self) throws -> T? {
@@ -50,31 +70,20 @@ public struct ChainReader {
 /// Writes into the device-writable part of a chain as one byte stream.
 public struct ChainWriter {
     let memory: GuestMemory
-    var buffers: ArraySlice<GuestBuffer>
-    var offset: UInt32 = 0
+    var cursor: BufferCursor
     /// Bytes written so far: the length reported in the used ring.
     public private(set) var written: UInt32 = 0
 
     public init(memory: GuestMemory, buffers: [GuestBuffer]) {
         self.memory = memory
-        self.buffers = buffers[...]
+        cursor = BufferCursor(buffers)
     }
 
-    public var remaining: UInt64 {
-        buffers.reduce(0) { $0 + UInt64($1.length) } - UInt64(offset)
-    }
+    public var remaining: UInt64 { cursor.remaining }
 
     /// Visits the next `count` writable bytes as (address, length) segments and consumes them.
     public mutating func forEachSegment(_ count: Int, _ body: (GuestAddress, Int) throws -> Void) throws {
-        var left = UInt64(count)
-        while left > 0, let b = buffers.first {
-            let available = UInt64(b.length - offset)
-            let n = min(available, left)
-            if n > 0 { try body(GuestAddress(b.address.raw + UInt64(offset)), Int(n)) }
-            left -= n
-            written &+= UInt32(n)
-            if n == available { buffers.removeFirst(); offset = 0 } else { offset += UInt32(n) }
-        }
+        written &+= UInt32(truncatingIfNeeded: try cursor.consume(count, body))
     }
 
     /// Writes all of `bytes`, or returns false (writing nothing) if they do not fit.

@@ -107,28 +107,27 @@ public final class BlockImage: Sendable {
 
     /// Reads into several guest buffers with one preadv (the data of one request).
     public func read(into memory: GuestMemory, segments: [(address: GuestAddress, length: Int)], offset: UInt64) throws {
-        if directIO || segments.count == 1 {
-            var position = offset
-            for s in segments {
-                try read(into: memory, at: s.address, count: s.length, offset: position)
-                position += UInt64(s.length)
-            }
-            return
-        }
-        try memory.withIOVectors(segments) { try vectored($0, offset: offset, write: false) }
+        try transfer(memory, segments, offset: offset, write: false)
     }
 
     /// Writes several guest buffers with one pwritev.
     public func write(from memory: GuestMemory, segments: [(address: GuestAddress, length: Int)], offset: UInt64) throws {
-        if directIO || segments.count == 1 {
-            var position = offset
-            for s in segments {
-                try write(from: memory, at: s.address, count: s.length, offset: position)
-                position += UInt64(s.length)
-            }
+        try transfer(memory, segments, offset: offset, write: true)
+    }
+
+    /// One vectored call for the whole request; per segment when O_DIRECT needs the bounce
+    /// buffer or there is only one segment anyway.
+    private func transfer(_ memory: GuestMemory, _ segments: [(address: GuestAddress, length: Int)], offset: UInt64, write: Bool) throws {
+        guard directIO || segments.count == 1 else {
+            try memory.withIOVectors(segments) { try vectored($0, offset: offset, write: write) }
             return
         }
-        try memory.withIOVectors(segments) { try vectored($0, offset: offset, write: true) }
+        var position = offset
+        for s in segments {
+            if write { try self.write(from: memory, at: s.address, count: s.length, offset: position) }
+            else { try read(into: memory, at: s.address, count: s.length, offset: position) }
+            position += UInt64(s.length)
+        }
     }
 
     /// preadv/pwritev until every vector is done; reads past the end of the file yield zeroes.

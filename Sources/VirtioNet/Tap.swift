@@ -65,31 +65,24 @@ public final class Tap: Sendable {
 
     /// One frame (with its virtio-net header) to the host; false if the tap's queue is full.
     public func send(_ frame: UnsafeRawBufferPointer) throws(Errno) -> Bool {
-        while true {
-            let n = Glibc.write(fd.rawValue, frame.baseAddress, frame.count)
-            if n >= 0 { return true }
-            if errno == EINTR { continue }
-            if errno == EAGAIN { return false }
-            throw Errno(rawValue: errno)
-        }
+        try nonBlocking { Glibc.write(fd.rawValue, frame.baseAddress, frame.count) } != nil
     }
 
     /// One frame (with header) from the host; nil when none is queued.
     public func receive(into buffer: UnsafeMutableRawBufferPointer) throws(Errno) -> Int? {
-        while true {
-            let n = Glibc.read(fd.rawValue, buffer.baseAddress, buffer.count)
-            if n >= 0 { return n }
-            if errno == EINTR { continue }
-            if errno == EAGAIN { return nil }
-            throw Errno(rawValue: errno)
-        }
+        try nonBlocking { Glibc.read(fd.rawValue, buffer.baseAddress, buffer.count) }
     }
 
     /// One frame (with header) from the host straight into `vectors` (guest buffers); nil when
     /// none is queued. A frame longer than the vectors is truncated by the tap.
     public func receive(vectors: UnsafeBufferPointer<iovec>) throws(Errno) -> Int? {
+        try nonBlocking { readv(fd.rawValue, vectors.baseAddress, Int32(vectors.count)) }
+    }
+
+    /// Runs a read/write on the non-blocking tap: retries EINTR, nil for EAGAIN.
+    private func nonBlocking(_ call: () -> Int) throws(Errno) -> Int? {
         while true {
-            let n = readv(fd.rawValue, vectors.baseAddress, Int32(vectors.count))
+            let n = call()
             if n >= 0 { return n }
             if errno == EINTR { continue }
             if errno == EAGAIN { return nil }
