@@ -44,11 +44,14 @@ let package = Package(
         .target(name: "VirtioNet", dependencies: ["Virtio", "Memory", "Posix", "CLinux", .product(name: "SystemPackage", package: "swift-system")]),
         // PCI root bus (configuration mechanism #1, BAR window), MSI-X, and the virtio-pci transport.
         .target(name: "PCI", dependencies: ["Devices", "Virtio", "Memory"]),
+        // Real-time partitions: CPU lists, cpusets (v1 shield, v2 threaded partition), IRQ affinity,
+        // thread scheduling and the host report (rt-check).
+        .target(name: "Realtime", dependencies: ["CLinux"]),
         // JSON VM definitions with strict validation.
         .target(name: "Config", dependencies: ["Arch"]),
         // Wires one VM: memory, vCPU threads, devices, lifecycle.
         .target(name: "VMM", dependencies: [
-            "CKVM", "KVM", "Memory", "Arch", "Boot", "Devices", "Config", "Posix", "Virtio", "VirtioBlock", "VirtioNet", "PCI",
+            "CKVM", "KVM", "Memory", "Arch", "Boot", "Devices", "Config", "Posix", "Virtio", "VirtioBlock", "VirtioNet", "PCI", "Realtime",
             .product(name: "Logging", package: "swift-log"),
             .product(name: "SystemPackage", package: "swift-system"),
         ]),
@@ -68,7 +71,7 @@ let package = Package(
         .target(name: "APIModels"),
         // Definition directory loading and diffing, restart policy, VM supervision, state files.
         .target(name: "Daemon", dependencies: [
-            "Config", "Journald", "APIModels", "CDaemonSupport",
+            "Config", "Journald", "APIModels", "CDaemonSupport", "Realtime",
             .product(name: "Logging", package: "swift-log"),
             .product(name: "SystemPackage", package: "swift-system"),
         ]),
@@ -101,9 +104,10 @@ let package = Package(
         .testTarget(name: "BootTests", dependencies: ["Boot", "Memory", "Arch"]),
         .testTarget(name: "DevicesTests", dependencies: ["Devices"]),
         .testTarget(name: "ConfigTests", dependencies: ["Config"]),
+        .testTarget(name: "RealtimeTests", dependencies: ["Realtime"]),
         .testTarget(name: "VirtioTests", dependencies: ["Virtio", "VirtioBlock", "VirtioNet", "Memory"]),
         .testTarget(name: "PCITests", dependencies: ["PCI", "Virtio", "Devices", "Memory"]),
         .testTarget(name: "KVMTests", dependencies: ["KVM", "Memory", "Arch"]),
-        .testTarget(name: "IntegrationTests", dependencies: ["VMM", "Config"]),
+        .testTarget(name: "IntegrationTests", dependencies: ["VMM", "Config", "Realtime"]),
     ]
 )

@@ -32,6 +32,8 @@ public struct APIResponse: Sendable, Equatable {
 ///     POST /v1/vms/{name}/reboot|pause|resume
 ///     POST /v1/validate                 ValidateResult (ValidateRequest body)
 ///     POST /v1/reload                   ReloadResult
+///     GET  /v1/rt-check                 [RealtimeCheck] (every VM with a realtime block)
+///     GET  /v1/vms/{name}/rt-check      RealtimeCheck
 public struct APIRouter: Sendable {
     let control: any VMControl
     public static let maxBody = 1 << 20
@@ -59,6 +61,12 @@ public struct APIRouter: Sendable {
                 return Self.error(400, "body must be a JSON object {\"definition\": \"<definition JSON text>\", \"file\"?: …, \"base_directory\"?: …}")
             }
             return Self.json(200, await control.validate(req))
+        case 1 where rest[0] == "rt-check":
+            guard request.method == "GET" else { return Self.methodNotAllowed("GET") }
+            return await run { () async throws(ControlError) in try await control.realtimeCheck(nil) }
+        case 3 where rest[0] == "vms" && rest[2] == "rt-check":
+            guard request.method == "GET" else { return Self.methodNotAllowed("GET") }
+            return await run { () async throws(ControlError) in try await control.realtimeCheck(rest[1]).first! }
         case 2 where rest[0] == "vms":
             guard request.method == "GET" else { return Self.methodNotAllowed("GET") }
             return await run { () async throws(ControlError) in try await control.inspect(rest[1]) }

@@ -173,3 +173,16 @@ public enum APIPaths {
     public static let defaultRunDirectory = "/run/rtvisor"
     public static let defaultDefinitions = "/etc/rtvisor/vms"
 }
+
+/// `GET /v1/vms/{name}/rt-check`, `GET /v1/rt-check`: what the host offers a real-time VM's CPUs.
+public struct RealtimeCheck: Codable, Sendable, Equatable {
+    public var name: String
+    public var cpus: [Int]
+    public var running: Bool
+    /// One line per CPU (isolcpus/nohz_full/rcu_nocbs, SMT siblings, governor, IRQs), then warnings.
+    public var lines: [String]
+    public var warnings: [String]
+    public init(name: String, cpus: [Int], running: Bool, lines: [String], warnings: [String]) {
+        self.name = name; self.cpus = cpus; self.running = running; self.lines = lines; self.warnings = warnings
+    }
+}

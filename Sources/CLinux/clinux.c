@@ -8,6 +8,11 @@
 #include <sys/prctl.h>
 #include <sys/epoll.h>
 #include <sys/eventfd.h>
+#include <errno.h>
+#include <sched.h>
+#include <sys/mman.h>
+#include <sys/syscall.h>
+#include <unistd.h>
 
 const unsigned long CLINUX_TUNSETIFF = TUNSETIFF;
 const unsigned long CLINUX_TUNGETIFF = TUNGETIFF;
@@ -57,3 +62,40 @@ int clinux_eventfd(int nonblocking) { return eventfd(0, EFD_CLOEXEC | (nonblocki
 
 int clinux_fallocate(int fd, int mode, int64_t offset, int64_t length) { return fallocate(fd, mode, offset, length); }
 const int CLINUX_O_DIRECT = O_DIRECT;
+
+int clinux_gettid(void) { return (int)syscall(SYS_gettid); }
+
+int clinux_set_affinity(int tid, const int *cpus, int count) {
+	cpu_set_t set;
+	CPU_ZERO(&set);
+	for (int i = 0; i < count; i++) {
+		if (cpus[i] < 0 || cpus[i] >= CPU_SETSIZE) { errno = EINVAL; return -1; }
+		CPU_SET(cpus[i], &set);
+	}
+	return sched_setaffinity(tid, sizeof set, &set);
+}
+
+int clinux_get_affinity(int tid, int *cpus, int max) {
+	cpu_set_t set;
+	if (sched_getaffinity(tid, sizeof set, &set) != 0) return -1;
+	int n = 0;
+	for (int c = 0; c < CPU_SETSIZE && n < max; c++)
+		if (CPU_ISSET(c, &set)) cpus[n++] = c;
+	return n;
+}
+
+int clinux_set_fifo(int tid, int priority) {
+	struct sched_param p = { .sched_priority = priority };
+	return sched_setscheduler(tid, priority > 0 ? SCHED_FIFO : SCHED_OTHER, &p);
+}
+
+int clinux_get_scheduler(int tid, int *policy, int *priority) {
+	struct sched_param p;
+	int pol = sched_getscheduler(tid);
+	if (pol < 0 || sched_getparam(tid, &p) != 0) return -1;
+	*policy = pol;
+	*priority = p.sched_priority;
+	return 0;
+}
+
+int clinux_lock_all_memory(void) { return mlockall(MCL_CURRENT | MCL_FUTURE); }

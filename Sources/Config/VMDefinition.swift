@@ -44,6 +44,8 @@ public struct VMDefinition: Equatable, Sendable {
     public var nets: [NetSettings]
     /// rtvisord's fields (autostart, restart policy, stop timeout); see DaemonSettings.swift.
     public var daemon: DaemonSettings = DaemonSettings()
+    /// Dedicated host CPUs, SCHED_FIFO and locked memory; nil for an ordinary VM (Realtime.swift).
+    public var realtime: RealtimeSettings?
 
     public static let vcpuRange = 1...254
     public static let memoryRange = 8...(1 << 20)
@@ -51,7 +53,7 @@ public struct VMDefinition: Equatable, Sendable {
     /// Slots 1–31 of PCI bus 0 (slot 0 is the host bridge).
     public static let maxPciDevices = 31
     public static let knownKeys: Set<String> = Set(["name", "vcpus", "memory_mib", "kernel", "initrd", "cmdline", "cpu",
-                                                     "disks", "nets"])
+                                                     "disks", "nets", "realtime"])
         .union(DaemonSettings.keys)
     public static let cpuKeys: Set<String> = ["template", "disable_features"]
 
@@ -145,6 +147,7 @@ struct Validator {
         var def = VMDefinition(name: name, vcpus: vcpus, memoryMiB: memory, kernel: kernel ?? "", initrd: initrd,
                                cmdline: cmdline, cpu: cpu, disks: disks, nets: nets)
         def.daemon = daemonSettings(o)
+        def.realtime = realtime(o["realtime"], vcpus: vcpus, memoryMiB: memory)
         return def
     }
 

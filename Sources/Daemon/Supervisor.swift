@@ -3,6 +3,7 @@ import Config
 import Foundation
 import Journald
 import Logging
+import Realtime
 
 /// Supervises one rtvisor-vmm process per VM: starts, stops (graceful, then hard), restarts per
 /// policy, pauses, re-adopts VMMs left running by a previous rtvisord, and reloads the
@@ -112,7 +113,12 @@ public actor Supervisor: VMControl {
         // VMs a previous rtvisord was running are not autostarted again: if one ended meanwhile,
         // its restart policy has decided (a guest that powered off stays off).
         let managedBefore = adoptRunning()
-        for name in records.keys.sorted() where !managedBefore.contains(name) {
+        // Real-time VMs first: their partition is set up before ordinary guests load the host.
+        let order = records.keys.sorted { a, b in
+            let ra = records[a]!.loaded.definition.realtime != nil, rb = records[b]!.loaded.definition.realtime != nil
+            return ra != rb ? ra : a < b
+        }
+        for name in order where !managedBefore.contains(name) {
             guard let r = records[name], r.state == .stopped, r.loaded.definition.daemon.autostart else { continue }
             launch(name, why: "autostart")
         }
@@ -183,6 +189,7 @@ public actor Supervisor: VMControl {
             return launchFailed(name, "cannot prepare \(dir): \(error)")
         }
         try? fm.removeItem(atPath: paths.statusFile(name))
+        if let rt = r.loaded.definition.realtime, let refusal = admitRealtime(name, rt) { return launchFailed(name, refusal) }
         var argv = [paths.vmm, "--config", paths.definitionCopy(name), "--base-directory", r.loaded.directory,
                     "--no-console-input", "--console-socket", paths.consoleSocket(name), "--console-journal",
                     "--log-journal", "--status-file", paths.statusFile(name)]
@@ -212,8 +219,46 @@ public actor Supervisor: VMControl {
         event(.vmStarted, .notice, "VM \(name) started (\(why)): rtvisor-vmm PID \(pid)", vm: name, pid: pid, state: .running,
               extra: ["VM_CGROUP": r.cgroup ?? ""])
         watch(name: name, pid: pid, isChild: true, generation: r.generation)
+        if r.loaded.definition.realtime != nil { applyHousekeepingAffinity() }
         publishStatus()
         return true
+    }
+
+    // MARK: real-time admission
+
+    /// Why `name` may not start with `rt` now, or nil: its CPUs must be online, not held by another
+    /// running real-time VM, and leave the host at least one housekeeping CPU.
+    func admitRealtime(_ name: String, _ rt: RealtimeSettings) -> String? {
+        let online = Set(HostCPUs().online)
+        let offline = rt.cpus.filter { !online.contains($0) }
+        if !offline.isEmpty { return PartitionError.offline(vm: name, cpus: offline).description }
+        var reserved = Set(rt.cpus)
+        for (other, o) in records.sorted(by: { $0.key < $1.key }) where other != name && o.pid != nil {
+            guard let ort = (o.running ?? o.loaded.definition).realtime else { continue }
+            let overlap = ort.cpus.filter { rt.cpus.contains($0) }
+            if !overlap.isEmpty { return PartitionError.cpusTaken(vm: name, owner: other, cpus: overlap).description }
+            reserved.formUnion(ort.cpus)
+        }
+        if online.subtracting(reserved).isEmpty { return PartitionError.noHousekeepingCPU(vm: name, cpus: rt.cpus).description }
+        return nil
+    }
+
+    /// CPUs of running real-time VMs.
+    var reservedRealtimeCPUs: Set<Int> {
+        Set(records.values.filter { $0.pid != nil }.compactMap { ($0.running ?? $0.loaded.definition).realtime?.cpus }.joined())
+    }
+
+    /// Keeps the daemon's threads and ordinary VMMs off real-time CPUs (all CPUs again once no
+    /// real-time VM runs). A real-time VMM confines its own helper threads.
+    func applyHousekeepingAffinity() {
+        let online = HostCPUs().online
+        let reserved = reservedRealtimeCPUs
+        let housekeeping = online.filter { !reserved.contains($0) }
+        guard !housekeeping.isEmpty else { return }
+        let ordinary = records.values.filter { $0.pid != nil && ($0.running ?? $0.loaded.definition).realtime == nil }.compactMap(\.pid)
+        for pid in [getpid()] + ordinary {
+            for tid in ThreadScheduling.threads(of: pid) { try? ThreadScheduling.setAffinity(housekeeping, tid: tid) }
+        }
     }
 
     func launchFailed(_ name: String, _ why: String) -> Bool {
@@ -252,6 +297,7 @@ public actor Supervisor: VMControl {
         case .unknown: break
         }
         r.lastExit = ExitInfo(status: status, signal: signal, reason: reason, at: Date().timeIntervalSince1970)
+        let wasRealtime = (r.running ?? r.loaded.definition).realtime != nil
         r.pid = nil
         r.running = nil
         r.since = Date().timeIntervalSince1970
@@ -264,6 +310,13 @@ public actor Supervisor: VMControl {
         r.generation += 1
         records[name] = r
         let exitText = "\(outcome): \(reason)"
+        if wasRealtime {
+            // A VMM that died (kill -9, crash) could not undo its host changes: do it here.
+            if let done = releaseRealtimePartition(vm: name) {
+                event(.vmRealtimeReleased, .notice, "VM \(name): real-time host changes undone after its VMM ended: \(done)", vm: name)
+            }
+            applyHousekeepingAffinity()
+        }
 
         switch intent {
         case .remove:
@@ -439,6 +492,20 @@ public actor Supervisor: VMControl {
     func record(_ name: String) throws(ControlError) -> Record {
         guard let r = records[name] else { throw .notFound("no VM named \"\(name)\"") }
         return r
+    }
+
+    public func realtimeCheck(_ name: String?) throws(ControlError) -> [RealtimeCheck] {
+        var names = records.keys.sorted().filter { records[$0]!.loaded.definition.realtime != nil }
+        if let name { names = [try record(name).loaded.name] }
+        var checks: [RealtimeCheck] = []
+        for n in names {
+            let r = records[n]!
+            guard let rt = (r.running ?? r.loaded.definition).realtime else { throw .conflict("VM \(n) has no realtime block") }
+            let others = Set(records.filter { $0.key != n && $0.value.pid != nil }.compactMap { ($0.value.running ?? $0.value.loaded.definition).realtime?.cpus }.joined())
+            let report = RealtimeReport(vm: n, cpus: rt.cpus, otherRealtimeCPUs: others, exitsDisabled: rt.exits.contains(.hlt))
+            checks.append(RealtimeCheck(name: n, cpus: rt.cpus, running: r.pid != nil, lines: report.lines, warnings: report.warnings))
+        }
+        return checks
     }
 
     public func inspect(_ name: String) throws(ControlError) -> VMDetail {

@@ -12,6 +12,8 @@ public protocol VMControl: Sendable {
     func validate(_ request: ValidateRequest) async -> ValidateResult
     func reload() async -> ReloadResult
     func info() async -> DaemonInfo
+    /// The real-time host report of one VM with a `realtime` block, or of all of them.
+    func realtimeCheck(_ name: String?) async throws(ControlError) -> [RealtimeCheck]
 }
 
 public enum ControlError: Error, Equatable, Sendable, CustomStringConvertible {

@@ -16,6 +16,8 @@ public enum LifecycleEvent: String, CaseIterable, Sendable {
     case vmPaused = "vm-paused"
     case vmResumed = "vm-resumed"
     case vmConsole = "vm-console"
+    /// Host changes of a real-time VM undone by the daemon after its VMM ended.
+    case vmRealtimeReleased = "vm-realtime-released"
 
     public var messageID: String {
         switch self {
@@ -33,6 +35,7 @@ public enum LifecycleEvent: String, CaseIterable, Sendable {
         case .vmPaused: "59e3062da4034c439921c56eff47e57f"
         case .vmResumed: "b3b970ac4869473ab0bcb56faa27590c"
         case .vmConsole: "78b000b79d4a45068ae0a6b24d0c4f43"
+        case .vmRealtimeReleased: "bc0fa290b0234b34bebec63aafed23b3"
         }
     }
 }

@@ -74,6 +74,7 @@ public enum KVMCapability {
     public static let ioeventfd = Int32(KVM_CAP_IOEVENTFD)
     public static let maxVCPUs = Int32(KVM_CAP_MAX_VCPUS)
     public static let immediateExit = Int32(KVM_CAP_IMMEDIATE_EXIT)
+    /// Returns the KVM_X86_DISABLE_EXITS_* bits this host can disable.
     public static let x86DisableExits = Int32(KVM_CAP_X86_DISABLE_EXITS)
 }
 

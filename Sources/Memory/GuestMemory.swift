@@ -18,6 +18,8 @@ public enum GuestMemoryError: Error, Equatable, CustomStringConvertible {
     /// [address, address+length) is not entirely inside one RAM region.
     case outOfRange(address: UInt64, length: UInt64)
     case mmapFailed(bytes: UInt64, errno: Int32)
+    case hugePagesUnavailable(bytes: UInt64, errno: Int32)
+    case lockFailed(bytes: UInt64, errno: Int32)
     case overlappingRegions
     case invalidSize(UInt64)
 
@@ -25,10 +27,30 @@ public enum GuestMemoryError: Error, Equatable, CustomStringConvertible {
         switch self {
         case let .outOfRange(a, l): "guest memory access 0x\(String(a, radix: 16))+0x\(String(l, radix: 16)) is outside guest RAM"
         case let .mmapFailed(b, e): "cannot map \(b / (1 << 20)) MiB of guest RAM: \(String(cString: strerror(e)))"
+        case let .hugePagesUnavailable(b, e):
+            "cannot map \(b / (1 << 20)) MiB of guest RAM on 2 MiB huge pages: \(String(cString: strerror(e))) (reserve them: sysctl vm.nr_hugepages)"
+        case let .lockFailed(b, e):
+            "cannot lock \(b / (1 << 20)) MiB of guest RAM: \(String(cString: strerror(e))) (needs CAP_IPC_LOCK or RLIMIT_MEMLOCK)"
         case .overlappingRegions: "guest RAM regions overlap"
         case let .invalidSize(s): "invalid guest RAM size \(s)"
         }
     }
+}
+
+/// How guest RAM is backed. Real-time VMs prefault and lock it so the vCPU never page-faults.
+public struct MemoryBacking: Equatable, Sendable {
+    /// Fault every page in at map time (MAP_POPULATE).
+    public var populate: Bool
+    /// 2 MiB hugetlbfs pages (MAP_HUGETLB); the pool must be reserved beforehand.
+    public var hugePages: Bool
+    /// mlock the mapping: never swapped out, never faulted again.
+    public var lock: Bool
+    public init(populate: Bool = false, hugePages: Bool = false, lock: Bool = false) {
+        self.populate = populate; self.hugePages = hugePages; self.lock = lock
+    }
+    public static let hugePageSize: UInt64 = 2 << 20
+    /// MAP_HUGE_2MB: log2(2 MiB) << MAP_HUGE_SHIFT (26).
+    static let mapHuge2MB: Int32 = 21 << 26
 }
 
 /// One contiguous guest-physical RAM range backed by an anonymous host mapping.
@@ -39,12 +61,23 @@ public final class GuestMemoryRegion: @unchecked Sendable {
     public let hostAddress: UInt64
     private let base: UnsafeMutableRawPointer
 
-    public init(start: GuestAddress, size: UInt64, populate: Bool = false) throws {
+    public init(start: GuestAddress, size: UInt64, backing: MemoryBacking = MemoryBacking()) throws {
         guard size > 0, size % 4096 == 0 else { throw GuestMemoryError.invalidSize(size) }
-        var flags = MAP_PRIVATE | MAP_ANONYMOUS | MAP_NORESERVE
-        if populate { flags |= MAP_POPULATE }
+        if backing.hugePages && size % MemoryBacking.hugePageSize != 0 { throw GuestMemoryError.invalidSize(size) }
+        // Populated or locked RAM is committed up front, so it must not be NORESERVE.
+        var flags = MAP_PRIVATE | MAP_ANONYMOUS
+        if backing.populate || backing.lock { flags |= MAP_POPULATE } else { flags |= MAP_NORESERVE }
+        if backing.hugePages { flags |= MAP_HUGETLB | MemoryBacking.mapHuge2MB }
         let p = mmap(nil, Int(size), PROT_READ | PROT_WRITE, flags, -1, 0)
-        guard let p, p != MAP_FAILED else { throw GuestMemoryError.mmapFailed(bytes: size, errno: errno) }
+        guard let p, p != MAP_FAILED else {
+            throw backing.hugePages ? GuestMemoryError.hugePagesUnavailable(bytes: size, errno: errno)
+                                    : GuestMemoryError.mmapFailed(bytes: size, errno: errno)
+        }
+        if backing.lock && mlock(p, Int(size)) != 0 {
+            let e = errno
+            munmap(p, Int(size))
+            throw GuestMemoryError.lockFailed(bytes: size, errno: e)
+        }
         self.base = p
         self.start = start
         self.size = size
@@ -82,12 +115,12 @@ public final class GuestMemory: @unchecked Sendable {
     }
 
     /// RAM of `bytes` laid out around the 32-bit MMIO hole: low part below 3 GiB, rest above 4 GiB.
-    public static func standard(bytes: UInt64, populate: Bool = false) throws -> GuestMemory {
+    public static func standard(bytes: UInt64, backing: MemoryBacking = MemoryBacking()) throws -> GuestMemory {
         guard bytes >= 1 << 20, bytes % 4096 == 0 else { throw GuestMemoryError.invalidSize(bytes) }
         let low = min(bytes, mmioHoleStart)
-        var regions = [try GuestMemoryRegion(start: GuestAddress(0), size: low, populate: populate)]
+        var regions = [try GuestMemoryRegion(start: GuestAddress(0), size: low, backing: backing)]
         if bytes > low {
-            regions.append(try GuestMemoryRegion(start: GuestAddress(mmioHoleEnd), size: bytes - low, populate: populate))
+            regions.append(try GuestMemoryRegion(start: GuestAddress(mmioHoleEnd), size: bytes - low, backing: backing))
         }
         return try GuestMemory(regions: regions)
     }

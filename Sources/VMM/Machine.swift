@@ -8,6 +8,7 @@ import Memory
 import CKVM
 import PCI
 import Posix
+import Realtime
 #if canImport(Glibc)
 import Glibc
 #endif
@@ -75,6 +76,8 @@ public final class Machine: @unchecked Sendable {
     /// When the VM was created; the boot marker is reported relative to it.
     public let createdAt: UInt64
     public let processStartedAt: UInt64?
+    /// The host side of a real-time VM (nil for an ordinary one).
+    let realtime: RealtimeSetup?
 
     public init(definition def: VMDefinition, options: RunOptions = RunOptions(), logger: Logger,
                 processStartedAt: UInt64? = nil) throws {
@@ -108,6 +111,12 @@ public final class Machine: @unchecked Sendable {
         }
         let images = BootImages(kernel: kernel, initrd: try def.initrd.map { try ImageFile.read(path: $0) },
                                 commandLine: cmdline)
+        // Before any thread exists (devices start I/O threads below): they inherit the
+        // housekeeping affinity, and locked memory covers everything allocated from here on.
+        let realtime = try def.realtime.map { try RealtimeSetup(definition: def, settings: $0, logger: logger) }
+        self.realtime = realtime
+        var initialized = false
+        defer { if !initialized { realtime?.release() } }
         self.system = system
         let vm = try system.createVM()
         self.vm = vm
@@ -117,7 +126,7 @@ public final class Machine: @unchecked Sendable {
         try vm.createIRQChip()
         try vm.createPIT()
 
-        let memory = try GuestMemory.standard(bytes: UInt64(def.memoryMiB) << 20)
+        let memory = try GuestMemory.standard(bytes: UInt64(def.memoryMiB) << 20, backing: realtime?.memoryBacking ?? MemoryBacking())
         self.memory = memory
         for (slot, region) in memory.regions.enumerated() {
             try vm.setUserMemoryRegion(slot: UInt32(slot), guestAddress: region.start.raw, size: region.size, hostAddress: region.hostAddress)
@@ -176,6 +185,7 @@ public final class Machine: @unchecked Sendable {
         let supported = try system.supportedCPUID()
         let hidden = policy.hiddenFeatures(hostEmulatesRing0: emulating).map(\.name)
         logger.info("CPU template \(policy.effectiveTemplate(hostEmulatesRing0: emulating).rawValue), hidden features: \(hidden.isEmpty ? "none" : hidden.joined(separator: ","))")
+        try realtime?.disableExits(system: system, vm: vm)
         var vcpus: [VCPU] = []
         for id in 0..<def.vcpus {
             let vcpu = try vm.createVCPU(id: id)
@@ -193,6 +203,7 @@ public final class Machine: @unchecked Sendable {
         }
         self.vcpus = vcpus
         logger.info("VM \(def.name): \(def.vcpus) vCPU(s), \(def.memoryMiB) MiB, \(entry)")
+        initialized = true
     }
 
     static func ms(_ ns: UInt64) -> String {
@@ -216,6 +227,7 @@ public final class Machine: @unchecked Sendable {
         if options.consoleInput { startConsoleInput() }
         for t in threads { t.join() }
         for d in pciDevices { d.reset() }
+        realtime?.release()
         let reason = stop.stopReason ?? .vmmError("all vCPU threads ended without a reason")
         let unhandled = pio.unhandled.total + mmio.unhandled.total
         if unhandled > 0 {
@@ -256,6 +268,12 @@ public final class Machine: @unchecked Sendable {
         // The kick signal must be deliverable here whatever mask the VMM was started with
         // (a parent that blocks SIGUSR2 would otherwise leave halted vCPUs unstoppable).
         ckvm_block_signal(VCPU.kickSignal, 0)
+        if let realtime {
+            do { try realtime.enterVCPUThread(index: Int(vcpu.id)) } catch {
+                stop.request(.vmmError("\(error)"))
+                return
+            }
+        }
         vcpu.bindToCurrentThread()
         // Exit counts by kind and address, logged at debug level when the vCPU ends: where a
         // guest's exits go is the first question of any performance investigation.

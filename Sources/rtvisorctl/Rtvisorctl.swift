@@ -15,7 +15,7 @@ struct Rtvisorctl: ParsableCommand {
         commandName: "rtvisorctl",
         abstract: "Control rtvisord: list, inspect, start, stop, reboot, pause, resume, validate VMs; attach to a console.",
         discussion: "Talks HTTP/JSON to rtvisord's socket (docs/api.yaml). Shell completion: rtvisorctl --generate-completion-script bash|zsh|fish.",
-        subcommands: [List.self, Inspect.self, Start.self, Stop.self, Reboot.self, Pause.self, Resume.self,
+        subcommands: [List.self, Inspect.self, Start.self, Stop.self, Reboot.self, Pause.self, Resume.self, RtCheck.self,
                       Validate.self, Reload.self, Console.self, Info.self])
 }
 
@@ -251,6 +251,26 @@ struct Console: ParsableCommand {
         do { _ = try ConsoleAttach.run(socketPath: socketPath, seconds: timeout) } catch {
             writeErr("rtvisorctl: \(error)\n")
             throw ExitCode(1)
+        }
+    }
+}
+
+struct RtCheck: ParsableCommand {
+    static let configuration = CommandConfiguration(
+        commandName: "rt-check",
+        abstract: "Report what the host offers real-time VMs: isolcpus/nohz_full/rcu_nocbs, SMT siblings, cpufreq governor and IRQs per CPU.")
+    @OptionGroup var options: CommonOptions
+    @Argument(help: "A VM with a realtime block (default: every such VM).", completion: .custom { _, _, _ in vmNamesForCompletion() })
+    var name: String?
+
+    func run() throws {
+        if let name {
+            try options.call("GET", "/v1/vms/\(pathComponent(name))/rt-check", as: RealtimeCheck.self) { print($0.lines.joined(separator: "\n")) }
+        } else {
+            try options.call("GET", "/v1/rt-check", as: [RealtimeCheck].self) { checks in
+                if checks.isEmpty { print("no VM definition has a realtime block") }
+                print(checks.map { $0.lines.joined(separator: "\n") }.joined(separator: "\n\n"))
+            }
         }
     }
 }

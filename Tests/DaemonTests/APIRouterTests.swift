@@ -51,6 +51,11 @@ actor FakeControl: VMControl {
         return ReloadResult(added: ["new"], removed: [], changed: [], pending: [], invalidDefinitions: [])
     }
     func info() -> DaemonInfo { DaemonInfo(version: "test", pid: 1, definitionsDirectory: "/etc/rtvisor/vms", status: "2 VMs") }
+    func realtimeCheck(_ name: String?) throws(ControlError) -> [RealtimeCheck] {
+        calls.append("rt-check \(name ?? "*")")
+        if let name, name != "web" { throw .conflict("VM \(name) has no realtime block") }
+        return [RealtimeCheck(name: "web", cpus: [1], running: true, lines: ["real-time check for VM web"], warnings: ["w"])]
+    }
 }
 
 func decode<T: Decodable>(_ type: T.Type, _ r: APIResponse) throws -> T { try JSONDecoder().decode(T.self, from: Data(r.body)) }

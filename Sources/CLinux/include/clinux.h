@@ -44,4 +44,17 @@ extern const uint32_t CLINUX_EPOLLIN, CLINUX_EPOLLOUT, CLINUX_EPOLLERR, CLINUX_E
 /// Names the calling thread (at most 15 characters are kept).
 void clinux_set_thread_name(const char *name);
 
+/// Scheduling of one thread (tid 0: the caller), without cpu_set_t macros crossing into Swift.
+int clinux_gettid(void);
+/// Restricts thread `tid` to cpus[0..<count]; returns 0 or -1 with errno.
+int clinux_set_affinity(int tid, const int *cpus, int count);
+/// Writes up to `max` CPU numbers of thread `tid`'s affinity into cpus; returns the count or -1.
+int clinux_get_affinity(int tid, int *cpus, int max);
+/// SCHED_FIFO at `priority` (SCHED_OTHER when priority is 0); 0 or -1 with errno.
+int clinux_set_fifo(int tid, int priority);
+/// The thread's policy (SCHED_OTHER 0, SCHED_FIFO 1, …) and priority; 0 or -1.
+int clinux_get_scheduler(int tid, int *policy, int *priority);
+/// mlockall(MCL_CURRENT | MCL_FUTURE).
+int clinux_lock_all_memory(void);
+
 #endif

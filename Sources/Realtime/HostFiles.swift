@@ -1,0 +1,81 @@
+#if canImport(Glibc)
+import Glibc
+#endif
+
+/// A failed write to a kernel interface file (cgroupfs, procfs): which file, what, and errno.
+public struct HostFileError: Error, Equatable, CustomStringConvertible {
+    public let path: String
+    public let value: String
+    public let errno: Int32
+    public var description: String { "cannot write \"\(value)\" to \(path): \(String(cString: strerror(errno)))" }
+}
+
+/// Reads and writes small kernel interface files with one syscall each: cgroupfs and procfs
+/// report errors (EINVAL for a task that cannot move, EIO for an IRQ that cannot be steered)
+/// per write, which buffered I/O would hide.
+public enum HostFiles {
+    public static func read(_ path: String) -> String? {
+        let fd = open(path, O_RDONLY | O_CLOEXEC)
+        guard fd >= 0 else { return nil }
+        defer { close(fd) }
+        var out: [UInt8] = []
+        var buf = [UInt8](repeating: 0, count: 4096)
+        while true {
+            let n = buf.withUnsafeMutableBytes { Glibc.read(fd, $0.baseAddress, $0.count) }
+            if n < 0 && errno == EINTR { continue }
+            if n <= 0 { break }
+            out += buf[0..<n]
+        }
+        return String(decoding: out, as: UTF8.self)
+    }
+
+    /// The file's first line without surrounding whitespace.
+    public static func line(_ path: String) -> String? {
+        read(path).map { String($0.split(separator: "\n", omittingEmptySubsequences: false).first ?? "").trimmingASCIIWhitespace() }
+    }
+
+    /// Opens like the shell's `>` (O_CREAT|O_TRUNC, harmless on kernel files) and writes once.
+    public static func write(_ path: String, _ value: String) throws(HostFileError) {
+        let fd = open(path, O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, 0o644)
+        guard fd >= 0 else { throw HostFileError(path: path, value: value, errno: errno) }
+        defer { close(fd) }
+        let bytes = Array(value.utf8)
+        while true {
+            let n = bytes.withUnsafeBytes { Glibc.write(fd, $0.baseAddress, $0.count) }
+            if n < 0 && errno == EINTR { continue }
+            if n < 0 { throw HostFileError(path: path, value: value, errno: errno) }
+            return
+        }
+    }
+
+    public static func exists(_ path: String) -> Bool { access(path, F_OK) == 0 }
+
+    public static func isDirectory(_ path: String) -> Bool {
+        var st = stat()
+        return stat(path, &st) == 0 && (st.st_mode & S_IFMT) == S_IFDIR
+    }
+
+    /// Names in a directory, without "." and "..".
+    public static func list(_ path: String) -> [String] {
+        guard let d = opendir(path) else { return [] }
+        defer { closedir(d) }
+        var names: [String] = []
+        while let e = readdir(d) {
+            let name = withUnsafeBytes(of: e.pointee.d_name) { raw in
+                String(decoding: raw.prefix { $0 != 0 }, as: UTF8.self)
+            }
+            if name != "." && name != ".." { names.append(name) }
+        }
+        return names.sorted()
+    }
+}
+
+extension String {
+    func trimmingASCIIWhitespace() -> String {
+        let ws: Set<Character> = [" ", "\t", "\n", "\r"]
+        var s = Substring(self)
+        while let f = s.first, ws.contains(f) { s = s.dropFirst() }
+        while let l = s.last, ws.contains(l) { s = s.dropLast() }
+        return String(s)
+    }
+}

@@ -1,0 +1,115 @@
+import Config
+import KVM
+import Logging
+import Memory
+import Realtime
+
+/// A real-time VM's host side, set up before any vCPU exists and undone when the VM ends:
+/// locked memory, the cpuset partition, IRQs steered away, exits disabled, and per-vCPU pinning
+/// and SCHED_FIFO applied by each vCPU thread before its first KVM_RUN.
+final class RealtimeSetup: @unchecked Sendable {
+    let vm: String
+    let settings: RealtimeSettings
+    let housekeeping: [Int]
+    let partition: RealtimePartition?
+    let logger: Logger
+
+    /// Runs in the VMM's main thread before it creates any other thread, so every helper thread
+    /// inherits the housekeeping affinity; only vCPU threads move to the real-time CPUs.
+    init(definition def: VMDefinition, settings rt: RealtimeSettings, logger: Logger) throws {
+        self.vm = def.name
+        self.settings = rt
+        self.logger = logger
+        let host = HostCPUs()
+        let online = Set(host.online)
+        let offline = rt.cpus.filter { !online.contains($0) }
+        if !offline.isEmpty { throw VMMError.setup(PartitionError.offline(vm: def.name, cpus: offline).description) }
+        if rt.lockMemory {
+            do { try ThreadScheduling.lockAllMemory() } catch { throw VMMError.setup("real-time VM \(def.name): \(error)") }
+        }
+        // The partition: cgroup v1 shield or v2 threaded partition; without a usable cpuset the
+        // VM still gets pinned FIFO vCPUs, and the log says what isolation it lacks.
+        var partition: RealtimePartition?
+        var reserved = Set(rt.cpus)
+        switch CpusetHierarchy.detect() {
+        case let .v1(root)?:
+            let v1 = CpusetV1(root: root, host: host)
+            do { partition = try v1.acquire(vm: def.name, cpus: rt.cpus) } catch { throw VMMError.setup("\(error)") }
+            reserved.formUnion(v1.reservations().filter(\.busy).flatMap(\.cpus))
+        case let .v2(mount)?:
+            let hk = online.subtracting(reserved).sorted()
+            if hk.isEmpty { throw VMMError.setup(PartitionError.noHousekeepingCPU(vm: def.name, cpus: rt.cpus).description) }
+            if let cg = CpusetV2.ownCgroup(mount: mount) {
+                do { partition = try CpusetV2(cgroup: cg).acquire(vm: def.name, cpus: rt.cpus, housekeeping: hk) }
+                catch { logger.warning("real-time VM \(def.name): no cpuset partition, vCPUs are pinned only: \(error)") }
+            }
+        case nil:
+            logger.warning("real-time VM \(def.name): no cpuset controller mounted, vCPUs are pinned only")
+        }
+        self.partition = partition
+        housekeeping = online.subtracting(reserved).sorted()
+        if housekeeping.isEmpty {
+            partition?.release()
+            throw VMMError.setup(PartitionError.noHousekeepingCPU(vm: def.name, cpus: rt.cpus).description)
+        }
+        do { try ThreadScheduling.setAffinity(housekeeping) } catch {
+            partition?.release()
+            throw VMMError.setup("real-time VM \(def.name): \(error)")
+        }
+        if let partition { logger.notice("real-time partition: \(partition.summary)") }
+        var irqs = IRQAffinity.Saved()
+        if rt.moveIRQs {
+            irqs = IRQAffinity().move(off: Set(rt.cpus), housekeeping: housekeeping)
+            let unmovable = irqs.unmovable.isEmpty ? "" : ", not movable: \(irqs.unmovable.joined(separator: "; "))"
+            logger.notice("real-time CPUs \(CPUList.format(rt.cpus)): \(irqs.irqs.count) IRQs moved to CPUs \(CPUList.format(housekeeping))\(unmovable)")
+        }
+        PartitionState(vm: def.name, cpus: rt.cpus, irqs: irqs).save()
+        let report = RealtimeReport(vm: def.name, cpus: rt.cpus, host: host, exitsDisabled: rt.exits.contains(.hlt))
+        for line in report.lines { logger.notice("\(line)") }
+    }
+
+    var memoryBacking: MemoryBacking {
+        MemoryBacking(populate: true, hugePages: settings.hugepages, lock: settings.lockMemory)
+    }
+
+    /// KVM_CAP_X86_DISABLE_EXITS on the VM; must precede vCPU creation.
+    func disableExits(system: KVMSystem, vm: VirtualMachine) throws {
+        guard !settings.exits.isEmpty else { return }
+        let supported = UInt64(max(0, system.checkExtension(KVMCapability.x86DisableExits)))
+        let missing = settings.exits.filter { supported & $0.kvmBit == 0 }
+        if !missing.isEmpty {
+            throw VMMError.setup("real-time VM \(self.vm): this host's KVM cannot disable \(missing.map(\.rawValue).joined(separator: ", ")) exits (KVM_CAP_X86_DISABLE_EXITS = 0x\(String(supported, radix: 16)))")
+        }
+        try vm.enableCapability(UInt32(KVMCapability.x86DisableExits), args: [settings.disabledExitMask])
+        logger.notice("real-time VM \(self.vm): \(settings.exits.map(\.rawValue).joined(separator: ", ")) exits disabled")
+    }
+
+    /// In vCPU thread `index`, before its first KVM_RUN.
+    func enterVCPUThread(index: Int) throws {
+        let cpu = settings.cpus[index]
+        let tid = ThreadScheduling.currentTID
+        do {
+            // Join the cpuset first: a v1 attach resets the thread's affinity to the set's CPUs.
+            try partition?.attach(tid: tid)
+            try ThreadScheduling.setAffinity([cpu])
+            try ThreadScheduling.setFIFO(priority: settings.priority)
+        } catch {
+            throw VMMError.setup("real-time vCPU \(index) (thread \(tid)) on CPU \(cpu): \(error)")
+        }
+        logger.info("vCPU \(index): thread \(tid) on CPU \(cpu), SCHED_FIFO \(settings.priority)")
+    }
+
+    /// After every vCPU thread ended.
+    func release() {
+        partition?.release()
+        if let state = PartitionState.load(vm: vm) {
+            var still = Set<Int>()
+            if case let .v1(root)? = CpusetHierarchy.detect() {
+                still = Set(CpusetV1(root: root).reservations().filter { $0.busy && $0.vm != vm }.flatMap(\.cpus))
+            }
+            IRQAffinity().restore(state.irqs, keepingOff: still)
+            PartitionState.remove(vm: vm)
+        }
+        logger.notice("real-time partition of \(vm) released")
+    }
+}

@@ -1,0 +1,182 @@
+import Testing
+@testable import Realtime
+#if canImport(Glibc)
+import Glibc
+#endif
+
+/// A scratch directory shaped like the parts of /sys, /proc or a cgroup tree a test needs.
+final class FakeTree {
+    let root: String
+    init() {
+        var template = Array("/tmp/rtvisor-rt-test-XXXXXX".utf8CString)
+        root = template.withUnsafeMutableBufferPointer { String(cString: mkdtemp($0.baseAddress!)) }
+    }
+    func file(_ rel: String, _ text: String) {
+        let path = root + "/" + rel
+        var dir = ""
+        for part in path.split(separator: "/").dropLast() { dir += "/" + part; mkdir(dir, 0o755) }
+        try! HostFiles.write(path, text)
+    }
+    func read(_ rel: String) -> String? { HostFiles.line(root + "/" + rel) }
+    deinit { _ = system("rm -rf '\(root)'") }
+}
+
+@Suite struct CPUListTests {
+    @Test func parsesAndFormatsRanges() {
+        #expect(CPUList.parse("0-3,8,10-11") == [0, 1, 2, 3, 8, 10, 11])
+        #expect(CPUList.parse(" 1\n") == [1])
+        #expect(CPUList.parse("") == [])
+        #expect(CPUList.format([5, 0, 1, 2, 7, 8]) == "0-2,5,7-8")
+        #expect(CPUList.format([Int]()) == "")
+    }
+    @Test(arguments: ["a", "1-", "-1", "3-1", "1,,2", "1-2-3"])
+    func rejectsMalformedLists(_ text: String) { #expect(CPUList.parse(text) == nil) }
+
+    @Test func hexMasksLikeTheKernel() {
+        #expect(CPUList.hexMask([0, 1]) == "3")
+        #expect(CPUList.hexMask([0]) == "1")
+        #expect(CPUList.hexMask([33]) == "2,00000000")
+        #expect(CPUList.parseHexMask("2,00000001") == [0, 33])
+        #expect(CPUList.parseHexMask("ff") == Array(0...7))
+    }
+}
+
+@Suite struct IRQAffinityTests {
+    func fakeIRQs() -> FakeTree {
+        let t = FakeTree()
+        t.file("proc/irq/24/smp_affinity_list", "0-1\n")
+        t.file("proc/irq/24/effective_affinity_list", "1\n")
+        t.file("proc/irq/24/virtio0-config/.keep", "")
+        t.file("proc/irq/25/smp_affinity_list", "1\n")
+        t.file("proc/irq/26/smp_affinity_list", "0\n")
+        t.file("proc/irq/default_smp_affinity", "3\n")
+        return t
+    }
+
+    @Test func movesIRQsOffRealtimeCPUsAndRestoresThem() {
+        let t = fakeIRQs()
+        let irq = IRQAffinity(paths: HostPaths(sys: t.root + "/sys", proc: t.root + "/proc"))
+        #expect(irq.all().map(\.irq) == [24, 25, 26])
+        #expect(irq.all()[0].names == ["virtio0-config"])
+        let saved = irq.move(off: [1], housekeeping: [0])
+        #expect(t.read("proc/irq/24/smp_affinity_list") == "0")
+        // An IRQ that only had the RT CPU goes to the housekeeping CPUs.
+        #expect(t.read("proc/irq/25/smp_affinity_list") == "0")
+        #expect(t.read("proc/irq/26/smp_affinity_list") == "0")
+        #expect(t.read("proc/irq/default_smp_affinity") == "1")
+        #expect(saved.irqs == ["24": "0-1", "25": "1"])
+        #expect(saved.defaultAffinity == "3")
+        irq.restore(saved)
+        #expect(t.read("proc/irq/24/smp_affinity_list") == "0-1")
+        #expect(t.read("proc/irq/25/smp_affinity_list") == "1")
+        #expect(t.read("proc/irq/default_smp_affinity") == "3")
+    }
+
+    @Test func restoreKeepsOtherRealtimeCPUsFree() {
+        let t = fakeIRQs()
+        let irq = IRQAffinity(paths: HostPaths(sys: t.root + "/sys", proc: t.root + "/proc"))
+        let saved = irq.move(off: [1], housekeeping: [0])
+        // Another real-time VM still holds CPU 1: the IRQ that only had CPU 1 stays on 0.
+        irq.restore(saved, keepingOff: [1])
+        #expect(t.read("proc/irq/24/smp_affinity_list") == "0")
+        #expect(t.read("proc/irq/25/smp_affinity_list") == "1")
+    }
+
+    @Test func reportNamesWhatStillTargetsACPU() {
+        let t = fakeIRQs()
+        t.file("sys/devices/system/cpu/online", "0-1\n")
+        t.file("sys/devices/system/cpu/isolated", "1\n")
+        t.file("sys/devices/system/cpu/nohz_full", "\n")
+        t.file("sys/devices/system/cpu/cpu1/topology/thread_siblings_list", "1,3\n")
+        t.file("sys/devices/system/cpu/cpu1/cpufreq/scaling_governor", "powersave\n")
+        t.file("proc/cmdline", "quiet isolcpus=1 rcu_nocbs=1\n")
+        t.file("proc/sys/kernel/sched_rt_runtime_us", "950000\n")
+        let host = HostCPUs(paths: HostPaths(sys: t.root + "/sys", proc: t.root + "/proc"))
+        let r = RealtimeReport(vm: "rt0", cpus: [1], host: host, exitsDisabled: true)
+        let c = r.cpus[0]
+        #expect(c.online && c.isolcpus && !c.nohzFull && c.rcuNocbs)
+        #expect(c.smtSiblings == [3])
+        #expect(c.governor == "powersave")
+        #expect(c.irqs == ["24 (virtio0-config)", "25"])
+        #expect(r.warnings.contains { $0.contains("nohz_full") })
+        #expect(r.warnings.contains { $0.contains("shares its core with CPU 3") })
+        #expect(r.warnings.contains { $0.contains("powersave") })
+        #expect(r.warnings.contains { $0.contains("sched_rt_runtime_us=950000") })
+        #expect(!r.warnings.contains { $0.contains("isolcpus") })
+        #expect(r.lines[1].contains("CPU 1: online isolcpus -nohz_full rcu_nocbs"))
+    }
+}
+
+@Suite struct CpusetTests {
+    @Test func detectsTheHierarchy() {
+        let v1 = "cgroup2 /sys/fs/cgroup/unified cgroup2 rw 0 0\ncgroup /sys/fs/cgroup/cpuset cgroup rw,nosuid,cpuset 0 0\n"
+        #expect(CpusetHierarchy.detect(mounts: v1) == .v1(root: "/sys/fs/cgroup/cpuset"))
+        #expect(CpusetHierarchy.detect(mounts: "cgroup2 /sys/fs/cgroup cgroup2 rw,nsdelegate 0 0\n") == .v2(mount: "/sys/fs/cgroup"))
+        #expect(CpusetHierarchy.detect(mounts: "proc /proc proc rw 0 0\n") == nil)
+        #expect(CpusetV2.ownCgroup(mount: "/sys/fs/cgroup", procSelfCgroup: "0::/system.slice/rtvisord.service/vm-rt0\n")
+                == "/sys/fs/cgroup/system.slice/rtvisord.service/vm-rt0")
+    }
+
+    func fakeV1() -> (FakeTree, CpusetV1) {
+        let t = FakeTree()
+        t.file("sys/devices/system/cpu/online", "0-3\n")
+        t.file("cpuset/cpuset.mems", "0\n")
+        t.file("cpuset/cpuset.sched_load_balance", "1\n")
+        t.file("cpuset/tasks", "100\n")
+        let v1 = CpusetV1(root: t.root + "/cpuset", lockPath: t.root + "/lock", host: HostCPUs(paths: HostPaths(sys: t.root + "/sys", proc: t.root + "/proc")))
+        return (t, v1)
+    }
+
+    @Test func v1ShieldsTheRealtimeCPUs() throws {
+        let (t, v1) = fakeV1()
+        let p = try v1.acquire(vm: "rt0", cpus: [2, 3])
+        try p.attach(tid: 4242)
+        #expect(t.read("cpuset/rtvisor-rt-rt0/cpuset.cpus") == "2-3")
+        #expect(t.read("cpuset/rtvisor-rt-rt0/cpuset.cpu_exclusive") == "1")
+        #expect(t.read("cpuset/rtvisor-rt-rt0/cpuset.mems") == "0")
+        #expect(t.read("cpuset/rtvisor-rt-rt0/tasks") == "4242")
+        #expect(t.read("cpuset/rtvisor-housekeeping/cpuset.cpus") == "0-1")
+        #expect(t.read("cpuset/rtvisor-housekeeping/tasks") == "100")
+        #expect(t.read("cpuset/cpuset.sched_load_balance") == "0")
+        #expect(v1.reservations().map(\.vm) == ["rt0"])
+        // A second real-time VM on a taken CPU is refused, naming both VMs.
+        #expect(throws: PartitionError.cpusTaken(vm: "rt1", owner: "rt0", cpus: [3])) { try v1.acquire(vm: "rt1", cpus: [3]) }
+        #expect("\(PartitionError.cpusTaken(vm: "rt1", owner: "rt0", cpus: [3]))" == "VM rt1: real-time CPU 3 already given to VM rt0")
+        // One more VM on CPU 1 shrinks the housekeeping set; taking CPU 0 too would leave none.
+        let q = try v1.acquire(vm: "rt1", cpus: [1])
+        try q.attach(tid: 4343)
+        #expect(t.read("cpuset/rtvisor-housekeeping/cpuset.cpus") == "0")
+        #expect(throws: PartitionError.noHousekeepingCPU(vm: "rt2", cpus: [0])) { try v1.acquire(vm: "rt2", cpus: [0]) }
+        #expect(throws: PartitionError.offline(vm: "rt2", cpus: [7])) { try v1.acquire(vm: "rt2", cpus: [7]) }
+    }
+
+    @Test func v1ReclaimsAPartitionLeftByADeadVMM() throws {
+        let (t, v1) = fakeV1()
+        _ = try v1.acquire(vm: "rt0", cpus: [3]) // never attached: no task in it, as after a crash
+        #expect(v1.reservations().first?.busy == false)
+        _ = try v1.acquire(vm: "rt1", cpus: [3])
+        #expect(t.read("cpuset/rtvisor-rt-rt1/cpuset.cpus") == "3")
+    }
+
+    @Test func v2BuildsAThreadedPartition() throws {
+        let t = FakeTree()
+        t.file("cg/vm-rt0/cgroup.controllers", "cpuset cpu io memory pids\n")
+        let p = try CpusetV2(cgroup: t.root + "/cg/vm-rt0").acquire(vm: "rt0", cpus: [1], housekeeping: [0], pid: 777)
+        try p.attach(tid: 778)
+        #expect(t.read("cg/vm-rt0/vmm/cgroup.type") == "threaded")
+        #expect(t.read("cg/vm-rt0/vcpus/cgroup.type") == "threaded")
+        #expect(t.read("cg/vm-rt0/vmm/cgroup.procs") == "777")
+        #expect(t.read("cg/vm-rt0/cgroup.subtree_control") == "+cpuset")
+        #expect(t.read("cg/vm-rt0/vmm/cpuset.cpus") == "0")
+        #expect(t.read("cg/vm-rt0/vcpus/cpuset.cpus") == "1")
+        #expect(t.read("cg/vm-rt0/vcpus/cpuset.cpus.partition") == "isolated")
+        #expect(t.read("cg/vm-rt0/vcpus/cgroup.threads") == "778")
+        #expect(p.summary.contains("partition isolated"))
+    }
+
+    @Test func v2WithoutTheCpusetControllerSaysWhy() {
+        let t = FakeTree()
+        t.file("cg/vm-rt0/cgroup.controllers", "cpu io memory pids\n")
+        #expect(throws: PartitionError.self) { try CpusetV2(cgroup: t.root + "/cg/vm-rt0").acquire(vm: "rt0", cpus: [1], housekeeping: [0]) }
+    }
+}
