@@ -189,18 +189,33 @@ extension FakeControl {
 
 /// docs/api.yaml describes every route the router serves, and nothing it does not.
 @Suite struct OpenAPIDocumentTests {
+    @Test func realtimeCheckRoutes() async throws {
+        let fake = FakeControl()
+        let router = APIRouter(control: fake)
+        let one = await router.handle(APIRequest(method: "GET", target: "/v1/vms/web/rt-check"))
+        #expect(one.status == 200)
+        #expect(try decode(RealtimeCheck.self, one).cpus == [1])
+        let all = await router.handle(APIRequest(method: "GET", target: "/v1/rt-check"))
+        #expect(try decode([RealtimeCheck].self, all).map(\.name) == ["web"])
+        let plain = await router.handle(APIRequest(method: "GET", target: "/v1/vms/db/rt-check"))
+        #expect(plain.status == 409 && plain.text.contains("no realtime block"))
+        #expect(await router.handle(APIRequest(method: "POST", target: "/v1/rt-check")).status == 405)
+        #expect(await fake.calls == ["rt-check web", "rt-check *", "rt-check db"])
+    }
+
     @Test func everyRouteIsDocumented() async throws {
         let root = URL(fileURLWithPath: #filePath).deletingLastPathComponent().deletingLastPathComponent().deletingLastPathComponent()
         let yaml = try String(contentsOf: root.appendingPathComponent("docs/api.yaml"), encoding: .utf8)
         let documented = Set(yaml.split(separator: "\n").filter { $0.hasPrefix("  /v1/") }.map { String($0.dropFirst(2).dropLast()) })
         let routes: Set<String> = ["/v1/daemon", "/v1/vms", "/v1/vms/{name}", "/v1/vms/{name}/start", "/v1/vms/{name}/stop",
-                                   "/v1/vms/{name}/reboot", "/v1/vms/{name}/pause", "/v1/vms/{name}/resume", "/v1/validate", "/v1/reload"]
+                                   "/v1/vms/{name}/reboot", "/v1/vms/{name}/pause", "/v1/vms/{name}/resume", "/v1/validate", "/v1/reload",
+                                   "/v1/rt-check", "/v1/vms/{name}/rt-check"]
         #expect(documented == routes)
         // And the router answers each of them (not 404).
         let router = APIRouter(control: FakeControl())
         for route in routes {
             let path = route.replacingOccurrences(of: "{name}", with: "web")
-            let method = ["/v1/daemon", "/v1/vms", "/v1/vms/web"].contains(path) ? "GET" : "POST"
+            let method = ["/v1/daemon", "/v1/vms", "/v1/vms/web", "/v1/rt-check", "/v1/vms/web/rt-check"].contains(path) ? "GET" : "POST"
             let body: [UInt8] = path == "/v1/validate" ? Array("{\"definition\": \"{}\"}".utf8) : []
             #expect(await router.handle(APIRequest(method: method, target: path, body: body)).status != 404, "\(method) \(path)")
         }
