@@ -18,6 +18,8 @@ let package = Package(
         .package(url: "https://github.com/apple/swift-log", from: "1.6.0"),
         // The daemon's control API only (rtvisord); rtvisor-vmm and rtvisorctl do not link it.
         .package(url: "https://github.com/apple/swift-nio", from: "2.101.0"),
+        // The real-time wake-up latency probe's histogram.
+        .package(url: "https://github.com/HdrHistogram/hdrhistogram-swift", from: "0.2.0"),
     ],
     targets: [
         // C shim: <linux/kvm.h>, ioctl request numbers as constants, non-variadic wrappers.
@@ -51,7 +53,8 @@ let package = Package(
         .target(name: "Config", dependencies: ["Arch"]),
         // Wires one VM: memory, vCPU threads, devices, lifecycle.
         .target(name: "VMM", dependencies: [
-            "CKVM", "KVM", "Memory", "Arch", "Boot", "Devices", "Config", "Posix", "Virtio", "VirtioBlock", "VirtioNet", "PCI", "Realtime",
+            "CKVM", "KVM", "Memory", "Arch", "Boot", "Devices", "Config", "Posix", "Virtio", "VirtioBlock", "VirtioNet", "PCI", "Realtime", "APIModels",
+            .product(name: "Histogram", package: "hdrhistogram-swift"),
             .product(name: "Logging", package: "swift-log"),
             .product(name: "SystemPackage", package: "swift-system"),
         ]),
@@ -108,6 +111,6 @@ let package = Package(
         .testTarget(name: "VirtioTests", dependencies: ["Virtio", "VirtioBlock", "VirtioNet", "Memory"]),
         .testTarget(name: "PCITests", dependencies: ["PCI", "Virtio", "Devices", "Memory"]),
         .testTarget(name: "KVMTests", dependencies: ["KVM", "Memory", "Arch"]),
-        .testTarget(name: "IntegrationTests", dependencies: ["VMM", "Config", "Realtime"]),
+        .testTarget(name: "IntegrationTests", dependencies: ["VMM", "Config", "Realtime", "APIModels"]),
     ]
 )

@@ -107,6 +107,7 @@ input_files() {
 		printf '%s\n' "$GUEST_REL/rtvisor.config"
 		ls -1 "$GUEST_REL"/patches/*.patch 2>/dev/null | LC_ALL=C sort
 		printf '%s\n' "$GUEST_REL/init"
+		printf '%s\n' "$GUEST_REL/inittab"
 		ls -1 "$GUEST_REL"/checks/*.sh 2>/dev/null | LC_ALL=C sort
 		printf '%s\n' "$SELF_REL"
 	)
@@ -152,7 +153,7 @@ print_result() {
 	echo "$d"
 }
 
-for f in rtvisor.config init; do
+for f in rtvisor.config init inittab; do
 	[ -f "$GUEST/$f" ] || die "missing $GUEST_REL/$f"
 done
 
@@ -334,6 +335,8 @@ LIST=$TMP/initramfs.list
 	echo "file /bin/busybox $BUSYBOX 0755 0 0"
 	echo "slink /bin/sh /bin/busybox 0777 0 0"
 	echo "file /init $GUEST/init 0755 0 0"
+	echo "dir /etc 0755 0 0"
+	echo "file /etc/inittab $GUEST/inittab 0644 0 0"
 	for c in "$GUEST"/checks/*.sh; do
 		[ -e "$c" ] || continue
 		echo "file /checks/$(basename "$c") $c 0755 0 0"

@@ -276,7 +276,7 @@ grep -q '\$.memory_mib' "$work/validate.out" || fail "validate output"
 C rtvisorctl validate /etc/rtvisor/vms/second.json >/dev/null || fail "validate rejected second.json"
 
 if [ $linux = 1 ]; then
-	step "minimal Linux VM (boots to its init marker, powers off; restart policy no)"
+	step "minimal Linux VM (boots with its i8042 keyboard driver and stays up under busybox init)"
 	# The container has no /sys/module, so the VMM's "auto" CPU template cannot see that this
 	# host's KVM emulates guest ring-0 code (kvm_pvm); name the template it would pick.
 	template=auto
@@ -284,16 +284,19 @@ if [ $linux = 1 ]; then
 	cat >"$ROOT/etc/rtvisor/vms/linux.json" <<JSON
 { "name": "linux", "vcpus": 1, "memory_mib": 128, "kernel": "/var/lib/rtvisor/guest-linux/vmlinux",
   "initrd": "/var/lib/rtvisor/guest-linux/initramfs.cpio",
-  "cmdline": "console=ttyS0 panic=-1 mitigations=off nopti rodata=off emukvm.pvmsys emukvm.exit_port=0xf4",
-  "cpu": { "template": "$template" }, "autostart": true, "restart": "no" }
+  "cmdline": "console=ttyS0 panic=-1 mitigations=off nopti rodata=off emukvm.pvmsys emukvm.exit_port=0xf4 rtvisor.service",
+  "cpu": { "template": "$template" }, "autostart": true, "restart": "no", "stop_timeout_s": 100 }
 JSON
 	T=$(ts)
 	C systemctl reload rtvisord
-	linux_ended() { case "$(vm_field linux state)" in stopped|failed) return 0 ;; esac; return 1; }
-	until_ok 400 linux_ended || { J -u rtvisord VM_NAME=linux | tail -20; fail "Linux guest still running after 400 s"; }
-	journal_has "'RTVISOR_INIT_DONE' in r.get('MESSAGE','')" -u rtvisord VM_NAME=linux || { J -u rtvisord VM_NAME=linux | tail -20; fail "Linux guest did not reach RTVISOR_INIT_DONE"; }
-	[ "$(vm_field linux state)" = stopped ] || { C rtvisorctl list; fail "linux did not power off cleanly"; }
-	say "  Linux guest booted and powered off in $(el "$T"); journal lines: $(J -u rtvisord VM_NAME=linux VM_CONSOLE=serial -o cat | wc -l)"
+	linux_up() { journal_has "'RTVISOR_SERVICE_READY' in r.get('MESSAGE','')" -u rtvisord VM_NAME=linux; }
+	until_ok 400 linux_up || { J -u rtvisord VM_NAME=linux | tail -20; fail "Linux guest did not reach RTVISOR_SERVICE_READY in 400 s"; }
+	# The keyboard driver must be bound before the stop step sends Ctrl-Alt-Del (serio probes
+	# asynchronously, so this may come after init started).
+	kbd_bound() { journal_has "'AT Translated Set 2 keyboard' in r.get('MESSAGE','')" -u rtvisord VM_NAME=linux; }
+	until_ok 120 kbd_bound || { J -u rtvisord VM_NAME=linux | grep -i -E "i8042|serio|atkbd|input" ; fail "Linux guest has no AT keyboard"; }
+	[ "$(vm_field linux state)" = running ] || { C rtvisorctl list; fail "linux is not running"; }
+	say "  Linux guest up (busybox init, AT keyboard bound) in $(el "$T")"
 fi
 
 step "watchdog (WatchdogSec=3s) fed: no watchdog restarts"
@@ -311,6 +314,15 @@ for vm in example second; do
 	journal_has "'IDLE_CTRL_ALT_DEL' in r.get('MESSAGE','')" -u rtvisord VM_NAME=$vm || fail "$vm did not see Ctrl-Alt-Del"
 	journal_has "r.get('RTVISOR_EVENT')=='vm-stopped' and r.get('VM_NAME')=='$vm' and r.get('VM_EXIT_REASON')=='guest powered off'" -u rtvisord || fail "$vm not powered off cleanly"
 done
+if [ $linux = 1 ]; then
+	# Linux's own shutdown path ran: busybox init got SIGINT from the keyboard driver's
+	# Ctrl-Alt-Del, ran its shutdown sequence, and the kernel powered off.
+	for line in "The system is going down NOW" "Requesting system poweroff" "reboot: Power down"; do
+		journal_has "'$line' in r.get('MESSAGE','')" -u rtvisord VM_NAME=linux || { J -u rtvisord VM_NAME=linux | tail -20; fail "linux console lacks '$line'"; }
+	done
+	journal_has "r.get('RTVISOR_EVENT')=='vm-stopped' and r.get('VM_NAME')=='linux' and r.get('VM_EXIT_REASON')=='guest powered off'" -u rtvisord || { J -u rtvisord VM_NAME=linux | tail -20; fail "linux not powered off cleanly"; }
+	say "  Linux guest shut down through busybox init and powered off"
+fi
 say "  stopped in $(el "$T")"
 J -u rtvisord -o cat >"$work/journal.txt"; grep -E "stopped on request|all guests stopped" "$work/journal.txt" | sed 's/^/  /'
 

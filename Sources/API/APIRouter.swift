@@ -34,6 +34,7 @@ public struct APIResponse: Sendable, Equatable {
 ///     POST /v1/reload                   ReloadResult
 ///     GET  /v1/rt-check                 [RealtimeCheck] (every VM with a realtime block)
 ///     GET  /v1/vms/{name}/rt-check      RealtimeCheck
+///     GET  /v1/vms/{name}/latency       LatencySnapshot (realtime.latency_probe_us)
 public struct APIRouter: Sendable {
     let control: any VMControl
     public static let maxBody = 1 << 20
@@ -67,6 +68,9 @@ public struct APIRouter: Sendable {
         case 3 where rest[0] == "vms" && rest[2] == "rt-check":
             guard request.method == "GET" else { return Self.methodNotAllowed("GET") }
             return await run { () async throws(ControlError) in try await control.realtimeCheck(rest[1]).first! }
+        case 3 where rest[0] == "vms" && rest[2] == "latency":
+            guard request.method == "GET" else { return Self.methodNotAllowed("GET") }
+            return await run { () async throws(ControlError) in try await control.latency(rest[1]) }
         case 2 where rest[0] == "vms":
             guard request.method == "GET" else { return Self.methodNotAllowed("GET") }
             return await run { () async throws(ControlError) in try await control.inspect(rest[1]) }

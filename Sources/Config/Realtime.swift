@@ -30,16 +30,20 @@ public struct RealtimeSettings: Equatable, Sendable, Codable {
     public var exits: [DisabledExit] = []
     /// Move movable host IRQs off the RT CPUs while the VM runs (restored when it stops).
     public var moveIRQs: Bool = true
+    /// Period of the host-side wake-up latency probe on the first RT CPU, in µs; 0 = no probe.
+    public var latencyProbeMicroseconds: Int = 0
 
-    public static let keys: Set<String> = ["cpus", "priority", "lock_memory", "hugepages", "exits", "move_irqs"]
+    public static let keys: Set<String> = ["cpus", "priority", "lock_memory", "hugepages", "exits", "move_irqs", "latency_probe_us"]
     public static let priorityRange = 1...98
     /// Highest CPU number accepted (Linux's NR_CPUS limit is 8192).
     public static let maxCPU = 8191
+    public static let latencyProbeRange = 100...1_000_000
 
     public init(cpus: [Int], priority: Int = 50, lockMemory: Bool = true, hugepages: Bool = false,
-                exits: [DisabledExit] = [], moveIRQs: Bool = true) {
+                exits: [DisabledExit] = [], moveIRQs: Bool = true, latencyProbeMicroseconds: Int = 0) {
         self.cpus = cpus; self.priority = priority; self.lockMemory = lockMemory
         self.hugepages = hugepages; self.exits = exits; self.moveIRQs = moveIRQs
+        self.latencyProbeMicroseconds = latencyProbeMicroseconds
     }
 
     /// The KVM_CAP_X86_DISABLE_EXITS argument.
@@ -84,6 +88,10 @@ extension Validator {
         if let b = bool(o, "lock_memory", at: at) { rt.lockMemory = b }
         if let b = bool(o, "hugepages", at: at) { rt.hugepages = b }
         if let b = bool(o, "move_irqs", at: at) { rt.moveIRQs = b }
+        if let p = o["latency_probe_us"] {
+            if case let .integer(n) = p, let us = Int(exactly: n), us == 0 || RealtimeSettings.latencyProbeRange.contains(us) { rt.latencyProbeMicroseconds = us }
+            else { fail("\(at).latency_probe_us", "must be 0 (no probe) or a period from \(RealtimeSettings.latencyProbeRange.lowerBound) to \(RealtimeSettings.latencyProbeRange.upperBound) µs, got \(p.kindDescription)") }
+        }
         if rt.hugepages && memoryMiB % 2 != 0 {
             fail("\(at).hugepages", "needs memory_mib to be a multiple of 2 (2 MiB pages), got \(memoryMiB)")
         }

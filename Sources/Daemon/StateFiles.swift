@@ -19,6 +19,8 @@ public struct DaemonPaths: Sendable {
     public func stateFile(_ name: String) -> String { vmDirectory(name) + "/state.json" }
     public func consoleSocket(_ name: String) -> String { vmDirectory(name) + "/console.sock" }
     public func statusFile(_ name: String) -> String { vmDirectory(name) + "/exit-status" }
+    /// A real-time VM's wake-up latency histogram, written by its VMM.
+    public func latencyFile(_ name: String) -> String { vmDirectory(name) + "/latency.json" }
 }
 
 /// `state.json`: what the next rtvisord needs to re-adopt a running VMM.

@@ -195,6 +195,8 @@ public actor Supervisor: VMControl {
                     "--log-journal", "--status-file", paths.statusFile(name)]
         let cgroup = cgroups.prepare(vm: name)
         if let cgroup { argv += ["--cgroup", cgroup] }
+        try? fm.removeItem(atPath: paths.latencyFile(name))
+        if (r.loaded.definition.realtime?.latencyProbeMicroseconds ?? 0) > 0 { argv += ["--latency-file", paths.latencyFile(name)] }
         let pid: pid_t
         do {
             pid = try Processes.spawn(argv, environment: ["PATH=/usr/sbin:/usr/bin:/sbin:/bin"])
@@ -492,6 +494,19 @@ public actor Supervisor: VMControl {
     func record(_ name: String) throws(ControlError) -> Record {
         guard let r = records[name] else { throw .notFound("no VM named \"\(name)\"") }
         return r
+    }
+
+    /// The latest histogram of a real-time VM's wake-up latency probe (kept after it stops).
+    public func latency(_ name: String) throws(ControlError) -> LatencySnapshot {
+        let r = try record(name)
+        guard ((r.running ?? r.loaded.definition).realtime?.latencyProbeMicroseconds ?? 0) > 0 else {
+            throw .conflict("VM \(name) has no latency probe (realtime.latency_probe_us)")
+        }
+        guard let data = FileManager.default.contents(atPath: paths.latencyFile(name)),
+              let s = try? JSONDecoder().decode(LatencySnapshot.self, from: data) else {
+            throw .conflict("VM \(name) has no latency samples yet")
+        }
+        return s
     }
 
     public func realtimeCheck(_ name: String?) throws(ControlError) -> [RealtimeCheck] {

@@ -14,6 +14,8 @@ public protocol VMControl: Sendable {
     func info() async -> DaemonInfo
     /// The real-time host report of one VM with a `realtime` block, or of all of them.
     func realtimeCheck(_ name: String?) async throws(ControlError) -> [RealtimeCheck]
+    /// The wake-up latency histogram of a real-time VM with a probe.
+    func latency(_ name: String) async throws(ControlError) -> LatencySnapshot
 }
 
 public enum ControlError: Error, Equatable, Sendable, CustomStringConvertible {

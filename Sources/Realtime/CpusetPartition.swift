@@ -143,16 +143,22 @@ public struct CpusetV1: Sendable {
         let lock = FileLock(path: lockPath)
         defer { lock.unlock() }
         let dir = rtDir(vm)
-        if HostFiles.isDirectory(dir) {
+        // A killed VMM's threads, and KVM's per-VM kernel worker, can take a moment to leave:
+        // move what can move and retry rmdir (EBUSY while any task remains) for up to 2 s.
+        for _ in 0..<100 where HostFiles.isDirectory(dir) {
             _ = moveTasks(from: dir, to: root)
-            rmdir(dir)
+            if rmdir(dir) == 0 || errno == ENOENT { break }
+            usleep(20_000)
         }
         let remaining = reservations().filter(\.busy)
         guard HostFiles.isDirectory(housekeepingDir) else { return }
         if remaining.isEmpty {
-            _ = moveTasks(from: housekeepingDir, to: root)
             for r in reservations() { rmdir(rtDir(r.vm)) }
-            rmdir(housekeepingDir)
+            for _ in 0..<100 where HostFiles.isDirectory(housekeepingDir) {
+                _ = moveTasks(from: housekeepingDir, to: root)
+                if rmdir(housekeepingDir) == 0 || errno == ENOENT { break }
+                usleep(20_000)
+            }
             try? HostFiles.write(root + "/cpuset.sched_load_balance", "1")
         } else {
             let reserved = Set(remaining.flatMap(\.cpus))

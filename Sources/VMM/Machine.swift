@@ -41,8 +41,10 @@ public struct RunOptions: Sendable {
     public var consoleInput: Bool
     public var console: ConsoleOutput
     public var notifyPath: NotifyPath
-    public init(consoleInput: Bool = true, console: ConsoleOutput = ConsoleOutput(), notifyPath: NotifyPath = .exit) {
-        self.consoleInput = consoleInput; self.console = console; self.notifyPath = notifyPath
+    /// Where a real-time VM's wake-up latency probe publishes its histogram (JSON, once a second).
+    public var latencyFile: String?
+    public init(consoleInput: Bool = true, console: ConsoleOutput = ConsoleOutput(), notifyPath: NotifyPath = .exit, latencyFile: String? = nil) {
+        self.consoleInput = consoleInput; self.console = console; self.notifyPath = notifyPath; self.latencyFile = latencyFile
     }
 }
 
@@ -113,7 +115,7 @@ public final class Machine: @unchecked Sendable {
                                 commandLine: cmdline)
         // Before any thread exists (devices start I/O threads below): they inherit the
         // housekeeping affinity, and locked memory covers everything allocated from here on.
-        let realtime = try def.realtime.map { try RealtimeSetup(definition: def, settings: $0, logger: logger) }
+        let realtime = try def.realtime.map { try RealtimeSetup(definition: def, settings: $0, latencyFile: options.latencyFile, logger: logger) }
         self.realtime = realtime
         var initialized = false
         defer { if !initialized { realtime?.release() } }
@@ -225,8 +227,11 @@ public final class Machine: @unchecked Sendable {
             }
         }
         if options.consoleInput { startConsoleInput() }
+        realtime?.probe?.start()
         for t in threads { t.join() }
         for d in pciDevices { d.reset() }
+        realtime?.probe?.stop()
+        realtime?.probe?.finish()
         realtime?.release()
         let reason = stop.stopReason ?? .vmmError("all vCPU threads ended without a reason")
         let unhandled = pio.unhandled.total + mmio.unhandled.total

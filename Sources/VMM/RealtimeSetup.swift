@@ -13,10 +13,12 @@ final class RealtimeSetup: @unchecked Sendable {
     let housekeeping: [Int]
     let partition: RealtimePartition?
     let logger: Logger
+    /// The wake-up latency probe, when `latency_probe_us` asks for one.
+    let probe: WakeupLatencyProbe?
 
     /// Runs in the VMM's main thread before it creates any other thread, so every helper thread
     /// inherits the housekeeping affinity; only vCPU threads move to the real-time CPUs.
-    init(definition def: VMDefinition, settings rt: RealtimeSettings, logger: Logger) throws {
+    init(definition def: VMDefinition, settings rt: RealtimeSettings, latencyFile: String? = nil, logger: Logger) throws {
         self.vm = def.name
         self.settings = rt
         self.logger = logger
@@ -64,6 +66,10 @@ final class RealtimeSetup: @unchecked Sendable {
             logger.notice("real-time CPUs \(CPUList.format(rt.cpus)): \(irqs.irqs.count) IRQs moved to CPUs \(CPUList.format(housekeeping))\(unmovable)")
         }
         PartitionState(vm: def.name, cpus: rt.cpus, irqs: irqs).save()
+        probe = rt.latencyProbeMicroseconds > 0
+            ? WakeupLatencyProbe(vm: def.name, cpu: rt.cpus[0], vcpuPriority: rt.priority, periodMicroseconds: rt.latencyProbeMicroseconds,
+                                 file: latencyFile, partition: partition, logger: logger)
+            : nil
         let report = RealtimeReport(vm: def.name, cpus: rt.cpus, host: host, exitsDisabled: rt.exits.contains(.hlt))
         for line in report.lines { logger.notice("\(line)") }
     }

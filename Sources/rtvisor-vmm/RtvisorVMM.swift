@@ -63,6 +63,9 @@ struct RtvisorVMM: ParsableCommand {
     @Option(name: .long, help: "Move this process into this cgroup (v2 directory) before anything else runs.")
     var cgroup: String?
 
+    @Option(name: .long, help: "A real-time VM's wake-up latency histogram (realtime.latency_probe_us) is written here as JSON once a second.")
+    var latencyFile: String?
+
     func run() throws {
         let started = monotonicNanoseconds()
         // First, while this is the only thread: every later thread (vCPUs, console) and every
@@ -140,7 +143,7 @@ struct RtvisorVMM: ParsableCommand {
             var tap: (@Sendable (UInt8) -> Void)? = nil
             if let server { tap = { byte in server.tap(byte) } }
             machine = try Machine(definition: definition,
-                                  options: RunOptions(consoleInput: !noConsoleInput, console: ConsoleOutput(fd: consoleFD, tap: tap), notifyPath: notifyPath),
+                                  options: RunOptions(consoleInput: !noConsoleInput, console: ConsoleOutput(fd: consoleFD, tap: tap), notifyPath: notifyPath, latencyFile: latencyFile),
                                   logger: logger, processStartedAt: started)
         } catch {
             writeStatus(1, "\(error)")

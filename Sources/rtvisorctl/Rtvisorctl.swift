@@ -15,7 +15,7 @@ struct Rtvisorctl: ParsableCommand {
         commandName: "rtvisorctl",
         abstract: "Control rtvisord: list, inspect, start, stop, reboot, pause, resume, validate VMs; attach to a console.",
         discussion: "Talks HTTP/JSON to rtvisord's socket (docs/api.yaml). Shell completion: rtvisorctl --generate-completion-script bash|zsh|fish.",
-        subcommands: [List.self, Inspect.self, Start.self, Stop.self, Reboot.self, Pause.self, Resume.self, RtCheck.self,
+        subcommands: [List.self, Inspect.self, Start.self, Stop.self, Reboot.self, Pause.self, Resume.self, RtCheck.self, Latency.self,
                       Validate.self, Reload.self, Console.self, Info.self])
 }
 
@@ -271,6 +271,23 @@ struct RtCheck: ParsableCommand {
                 if checks.isEmpty { print("no VM definition has a realtime block") }
                 print(checks.map { $0.lines.joined(separator: "\n") }.joined(separator: "\n\n"))
             }
+        }
+    }
+}
+
+struct Latency: ParsableCommand {
+    static let configuration = CommandConfiguration(
+        abstract: "Show a real-time VM's wake-up latency (realtime.latency_probe_us): timer expiry to running on its first CPU.")
+    @OptionGroup var options: CommonOptions
+    @OptionGroup var vm: NameArgument
+
+    func run() throws {
+        try options.call("GET", "/v1/vms/\(pathComponent(vm.name))/latency", as: LatencySnapshot.self) { s in
+            func us(_ ns: UInt64) -> String { "\(ns / 1000).\((ns % 1000) / 100)" }
+            print("VM \(s.name): CPU \(s.cpu), SCHED_FIFO \(s.priority), every \(s.periodMicroseconds) µs, \(s.samples) samples")
+            table(["MIN µs", "MEAN µs", "P50 µs", "P99 µs", "P99.99 µs", "MAX µs"],
+                  [[us(s.minNanoseconds), us(UInt64(max(0, s.meanNanoseconds))), us(s.p50Nanoseconds), us(s.p99Nanoseconds),
+                    us(s.p9999Nanoseconds), us(s.maxNanoseconds)]])
         }
     }
 }

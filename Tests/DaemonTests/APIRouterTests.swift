@@ -56,6 +56,12 @@ actor FakeControl: VMControl {
         if let name, name != "web" { throw .conflict("VM \(name) has no realtime block") }
         return [RealtimeCheck(name: "web", cpus: [1], running: true, lines: ["real-time check for VM web"], warnings: ["w"])]
     }
+    func latency(_ name: String) throws(ControlError) -> LatencySnapshot {
+        calls.append("latency \(name)")
+        guard name == "web" else { throw .conflict("VM \(name) has no latency probe (realtime.latency_probe_us)") }
+        return LatencySnapshot(name: "web", cpu: 1, priority: 51, periodMicroseconds: 1000, samples: 3, minNanoseconds: 1, meanNanoseconds: 2,
+                               p50Nanoseconds: 2, p99Nanoseconds: 3, p9999Nanoseconds: 3, maxNanoseconds: 3, buckets: [[1, 1], [2, 1], [3, 1]], updatedAt: 0)
+    }
 }
 
 func decode<T: Decodable>(_ type: T.Type, _ r: APIResponse) throws -> T { try JSONDecoder().decode(T.self, from: Data(r.body)) }
@@ -201,6 +207,9 @@ extension FakeControl {
         #expect(plain.status == 409 && plain.text.contains("no realtime block"))
         #expect(await router.handle(APIRequest(method: "POST", target: "/v1/rt-check")).status == 405)
         #expect(await fake.calls == ["rt-check web", "rt-check *", "rt-check db"])
+        let latency = await router.handle(APIRequest(method: "GET", target: "/v1/vms/web/latency"))
+        #expect(latency.status == 200 && latency.text.contains("\"p99_99_ns\":3"))
+        #expect(await router.handle(APIRequest(method: "GET", target: "/v1/vms/db/latency")).status == 409)
     }
 
     @Test func everyRouteIsDocumented() async throws {
@@ -209,13 +218,13 @@ extension FakeControl {
         let documented = Set(yaml.split(separator: "\n").filter { $0.hasPrefix("  /v1/") }.map { String($0.dropFirst(2).dropLast()) })
         let routes: Set<String> = ["/v1/daemon", "/v1/vms", "/v1/vms/{name}", "/v1/vms/{name}/start", "/v1/vms/{name}/stop",
                                    "/v1/vms/{name}/reboot", "/v1/vms/{name}/pause", "/v1/vms/{name}/resume", "/v1/validate", "/v1/reload",
-                                   "/v1/rt-check", "/v1/vms/{name}/rt-check"]
+                                   "/v1/rt-check", "/v1/vms/{name}/rt-check", "/v1/vms/{name}/latency"]
         #expect(documented == routes)
         // And the router answers each of them (not 404).
         let router = APIRouter(control: FakeControl())
         for route in routes {
             let path = route.replacingOccurrences(of: "{name}", with: "web")
-            let method = ["/v1/daemon", "/v1/vms", "/v1/vms/web", "/v1/rt-check", "/v1/vms/web/rt-check"].contains(path) ? "GET" : "POST"
+            let method = ["/v1/daemon", "/v1/vms", "/v1/vms/web", "/v1/rt-check", "/v1/vms/web/rt-check", "/v1/vms/web/latency"].contains(path) ? "GET" : "POST"
             let body: [UInt8] = path == "/v1/validate" ? Array("{\"definition\": \"{}\"}".utf8) : []
             #expect(await router.handle(APIRequest(method: method, target: path, body: body)).status != 404, "\(method) \(path)")
         }

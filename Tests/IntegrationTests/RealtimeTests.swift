@@ -1,3 +1,4 @@
+import APIModels
 import Foundation
 import Realtime
 import Testing
@@ -46,11 +47,11 @@ struct RealtimePartitionTests {
     final class RunningVMM {
         let process = Process()
         let console: String
-        init(config: String, dir: URL) throws {
+        init(config: String, dir: URL, arguments: [String] = []) throws {
             console = dir.appendingPathComponent("console.txt").path
             FileManager.default.createFile(atPath: console, contents: nil)
             process.executableURL = URL(fileURLWithPath: Env.vmmBinary)
-            process.arguments = ["--config", config, "--no-console-input"]
+            process.arguments = ["--config", config, "--no-console-input"] + arguments
             let out = FileHandle(forWritingAtPath: console)!
             process.standardOutput = out
             process.standardError = out
@@ -75,9 +76,9 @@ struct RealtimePartitionTests {
         }
     }
 
-    static func definition(_ name: String, priority: Int = 42) throws -> String {
+    static func definition(_ name: String, priority: Int = 42, probe: Int = 0) throws -> String {
         try VMM.definition(name: name, kernel: try Env.inmate("idle"), memoryMiB: 32, cmdline: "idle.heartbeat=0",
-                           extra: "\"realtime\": {\"cpus\": [\(rtCPU)], \"priority\": \(priority)}")
+                           extra: "\"realtime\": {\"cpus\": [\(rtCPU)], \"priority\": \(priority), \"latency_probe_us\": \(probe)}")
     }
 
     static func statusField(_ pid: Int32, _ field: String) -> String? {
@@ -90,7 +91,9 @@ struct RealtimePartitionTests {
     @Test func vcpuThreadsOwnTheirCPUAndTheHostIsRestoredAfterStop() throws {
         let before = HostSnapshot.take()
         let dir = try VMM.tempDir()
-        let vm = try RunningVMM(config: try VMM.writeDefinition(try Self.definition("rta"), in: dir), dir: dir)
+        let latencyFile = dir.appendingPathComponent("latency.json").path
+        let vm = try RunningVMM(config: try VMM.writeDefinition(try Self.definition("rta", probe: 1000), in: dir), dir: dir,
+                                arguments: ["--latency-file", latencyFile])
         defer { if vm.process.isRunning { kill(vm.process.processIdentifier, SIGKILL) } }
         try #require(vm.waitFor("IDLE_READY", seconds: 20), "guest did not start:\n\(vm.output)")
         let pid = vm.process.processIdentifier
@@ -113,7 +116,7 @@ struct RealtimePartitionTests {
         }
         // Everything else of the VMM stays on housekeeping CPUs (KVM's own per-VM worker threads,
         // kvm-*, are kernel threads forked from the vCPU thread and inherit its placement).
-        for t in vm.threads where !t.name.hasPrefix("vcpu") && !t.name.hasPrefix("kvm") {
+        for t in vm.threads where !t.name.hasPrefix("vcpu") && !t.name.hasPrefix("kvm") && t.name != "rt-probe" {
             #expect(ThreadScheduling.affinity(tid: t.tid)?.contains(Self.rtCPU) == false, "thread \(t.tid) \(t.name) may run on the RT CPU")
         }
         // Guest RAM (32 MiB) and the VMM are locked.
@@ -131,6 +134,19 @@ struct RealtimePartitionTests {
         }
         #expect(vm.output.contains("real-time check for VM rta"))
 
+        // The wake-up latency probe: one priority above the vCPU, on its CPU, in its partition,
+        // publishing an HDR histogram once a second.
+        let probe = try #require(vm.threads.first { $0.name == "rt-probe" })
+        #expect(ThreadScheduling.affinity(tid: probe.tid) == [Self.rtCPU])
+        #expect(ThreadScheduling.scheduler(tid: probe.tid).map { [$0.policy, $0.priority] } == [1, 43])
+        try #require(DaemonProcessTests.waitFor(5, "the latency file", { FileManager.default.fileExists(atPath: latencyFile) }))
+        usleep(1_200_000)
+        let snap = try JSONDecoder().decode(LatencySnapshot.self, from: Data(contentsOf: URL(fileURLWithPath: latencyFile)))
+        #expect(snap.name == "rta" && snap.cpu == Self.rtCPU && snap.priority == 43 && snap.periodMicroseconds == 1000)
+        #expect(snap.samples >= 500, "\(snap.samples) samples after 2 s at 1 kHz")
+        #expect(snap.minNanoseconds <= snap.p99Nanoseconds && snap.p99Nanoseconds <= snap.maxNanoseconds)
+        #expect(snap.buckets.reduce(0) { $0 + $1[1] } == snap.samples)
+
         // A second VM asking for the same CPU is refused, naming both VMs; the first is undisturbed.
         let second = try VMM.run(config: try VMM.writeDefinition(try Self.definition("rtb"), name: "rtb.json", in: dir), timeout: 20)
         #expect(second.status != 0)
@@ -141,6 +157,7 @@ struct RealtimePartitionTests {
         #expect(vm.waitExit(seconds: 20))
         #expect(vm.process.terminationStatus == 0, "\(vm.output.suffix(2000))")
         #expect(vm.output.contains("real-time partition of rta released"))
+        #expect(vm.output.contains("wake-up latency on CPU \(Self.rtCPU) (FIFO 43, every 1000 µs)"))
         let after = HostSnapshot.take()
         #expect(after.matches(before), "host not restored:\nbefore \(before)\nafter  \(after)")
         #expect(PartitionState.load(vm: "rta") == nil)
@@ -172,7 +189,7 @@ struct RealtimePartitionTests {
         try FileManager.default.createDirectory(atPath: vms, withIntermediateDirectories: true)
         for name in ["rtx", "rty"] {
             let json = try VMM.definition(name: name, kernel: try Env.inmate("idle"), memoryMiB: 32, cmdline: "idle.heartbeat=0",
-                                          extra: "\"realtime\": {\"cpus\": [\(Self.rtCPU)]}, \"autostart\": true, \"stop_timeout_s\": 5")
+                                          extra: "\"realtime\": {\"cpus\": [\(Self.rtCPU)], \"latency_probe_us\": 2000}, \"autostart\": true, \"stop_timeout_s\": 5")
             try json.write(toFile: "\(vms)/\(name).json", atomically: true, encoding: .utf8)
         }
         try VMM.definition(name: "plain", kernel: try Env.inmate("idle"), memoryMiB: 16, cmdline: "idle.heartbeat=0", extra: "\"autostart\": true, \"stop_timeout_s\": 5")
@@ -209,6 +226,9 @@ struct RealtimePartitionTests {
         #expect(check.contains("real-time check for VM rtx") && check.contains("CPU \(Self.rtCPU): online"), "\(check)")
         let (_, all) = DaemonProcessTests.run(ctl, ["rt-check", "--json"], env: env)
         #expect(all.contains("\"name\":\"rtx\"") && all.contains("\"name\":\"rty\""), "\(all)")
+        guard DaemonProcessTests.waitFor(10, "rtvisorctl latency rtx", { DaemonProcessTests.run(ctl, ["latency", "rtx"], env: env).0 == 0 }) else { return }
+        let (_, latency) = DaemonProcessTests.run(ctl, ["latency", "rtx"], env: env)
+        #expect(latency.contains("VM rtx: CPU \(Self.rtCPU), SCHED_FIFO 51, every 2000 µs") && latency.contains("P99.99 µs"), "\(latency)")
         let (plainStatus, plainCheck) = DaemonProcessTests.run(ctl, ["rt-check", "plain"], env: env)
         #expect(plainStatus != 0 && plainCheck.contains("VM plain has no realtime block"))
         kill(daemon.processIdentifier, SIGTERM)
