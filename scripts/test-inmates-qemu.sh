@@ -130,7 +130,7 @@ run() {
 		sed 's/^/      | /' "$out" | tail -n 15
 	fi
 	# Numbers worth seeing in the summary.
-	grep -E '^(smp: [0-9]+ of|pioloop: [0-9]+ cycles|CPUID [17])' "$out" | sed 's/^/      /'
+	grep -E '^(smp: [0-9]+ of|pioloop: [0-9]+ cycles|CPUID [17]|LAT_SUMMARY)' "$out" | sed 's/^/      /'
 }
 
 echo "inmates from $dir, QEMU accel=$accel cpu=$cpu"
@@ -144,6 +144,10 @@ run cpuid       cpuid       $micro 1 pass   "absent=$cpuid_absent" '^CPUID 7\.0 
 run cpuid-neg   cpuid       $micro 1 fail   "present=cx16" 'cx16 .* = 0 \(want 1\)'
 run reset       reset       pc     1 reset  "" ''
 run triplefault triplefault $micro 1 triple "" ''
+# Timer latency: TSC-deadline mode where CPUID offers it (KVM; TCG does not), else one-shot.
+run latency     latency     $micro 1 pass   "latency.samples=200 latency.warmup=10" '^LAT_SUMMARY n=200 min_ns=[0-9-]+ avg_ns=[0-9-]+ max_ns=[0-9]+ period_us=1000 mode='
+run latency-oneshot latency $micro 1 pass   "latency.samples=200 latency.period_us=500 latency.mode=oneshot latency.idle=poll" '^LAT_SUMMARY n=200 .* mode=oneshot .* idle=poll'
+run latency-badperiod latency $micro 1 fail "latency.period_us=5" 'latency\.period_us=5: must be'
 if [ "$accel" = tcg ]; then
 	# TCG implements popcnt and cmpxchg16b (given a CPU model that has them): the inmate passes,
 	# which shows it is a fair probe of the emulating KVM's gaps.

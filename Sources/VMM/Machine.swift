@@ -278,6 +278,10 @@ public final class Machine: @unchecked Sendable {
                 stop.request(.vmmError("\(error)"))
                 return
             }
+            // How fast a real-time guest gets going (scripts/bench-rt-start.sh reads this).
+            if vcpu.id == 0, let started = processStartedAt {
+                logger.notice("vCPU 0 enters the guest \(Self.ms(monotonicNanoseconds() - started)) ms after process start")
+            }
         }
         vcpu.bindToCurrentThread()
         // Exit counts by kind and address, logged at debug level when the vCPU ends: where a

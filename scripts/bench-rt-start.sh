@@ -1,0 +1,16 @@
+#!/usr/bin/env bash
+# Start-up of a real-time VM under rtvisord: time from starting the daemon to the RT guest's first
+# instruction (its vCPU 0 entering KVM_RUN, pinned and SCHED_FIFO) and to its ready marker, next
+# to an ordinary VM started by the same daemon. Real-time VMs are started first (docs/realtime.md).
+#   scripts/bench-rt-start.sh [--runs N]        (needs root, /dev/kvm and 2+ CPUs)
+set -euo pipefail
+repo=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
+cd "$repo"
+export PATH=/opt/swift/usr/bin:$PATH
+for pkg in build-essential python3; do
+	dpkg -s "$pkg" >/dev/null 2>&1 || { apt-get update -q; apt-get install -y -q "$pkg"; }
+done
+inmates=$(scripts/build-inmates.sh | tail -n 1)
+swift build -c release --product rtvisord 2>&1 | grep -v '^\[' >&2
+swift build -c release --product rtvisor-vmm 2>&1 | grep -v '^\[' >&2
+exec python3 scripts/bench/bench_rt_start.py --bin .build/release --inmates "$inmates" "$@"
