@@ -69,6 +69,30 @@ public struct IRQAffinity: Sendable {
     }
 }
 
+/// The CPUs unbound kernel workqueues may use (/sys/devices/virtual/workqueue/cpumask): kept off
+/// real-time CPUs while they run, like IRQs (writeback and other deferred work would otherwise
+/// land on them).
+public struct WorkqueueAffinity: Sendable {
+    public let paths: HostPaths
+    public init(paths: HostPaths = HostPaths()) { self.paths = paths }
+    var path: String { paths.sys + "/devices/virtual/workqueue/cpumask" }
+
+    /// Removes `rtCPUs`; returns the previous mask (hex) if it was changed.
+    public func move(off rtCPUs: Set<Int>, housekeeping: [Int]) -> String? {
+        guard let current = HostFiles.line(path), let cpus = CPUList.parseHexMask(current), !Set(cpus).isDisjoint(with: rtCPUs) else { return nil }
+        var target = cpus.filter { !rtCPUs.contains($0) }
+        if target.isEmpty { target = housekeeping }
+        return (try? HostFiles.write(path, CPUList.hexMask(target))) != nil ? current : nil
+    }
+
+    public func restore(_ saved: String?, keepingOff stillReserved: Set<Int> = []) {
+        guard let saved, var cpus = CPUList.parseHexMask(saved) else { return }
+        let kept = cpus.filter { !stillReserved.contains($0) }
+        if !kept.isEmpty { cpus = kept }
+        try? HostFiles.write(path, CPUList.hexMask(cpus))
+    }
+}
+
 #if canImport(Glibc)
 import Glibc
 #endif

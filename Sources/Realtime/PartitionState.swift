@@ -13,7 +13,11 @@ public struct PartitionState: Codable, Sendable, Equatable {
     public var vm: String
     public var cpus: [Int]
     public var irqs: IRQAffinity.Saved
-    public init(vm: String, cpus: [Int], irqs: IRQAffinity.Saved) { self.vm = vm; self.cpus = cpus; self.irqs = irqs }
+    /// The unbound-workqueue mask before the VM started, if it was changed.
+    public var workqueueMask: String?
+    public init(vm: String, cpus: [Int], irqs: IRQAffinity.Saved, workqueueMask: String? = nil) {
+        self.vm = vm; self.cpus = cpus; self.irqs = irqs; self.workqueueMask = workqueueMask
+    }
 
     public static let defaultDirectory = "/run/rtvisor/rt"
     public static func path(vm: String, directory: String = defaultDirectory) -> String { "\(directory)/\(vm).json" }
@@ -62,6 +66,7 @@ public func releaseRealtimePartition(vm: String, stateDirectory: String = Partit
             still = Set(CpusetV1(root: root).reservations().filter { $0.busy && $0.vm != vm }.flatMap(\.cpus))
         }
         IRQAffinity(paths: paths).restore(state.irqs, keepingOff: still)
+        WorkqueueAffinity(paths: paths).restore(state.workqueueMask, keepingOff: still)
         PartitionState.remove(vm: vm, directory: stateDirectory)
         done.append("\(state.irqs.irqs.count) IRQ affinities restored")
     }

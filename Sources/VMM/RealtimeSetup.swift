@@ -65,7 +65,9 @@ final class RealtimeSetup: @unchecked Sendable {
             let unmovable = irqs.unmovable.isEmpty ? "" : ", not movable: \(irqs.unmovable.joined(separator: "; "))"
             logger.notice("real-time CPUs \(CPUList.format(rt.cpus)): \(irqs.irqs.count) IRQs moved to CPUs \(CPUList.format(housekeeping))\(unmovable)")
         }
-        PartitionState(vm: def.name, cpus: rt.cpus, irqs: irqs).save()
+        let workqueues = WorkqueueAffinity().move(off: Set(rt.cpus), housekeeping: housekeeping)
+        if workqueues != nil { logger.notice("unbound kernel workqueues confined to CPUs \(CPUList.format(housekeeping))") }
+        PartitionState(vm: def.name, cpus: rt.cpus, irqs: irqs, workqueueMask: workqueues).save()
         probe = rt.latencyProbeMicroseconds > 0
             ? WakeupLatencyProbe(vm: def.name, cpu: rt.cpus[0], vcpuPriority: rt.priority, periodMicroseconds: rt.latencyProbeMicroseconds,
                                  file: latencyFile, partition: partition, logger: logger)
@@ -114,6 +116,7 @@ final class RealtimeSetup: @unchecked Sendable {
                 still = Set(CpusetV1(root: root).reservations().filter { $0.busy && $0.vm != vm }.flatMap(\.cpus))
             }
             IRQAffinity().restore(state.irqs, keepingOff: still)
+            WorkqueueAffinity().restore(state.workqueueMask, keepingOff: still)
             PartitionState.remove(vm: vm)
         }
         logger.notice("real-time partition of \(vm) released")

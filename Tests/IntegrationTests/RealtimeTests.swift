@@ -29,17 +29,20 @@ struct RealtimePartitionTests {
     struct HostSnapshot: Equatable {
         var irqs: [Int: [Int]]
         var defaultAffinity: String?
+        var workqueueMask: String?
         var cpusetDirs: [String]
         static func take() -> HostSnapshot {
             var irqs: [Int: [Int]] = [:]
             for i in IRQAffinity().all() { irqs[i.irq] = i.affinity }
             let dirs = RealtimePartitionTests.v1Root.map { HostFiles.list($0).filter { $0.hasPrefix("rtvisor-") } } ?? []
-            return HostSnapshot(irqs: irqs, defaultAffinity: HostFiles.line("/proc/irq/default_smp_affinity"), cpusetDirs: dirs)
+            return HostSnapshot(irqs: irqs, defaultAffinity: HostFiles.line("/proc/irq/default_smp_affinity"),
+                                workqueueMask: HostFiles.line("/sys/devices/virtual/workqueue/cpumask"), cpusetDirs: dirs)
         }
         /// The same, over the IRQs present in both (devices may come and go meanwhile).
         func matches(_ other: HostSnapshot) -> Bool {
             let common = Set(irqs.keys).intersection(other.irqs.keys)
-            return common.allSatisfy { irqs[$0] == other.irqs[$0] } && defaultAffinity == other.defaultAffinity && cpusetDirs == other.cpusetDirs
+            return common.allSatisfy { irqs[$0] == other.irqs[$0] } && defaultAffinity == other.defaultAffinity
+                && workqueueMask == other.workqueueMask && cpusetDirs == other.cpusetDirs
         }
     }
 
@@ -133,6 +136,9 @@ struct RealtimePartitionTests {
             #expect(!i.affinity.contains(Self.rtCPU), "IRQ \(i.irq) still allows the RT CPU: \(i.affinity)")
         }
         #expect(vm.output.contains("real-time check for VM rta"))
+        if let mask = HostFiles.line("/sys/devices/virtual/workqueue/cpumask") {
+            #expect(CPUList.parseHexMask(mask)?.contains(Self.rtCPU) == false, "unbound workqueues may run on the RT CPU: \(mask)")
+        }
 
         // The wake-up latency probe: one priority above the vCPU, on its CPU, in its partition,
         // publishing an HDR histogram once a second.

@@ -107,6 +107,20 @@ final class FakeTree {
     }
 }
 
+@Suite struct WorkqueueAffinityTests {
+    @Test func confinesUnboundWorkqueuesAndRestores() {
+        let t = FakeTree()
+        t.file("sys/devices/virtual/workqueue/cpumask", "f\n")
+        let wq = WorkqueueAffinity(paths: HostPaths(sys: t.root + "/sys", proc: t.root + "/proc"))
+        let saved = wq.move(off: [2, 3], housekeeping: [0, 1])
+        #expect(saved == "f")
+        #expect(t.read("sys/devices/virtual/workqueue/cpumask") == "3")
+        #expect(wq.move(off: [2, 3], housekeeping: [0, 1]) == nil, "nothing left to move")
+        wq.restore(saved, keepingOff: [3])
+        #expect(t.read("sys/devices/virtual/workqueue/cpumask") == "7")
+    }
+}
+
 @Suite struct CpusetTests {
     @Test func detectsTheHierarchy() {
         let v1 = "cgroup2 /sys/fs/cgroup/unified cgroup2 rw 0 0\ncgroup /sys/fs/cgroup/cpuset cgroup rw,nosuid,cpuset 0 0\n"
