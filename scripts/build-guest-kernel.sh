@@ -47,7 +47,7 @@ PACKAGES=(linux-source-6.1 busybox-static bc flex bison libelf-dev libssl-dev
 # skips poisoning the freed initrd, hiding ERMS/FSRM turns byte-wise
 # rep movsb/stosb into rep movsq/stosq.
 TESTED_CMDLINE="console=ttyS0 panic=-1 noxsave clearcpuid=popcnt,cx16,rdrand,rdseed,smap mitigations=off nopti rodata=off emukvm.pvmsys emukvm.exit_port=0xf4"
-FAST_KVM_CMDLINE="console=ttyS0 panic=-1 noxsave clearcpuid=popcnt,cx16,rdrand,rdseed,smap,erms,fsrm mitigations=off nopti rodata=off retain_initrd emukvm.pvmsys emukvm.exit_port=0xf4"
+FAST_KVM_CMDLINE="console=ttyS0 panic=-1 noxsave clearcpuid=popcnt,cx16,rdrand,rdseed,smap,erms,fsrm mitigations=off nopti rodata=off retain_initrd highres=off emukvm.pvmsys emukvm.exit_port=0xf4"
 
 log() { printf '%s: %s\n' "$PROG" "$*" >&2; }
 die() { log "error: $*"; exit 1; }

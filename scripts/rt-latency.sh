@@ -33,8 +33,15 @@
 #   --outdir DIR    output directory (default build/rt-latency)
 #   --only CONFIG   run only partitioned or only unpartitioned
 #   --no-stress     no host load
+#   --stress-args "ARGS"  stress-ng arguments instead of the default load (e.g. without --io: on a
+#                   host whose disk IRQ cannot leave the RT CPU, sync() I/O interrupts it)
 #   --vmm PATH      use this rtvisor-vmm instead of building one (release build in .build-rtlat)
-#   --linux         the real-hardware path: cyclictest in a Linux guest (not implemented here)
+#   --linux         cyclictest in the minimal Linux guest instead of the inmate (the path for
+#                   machines whose KVM runs guest code natively): the guest kernel with
+#                   guests/linux/bench/cyclictest.sh and Debian's cyclictest added to its initramfs
+#                   (scripts/bench/bench_linux_initramfs.py); --samples = cyclictest loops,
+#                   --period-us = its interval. On an emulating KVM (kvm_pvm) this is only a
+#                   functional run: every guest syscall is emulated, the numbers are not latency.
 #
 # Needs root (apt-get, /dev/kvm, SCHED_FIFO). Installs what is missing: stress-ng, gnuplot-nox.
 # Exit status: 0 if every requested configuration ran and reported; 1 otherwise; 2 usage.
@@ -51,6 +58,7 @@ only=
 stress=1
 vmm=
 linux=0
+custom_stress=()
 
 usage() { awk 'NR > 1 && /^#/ { sub(/^# ?/, ""); print; next } NR > 1 { exit }' "$0"; }
 need_arg() { [ $# -ge 2 ] && [ -n "$2" ] || { echo "rt-latency: $1 needs a value" >&2; exit 2; }; }
@@ -62,36 +70,13 @@ while [ $# -gt 0 ]; do
 	--outdir) need_arg "$@"; outdir=$2; shift 2 ;;
 	--only) need_arg "$@"; only=$2; shift 2 ;;
 	--no-stress) stress=0; shift ;;
+	--stress-args) need_arg "$@"; read -r -a custom_stress <<<"$2"; shift 2 ;;
 	--vmm) need_arg "$@"; vmm=$2; shift 2 ;;
 	--linux) linux=1; shift ;;
 	-h|--help) usage; exit 0 ;;
 	*) echo "rt-latency: unknown argument '$1' (see --help)" >&2; exit 2 ;;
 	esac
 done
-
-if [ "$linux" = 1 ]; then
-	# The real-hardware path: a Linux guest with rt-tests running
-	#   cyclictest --mlockall --priority=99 --interval=$period_us --loops=$samples --histogram=1000 --quiet
-	# pinned to its vCPU, the same two definitions, the same load. Not implemented: see docs/inmates.md.
-	if [ -d /sys/module/kvm_pvm ]; then
-		cat >&2 <<-EOF
-		rt-latency: --linux is not supported on this machine: Linux user space is emulated here
-		(/dev/kvm is kvm_pvm: guest ring 0 runs emulated and every guest syscall costs 8-45 ms, so
-		cyclictest in a guest would measure the emulator, not the timer path).
-		Use the bare-metal latency inmate (this script without --linux); see docs/inmates.md,
-		"The latency inmate".
-		EOF
-	else
-		cat >&2 <<-EOF
-		rt-latency: --linux needs a Linux guest image with rt-tests (cyclictest) and an init that
-		runs it pinned to the guest's vCPU and prints its histogram on the serial console; this
-		project does not build one yet (guests/linux has no rt-tests). Until it does, use the
-		bare-metal latency inmate (this script without --linux); see docs/inmates.md,
-		"The latency inmate".
-		EOF
-	fi
-	exit 2
-fi
 
 for v in samples period_us warmup; do
 	case ${!v} in ''|*[!0-9]*) echo "rt-latency: --${v//_/-} must be a decimal number, got '${!v}'" >&2; exit 2 ;; esac
@@ -143,9 +128,21 @@ if [ -z "$vmm" ]; then
 	echo "rt-latency: build took $(( $(date +%s) - t0 )) s" >&2
 fi
 [ -x "$vmm" ] || { echo "rt-latency: $vmm is not an executable" >&2; exit 1; }
-inmates=$("$repo/scripts/build-inmates.sh" "$outdir/inmates" | tail -n 1)
-elf=$inmates/latency.elf
-[ -f "$elf" ] || { echo "rt-latency: $elf was not built" >&2; exit 1; }
+if [ "$linux" = 1 ]; then
+	dpkg -s rt-tests >/dev/null 2>&1 || { apt-get update -q; DEBIAN_FRONTEND=noninteractive apt-get install -y -q rt-tests cpio; }
+	guest=$("$repo/scripts/build-guest-kernel.sh" | tail -n 1)
+	ct_dir=$(python3 "$repo/scripts/bench/bench_linux_initramfs.py" --guest "$guest" --check "$repo/guests/linux/bench/cyclictest.sh" \
+		--check-name cyclictest --binary /usr/bin/cyclictest | tail -n 1)
+	[ -f "$ct_dir/initramfs.cpio" ] || { echo "rt-latency: the cyclictest initramfs was not built" >&2; exit 1; }
+	if [ -d /sys/module/kvm_pvm ]; then
+		echo "rt-latency: note: this KVM (kvm_pvm) emulates guest kernel code and every guest syscall: the --linux" \
+			"run checks that the path works; its numbers measure the emulator, not timer latency" >&2
+	fi
+else
+	inmates=$("$repo/scripts/build-inmates.sh" "$outdir/inmates" | tail -n 1)
+	elf=$inmates/latency.elf
+	[ -f "$elf" ] || { echo "rt-latency: $elf was not built" >&2; exit 1; }
+fi
 
 # ---- the machine ---------------------------------------------------------------------------
 # Highest online CPU: /sys/devices/system/cpu/online is a list like "0-1" or "0,2-5".
@@ -154,8 +151,11 @@ last_cpu=${online##*[,-]}
 cpu_model=$(sed -n 's/^model name[[:space:]]*: //p' /proc/cpuinfo | head -n 1)
 kvm_kind="kvm"
 [ -d /sys/module/kvm_pvm ] && kvm_kind="kvm_pvm (nested; guest ring 0 emulated)"
+what="latency inmate"
+[ "$linux" = 1 ] && what="cyclictest in the minimal Linux guest"
 load_desc="none"
 stress_args=(--cpu "$(nproc)" --vm 1 --vm-bytes 256M --io 1)
+[ ${#custom_stress[@]} -gt 0 ] && stress_args=("${custom_stress[@]}")
 [ "$stress" = 1 ] && load_desc="stress-ng ${stress_args[*]} (unpinned)"
 
 # ---- one configuration -----------------------------------------------------------------------
@@ -163,6 +163,21 @@ write_definition() { # CONFIG FILE
 	local rt=
 	if [ "$1" = partitioned ]; then
 		rt=$(printf ',\n  "realtime": {"cpus": [%s], "priority": 80, "lock_memory": true, "exits": ["hlt", "pause"]}' "$last_cpu")
+	fi
+	if [ "$linux" = 1 ]; then
+		local extra=
+		[ -d /sys/module/kvm_pvm ] && extra=" emukvm.pvmsys"
+		cat >"$2" <<-EOF
+		{
+		  "name": "rt-latency-$1",
+		  "vcpus": 1,
+		  "memory_mib": 128,
+		  "kernel": "$guest/vmlinux",
+		  "initrd": "$ct_dir/initramfs.cpio",
+		  "cmdline": "console=ttyS0 panic=-1 mitigations=off nopti rodata=off emukvm.exit_port=0xf4$extra rtvisor.check=cyclictest rtvisor.ct_loops=$samples rtvisor.ct_interval=$period_us"$rt
+		}
+		EOF
+		return
 	fi
 	cat >"$2" <<-EOF
 	{
@@ -208,6 +223,8 @@ ran=()
 # Guest time is samples x period, plus missed periods; allow 4x that and a minute for boot,
 # calibration and printing.
 run_timeout=$(( 60 + samples * period_us * 4 / 1000000 ))
+# A Linux guest boots first (minutes on an emulating KVM, where each wake-up is slow too).
+[ "$linux" = 1 ] && run_timeout=$(( 900 + samples * period_us * 20 / 1000000 ))
 
 run_config() { # CONFIG
 	local cfg=$1 def=$outdir/$1.json console=$outdir/$1.console log=$outdir/$1.vmm.log
@@ -279,7 +296,7 @@ python3 "$repo/scripts/bench/rt_latency_report.py" "${reports[@]}" \
 	--meta "date=$(date -u '+%Y-%m-%d %H:%M UTC')" --meta "machine=$(uname -r)" \
 	--meta "cpu=$cpu_model" --meta "nproc=$(nproc)" --meta "kvm=$kvm_kind" \
 	--meta "rt_cpu=$last_cpu (partitioned only)" --meta "sched_rt_runtime_us=$rt_runtime" --meta "load=$load_desc" \
-	--meta "samples=$samples (+$warmup warm-up)" --meta "period_us=$period_us" || failed=1
+	--meta "guest=$what" --meta "samples=$samples (+$warmup warm-up)" --meta "period_us=$period_us" || failed=1
 
 # ---- plot ----------------------------------------------------------------------------------
 plots=()
@@ -296,7 +313,7 @@ if [ ${#plots[@]} -gt 0 ]; then
 	gnuplot <<-EOF || { echo "rt-latency: gnuplot failed" >&2; failed=1; }
 	set terminal pngcairo noenhanced size 1100,650 font ',11'
 	set output '$outdir/rt-latency.png'
-	set title "rtvisor timer latency, latency inmate, $samples samples / ${period_us} us period, load: ${load_desc//\'/}\n$(uname -r), $cpu_model, $(nproc) CPUs"
+	set title "rtvisor timer latency, $what, $samples samples / ${period_us} us period, load: ${load_desc//\'/}\n$(uname -r), $cpu_model, $(nproc) CPUs"
 	set logscale x
 	set logscale y
 	set xlabel 'latency (us): TSC in the timer handler - deadline'

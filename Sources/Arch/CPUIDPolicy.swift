@@ -41,9 +41,12 @@ public struct CPUIDPolicy: Sendable, Equatable {
     }
 
     /// Parameters to add to a Linux guest's command line (empty unless the template is `emulating-kvm`).
+    /// Besides the hidden features, `highres=off`: where guest ring 0 is emulated, one hrtimer
+    /// interrupt takes longer (~30 ms) than the timers it serves, and a kernel in high-resolution
+    /// mode livelocks in them ("hrtimer: interrupt took 33847823 ns"); periodic ticks are fine.
     public func linuxCommandLineAdditions(hostEmulatesRing0: Bool) -> [String] {
         guard effectiveTemplate(hostEmulatesRing0: hostEmulatesRing0) == .emulatingKVM else { return [] }
-        return Self.linuxParameters(for: hiddenFeatures(hostEmulatesRing0: hostEmulatesRing0))
+        return Self.linuxParameters(for: hiddenFeatures(hostEmulatesRing0: hostEmulatesRing0)) + ["highres=off"]
     }
 
     public let template: CPUTemplate

@@ -278,8 +278,8 @@ private extension UInt32 {
 
 @Suite("CPUIDPolicy Linux command line")
 struct LinuxCommandLineTests {
-    @Test func emulatingTemplateAddsNoxsaveAndClearcpuid() {
-        let expected = ["noxsave", "clearcpuid=cx16,popcnt,smap"]
+    @Test func emulatingTemplateAddsNoxsaveClearcpuidAndHighresOff() {
+        let expected = ["noxsave", "clearcpuid=cx16,popcnt,smap", "highres=off"]
         #expect(CPUIDPolicy(template: .emulatingKVM).linuxCommandLineAdditions(hostEmulatesRing0: false) == expected)
         #expect(CPUIDPolicy(template: .auto).linuxCommandLineAdditions(hostEmulatesRing0: true) == expected)
         #expect(CPUIDPolicy(template: .emulatingKVM, disabledFeatures: ["pcid"]).linuxCommandLineAdditions(hostEmulatesRing0: true) == expected)

@@ -8,7 +8,7 @@ EMULATING = os.path.exists("/sys/module/kvm_pvm")
 # The features rtvisor's emulating-kvm template hides, as QEMU -cpu flags, and the Linux
 # parameters the template adds for Linux guests (docs/cpu-templates.md).
 QEMU_CPU = "host,-cx16,-xsave,-popcnt,-smap" if EMULATING else "host"
-LINUX_EXTRA = " noxsave clearcpuid=cx16,popcnt,smap" if EMULATING else ""
+LINUX_EXTRA = " noxsave clearcpuid=cx16,popcnt,smap highres=off" if EMULATING else ""
 
 
 def spawn_until(cmd, marker, timeout, stdin=subprocess.DEVNULL):

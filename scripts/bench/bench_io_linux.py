@@ -22,7 +22,7 @@ BASE_CMDLINE = "console=ttyS0 panic=-1 mitigations=off nopti rodata=off emukvm.p
 # rtvisor's emulating-kvm CPU template hides these features from CPUID and adds the kernel-side
 # parameters itself (docs/cpu-templates.md); QEMU gets the same mask by hand, as in bench_boot.py.
 QEMU_KVM_CPU = "host,-cx16,-xsave,-popcnt,-smap" if EMULATING else "host"
-QEMU_LINUX_EXTRA = " noxsave clearcpuid=cx16,popcnt,smap" if EMULATING else ""
+QEMU_LINUX_EXTRA = " noxsave clearcpuid=cx16,popcnt,smap highres=off" if EMULATING else ""
 KEYS = [("fio_seqwrite_mbps", "fio 1 MiB sequential writes, MB/s"),
         ("fio_seqread_mbps", "fio 1 MiB sequential reads, MB/s"),
         ("fio_randread4k_iops", "fio 4 KiB random reads, IOPS"),

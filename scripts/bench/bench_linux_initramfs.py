@@ -28,7 +28,9 @@ the last line."""
 import argparse, hashlib, os, re, shutil, subprocess, sys, tempfile
 
 KEEP = {"ld-linux-x86-64.so.2", "libc.so.6", "libm.so.6", "libz.so.1", "libaio.so.1", "libnuma.so.1",
-        "libiperf.so.0", "libsctp.so.1", "libgcc_s.so.1"}
+        "libiperf.so.0", "libsctp.so.1", "libgcc_s.so.1",
+        # cyclictest (rt-tests): glibc's compatibility stubs, kept as they are (a few KB).
+        "librt.so.1", "libpthread.so.0"}
 # glibc dlopens libgcc_s for pthread_exit/pthread_cancel unwinding: keep it even if nothing links it.
 EXTRA = ["/lib/x86_64-linux-gnu/libgcc_s.so.1"]
 BINARIES = ["/usr/bin/fio", "/usr/bin/iperf3"]
@@ -237,23 +239,27 @@ def stub_source(real, wanted):
 def main():
     ap = argparse.ArgumentParser()
     ap.add_argument("--guest", required=True, help="scripts/build-guest-kernel.sh output directory")
-    ap.add_argument("--check", required=True, help="the check script, installed as /checks/bench.sh")
+    ap.add_argument("--check", required=True, help="the check script, installed as /checks/NAME.sh")
+    ap.add_argument("--check-name", default="bench", help="NAME for --check (rtvisor.check=NAME; default bench)")
+    ap.add_argument("--binary", action="append", help="binaries to add with their libraries (default: fio and iperf3)")
     ap.add_argument("--cache", default=os.path.join(os.environ.get("RTVISOR_CACHE") or
                                                     os.path.join(os.environ.get("XDG_CACHE_HOME") or
                                                                  os.path.expanduser("~/.cache"), "rtvisor"), "bench-linux"))
     a = ap.parse_args()
     base = os.path.join(a.guest, "initramfs.cpio")
+    binaries = a.binary or BINARIES
 
     closure = {}
-    for b in BINARIES:
+    for b in binaries:
         closure.update(ldd(b))
     kept = {n: p for n, p in closure.items() if n in KEEP}
     for p in EXTRA:
         kept[os.path.basename(p)] = p
-    kept_objs = BINARIES + sorted(kept.values())
+    kept_objs = binaries + sorted(kept.values())
     stubbed = sorted({n for o in kept_objs for n in needed(o)} - set(kept))
 
     h = hashlib.sha256()
+    h.update(a.check_name.encode() + b"\0")
     for p in [base, a.check, os.path.abspath(__file__)] + kept_objs + [closure[s] for s in stubbed]:
         h.update(p.encode() + b"\0")
         with open(p, "rb") as f:
@@ -270,7 +276,8 @@ def main():
         root = os.path.join(tmp, "root")
         for d in ("usr/bin", "lib64", "lib" + LIBDIR[4:], "checks"):
             os.makedirs(os.path.join(root, d), exist_ok=True)
-        for b in BINARIES:
+        for b in binaries:
+            os.makedirs(os.path.dirname(os.path.join(root, b[1:])), exist_ok=True)
             shutil.copy(b, os.path.join(root, b[1:]))
         for n, p in kept.items():
             dst = os.path.join(root, "lib64" if n.startswith("ld-linux") else LIBDIR[1:], n)
@@ -283,7 +290,8 @@ def main():
                     wanted.setdefault(name, set()).add(ver)
         manifest = [f"# rtvisor bench-linux initramfs (scripts/bench/bench_linux_initramfs.py)", f"key: {key}",
                     f"base: {base} sha256 {hashlib.sha256(open(base, 'rb').read()).hexdigest()}"]
-        for pkg in ("fio", "iperf3", "libc6"):
+        pkgs = [sh("dpkg-query", "-S", b).split(":")[0] for b in binaries] + ["libc6"]
+        for pkg in pkgs:
             manifest.append(f"{pkg}: {sh('dpkg-query', '-W', '-f=${Version}', pkg)}")
         for s in stubbed:
             src, vscript, count = stub_source(closure[s], wanted)
@@ -299,7 +307,7 @@ def main():
         with open(c, "w") as f:
             f.write(SHIM)
         subprocess.run(["gcc", "-shared", "-fPIC", "-O2", "-Wall", "-Werror", "-o", os.path.join(root, "lib/rtvisor-shim.so"), c], check=True)
-        shutil.copy(a.check, os.path.join(root, "checks/bench.sh"))
+        shutil.copy(a.check, os.path.join(root, f"checks/{a.check_name}.sh"))
         for dp, dns, fns in os.walk(root):
             for n in dns + fns:
                 os.utime(os.path.join(dp, n), (0, 0), follow_symlinks=False)
