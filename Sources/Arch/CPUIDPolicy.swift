@@ -41,9 +41,9 @@ public struct CPUIDPolicy: Sendable, Equatable {
     }
 
     /// Parameters to add to a Linux guest's command line (empty unless the template is `emulating-kvm`).
-    /// Besides the hidden features, `highres=off`: where guest ring 0 is emulated, one hrtimer
-    /// interrupt takes longer (~30 ms) than the timers it serves, and a kernel in high-resolution
-    /// mode livelocks in them ("hrtimer: interrupt took 33847823 ns"); periodic ticks are fine.
+    /// Besides the hidden features, `highres=off`: where guest ring 0 is emulated a timer interrupt
+    /// costs milliseconds (one took 33 ms), so the guest keeps the periodic tick it was tested
+    /// with here rather than high-resolution one-shot timers (docs/cpu-templates.md).
     public func linuxCommandLineAdditions(hostEmulatesRing0: Bool) -> [String] {
         guard effectiveTemplate(hostEmulatesRing0: hostEmulatesRing0) == .emulatingKVM else { return [] }
         return Self.linuxParameters(for: hiddenFeatures(hostEmulatesRing0: hostEmulatesRing0)) + ["highres=off"]
