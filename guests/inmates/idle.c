@@ -20,15 +20,6 @@ const char inmate_name[] = "idle";
 #define LAPIC_TIMER_DCR	0x3e0
 #define HZ		10
 
-struct gate {
-	u16 off_lo, selector;
-	u8 ist, type_attr;
-	u16 off_mid;
-	u32 off_hi, reserved;
-} __attribute__((packed));
-
-static struct gate idle_idt[256] __attribute__((aligned(16)));
-static struct { u16 limit; u64 base; } __attribute__((packed)) idle_idtr;
 volatile u64 idle_ticks;
 
 void idle_timer_irq(void);
@@ -47,33 +38,10 @@ __asm__(".text\n"
 	"idle_spurious_irq:\n"
 	"	iretq\n");
 
-static void set_gate(int vec, void (*fn)(void), u16 selector)
-{
-	u64 a = (u64)fn;
-
-	idle_idt[vec].off_lo = a & 0xffff;
-	idle_idt[vec].selector = selector;
-	idle_idt[vec].ist = 0;
-	idle_idt[vec].type_attr = 0x8e;
-	idle_idt[vec].off_mid = (a >> 16) & 0xffff;
-	idle_idt[vec].off_hi = a >> 32;
-	idle_idt[vec].reserved = 0;
-}
-
 static void idt_setup(void)
 {
-	struct { u16 limit; u64 base; } __attribute__((packed)) cur;
-	u16 cs;
-
-	__asm__ volatile("sidt %0" : "=m"(cur));
-	__asm__ volatile("mov %%cs, %0" : "=r"(cs));
-	/* keep the runtime's exception gates (vectors 0-31) */
-	memcpy(idle_idt, (const void *)cur.base, cur.limit + 1 < sizeof(idle_idt) ? cur.limit + 1 : sizeof(idle_idt));
-	set_gate(TIMER_VECTOR, idle_timer_irq, cs);
-	set_gate(SPURIOUS_VECTOR, idle_spurious_irq, cs);
-	idle_idtr.limit = sizeof(idle_idt) - 1;
-	idle_idtr.base = (u64)idle_idt;
-	__asm__ volatile("lidt %0" :: "m"(idle_idtr));
+	idt_set_gate(TIMER_VECTOR, idle_timer_irq);
+	idt_set_gate(SPURIOUS_VECTOR, idle_spurious_irq);
 }
 
 static void timer_setup(void)

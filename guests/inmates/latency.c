@@ -169,43 +169,10 @@ __attribute__((interrupt)) void latency_spurious_isr(struct interrupt_frame *fra
 }
 
 /* ---- IDT: the runtime's exception gates plus the timer and spurious vectors */
-struct gate {
-	u16 off_lo, selector;
-	u8 ist, type_attr;
-	u16 off_mid;
-	u32 off_hi, reserved;
-} __attribute__((packed));
-
-static struct gate lat_idt[256] __attribute__((aligned(16)));
-static struct { u16 limit; u64 base; } __attribute__((packed)) lat_idtr;
-
-static void set_gate(int vec, void (*fn)(struct interrupt_frame *), u16 selector)
-{
-	u64 a = (u64)fn;
-
-	lat_idt[vec].off_lo = a & 0xffff;
-	lat_idt[vec].selector = selector;
-	lat_idt[vec].ist = 0;
-	lat_idt[vec].type_attr = 0x8e;		/* present, DPL 0, interrupt gate */
-	lat_idt[vec].off_mid = (a >> 16) & 0xffff;
-	lat_idt[vec].off_hi = a >> 32;
-	lat_idt[vec].reserved = 0;
-}
-
 static void idt_setup(void)
 {
-	struct { u16 limit; u64 base; } __attribute__((packed)) cur;
-	u16 cs;
-
-	__asm__ volatile("sidt %0" : "=m"(cur));
-	__asm__ volatile("mov %%cs, %0" : "=r"(cs));
-	memcpy(lat_idt, (const void *)cur.base,
-	       cur.limit + 1u < sizeof(lat_idt) ? cur.limit + 1u : sizeof(lat_idt));
-	set_gate(TIMER_VECTOR, latency_timer_isr, cs);
-	set_gate(SPURIOUS_VECTOR, latency_spurious_isr, cs);
-	lat_idtr.limit = sizeof(lat_idt) - 1;
-	lat_idtr.base = (u64)lat_idt;
-	__asm__ volatile("lidt %0" :: "m"(lat_idtr));
+	idt_set_gate(TIMER_VECTOR, latency_timer_isr);
+	idt_set_gate(SPURIOUS_VECTOR, latency_spurious_isr);
 }
 
 /*

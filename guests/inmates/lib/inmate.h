@@ -109,6 +109,8 @@ noreturn void inmate_exit(u8 code);		/* write EXIT_PORT, then cli; hlt forever *
 noreturn void inmate_pass(void);
 noreturn void inmate_fail(u8 code, const char *fmt, ...) __attribute__((format(printf, 2, 3)));
 void idt_load(void);				/* also used by APs */
+/* An interrupt gate for vector 32-255 on the runtime's IDT, loaded on this CPU. */
+void idt_set_gate(unsigned int vec, const void *handler);
 
 /* ---- console (lib/console.c) -------------------------------------------- */
 void console_putc(char c);

@@ -48,7 +48,9 @@ struct idt_gate {
 	u32 reserved;
 } __attribute__((packed));
 
-static struct idt_gate idt[32] __attribute__((aligned(16)));
+/* 256 gates; the limit covers the 32 exception gates until an inmate adds a
+ * vector (idt_set_gate), so a stray vector above them still raises #GP. */
+static struct idt_gate idt[256] __attribute__((aligned(16)));
 static struct {
 	u16 pad[3];	/* aligns base on 8 bytes */
 	u16 limit;
@@ -57,21 +59,33 @@ static struct {
 
 extern const char exc_stubs[];	/* entry.S: 32 stubs, 16 bytes apart */
 
+static void set_gate(unsigned int vec, u64 addr)
+{
+	idt[vec].off_lo = addr & 0xffff;
+	idt[vec].selector = 0x18;		/* 64-bit code segment of entry.S */
+	idt[vec].ist = 0;
+	idt[vec].type_attr = 0x8e;		/* present, DPL 0, interrupt gate */
+	idt[vec].off_mid = (addr >> 16) & 0xffff;
+	idt[vec].off_hi = addr >> 32;
+	idt[vec].reserved = 0;
+}
+
 static void idt_init(void)
 {
-	for (unsigned int i = 0; i < ARRAY_SIZE(idt); i++) {
-		u64 addr = (u64)(exc_stubs + 16 * i);
-
-		idt[i].off_lo = addr & 0xffff;
-		idt[i].selector = 0x18;		/* 64-bit code segment of entry.S */
-		idt[i].ist = 0;
-		idt[i].type_attr = 0x8e;	/* present, DPL 0, interrupt gate */
-		idt[i].off_mid = (addr >> 16) & 0xffff;
-		idt[i].off_hi = addr >> 32;
-		idt[i].reserved = 0;
-	}
-	idt_desc.limit = sizeof(idt) - 1;
+	for (unsigned int i = 0; i < 32; i++)
+		set_gate(i, (u64)(exc_stubs + 16 * i));
+	idt_desc.limit = 32 * sizeof(idt[0]) - 1;
 	idt_desc.base = (u64)idt;
+}
+
+void idt_set_gate(unsigned int vec, const void *handler)
+{
+	if (vec < 32 || vec >= ARRAY_SIZE(idt))
+		inmate_fail(EXIT_FAIL, "idt_set_gate: vector %u is not 32-255", vec);
+	set_gate(vec, (u64)handler);
+	if ((vec + 1) * sizeof(idt[0]) - 1 > idt_desc.limit)
+		idt_desc.limit = (vec + 1) * sizeof(idt[0]) - 1;
+	idt_load();
 }
 
 void idt_load(void)
