@@ -34,6 +34,9 @@ public actor Supervisor: VMControl {
             tracker = RestartTracker(settings: loaded.definition.daemon.restart)
         }
 
+        /// The definition in force: the running one, else the loaded one.
+        var current: VMDefinition { running ?? loaded.definition }
+
         var pending: Bool {
             guard let running, pid != nil else { return false }
             return LoadedDefinition.machineDiffers(running, loaded.definition)
@@ -236,7 +239,7 @@ public actor Supervisor: VMControl {
         if !offline.isEmpty { return PartitionError.offline(vm: name, cpus: offline).description }
         var reserved = Set(rt.cpus)
         for (other, o) in records.sorted(by: { $0.key < $1.key }) where other != name && o.pid != nil {
-            guard let ort = (o.running ?? o.loaded.definition).realtime else { continue }
+            guard let ort = o.current.realtime else { continue }
             let overlap = ort.cpus.filter { rt.cpus.contains($0) }
             if !overlap.isEmpty { return PartitionError.cpusTaken(vm: name, owner: other, cpus: overlap).description }
             reserved.formUnion(ort.cpus)
@@ -245,19 +248,19 @@ public actor Supervisor: VMControl {
         return nil
     }
 
-    /// CPUs of running real-time VMs.
-    var reservedRealtimeCPUs: Set<Int> {
-        Set(records.values.filter { $0.pid != nil }.compactMap { ($0.running ?? $0.loaded.definition).realtime?.cpus }.joined())
+    /// CPUs of running real-time VMs (other than `name`).
+    func reservedRealtimeCPUs(excluding name: String? = nil) -> Set<Int> {
+        Set(records.filter { $0.key != name && $0.value.pid != nil }.compactMap { $0.value.current.realtime?.cpus }.joined())
     }
 
     /// Keeps the daemon's threads and ordinary VMMs off real-time CPUs (all CPUs again once no
     /// real-time VM runs). A real-time VMM confines its own helper threads.
     func applyHousekeepingAffinity() {
         let online = HostCPUs().online
-        let reserved = reservedRealtimeCPUs
+        let reserved = reservedRealtimeCPUs()
         let housekeeping = online.filter { !reserved.contains($0) }
         guard !housekeeping.isEmpty else { return }
-        let ordinary = records.values.filter { $0.pid != nil && ($0.running ?? $0.loaded.definition).realtime == nil }.compactMap(\.pid)
+        let ordinary = records.values.filter { $0.pid != nil && $0.current.realtime == nil }.compactMap(\.pid)
         for pid in [getpid()] + ordinary {
             for tid in ThreadScheduling.threads(of: pid) { try? ThreadScheduling.setAffinity(housekeeping, tid: tid) }
         }
@@ -299,7 +302,7 @@ public actor Supervisor: VMControl {
         case .unknown: break
         }
         r.lastExit = ExitInfo(status: status, signal: signal, reason: reason, at: Date().timeIntervalSince1970)
-        let wasRealtime = (r.running ?? r.loaded.definition).realtime != nil
+        let wasRealtime = r.current.realtime != nil
         r.pid = nil
         r.running = nil
         r.since = Date().timeIntervalSince1970
@@ -499,7 +502,7 @@ public actor Supervisor: VMControl {
     /// The latest histogram of a real-time VM's wake-up latency probe (kept after it stops).
     public func latency(_ name: String) throws(ControlError) -> LatencySnapshot {
         let r = try record(name)
-        guard ((r.running ?? r.loaded.definition).realtime?.latencyProbeMicroseconds ?? 0) > 0 else {
+        guard (r.current.realtime?.latencyProbeMicroseconds ?? 0) > 0 else {
             throw .conflict("VM \(name) has no latency probe (realtime.latency_probe_us)")
         }
         guard let data = FileManager.default.contents(atPath: paths.latencyFile(name)),
@@ -515,9 +518,8 @@ public actor Supervisor: VMControl {
         var checks: [RealtimeCheck] = []
         for n in names {
             let r = records[n]!
-            guard let rt = (r.running ?? r.loaded.definition).realtime else { throw .conflict("VM \(n) has no realtime block") }
-            let others = Set(records.filter { $0.key != n && $0.value.pid != nil }.compactMap { ($0.value.running ?? $0.value.loaded.definition).realtime?.cpus }.joined())
-            let report = RealtimeReport(vm: n, cpus: rt.cpus, otherRealtimeCPUs: others, exitsDisabled: rt.exits.contains(.hlt))
+            guard let rt = r.current.realtime else { throw .conflict("VM \(n) has no realtime block") }
+            let report = RealtimeReport(vm: n, cpus: rt.cpus, otherRealtimeCPUs: reservedRealtimeCPUs(excluding: n), exitsDisabled: rt.exits.contains(.hlt))
             checks.append(RealtimeCheck(name: n, cpus: rt.cpus, running: r.pid != nil, lines: report.lines, warnings: report.warnings))
         }
         return checks
@@ -525,7 +527,7 @@ public actor Supervisor: VMControl {
 
     public func inspect(_ name: String) throws(ControlError) -> VMDetail {
         let r = try record(name)
-        let d = r.running ?? r.loaded.definition
+        let d = r.current
         return VMDetail(summary: summary(r), vcpus: d.vcpus, memoryMiB: d.memoryMiB, kernel: d.kernel, initrd: d.initrd, cmdline: d.cmdline,
                         consoleSocket: paths.consoleSocket(name), cgroup: r.cgroup, stopTimeoutSeconds: r.loaded.definition.daemon.stopTimeoutSeconds)
     }

@@ -30,6 +30,12 @@ public enum CPUList {
         return parts.joined(separator: ",")
     }
 
+    /// `cpus` without `removed`; `fallback` if that leaves none.
+    public static func removing(_ removed: Set<Int>, from cpus: [Int], orElse fallback: [Int]) -> [Int] {
+        let kept = cpus.filter { !removed.contains($0) }
+        return kept.isEmpty ? fallback : kept
+    }
+
     /// The hexadecimal mask format of /proc/irq/default_smp_affinity: 32-bit groups, comma-separated.
     public static func hexMask<S: Sequence>(_ cpus: S) -> String where S.Element == Int {
         let set = Set(cpus)

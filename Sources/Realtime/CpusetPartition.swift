@@ -81,6 +81,11 @@ public struct CpusetV1: Sendable {
         }
     }
 
+    /// CPUs of the real-time VMs (other than `vm`) that have a task in their partition now.
+    public func busyCPUs(excluding vm: String? = nil) -> Set<Int> {
+        Set(reservations().filter { $0.busy && $0.vm != vm }.flatMap(\.cpus))
+    }
+
     public func acquire(vm: String, cpus: [Int]) throws(PartitionError) -> RealtimePartition {
         let lock = FileLock(path: lockPath)
         defer { lock.unlock() }
@@ -127,6 +132,17 @@ public struct CpusetV1: Sendable {
         }
     }
 
+    /// Removes cpuset `dir`, moving its tasks back to the root first. A killed VMM's threads, and
+    /// KVM's per-VM kernel worker, can take a moment to leave: rmdir fails with EBUSY while any
+    /// task remains, so it is retried for up to 2 s.
+    func removeGroup(_ dir: String) {
+        for _ in 0..<100 where HostFiles.isDirectory(dir) {
+            _ = moveTasks(from: dir, to: root)
+            if rmdir(dir) == 0 || errno == ENOENT { break }
+            usleep(20_000)
+        }
+    }
+
     /// Moves every task listed in `from/tasks` to `to/tasks`; returns (moved, refused).
     func moveTasks(from: String, to: String) -> (Int, Int) {
         var moved = 0, refused = 0
@@ -143,25 +159,14 @@ public struct CpusetV1: Sendable {
         let lock = FileLock(path: lockPath)
         defer { lock.unlock() }
         let dir = rtDir(vm)
-        // A killed VMM's threads, and KVM's per-VM kernel worker, can take a moment to leave:
-        // move what can move and retry rmdir (EBUSY while any task remains) for up to 2 s.
-        for _ in 0..<100 where HostFiles.isDirectory(dir) {
-            _ = moveTasks(from: dir, to: root)
-            if rmdir(dir) == 0 || errno == ENOENT { break }
-            usleep(20_000)
-        }
-        let remaining = reservations().filter(\.busy)
+        removeGroup(dir)
+        let reserved = busyCPUs()
         guard HostFiles.isDirectory(housekeepingDir) else { return }
-        if remaining.isEmpty {
+        if reserved.isEmpty {
             for r in reservations() { rmdir(rtDir(r.vm)) }
-            for _ in 0..<100 where HostFiles.isDirectory(housekeepingDir) {
-                _ = moveTasks(from: housekeepingDir, to: root)
-                if rmdir(housekeepingDir) == 0 || errno == ENOENT { break }
-                usleep(20_000)
-            }
+            removeGroup(housekeepingDir)
             try? HostFiles.write(root + "/cpuset.sched_load_balance", "1")
         } else {
-            let reserved = Set(remaining.flatMap(\.cpus))
             let housekeeping = Set(host.online).subtracting(reserved).sorted()
             try? HostFiles.write(housekeepingDir + "/cpuset.cpus", CPUList.format(housekeeping))
         }

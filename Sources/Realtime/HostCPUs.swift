@@ -37,8 +37,8 @@ public struct HostCPUs: Sendable {
 
     /// IRQs whose affinity allows `cpu` (the effective affinity follows a change only at the
     /// IRQ's next interrupt, so it would report IRQs already moved away).
-    public func irqs(targeting cpu: Int) -> [IRQInfo] {
-        IRQAffinity(paths: paths).all().filter { $0.affinity.contains(cpu) }
+    public func irqs(targeting cpu: Int, among all: [IRQInfo]? = nil) -> [IRQInfo] {
+        (all ?? IRQAffinity(paths: paths).all()).filter { $0.affinity.contains(cpu) }
     }
 }
 
@@ -75,9 +75,10 @@ public struct RealtimeReport: Sendable, Codable, Equatable {
         self.vm = vm
         let online = Set(host.online), isolated = Set(host.isolated), nohz = Set(host.nohzFull), nocbs = Set(host.rcuNocbs)
         var warnings: [String] = []
+        let allIRQs = IRQAffinity(paths: host.paths).all()
         self.cpus = cpus.map { cpu in
             let siblings = host.smtSiblings(of: cpu)
-            let irqs = host.irqs(targeting: cpu).map { $0.names.isEmpty ? "\($0.irq)" : "\($0.irq) (\($0.names.joined(separator: ",")))" }
+            let irqs = host.irqs(targeting: cpu, among: allIRQs).map { $0.names.isEmpty ? "\($0.irq)" : "\($0.irq) (\($0.names.joined(separator: ",")))" }
             let r = RealtimeCPUReport(cpu: cpu, online: online.contains(cpu), isolcpus: isolated.contains(cpu), nohzFull: nohz.contains(cpu),
                                       rcuNocbs: nocbs.contains(cpu), smtSiblings: siblings, governor: host.governor(of: cpu), irqs: irqs)
             if !r.online { warnings.append("CPU \(cpu) is not online") }

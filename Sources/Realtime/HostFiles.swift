@@ -48,6 +48,17 @@ public enum HostFiles {
         }
     }
 
+    /// Writes `bytes` to `path.tmp` and renames it over `path`, so readers see the old file or the
+    /// new one, never a partial one. Best effort: a failure leaves the old file.
+    public static func replace(_ path: String, with bytes: [UInt8], mode: mode_t = 0o644) {
+        let tmp = path + ".tmp"
+        let fd = open(tmp, O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, mode)
+        guard fd >= 0 else { return }
+        let n = bytes.withUnsafeBytes { Glibc.write(fd, $0.baseAddress, $0.count) }
+        close(fd)
+        if n == bytes.count { rename(tmp, path) } else { unlink(tmp) }
+    }
+
     public static func exists(_ path: String) -> Bool { access(path, F_OK) == 0 }
 
     public static func isDirectory(_ path: String) -> Bool {

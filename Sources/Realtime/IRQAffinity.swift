@@ -32,21 +32,15 @@ public struct IRQAffinity: Sendable {
         var saved = Saved()
         guard !housekeeping.isEmpty else { return saved }
         for info in all() where !Set(info.affinity).isDisjoint(with: rtCPUs) {
-            var target = info.affinity.filter { !rtCPUs.contains($0) }
-            if target.isEmpty { target = housekeeping }
             do {
-                try HostFiles.write(paths.irqDir + "/\(info.irq)/smp_affinity_list", CPUList.format(target))
+                try HostFiles.write(paths.irqDir + "/\(info.irq)/smp_affinity_list",
+                                    CPUList.format(CPUList.removing(rtCPUs, from: info.affinity, orElse: housekeeping)))
                 saved.irqs["\(info.irq)"] = CPUList.format(info.affinity)
             } catch {
                 saved.unmovable.append("\(info.irq): \(String(cString: strerror(error.errno)))")
             }
         }
-        let defaultPath = paths.irqDir + "/default_smp_affinity"
-        if let current = HostFiles.line(defaultPath), let cpus = CPUList.parseHexMask(current), !Set(cpus).isDisjoint(with: rtCPUs) {
-            var target = cpus.filter { !rtCPUs.contains($0) }
-            if target.isEmpty { target = housekeeping }
-            if (try? HostFiles.write(defaultPath, CPUList.hexMask(target))) != nil { saved.defaultAffinity = current }
-        }
+        saved.defaultAffinity = CPUMaskFile.defaultIRQAffinity(paths).move(off: rtCPUs, housekeeping: housekeeping)
         return saved
     }
 
@@ -54,42 +48,40 @@ public struct IRQAffinity: Sendable {
     /// are gone since are skipped.
     public func restore(_ saved: Saved, keepingOff stillReserved: Set<Int> = []) {
         for (irq, list) in saved.irqs {
-            guard var cpus = CPUList.parse(list) else { continue }
+            guard let cpus = CPUList.parse(list) else { continue }
             let path = paths.irqDir + "/\(irq)/smp_affinity_list"
             guard HostFiles.exists(path) else { continue }
-            let kept = cpus.filter { !stillReserved.contains($0) }
-            if !kept.isEmpty { cpus = kept }
-            try? HostFiles.write(path, CPUList.format(cpus))
+            try? HostFiles.write(path, CPUList.format(CPUList.removing(stillReserved, from: cpus, orElse: cpus)))
         }
-        if let d = saved.defaultAffinity, var cpus = CPUList.parseHexMask(d) {
-            let kept = cpus.filter { !stillReserved.contains($0) }
-            if !kept.isEmpty { cpus = kept }
-            try? HostFiles.write(paths.irqDir + "/default_smp_affinity", CPUList.hexMask(cpus))
-        }
+        CPUMaskFile.defaultIRQAffinity(paths).restore(saved.defaultAffinity, keepingOff: stillReserved)
     }
 }
 
-/// The CPUs unbound kernel workqueues may use (/sys/devices/virtual/workqueue/cpumask): kept off
-/// real-time CPUs while they run, like IRQs (writeback and other deferred work would otherwise
-/// land on them).
-public struct WorkqueueAffinity: Sendable {
-    public let paths: HostPaths
-    public init(paths: HostPaths = HostPaths()) { self.paths = paths }
-    var path: String { paths.sys + "/devices/virtual/workqueue/cpumask" }
+/// A hexadecimal CPU-mask file that real-time VMs take their CPUs out of while they run:
+/// /proc/irq/default_smp_affinity (IRQs registered later) and the unbound-workqueue mask
+/// (writeback and other deferred kernel work).
+public struct CPUMaskFile: Sendable {
+    public let path: String
+    public init(path: String) { self.path = path }
 
-    /// Removes `rtCPUs`; returns the previous mask (hex) if it was changed.
+    public static func defaultIRQAffinity(_ paths: HostPaths = HostPaths()) -> CPUMaskFile {
+        CPUMaskFile(path: paths.irqDir + "/default_smp_affinity")
+    }
+    public static func workqueues(_ paths: HostPaths = HostPaths()) -> CPUMaskFile {
+        CPUMaskFile(path: paths.sys + "/devices/virtual/workqueue/cpumask")
+    }
+
+    /// Removes `rtCPUs` (all of them gone: `housekeeping`); returns the previous mask if changed.
     public func move(off rtCPUs: Set<Int>, housekeeping: [Int]) -> String? {
         guard let current = HostFiles.line(path), let cpus = CPUList.parseHexMask(current), !Set(cpus).isDisjoint(with: rtCPUs) else { return nil }
-        var target = cpus.filter { !rtCPUs.contains($0) }
-        if target.isEmpty { target = housekeeping }
+        let target = CPUList.removing(rtCPUs, from: cpus, orElse: housekeeping)
         return (try? HostFiles.write(path, CPUList.hexMask(target))) != nil ? current : nil
     }
 
+    /// Puts `saved` back, minus CPUs other real-time VMs still hold.
     public func restore(_ saved: String?, keepingOff stillReserved: Set<Int> = []) {
-        guard let saved, var cpus = CPUList.parseHexMask(saved) else { return }
-        let kept = cpus.filter { !stillReserved.contains($0) }
-        if !kept.isEmpty { cpus = kept }
-        try? HostFiles.write(path, CPUList.hexMask(cpus))
+        guard let saved, let cpus = CPUList.parseHexMask(saved) else { return }
+        try? HostFiles.write(path, CPUList.hexMask(CPUList.removing(stillReserved, from: cpus, orElse: cpus)))
     }
 }
 

@@ -26,13 +26,7 @@ public struct PartitionState: Codable, Sendable, Equatable {
         mkdir("/run/rtvisor", 0o755)
         mkdir(directory, 0o755)
         guard let data = try? JSONEncoder().encode(self) else { return }
-        let path = Self.path(vm: vm, directory: directory)
-        let tmp = path + ".tmp"
-        let fd = open(tmp, O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, 0o600)
-        guard fd >= 0 else { return }
-        _ = data.withUnsafeBytes { write(fd, $0.baseAddress, $0.count) }
-        close(fd)
-        rename(tmp, path)
+        HostFiles.replace(Self.path(vm: vm, directory: directory), with: Array(data), mode: 0o600)
     }
 
     public static func load(vm: String, directory: String = defaultDirectory) -> PartitionState? {
@@ -41,6 +35,21 @@ public struct PartitionState: Codable, Sendable, Equatable {
     }
 
     public static func remove(vm: String, directory: String = defaultDirectory) { unlink(path(vm: vm, directory: directory)) }
+
+    /// Puts back the IRQ affinities and workqueue mask `vm` saved, minus CPUs other running
+    /// real-time VMs still hold, and forgets them. Returns how many IRQs were restored, or nil
+    /// when nothing was saved.
+    @discardableResult
+    public static func undo(vm: String, directory: String = defaultDirectory,
+                            hierarchy: CpusetHierarchy? = CpusetHierarchy.detect(), paths: HostPaths = HostPaths()) -> Int? {
+        guard let state = load(vm: vm, directory: directory) else { return nil }
+        var still = Set<Int>()
+        if case let .v1(root)? = hierarchy { still = CpusetV1(root: root).busyCPUs(excluding: vm) }
+        IRQAffinity(paths: paths).restore(state.irqs, keepingOff: still)
+        CPUMaskFile.workqueues(paths).restore(state.workqueueMask, keepingOff: still)
+        remove(vm: vm, directory: directory)
+        return state.irqs.irqs.count
+    }
 }
 
 /// Undoes a real-time VM's host changes after its VMM ended (idempotent): IRQ affinities back
@@ -60,15 +69,8 @@ public func releaseRealtimePartition(vm: String, stateDirectory: String = Partit
             done.append("host tasks moved back from \(v1.housekeepingDir)")
         }
     }
-    if let state = PartitionState.load(vm: vm, directory: stateDirectory) {
-        var still = Set<Int>()
-        if case let .v1(root) = hierarchy {
-            still = Set(CpusetV1(root: root).reservations().filter { $0.busy && $0.vm != vm }.flatMap(\.cpus))
-        }
-        IRQAffinity(paths: paths).restore(state.irqs, keepingOff: still)
-        WorkqueueAffinity(paths: paths).restore(state.workqueueMask, keepingOff: still)
-        PartitionState.remove(vm: vm, directory: stateDirectory)
-        done.append("\(state.irqs.irqs.count) IRQ affinities restored")
+    if let restored = PartitionState.undo(vm: vm, directory: stateDirectory, hierarchy: hierarchy, paths: paths) {
+        done.append("\(restored) IRQ affinities restored")
     }
     return done.isEmpty ? nil : done.joined(separator: ", ")
 }

@@ -12,6 +12,8 @@ final class RealtimeSetup: @unchecked Sendable {
     let settings: RealtimeSettings
     let housekeeping: [Int]
     let partition: RealtimePartition?
+    /// Where the cpuset controller is (read once, at start).
+    let hierarchy: CpusetHierarchy?
     let logger: Logger
     /// The wake-up latency probe, when `latency_probe_us` asks for one.
     let probe: WakeupLatencyProbe?
@@ -33,11 +35,12 @@ final class RealtimeSetup: @unchecked Sendable {
         // VM still gets pinned FIFO vCPUs, and the log says what isolation it lacks.
         var partition: RealtimePartition?
         var reserved = Set(rt.cpus)
-        switch CpusetHierarchy.detect() {
+        hierarchy = CpusetHierarchy.detect()
+        switch hierarchy {
         case let .v1(root)?:
             let v1 = CpusetV1(root: root, host: host)
             do { partition = try v1.acquire(vm: def.name, cpus: rt.cpus) } catch { throw VMMError.setup("\(error)") }
-            reserved.formUnion(v1.reservations().filter(\.busy).flatMap(\.cpus))
+            reserved.formUnion(v1.busyCPUs())
         case let .v2(mount)?:
             let hk = online.subtracting(reserved).sorted()
             if hk.isEmpty { throw VMMError.setup(PartitionError.noHousekeepingCPU(vm: def.name, cpus: rt.cpus).description) }
@@ -65,7 +68,7 @@ final class RealtimeSetup: @unchecked Sendable {
             let unmovable = irqs.unmovable.isEmpty ? "" : ", not movable: \(irqs.unmovable.joined(separator: "; "))"
             logger.notice("real-time CPUs \(CPUList.format(rt.cpus)): \(irqs.irqs.count) IRQs moved to CPUs \(CPUList.format(housekeeping))\(unmovable)")
         }
-        let workqueues = WorkqueueAffinity().move(off: Set(rt.cpus), housekeeping: housekeeping)
+        let workqueues = CPUMaskFile.workqueues().move(off: Set(rt.cpus), housekeeping: housekeeping)
         if workqueues != nil { logger.notice("unbound kernel workqueues confined to CPUs \(CPUList.format(housekeeping))") }
         PartitionState(vm: def.name, cpus: rt.cpus, irqs: irqs, workqueueMask: workqueues).save()
         probe = rt.latencyProbeMicroseconds > 0
@@ -110,15 +113,7 @@ final class RealtimeSetup: @unchecked Sendable {
     /// After every vCPU thread ended.
     func release() {
         partition?.release()
-        if let state = PartitionState.load(vm: vm) {
-            var still = Set<Int>()
-            if case let .v1(root)? = CpusetHierarchy.detect() {
-                still = Set(CpusetV1(root: root).reservations().filter { $0.busy && $0.vm != vm }.flatMap(\.cpus))
-            }
-            IRQAffinity().restore(state.irqs, keepingOff: still)
-            WorkqueueAffinity().restore(state.workqueueMask, keepingOff: still)
-            PartitionState.remove(vm: vm)
-        }
+        PartitionState.undo(vm: vm, hierarchy: hierarchy)
         logger.notice("real-time partition of \(vm) released")
     }
 }

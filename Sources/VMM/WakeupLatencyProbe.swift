@@ -115,15 +115,7 @@ final class WakeupLatencyProbe: @unchecked Sendable {
                                 p50Nanoseconds: h.valueAtPercentile(50), p99Nanoseconds: h.valueAtPercentile(99),
                                 p9999Nanoseconds: h.valueAtPercentile(99.99), maxNanoseconds: h.max, buckets: buckets,
                                 updatedAt: Date().timeIntervalSince1970)
-        if let file, let data = try? JSONEncoder().encode(s) {
-            let tmp = file + ".tmp"
-            let fd = open(tmp, O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, 0o644)
-            if fd >= 0 {
-                _ = data.withUnsafeBytes { write(fd, $0.baseAddress, $0.count) }
-                close(fd)
-                rename(tmp, file)
-            }
-        }
+        if let file, let data = try? JSONEncoder().encode(s) { HostFiles.replace(file, with: Array(data)) }
         return s
     }
 

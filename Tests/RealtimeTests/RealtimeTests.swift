@@ -107,11 +107,11 @@ final class FakeTree {
     }
 }
 
-@Suite struct WorkqueueAffinityTests {
+@Suite struct CPUMaskFileTests {
     @Test func confinesUnboundWorkqueuesAndRestores() {
         let t = FakeTree()
         t.file("sys/devices/virtual/workqueue/cpumask", "f\n")
-        let wq = WorkqueueAffinity(paths: HostPaths(sys: t.root + "/sys", proc: t.root + "/proc"))
+        let wq = CPUMaskFile.workqueues(HostPaths(sys: t.root + "/sys", proc: t.root + "/proc"))
         let saved = wq.move(off: [2, 3], housekeeping: [0, 1])
         #expect(saved == "f")
         #expect(t.read("sys/devices/virtual/workqueue/cpumask") == "3")
