@@ -46,6 +46,8 @@ if [ "$(id -u)" != 0 ]; then
 fi
 log "cross-checking the virtio inmates against QEMU's virtio-blk-pci/virtio-net-pci (TCG)"
 scripts/test-virtio-inmates-qemu.sh "${net_args[@]}" "$inmates" >&2
+log "VFIO against a real vfio-pci driver (QEMU q35 + intel-iommu + edu, TCG)"
+scripts/test-vfio.sh >&2
 
 log "fuzzing the virtqueue and virtio-blk parsers (libFuzzer + ASan, ${RTVISOR_FUZZ_SECONDS:-60} s)"
 scripts/fuzz-virtio.sh "${RTVISOR_FUZZ_SECONDS:-60}" >&2
