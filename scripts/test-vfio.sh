@@ -311,5 +311,7 @@ if [ $verbose = 0 ]; then
 	say "guest log ($log):"
 	cat "$log.txt" >&2
 fi
+# QEMU's own errors (edu's hw_error() aborts QEMU, e.g. on a DMA range it rejects).
+grep -a '^qemu' "$log.txt" | sed 's/^/test-vfio: QEMU said: /' >&2 || true
 say "FAIL: ${marker:-no VFIO-TEST marker} (QEMU status $qstatus, guest ${boot_s} s, total $(elapsed) s)"
 exit 1
