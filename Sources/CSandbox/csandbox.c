@@ -1,0 +1,128 @@
+#define _GNU_SOURCE
+#include "csandbox.h"
+#include <errno.h>
+#include <seccomp.h>
+#include <sched.h>
+#include <signal.h>
+#include <sys/prctl.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/socket.h>
+#include <sys/syscall.h>
+#include <ucontext.h>
+#include <unistd.h>
+
+#define NAMES 512
+static char names[NAMES][32];
+static char vm[128];
+static int status_fd = -1;
+static __thread char thread_label[32] = "unknown";
+static __thread char thread_kind[16] = "unfiltered";
+
+static void copy(char *dst, size_t size, const char *src) {
+	size_t n = strlen(src);
+	if (n >= size) n = size - 1;
+	memcpy(dst, src, n);
+	dst[n] = 0;
+}
+
+void csandbox_set_thread_label(const char *label, const char *kind) {
+	copy(thread_label, sizeof thread_label, label);
+	copy(thread_kind, sizeof thread_kind, kind);
+}
+
+// Appends without libc formatting (the handler may run with any lock held).
+static size_t put(char *buf, size_t at, size_t size, const char *s) {
+	while (*s && at + 1 < size) buf[at++] = *s++;
+	buf[at] = 0;
+	return at;
+}
+static size_t put_num(char *buf, size_t at, size_t size, long v) {
+	char tmp[24];
+	int n = 0;
+	unsigned long u = v < 0 ? (unsigned long)-v : (unsigned long)v;
+	do { tmp[n++] = (char)('0' + u % 10); u /= 10; } while (u && n < 23);
+	if (v < 0) tmp[n++] = '-';
+	while (n && at + 1 < size) buf[at++] = tmp[--n];
+	buf[at] = 0;
+	return at;
+}
+
+static void write_all(int fd, const char *p, size_t n) {
+	while (n > 0) {
+		ssize_t w = write(fd, p, n);
+		if (w <= 0) return;
+		p += w; n -= (size_t)w;
+	}
+}
+
+static void on_sigsys(int sig, siginfo_t *si, void *ctx) {
+	(void)sig;
+	int saved = errno;
+	int nr = si->si_syscall;
+	const char *name = nr >= 0 && nr < NAMES && names[nr][0] ? names[nr] : "?";
+	char what[256];
+	size_t n = 0;
+	n = put(what, n, sizeof what, "seccomp: thread ");
+	n = put(what, n, sizeof what, thread_label);
+	n = put(what, n, sizeof what, " (");
+	n = put(what, n, sizeof what, thread_kind);
+	n = put(what, n, sizeof what, " filter) of VM ");
+	n = put(what, n, sizeof what, vm);
+	n = put(what, n, sizeof what, " made forbidden syscall ");
+	n = put_num(what, n, sizeof what, nr);
+	n = put(what, n, sizeof what, " (");
+	n = put(what, n, sizeof what, name);
+	n = put(what, n, sizeof what, ")\n");
+	char line[300];
+	size_t m = put(line, 0, sizeof line, "rtvisor-vmm: ");
+	m = put(line, m, sizeof line, what);
+	write_all(STDERR_FILENO, line, m);
+	if (status_fd >= 0) {
+		// The exit-status file's format, "STATUS REASON": 128 + SIGSYS, as the shell reports it.
+		m = put_num(line, 0, sizeof line, 128 + SIGSYS);
+		m = put(line, m, sizeof line, " ");
+		m = put(line, m, sizeof line, what);
+		write_all(status_fd, line, m);
+	}
+	errno = saved;
+	// SA_RESETHAND made SIGSYS's action the default again: the same call, trapped again,
+	// now kills the whole process by SIGSYS (the filter never lets it run).
+	greg_t *r = ((ucontext_t *)ctx)->uc_mcontext.gregs;
+	syscall(nr, r[REG_RDI], r[REG_RSI], r[REG_RDX], r[REG_R10], r[REG_R8], r[REG_R9]);
+	// Unreachable unless the syscall was allowed after all (it was not executed the first time).
+	raise(SIGSYS);
+	_exit(128 + SIGSYS);
+}
+
+int csandbox_install_sigsys_handler(const char *vm_name, int fd) {
+	for (int i = 0; i < NAMES; i++) {
+		char *s = seccomp_syscall_resolve_num_arch(SCMP_ARCH_NATIVE, i);
+		if (s) { copy(names[i], sizeof names[i], s); free(s); }
+	}
+	copy(vm, sizeof vm, vm_name);
+	status_fd = fd;
+	struct sigaction sa;
+	memset(&sa, 0, sizeof sa);
+	sa.sa_sigaction = on_sigsys;
+	sa.sa_flags = SA_SIGINFO | SA_RESETHAND | SA_NODEFER;
+	sigemptyset(&sa.sa_mask);
+	return sigaction(SIGSYS, &sa, NULL);
+}
+
+const uint64_t CSANDBOX_CLONE_THREAD = CLONE_THREAD, CSANDBOX_PR_SET_NAME = PR_SET_NAME,
+	CSANDBOX_PR_SET_NO_NEW_PRIVS = PR_SET_NO_NEW_PRIVS;
+
+uint32_t csandbox_act_allow(void) { return SCMP_ACT_ALLOW; }
+uint32_t csandbox_act_trap(void) { return SCMP_ACT_TRAP; }
+uint32_t csandbox_act_log(void) { return SCMP_ACT_LOG; }
+uint32_t csandbox_act_errno(uint16_t err) { return SCMP_ACT_ERRNO(err); }
+
+int csandbox_syscall_number(const char *name) { return seccomp_syscall_resolve_name(name); }
+
+long csandbox_forbidden_socket(void) {
+	int fd = socket(AF_INET, SOCK_STREAM | SOCK_CLOEXEC, 0);
+	if (fd < 0) return -errno;
+	close(fd);
+	return fd;
+}

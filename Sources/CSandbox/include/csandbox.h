@@ -1,0 +1,29 @@
+// The async-signal-safe half of the sandbox (docs/sandbox.md): the SIGSYS handler that reports a
+// forbidden syscall, and the per-thread label it names. Filters themselves are built in Swift.
+#ifndef CSANDBOX_H
+#define CSANDBOX_H
+#include <stdint.h>
+
+/// Prepares the report: syscall names (resolved now, not in the handler), the VM name, the
+/// status file descriptor (-1: none), and installs the SIGSYS handler (SA_RESETHAND: the
+/// second SIGSYS, from re-issuing the syscall, kills the process with the default action).
+int csandbox_install_sigsys_handler(const char *vm_name, int status_fd);
+
+/// The calling thread's label and kind for the report (copied into thread-local storage).
+void csandbox_set_thread_label(const char *label, const char *kind);
+
+/// Argument values the filters check (from headers Swift's Glibc module does not expose).
+extern const uint64_t CSANDBOX_CLONE_THREAD, CSANDBOX_PR_SET_NAME, CSANDBOX_PR_SET_NO_NEW_PRIVS;
+
+/// SCMP_ACT_* values (SCMP_ACT_ERRNO is a function-like macro Swift cannot import).
+uint32_t csandbox_act_allow(void);
+uint32_t csandbox_act_trap(void);
+uint32_t csandbox_act_log(void);
+uint32_t csandbox_act_errno(uint16_t err);
+
+/// The syscall number of `name` on this architecture, or a negative value if unknown.
+int csandbox_syscall_number(const char *name);
+
+/// Used by the test hook: socket(AF_INET, SOCK_STREAM, 0), returning its result (-errno on error).
+long csandbox_forbidden_socket(void);
+#endif

@@ -1,0 +1,2 @@
+// libseccomp (Debian libseccomp-dev) for the Sandbox module.
+#include <seccomp.h>

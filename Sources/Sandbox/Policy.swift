@@ -1,0 +1,152 @@
+import CKVM
+import CSandbox
+import CLinux
+#if canImport(Glibc)
+import Glibc
+#endif
+
+/// The kinds of thread a filter is written for (docs/sandbox.md has the tables and the why).
+public enum ThreadKind: String, CaseIterable, Sendable {
+    /// `vcpuN`: KVM_RUN and the device work done on exits (virtio-blk I/O, virtio-net TX, MSI-X
+    /// routes, console output). Also the parent of virtio-net's RX thread.
+    case vcpu
+    /// `netN-rx` (tap → guest) and `ioeventfd` (doorbells in the kernel, device work here).
+    case io
+    /// The VMM's main thread once the VM is set up, and its helpers: signal forwarder, console
+    /// server, console input, real-time latency probe.
+    case vmm
+    /// rtvisord's API event-loop threads (SwiftNIO). Defined and tested as data; not installed
+    /// (docs/sandbox.md explains why a per-thread filter cannot be confined to them).
+    case api
+
+    /// The kind of a thread from its name (PosixThread names, docs/sandbox.md).
+    public init(threadName name: String) {
+        if name.hasPrefix("vcpu") { self = .vcpu }
+        else if name.hasSuffix("-rx") || name == "ioeventfd" { self = .io }
+        else { self = .vmm }
+    }
+}
+
+/// One condition on one syscall argument: `(arg & mask) == value`.
+public struct ArgumentCheck: Sendable, Equatable {
+    public let argument: UInt32
+    public let mask: UInt64
+    public let value: UInt64
+    /// What the value means (an ioctl or prctl name), for the docs and test messages.
+    public let label: String
+    public init(argument: UInt32, mask: UInt64 = .max, value: UInt64, label: String) {
+        self.argument = argument; self.mask = mask; self.value = value; self.label = label
+    }
+}
+
+/// What the filter does with a listed syscall.
+public enum RuleAction: Sendable, Equatable {
+    case allow
+    /// Fails with this errno without running (clone3 → ENOSYS: glibc falls back to clone,
+    /// whose flags a filter can see).
+    case fail(Int32)
+}
+
+/// A syscall a thread kind may make, with or without conditions on its arguments.
+public struct SyscallRule: Sendable, Equatable {
+    public let name: String
+    /// nil: any arguments; otherwise allowed when any one check matches.
+    public let anyOf: [ArgumentCheck]?
+    public let action: RuleAction
+    public init(_ name: String, anyOf: [ArgumentCheck]? = nil, action: RuleAction = .allow) {
+        self.name = name; self.anyOf = anyOf; self.action = action
+    }
+}
+
+/// The allow-lists, as data. x86-64 syscall names (libseccomp resolves them).
+public enum SeccompPolicy {
+    /// ioctl request numbers are 32-bit; compare only those bits (a caller passing an `int`
+    /// request sign-extends it).
+    static func ioctl(_ requests: [(UInt, String)]) -> SyscallRule {
+        SyscallRule("ioctl", anyOf: requests.map { ArgumentCheck(argument: 1, mask: 0xFFFF_FFFF, value: UInt64($0.0), label: $0.1) })
+    }
+
+    /// What every filtered thread needs: the Swift runtime and malloc (memory, futexes, signal
+    /// masks, time), thread exit, and the SIGSYS report itself (write).
+    static func base(pid: pid_t) -> [SyscallRule] {
+        let noExec = [ArgumentCheck(argument: 2, mask: UInt64(PROT_EXEC), value: 0, label: "without PROT_EXEC")]
+        return [
+            SyscallRule("futex"), SyscallRule("brk"), SyscallRule("madvise"), SyscallRule("munmap"), SyscallRule("mremap"),
+            // No new executable memory: nothing in a running VMM generates code.
+            SyscallRule("mmap", anyOf: noExec), SyscallRule("mprotect", anyOf: noExec),
+            SyscallRule("rt_sigprocmask"), SyscallRule("rt_sigreturn"), SyscallRule("sigaltstack"),
+            SyscallRule("clock_gettime"), SyscallRule("clock_nanosleep"), SyscallRule("nanosleep"), SyscallRule("sched_yield"),
+            SyscallRule("gettid"), SyscallRule("getpid"), SyscallRule("getrandom"),
+            // pthread_kill: the vCPU kick (SIGUSR2) and abort(); only threads of this process.
+            SyscallRule("tgkill", anyOf: [ArgumentCheck(argument: 0, mask: 0xFFFF_FFFF, value: UInt64(UInt32(bitPattern: pid)), label: "this process")]),
+            SyscallRule("write"),
+            SyscallRule("exit"), SyscallRule("exit_group"), SyscallRule("restart_syscall"),
+        ]
+    }
+
+    /// Starting a thread (glibc's pthread_create) and letting it install its own, narrower filter.
+    static var threadCreation: [SyscallRule] {
+        [
+            SyscallRule("clone3", action: .fail(ENOSYS)),
+            SyscallRule("clone", anyOf: [ArgumentCheck(argument: 0, mask: CSANDBOX_CLONE_THREAD, value: CSANDBOX_CLONE_THREAD, label: "CLONE_THREAD (threads, never processes)")]),
+            SyscallRule("set_robust_list"), SyscallRule("rseq"),
+            SyscallRule("prctl", anyOf: [
+                ArgumentCheck(argument: 0, mask: 0xFFFF_FFFF, value: CSANDBOX_PR_SET_NAME, label: "PR_SET_NAME"),
+                ArgumentCheck(argument: 0, mask: 0xFFFF_FFFF, value: CSANDBOX_PR_SET_NO_NEW_PRIVS, label: "PR_SET_NO_NEW_PRIVS"),
+            ]),
+            // A filter can only be narrowed by another: allowing seccomp() gives nothing away.
+            SyscallRule("seccomp"),
+        ]
+    }
+
+    static let blockIO = ["pread64", "preadv", "pwrite64", "pwritev", "fdatasync", "fsync", "fallocate"].map { SyscallRule($0) }
+    /// The journal (JournaldLogHandler: one datagram per entry) when logging from this thread.
+    static let journal = ["sendto", "sendmsg"].map { SyscallRule($0) }
+
+    public static func rules(for kind: ThreadKind, pid: pid_t = getpid()) -> [SyscallRule] {
+        var r = base(pid: pid)
+        switch kind {
+        case .vcpu:
+            r += [ioctl([(CKVM_RUN, "KVM_RUN"), (CKVM_IRQ_LINE, "KVM_IRQ_LINE"), (CKVM_SET_GSI_ROUTING, "KVM_SET_GSI_ROUTING"),
+                         (CKVM_SIGNAL_MSI, "KVM_SIGNAL_MSI"), (CKVM_IOEVENTFD, "KVM_IOEVENTFD"), (CKVM_IRQFD, "KVM_IRQFD"),
+                         (CKVM_GET_REGS, "KVM_GET_REGS"), (CKVM_GET_SREGS, "KVM_GET_SREGS"), (CKVM_TRANSLATE, "KVM_TRANSLATE"),
+                         (CLINUX_TUNSETOFFLOAD, "TUNSETOFFLOAD")])]
+            r += blockIO
+            r += ["read", "readv", "writev", "close", "fstat", "newfstatat", "lseek"].map { SyscallRule($0) }
+            // Virtio-net's RX thread is started here when the driver sets DRIVER_OK (eventfd,
+            // epoll, thread), and inherits this filter under its own: it needs epoll_wait and readv.
+            r += ["eventfd2", "epoll_create1", "epoll_ctl", "epoll_wait", "epoll_pwait"].map { SyscallRule($0) }
+            r += threadCreation
+            r += journal
+        case .io:
+            r += [ioctl([(CKVM_IRQ_LINE, "KVM_IRQ_LINE")])]   // INTx for drivers without MSI-X
+            r += blockIO
+            r += ["read", "readv", "writev", "close", "fstat", "newfstatat", "lseek", "epoll_wait", "epoll_pwait"].map { SyscallRule($0) }
+            r += journal
+        case .vmm:
+            r += [ioctl([(CKVM_IRQ_LINE, "KVM_IRQ_LINE"), (CKVM_IOEVENTFD, "KVM_IOEVENTFD"), (CKVM_SET_GSI_ROUTING, "KVM_SET_GSI_ROUTING"),
+                         (CKVM_IRQFD, "KVM_IRQFD"),
+                         (UInt(TCGETS), "TCGETS"), (UInt(TCSETS), "TCSETS"), (UInt(TCSETSW), "TCSETSW"), (UInt(TCSETSF), "TCSETSF")])]
+            r += ["read", "readv", "writev", "close", "fstat", "newfstatat", "lseek", "fsync", "fdatasync",
+                  // exit-status and latency files (temporary file + rename), real-time cgroup/IRQ files
+                  "openat", "rename", "renameat", "unlink", "unlinkat", "rmdir", "getdents64", "fcntl", "ftruncate",
+                  // console socket server and sigwait
+                  "poll", "ppoll", "accept4", "recvfrom", "rt_sigtimedwait",
+                  // journal entries too big for a datagram go through a sealed memfd
+                  "memfd_create",
+                  // real-time latency probe threads and the partition's undo
+                  "sched_setaffinity", "sched_getaffinity", "sched_setscheduler", "sched_getscheduler", "sched_getparam", "munlockall",
+                  "eventfd2", "epoll_ctl",
+            ].map { SyscallRule($0) }
+            r += threadCreation
+            r += journal
+        case .api:
+            // SwiftNIO's event loop on a unix socket: epoll, eventfd/timerfd wake-ups, accept, I/O.
+            r += ["read", "readv", "writev", "close", "epoll_wait", "epoll_pwait", "epoll_ctl", "eventfd2",
+                  "timerfd_create", "timerfd_settime", "accept4", "recvfrom", "recvmsg", "shutdown", "getsockopt",
+                  "setsockopt", "getsockname", "getpeername", "fcntl", "fstat"].map { SyscallRule($0) }
+            r += journal
+        }
+        return r
+    }
+}

@@ -1,0 +1,115 @@
+import CSandbox
+import CSeccomp
+import Config
+import Posix
+import Synchronization
+#if canImport(Glibc)
+import Glibc
+#endif
+
+public struct SandboxError: Error, CustomStringConvertible {
+    public let description: String
+    init(_ d: String) { description = d }
+}
+
+/// Per-thread seccomp filters for rtvisor-vmm (docs/sandbox.md). `prepare` once in the main
+/// thread, before any other thread exists; then every thread calls `enterThread` (PosixThread
+/// threads do it through the start hook) before it does its work, the vCPUs before KVM_RUN.
+/// Nothing is filtered in a process that did not call `prepare` (tests running a Machine in-process).
+public enum Sandbox {
+    struct State: Sendable {
+        var mode: SeccompMode = .off
+        var prepared = false
+        var testTarget: String?
+    }
+    static let state = Mutex(State())
+
+    public static var mode: SeccompMode? { state.withLock { $0.prepared ? $0.mode : nil } }
+
+    /// The SIGSYS report (stderr and the status file, opened now: a trapped thread may not
+    /// open files), PosixThread's start hook, and no core dumps (guest memory stays private).
+    public static func prepare(mode: SeccompMode, vmName: String, statusFile: String?) throws {
+        var target: String? = nil
+        #if RTVISOR_TEST_HOOKS
+        if let v = getenv("RTVISOR_TEST_FORBIDDEN_SYSCALL") { target = String(cString: v) }
+        #endif
+        state.withLock { $0 = State(mode: mode, prepared: true, testTarget: target) }
+        guard mode != .off else { return }
+        var fd: Int32 = -1
+        if let statusFile, mode == .enforce {
+            fd = open(statusFile, O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, 0o640)
+            if fd < 0 { throw SandboxError("--status-file \(statusFile): \(String(cString: strerror(errno)))") }
+        }
+        if mode == .enforce {
+            guard csandbox_install_sigsys_handler(vmName, fd) == 0 else {
+                throw SandboxError("sigaction(SIGSYS): \(String(cString: strerror(errno)))")
+            }
+            var none = rlimit(rlim_cur: 0, rlim_max: 0)
+            _ = withUnsafePointer(to: &none) { setrlimit(__rlimit_resource_t(RLIMIT_CORE.rawValue), $0) }
+        }
+        PosixThread.setStartHook { name in
+            let kind = ThreadKind(threadName: name)
+            // vCPU threads install theirs in the vCPU loop, after the real-time setup.
+            if kind != .vcpu { enterThreadOrExit(kind, label: name) }
+        }
+    }
+
+    /// Installs `kind`'s filter on the calling thread (only), in the prepared mode.
+    public static func enterThread(_ kind: ThreadKind, label: String) throws {
+        let (mode, prepared, target) = state.withLock { ($0.mode, $0.prepared, $0.testTarget) }
+        guard prepared else { return }
+        if mode != .off {
+            csandbox_set_thread_label(label, kind.rawValue)
+            try install(SeccompPolicy.rules(for: kind), defaultAction: mode == .enforce ? csandbox_act_trap() : csandbox_act_log())
+        }
+        #if RTVISOR_TEST_HOOKS
+        // Test builds only: a forbidden syscall on this thread (SeccompTests).
+        if let target, target == kind.rawValue || target == label {
+            let r = csandbox_forbidden_socket()
+            writeStderr("rtvisor-vmm: test hook: thread \(label) (\(kind.rawValue)) issued socket(): \(r)\n")
+        }
+        #else
+        _ = target
+        #endif
+    }
+
+    /// For threads that cannot report an error: a filter that cannot be installed ends the VMM
+    /// (exit status 1) rather than let the thread run unfiltered.
+    public static func enterThreadOrExit(_ kind: ThreadKind, label: String) {
+        do { try enterThread(kind, label: label) } catch {
+            writeStderr("rtvisor-vmm: seccomp filter of thread \(label) (\(kind.rawValue)): \(error)\n")
+            _exit(1)
+        }
+    }
+
+    /// Builds and loads one filter on the calling thread (no TSYNC).
+    static func install(_ rules: [SyscallRule], defaultAction: UInt32) throws {
+        guard let ctx = seccomp_init(defaultAction) else { throw SandboxError("seccomp_init failed") }
+        defer { seccomp_release(ctx) }
+        for rule in rules {
+            let nr = csandbox_syscall_number(rule.name)
+            guard nr >= 0 else { throw SandboxError("unknown syscall \(rule.name)") }
+            let action: UInt32 = switch rule.action {
+            case .allow: csandbox_act_allow()
+            case let .fail(e): csandbox_act_errno(UInt16(e))
+            }
+            if let checks = rule.anyOf {
+                for c in checks {
+                    var cmp = scmp_arg_cmp(arg: c.argument, op: SCMP_CMP_MASKED_EQ, datum_a: c.mask, datum_b: c.value)
+                    let rc = seccomp_rule_add_array(ctx, action, nr, 1, &cmp)
+                    guard rc == 0 else { throw SandboxError("rule \(rule.name) (\(c.label)): \(String(cString: strerror(-rc)))") }
+                }
+            } else {
+                let rc = seccomp_rule_add_array(ctx, action, nr, 0, nil)
+                guard rc == 0 else { throw SandboxError("rule \(rule.name): \(String(cString: strerror(-rc)))") }
+            }
+        }
+        let rc = seccomp_load(ctx)
+        guard rc == 0 else { throw SandboxError("seccomp_load: \(String(cString: strerror(-rc)))") }
+    }
+
+    static func writeStderr(_ s: String) {
+        var bytes = Array(s.utf8)
+        _ = bytes.withUnsafeMutableBytes { write(STDERR_FILENO, $0.baseAddress, $0.count) }
+    }
+}

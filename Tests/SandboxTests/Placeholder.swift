@@ -1,0 +1,2 @@
+// Placeholder so the package loads while the sandbox tests are written; delete when real tests exist.
+import Testing
