@@ -268,8 +268,8 @@ echo "VFIO-TEST-BEGIN /test/$bname --device \$bdf$args_q"
 /test/$bname --device \$bdf$args_q
 status=\$?
 echo "VFIO-TEST-EXIT \$status"
-echo "VFIO-GUEST: kernel messages about vfio/DMAR/edu:"
-dmesg | grep -iE 'vfio|dmar|iommu|edu|fault' | tail -n 30
+echo "VFIO-GUEST: kernel messages about vfio, DMAR and \$bdf:"
+dmesg | grep -iE "vfio|dmar|fault|\$bdf" | tail -n 30
 poweroff -f
 EOF
 chmod 755 "$root/init"
