@@ -46,6 +46,11 @@ let package = Package(
         .target(name: "VirtioNet", dependencies: ["Virtio", "Memory", "Posix", "CLinux", .product(name: "SystemPackage", package: "swift-system")]),
         // PCI root bus (configuration mechanism #1, BAR window), MSI-X, and the virtio-pci transport.
         .target(name: "PCI", dependencies: ["Devices", "Virtio", "Memory"]),
+        // VFIO passthrough: container/group/device handling behind a mockable kernel seam, host
+        // checks (IOMMU groups, vfio-pci binding), and the passthrough PCI function.
+        .target(name: "VFIO", dependencies: ["CKVM", "PCI", .product(name: "SystemPackage", package: "swift-system")]),
+        // Runs the VFIO layer against a real vfio-pci device (QEMU's edu; scripts/test-vfio.sh).
+        .executableTarget(name: "rtvisor-vfio-check", dependencies: ["VFIO", "PCI", "Posix"]),
         // Real-time partitions: CPU lists, cpusets (v1 shield, v2 threaded partition), IRQ affinity,
         // thread scheduling and the host report (rt-check).
         .target(name: "Realtime", dependencies: ["CLinux"]),
@@ -53,7 +58,7 @@ let package = Package(
         .target(name: "Config", dependencies: ["Arch"]),
         // Wires one VM: memory, vCPU threads, devices, lifecycle.
         .target(name: "VMM", dependencies: [
-            "CKVM", "KVM", "Memory", "Arch", "Boot", "Devices", "Config", "Posix", "Virtio", "VirtioBlock", "VirtioNet", "PCI", "Realtime", "APIModels",
+            "CKVM", "KVM", "Memory", "Arch", "Boot", "Devices", "Config", "Posix", "Virtio", "VirtioBlock", "VirtioNet", "PCI", "Realtime", "APIModels", "VFIO",
             .product(name: "Histogram", package: "hdrhistogram-swift"),
             .product(name: "Logging", package: "swift-log"),
             .product(name: "SystemPackage", package: "swift-system"),
@@ -109,8 +114,13 @@ let package = Package(
         .testTarget(name: "ConfigTests", dependencies: ["Config"]),
         .testTarget(name: "RealtimeTests", dependencies: ["Realtime"]),
         .testTarget(name: "VirtioTests", dependencies: ["Virtio", "VirtioBlock", "VirtioNet", "Memory"]),
+        .testTarget(name: "VFIOTests", dependencies: ["VFIO", "PCI", "CKVM"]),
         .testTarget(name: "PCITests", dependencies: ["PCI", "Virtio", "Devices", "Memory"]),
         .testTarget(name: "KVMTests", dependencies: ["KVM", "Memory", "Arch"]),
-        .testTarget(name: "IntegrationTests", dependencies: ["VMM", "Config", "Realtime", "APIModels"]),
+        .testTarget(name: "IntegrationTests", dependencies: [
+            "VMM", "Config", "Realtime", "APIModels", "KVM", "PCI",
+            .product(name: "Logging", package: "swift-log"),
+            .product(name: "SystemPackage", package: "swift-system"),
+        ]),
     ]
 )

@@ -7,6 +7,8 @@
 #include <sys/syscall.h>
 #include <unistd.h>
 #include <pthread.h>
+#include <stdlib.h>
+#include <errno.h>
 
 const unsigned long CKVM_GET_API_VERSION = KVM_GET_API_VERSION;
 const unsigned long CKVM_CREATE_VM = KVM_CREATE_VM;
@@ -43,6 +45,74 @@ const unsigned long CKVM_SET_LAPIC = KVM_SET_LAPIC;
 const unsigned long CKVM_GET_MP_STATE = KVM_GET_MP_STATE;
 const unsigned long CKVM_SET_MP_STATE = KVM_SET_MP_STATE;
 const unsigned long CKVM_TRANSLATE = KVM_TRANSLATE;
+
+const unsigned long CKVM_VFIO_GET_API_VERSION = VFIO_GET_API_VERSION;
+const unsigned long CKVM_VFIO_CHECK_EXTENSION = VFIO_CHECK_EXTENSION;
+const unsigned long CKVM_VFIO_SET_IOMMU = VFIO_SET_IOMMU;
+const unsigned long CKVM_VFIO_GROUP_GET_STATUS = VFIO_GROUP_GET_STATUS;
+const unsigned long CKVM_VFIO_GROUP_SET_CONTAINER = VFIO_GROUP_SET_CONTAINER;
+const unsigned long CKVM_VFIO_GROUP_UNSET_CONTAINER = VFIO_GROUP_UNSET_CONTAINER;
+const unsigned long CKVM_VFIO_GROUP_GET_DEVICE_FD = VFIO_GROUP_GET_DEVICE_FD;
+const unsigned long CKVM_VFIO_DEVICE_GET_INFO = VFIO_DEVICE_GET_INFO;
+const unsigned long CKVM_VFIO_DEVICE_GET_IRQ_INFO = VFIO_DEVICE_GET_IRQ_INFO;
+const unsigned long CKVM_VFIO_DEVICE_RESET = VFIO_DEVICE_RESET;
+const unsigned long CKVM_VFIO_IOMMU_MAP_DMA = VFIO_IOMMU_MAP_DMA;
+const unsigned long CKVM_VFIO_IOMMU_UNMAP_DMA = VFIO_IOMMU_UNMAP_DMA;
+
+int ckvm_vfio_region_info(int device_fd, uint32_t index, struct ckvm_vfio_region *out) {
+    memset(out, 0, sizeof *out);
+    struct vfio_region_info probe;
+    memset(&probe, 0, sizeof probe);
+    probe.argsz = sizeof probe;
+    probe.index = index;
+    if (ioctl(device_fd, VFIO_DEVICE_GET_REGION_INFO, &probe) < 0) return -1;
+    out->flags = probe.flags;
+    out->size = probe.size;
+    out->offset = probe.offset;
+    if (!(probe.flags & VFIO_REGION_INFO_FLAG_CAPS) || probe.argsz <= sizeof probe) return 0;
+    // Second call with room for the capability chain.
+    uint32_t argsz = probe.argsz;
+    struct vfio_region_info *full = calloc(1, argsz);
+    if (!full) { errno = ENOMEM; return -1; }
+    full->argsz = argsz;
+    full->index = index;
+    if (ioctl(device_fd, VFIO_DEVICE_GET_REGION_INFO, full) < 0) { int e = errno; free(full); errno = e; return -1; }
+    uint32_t next = full->cap_offset;
+    int guard = 0;
+    while (next != 0 && next + sizeof(struct vfio_info_cap_header) <= argsz && guard++ < 64) {
+        struct vfio_info_cap_header *h = (struct vfio_info_cap_header *)((char *)full + next);
+        if (h->id == VFIO_REGION_INFO_CAP_SPARSE_MMAP && next + sizeof(struct vfio_region_info_cap_sparse_mmap) <= argsz) {
+            struct vfio_region_info_cap_sparse_mmap *sp = (struct vfio_region_info_cap_sparse_mmap *)h;
+            out->has_sparse = 1;
+            for (uint32_t i = 0; i < sp->nr_areas && out->nr_areas < CKVM_VFIO_MAX_SPARSE; i++) {
+                if (next + sizeof *sp + (i + 1) * sizeof(sp->areas[0]) > argsz) break;
+                out->area_offset[out->nr_areas] = sp->areas[i].offset;
+                out->area_size[out->nr_areas] = sp->areas[i].size;
+                out->nr_areas++;
+            }
+        }
+        next = h->next;
+    }
+    free(full);
+    return 0;
+}
+
+int ckvm_vfio_set_irqs(int device_fd, uint32_t index, uint32_t action, uint32_t start, uint32_t count, const int32_t *fds) {
+    size_t argsz = sizeof(struct vfio_irq_set) + (fds ? count * sizeof(int32_t) : 0);
+    struct vfio_irq_set *set = calloc(1, argsz);
+    if (!set) { errno = ENOMEM; return -1; }
+    set->argsz = (uint32_t)argsz;
+    set->flags = action | (fds ? VFIO_IRQ_SET_DATA_EVENTFD : VFIO_IRQ_SET_DATA_NONE);
+    set->index = index;
+    set->start = start;
+    set->count = count;
+    if (fds) memcpy(set->data, fds, count * sizeof(int32_t));
+    int r = ioctl(device_fd, VFIO_DEVICE_SET_IRQS, set);
+    int e = errno;
+    free(set);
+    errno = e;
+    return r;
+}
 
 int ckvm_ioctl_ptr(int fd, unsigned long request, void *arg) { return ioctl(fd, request, arg); }
 int ckvm_ioctl_val(int fd, unsigned long request, unsigned long arg) { return ioctl(fd, request, arg); }

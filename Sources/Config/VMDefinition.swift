@@ -42,6 +42,8 @@ public struct VMDefinition: Equatable, Sendable {
     public var cpu: CPUSettings
     public var disks: [DiskSettings]
     public var nets: [NetSettings]
+    /// Host PCI functions given to this VM with VFIO (Passthrough.swift, docs/vfio.md).
+    public var passthrough: [PassthroughSettings] = []
     /// rtvisord's fields (autostart, restart policy, stop timeout); see DaemonSettings.swift.
     public var daemon: DaemonSettings = DaemonSettings()
     /// Dedicated host CPUs, SCHED_FIFO and locked memory; nil for an ordinary VM (Realtime.swift).
@@ -53,7 +55,7 @@ public struct VMDefinition: Equatable, Sendable {
     /// Slots 1–31 of PCI bus 0 (slot 0 is the host bridge).
     public static let maxPciDevices = 31
     public static let knownKeys: Set<String> = Set(["name", "vcpus", "memory_mib", "kernel", "initrd", "cmdline", "cpu",
-                                                     "disks", "nets", "realtime"])
+                                                     "disks", "nets", "realtime", "passthrough"])
         .union(DaemonSettings.keys)
     public static let cpuKeys: Set<String> = ["template", "disable_features"]
 
@@ -141,12 +143,14 @@ struct Validator {
         let cpu = cpuSettings(o["cpu"])
         let disks = disks(o["disks"])
         let nets = nets(o["nets"], vmName: name)
-        if disks.count + nets.count > VMDefinition.maxPciDevices {
-            fail("$", "\(disks.count) disks and \(nets.count) nets exceed the \(VMDefinition.maxPciDevices) PCI slots")
+        let passthrough = passthrough(o["passthrough"])
+        if disks.count + nets.count + passthrough.count > VMDefinition.maxPciDevices {
+            fail("$", "\(disks.count) disks, \(nets.count) nets and \(passthrough.count) passthrough devices exceed the \(VMDefinition.maxPciDevices) PCI slots")
         }
         var def = VMDefinition(name: name, vcpus: vcpus, memoryMiB: memory, kernel: kernel ?? "", initrd: initrd,
                                cmdline: cmdline, cpu: cpu, disks: disks, nets: nets)
         def.daemon = daemonSettings(o)
+        def.passthrough = passthrough
         def.realtime = realtime(o["realtime"], vcpus: vcpus, memoryMiB: memory)
         return def
     }

@@ -193,6 +193,13 @@ public actor Supervisor: VMControl {
         }
         try? fm.removeItem(atPath: paths.statusFile(name))
         if let rt = r.loaded.definition.realtime, let refusal = admitRealtime(name, rt) { return launchFailed(name, refusal) }
+        let wanted = r.loaded.definition.passthrough.map(\.pci)
+        if !wanted.isEmpty {
+            let running = records.filter { $0.value.pid != nil }.map { (vm: $0.key, devices: $0.value.current.passthrough.map(\.pci)) }
+            if let refusal = PassthroughClaims.conflict(vm: name, wants: wanted, running: running, group: { PassthroughClaims.sysfsGroup($0) }) {
+                return launchFailed(name, refusal)
+            }
+        }
         var argv = [paths.vmm, "--config", paths.definitionCopy(name), "--base-directory", r.loaded.directory,
                     "--no-console-input", "--console-socket", paths.consoleSocket(name), "--console-journal",
                     "--log-journal", "--status-file", paths.statusFile(name)]

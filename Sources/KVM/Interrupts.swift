@@ -51,6 +51,18 @@ extension VirtualMachine {
         try IOCtl.call(fd, CKVM_IRQFD, "KVM_IRQFD", &irqfd)
     }
 
+    /// A level-triggered line (passthrough INTx): signalling `eventfd` asserts `gsi`; when the guest
+    /// ends the interrupt (EOI) KVM de-asserts it and signals `resample`, so the device's driver
+    /// (VFIO) can unmask and re-raise if still pending.
+    public func registerIRQFD(_ eventfd: FileDescriptor, gsi: UInt32, resample: FileDescriptor) throws {
+        var irqfd = kvm_irqfd()
+        irqfd.fd = UInt32(eventfd.rawValue)
+        irqfd.gsi = gsi
+        irqfd.flags = UInt32(KVM_IRQFD_FLAG_RESAMPLE)
+        irqfd.resamplefd = UInt32(resample.rawValue)
+        try IOCtl.call(fd, CKVM_IRQFD, "KVM_IRQFD(resample)", &irqfd)
+    }
+
     public func unregisterIRQFD(_ eventfd: FileDescriptor, gsi: UInt32) throws {
         var irqfd = kvm_irqfd()
         irqfd.fd = UInt32(eventfd.rawValue)

@@ -9,6 +9,7 @@ import CKVM
 import PCI
 import Posix
 import Realtime
+import VFIO
 #if canImport(Glibc)
 import Glibc
 #endif
@@ -71,6 +72,9 @@ public final class Machine: @unchecked Sendable {
     let serial: Serial8250
     /// virtio-pci devices (disks, NICs), reset when the VM stops so their I/O threads end.
     let pciDevices: [VirtioPciDevice]
+    /// VFIO passthrough devices and their container: reset and released when the VM stops.
+    let passthrough: [VfioPciDevice]
+    let vfioContainer: VFIOContainer?
     /// Kept for `requestGuestShutdown()` (Ctrl-Alt-Del injection).
     let keyboard: I8042
     let stop = StopController()
@@ -141,6 +145,15 @@ public final class Machine: @unchecked Sendable {
         let pci = try PciDevices.build(definition: def, vm: vm, memory: memory, router: MsiRouter(vm: vm, logger: logger),
                                        notifyOffload: offload, logger: logger)
         pciDevices = pci.transports
+        passthrough = pci.passthrough
+        vfioContainer = pci.container
+        var pciReleased = false
+        defer {
+            if !pciReleased {
+                for d in pci.passthrough { d.stop() }
+                pci.container?.close()
+            }
+        }
         let entry = try KernelLoader.load(images, into: memory, vcpus: def.vcpus, pciInterrupts: pci.interrupts)
 
         // Devices. They report guest requests to the stop controller, never to KVM.
@@ -206,6 +219,7 @@ public final class Machine: @unchecked Sendable {
         self.vcpus = vcpus
         logger.info("VM \(def.name): \(def.vcpus) vCPU(s), \(def.memoryMiB) MiB, \(entry)")
         initialized = true
+        pciReleased = true
     }
 
     static func ms(_ ns: UInt64) -> String {
@@ -230,6 +244,9 @@ public final class Machine: @unchecked Sendable {
         realtime?.probe?.start()
         for t in threads { t.join() }
         for d in pciDevices { d.reset() }
+        // Passthrough devices: interrupts off, slots removed, device reset, DMA unmapped.
+        for d in passthrough { d.stop() }
+        vfioContainer?.close()
         realtime?.probe?.stop()
         realtime?.probe?.finish()
         realtime?.release()

@@ -21,12 +21,15 @@ final class MsiRouter: Sendable {
         self.logger = logger
     }
 
+    /// A GSI above the IOAPIC pins, for one MSI vector.
+    func allocateGSI() -> UInt32 { state.withLock { s -> UInt32 in defer { s.nextGSI += 1 }; return s.nextGSI } }
+
     /// GSIs and irqfds for one device's vectors.
     func makeSink(vectors: Int, device: String) throws -> KVMMsiSink {
         var gsis: [UInt32] = []
         var fds: [EventFD] = []
         for _ in 0..<vectors {
-            let gsi = state.withLock { s -> UInt32 in defer { s.nextGSI += 1 }; return s.nextGSI }
+            let gsi = allocateGSI()
             let fd = try EventFD()
             try vm.registerIRQFD(fd.fd, gsi: gsi)
             gsis.append(gsi)

@@ -7,6 +7,7 @@ import PCI
 import Virtio
 import VirtioBlock
 import VirtioNet
+import VFIO
 
 /// Builds the PCI root bus with the definition's disks and NICs as virtio-pci devices.
 enum PciDevices {
@@ -21,6 +22,9 @@ enum PciDevices {
     struct Built {
         let root: PciRoot
         let transports: [VirtioPciDevice]
+        /// Host functions passed through with VFIO, and their container (DMA map of guest RAM).
+        let passthrough: [VfioPciDevice]
+        let container: VFIOContainer?
         /// slot → IOAPIC pin, for the MP table.
         let interrupts: [(slot: Int, ioapicPin: UInt8)]
     }
@@ -54,7 +58,60 @@ enum PciDevices {
                                               onError: { log.error("\($0)") }))
             interrupts.append((slot, UInt8(pin)))
         }
-        let root = try PciRoot(devices: transports, windowBase: windowBase, windowSize: windowSize)
-        return Built(root: root, transports: transports, interrupts: interrupts)
+        let (container, passthrough) = try buildPassthrough(definition: def, vm: vm, memory: memory, router: router,
+                                                            firstIndex: devices.count, logger: logger)
+        for (i, device) in passthrough.enumerated() where device.interruptPin != 0 {
+            interrupts.append((devices.count + i + 1, UInt8(firstINTxPin + UInt32((devices.count + i) % 8))))
+        }
+        do {
+            let root = try PciRoot(devices: transports + passthrough, windowBase: windowBase, windowSize: windowSize)
+            return Built(root: root, transports: transports, passthrough: passthrough, container: container, interrupts: interrupts)
+        } catch {
+            for d in passthrough { d.stop() }
+            container?.close()
+            throw error
+        }
+    }
+
+    /// Host checks, one VFIO container for the VM, every group attached, all guest RAM mapped for
+    /// DMA, then each device reset and wired (docs/vfio.md).
+    static func buildPassthrough(definition def: VMDefinition, vm: VirtualMachine, memory: GuestMemory, router: MsiRouter,
+                                 firstIndex: Int, logger: Logger) throws -> (VFIOContainer?, [VfioPciDevice]) {
+        guard !def.passthrough.isEmpty else { return (nil, []) }
+        let host = HostPCI()
+        let plan: PassthroughPlan
+        do { plan = try PassthroughPlan.resolve(def.passthrough.map(\.pci), host: host) }
+        catch { throw VMMError.setup("\(error)") }
+        let container: VFIOContainer
+        do { container = try VFIOContainer(kernel: LinuxVFIO()) } catch { throw VMMError.setup("passthrough: \(error)") }
+        var devices: [VfioPciDevice] = []
+        do {
+            for region in memory.regions {
+                try container.mapDMA(iova: region.start.raw, size: region.size, hostAddress: region.hostAddress)
+            }
+            let platform = KVMPassthroughPlatform(vm: vm, router: router, logger: logger)
+            var index = firstIndex
+            for (group, addresses) in plan.groups {
+                let fd = try container.attachGroup(group, explain: {
+                    host.groupMembers(group).compactMap { m in host.driver(of: m).map { "\(m) (driver \($0))" } }.joined(separator: ", ")
+                })
+                for address in addresses {
+                    let name = "hostdev\(devices.count)"
+                    let pin = UInt8(firstINTxPin + UInt32(index % 8))
+                    let vfio = try VFIODevice(kernel: container.kernel, group: fd, address: "\(address)")
+                    let log = logger
+                    let device = try VfioPciDevice(name: name, device: vfio, platform: platform, intxPin: pin, onError: { log.error("\($0)") })
+                    devices.append(device)
+                    try device.start()
+                    index += 1
+                    logger.info("\(name): \(address) [\(host.identity(of: address) ?? "?")] passed through (IOMMU group \(group), BARs \(device.barState.bars.map { "\($0.index):\($0.size >> 10) KiB" }.joined(separator: " ")), MSI-X \(device.msixTable?.vectorCount ?? 0) vectors, INTx \(device.interruptPin != 0 ? "pin \(pin)" : "none"))")
+                }
+            }
+        } catch {
+            for d in devices { d.stop() }
+            container.close()
+            throw VMMError.setup("passthrough: \(error)")
+        }
+        return (container, devices)
     }
 }

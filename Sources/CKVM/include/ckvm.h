@@ -6,6 +6,7 @@
 #include <stdint.h>
 #include <stddef.h>
 #include <linux/kvm.h>
+#include <linux/vfio.h>
 
 // ---- ioctl request numbers ----------------------------------------------------------------
 extern const unsigned long CKVM_GET_API_VERSION;
@@ -76,6 +77,40 @@ struct ckvm_irq_routing {
 void ckvm_routing_set_irqchip(struct ckvm_irq_routing *r, uint32_t index, uint32_t gsi, uint32_t chip, uint32_t pin);
 void ckvm_routing_set_msi(struct ckvm_irq_routing *r, uint32_t index, uint32_t gsi, uint64_t address, uint32_t data);
 
+
+// ---- VFIO (<linux/vfio.h>) ----------------------------------------------------------------
+extern const unsigned long CKVM_VFIO_GET_API_VERSION;
+extern const unsigned long CKVM_VFIO_CHECK_EXTENSION;
+extern const unsigned long CKVM_VFIO_SET_IOMMU;
+extern const unsigned long CKVM_VFIO_GROUP_GET_STATUS;
+extern const unsigned long CKVM_VFIO_GROUP_SET_CONTAINER;
+extern const unsigned long CKVM_VFIO_GROUP_UNSET_CONTAINER;
+extern const unsigned long CKVM_VFIO_GROUP_GET_DEVICE_FD;
+extern const unsigned long CKVM_VFIO_DEVICE_GET_INFO;
+extern const unsigned long CKVM_VFIO_DEVICE_GET_IRQ_INFO;
+extern const unsigned long CKVM_VFIO_DEVICE_RESET;
+extern const unsigned long CKVM_VFIO_IOMMU_MAP_DMA;
+extern const unsigned long CKVM_VFIO_IOMMU_UNMAP_DMA;
+
+// One region's info with the sparse-mmap capability flattened (the kernel returns it as a
+// variable-length capability chain, which Swift cannot walk without pointer arithmetic).
+#define CKVM_VFIO_MAX_SPARSE 16
+struct ckvm_vfio_region {
+    uint32_t flags;
+    uint32_t nr_areas;     // sparse mmap areas; 0 with has_sparse = 0 means "all of it if MMAP"
+    uint32_t has_sparse;
+    uint32_t pad;
+    uint64_t size;
+    uint64_t offset;
+    uint64_t area_offset[CKVM_VFIO_MAX_SPARSE];
+    uint64_t area_size[CKVM_VFIO_MAX_SPARSE];
+};
+// VFIO_DEVICE_GET_REGION_INFO (twice when the region has capabilities). 0 or -1 with errno.
+int ckvm_vfio_region_info(int device_fd, uint32_t index, struct ckvm_vfio_region *out);
+// VFIO_DEVICE_SET_IRQS with DATA_EVENTFD (fds[i] = -1 detaches vector start+i) or, when fds is
+// NULL, DATA_NONE. `action` is one of VFIO_IRQ_SET_ACTION_*.
+int ckvm_vfio_set_irqs(int device_fd, uint32_t index, uint32_t action, uint32_t start, uint32_t count, const int32_t *fds);
+
 // ---- wrappers -------------------------------------------------------------------------------
 // Each returns the ioctl's result; on -1 errno is left for the caller.
 int ckvm_ioctl_ptr(int fd, unsigned long request, void *arg);
@@ -94,5 +129,12 @@ int ckvm_pin_current_thread(int cpu);
 int ckvm_install_kick_handler(int signo);
 int ckvm_block_signal(int signo, int block);
 int ckvm_set_thread_name(const char *name);
+
+// Device register access through an mmap'd BAR: volatile, so every load and store happens
+// (a plain Swift load/store may be folded by the optimiser).
+static inline uint32_t ckvm_mmio_read32(void *base, long off) { return *(volatile uint32_t *)((char *)base + off); }
+static inline uint64_t ckvm_mmio_read64(void *base, long off) { return *(volatile uint64_t *)((char *)base + off); }
+static inline void ckvm_mmio_write32(void *base, long off, uint32_t v) { *(volatile uint32_t *)((char *)base + off) = v; }
+static inline void ckvm_mmio_write64(void *base, long off, uint64_t v) { *(volatile uint64_t *)((char *)base + off) = v; }
 
 #endif
