@@ -114,7 +114,8 @@ public struct APIRouter: Sendable {
         guard let q = target.firstIndex(of: "?") else { return (target, [:]) }
         var query: [String: String] = [:]
         for pair in target[target.index(after: q)...].split(separator: "&") {
-            let kv = pair.split(separator: "=", maxSplits: 1)
+            // Keep empty parts: "=" or "=x" must not leave kv empty (the fuzzer's first find).
+            let kv = pair.split(separator: "=", maxSplits: 1, omittingEmptySubsequences: false)
             query[String(kv[0])] = kv.count > 1 ? String(kv[1]) : ""
         }
         return (String(target[..<q]), query)
