@@ -4,6 +4,7 @@
 #include <seccomp.h>
 #include <sched.h>
 #include <signal.h>
+#include <linux/vfio.h>
 #include <sys/prctl.h>
 #include <stdlib.h>
 #include <string.h>
@@ -111,7 +112,7 @@ int csandbox_install_sigsys_handler(const char *vm_name, int fd) {
 }
 
 const uint64_t CSANDBOX_CLONE_THREAD = CLONE_THREAD, CSANDBOX_PR_SET_NAME = PR_SET_NAME,
-	CSANDBOX_PR_SET_NO_NEW_PRIVS = PR_SET_NO_NEW_PRIVS;
+	CSANDBOX_PR_SET_NO_NEW_PRIVS = PR_SET_NO_NEW_PRIVS, CSANDBOX_VFIO_DEVICE_SET_IRQS = VFIO_DEVICE_SET_IRQS;
 
 uint32_t csandbox_act_allow(void) { return SCMP_ACT_ALLOW; }
 uint32_t csandbox_act_trap(void) { return SCMP_ACT_TRAP; }

@@ -48,6 +48,8 @@ public struct VMDefinition: Equatable, Sendable {
     public var daemon: DaemonSettings = DaemonSettings()
     /// Dedicated host CPUs, SCHED_FIFO and locked memory; nil for an ordinary VM (Realtime.swift).
     public var realtime: RealtimeSettings?
+    /// The VMM's seccomp filters (Sandbox.swift, docs/sandbox.md); enforced unless turned off.
+    public var sandbox: SandboxSettings = SandboxSettings()
 
     public static let vcpuRange = 1...254
     public static let memoryRange = 8...(1 << 20)
@@ -55,7 +57,7 @@ public struct VMDefinition: Equatable, Sendable {
     /// Slots 1–31 of PCI bus 0 (slot 0 is the host bridge).
     public static let maxPciDevices = 31
     public static let knownKeys: Set<String> = Set(["name", "vcpus", "memory_mib", "kernel", "initrd", "cmdline", "cpu",
-                                                     "disks", "nets", "realtime", "passthrough"])
+                                                     "disks", "nets", "realtime", "sandbox", "passthrough"])
         .union(DaemonSettings.keys)
     public static let cpuKeys: Set<String> = ["template", "disable_features"]
 
@@ -152,6 +154,7 @@ struct Validator {
         def.daemon = daemonSettings(o)
         def.passthrough = passthrough
         def.realtime = realtime(o["realtime"], vcpus: vcpus, memoryMiB: memory)
+        def.sandbox = sandbox(o["sandbox"])
         return def
     }
 

@@ -74,8 +74,17 @@ public actor Supervisor: VMControl {
         if let pid { md["VM_PID"] = .string(String(pid)) }
         if let state { md["VM_STATE"] = .string(state.rawValue) }
         if let exitReason { md["VM_EXIT_REASON"] = .string(exitReason) }
+        if let exitReason, let syscall = Self.seccompSyscall(exitReason) { md["VM_SECCOMP_SYSCALL"] = .string(syscall) }
         for (k, v) in extra { md[k] = .string(v) }
         logger.log(level: level, "\(message)", metadata: md, source: nil, file: file, function: function, line: line)
+    }
+
+    /// "… made forbidden syscall 41 (socket)" (rtvisor-vmm's SIGSYS report) → "socket".
+    static func seccompSyscall(_ reason: String) -> String? {
+        guard let r = reason.range(of: "seccomp: "), let m = reason[r.upperBound...].range(of: "made forbidden syscall ") else { return nil }
+        let rest = reason[m.upperBound...]
+        guard let open = rest.firstIndex(of: "("), let close = rest.firstIndex(of: ")"), open < close else { return String(rest) }
+        return String(rest[rest.index(after: open)..<close])
     }
 
     func reportInvalid(_ issues: [DefinitionIssue]) {
@@ -301,7 +310,11 @@ public actor Supervisor: VMControl {
         if outcome == .unknown, let s = statusFile { outcome = .exited(s.status) }
         var reason = statusFile?.reason ?? outcome.description
         if outcome == .unknown { reason = "ended while rtvisord was not its parent, without an exit status (killed)" }
-        if case let .signaled(sig) = outcome { reason = "rtvisor-vmm killed by signal \(sig)" }
+        if case let .signaled(sig) = outcome {
+            reason = "rtvisor-vmm killed by signal \(sig)"
+            // A seccomp violation: the VMM's SIGSYS handler wrote which thread made which syscall.
+            if let s = statusFile, s.reason.hasPrefix("seccomp: ") { reason += " (SIGSYS): " + s.reason }
+        }
         var status: Int32? = nil, signal: Int32? = nil
         switch outcome {
         case let .exited(s): status = s

@@ -1,4 +1,5 @@
 import CLinux
+import Synchronization
 #if canImport(Glibc)
 import Glibc
 #endif
@@ -17,7 +18,7 @@ public final class PosixThread: @unchecked Sendable {
 
     public init(name: String, _ body: @escaping @Sendable () -> Void) throws {
         let threadName = String(name.prefix(15))
-        let box = Unmanaged.passRetained(Box({ clinux_set_thread_name(threadName); body() })).toOpaque()
+        let box = Unmanaged.passRetained(Box({ clinux_set_thread_name(threadName); PosixThread.startHook.withLock { $0 }?(name); body() })).toOpaque()
         let rc = pthread_create(&handle, nil, { ctx in
             let box = Unmanaged<Box>.fromOpaque(ctx!).takeRetainedValue()
             box.body()
@@ -28,6 +29,10 @@ public final class PosixThread: @unchecked Sendable {
             throw StartError(name: name, code: rc)
         }
     }
+
+    /// Runs first in every new thread, with its name (the VMM's seccomp filters, Sources/Sandbox).
+    static let startHook = Mutex<(@Sendable (String) -> Void)?>(nil)
+    public static func setStartHook(_ hook: (@Sendable (String) -> Void)?) { startHook.withLock { $0 = hook } }
 
     public func join() { pthread_join(handle, nil) }
 

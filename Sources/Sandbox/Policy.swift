@@ -103,14 +103,27 @@ public enum SeccompPolicy {
     /// The journal (JournaldLogHandler: one datagram per entry) when logging from this thread.
     static let journal = ["sendto", "sendmsg"].map { SyscallRule($0) }
 
-    public static func rules(for kind: ThreadKind, pid: pid_t = getpid()) -> [SyscallRule] {
+    /// VFIO passthrough (docs/vfio.md), only in the filters of a VM that has it: the guest's
+    /// interrupt enables (VFIO_DEVICE_SET_IRQS), BAR moves (the device's mmap'd BARs follow as KVM
+    /// memory slots), function resets, and the device's config space and regions (pread/pwrite).
+    static func passthrough(_ kind: ThreadKind) -> [(UInt, String)] {
+        switch kind {
+        case .vcpu, .vmm: [(UInt(CSANDBOX_VFIO_DEVICE_SET_IRQS), "VFIO_DEVICE_SET_IRQS"), (CKVM_VFIO_DEVICE_RESET, "VFIO_DEVICE_RESET"),
+                           (CKVM_SET_USER_MEMORY_REGION, "KVM_SET_USER_MEMORY_REGION")]
+        case .io, .api: []
+        }
+    }
+
+    /// `passthrough`: the VM has VFIO devices (their ioctls join the vcpu and vmm lists).
+    public static func rules(for kind: ThreadKind, pid: pid_t = getpid(), passthrough vfio: Bool = false) -> [SyscallRule] {
+        let extra = vfio ? passthrough(kind) : []
         var r = base(pid: pid)
         switch kind {
         case .vcpu:
             r += [ioctl([(CKVM_RUN, "KVM_RUN"), (CKVM_IRQ_LINE, "KVM_IRQ_LINE"), (CKVM_SET_GSI_ROUTING, "KVM_SET_GSI_ROUTING"),
                          (CKVM_SIGNAL_MSI, "KVM_SIGNAL_MSI"), (CKVM_IOEVENTFD, "KVM_IOEVENTFD"), (CKVM_IRQFD, "KVM_IRQFD"),
                          (CKVM_GET_REGS, "KVM_GET_REGS"), (CKVM_GET_SREGS, "KVM_GET_SREGS"), (CKVM_TRANSLATE, "KVM_TRANSLATE"),
-                         (CLINUX_TUNSETOFFLOAD, "TUNSETOFFLOAD")])]
+                         (CLINUX_TUNSETOFFLOAD, "TUNSETOFFLOAD")] + extra)]
             r += blockIO
             r += ["read", "readv", "writev", "close", "fstat", "newfstatat", "lseek"].map { SyscallRule($0) }
             // Virtio-net's RX thread is started here when the driver sets DRIVER_OK (eventfd,
@@ -126,7 +139,8 @@ public enum SeccompPolicy {
         case .vmm:
             r += [ioctl([(CKVM_IRQ_LINE, "KVM_IRQ_LINE"), (CKVM_IOEVENTFD, "KVM_IOEVENTFD"), (CKVM_SET_GSI_ROUTING, "KVM_SET_GSI_ROUTING"),
                          (CKVM_IRQFD, "KVM_IRQFD"),
-                         (UInt(TCGETS), "TCGETS"), (UInt(TCSETS), "TCSETS"), (UInt(TCSETSW), "TCSETSW"), (UInt(TCSETSF), "TCSETSF")])]
+                         (UInt(TCGETS), "TCGETS"), (UInt(TCSETS), "TCSETS"), (UInt(TCSETSW), "TCSETSW"), (UInt(TCSETSF), "TCSETSF")] + extra)]
+            if vfio { r += ["pread64", "pwrite64"].map { SyscallRule($0) } }
             r += ["read", "readv", "writev", "close", "fstat", "newfstatat", "lseek", "fsync", "fdatasync",
                   // exit-status and latency files (temporary file + rename), real-time cgroup/IRQ files
                   "openat", "rename", "renameat", "unlink", "unlinkat", "rmdir", "getdents64", "fcntl", "ftruncate",

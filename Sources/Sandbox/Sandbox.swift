@@ -21,6 +21,7 @@ public enum Sandbox {
         var mode: SeccompMode = .off
         var prepared = false
         var testTarget: String?
+        var passthrough = false
     }
     static let state = Mutex(State())
 
@@ -28,12 +29,12 @@ public enum Sandbox {
 
     /// The SIGSYS report (stderr and the status file, opened now: a trapped thread may not
     /// open files), PosixThread's start hook, and no core dumps (guest memory stays private).
-    public static func prepare(mode: SeccompMode, vmName: String, statusFile: String?) throws {
+    public static func prepare(mode: SeccompMode, vmName: String, statusFile: String?, passthrough: Bool = false) throws {
         var target: String? = nil
         #if RTVISOR_TEST_HOOKS
         if let v = getenv("RTVISOR_TEST_FORBIDDEN_SYSCALL") { target = String(cString: v) }
         #endif
-        state.withLock { $0 = State(mode: mode, prepared: true, testTarget: target) }
+        state.withLock { $0 = State(mode: mode, prepared: true, testTarget: target, passthrough: passthrough) }
         guard mode != .off else { return }
         var fd: Int32 = -1
         if let statusFile, mode == .enforce {
@@ -56,11 +57,11 @@ public enum Sandbox {
 
     /// Installs `kind`'s filter on the calling thread (only), in the prepared mode.
     public static func enterThread(_ kind: ThreadKind, label: String) throws {
-        let (mode, prepared, target) = state.withLock { ($0.mode, $0.prepared, $0.testTarget) }
+        let (mode, prepared, target, vfio) = state.withLock { ($0.mode, $0.prepared, $0.testTarget, $0.passthrough) }
         guard prepared else { return }
         if mode != .off {
             csandbox_set_thread_label(label, kind.rawValue)
-            try install(SeccompPolicy.rules(for: kind), defaultAction: mode == .enforce ? csandbox_act_trap() : csandbox_act_log())
+            try install(SeccompPolicy.rules(for: kind, passthrough: vfio), defaultAction: mode == .enforce ? csandbox_act_trap() : csandbox_act_log())
         }
         #if RTVISOR_TEST_HOOKS
         // Test builds only: a forbidden syscall on this thread (SeccompTests).

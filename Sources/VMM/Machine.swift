@@ -10,6 +10,8 @@ import PCI
 import Posix
 import Realtime
 import VFIO
+import Sandbox
+import Synchronization
 #if canImport(Glibc)
 import Glibc
 #endif
@@ -78,6 +80,8 @@ public final class Machine: @unchecked Sendable {
     /// Kept for `requestGuestShutdown()` (Ctrl-Alt-Del injection).
     let keyboard: I8042
     let stop = StopController()
+    /// Opened once the main thread's seccomp filter is on; vCPU threads wait for it before KVM_RUN.
+    let sandboxGate = Atomic<Bool>(false)
     let options: RunOptions
     /// When the VM was created; the boot marker is reported relative to it.
     public let createdAt: UInt64
@@ -240,6 +244,11 @@ public final class Machine: @unchecked Sendable {
                 stop.request(.vmmError("\(error)"))
             }
         }
+        // The main thread's seccomp filter (docs/sandbox.md), once the vCPU threads exist (they
+        // must not inherit it) and before any of them enters the guest (they wait for the gate).
+        // Threads started from here on (console input, latency probe) inherit it.
+        do { try Sandbox.enterThread(.vmm, label: "main") } catch { stop.request(.vmmError("seccomp filter of the main thread: \(error)")) }
+        sandboxGate.store(true, ordering: .releasing)
         if options.consoleInput { startConsoleInput() }
         realtime?.probe?.start()
         for t in threads { t.join() }
@@ -300,6 +309,11 @@ public final class Machine: @unchecked Sendable {
                 logger.notice("vCPU 0 enters the guest \(Self.ms(monotonicNanoseconds() - started)) ms after process start")
             }
         }
+        do { try Sandbox.enterThread(.vcpu, label: "vcpu\(vcpu.id)") } catch {
+            stop.request(.vmmError("vCPU \(vcpu.id): seccomp filter: \(error)"))
+            return
+        }
+        while !sandboxGate.load(ordering: .acquiring) { sched_yield() }
         vcpu.bindToCurrentThread()
         // Exit counts by kind and address, logged at debug level when the vCPU ends: where a
         // guest's exits go is the first question of any performance investigation.

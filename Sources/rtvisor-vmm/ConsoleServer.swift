@@ -1,5 +1,6 @@
 import CDaemonSupport
 import Journald
+import Sandbox
 import Synchronization
 #if canImport(Glibc)
 import Glibc
@@ -60,6 +61,7 @@ final class ConsoleServer: @unchecked Sendable {
         var thread = pthread_t()
         pthread_create(&thread, nil, { raw in
             let box = Unmanaged<Box>.fromOpaque(raw!).takeRetainedValue()
+            Sandbox.enterThreadOrExit(.vmm, label: "console-server")
             box.server.loop()
             return nil
         }, Unmanaged.passRetained(Box(self)).toOpaque())

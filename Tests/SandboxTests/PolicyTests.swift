@@ -105,7 +105,21 @@ struct PolicyTests {
         }
     }
 
-    /// The VFIO ioctls are set up by the main thread before its filter; no running thread needs them.
+    /// VFIO passthrough adds its run-time ioctls to the vcpu and vmm lists only for a VM that has
+    /// passthrough devices; never the container/group/DMA set-up ones.
+    @Test func passthroughIoctlsOnlyWhenTheVMHasPassthrough() {
+        let runtime: Set<UInt64> = [CSANDBOX_VFIO_DEVICE_SET_IRQS, UInt64(CKVM_VFIO_DEVICE_RESET), UInt64(CKVM_SET_USER_MEMORY_REGION)]
+        for kind in [ThreadKind.vcpu, .vmm] {
+            let with = Set(SeccompPolicy.rules(for: kind, passthrough: true).first { $0.name == "ioctl" }?.anyOf?.map(\.value) ?? [])
+            #expect(with.isSuperset(of: runtime), "\(kind)")
+            #expect(ioctls(kind).isDisjoint(with: runtime), "\(kind) without passthrough")
+            for setup in [CKVM_VFIO_SET_IOMMU, CKVM_VFIO_GROUP_SET_CONTAINER, CKVM_VFIO_GROUP_GET_DEVICE_FD, CKVM_VFIO_IOMMU_MAP_DMA] {
+                #expect(!with.contains(UInt64(setup)), "\(kind) allows VFIO set-up ioctl 0x\(String(setup, radix: 16))")
+            }
+        }
+        #expect(Set(SeccompPolicy.rules(for: .io, passthrough: true).first { $0.name == "ioctl" }?.anyOf?.map(\.value) ?? []) == [UInt64(CKVM_IRQ_LINE)])
+    }
+
     @Test func threadNamesMapToKinds() {
         #expect(ThreadKind(threadName: "vcpu0") == .vcpu)
         #expect(ThreadKind(threadName: "vcpu12") == .vcpu)
@@ -119,7 +133,7 @@ struct PolicyTests {
 /// The definition's `sandbox` block.
 struct SandboxSettingsTests {
     func parse(_ extra: String) -> Result<VMDefinition, DefinitionError> {
-        let json = "{\"name\": \"s\", \"kernel\": \"/dev/null\"\(extra)}"
+        let json = "{\"name\": \"s\", \"vcpus\": 1, \"memory_mib\": 64, \"kernel\": \"/dev/null\"\(extra)}"
         do { return .success(try VMDefinition.parse(Data(json.utf8), file: "s.json", baseDirectory: "/", checkFiles: false)) }
         catch { return .failure(error as! DefinitionError) }
     }

@@ -14,6 +14,8 @@ void csandbox_set_thread_label(const char *label, const char *kind);
 
 /// Argument values the filters check (from headers Swift's Glibc module does not expose).
 extern const uint64_t CSANDBOX_CLONE_THREAD, CSANDBOX_PR_SET_NAME, CSANDBOX_PR_SET_NO_NEW_PRIVS;
+/// VFIO_DEVICE_SET_IRQS (the guest enabling MSI/MSI-X/INTx on a passed-through function).
+extern const uint64_t CSANDBOX_VFIO_DEVICE_SET_IRQS;
 
 /// SCMP_ACT_* values (SCMP_ACT_ERRNO is a function-like macro Swift cannot import).
 uint32_t csandbox_act_allow(void);
