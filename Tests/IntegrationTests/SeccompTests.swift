@@ -10,6 +10,7 @@ import Testing
 @Suite(.enabled(if: Env.kvmAvailable, Env.noKVMReason))
 struct SeccompTests {
     struct Run {
+        let pid: Int32
         let killedBySignal: Int32?
         let status: Int32
         let stdout: String
@@ -53,7 +54,7 @@ struct SeccompTests {
         p.waitUntilExit()
         try? input.fileHandleForWriting.close()
         group.wait()
-        return Run(killedBySignal: p.terminationReason == .uncaughtSignal ? p.terminationStatus : nil,
+        return Run(pid: p.processIdentifier, killedBySignal: p.terminationReason == .uncaughtSignal ? p.terminationStatus : nil,
                    status: p.terminationStatus,
                    stdout: String(decoding: outData.get(), as: UTF8.self), stderr: String(decoding: errData.get(), as: UTF8.self),
                    statusFile: (try? String(contentsOfFile: status, encoding: .utf8)) ?? "")
@@ -112,6 +113,25 @@ struct SeccompTests {
         // The socket was really created (a non-negative descriptor, closed again).
         #expect(hook.map { !$0.hasSuffix(": -1") && !$0.contains("): -") } == true, "\(String(describing: hook))")
         #expect(!r.stderr.contains("forbidden syscall"))
+        // The kernel's record of it (SECCOMP_RET_LOG → audit type 1326), where the kernel log is
+        // readable and no audit daemon takes the records.
+        if !FileManager.default.fileExists(atPath: "/run/auditd.pid"), let kernelLog = Self.kernelLog() {
+            let record = kernelLog.split(separator: "\n").first { $0.contains("type=1326") && $0.contains(" pid=\(r.pid) ") }
+            #expect(record?.contains("comm=\"vcpu0\"") == true && record?.contains(" syscall=41 ") == true
+                    && record?.contains("code=0x7ffc0000") == true, "\(String(describing: record))")
+        }
+    }
+
+    static func kernelLog() -> String? {
+        let p = Process()
+        p.executableURL = URL(fileURLWithPath: "/usr/bin/dmesg")
+        let out = Pipe()
+        p.standardOutput = out
+        p.standardError = FileHandle.nullDevice
+        guard (try? p.run()) != nil else { return nil }
+        let data = out.fileHandleForReading.readDataToEndOfFile()
+        p.waitUntilExit()
+        return p.terminationStatus == 0 ? String(decoding: data, as: UTF8.self) : nil
     }
 
     /// Every thread of a running VMM has a filter by default; with "off", none has.
