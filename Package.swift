@@ -56,15 +56,24 @@ let package = Package(
         .target(name: "Realtime", dependencies: ["CLinux"]),
         // JSON VM definitions with strict validation.
         .target(name: "Config", dependencies: ["Arch"]),
+        // ---- sandbox (issue 7, docs/sandbox.md) ----
+        // libseccomp (Debian libseccomp-dev) through a system library target.
+        .systemLibrary(name: "CSeccomp", pkgConfig: "libseccomp", providers: [.apt(["libseccomp-dev"])]),
+        // The SIGSYS report handler (async-signal-safe C) and SCMP_ACT_* values.
+        .target(name: "CSandbox", dependencies: ["CSeccomp"]),
+        // Per-thread seccomp filters as data (vcpu, io, vmm, api) and their installation. Test builds
+        // (debug) get the forbidden-syscall hook (RTVISOR_TEST_FORBIDDEN_SYSCALL); release builds do not.
+        .target(name: "Sandbox", dependencies: ["CSeccomp", "CSandbox", "CKVM", "CLinux", "Posix", "Config"],
+                swiftSettings: [.define("RTVISOR_TEST_HOOKS", .when(configuration: .debug))]),
         // Wires one VM: memory, vCPU threads, devices, lifecycle.
         .target(name: "VMM", dependencies: [
-            "CKVM", "KVM", "Memory", "Arch", "Boot", "Devices", "Config", "Posix", "Virtio", "VirtioBlock", "VirtioNet", "PCI", "Realtime", "APIModels", "VFIO",
+            "CKVM", "KVM", "Memory", "Arch", "Boot", "Devices", "Config", "Posix", "Virtio", "VirtioBlock", "VirtioNet", "PCI", "Realtime", "APIModels", "Sandbox", "VFIO",
             .product(name: "Histogram", package: "hdrhistogram-swift"),
             .product(name: "Logging", package: "swift-log"),
             .product(name: "SystemPackage", package: "swift-system"),
         ]),
         .executableTarget(name: "rtvisor-vmm", dependencies: [
-            "VMM", "Config", "Posix", "Journald", "CDaemonSupport",
+            "VMM", "Config", "Posix", "Journald", "CDaemonSupport", "Sandbox", "Realtime", "CLinux",
             .product(name: "ArgumentParser", package: "swift-argument-parser"),
             .product(name: "Logging", package: "swift-log"),
         ]),
@@ -117,8 +126,9 @@ let package = Package(
         .testTarget(name: "VFIOTests", dependencies: ["VFIO", "PCI", "CKVM"]),
         .testTarget(name: "PCITests", dependencies: ["PCI", "Virtio", "Devices", "Memory"]),
         .testTarget(name: "KVMTests", dependencies: ["KVM", "Memory", "Arch"]),
+        .testTarget(name: "SandboxTests", dependencies: ["Sandbox", "Config", "CSeccomp", "CKVM"]),
         .testTarget(name: "IntegrationTests", dependencies: [
-            "VMM", "Config", "Realtime", "APIModels", "KVM", "PCI",
+            "VMM", "Config", "Realtime", "APIModels", "KVM", "PCI", "Sandbox",
             .product(name: "Logging", package: "swift-log"),
             .product(name: "SystemPackage", package: "swift-system"),
         ]),

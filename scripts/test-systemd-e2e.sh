@@ -209,6 +209,19 @@ step "cgroup per VM under the delegated unit cgroup"
 EX_PID=$(vm_field example pid)
 C cat "/proc/$EX_PID/cgroup" | grep -q '^0::/system.slice/rtvisord.service/vm-example$' || { C cat "/proc/$EX_PID/cgroup"; fail "example's VMM not in vm-example cgroup"; }
 
+step "the VMM under the unit is jailed: own uid, no capabilities, no_new_privs, no host /etc"
+C sh -c "grep -E '^(Uid|CapEff|CapPrm|CapBnd|NoNewPrivs|Seccomp):' /proc/$EX_PID/status" >"$work/jail.txt"
+python3 - "$work/jail.txt" <<'PY' || { cat "$work/jail.txt"; J -u rtvisord | grep -i jail | tail -5; fail "example's VMM is not jailed"; }
+import sys
+f = dict(l.split(":", 1) for l in open(sys.argv[1]).read().splitlines())
+uids = f["Uid"].split()
+assert len(set(uids)) == 1 and uids[0] != "0", uids
+for cap in ("CapEff", "CapPrm", "CapBnd"): assert int(f[cap].strip(), 16) == 0, (cap, f[cap])
+assert f["NoNewPrivs"].strip() == "1", f["NoNewPrivs"]
+PY
+C test ! -e "/proc/$EX_PID/root/etc/os-release" || fail "the jailed VMM sees the container's /etc"
+journal_has "r.get('MESSAGE','').startswith('jail: uid/gid')" -u rtvisord VM_NAME=example || fail "no jail log line for example"
+
 step "systemctl reload after adding a definition"
 sed 's/"name": "example"/"name": "second"/; s/vm=example/vm=second/' "$ROOT/etc/rtvisor/vms/example.json" >"$ROOT/etc/rtvisor/vms/second.json"
 C systemctl reload rtvisord || fail "systemctl reload"

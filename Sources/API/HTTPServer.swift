@@ -7,8 +7,9 @@ import Glibc
 #endif
 
 /// HTTP/1.1 on a unix socket (SwiftNIO's parser), one request at a time per connection,
-/// answered by `APIRouter`. Access control is the socket file's mode and group (0660,
-/// group `rtvisor`): whoever can connect may use every endpoint.
+/// answered by `APIRouter`. Access control: the socket file's mode and group (0660, group
+/// `rtvisor`), and each connection's peer credentials (SO_PEERCRED, `PeerAccess`): a peer that is
+/// not root, the daemon's uid or in the group gets 403 to every request.
 public final class HTTPServer: Sendable {
     let router: APIRouter
     let logger: Logger
@@ -21,22 +22,35 @@ public final class HTTPServer: Sendable {
 
     /// Binds (replacing a stale socket file), sets mode and group, then serves until cancelled.
     public func run(socketPath: String, groupName: String?) async throws {
+        let access = PeerAccess(groupName: groupName)
         let server = try await ServerBootstrap(group: group)
             .serverChannelOption(.backlog, value: 64)
             .bind(unixDomainSocketPath: socketPath, cleanupExistingSocketFile: true) { channel in
-                channel.eventLoop.makeCompletedFuture {
+                Self.peer(of: channel).flatMapThrowing { peer in
                     try channel.pipeline.syncOperations.configureHTTPServerPipeline(withErrorHandling: true)
-                    return try NIOAsyncChannel<HTTPServerRequestPart, HTTPServerResponsePart>(wrappingChannelSynchronously: channel)
+                    return (try NIOAsyncChannel<HTTPServerRequestPart, HTTPServerResponsePart>(wrappingChannelSynchronously: channel), peer)
                 }
             }
         Self.restrict(socketPath, groupName: groupName, logger: logger)
         try await withThrowingDiscardingTaskGroup { tasks in
             try await server.executeThenClose { connections in
-                for try await connection in connections {
-                    tasks.addTask { await self.serve(connection) }
+                for try await (connection, peer) in connections {
+                    let refusal: String? = peer.map { access.allows($0) ? nil : access.refusal($0) } ?? "peer credentials unavailable"
+                    if let refusal { logger.warning("API connection refused: \(refusal)") }
+                    tasks.addTask { await self.serve(connection, refusal: refusal) }
                 }
             }
         }
+    }
+
+    /// SO_PEERCRED of an accepted unix connection; nil if the kernel gave none.
+    static func peer(of channel: Channel) -> EventLoopFuture<PeerAccess.Peer?> {
+        guard let provider = channel as? SocketOptionProvider else { return channel.eventLoop.makeSucceededFuture(nil) }
+        // struct ucred (pid, uid, gid); glibc shows it to C only with _GNU_SOURCE.
+        struct UCred { var pid: Int32 = 0; var uid: UInt32 = 0; var gid: UInt32 = 0 }
+        let future: EventLoopFuture<UCred> = provider.unsafeGetSocketOption(level: .init(rawValue: SOL_SOCKET), name: .init(rawValue: SO_PEERCRED))
+        return future.map { c -> PeerAccess.Peer? in PeerAccess.Peer(pid: c.pid, uid: c.uid, gid: c.gid, groups: PeerAccess.groups(of: c.pid)) }
+            .recover { _ -> PeerAccess.Peer? in nil }
     }
 
     public func shutdown() async { try? await group.shutdownGracefully() }
@@ -53,7 +67,7 @@ public final class HTTPServer: Sendable {
         }
     }
 
-    func serve(_ connection: NIOAsyncChannel<HTTPServerRequestPart, HTTPServerResponsePart>) async {
+    func serve(_ connection: NIOAsyncChannel<HTTPServerRequestPart, HTTPServerResponsePart>, refusal: String? = nil) async {
         do {
             try await connection.executeThenClose { inbound, outbound in
                 var head: HTTPRequestHead?
@@ -67,8 +81,9 @@ public final class HTTPServer: Sendable {
                         if body.count + buf.readableBytes > APIRouter.maxBody { tooLarge = true } else { body += buf.readBytes(length: buf.readableBytes) ?? [] }
                     case .end:
                         guard let h = head else { continue }
-                        let response = tooLarge ? APIRouter.error(413, "request body over \(APIRouter.maxBody) bytes")
-                            : await router.handle(APIRequest(method: h.method.rawValue, target: h.uri, body: body))
+                        let response = if let refusal { APIRouter.error(403, refusal) }
+                            else if tooLarge { APIRouter.error(413, "request body over \(APIRouter.maxBody) bytes") }
+                            else { await router.handle(APIRequest(method: h.method.rawValue, target: h.uri, body: body)) }
                         var headers = HTTPHeaders(response.headers)
                         headers.add(name: "Content-Length", value: String(response.body.count))
                         let keepAlive = h.isKeepAlive

@@ -525,11 +525,14 @@ public actor Supervisor: VMControl {
         guard (r.current.realtime?.latencyProbeMicroseconds ?? 0) > 0 else {
             throw .conflict("VM \(name) has no latency probe (realtime.latency_probe_us)")
         }
-        guard let data = FileManager.default.contents(atPath: paths.latencyFile(name)),
-              let s = try? JSONDecoder().decode(LatencySnapshot.self, from: data) else {
-            throw .conflict("VM \(name) has no latency samples yet")
+        // A jailed VMM rewrites the file in place (it cannot rename in rtvisord's directory): a
+        // read may catch it half written, so a bad read is retried.
+        for attempt in 0..<5 {
+            if let data = FileManager.default.contents(atPath: paths.latencyFile(name)),
+               let s = try? JSONDecoder().decode(LatencySnapshot.self, from: data) { return s }
+            if attempt < 4 { usleep(20_000) }
         }
-        return s
+        throw .conflict("VM \(name) has no latency samples yet")
     }
 
     public func realtimeCheck(_ name: String?) throws(ControlError) -> [RealtimeCheck] {

@@ -50,6 +50,11 @@ public protocol RealtimePartition: AnyObject, Sendable {
     var summary: String { get }
     func attach(tid: Int32) throws(PartitionError)
     func release()
+    /// The cgroup directory the VMM's real-time threads join, and the files `attach` writes: a
+    /// VMM that drops its privileges (the jail, Sources/Sandbox/Jail.swift) keeps these visible
+    /// and owned by its uid so its vCPU threads can still join.
+    var directory: String { get }
+    var attachFiles: [String] { get }
 }
 
 /// cgroup v1: a shield. `rtvisor-rt-VM` (the VM's CPUs, cpu_exclusive, no load balancing) holds the
@@ -185,6 +190,8 @@ final class CpusetV1Partition: RealtimePartition, @unchecked Sendable {
         do { try HostFiles.write(dir + "/tasks", "\(tid)") } catch { throw .hostFile(error) }
     }
     func release() { owner.release(vm: vm) }
+    var directory: String { dir }
+    var attachFiles: [String] { [dir + "/tasks"] }
 }
 
 /// cgroup v2: a threaded subtree in the VMM's own (delegated) cgroup: `vmm` for the process and its
@@ -238,6 +245,8 @@ final class CpusetV2Partition: RealtimePartition, @unchecked Sendable {
     }
     /// The vCPU threads have ended; the empty cgroup can go (the process's own stays until it exits).
     func release() { rmdir(vcpus) }
+    var directory: String { vcpus }
+    var attachFiles: [String] { [vcpus + "/cgroup.threads"] }
 }
 
 /// An advisory lock on a file, held until `unlock()`; without the file's directory it is a no-op.

@@ -53,7 +53,15 @@ public enum HostFiles {
     public static func replace(_ path: String, with bytes: [UInt8], mode: mode_t = 0o644) {
         let tmp = path + ".tmp"
         let fd = open(tmp, O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, mode)
-        guard fd >= 0 else { return }
+        guard fd >= 0 else {
+            // A jailed VMM may own the file but not its directory (a foreground run's
+            // --latency-file): rewrite it in place; a reader may then see it half written.
+            let inPlace = open(path, O_WRONLY | O_TRUNC | O_CLOEXEC)
+            guard inPlace >= 0 else { return }
+            _ = bytes.withUnsafeBytes { Glibc.write(inPlace, $0.baseAddress, $0.count) }
+            close(inPlace)
+            return
+        }
         let n = bytes.withUnsafeBytes { Glibc.write(fd, $0.baseAddress, $0.count) }
         close(fd)
         if n == bytes.count { rename(tmp, path) } else { unlink(tmp) }

@@ -21,6 +21,13 @@ final class IOEventNotifier: NotifyOffload {
         self.logger = logger
         let epoll = try Epoll()
         self.epoll = epoll
+    }
+
+    /// The waiting thread starts with the first doorbell (a guest driver getting ready), not at
+    /// construction: the VMM enters its jail while it is still single-threaded.
+    private let started = Mutex(false)
+    private func startThread() throws {
+        guard !started.withLock({ s in defer { s = true }; return s }) else { return }
         // The thread ends within a second of the notifier going away.
         let weakSelf = WeakBox(self)
         try PosixThread(name: "ioeventfd") {
@@ -36,6 +43,10 @@ final class IOEventNotifier: NotifyOffload {
     }
 
     func attach(_ device: String, doorbells list: [(queue: Int, address: UInt64)], handler: @escaping @Sendable (Int) -> Void) {
+        do { try startThread() } catch {
+            logger.error("\(device): ioeventfd thread: \(error); using the vCPU exit path")
+            return
+        }
         for (queue, address) in list {
             do {
                 let fd = try EventFD()

@@ -77,6 +77,7 @@ final class RealtimeSetup: @unchecked Sendable {
             : nil
         let report = RealtimeReport(vm: def.name, cpus: rt.cpus, host: host, exitsDisabled: rt.exits.contains(.hlt))
         for line in report.lines { logger.notice("\(line)") }
+        probe?.placer = { [unowned self] tid, cpu, priority in try self.place(tid: tid, cpu: cpu, priority: priority) }
     }
 
     var memoryBacking: MemoryBacking {
@@ -100,18 +101,36 @@ final class RealtimeSetup: @unchecked Sendable {
         let cpu = settings.cpus[index]
         let tid = ThreadScheduling.currentTID
         do {
-            // Join the cpuset first: a v1 attach resets the thread's affinity to the set's CPUs.
-            try partition?.attach(tid: tid)
-            try ThreadScheduling.setAffinity([cpu])
-            try ThreadScheduling.setFIFO(priority: settings.priority)
+            try place(tid: tid, cpu: cpu, priority: settings.priority)
         } catch {
             throw VMMError.setup("real-time vCPU \(index) (thread \(tid)) on CPU \(cpu): \(error)")
         }
         logger.info("vCPU \(index): thread \(tid) on CPU \(cpu), SCHED_FIFO \(settings.priority)")
     }
 
+    /// Set when a privileged helper process undoes the partition (the VMM dropped root): called
+    /// at stop, it returns what was undone.
+    nonisolated(unsafe) var releaseBroker: (@Sendable () throws -> String)?
+    /// Once the VMM has dropped root, its threads' real-time placement (cpuset, CPU, SCHED_FIFO)
+    /// is applied by the privileged janitor process on request (JailSetup in rtvisor-vmm).
+    nonisolated(unsafe) var placementBroker: (@Sendable (_ tid: Int32, _ cpu: Int, _ priority: Int) throws -> Void)?
+
+    /// Puts thread `tid` in the partition on `cpu` at SCHED_FIFO `priority`, itself or through the broker.
+    func place(tid: Int32, cpu: Int, priority: Int) throws {
+        if let placementBroker { try placementBroker(tid, cpu, priority); return }
+        // Join the cpuset first: a v1 attach resets the thread's affinity to the set's CPUs.
+        try partition?.attach(tid: tid)
+        try ThreadScheduling.setAffinity([cpu], tid: tid)
+        try ThreadScheduling.setFIFO(priority: priority, tid: tid)
+    }
+
     /// After every vCPU thread ended.
     func release() {
+        if let releaseBroker {
+            do { let done = try releaseBroker(); logger.notice("real-time partition of \(vm) released by the janitor: \(done)") }
+            catch { logger.error("real-time partition of \(vm): \(error); the janitor undoes it when this process exits") }
+            return
+        }
         partition?.release()
         PartitionState.undo(vm: vm, hierarchy: hierarchy)
         logger.notice("real-time partition of \(vm) released")

@@ -59,11 +59,19 @@ final class WakeupLatencyProbe: @unchecked Sendable {
         threads = []
     }
 
+    /// Places a thread (cpuset, CPU, SCHED_FIFO); set by RealtimeSetup, which may go through the
+    /// janitor once the VMM has dropped root.
+    nonisolated(unsafe) var placer: (@Sendable (_ tid: Int32, _ cpu: Int, _ priority: Int) throws -> Void)?
+
     private func probeLoop() {
         do {
-            try partition?.attach(tid: ThreadScheduling.currentTID)
-            try ThreadScheduling.setAffinity([cpu])
-            try ThreadScheduling.setFIFO(priority: priority)
+            if let placer {
+                try placer(ThreadScheduling.currentTID, cpu, priority)
+            } else {
+                try partition?.attach(tid: ThreadScheduling.currentTID)
+                try ThreadScheduling.setAffinity([cpu])
+                try ThreadScheduling.setFIFO(priority: priority)
+            }
         } catch {
             logger.error("wake-up latency probe of \(vm) on CPU \(cpu): \(error)")
             return

@@ -4,6 +4,7 @@ import Journald
 import Logging
 import VMM
 import Posix
+import Sandbox
 #if canImport(FoundationEssentials)
 import FoundationEssentials
 #else
@@ -66,7 +67,19 @@ struct RtvisorVMM: ParsableCommand {
     @Option(name: .long, help: "A real-time VM's wake-up latency histogram (realtime.latency_probe_us) is written here as JSON once a second.")
     var latencyFile: String?
 
+    // The jail (docs/sandbox.md): as root, the VMM drops to its own uid in its own mount namespace
+    // once the machine is built.
+    @Flag(name: .long, help: "Keep root and the host's file system (debugging only; the default as root is the jail).")
+    var noJail = false
+
+    @Option(name: .long, help: "The jail's uid and gid (default: derived from the VM name, \(JailPlan.uidBase)–\(JailPlan.uidBase + JailPlan.uidRange - 1)).")
+    var jailUid: UInt32?
+
+    @Option(name: .long, help: .hidden)
+    var realtimeJanitor: String?
+
     func run() throws {
+        if let realtimeJanitor { JailSetup.runJanitor(spec: realtimeJanitor) }
         let started = monotonicNanoseconds()
         // First, while this is the only thread: every later thread (vCPUs, console) and every
         // journal entry is then accounted to the VM's own cgroup.
@@ -104,6 +117,20 @@ struct RtvisorVMM: ParsableCommand {
         if logJournal {
             logger[metadataKey: "VM_NAME"] = "\(definition.name)"
             logger[metadataKey: "VM_PID"] = "\(getpid())"
+        }
+
+        // Seccomp (docs/sandbox.md): the SIGSYS report and the filters' start hook, while this is
+        // the only thread; each thread then installs its own filter before it does its work.
+        do { try Sandbox.prepare(mode: definition.sandbox.seccomp, vmName: definition.name, statusFile: statusFile,
+                                 passthrough: !definition.passthrough.isEmpty) } catch {
+            fail("\(definition.name): \(error)")
+        }
+
+        // Memory and task limits (docs/sandbox.md), while root and before guest RAM exists.
+        if !noJail && geteuid() == 0 {
+            let limits = ResourceCgroup().apply(vm: definition.name, memoryBytes: ResourceCgroup.memoryLimit(guestMiB: definition.memoryMiB),
+                                                tasks: ResourceCgroup.taskLimit(vcpus: definition.vcpus, nets: definition.nets.count))
+            logger.info("resource limits: \(limits.joined(separator: "; "))")
         }
 
         // SIGINT/SIGTERM are taken by a dedicated thread (sigwait) so every other thread, the vCPUs
@@ -150,6 +177,19 @@ struct RtvisorVMM: ParsableCommand {
             fail("\(definition.name): \(error)")
         }
         machineBox.machine = machine
+        if !noJail && geteuid() == 0 {
+            do {
+                let line = try JailSetup.enter(machine: machine, uid: jailUid ?? JailPlan.uid(forVM: definition.name),
+                                               writableFiles: [statusFile, latencyFile].compactMap { $0 },
+                                               journal: logJournal || consoleJournal, logger: logger)
+                logger.info("\(line)")
+            } catch {
+                writeStatus(1, "\(error)")
+                fail("\(definition.name): \(error)")
+            }
+        } else if !noJail {
+            logger.info("jail: not entered (not running as root: there is no privilege to drop)")
+        }
         server?.start()
         SignalForwarder.start(set: set, machine: machine)
         let reason = machine.run()
@@ -190,9 +230,14 @@ struct RtvisorVMM: ParsableCommand {
     func writeStatus(_ status: Int32, _ reason: String) {
         guard let statusFile else { return }
         let tmp = statusFile + ".tmp"
-        let fd = open(tmp, O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, 0o640)
-        guard fd >= 0 else { return }
         var bytes = Array("\(status) \(reason)\n".utf8)
+        let fd = open(tmp, O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, 0o640)
+        guard fd >= 0 else {
+            // Jailed without write access to the directory: the file itself is ours.
+            let inPlace = open(statusFile, O_WRONLY | O_TRUNC | O_CLOEXEC)
+            if inPlace >= 0 { _ = bytes.withUnsafeMutableBytes { write(inPlace, $0.baseAddress, $0.count) }; close(inPlace) }
+            return
+        }
         _ = bytes.withUnsafeMutableBytes { write(fd, $0.baseAddress, $0.count) }
         close(fd)
         rename(tmp, statusFile)
@@ -211,6 +256,7 @@ enum SignalForwarder {
         var thread = pthread_t()
         pthread_create(&thread, nil, { raw in
             let ctx = Unmanaged<Context>.fromOpaque(raw!).takeRetainedValue()
+            Sandbox.enterThreadOrExit(.vmm, label: "signals")
             var sig: Int32 = 0
             while sigwait(&ctx.set, &sig) == 0 {
                 if sig == SIGUSR1 { ctx.machine.requestGuestShutdown() } else { ctx.machine.requestStop(.signal(sig)) }

@@ -132,3 +132,43 @@ struct DaemonProcessTests {
         try? FileManager.default.removeItem(atPath: dir)
     }
 }
+
+extension DaemonProcessTests {
+    /// SO_PEERCRED: even through a socket file anyone may open, a peer that is neither root nor
+    /// in the access group gets 403 for every request, and the daemon logs who was refused.
+    @Test(.enabled(if: getuid() == 0 && FileManager.default.isExecutableFile(atPath: "/usr/bin/setpriv") && FileManager.default.isExecutableFile(atPath: "/usr/bin/curl"),
+                   "needs root, setpriv and curl"))
+    func theAPIRefusesPeersOutsideTheAccessGroup() throws {
+        let dir = try Self.shortTempDir()
+        let vms = dir + "/vms"
+        try FileManager.default.createDirectory(atPath: vms, withIntermediateDirectories: true)
+        let daemon = Process()
+        daemon.executableURL = URL(fileURLWithPath: Self.binary("rtvisord"))
+        daemon.arguments = ["--definitions", vms, "--run-directory", dir + "/run", "--vmm", Env.vmmBinary]
+        let err = Pipe()
+        daemon.standardError = err
+        daemon.standardOutput = FileHandle.nullDevice
+        try daemon.run()
+        defer { if daemon.isRunning { kill(daemon.processIdentifier, SIGKILL) } }
+        let socket = dir + "/run/api.sock"
+        // Root is served (and the daemon has set the socket's mode by the time it answers).
+        guard Self.waitFor(20, "the API answering root", {
+            let (status, out) = Self.run("/usr/bin/curl", ["-s", "-w", "\n%{http_code}", "--unix-socket", socket, "http://rtvisor/v1/vms"])
+            return status == 0 && out.hasSuffix("\n200")
+        }) else { return }
+        // Open the file to everyone (and its directories), so only the credential check stands.
+        chmod(socket, 0o666)
+        chmod(dir + "/run", 0o755)
+        chmod(dir, 0o755)
+        let (status, out) = Self.run("/usr/bin/setpriv", ["--reuid=65534", "--regid=65534", "--clear-groups", "/usr/bin/curl", "-s", "-w", "\n%{http_code}",
+                                                          "--unix-socket", socket, "http://rtvisor/v1/vms"])
+        #expect(status == 0, "curl as nobody: \(out)")
+        #expect(out.hasSuffix("\n403"), "nobody got: \(out)")
+        #expect(out.contains("uid 65534") && out.contains("may not use rtvisord's API"))
+        kill(daemon.processIdentifier, SIGTERM)
+        daemon.waitUntilExit()
+        let log = String(decoding: err.fileHandleForReading.readDataToEndOfFile(), as: UTF8.self)
+        #expect(log.contains("API connection refused: uid 65534"), "daemon log: \(log.suffix(1500))")
+        try? FileManager.default.removeItem(atPath: dir)
+    }
+}

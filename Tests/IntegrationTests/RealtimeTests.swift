@@ -170,10 +170,11 @@ struct RealtimePartitionTests {
         #expect(ThreadScheduling.affinity() == Self.online || Self.v1Root == nil)
     }
 
+    /// Without the jail (`--no-jail`) a killed VMM leaves its partition for rtvisord's cleanup.
     @Test func aKilledVMMsPartitionIsUndoneByTheDaemonsCleanup() throws {
         let before = HostSnapshot.take()
         let dir = try VMM.tempDir()
-        let vm = try RunningVMM(config: try VMM.writeDefinition(try Self.definition("rtk"), in: dir), dir: dir)
+        let vm = try RunningVMM(config: try VMM.writeDefinition(try Self.definition("rtk"), in: dir), dir: dir, arguments: ["--no-jail"])
         defer { if vm.process.isRunning { kill(vm.process.processIdentifier, SIGKILL) } }
         try #require(vm.waitFor("IDLE_READY", seconds: 20), "guest did not start:\n\(vm.output)")
         kill(vm.process.processIdentifier, SIGKILL)
@@ -186,6 +187,24 @@ struct RealtimePartitionTests {
         let after = HostSnapshot.take()
         #expect(after.matches(before), "host not restored:\nbefore \(before)\nafter  \(after)")
         #expect(releaseRealtimePartition(vm: "rtk") == nil, "a second cleanup found something to do")
+    }
+
+    /// A jailed VMM (the default as root) has a privileged janitor process: killed with SIGKILL,
+    /// its partition is undone by the janitor without anyone else's help.
+    @Test func aKilledJailedVMMsPartitionIsUndoneByItsJanitor() throws {
+        let before = HostSnapshot.take()
+        let dir = try VMM.tempDir()
+        let vm = try RunningVMM(config: try VMM.writeDefinition(try Self.definition("rtj"), in: dir), dir: dir)
+        defer { if vm.process.isRunning { kill(vm.process.processIdentifier, SIGKILL) } }
+        try #require(vm.waitFor("IDLE_READY", seconds: 20), "guest did not start:\n\(vm.output)")
+        #expect(vm.output.contains("jail: uid/gid"))
+        kill(vm.process.processIdentifier, SIGKILL)
+        vm.process.waitUntilExit()
+        let end = Date().addingTimeInterval(10)
+        while Date() < end && (PartitionState.load(vm: "rtj") != nil || !HostSnapshot.take().matches(before)) { usleep(100_000) }
+        #expect(PartitionState.load(vm: "rtj") == nil)
+        #expect(HostSnapshot.take().matches(before), "host not restored by the janitor")
+        #expect(releaseRealtimePartition(vm: "rtj") == nil, "the janitor left something to undo")
     }
 
     @Test func daemonAdmitsOneRealtimeVMPerCPUAndKeepsItselfOffIt() throws {

@@ -57,4 +57,16 @@ int clinux_get_scheduler(int tid, int *policy, int *priority);
 /// mlockall(MCL_CURRENT | MCL_FUTURE).
 int clinux_lock_all_memory(void);
 
+/// The VMM jail (Sources/Sandbox/Jail.swift, docs/sandbox.md). Each returns 0 or -1 with errno
+/// and, in `step` (at least 128 bytes), which operation failed.
+/// A private mount namespace whose root is a fresh tmpfs at `root`, showing only `paths` (bind
+/// mounts at the same paths; read-only where `readonly[i]`). The caller must be single-threaded.
+int clinux_enter_mount_jail(const char *root, const char *const *paths, const int *readonly, int count, char *step);
+/// Supplementary groups cleared, gid/uid switched (all threads: glibc's setxid broadcast), the
+/// capability bounding set emptied first, no_new_privs set.
+int clinux_drop_privileges(unsigned uid, unsigned gid, char *step);
+/// posix_spawn of `path` in a new session with `stdin_fd` as its standard input.
+int clinux_spawn_with_stdin(pid_t *pid, const char *path, char *const argv[], int stdin_fd);
+/// The calling thread's CapEff/CapPrm/CapBnd words (from capget / prctl) for checks.
+int clinux_capabilities(uint64_t *effective, uint64_t *permitted);
 #endif

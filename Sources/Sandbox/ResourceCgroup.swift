@@ -1,0 +1,72 @@
+#if canImport(Glibc)
+import Glibc
+#endif
+
+/// A VM's memory and task limits in the kernel's cgroups (docs/sandbox.md), applied by the VMM to
+/// itself while still root and single-threaded, before guest RAM is touched, so every page the
+/// VM uses is charged to it.
+/// - cgroup v1: `<memory>/rtvisor/NAME` (memory.limit_in_bytes) and `<pids>/rtvisor/NAME` (pids.max).
+/// - cgroup v2: the VMM's own cgroup (rtvisord's `vm-NAME`), where memory.max and pids.max exist
+///   only if the parent delegates those controllers.
+public struct ResourceCgroup: Sendable {
+    public var root: String
+    public var procSelfCgroup: String?
+    public init(root: String = "/sys/fs/cgroup", procSelfCgroup: String? = ResourceCgroup.read("/proc/self/cgroup")) {
+        self.root = root; self.procSelfCgroup = procSelfCgroup
+    }
+
+    /// Guest RAM plus what the VMM itself may use (runtime, device buffers, page cache of images).
+    public static func memoryLimit(guestMiB: Int) -> UInt64 { UInt64(guestMiB + 256 + guestMiB / 8) << 20 }
+    public static func taskLimit(vcpus: Int, nets: Int) -> Int { vcpus + nets + 33 }
+
+    /// Applies the limits to `pid`; returns what was done or why not, for the log.
+    public func apply(vm: String, memoryBytes: UInt64, tasks: Int, pid: Int32 = getpid()) -> [String] {
+        var done: [String] = []
+        let isV1 = access(root + "/memory/memory.limit_in_bytes", F_OK) == 0 || access(root + "/pids/cgroup.procs", F_OK) == 0
+        if isV1 {
+            for (controller, file, value) in [("memory", "memory.limit_in_bytes", "\(memoryBytes)"), ("pids", "pids.max", "\(tasks)")] {
+                let base = "\(root)/\(controller)"
+                guard access(base + "/cgroup.procs", F_OK) == 0 else { done.append("\(controller): controller not mounted"); continue }
+                let dir = "\(base)/rtvisor/\(vm)"
+                mkdir("\(base)/rtvisor", 0o755)
+                mkdir(dir, 0o755)
+                if let e = Self.write("\(dir)/\(file)", value) { done.append("\(controller): \(dir)/\(file): \(e)"); continue }
+                if let e = Self.write("\(dir)/cgroup.procs", "\(pid)") { done.append("\(controller): joining \(dir): \(e)"); continue }
+                done.append("\(dir) \(file)=\(value)")
+            }
+            return done
+        }
+        guard let line = (procSelfCgroup ?? "").split(separator: "\n").first(where: { $0.hasPrefix("0::") }) else {
+            return ["no cgroup hierarchy found: no memory or task limit"]
+        }
+        let path = String(line.dropFirst(3))
+        let dir = root + (path == "/" ? "" : path)
+        let controllers = (Self.read(dir + "/cgroup.controllers") ?? "").split(whereSeparator: { $0 == " " || $0 == "\n" })
+        for (controller, file, value) in [("memory", "memory.max", "\(memoryBytes)"), ("pids", "pids.max", "\(tasks)")] {
+            guard controllers.contains(Substring(controller)) else {
+                done.append("\(controller): not delegated to \(dir) (cgroup v2 needs the parent to enable it; under systemd ≥ 254 DelegateSubgroup= does)")
+                continue
+            }
+            if let e = Self.write("\(dir)/\(file)", value) { done.append("\(controller): \(dir)/\(file): \(e)") } else { done.append("\(dir) \(file)=\(value)") }
+        }
+        return done
+    }
+
+    static func write(_ path: String, _ value: String) -> String? {
+        let fd = open(path, O_WRONLY | O_CLOEXEC)
+        guard fd >= 0 else { return String(cString: strerror(errno)) }
+        defer { close(fd) }
+        var bytes = Array(value.utf8)
+        return bytes.withUnsafeMutableBytes({ Glibc.write(fd, $0.baseAddress, $0.count) }) == bytes.count ? nil : String(cString: strerror(errno))
+    }
+
+    public static func read(_ path: String) -> String? {
+        let fd = open(path, O_RDONLY | O_CLOEXEC)
+        guard fd >= 0 else { return nil }
+        defer { close(fd) }
+        var out: [UInt8] = []
+        var buf = [UInt8](repeating: 0, count: 4096)
+        while true { let n = Glibc.read(fd, &buf, buf.count); if n <= 0 { break }; out += buf[0..<n] }
+        return String(decoding: out, as: UTF8.self)
+    }
+}

@@ -1,0 +1,43 @@
+import Testing
+@testable import Sandbox
+#if canImport(Glibc)
+import Glibc
+#endif
+
+@Suite struct ResourceCgroupTests {
+    func tree(_ files: [String: String]) -> String {
+        var template = Array("/tmp/rtvisor-cg-XXXXXX".utf8CString)
+        let root = String(cString: mkdtemp(&template)!)
+        for (path, content) in files {
+            var dir = ""
+            for part in (root + "/" + path).split(separator: "/").dropLast() { dir += "/" + part; mkdir(dir, 0o755) }
+            let fd = open(root + "/" + path, O_WRONLY | O_CREAT | O_TRUNC, 0o644)
+            _ = content.withCString { write(fd, $0, strlen($0)) }
+            close(fd)
+        }
+        return root
+    }
+
+    @Test func v1CreatesTheVMsGroupsWithLimitsAndJoinsThem() {
+        let root = tree(["memory/cgroup.procs": "", "memory/memory.limit_in_bytes": "", "pids/cgroup.procs": "",
+                         "memory/rtvisor/vm1/memory.limit_in_bytes": "", "memory/rtvisor/vm1/cgroup.procs": "",
+                         "pids/rtvisor/vm1/pids.max": "", "pids/rtvisor/vm1/cgroup.procs": ""])
+        let done = ResourceCgroup(root: root, procSelfCgroup: nil).apply(vm: "vm1", memoryBytes: 1 << 30, tasks: 40, pid: 4242)
+        #expect(done == ["\(root)/memory/rtvisor/vm1 memory.limit_in_bytes=1073741824", "\(root)/pids/rtvisor/vm1 pids.max=40"])
+        #expect(ResourceCgroup.read(root + "/memory/rtvisor/vm1/cgroup.procs") == "4242")
+        #expect(ResourceCgroup.read(root + "/pids/rtvisor/vm1/pids.max") == "40")
+    }
+
+    @Test func v2UsesTheOwnCgroupOnlyWhereControllersAreDelegated() {
+        let root = tree(["system.slice/r.service/vm-a/cgroup.controllers": "cpuset pids\n", "system.slice/r.service/vm-a/pids.max": "max"])
+        let done = ResourceCgroup(root: root, procSelfCgroup: "0::/system.slice/r.service/vm-a\n").apply(vm: "a", memoryBytes: 1 << 30, tasks: 40)
+        #expect(done.count == 2)
+        #expect(done[0].hasPrefix("memory: not delegated to \(root)/system.slice/r.service/vm-a"))
+        #expect(done[1] == "\(root)/system.slice/r.service/vm-a pids.max=40")
+    }
+
+    @Test func limitsScaleWithTheVM() {
+        #expect(ResourceCgroup.memoryLimit(guestMiB: 1024) == UInt64(1024 + 256 + 128) << 20)
+        #expect(ResourceCgroup.taskLimit(vcpus: 4, nets: 2) == 39)
+    }
+}
