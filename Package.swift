@@ -63,7 +63,7 @@ let package = Package(
         .target(name: "CSandbox", dependencies: ["CSeccomp"]),
         // Per-thread seccomp filters as data (vcpu, io, vmm, api) and their installation. Test builds
         // (debug) get the forbidden-syscall hook (RTVISOR_TEST_FORBIDDEN_SYSCALL); release builds do not.
-        .target(name: "Sandbox", dependencies: ["CSeccomp", "CSandbox", "CKVM", "CLinux", "Posix", "Config"],
+        .target(name: "Sandbox", dependencies: ["CSeccomp", "CSandbox", "CKVM", "CLinux", "Posix", "Config", "Realtime"],
                 swiftSettings: [.define("RTVISOR_TEST_HOOKS", .when(configuration: .debug))]),
         // Wires one VM: memory, vCPU threads, devices, lifecycle.
         .target(name: "VMM", dependencies: [

@@ -1,3 +1,4 @@
+import Realtime
 #if canImport(Glibc)
 import Glibc
 #endif
@@ -53,20 +54,8 @@ public struct ResourceCgroup: Sendable {
     }
 
     static func write(_ path: String, _ value: String) -> String? {
-        let fd = open(path, O_WRONLY | O_CLOEXEC)
-        guard fd >= 0 else { return String(cString: strerror(errno)) }
-        defer { close(fd) }
-        var bytes = Array(value.utf8)
-        return bytes.withUnsafeMutableBytes({ Glibc.write(fd, $0.baseAddress, $0.count) }) == bytes.count ? nil : String(cString: strerror(errno))
+        do { try HostFiles.write(path, value); return nil } catch { return String(cString: strerror(error.errno)) }
     }
 
-    public static func read(_ path: String) -> String? {
-        let fd = open(path, O_RDONLY | O_CLOEXEC)
-        guard fd >= 0 else { return nil }
-        defer { close(fd) }
-        var out: [UInt8] = []
-        var buf = [UInt8](repeating: 0, count: 4096)
-        while true { let n = Glibc.read(fd, &buf, buf.count); if n <= 0 { break }; out += buf[0..<n] }
-        return String(decoding: out, as: UTF8.self)
-    }
+    public static func read(_ path: String) -> String? { HostFiles.read(path) }
 }

@@ -11,6 +11,18 @@ struct DaemonProcessTests {
     }
 
     /// Short paths: unix socket names are limited to 108 bytes.
+    /// rtvisord on `definitions`, its stderr (the log without journald) in the returned pipe.
+    static func startDaemon(definitions: String, runDirectory: String) throws -> (Process, Pipe) {
+        let daemon = Process()
+        daemon.executableURL = URL(fileURLWithPath: binary("rtvisord"))
+        daemon.arguments = ["--definitions", definitions, "--run-directory", runDirectory, "--vmm", Env.vmmBinary]
+        let err = Pipe()
+        daemon.standardError = err
+        daemon.standardOutput = FileHandle.nullDevice
+        try daemon.run()
+        return (daemon, err)
+    }
+
     static func shortTempDir() throws -> String {
         let d = "/tmp/rtvd-\(UUID().uuidString.prefix(8))"
         try FileManager.default.createDirectory(atPath: d, withIntermediateDirectories: true)
@@ -88,13 +100,7 @@ struct DaemonProcessTests {
                            extra: "\"autostart\": true, \"restart\": {\"policy\": \"on-failure\", \"backoff_ms\": 100}, \"stop_timeout_s\": 5")
             .write(toFile: vms + "/idle.json", atomically: true, encoding: .utf8)
         try "{\"name\": \"bad\", \"memory_mib\": 1}".write(toFile: vms + "/bad.json", atomically: true, encoding: .utf8)
-        let daemon = Process()
-        daemon.executableURL = URL(fileURLWithPath: Self.binary("rtvisord"))
-        daemon.arguments = ["--definitions", vms, "--run-directory", dir + "/run", "--vmm", Env.vmmBinary]
-        let err = Pipe()
-        daemon.standardError = err
-        daemon.standardOutput = FileHandle.nullDevice
-        try daemon.run()
+        let (daemon, err) = try Self.startDaemon(definitions: vms, runDirectory: dir + "/run")
         defer { if daemon.isRunning { kill(daemon.processIdentifier, SIGKILL) } }
         let ctl = Self.binary("rtvisorctl")
         let env = ["RTVISOR_API_SOCKET": dir + "/run/api.sock"]
@@ -142,13 +148,7 @@ extension DaemonProcessTests {
         let dir = try Self.shortTempDir()
         let vms = dir + "/vms"
         try FileManager.default.createDirectory(atPath: vms, withIntermediateDirectories: true)
-        let daemon = Process()
-        daemon.executableURL = URL(fileURLWithPath: Self.binary("rtvisord"))
-        daemon.arguments = ["--definitions", vms, "--run-directory", dir + "/run", "--vmm", Env.vmmBinary]
-        let err = Pipe()
-        daemon.standardError = err
-        daemon.standardOutput = FileHandle.nullDevice
-        try daemon.run()
+        let (daemon, err) = try Self.startDaemon(definitions: vms, runDirectory: dir + "/run")
         defer { if daemon.isRunning { kill(daemon.processIdentifier, SIGKILL) } }
         let socket = dir + "/run/api.sock"
         // Root is served (and the daemon has set the socket's mode by the time it answers).
