@@ -113,9 +113,12 @@ let package = Package(
             "Daemon", "API", "APIModels", "Journald", "SystemdNotify", "Config", "CDaemonSupport",
             .product(name: "Logging", package: "swift-log"),
         ]),
-        // Fuzz target for the virtqueue core and virtio-blk (libFuzzer build via scripts/fuzz-virtio.sh;
-        // the plain build replays saved inputs).
-        .executableTarget(name: "virtio-fuzz", dependencies: ["Memory", "Virtio", "VirtioBlock"]),
+        // libFuzzer targets: virtqueue, blk, net, definition, api (build and run via scripts/fuzz.sh;
+        // the plain build replays saved inputs). See docs/fuzzing.md.
+        .executableTarget(name: "rtvisor-fuzz", dependencies: [
+            "Memory", "Virtio", "VirtioBlock", "VirtioNet", "Config", "Daemon", "API", "APIModels",
+            .product(name: "SystemPackage", package: "swift-system"),
+        ]),
         .testTarget(name: "ArchTests", dependencies: ["Arch"]),
         .testTarget(name: "MemoryTests", dependencies: ["Memory"]),
         .testTarget(name: "BootTests", dependencies: ["Boot", "Memory", "Arch"]),

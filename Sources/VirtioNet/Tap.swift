@@ -54,6 +54,14 @@ public final class Tap: Sendable {
         }
     }
 
+    /// A stand-in for a TAP interface on any datagram descriptor (the fuzz target's socketpair):
+    /// no ioctls, no offloads. Takes ownership of `fd`.
+    package init(fd: FileDescriptor, name: String) {
+        self.fd = fd
+        self.name = name
+        supportsOffloads = false
+    }
+
     deinit { try? fd.close() }
 
     /// Tells the tap which offloads the guest can receive (frames without full checksums, TSO).

@@ -1,0 +1,120 @@
+// definition and api: text inputs.
+//
+// definition: the input is a VM definition file. VMDefinition.parse must return a definition or
+//   throw DefinitionError with at least one issue, for any bytes. Relative paths resolve against
+//   a directory holding `vmlinux`, `initrd.cpio` and `disk.img` (so seeds can be valid).
+// api: byte 0 picks the method (GET, POST, PUT, DELETE, HEAD, or the raw text before the first
+//   space), then the request target up to the first newline, then the body; APIRouter.handle runs
+//   against a fixed fake VM control (VMs "web" running, "db" stopped). The answer must be one of
+//   the documented statuses with a JSON body.
+import API
+import APIModels
+import Config
+import Daemon
+import Dispatch
+import Foundation
+
+let definitionBase: String = {
+    let dir = "/tmp/rtvisor-fuzz-files"
+    mkdir(dir, 0o755)
+    for name in ["vmlinux", "initrd.cpio", "disk.img"] {
+        let fd = open(dir + "/" + name, O_CREAT | O_RDWR | O_CLOEXEC, 0o644)
+        if fd >= 0 { ftruncate(fd, 4096); close(fd) }
+    }
+    return dir
+}()
+
+func fuzzDefinition(_ input: UnsafeRawBufferPointer) -> String {
+    let data = Data(input)
+    do {
+        let d = try VMDefinition.parse(data, file: "fuzz.json", baseDirectory: definitionBase)
+        return "valid: \(d.name), \(d.vcpus) vCPU(s), \(d.disks.count) disk(s), \(d.nets.count) net(s)"
+    } catch let e as DefinitionError {
+        precondition(!e.issues.isEmpty, "DefinitionError without issues")
+        return "invalid: \(e.issues.count) issue(s), first: \(e.issues[0].path): \(e.issues[0].reason)"
+    } catch {
+        preconditionFailure("VMDefinition.parse threw \(type(of: error)), not DefinitionError: \(error)")
+    }
+}
+
+/// A VMControl answering from a fixed table; it keeps no state, so iterations are independent.
+final class FuzzControl: VMControl {
+    let vms: [String: VMStateName] = ["web": .running, "db": .stopped]
+
+    func summary(_ name: String) -> VMSummary {
+        VMSummary(name: name, state: vms[name]!, pid: vms[name] == .running ? 42 : nil, autostart: true, restartPolicy: "on-failure",
+                  restarts: 0, pendingChange: false, definitionFile: "/etc/rtvisor/vms/\(name).json", since: 0, lastExit: nil)
+    }
+    func list() -> VMList { VMList(vms: vms.keys.sorted().map(summary), invalidDefinitions: []) }
+    func inspect(_ name: String) throws(ControlError) -> VMDetail {
+        guard vms[name] != nil else { throw .notFound("no VM named \"\(name)\"") }
+        return VMDetail(summary: summary(name), vcpus: 1, memoryMiB: 32, kernel: "/k", initrd: nil, cmdline: "",
+                        consoleSocket: "/run/rtvisor/vms/\(name)/console.sock", cgroup: nil, stopTimeoutSeconds: 30)
+    }
+    func act(_ action: String, _ name: String, requires: VMStateName, to: VMStateName) throws(ControlError) -> ActionResult {
+        guard let s = vms[name] else { throw .notFound("no VM named \"\(name)\"") }
+        guard s == requires else { throw .conflict("VM \(name) is \(s.rawValue)") }
+        return ActionResult(name: name, action: action, state: to, message: action)
+    }
+    func start(_ name: String) throws(ControlError) -> ActionResult { try act("start", name, requires: .stopped, to: .running) }
+    func stop(_ name: String, force: Bool) throws(ControlError) -> ActionResult { try act(force ? "stop-force" : "stop", name, requires: .running, to: .stopping) }
+    func reboot(_ name: String) throws(ControlError) -> ActionResult { try act("reboot", name, requires: .running, to: .running) }
+    func pause(_ name: String) throws(ControlError) -> ActionResult { try act("pause", name, requires: .running, to: .paused) }
+    func resume(_ name: String) throws(ControlError) -> ActionResult { throw .failed("SIGCONT failed") }
+    func validate(_ request: ValidateRequest) -> ValidateResult { Supervisor.validate(request, defaultBase: definitionBase) }
+    func reload() -> ReloadResult { ReloadResult(added: [], removed: [], changed: [], pending: [], invalidDefinitions: []) }
+    func info() -> DaemonInfo { DaemonInfo(version: "fuzz", pid: 1, definitionsDirectory: "/etc/rtvisor/vms", status: "2 VMs") }
+    func realtimeCheck(_ name: String?) throws(ControlError) -> [RealtimeCheck] {
+        if let name, name != "web" { throw .conflict("VM \(name) has no realtime block") }
+        return [RealtimeCheck(name: "web", cpus: [1], running: true, lines: ["real-time check for VM web"], warnings: [])]
+    }
+    func latency(_ name: String) throws(ControlError) -> LatencySnapshot {
+        guard name == "web" else { throw .conflict("VM \(name) has no latency probe (realtime.latency_probe_us)") }
+        return LatencySnapshot(name: "web", cpu: 1, priority: 51, periodMicroseconds: 1000, samples: 3, minNanoseconds: 1, meanNanoseconds: 2,
+                               p50Nanoseconds: 2, p99Nanoseconds: 3, p9999Nanoseconds: 3, maxNanoseconds: 3, buckets: [[1, 1]], updatedAt: 0)
+    }
+}
+
+let router = APIRouter(control: FuzzControl())
+
+final class ResponseBox: @unchecked Sendable { var response: APIResponse? }
+
+/// Runs a task's jobs on the thread that enqueues them: a task started with this preference runs
+/// inline until its first real suspension, so `APIRouter.handle` over the fake control (which
+/// never suspends) completes before `Task.init` returns, with no thread hop per input.
+final class InlineExecutor: TaskExecutor {
+    func enqueue(_ job: consuming ExecutorJob) {
+        job.runSynchronously(on: asUnownedTaskExecutor())
+    }
+}
+let inlineExecutor = InlineExecutor()
+
+func fuzzAPI(_ input: UnsafeRawBufferPointer) -> String {
+    guard let first = input.first else { return "empty" }
+    var rest = Array(input.dropFirst())
+    let methods = ["GET", "POST", "PUT", "DELETE", "HEAD"]
+    var method: String
+    if Int(first) % 6 < methods.count {
+        method = methods[Int(first) % 6]
+    } else {
+        let space = rest.firstIndex(of: 0x20) ?? 0
+        method = String(decoding: rest[..<space], as: UTF8.self)
+        rest = Array(rest[min(space + 1, rest.count)...])
+    }
+    let newline = rest.firstIndex(of: 0x0A) ?? rest.count
+    let request = APIRequest(method: method, target: String(decoding: rest[..<newline], as: UTF8.self),
+                             body: Array(rest[min(newline + 1, rest.count)...]))
+    // APIRouter.handle is async; it runs inline (see InlineExecutor). Should it ever suspend,
+    // the semaphore waits for it on whatever thread resumes it.
+    let box = ResponseBox()
+    let done = DispatchSemaphore(value: 0)
+    Task(executorPreference: inlineExecutor) {
+        box.response = await router.handle(request)
+        done.signal()
+    }
+    done.wait()
+    let r = box.response!
+    precondition([200, 400, 404, 405, 409, 500].contains(r.status), "status \(r.status)")
+    precondition((try? JSONSerialization.jsonObject(with: Data(r.body))) != nil, "body is not JSON: \(r.text)")
+    return "\(request.method) \(request.target) → \(r.status) \(r.text.prefix(120))"
+}
