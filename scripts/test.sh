@@ -16,7 +16,7 @@ quick=0
 [ "${1:-}" = "--quick" ] && quick=1
 
 need=()
-for pkg in build-essential qemu-system-x86 qemu-utils iproute2 python3; do
+for pkg in build-essential qemu-system-x86 qemu-utils iproute2 python3 libseccomp-dev; do
 	dpkg -s "$pkg" >/dev/null 2>&1 || need+=("$pkg")
 done
 if [ ${#need[@]} -gt 0 ]; then
@@ -49,8 +49,8 @@ scripts/test-virtio-inmates-qemu.sh "${net_args[@]}" "$inmates" >&2
 log "VFIO against a real vfio-pci driver (QEMU q35 + intel-iommu + edu, TCG)"
 scripts/test-vfio.sh >&2
 
-log "fuzzing the virtqueue and virtio-blk parsers (libFuzzer + ASan, ${RTVISOR_FUZZ_SECONDS:-60} s)"
-scripts/fuzz-virtio.sh "${RTVISOR_FUZZ_SECONDS:-60}" >&2
+log "fuzzing virtqueue, blk, net, definition and api (libFuzzer + ASan, ${RTVISOR_FUZZ_SECONDS:-25} s each)"
+scripts/fuzz.sh all "${RTVISOR_FUZZ_SECONDS:-25}" >&2
 
 if [ -e /dev/kvm ]; then
 	log "/dev/kvm present: integration tests boot real guests"
