@@ -94,7 +94,7 @@ let package = Package(
         ]),
         // The control API: transport-free router (tested directly) and an HTTP/1.1 server on a Unix socket.
         .target(name: "API", dependencies: [
-            "Daemon", "APIModels",
+            "Daemon", "APIModels", "Realtime",
             .product(name: "NIOCore", package: "swift-nio"),
             .product(name: "NIOPosix", package: "swift-nio"),
             .product(name: "NIOHTTP1", package: "swift-nio"),

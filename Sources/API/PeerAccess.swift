@@ -1,3 +1,4 @@
+import Realtime
 #if canImport(Glibc)
 import Glibc
 #endif
@@ -34,13 +35,7 @@ public struct PeerAccess: Sendable, Equatable {
 
     /// The supplementary groups of a process, from /proc.
     public static func groups(of pid: pid_t) -> [gid_t] {
-        let fd = open("/proc/\(pid)/status", O_RDONLY | O_CLOEXEC)
-        guard fd >= 0 else { return [] }
-        defer { close(fd) }
-        var bytes: [UInt8] = []
-        var buf = [UInt8](repeating: 0, count: 4096)
-        while true { let n = read(fd, &buf, buf.count); if n <= 0 { break }; bytes += buf[0..<n] }
-        for line in String(decoding: bytes, as: UTF8.self).split(separator: "\n") where line.hasPrefix("Groups:") {
+        for line in (HostFiles.read("/proc/\(pid)/status") ?? "").split(separator: "\n") where line.hasPrefix("Groups:") {
             return line.dropFirst(7).split(whereSeparator: { $0 == " " || $0 == "\t" }).compactMap { gid_t($0) }
         }
         return []

@@ -1,4 +1,5 @@
 import CLinux
+import Realtime
 #if canImport(Glibc)
 import Glibc
 #endif
@@ -67,13 +68,7 @@ public struct JailError: Error, CustomStringConvertible {
 public enum Jail {
     /// Threads of this process (/proc/self/task): the mount namespace is per thread, so the jail
     /// must be entered while there is only one.
-    public static func threadCount() -> Int {
-        guard let d = opendir("/proc/self/task") else { return -1 }
-        defer { closedir(d) }
-        var n = 0
-        while let e = readdir(d) { if e.pointee.d_name.0 != 0x2E { n += 1 } } // skip . and ..
-        return n
-    }
+    public static func threadCount() -> Int { HostFiles.list("/proc/self/task").count }
 
     /// Enters the jail; the process is unprivileged afterwards (all threads).
     public static func enter(_ plan: JailPlan) throws {

@@ -150,12 +150,7 @@ public final class VfioPciDevice: PciDevice, @unchecked Sendable {
         msiVectors = msiCount > 0 ? try platform.makeVectors(count: msiCount, device: name) : []
         intx = hasINTx ? try platform.makeINTx(pin: UInt32(intxPin), device: name) : nil
         interruptPin = hasINTx ? config[PciRegister.interruptPin] : 0
-        if let msix, msixCount > 0 {
-            msixTable = MsixTable(vectorCount: msixCount, sink: VectorSink(vectors: msixVectors))
-            _ = msix
-        } else {
-            msixTable = nil
-        }
+        msixTable = msixCount > 0 ? MsixTable(vectorCount: msixCount, sink: VectorSink(vectors: msixVectors)) : nil
 
         var s = State(bars: bars)
         s.command = c16(PciRegister.command)

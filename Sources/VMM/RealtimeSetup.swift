@@ -73,7 +73,7 @@ final class RealtimeSetup: @unchecked Sendable {
         PartitionState(vm: def.name, cpus: rt.cpus, irqs: irqs, workqueueMask: workqueues).save()
         probe = rt.latencyProbeMicroseconds > 0
             ? WakeupLatencyProbe(vm: def.name, cpu: rt.cpus[0], vcpuPriority: rt.priority, periodMicroseconds: rt.latencyProbeMicroseconds,
-                                 file: latencyFile, partition: partition, logger: logger)
+                                 file: latencyFile, logger: logger)
             : nil
         let report = RealtimeReport(vm: def.name, cpus: rt.cpus, host: host, exitsDisabled: rt.exits.contains(.hlt))
         for line in report.lines { logger.notice("\(line)") }

@@ -29,15 +29,14 @@ final class WakeupLatencyProbe: @unchecked Sendable {
     let periodNanoseconds: UInt64
     let file: String?
     let logger: Logger
-    let partition: RealtimePartition?
     private let stopping = Atomic<Bool>(false)
     private let slot = Mutex<Histogram<UInt64>?>(nil)
     private var threads: [PosixThread] = []
 
-    init(vm: String, cpu: Int, vcpuPriority: Int, periodMicroseconds: Int, file: String?, partition: RealtimePartition?, logger: Logger) {
+    init(vm: String, cpu: Int, vcpuPriority: Int, periodMicroseconds: Int, file: String?, logger: Logger) {
         self.vm = vm; self.cpu = cpu; self.priority = min(99, vcpuPriority + 1)
         self.periodNanoseconds = UInt64(periodMicroseconds) * 1000
-        self.file = file; self.partition = partition; self.logger = logger
+        self.file = file; self.logger = logger
     }
 
     static func newHistogram() -> Histogram<UInt64> {
@@ -65,13 +64,8 @@ final class WakeupLatencyProbe: @unchecked Sendable {
 
     private func probeLoop() {
         do {
-            if let placer {
-                try placer(ThreadScheduling.currentTID, cpu, priority)
-            } else {
-                try partition?.attach(tid: ThreadScheduling.currentTID)
-                try ThreadScheduling.setAffinity([cpu])
-                try ThreadScheduling.setFIFO(priority: priority)
-            }
+            guard let placer else { throw VMMError.setup("no thread placement was set up") }
+            try placer(ThreadScheduling.currentTID, cpu, priority)
         } catch {
             logger.error("wake-up latency probe of \(vm) on CPU \(cpu): \(error)")
             return

@@ -52,15 +52,25 @@ func fuzzMemory(_ input: UnsafeRawBufferPointer, from: Int) -> GuestMemory {
     return memory
 }
 
-/// The queue core alone: pop every chain, read and write its buffers through ChainReader and
-/// ChainWriter, return it, and check the invariants (buffers inside RAM, at most `size` chains).
-func fuzzVirtqueue(_ input: UnsafeRawBufferPointer) -> String {
-    guard input.count >= 8 else { return "too short" }
+/// The layout of both targets: guest RAM after 8 header bytes and one queue configured from them;
+/// nil when the input is too short or the queue does not validate.
+func singleQueue(_ input: UnsafeRawBufferPointer) -> (memory: GuestMemory, queue: VirtQueue, features: UInt64)? {
+    guard input.count >= 8 else { return nil }
     let header = Array(input.prefix(8))
     let memory = fuzzMemory(input, from: 8)
     var q = fuzzQueue(header[0..<4])
-    q.setFeatures(ringFeatures(header[4]))
-    guard (try? q.validate(memory: memory)) != nil else { return "queue rejected" }
+    let features = ringFeatures(header[4])
+    q.setFeatures(features)
+    guard (try? q.validate(memory: memory)) != nil else { return nil }
+    return (memory, q, features)
+}
+
+/// The queue core alone: pop every chain, read and write its buffers through ChainReader and
+/// ChainWriter, return it, and check the invariants (buffers inside RAM, at most `size` chains).
+func fuzzVirtqueue(_ input: UnsafeRawBufferPointer) -> String {
+    guard let setup = singleQueue(input) else { return input.count < 8 ? "too short" : "queue rejected" }
+    let memory = setup.memory
+    var q = setup.queue
     _ = try? q.pendingCount(memory: memory)
     var popped = 0, bytesRead = 0, bytesWritten: UInt32 = 0
     var error: VirtQueueError?
@@ -103,15 +113,9 @@ let disk: BlockImage = {
 
 /// virtio-blk: requests are parsed and executed against the disk, or refused.
 func fuzzBlock(_ input: UnsafeRawBufferPointer) -> String {
-    guard input.count >= 8 else { return "too short" }
-    let header = Array(input.prefix(8))
-    let memory = fuzzMemory(input, from: 8)
-    var q = fuzzQueue(header[0..<4])
-    let features = ringFeatures(header[4])
-    q.setFeatures(features)
-    guard (try? q.validate(memory: memory)) != nil else { return "queue rejected" }
+    guard let setup = singleQueue(input) else { return input.count < 8 ? "too short" : "queue rejected" }
     let device = VirtioBlock(name: "fuzz", image: disk)
-    try! device.activate(VirtioActivation(memory: memory, features: features, queues: [q], interrupt: NullInterrupt()))
+    try! device.activate(VirtioActivation(memory: setup.memory, features: setup.features, queues: [setup.queue], interrupt: NullInterrupt()))
     device.queueNotify(0)
     device.queueNotify(0)
     device.reset()

@@ -2,6 +2,7 @@ import CLinux
 import Logging
 import Realtime
 import Sandbox
+import Synchronization
 import VMM
 #if canImport(Glibc)
 import Glibc
@@ -45,7 +46,8 @@ enum JailSetup {
     /// The VMM's end of the janitor's socket: one request at a time, answered "ok" or an error.
     final class JanitorClient: @unchecked Sendable {
         let fd: Int32
-        let lock = NSLockLike()
+        /// One request at a time: the janitor answers in order on one socket.
+        let lock = Mutex(())
         init(fd: Int32) { self.fd = fd }
         func place(tid: Int32, cpu: Int, priority: Int) throws {
             let answer = try ask("\(tid) \(cpu) \(priority)")
@@ -59,7 +61,7 @@ enum JailSetup {
             return answer
         }
         func ask(_ text: String) throws -> String {
-            try lock.with {
+            try lock.withLock { _ in
                 var request = Array(text.utf8)
                 guard request.withUnsafeMutableBytes({ write(fd, $0.baseAddress, $0.count) }) == request.count else {
                     throw JailError(description: "real-time janitor: request failed: \(String(cString: strerror(errno)))")
@@ -144,16 +146,5 @@ enum JailSetup {
             writeStderr("rtvisor-vmm: real-time janitor: VM \(vm): \(done)\n")
         }
         exit(0)
-    }
-}
-
-/// A pthread mutex for the few places here that block while holding it (a janitor round trip).
-final class NSLockLike: @unchecked Sendable {
-    private var m = pthread_mutex_t()
-    init() { pthread_mutex_init(&m, nil) }
-    func with<T>(_ body: () throws -> T) rethrows -> T {
-        pthread_mutex_lock(&m)
-        defer { pthread_mutex_unlock(&m) }
-        return try body()
     }
 }

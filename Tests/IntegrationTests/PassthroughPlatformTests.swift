@@ -1,6 +1,7 @@
 import Foundation
 import Logging
 import PCI
+import SystemPackage
 import Testing
 @testable import KVM
 @testable import VMM
@@ -42,7 +43,7 @@ struct PassthroughPlatformTests {
         vectors[0].route(MsiMessage(address: 0xFEE0_1000, data: 0x4042))
         // A second attach of the same eventfd/GSI pair would be EBUSY: detach first. Re-registering
         // explicitly proves the vector is attached now.
-        let attachedAgain = (try? vm.registerIRQFD(FileDescriptorBox(vectors[0].eventfd).fd, gsi: GSIRoute.ioapicPins)) != nil
+        let attachedAgain = (try? vm.registerIRQFD(FileDescriptor(rawValue: vectors[0].eventfd), gsi: GSIRoute.ioapicPins)) != nil
         #expect(!attachedAgain, "the vector's eventfd is already an irqfd")
 
         // INTx with a resample eventfd on an IOAPIC pin.
@@ -52,5 +53,3 @@ struct PassthroughPlatformTests {
     }
 }
 
-import SystemPackage
-struct FileDescriptorBox { let fd: FileDescriptor; init(_ raw: Int32) { fd = FileDescriptor(rawValue: raw) } }

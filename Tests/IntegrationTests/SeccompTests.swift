@@ -18,45 +18,15 @@ struct SeccompTests {
         let statusFile: String
     }
 
-    /// Runs rtvisor-vmm with `env` added; also reports death by a signal (VMM.run does not).
+    /// Runs rtvisor-vmm with `env` added and an exit-status file.
     static func run(definition: String, arguments: [String] = [], env: [String: String], timeout: Double = 60,
                     prefix: [String] = [], consoleInput: Bool = false) throws -> Run {
         let dir = try VMM.tempDir()
         let config = try VMM.writeDefinition(definition, in: dir)
         let status = dir.appendingPathComponent("exit-status").path
-        let p = Process()
-        let argv = prefix + [Env.vmmBinary, "--config", config, "--status-file", status] + (consoleInput ? [] : ["--no-console-input"]) + arguments
-        p.executableURL = URL(fileURLWithPath: argv[0])
-        p.arguments = Array(argv.dropFirst())
-        p.environment = ProcessInfo.processInfo.environment.merging(env) { $1 }
-        let out = Pipe(), err = Pipe()
-        p.standardOutput = out
-        p.standardError = err
-        // Console input reads stdin: give it a pipe that stays open (the console-in thread must live).
-        let input = Pipe()
-        p.standardInput = input
-        try p.run()
-        let outData = LockedData(), errData = LockedData()
-        let group = DispatchGroup()
-        for (pipe, sink) in [(out, outData), (err, errData)] {
-            group.enter()
-            DispatchQueue.global().async {
-                sink.set(pipe.fileHandleForReading.readDataToEndOfFile())
-                group.leave()
-            }
-        }
-        let deadline = Date().addingTimeInterval(timeout)
-        while p.isRunning && Date() < deadline { usleep(20_000) }
-        if p.isRunning {
-            Issue.record("rtvisor-vmm did not end within \(timeout) s")
-            kill(p.processIdentifier, SIGKILL)
-        }
-        p.waitUntilExit()
-        try? input.fileHandleForWriting.close()
-        group.wait()
-        return Run(pid: p.processIdentifier, killedBySignal: p.terminationReason == .uncaughtSignal ? p.terminationStatus : nil,
-                   status: p.terminationStatus,
-                   stdout: String(decoding: outData.get(), as: UTF8.self), stderr: String(decoding: errData.get(), as: UTF8.self),
+        let r = try VMM.run(config: config, arguments: ["--status-file", status] + arguments, timeout: timeout, prefix: prefix,
+                            environment: env, consoleInput: consoleInput)
+        return Run(pid: r.pid, killedBySignal: r.killedBySignal, status: r.status, stdout: r.stdout, stderr: r.stderr,
                    statusFile: (try? String(contentsOfFile: status, encoding: .utf8)) ?? "")
     }
 

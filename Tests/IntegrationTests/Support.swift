@@ -45,7 +45,10 @@ enum Env {
 }
 
 struct VMMResult {
+    let pid: Int32
     let status: Int32
+    /// The signal that ended the VMM, if one did (then `status` is that signal's number).
+    let killedBySignal: Int32?
     let stdout: String
     let stderr: String
     let seconds: Double
@@ -78,16 +81,21 @@ enum VMM {
         return "{" + fields.joined(separator: ", ") + "}"
     }
 
-    /// Runs the VMM; `prefix` wraps it in another command (e.g. `ip netns exec NS`).
-    static func run(config: String, arguments: [String] = [], timeout: Double, prefix: [String] = []) throws -> VMMResult {
+    /// Runs the VMM; `prefix` wraps it in another command (e.g. `ip netns exec NS`), `environment`
+    /// is added to this process's. With `consoleInput` the VMM reads a stdin pipe that stays open
+    /// until it ends (its console-in thread lives).
+    static func run(config: String, arguments: [String] = [], timeout: Double, prefix: [String] = [],
+                    environment: [String: String] = [:], consoleInput: Bool = false) throws -> VMMResult {
         let p = Process()
-        let argv = prefix + [Env.vmmBinary, "--config", config, "--no-console-input"] + arguments
+        let argv = prefix + [Env.vmmBinary, "--config", config] + (consoleInput ? [] : ["--no-console-input"]) + arguments
         p.executableURL = URL(fileURLWithPath: argv[0])
         p.arguments = Array(argv.dropFirst())
+        if !environment.isEmpty { p.environment = ProcessInfo.processInfo.environment.merging(environment) { $1 } }
         let out = Pipe(), err = Pipe()
         p.standardOutput = out
         p.standardError = err
-        p.standardInput = FileHandle.nullDevice
+        let input = Pipe()
+        if consoleInput { p.standardInput = input } else { p.standardInput = FileHandle.nullDevice }
         let start = Date()
         try p.run()
         // Read both pipes concurrently so a chatty guest cannot block on a full pipe.
@@ -107,8 +115,10 @@ enum VMM {
             usleep(20_000)
         }
         p.waitUntilExit()
+        try? input.fileHandleForWriting.close()
         group.wait()
-        let result = VMMResult(status: p.terminationStatus,
+        let result = VMMResult(pid: p.processIdentifier, status: p.terminationStatus,
+                               killedBySignal: p.terminationReason == .uncaughtSignal ? p.terminationStatus : nil,
                                stdout: String(decoding: outData.get(), as: UTF8.self),
                                stderr: String(decoding: errData.get(), as: UTF8.self),
                                seconds: Date().timeIntervalSince(start))
