@@ -94,7 +94,8 @@ let package = Package(
         ]),
         // The control API: transport-free router (tested directly) and an HTTP/1.1 server on a Unix socket.
         .target(name: "API", dependencies: [
-            "Daemon", "APIModels", "Realtime",
+            "Daemon", "APIModels", "Realtime", "Config", "Sandbox", "Posix",
+            .product(name: "SystemPackage", package: "swift-system"),
             .product(name: "NIOCore", package: "swift-nio"),
             .product(name: "NIOPosix", package: "swift-nio"),
             .product(name: "NIOHTTP1", package: "swift-nio"),
@@ -111,6 +112,7 @@ let package = Package(
         ]),
         .testTarget(name: "DaemonTests", dependencies: [
             "Daemon", "API", "APIModels", "Journald", "SystemdNotify", "Config", "CDaemonSupport",
+            .product(name: "SystemPackage", package: "swift-system"),
             .product(name: "Logging", package: "swift-log"),
         ]),
         // libFuzzer targets: virtqueue, blk, net, definition, api (build and run via scripts/fuzz.sh;
@@ -131,7 +133,7 @@ let package = Package(
         .testTarget(name: "KVMTests", dependencies: ["KVM", "Memory", "Arch"]),
         .testTarget(name: "SandboxTests", dependencies: ["Sandbox", "Config", "CSeccomp", "CKVM"]),
         .testTarget(name: "IntegrationTests", dependencies: [
-            "VMM", "Config", "Realtime", "APIModels", "KVM", "PCI", "Sandbox",
+            "VMM", "Config", "Realtime", "APIModels", "KVM", "PCI", "Sandbox", "API",
             .product(name: "Logging", package: "swift-log"),
             .product(name: "SystemPackage", package: "swift-system"),
         ]),

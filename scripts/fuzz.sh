@@ -13,7 +13,7 @@
 # The full libFuzzer log of the last run is kept in .../fuzz/TARGET/last.log.
 set -euo pipefail
 repo=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
-targets="virtqueue blk net definition api"
+targets="virtqueue blk net definition api control"
 target=${1:?usage: scripts/fuzz.sh TARGET|all [SECONDS | --runs N]  (TARGET: $targets)}
 shift
 if [ "$target" = all ]; then

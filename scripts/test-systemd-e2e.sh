@@ -222,6 +222,24 @@ PY
 C test ! -e "/proc/$EX_PID/root/etc/os-release" || fail "the jailed VMM sees the container's /etc"
 journal_has "r.get('MESSAGE','').startswith('jail: uid/gid')" -u rtvisord VM_NAME=example || fail "no jail log line for example"
 
+step "the API front under the unit: its own uid, no capabilities, every thread under the api filter, no host /etc"
+D_PID=$(C systemctl show -p MainPID --value rtvisord)
+FRONT=$(C sh -c 'for p in /proc/[0-9]*; do [ "$(cut -d" " -f4 $p/stat 2>/dev/null)" = "'"$D_PID"'" ] && grep -qa -- --api-front $p/cmdline 2>/dev/null && echo ${p#/proc/}; done; true' | head -1)
+[ -n "$FRONT" ] || { C ps -ef 2>/dev/null | tail -20; fail "no --api-front child of rtvisord ($D_PID)"; }
+C sh -c "grep -E '^(Uid|CapEff|CapPrm|CapBnd|NoNewPrivs|Seccomp):' /proc/$FRONT/status; for t in /proc/$FRONT/task/*; do echo \"task \$(cat \$t/comm) \$(grep '^Seccomp:' \$t/status)\"; done" >"$work/front.txt"
+python3 - "$work/front.txt" <<'PY' || { cat "$work/front.txt"; fail "the API front is not confined"; }
+import sys
+lines = open(sys.argv[1]).read().splitlines()
+f = dict(l.split(":", 1) for l in lines if not l.startswith("task "))
+assert f["Uid"].split() == ["1599999999"] * 4, f["Uid"]
+for cap in ("CapEff", "CapPrm", "CapBnd"): assert int(f[cap].strip(), 16) == 0, (cap, f[cap])
+assert f["NoNewPrivs"].strip() == "1" and f["Seccomp"].strip() == "2", f
+tasks = [l for l in lines if l.startswith("task ")]
+assert len(tasks) >= 3 and all(l.split()[-1] == "2" for l in tasks), tasks
+PY
+C test ! -e "/proc/$FRONT/root/etc/os-release" || fail "the API front sees the container's /etc"
+sed 's/^/  /' "$work/front.txt"
+
 step "systemctl reload after adding a definition"
 sed 's/"name": "example"/"name": "second"/; s/vm=example/vm=second/' "$ROOT/etc/rtvisor/vms/example.json" >"$ROOT/etc/rtvisor/vms/second.json"
 C systemctl reload rtvisord || fail "systemctl reload"

@@ -49,19 +49,19 @@ public struct APIRouter: Sendable {
         switch rest.count {
         case 1 where rest[0] == "daemon":
             guard request.method == "GET" else { return Self.methodNotAllowed("GET") }
-            return Self.json(200, await control.info())
+            return await run { () async throws(ControlError) in try await control.info() }
         case 1 where rest[0] == "vms":
             guard request.method == "GET" else { return Self.methodNotAllowed("GET") }
-            return Self.json(200, await control.list())
+            return await run { () async throws(ControlError) in try await control.list() }
         case 1 where rest[0] == "reload":
             guard request.method == "POST" else { return Self.methodNotAllowed("POST") }
-            return Self.json(200, await control.reload())
+            return await run { () async throws(ControlError) in try await control.reload() }
         case 1 where rest[0] == "validate":
             guard request.method == "POST" else { return Self.methodNotAllowed("POST") }
             guard let req = try? JSONDecoder().decode(ValidateRequest.self, from: Data(request.body)) else {
                 return Self.error(400, "body must be a JSON object {\"definition\": \"<definition JSON text>\", \"file\"?: …, \"base_directory\"?: …}")
             }
-            return Self.json(200, await control.validate(req))
+            return await run { () async throws(ControlError) in try await control.validate(req) }
         case 1 where rest[0] == "rt-check":
             guard request.method == "GET" else { return Self.methodNotAllowed("GET") }
             return await run { () async throws(ControlError) in try await control.realtimeCheck(nil) }

@@ -22,25 +22,55 @@ public final class HTTPServer: Sendable {
 
     /// Binds (replacing a stale socket file), sets mode and group, then serves until cancelled.
     public func run(socketPath: String, groupName: String?) async throws {
-        let access = PeerAccess(groupName: groupName)
+        let fd = try Self.bindListeningSocket(socketPath, groupName: groupName, logger: logger)
+        try await run(listeningSocket: fd, access: PeerAccess(groupName: groupName))
+    }
+
+    /// Serves a listening unix socket (rtvisord's API front gets it bound, from the daemon) until
+    /// cancelled. `requestHook` sees every request first (test builds: the seccomp test hook).
+    public func run(listeningSocket fd: Int32, access: PeerAccess, requestHook: (@Sendable (APIRequest) -> Void)? = nil) async throws {
         let server = try await ServerBootstrap(group: group)
-            .serverChannelOption(.backlog, value: 64)
-            .bind(unixDomainSocketPath: socketPath, cleanupExistingSocketFile: true) { channel in
+            .bind(fd) { channel in
                 Self.peer(of: channel).flatMapThrowing { peer in
                     try channel.pipeline.syncOperations.configureHTTPServerPipeline(withErrorHandling: true)
                     return (try NIOAsyncChannel<HTTPServerRequestPart, HTTPServerResponsePart>(wrappingChannelSynchronously: channel), peer)
                 }
             }
-        Self.restrict(socketPath, groupName: groupName, logger: logger)
         try await withThrowingDiscardingTaskGroup { tasks in
             try await server.executeThenClose { connections in
                 for try await (connection, peer) in connections {
                     let refusal: String? = peer.map { access.allows($0) ? nil : access.refusal($0) } ?? "peer credentials unavailable"
                     if let refusal { logger.warning("API connection refused: \(refusal)") }
-                    tasks.addTask { await self.serve(connection, refusal: refusal) }
+                    tasks.addTask { await self.serve(connection, refusal: refusal, requestHook: requestHook) }
                 }
             }
         }
+    }
+
+    /// socket, bind (a stale socket file is replaced), mode 0660 and the access group, listen.
+    public static func bindListeningSocket(_ path: String, groupName: String?, logger: Logger) throws -> Int32 {
+        let fd = socket(AF_UNIX, Int32(SOCK_STREAM.rawValue) | Int32(SOCK_CLOEXEC.rawValue), 0)
+        guard fd >= 0 else { throw IOError(errnoCode: errno, reason: "socket(AF_UNIX) for \(path)") }
+        var addr = sockaddr_un()
+        addr.sun_family = sa_family_t(AF_UNIX)
+        let bytes = Array(path.utf8)
+        guard bytes.count < MemoryLayout.size(ofValue: addr.sun_path) else {
+            close(fd)
+            throw IOError(errnoCode: ENAMETOOLONG, reason: "API socket path \(path)")
+        }
+        withUnsafeMutableBytes(of: &addr.sun_path) { $0.copyBytes(from: bytes) }
+        var st = stat()
+        if lstat(path, &st) == 0 && (st.st_mode & S_IFMT) == S_IFSOCK { unlink(path) }
+        let bound = withUnsafePointer(to: &addr) {
+            $0.withMemoryRebound(to: sockaddr.self, capacity: 1) { bind(fd, $0, socklen_t(MemoryLayout<sockaddr_un>.size)) }
+        }
+        guard bound == 0, listen(fd, 64) == 0 else {
+            let e = errno
+            close(fd)
+            throw IOError(errnoCode: e, reason: "bind/listen on \(path)")
+        }
+        restrict(path, groupName: groupName, logger: logger)
+        return fd
     }
 
     /// SO_PEERCRED of an accepted unix connection; nil if the kernel gave none.
@@ -67,7 +97,8 @@ public final class HTTPServer: Sendable {
         }
     }
 
-    func serve(_ connection: NIOAsyncChannel<HTTPServerRequestPart, HTTPServerResponsePart>, refusal: String? = nil) async {
+    func serve(_ connection: NIOAsyncChannel<HTTPServerRequestPart, HTTPServerResponsePart>, refusal: String? = nil,
+               requestHook: (@Sendable (APIRequest) -> Void)? = nil) async {
         do {
             try await connection.executeThenClose { inbound, outbound in
                 var head: HTTPRequestHead?
@@ -83,7 +114,7 @@ public final class HTTPServer: Sendable {
                         guard let h = head else { continue }
                         let response = if let refusal { APIRouter.error(403, refusal) }
                             else if tooLarge { APIRouter.error(413, "request body over \(APIRouter.maxBody) bytes") }
-                            else { await router.handle(APIRequest(method: h.method.rawValue, target: h.uri, body: body)) }
+                            else { await handle(APIRequest(method: h.method.rawValue, target: h.uri, body: body), hook: requestHook) }
                         var headers = HTTPHeaders(response.headers)
                         headers.add(name: "Content-Length", value: String(response.body.count))
                         let keepAlive = h.isKeepAlive
@@ -101,5 +132,10 @@ public final class HTTPServer: Sendable {
         } catch {
             logger.debug("API connection ended: \(error)")
         }
+    }
+
+    func handle(_ request: APIRequest, hook: (@Sendable (APIRequest) -> Void)?) async -> APIResponse {
+        hook?(request)
+        return await router.handle(request)
     }
 }

@@ -24,6 +24,12 @@ int cdaemon_pidfd_open(pid_t pid) { return (int)syscall(SYS_pidfd_open, pid, 0);
 
 int cdaemon_spawn(pid_t *pid, const char *path, char *const argv[], char *const envp[], int out_fd, int err_fd)
 {
+	return cdaemon_spawn_with_fds(pid, path, argv, envp, out_fd, err_fd, NULL, 0);
+}
+
+int cdaemon_spawn_with_fds(pid_t *pid, const char *path, char *const argv[], char *const envp[], int out_fd, int err_fd,
+			   const int *fds, int nfds)
+{
 	posix_spawn_file_actions_t fa;
 	posix_spawnattr_t attr;
 	sigset_t empty, defaults;
@@ -44,6 +50,10 @@ int cdaemon_spawn(pid_t *pid, const char *path, char *const argv[], char *const 
 		posix_spawn_file_actions_adddup2(&fa, out_fd, 1);
 	if (err_fd >= 0)
 		posix_spawn_file_actions_adddup2(&fa, err_fd, 2);
+	/* The caller's descriptors become 3, 4, …; they must not already be any of 0…2+nfds
+	 * (adddup2 onto itself would leave O_CLOEXEC set). */
+	for (int i = 0; i < nfds; i++)
+		posix_spawn_file_actions_adddup2(&fa, fds[i], 3 + i);
 	r = posix_spawn(pid, path, &fa, &attr, argv, envp);
 	posix_spawn_file_actions_destroy(&fa);
 	posix_spawnattr_destroy(&attr);

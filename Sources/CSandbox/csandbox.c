@@ -15,8 +15,10 @@
 
 #define NAMES 512
 static char names[NAMES][32];
-static char vm[128];
+static char program[32] = "rtvisor-vmm";
+static char subject[160];
 static int status_fd = -1;
+static char process_kind[16];
 static __thread char thread_label[32] = "unknown";
 static __thread char thread_kind[16] = "unfiltered";
 
@@ -25,6 +27,10 @@ static void copy(char *dst, size_t size, const char *src) {
 	if (n >= size) n = size - 1;
 	memcpy(dst, src, n);
 	dst[n] = 0;
+}
+
+void csandbox_set_process_kind(const char *kind) {
+	copy(process_kind, sizeof process_kind, kind);
 }
 
 void csandbox_set_thread_label(const char *label, const char *kind) {
@@ -65,18 +71,31 @@ static void on_sigsys(int sig, siginfo_t *si, void *ctx) {
 	char what[256];
 	size_t n = 0;
 	n = put(what, n, sizeof what, "seccomp: thread ");
-	n = put(what, n, sizeof what, thread_label);
-	n = put(what, n, sizeof what, " (");
-	n = put(what, n, sizeof what, thread_kind);
-	n = put(what, n, sizeof what, " filter) of VM ");
-	n = put(what, n, sizeof what, vm);
+	if (process_kind[0] && strcmp(thread_kind, "unfiltered") == 0) {
+		// A thread of a process-wide filter (rtvisord's API front): it inherited the filter but
+		// not the label; its name (prctl is in that filter) and tid say which one it was.
+		char comm[17] = "";
+		prctl(PR_GET_NAME, comm, 0, 0, 0);
+		n = put(what, n, sizeof what, comm[0] ? comm : "?");
+		n = put(what, n, sizeof what, " tid ");
+		n = put_num(what, n, sizeof what, (long)syscall(SYS_gettid));
+		n = put(what, n, sizeof what, " (");
+		n = put(what, n, sizeof what, process_kind);
+	} else {
+		n = put(what, n, sizeof what, thread_label);
+		n = put(what, n, sizeof what, " (");
+		n = put(what, n, sizeof what, thread_kind);
+	}
+	n = put(what, n, sizeof what, " filter) of ");
+	n = put(what, n, sizeof what, subject);
 	n = put(what, n, sizeof what, " made forbidden syscall ");
 	n = put_num(what, n, sizeof what, nr);
 	n = put(what, n, sizeof what, " (");
 	n = put(what, n, sizeof what, name);
 	n = put(what, n, sizeof what, ")\n");
 	char line[300];
-	size_t m = put(line, 0, sizeof line, "rtvisor-vmm: ");
+	size_t m = put(line, 0, sizeof line, program);
+	m = put(line, m, sizeof line, ": ");
 	m = put(line, m, sizeof line, what);
 	write_all(STDERR_FILENO, line, m);
 	if (status_fd >= 0) {
@@ -97,11 +116,19 @@ static void on_sigsys(int sig, siginfo_t *si, void *ctx) {
 }
 
 int csandbox_install_sigsys_handler(const char *vm_name, int fd) {
+	char s[sizeof subject];
+	size_t n = put(s, 0, sizeof s, "VM ");
+	put(s, n, sizeof s, vm_name);
+	return csandbox_install_sigsys_report("rtvisor-vmm", s, fd);
+}
+
+int csandbox_install_sigsys_report(const char *program_name, const char *what, int fd) {
 	for (int i = 0; i < NAMES; i++) {
 		char *s = seccomp_syscall_resolve_num_arch(SCMP_ARCH_NATIVE, i);
 		if (s) { copy(names[i], sizeof names[i], s); free(s); }
 	}
-	copy(vm, sizeof vm, vm_name);
+	copy(program, sizeof program, program_name);
+	copy(subject, sizeof subject, what);
 	status_fd = fd;
 	struct sigaction sa;
 	memset(&sa, 0, sizeof sa);
@@ -111,7 +138,7 @@ int csandbox_install_sigsys_handler(const char *vm_name, int fd) {
 	return sigaction(SIGSYS, &sa, NULL);
 }
 
-const uint64_t CSANDBOX_CLONE_THREAD = CLONE_THREAD, CSANDBOX_PR_SET_NAME = PR_SET_NAME,
+const uint64_t CSANDBOX_CLONE_THREAD = CLONE_THREAD, CSANDBOX_PR_SET_NAME = PR_SET_NAME, CSANDBOX_PR_GET_NAME = PR_GET_NAME,
 	CSANDBOX_PR_SET_NO_NEW_PRIVS = PR_SET_NO_NEW_PRIVS, CSANDBOX_VFIO_DEVICE_SET_IRQS = VFIO_DEVICE_SET_IRQS;
 
 uint32_t csandbox_act_allow(void) { return SCMP_ACT_ALLOW; }

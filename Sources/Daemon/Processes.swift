@@ -27,6 +27,26 @@ public enum Processes {
         return pid
     }
 
+    /// `spawn` with `passing[i]` as descriptor 3 + i in the child (rtvisord's API front: its
+    /// listening socket, control socket and report pipe); stdout/stderr inherited.
+    public static func spawn(_ argv: [String], environment: [String], passing fds: [Int32]) throws(SpawnError) -> pid_t {
+        var pid: pid_t = 0
+        let cArgv = argv.map { strdup($0) } + [nil]
+        let cEnv = environment.map { strdup($0) } + [nil]
+        defer { cArgv.forEach { free($0) }; cEnv.forEach { free($0) } }
+        // Above every target (3 + i), so that no dup2 has itself as source.
+        let high = fds.map { fcntl($0, F_DUPFD_CLOEXEC, 3 + Int32(fds.count)) }
+        defer { high.forEach { if $0 >= 0 { close($0) } } }
+        if let bad = high.firstIndex(where: { $0 < 0 }) { throw SpawnError(errno: Errno(rawValue: errno), path: "\(argv[0]) (descriptor \(fds[bad]))") }
+        let r = cArgv.withUnsafeBufferPointer { a in
+            cEnv.withUnsafeBufferPointer { e in
+                high.withUnsafeBufferPointer { f in cdaemon_spawn_with_fds(&pid, argv[0], a.baseAddress, e.baseAddress, -1, -1, f.baseAddress, Int32(f.count)) }
+            }
+        }
+        if r != 0 { throw SpawnError(errno: Errno(rawValue: r), path: argv[0]) }
+        return pid
+    }
+
     /// Field 22 of /proc/PID/stat (start time in clock ticks since boot): with the pid it
     /// identifies a process across pid reuse.
     public static func startTime(of pid: pid_t) -> UInt64? {

@@ -80,7 +80,7 @@ public actor Supervisor: VMControl {
     }
 
     /// "… made forbidden syscall 41 (socket)" (rtvisor-vmm's SIGSYS report) → "socket".
-    static func seccompSyscall(_ reason: String) -> String? {
+    public static func seccompSyscall(_ reason: String) -> String? {
         guard let r = reason.range(of: "seccomp: "), let m = reason[r.upperBound...].range(of: "made forbidden syscall ") else { return nil }
         let rest = reason[m.upperBound...]
         guard let open = rest.firstIndex(of: "("), let close = rest.firstIndex(of: ")"), open < close else { return String(rest) }

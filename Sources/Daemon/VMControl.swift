@@ -1,17 +1,19 @@
 import APIModels
 
-/// What the control API can ask of the daemon (the Supervisor implements it; API tests use a fake).
+/// What the control API can ask of the daemon (the Supervisor implements it; API tests use a
+/// fake; the API front process's `RemoteVMControl` forwards every call to rtvisord, so any call
+/// can fail).
 public protocol VMControl: Sendable {
-    func list() async -> VMList
+    func list() async throws(ControlError) -> VMList
     func inspect(_ name: String) async throws(ControlError) -> VMDetail
     func start(_ name: String) async throws(ControlError) -> ActionResult
     func stop(_ name: String, force: Bool) async throws(ControlError) -> ActionResult
     func reboot(_ name: String) async throws(ControlError) -> ActionResult
     func pause(_ name: String) async throws(ControlError) -> ActionResult
     func resume(_ name: String) async throws(ControlError) -> ActionResult
-    func validate(_ request: ValidateRequest) async -> ValidateResult
-    func reload() async -> ReloadResult
-    func info() async -> DaemonInfo
+    func validate(_ request: ValidateRequest) async throws(ControlError) -> ValidateResult
+    func reload() async throws(ControlError) -> ReloadResult
+    func info() async throws(ControlError) -> DaemonInfo
     /// The real-time host report of one VM with a `realtime` block, or of all of them.
     func realtimeCheck(_ name: String?) async throws(ControlError) -> [RealtimeCheck]
     /// The wake-up latency histogram of a real-time VM with a probe.

@@ -85,7 +85,7 @@ public enum SeccompPolicy {
     }
 
     /// Starting a thread (glibc's pthread_create) and letting it install its own, narrower filter.
-    static var threadCreation: [SyscallRule] {
+    static func threadCreation(prctl extra: [ArgumentCheck] = []) -> [SyscallRule] {
         [
             SyscallRule("clone3", action: .fail(ENOSYS)),
             SyscallRule("clone", anyOf: [ArgumentCheck(argument: 0, mask: CSANDBOX_CLONE_THREAD, value: CSANDBOX_CLONE_THREAD, label: "CLONE_THREAD (threads, never processes)")]),
@@ -93,7 +93,7 @@ public enum SeccompPolicy {
             SyscallRule("prctl", anyOf: [
                 ArgumentCheck(argument: 0, mask: 0xFFFF_FFFF, value: CSANDBOX_PR_SET_NAME, label: "PR_SET_NAME"),
                 ArgumentCheck(argument: 0, mask: 0xFFFF_FFFF, value: CSANDBOX_PR_SET_NO_NEW_PRIVS, label: "PR_SET_NO_NEW_PRIVS"),
-            ]),
+            ] + extra),
             // A filter can only be narrowed by another: allowing seccomp() gives nothing away.
             SyscallRule("seccomp"),
         ]
@@ -129,7 +129,7 @@ public enum SeccompPolicy {
             // Virtio-net's RX thread is started here when the driver sets DRIVER_OK (eventfd,
             // epoll, thread), and inherits this filter under its own: it needs epoll_wait and readv.
             r += ["eventfd2", "epoll_create1", "epoll_ctl", "epoll_wait", "epoll_pwait"].map { SyscallRule($0) }
-            r += threadCreation
+            r += threadCreation()
             r += journal
         case .io:
             r += [ioctl([(CKVM_IRQ_LINE, "KVM_IRQ_LINE")])]   // INTx for drivers without MSI-X
@@ -152,13 +152,29 @@ public enum SeccompPolicy {
                   "sched_setaffinity", "sched_getaffinity", "sched_setscheduler", "sched_getscheduler", "sched_getparam", "munlockall",
                   "eventfd2", "epoll_ctl",
             ].map { SyscallRule($0) }
-            r += threadCreation
+            r += threadCreation()
             r += journal
         case .api:
-            // SwiftNIO's event loop on a unix socket: epoll, eventfd/timerfd wake-ups, accept, I/O.
-            r += ["read", "readv", "writev", "close", "epoll_wait", "epoll_pwait", "epoll_ctl", "eventfd2",
+            // rtvisord's API front process (every thread: the filter is installed before the
+            // first one starts). SwiftNIO's event loop on the inherited listening socket (epoll,
+            // eventfd/timerfd wake-ups, accept, I/O), the control socket to rtvisord, and the
+            // peers' /proc/PID/status, read-only (their supplementary groups).
+            r += ["read", "readv", "writev", "close", "epoll_create1", "epoll_wait", "epoll_pwait", "epoll_ctl", "eventfd2",
                   "timerfd_create", "timerfd_settime", "accept4", "recvfrom", "recvmsg", "shutdown", "getsockopt",
-                  "setsockopt", "getsockname", "getpeername", "fcntl", "fstat"].map { SyscallRule($0) }
+                  "setsockopt", "getsockname", "getpeername", "fcntl", "fstat", "newfstatat", "lseek",
+                  "sched_getaffinity", "memfd_create", "epoll_create",
+                  // libdispatch: its workers' priorities (only lowered: raising needs a capability)
+                  "setpriority",
+                  // SIGSYS stays deadly: the kernel resets an ignored SIGSYS to the default action
+                  "rt_sigaction"].map { SyscallRule($0) }
+            r += [SyscallRule("openat", anyOf: [ArgumentCheck(argument: 2, mask: UInt64(O_ACCMODE | O_CREAT | O_TRUNC), value: 0, label: "read-only, existing files")])]
+            // libdispatch tries syslog's /dev/log once; it is told no. Other families stay forbidden.
+            r += [SyscallRule("socket", anyOf: [ArgumentCheck(argument: 0, mask: 0xFFFF_FFFF, value: UInt64(AF_UNIX), label: "AF_UNIX")], action: .fail(EACCES))]
+            // NIO's server channel calls listen() on the (already listening) socket: it is told
+            // yes without the call running.
+            r += [SyscallRule("listen", action: .fail(0))]
+            // libdispatch reads its threads' names back.
+            r += threadCreation(prctl: [ArgumentCheck(argument: 0, mask: 0xFFFF_FFFF, value: CSANDBOX_PR_GET_NAME, label: "PR_GET_NAME")])
             r += journal
         }
         return r

@@ -9,7 +9,7 @@ import Glibc
 
 public struct SandboxError: Error, CustomStringConvertible {
     public let description: String
-    init(_ d: String) { description = d }
+    public init(_ d: String) { description = d }
 }
 
 /// Per-thread seccomp filters for rtvisor-vmm (docs/sandbox.md). `prepare` once in the main
@@ -81,6 +81,34 @@ public enum Sandbox {
             writeStderr("rtvisor-vmm: seccomp filter of thread \(label) (\(kind.rawValue)): \(error)\n")
             _exit(1)
         }
+    }
+
+    /// Confines a whole single-threaded process (rtvisord's API front, docs/sandbox.md): the
+    /// SIGSYS report (to stderr and `reportFD`, -1 for none) and `kind`'s filter on the calling
+    /// thread, before any other thread exists, so that every thread created later (event loop,
+    /// Swift-concurrency workers) inherits it. In log mode nothing is killed.
+    public static func confineProcess(_ kind: ThreadKind, program: String, subject: String, reportFD: Int32, mode: SeccompMode) throws {
+        guard mode != .off else { return }
+        let threads = Jail.threadCount()
+        guard threads == 1 else { throw SandboxError("\(program): \(threads) threads exist; the filter must be installed before the first one starts") }
+        if mode == .enforce {
+            guard csandbox_install_sigsys_report(program, subject, reportFD) == 0 else {
+                throw SandboxError("sigaction(SIGSYS): \(String(cString: strerror(errno)))")
+            }
+        }
+        csandbox_set_thread_label("main", kind.rawValue)
+        csandbox_set_process_kind(kind.rawValue)
+        try install(SeccompPolicy.rules(for: kind), defaultAction: mode == .enforce ? csandbox_act_trap() : csandbox_act_log())
+    }
+
+    /// Test builds only: a forbidden syscall (socket(AF_INET)) when `RTVISOR_TEST_FORBIDDEN_SYSCALL`
+    /// names `kind`; rtvisord's API front calls it for one request target (SeccompTests).
+    public static func testHook(_ kind: ThreadKind, label: String) {
+        #if RTVISOR_TEST_HOOKS
+        guard let v = getenv("RTVISOR_TEST_FORBIDDEN_SYSCALL"), String(cString: v) == kind.rawValue else { return }
+        let r = csandbox_forbidden_socket()
+        writeStderr("test hook: thread \(label) (\(kind.rawValue)) issued socket(): \(r)\n")
+        #endif
     }
 
     /// Builds and loads one filter on the calling thread (no TSYNC).

@@ -77,7 +77,7 @@ final class FuzzControl: VMControl {
 
 let router = APIRouter(control: FuzzControl())
 
-final class ResponseBox: @unchecked Sendable { var response: APIResponse? }
+final class ResponseBox: @unchecked Sendable { var response: APIResponse?; var reply: [UInt8]? }
 
 /// Runs a task's jobs on the thread that enqueues them: a task started with this preference runs
 /// inline until its first real suspension, so `APIRouter.handle` over the fake control (which
@@ -117,4 +117,37 @@ func fuzzAPI(_ input: UnsafeRawBufferPointer) -> String {
     precondition([200, 400, 404, 405, 409, 500].contains(r.status), "status \(r.status)")
     precondition((try? JSONSerialization.jsonObject(with: Data(r.body))) != nil, "body is not JSON: \(r.text)")
     return "\(request.method) \(request.target) → \(r.status) \(r.text.prefix(120))"
+}
+
+/// rtvisord's side of the control socket, fed what a subverted API front could send: frames
+/// (length, id, JSON `ControlCall`) back to back. Each frame is length-checked, decoded and, if
+/// it is a call, answered by the fake control; the first malformed frame ends the stream, as it
+/// ends the real channel. Invariant: every reply is one well-formed frame echoing the call's id.
+func fuzzControl(_ input: UnsafeRawBufferPointer) -> String {
+    var bytes = Array(input)[...]
+    var answered = 0
+    while bytes.count >= 4 {
+        let length: Int
+        do { length = try ControlFrame.bodyLength(Array(bytes.prefix(4))) } catch { return "\(answered) call(s), then \(error)" }
+        bytes = bytes.dropFirst(4)
+        guard bytes.count >= length else { return "\(answered) call(s), then a frame cut short" }
+        let frame = Array(bytes.prefix(length))
+        bytes = bytes.dropFirst(length)
+        let id: UInt64, call: ControlCall
+        do { (id, call) = try ControlServer.decodeCall(frame) } catch { return "\(answered) call(s), then \(error)" }
+        let box = ResponseBox()
+        let done = DispatchSemaphore(value: 0)
+        Task(executorPreference: inlineExecutor) {
+            box.reply = await ControlServer.reply(id: id, to: call, on: FuzzControl())
+            done.signal()
+        }
+        done.wait()
+        let reply = box.reply!
+        let replyLength = try? ControlFrame.bodyLength(Array(reply.prefix(4)))
+        precondition(replyLength == reply.count - 4, "reply length header \(String(describing: replyLength)) for \(reply.count - 4) bytes")
+        let decoded = try? ControlFrame.decode(Array(reply.dropFirst(4)))
+        precondition(decoded?.id == id && decoded.map { ControlFrame.Outcome(rawValue: $0.payload.first ?? 0xFF) != nil } == true, "reply to \(id) malformed")
+        answered += 1
+    }
+    return "\(answered) call(s)"
 }

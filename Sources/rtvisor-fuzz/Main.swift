@@ -16,7 +16,7 @@ import Glibc
 #endif
 
 enum FuzzTarget: String, CaseIterable {
-    case virtqueue, blk, net, definition, api
+    case virtqueue, blk, net, definition, api, control
 
     /// Runs one input; returns a one-line summary (for replay). Crashes (precondition, ASan) are findings.
     func run(_ input: UnsafeRawBufferPointer) -> String {
@@ -26,6 +26,7 @@ enum FuzzTarget: String, CaseIterable {
         case .net: fuzzNet(input)
         case .definition: fuzzDefinition(input)
         case .api: fuzzAPI(input)
+        case .control: fuzzControl(input)
         }
     }
 }

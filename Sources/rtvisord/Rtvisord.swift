@@ -1,12 +1,14 @@
 import API
 import APIModels
 import ArgumentParser
+import Config
 import Daemon
 import Dispatch
 import Foundation
 import Journald
 import Logging
 import SystemdNotify
+import Glibc
 
 @main
 struct Rtvisord: ParsableCommand {
@@ -43,8 +45,18 @@ struct Rtvisord: ParsableCommand {
     @Flag(help: "Validate every definition, print the problems and exit (status 1 if any).")
     var check = false
 
+    @Option(help: "Seccomp filter of the API front process: enforce, log (audit only: for finding a missing entry) or off.")
+    var apiSeccomp: SeccompMode = .enforce
+
+    /// The API front process (docs/sandbox.md), started by rtvisord itself.
+    @Flag(help: .hidden)
+    var apiFront = false
+    @Option(help: .hidden)
+    var apiFrontAccess: String?
+
     func run() throws {
         if check { Self.checkDefinitions(definitions) }
+        if apiFront { runAPIFront() }
         // Before any other thread exists, so every thread inherits the mask: SIGHUP/SIGTERM/SIGINT
         // are only ever taken by the sigwait thread below.
         var set = sigset_t()
@@ -67,7 +79,8 @@ struct Rtvisord: ParsableCommand {
         let supervisor = Supervisor(paths: paths, logger: logger, version: Self.version, accessGroup: apiGroup) { status in
             notifier.notify(.status(status))
         }
-        let daemon = DaemonRun(supervisor: supervisor, notifier: notifier, logger: logger, paths: paths, apiGroup: apiGroup)
+        let daemon = DaemonRun(supervisor: supervisor, notifier: notifier, logger: logger, paths: paths, apiGroup: apiGroup,
+                               apiFrontArguments: ["--log-level", logLevel, "--api-seccomp", apiSeccomp.rawValue])
         let done = DispatchSemaphore(value: 0)
         Task {
             await daemon.run(signals: set)
@@ -75,6 +88,32 @@ struct Rtvisord: ParsableCommand {
         }
         done.wait()
         Foundation.exit(0)
+    }
+
+    /// `--api-front`: confined while single-threaded, then serving until rtvisord goes away.
+    func runAPIFront() -> Never {
+        // The daemon's signal mask is not taken over (posix_spawn cleared it): SIGTERM ends the front.
+        signal(SIGPIPE, SIG_IGN)
+        let sink = JournalSink()
+        let level = Logger.Level(rawValue: logLevel) ?? .info
+        LoggingSystem.bootstrap { label in
+            var h = JournaldLogHandler(label: label, identifier: "rtvisord", sink: sink)
+            h.logLevel = level
+            return h
+        }
+        let logger = Logger(label: APIFront.program)
+        guard let access = apiFrontAccess.flatMap(APIFront.access(argument:)) else {
+            logger.critical("--api-front needs --api-front-access UID:GID")
+            Foundation.exit(2)
+        }
+        do { try APIFront.confine(seccomp: apiSeccomp, logger: logger) } catch {
+            logger.critical("API front: \(error)")
+            Foundation.exit(1)
+        }
+        Task { await APIFront.serve(access: access, logger: logger) }
+        // Parked for good (a futex wait: the filter allows it); serve() ends the process.
+        DispatchSemaphore(value: 0).wait()
+        Foundation.exit(1)
     }
 
     static func defaultVMM() -> String {
@@ -99,19 +138,21 @@ struct DaemonRun: Sendable {
     let logger: Logger
     let paths: DaemonPaths
     let apiGroup: String
+    let apiFrontArguments: [String]
 
     func run(signals: sigset_t) async {
         await supervisor.bootstrap()
-        let server = HTTPServer(router: APIRouter(control: supervisor), logger: logger)
-        let api = Task {
-            do { try await server.run(socketPath: paths.apiSocket, groupName: apiGroup) } catch is CancellationError {
-            } catch {
-                logger.critical("control API on \(paths.apiSocket) failed: \(error)")
-            }
-        }
-        // Readiness once the API socket exists (rtvisorctl works as soon as systemctl start returns).
-        for _ in 0..<100 where !FileManager.default.fileExists(atPath: paths.apiSocket) {
-            try? await Task.sleep(for: .milliseconds(20))
+        // The API socket is bound here, before readiness (clients wait in its backlog until the
+        // front accepts), and served by the confined front process (docs/sandbox.md).
+        var api: Task<Void, Never>?
+        var listening: Int32 = -1
+        do {
+            listening = try HTTPServer.bindListeningSocket(paths.apiSocket, groupName: apiGroup, logger: logger)
+            let front = APIFrontSupervisor(listeningSocket: listening, access: PeerAccess(groupName: apiGroup), control: supervisor,
+                                           logger: logger, arguments: apiFrontArguments)
+            api = Task { await front.run() }
+        } catch {
+            logger.critical("control API on \(paths.apiSocket) failed: \(error)")
         }
         let status = await supervisor.statusText
         notifier.notify(.ready, .status(status))
@@ -155,9 +196,10 @@ struct DaemonRun: Sendable {
             break
         }
         watchdog.cancel()
-        api.cancel()
+        api?.cancel()
+        await api?.value
         unlink(paths.apiSocket)
-        await server.shutdown()
+        if listening >= 0 { close(listening) }
     }
 
     /// Blocking work (a child process and its pipe) on its own thread, not a cooperative one.
@@ -187,3 +229,5 @@ enum SignalStream {
         return stream
     }
 }
+
+extension SeccompMode: ExpressibleByArgument {}

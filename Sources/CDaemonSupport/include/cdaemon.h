@@ -14,6 +14,9 @@ int cdaemon_pidfd_open(pid_t pid);
 // and default dispositions for the signals the daemon handles. stdin is /dev/null; stdout and
 // stderr are `out_fd`/`err_fd` (or inherited when -1). Returns 0 and the pid, or an errno.
 int cdaemon_spawn(pid_t *pid, const char *path, char *const argv[], char *const envp[], int out_fd, int err_fd);
+/// The same, with extra descriptors: fds[i] becomes descriptor 3 + i in the child.
+int cdaemon_spawn_with_fds(pid_t *pid, const char *path, char *const argv[], char *const envp[], int out_fd, int err_fd,
+			   const int *fds, int nfds);
 
 // Sends `data` as one datagram to the unix socket at `path` (abstract when it starts with '@').
 // Returns bytes sent or -1/errno. Used for $NOTIFY_SOCKET and the journal socket.

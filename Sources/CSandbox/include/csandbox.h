@@ -8,12 +8,18 @@
 /// status file descriptor (-1: none), and installs the SIGSYS handler (SA_RESETHAND: the
 /// second SIGSYS, from re-issuing the syscall, kills the process with the default action).
 int csandbox_install_sigsys_handler(const char *vm_name, int status_fd);
+/// The same for any confined process: the report reads "PROGRAM: seccomp: thread T (KIND filter)
+/// of SUBJECT made forbidden syscall N (NAME)" (the VMM's: "rtvisor-vmm", "VM NAME").
+int csandbox_install_sigsys_report(const char *program, const char *subject, int status_fd);
 
 /// The calling thread's label and kind for the report (copied into thread-local storage).
 void csandbox_set_thread_label(const char *label, const char *kind);
+/// For a process whose threads all inherit one filter: the kind the report names for threads
+/// that set no label (their name and tid identify them).
+void csandbox_set_process_kind(const char *kind);
 
 /// Argument values the filters check (from headers Swift's Glibc module does not expose).
-extern const uint64_t CSANDBOX_CLONE_THREAD, CSANDBOX_PR_SET_NAME, CSANDBOX_PR_SET_NO_NEW_PRIVS;
+extern const uint64_t CSANDBOX_CLONE_THREAD, CSANDBOX_PR_SET_NAME, CSANDBOX_PR_GET_NAME, CSANDBOX_PR_SET_NO_NEW_PRIVS;
 /// VFIO_DEVICE_SET_IRQS (the guest enabling MSI/MSI-X/INTx on a passed-through function).
 extern const uint64_t CSANDBOX_VFIO_DEVICE_SET_IRQS;
 

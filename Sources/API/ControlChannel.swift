@@ -1,0 +1,266 @@
+import APIModels
+import Daemon
+import Foundation
+import Posix
+import Synchronization
+import SystemPackage
+#if canImport(Glibc)
+import Glibc
+#endif
+
+/// One `VMControl` call, as it crosses from the API front process (HTTP, routing and request
+/// bodies, confined) to rtvisord (docs/sandbox.md). Names are validated again by the daemon
+/// (the Supervisor looks them up); bodies arrive decoded into their types.
+public enum ControlCall: Codable, Sendable, Equatable {
+    case list, info, reload
+    case inspect(name: String), start(name: String), reboot(name: String), pause(name: String), resume(name: String)
+    case stop(name: String, force: Bool)
+    case validate(ValidateRequest)
+    case realtimeCheck(name: String?)
+    case latency(name: String)
+}
+
+/// The framing on the control socket (a SOCK_STREAM socketpair): a 4-byte little-endian length,
+/// then an 8-byte little-endian request id, then the payload. Calls carry `ControlCall` as JSON;
+/// replies carry one outcome byte (0 result, 1 not found, 2 conflict, 3 failed) and then the
+/// result as JSON or the error's UTF-8 message. Replies may come in any order.
+public enum ControlFrame {
+    /// Larger than any call (request bodies are limited to `APIRouter.maxBody`) or reply.
+    public static let maxLength = 4 << 20
+
+    public struct ProtocolError: Error, CustomStringConvertible {
+        public let description: String
+    }
+
+    public static func encode(id: UInt64, payload: [UInt8]) -> [UInt8] {
+        var out: [UInt8] = []
+        out.reserveCapacity(12 + payload.count)
+        withUnsafeBytes(of: UInt32(8 + payload.count).littleEndian) { out += $0 }
+        withUnsafeBytes(of: id.littleEndian) { out += $0 }
+        return out + payload
+    }
+
+    /// Splits one frame's body (after the length) into id and payload.
+    public static func decode(_ body: [UInt8]) throws(ProtocolError) -> (id: UInt64, payload: ArraySlice<UInt8>) {
+        guard body.count >= 8 else { throw ProtocolError(description: "frame of \(body.count) bytes has no request id") }
+        var id: UInt64 = 0
+        for i in 0..<8 { id |= UInt64(body[i]) << (8 * UInt64(i)) }
+        return (id, body[8...])
+    }
+
+    /// Blocking: the next frame body, or nil at end of stream.
+    public static func read(from fd: FileDescriptor) throws -> [UInt8]? {
+        guard let head = try readExactly(fd, 4, endOK: true) else { return nil }
+        return try readExactly(fd, try bodyLength(head), endOK: false)
+    }
+
+    /// The body length a 4-byte header announces, checked before anything is allocated.
+    public static func bodyLength(_ head: [UInt8]) throws(ProtocolError) -> Int {
+        guard head.count == 4 else { throw ProtocolError(description: "frame header of \(head.count) bytes") }
+        let length = Int(UInt32(head[0]) | UInt32(head[1]) << 8 | UInt32(head[2]) << 16 | UInt32(head[3]) << 24)
+        guard length >= 8, length <= maxLength else { throw ProtocolError(description: "frame length \(length) outside 8…\(maxLength)") }
+        return length
+    }
+
+    static func readExactly(_ fd: FileDescriptor, _ n: Int, endOK: Bool) throws -> [UInt8]? {
+        var out = [UInt8](repeating: 0, count: n)
+        var got = 0
+        while got < n {
+            let r = try out.withUnsafeMutableBytes { try fd.read(into: UnsafeMutableRawBufferPointer(rebasing: $0[got...]), retryOnInterrupt: true) }
+            if r == 0 {
+                if got == 0 && endOK { return nil }
+                throw ProtocolError(description: "control socket closed inside a frame")
+            }
+            got += r
+        }
+        return out
+    }
+
+    /// send(MSG_NOSIGNAL): a peer gone is an error here, not a SIGPIPE for the whole process.
+    public static func write(_ frame: [UInt8], to fd: FileDescriptor) throws {
+        var sent = 0
+        while sent < frame.count {
+            let n = frame.withUnsafeBytes { send(fd.rawValue, $0.baseAddress! + sent, $0.count - sent, Int32(MSG_NOSIGNAL)) }
+            if n < 0 {
+                if errno == EINTR { continue }
+                throw Errno(rawValue: errno)
+            }
+            sent += n
+        }
+    }
+
+    public enum Outcome: UInt8, Sendable { case result = 0, notFound = 1, conflict = 2, failed = 3 }
+
+    /// Whole frames from several threads, one at a time.
+    final class Writer: Sendable {
+        let fd: FileDescriptor
+        let lock = Mutex(())
+        init(_ fd: FileDescriptor) { self.fd = fd }
+        func send(_ frame: [UInt8]) -> Bool { lock.withLock { _ in (try? ControlFrame.write(frame, to: fd)) != nil } }
+    }
+
+    static let encoder = JSONEncoder()
+}
+
+/// rtvisord's end: answers the front's calls with the real `VMControl` (the Supervisor). One
+/// reader thread; each call runs as its own task, so a slow stop does not hold up a list.
+public enum ControlServer {
+    /// Serves `fd` until the front closes it (or sends a malformed frame: then the socket is shut
+    /// down, which ends the front, and rtvisord starts a new one). Returns why it ended.
+    public static func serve(_ fd: FileDescriptor, control: any VMControl) async -> String {
+        let writer = ControlFrame.Writer(fd)
+        return await withCheckedContinuation { (done: CheckedContinuation<String, Never>) in
+            // PosixThread: its name reaches the kernel (ps, /proc, seccomp reports).
+            let started = Result { try PosixThread(name: "api-control") {
+                let reason: String
+                do {
+                    while let frame = try ControlFrame.read(from: fd) {
+                        let (id, call) = try decodeCall(frame)
+                        Task { _ = writer.send(await reply(id: id, to: call, on: control)) }
+                    }
+                    reason = "the API front closed the control socket"
+                } catch {
+                    reason = "control socket: \(error)"
+                    _ = shutdown(fd.rawValue, Int32(SHUT_RDWR))
+                }
+                done.resume(returning: reason)
+            } }
+            switch started {
+            case let .success(thread): thread.detach()
+            case let .failure(error): done.resume(returning: "\(error)")
+            }
+        }
+    }
+
+    /// A call frame's body (after the length) from the front, which rtvisord does not trust.
+    public static func decodeCall(_ frame: [UInt8]) throws(ControlFrame.ProtocolError) -> (UInt64, ControlCall) {
+        let (id, payload) = try ControlFrame.decode(frame)
+        do { return (id, try JSONDecoder().decode(ControlCall.self, from: Data(payload))) } catch {
+            throw ControlFrame.ProtocolError(description: "call \(id) is not a ControlCall: \(error)")
+        }
+    }
+
+    /// The whole reply frame to one call.
+    public static func reply(id: UInt64, to call: ControlCall, on control: any VMControl) async -> [UInt8] {
+        let (outcome, body) = await perform(call, on: control)
+        return ControlFrame.encode(id: id, payload: [outcome.rawValue] + body)
+    }
+
+    /// Runs one call; the outcome byte and the JSON result or error message.
+    public static func perform(_ call: ControlCall, on control: any VMControl) async -> (ControlFrame.Outcome, [UInt8]) {
+        func encoded(_ value: some Encodable) -> (ControlFrame.Outcome, [UInt8]) {
+            do { return (.result, Array(try ControlFrame.encoder.encode(value))) } catch {
+                return (.failed, Array("cannot encode the result: \(error)".utf8))
+            }
+        }
+        do {
+            switch call {
+            case .list: return encoded(try await control.list())
+            case .info: return encoded(try await control.info())
+            case .reload: return encoded(try await control.reload())
+            case let .validate(request): return encoded(try await control.validate(request))
+            case let .inspect(name): return encoded(try await control.inspect(name))
+            case let .start(name): return encoded(try await control.start(name))
+            case let .stop(name, force): return encoded(try await control.stop(name, force: force))
+            case let .reboot(name): return encoded(try await control.reboot(name))
+            case let .pause(name): return encoded(try await control.pause(name))
+            case let .resume(name): return encoded(try await control.resume(name))
+            case let .realtimeCheck(name): return encoded(try await control.realtimeCheck(name))
+            case let .latency(name): return encoded(try await control.latency(name))
+            }
+        } catch {
+            switch error {
+            case let .notFound(m): return (.notFound, Array(m.utf8))
+            case let .conflict(m): return (.conflict, Array(m.utf8))
+            case let .failed(m): return (.failed, Array(m.utf8))
+            }
+        }
+    }
+}
+
+/// The front's `VMControl`: every call goes to rtvisord over the control socket. When rtvisord
+/// closes it, `onClose` runs (the front exits: it has nothing to serve without the daemon).
+public final class RemoteVMControl: VMControl, Sendable {
+    struct Pending: Sendable {
+        var nextID: UInt64 = 1
+        var waiting: [UInt64: CheckedContinuation<(ControlFrame.Outcome, [UInt8]), Never>] = [:]
+        var closed: String?
+    }
+    final class PendingCalls: Sendable {
+        let state = Mutex(Pending())
+        func withLock<R>(_ body: (inout Pending) -> R) -> R { state.withLock { body(&$0) } }
+    }
+    let pending = PendingCalls()
+    let writer: ControlFrame.Writer
+
+    public init(fd: FileDescriptor, onClose: @escaping @Sendable (String) -> Void) {
+        writer = ControlFrame.Writer(fd)
+        let reader = { @Sendable [pending] in
+            let reason: String
+            do {
+                while let frame = try ControlFrame.read(from: fd) {
+                    let (id, payload) = try ControlFrame.decode(frame)
+                    guard let first = payload.first, let outcome = ControlFrame.Outcome(rawValue: first) else {
+                        throw ControlFrame.ProtocolError(description: "reply \(id) has no valid outcome byte")
+                    }
+                    let waiter = pending.withLock { $0.waiting.removeValue(forKey: id) }
+                    waiter?.resume(returning: (outcome, Array(payload.dropFirst())))
+                }
+                reason = "rtvisord closed the control socket"
+            } catch {
+                reason = "control socket: \(error)"
+            }
+            let waiters = pending.withLock { p in
+                p.closed = reason
+                defer { p.waiting = [:] }
+                return Array(p.waiting.values)
+            }
+            for w in waiters { w.resume(returning: (.failed, Array("rtvisord is not answering: \(reason)".utf8))) }
+            onClose(reason)
+        }
+        do { try PosixThread(name: "api-control", reader).detach() } catch {
+            pending.withLock { $0.closed = "\(error)" }
+            onClose("\(error)")
+        }
+    }
+
+    func call<T: Decodable>(_ call: ControlCall, as type: T.Type) async throws(ControlError) -> T {
+        let payload: [UInt8]
+        do { payload = Array(try ControlFrame.encoder.encode(call)) } catch { throw .failed("cannot encode \(call): \(error)") }
+        let (outcome, body) = await withCheckedContinuation { (c: CheckedContinuation<(ControlFrame.Outcome, [UInt8]), Never>) in
+            let id: UInt64? = pending.withLock { p in
+                if p.closed != nil { return nil }
+                let id = p.nextID
+                p.nextID += 1
+                p.waiting[id] = c
+                return id
+            }
+            guard let id else { return c.resume(returning: (.failed, Array("rtvisord is not answering".utf8))) }
+            let frame = ControlFrame.encode(id: id, payload: payload)
+            if !writer.send(frame), let w = pending.withLock({ $0.waiting.removeValue(forKey: id) }) {
+                w.resume(returning: (.failed, Array("cannot reach rtvisord over the control socket".utf8)))
+            }
+        }
+        let message = String(decoding: body, as: UTF8.self)
+        switch outcome {
+        case .result:
+            do { return try JSONDecoder().decode(T.self, from: Data(body)) } catch { throw .failed("rtvisord's reply to \(call) is not a \(T.self): \(error)") }
+        case .notFound: throw .notFound(message)
+        case .conflict: throw .conflict(message)
+        case .failed: throw .failed(message)
+        }
+    }
+
+    public func list() async throws(ControlError) -> VMList { try await call(.list, as: VMList.self) }
+    public func info() async throws(ControlError) -> DaemonInfo { try await call(.info, as: DaemonInfo.self) }
+    public func reload() async throws(ControlError) -> ReloadResult { try await call(.reload, as: ReloadResult.self) }
+    public func validate(_ request: ValidateRequest) async throws(ControlError) -> ValidateResult { try await call(.validate(request), as: ValidateResult.self) }
+    public func inspect(_ name: String) async throws(ControlError) -> VMDetail { try await call(.inspect(name: name), as: VMDetail.self) }
+    public func start(_ name: String) async throws(ControlError) -> ActionResult { try await call(.start(name: name), as: ActionResult.self) }
+    public func stop(_ name: String, force: Bool) async throws(ControlError) -> ActionResult { try await call(.stop(name: name, force: force), as: ActionResult.self) }
+    public func reboot(_ name: String) async throws(ControlError) -> ActionResult { try await call(.reboot(name: name), as: ActionResult.self) }
+    public func pause(_ name: String) async throws(ControlError) -> ActionResult { try await call(.pause(name: name), as: ActionResult.self) }
+    public func resume(_ name: String) async throws(ControlError) -> ActionResult { try await call(.resume(name: name), as: ActionResult.self) }
+    public func realtimeCheck(_ name: String?) async throws(ControlError) -> [RealtimeCheck] { try await call(.realtimeCheck(name: name), as: [RealtimeCheck].self) }
+    public func latency(_ name: String) async throws(ControlError) -> LatencySnapshot { try await call(.latency(name: name), as: LatencySnapshot.self) }
+}

@@ -1,0 +1,100 @@
+import API
+import APIModels
+import Daemon
+import Foundation
+import Synchronization
+import SystemPackage
+import Testing
+#if canImport(Glibc)
+import Glibc
+#endif
+
+/// The control socket between rtvisord's API front and the daemon (docs/sandbox.md): the router
+/// answers the same through `RemoteVMControl` → `ControlServer` as in-process, and a broken
+/// peer ends the channel with a reason instead of hanging or crashing either side.
+@Suite struct ControlChannelTests {
+    static func pair() throws -> (FileDescriptor, FileDescriptor) {
+        var fds: [Int32] = [-1, -1]
+        guard socketpair(AF_UNIX, Int32(SOCK_STREAM.rawValue) | Int32(SOCK_CLOEXEC.rawValue), 0, &fds) == 0 else { throw Errno(rawValue: errno) }
+        return (FileDescriptor(rawValue: fds[0]), FileDescriptor(rawValue: fds[1]))
+    }
+
+    static let requests: [APIRequest] = [
+        APIRequest(method: "GET", target: "/v1/daemon"),
+        APIRequest(method: "GET", target: "/v1/vms"),
+        APIRequest(method: "GET", target: "/v1/vms/web"),
+        APIRequest(method: "GET", target: "/v1/vms/nope"),
+        APIRequest(method: "POST", target: "/v1/vms/web/stop?force=1"),
+        APIRequest(method: "POST", target: "/v1/vms/web/stop", body: Array(#"{"force": false}"#.utf8)),
+        APIRequest(method: "POST", target: "/v1/vms/db/start"),
+        APIRequest(method: "POST", target: "/v1/vms/db/pause"),
+        APIRequest(method: "POST", target: "/v1/vms/web/resume"),
+        APIRequest(method: "POST", target: "/v1/vms/web/reboot"),
+        APIRequest(method: "POST", target: "/v1/reload"),
+        APIRequest(method: "POST", target: "/v1/validate", body: Array(#"{"definition": "{\"name\": \"a b\"}"}"#.utf8)),
+        APIRequest(method: "GET", target: "/v1/rt-check"),
+        APIRequest(method: "GET", target: "/v1/vms/db/rt-check"),
+        APIRequest(method: "GET", target: "/v1/vms/web/latency"),
+        APIRequest(method: "GET", target: "/v1/vms/db/latency"),
+        APIRequest(method: "DELETE", target: "/v1/vms"),
+    ]
+
+    @Test func theRouterAnswersTheSameThroughTheControlSocket() async throws {
+        let (daemonEnd, frontEnd) = try Self.pair()
+        let local = APIRouter(control: FakeControl())
+        let closed = Mutex<String?>(nil)
+        let remoteControl = RemoteVMControl(fd: frontEnd) { reason in closed.withLock { $0 = reason } }
+        let remote = APIRouter(control: remoteControl)
+        let served = Task { await ControlServer.serve(daemonEnd, control: FakeControl()) }
+        for request in Self.requests {
+            let a = await local.handle(request), b = await remote.handle(request)
+            #expect(a == b, "\(request.method) \(request.target): in-process \(a.status) \(a.text) — through the socket \(b.status) \(b.text)")
+        }
+        // Concurrent calls are matched to their replies by id.
+        let statuses = await withTaskGroup(of: (Int, Int).self) { group in
+            for i in 0..<40 {
+                group.addTask { (i, await remote.handle(APIRequest(method: "GET", target: i % 2 == 0 ? "/v1/vms/web" : "/v1/vms/nope")).status) }
+            }
+            return await group.reduce(into: [:]) { $0[$1.0] = $1.1 }
+        }
+        #expect((0..<40).allSatisfy { statuses[$0] == ($0 % 2 == 0 ? 200 : 404) })
+        // The front closing its end ends the daemon's server with the reason.
+        _ = shutdown(frontEnd.rawValue, Int32(SHUT_RDWR))
+        let reason = await served.value
+        #expect(reason == "the API front closed the control socket")
+        try? daemonEnd.close()
+    }
+
+    @Test func aMalformedFrameEndsTheChannelAndTheFrontsCallsFail() async throws {
+        let (daemonEnd, frontEnd) = try Self.pair()
+        let served = Task { await ControlServer.serve(daemonEnd, control: FakeControl()) }
+        // A length past the limit: the daemon shuts the socket down rather than allocate it.
+        try ControlFrame.write([0xFF, 0xFF, 0xFF, 0x7F, 1, 2, 3], to: frontEnd)
+        let reason = await served.value
+        #expect(reason.contains("frame length 2147483647 outside 8…"), "\(reason)")
+        // A call that is not a ControlCall: refused the same way.
+        let (d2, f2) = try Self.pair()
+        let served2 = Task { await ControlServer.serve(d2, control: FakeControl()) }
+        try ControlFrame.write(ControlFrame.encode(id: 7, payload: Array(#"{"exec": {"path": "/bin/sh"}}"#.utf8)), to: f2)
+        #expect(await served2.value.contains("call 7 is not a ControlCall"))
+        // The front's side: rtvisord gone → its pending and later calls fail, onClose runs.
+        let closed = Mutex<String?>(nil)
+        let remote = RemoteVMControl(fd: frontEnd) { reason in closed.withLock { $0 = reason } }
+        do {
+            _ = try await remote.list()
+            Issue.record("a call over a dead control socket succeeded")
+        } catch {
+            #expect(error.description.contains("rtvisord is not answering") || error.description.contains("cannot reach rtvisord"), "\(error)")
+        }
+        #expect(DaemonTestsWait.until(5) { closed.withLock { $0 } != nil })
+        for fd in [daemonEnd, frontEnd, d2, f2] { try? fd.close() }
+    }
+}
+
+enum DaemonTestsWait {
+    static func until(_ seconds: Double, _ ok: () -> Bool) -> Bool {
+        let end = Date().addingTimeInterval(seconds)
+        while Date() < end { if ok() { return true }; usleep(20_000) }
+        return false
+    }
+}
