@@ -336,6 +336,11 @@ J -u rtvisord >"$work/journal.txt"
 grep -qi "watchdog timeout" "$work/journal.txt" && fail "watchdog timeout in the journal"
 grep -m1 "watchdog: pinging" "$work/journal.txt" | sed 's/^/  /'
 
+step "no API front died during the run (every request above went through fronts that stayed up)"
+if journal_has "r.get('RTVISOR_EVENT')=='api-front-ended'" -u rtvisord; then
+	J -u rtvisord | grep -i 'API front' | tail -5; fail "an API front process ended under the unit"
+fi
+
 step "systemctl stop rtvisord: guests shut down cleanly (Ctrl-Alt-Del), then the daemon exits"
 T=$(ts)
 C systemctl stop rtvisord || fail "systemctl stop"

@@ -174,7 +174,7 @@ public final class APIFrontSupervisor: Sendable {
         logger.debug("API front process \(pid) started")
         let channel = FileDescriptor(rawValue: pair[0])
         async let served = ControlServer.serve(channel, control: control)
-        let outcome = await Self.offThePool { Processes.waitForExit(pid: pid, isChild: true) }
+        let outcome = await Processes.offThePool { Processes.waitForExit(pid: pid, isChild: true) }
         running.withLock { $0.pid = nil }
         // Its end of the socket is closed now; the reader sees the end (or is told to stop).
         _ = shutdown(pair[0], Int32(SHUT_RDWR))
@@ -201,13 +201,5 @@ public final class APIFrontSupervisor: Sendable {
             out += buf[0..<n]
         }
         return String(decoding: out, as: UTF8.self)
-    }
-
-    /// Blocking work (waitpid) on its own thread, not a cooperative one.
-    static func offThePool<T: Sendable>(_ work: @escaping @Sendable () -> T) async -> T {
-        await withCheckedContinuation { c in
-            let t = Thread { c.resume(returning: work()) }
-            t.start()
-        }
     }
 }

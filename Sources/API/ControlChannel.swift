@@ -1,5 +1,6 @@
 import APIModels
 import Daemon
+import Dispatch
 import Foundation
 import Posix
 import Synchronization
@@ -105,10 +106,14 @@ public enum ControlFrame {
 /// rtvisord's end: answers the front's calls with the real `VMControl` (the Supervisor). One
 /// reader thread; each call runs as its own task, so a slow stop does not hold up a list.
 public enum ControlServer {
+    /// Calls of one front being answered at a time; the reader stops reading beyond that.
+    public static let maxCallsInFlight = 32
+
     /// Serves `fd` until the front closes it (or sends a malformed frame: then the socket is shut
     /// down, which ends the front, and rtvisord starts a new one). Returns why it ended.
     public static func serve(_ fd: FileDescriptor, control: any VMControl) async -> String {
         let writer = ControlFrame.Writer(fd)
+        let inFlight = DispatchSemaphore(value: maxCallsInFlight)
         return await withCheckedContinuation { (done: CheckedContinuation<String, Never>) in
             // PosixThread: its name reaches the kernel (ps, /proc, seccomp reports).
             let started = Result { try PosixThread(name: "api-control") {
@@ -116,7 +121,12 @@ public enum ControlServer {
                 do {
                     while let frame = try ControlFrame.read(from: fd) {
                         let (id, call) = try decodeCall(frame)
-                        Task { _ = writer.send(await reply(id: id, to: call, on: control)) }
+                        // A flood of calls waits in the socket, not as tasks in the daemon.
+                        inFlight.wait()
+                        Task {
+                            _ = writer.send(await reply(id: id, to: call, on: control))
+                            inFlight.signal()
+                        }
                     }
                     reason = "the API front closed the control socket"
                 } catch {

@@ -47,6 +47,13 @@ public enum Processes {
         return pid
     }
 
+    /// Blocking work (waitpid, a child's pipe) on its own thread, not a cooperative one.
+    public static func offThePool<T: Sendable>(_ work: @escaping @Sendable () -> T) async -> T {
+        await withCheckedContinuation { c in
+            Thread { c.resume(returning: work()) }.start()
+        }
+    }
+
     /// Field 22 of /proc/PID/stat (start time in clock ticks since boot): with the pid it
     /// identifies a process across pid reuse.
     public static func startTime(of pid: pid_t) -> UInt64? {

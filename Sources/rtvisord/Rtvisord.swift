@@ -92,8 +92,10 @@ struct Rtvisord: ParsableCommand {
 
     /// `--api-front`: confined while single-threaded, then serving until rtvisord goes away.
     func runAPIFront() -> Never {
-        // The daemon's signal mask is not taken over (posix_spawn cleared it): SIGTERM ends the front.
+        // The daemon's signal mask is not taken over (posix_spawn cleared it): SIGTERM ends the
+        // front; SIGHUP (`systemctl kill -s HUP` reaches every process of the unit) does not.
         signal(SIGPIPE, SIG_IGN)
+        signal(SIGHUP, SIG_IGN)
         let sink = JournalSink()
         let level = Logger.Level(rawValue: logLevel) ?? .info
         LoggingSystem.bootstrap { label in
@@ -183,7 +185,7 @@ struct DaemonRun: Sendable {
             let unit = CgroupPlacement.unitName() ?? "rtvisord.service"
             // Only under systemd (INVOCATION_ID is set for every unit it starts) can a restart be pending.
             let underSystemd = ProcessInfo.processInfo.environment["INVOCATION_ID"] != nil
-            if sig == SIGTERM, underSystemd, await Self.offThePool({ SystemdJobs.restartPending(unit: unit) }) {
+            if sig == SIGTERM, underSystemd, await Processes.offThePool({ SystemdJobs.restartPending(unit: unit) }) {
                 let n = await supervisor.detachAll()
                 notifier.notify(.status("restarting: \(n) guests keep running"))
                 await event(.daemonStopping, "rtvisord restarting (\(unit) has a restart job): \(n) guest(s) keep running and will be re-adopted")
@@ -200,14 +202,6 @@ struct DaemonRun: Sendable {
         await api?.value
         unlink(paths.apiSocket)
         if listening >= 0 { close(listening) }
-    }
-
-    /// Blocking work (a child process and its pipe) on its own thread, not a cooperative one.
-    static func offThePool<T: Sendable>(_ work: @escaping @Sendable () -> T) async -> T {
-        await withCheckedContinuation { c in
-            let t = Thread { c.resume(returning: work()) }
-            t.start()
-        }
     }
 
     func event(_ e: LifecycleEvent, _ message: String) async {
