@@ -191,10 +191,11 @@ public final class APIFrontSupervisor: Sendable {
         return Ending(pid: pid, outcome: outcome, report: reason)
     }
 
+    /// The report, up to 4 KiB (it is one line; a subverted front gets no more of the log).
     static func readAll(_ fd: Int32) -> String {
         var out: [UInt8] = []
         var buf = [UInt8](repeating: 0, count: 1024)
-        while true {
+        while out.count < 4096 {
             let n = buf.withUnsafeMutableBytes { read(fd, $0.baseAddress, $0.count) }
             if n < 0 && errno == EINTR { continue }
             if n <= 0 { break }
