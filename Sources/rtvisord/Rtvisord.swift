@@ -65,13 +65,7 @@ struct Rtvisord: ParsableCommand {
         pthread_sigmask(SIG_BLOCK, &set, nil)
         signal(SIGPIPE, SIG_IGN)
 
-        let sink = JournalSink()
-        let level = Logger.Level(rawValue: logLevel) ?? .info
-        LoggingSystem.bootstrap { label in
-            var h = JournaldLogHandler(label: label, identifier: "rtvisord", sink: sink)
-            h.logLevel = level
-            return h
-        }
+        bootstrapLogging()
         let logger = Logger(label: "rtvisord")
         let notifier = SystemdNotifier(environment: ProcessInfo.processInfo.environment)
         let paths = DaemonPaths(definitions: definitions, run: runDirectory, vmm: vmm ?? Self.defaultVMM(),
@@ -90,12 +84,8 @@ struct Rtvisord: ParsableCommand {
         Foundation.exit(0)
     }
 
-    /// `--api-front`: confined while single-threaded, then serving until rtvisord goes away.
-    func runAPIFront() -> Never {
-        // The daemon's signal mask is not taken over (posix_spawn cleared it): SIGTERM ends the
-        // front; SIGHUP (`systemctl kill -s HUP` reaches every process of the unit) does not.
-        signal(SIGPIPE, SIG_IGN)
-        signal(SIGHUP, SIG_IGN)
+    /// journald (native protocol) as identifier rtvisord, for the daemon and its API front.
+    func bootstrapLogging() {
         let sink = JournalSink()
         let level = Logger.Level(rawValue: logLevel) ?? .info
         LoggingSystem.bootstrap { label in
@@ -103,6 +93,15 @@ struct Rtvisord: ParsableCommand {
             h.logLevel = level
             return h
         }
+    }
+
+    /// `--api-front`: confined while single-threaded, then serving until rtvisord goes away.
+    func runAPIFront() -> Never {
+        // The daemon's signal mask is not taken over (posix_spawn cleared it): SIGTERM ends the
+        // front; SIGHUP (`systemctl kill -s HUP` reaches every process of the unit) does not.
+        signal(SIGPIPE, SIG_IGN)
+        signal(SIGHUP, SIG_IGN)
+        bootstrapLogging()
         let logger = Logger(label: APIFront.program)
         guard let access = apiFrontAccess.flatMap(APIFront.access(argument:)) else {
             logger.critical("--api-front needs --api-front-access UID:GID")
