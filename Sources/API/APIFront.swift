@@ -2,6 +2,7 @@ import Config
 import Daemon
 import Foundation
 import Logging
+import Realtime
 import Sandbox
 import Synchronization
 import SystemPackage
@@ -39,9 +40,19 @@ public enum APIFront {
         "\(access.daemonUID):\(access.groupID.map(String.init) ?? "-")"
     }
 
+    /// Closes every descriptor above the three rtvisord passed (anything else inherited by
+    /// accident). Called first thing in the front, before anything opens its own.
+    public static func closeInheritedDescriptors() {
+        for entry in HostFiles.list("/proc/self/fd") {
+            if let fd = Int32(entry), fd > reportFD { close(fd) }
+        }
+    }
+
     /// In the front process, while it has one thread: the jail (when started as root) and the
     /// seccomp filter every later thread inherits.
     public static func confine(seccomp: SeccompMode, logger: Logger) throws {
+        // The first candidate for the OOM killer (it is restartable; a VMM holds guest RAM).
+        try? HostFiles.write("/proc/self/oom_score_adj", "1000")
         for fd in [listenFD, controlFD, reportFD] {
             guard fcntl(fd, F_SETFD, FD_CLOEXEC) == 0 else { throw SandboxError("descriptor \(fd) from rtvisord: \(String(cString: strerror(errno)))") }
         }
@@ -155,8 +166,11 @@ public final class APIFrontSupervisor: Sendable {
         var timeout = timeval(tv_sec: 5, tv_usec: 0)
         setsockopt(pair[0], SOL_SOCKET, SO_SNDTIMEO, &timeout, socklen_t(MemoryLayout<timeval>.size))
         let argv = ["/proc/self/exe", "--api-front", "--api-front-access", APIFront.accessArgument(access)] + arguments
-        let environment = ProcessInfo.processInfo.environment.filter { !["NOTIFY_SOCKET", "WATCHDOG_USEC", "WATCHDOG_PID", "LISTEN_FDS", "LISTEN_PID"].contains($0.key) }
-            .map { "\($0.key)=\($0.value)" }
+        var env = ProcessInfo.processInfo.environment.filter { !["NOTIFY_SOCKET", "WATCHDOG_USEC", "WATCHDOG_PID", "LISTEN_FDS", "LISTEN_PID"].contains($0.key) }
+        // A Swift trap would spawn swift-backtrace (a clone the filter forbids) and be reported
+        // as a seccomp kill; the trap's own message is the better report.
+        env["SWIFT_BACKTRACE"] = "enable=no"
+        let environment = env.map { "\($0.key)=\($0.value)" }
         let spawned: Result<pid_t, Processes.SpawnError>? = running.withLock { r in
             guard !r.stopping else { return nil }
             let result = Result { () throws(Processes.SpawnError) -> pid_t in
@@ -173,14 +187,24 @@ public final class APIFrontSupervisor: Sendable {
         close(pair[1]); close(report[1])
         logger.debug("API front process \(pid) started")
         let channel = FileDescriptor(rawValue: pair[0])
-        async let served = ControlServer.serve(channel, control: control)
-        let outcome = await Processes.offThePool { Processes.waitForExit(pid: pid, isChild: true) }
-        running.withLock { $0.pid = nil }
+        let served = Task { [self] in
+            let reason = await ControlServer.serve(channel, control: control)
+            // A front whose channel ended (a malformed frame, a stalled reader) is replaced.
+            running.withLock { if $0.pid == pid { kill(pid, SIGKILL) } }
+            logger.debug("API front process \(pid): \(reason)")
+        }
+        let outcome = await Processes.offThePool { [self] () -> ExitOutcome in
+            // Ended but not yet reaped (WNOWAIT): the pid is forgotten before it can be reused.
+            var info = siginfo_t()
+            while waitid(P_PID, id_t(pid), &info, WEXITED | WNOWAIT) != 0 && errno == EINTR {}
+            running.withLock { $0.pid = nil }
+            return Processes.waitForExit(pid: pid, isChild: true)
+        }
         // Its end of the socket is closed now; the reader sees the end (or is told to stop).
         _ = shutdown(pair[0], Int32(SHUT_RDWR))
-        _ = await served
+        await served.value
         close(pair[0])
-        let text = Self.readAll(report[0])
+        let text = Self.readReport(report[0])
         close(report[0])
         // The report file format: "159 seccomp: …" (128 + SIGSYS, then the reason).
         let reason = text.split(separator: "\n").first.map { line -> String in
@@ -192,11 +216,13 @@ public final class APIFrontSupervisor: Sendable {
     }
 
     /// The report, up to 4 KiB (it is one line; a subverted front gets no more of the log).
-    static func readAll(_ fd: Int32) -> String {
+    /// Non-blocking: the front is dead, so what its SIGSYS handler wrote is queued already; a
+    /// copy of the write end it passed on (SCM_RIGHTS) must not make the daemon wait.
+    static func readReport(_ fd: Int32) -> String {
         var out: [UInt8] = []
         var buf = [UInt8](repeating: 0, count: 1024)
         while out.count < 4096 {
-            let n = buf.withUnsafeMutableBytes { read(fd, $0.baseAddress, $0.count) }
+            let n = buf.withUnsafeMutableBytes { recv(fd, $0.baseAddress, $0.count, Int32(MSG_DONTWAIT)) }
             if n < 0 && errno == EINTR { continue }
             if n <= 0 { break }
             out += buf[0..<n]

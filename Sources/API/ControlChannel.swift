@@ -92,12 +92,23 @@ public enum ControlFrame {
 
     public enum Outcome: UInt8, Sendable { case result = 0, notFound = 1, conflict = 2, failed = 3 }
 
-    /// Whole frames from several threads, one at a time.
+    /// Whole frames from several threads, one at a time. The first failed send (peer gone, or
+    /// SO_SNDTIMEO: a peer that stopped reading) shuts the socket down: a frame cut short must
+    /// not be followed by another, and nothing is written to it after that.
     final class Writer: Sendable {
         let fd: FileDescriptor
-        let lock = Mutex(())
+        let broken = Mutex(false)
         init(_ fd: FileDescriptor) { self.fd = fd }
-        func send(_ frame: [UInt8]) -> Bool { lock.withLock { _ in (try? ControlFrame.write(frame, to: fd)) != nil } }
+        var isBroken: Bool { broken.withLock { $0 } }
+        func send(_ frame: [UInt8]) -> Bool {
+            broken.withLock { broken in
+                guard !broken else { return false }
+                if (try? ControlFrame.write(frame, to: fd)) != nil { return true }
+                broken = true
+                _ = shutdown(fd.rawValue, Int32(SHUT_RDWR))
+                return false
+            }
+        }
     }
 
     static let encoder = JSONEncoder()
@@ -123,16 +134,25 @@ public enum ControlServer {
                         let (id, call) = try decodeCall(frame)
                         // A flood of calls waits in the socket, not as tasks in the daemon.
                         inFlight.wait()
+                        // A front that died meanwhile gets nothing run on its behalf.
+                        guard !writer.isBroken else { inFlight.signal(); break }
                         Task {
-                            _ = writer.send(await reply(id: id, to: call, on: control))
+                            let frame = await reply(id: id, to: call, on: control)
+                            // A blocking send, off the cooperative pool (a front that stops
+                            // reading must not hold the daemon's few pool threads).
+                            _ = await Processes.offThePool { writer.send(frame) }
                             inFlight.signal()
                         }
                     }
-                    reason = "the API front closed the control socket"
+                    reason = writer.isBroken ? "the control socket broke (the front died or stopped reading)" : "the API front closed the control socket"
                 } catch {
                     reason = "control socket: \(error)"
                     _ = shutdown(fd.rawValue, Int32(SHUT_RDWR))
                 }
+                // Every call answered (or its reply dropped) before the caller may close the
+                // descriptor: a late send must not reach a reused descriptor number.
+                for _ in 0..<maxCallsInFlight { inFlight.wait() }
+                for _ in 0..<maxCallsInFlight { inFlight.signal() }
                 done.resume(returning: reason)
             } }
             switch started {
@@ -150,9 +170,12 @@ public enum ControlServer {
         }
     }
 
-    /// The whole reply frame to one call.
+    /// The whole reply frame to one call; a result larger than a frame may carry is refused.
     public static func reply(id: UInt64, to call: ControlCall, on control: any VMControl) async -> [UInt8] {
-        let (outcome, body) = await perform(call, on: control)
+        var (outcome, body) = await perform(call, on: control)
+        if body.count > ControlFrame.maxLength - 9 {
+            (outcome, body) = (.failed, Array("the result (\(body.count) bytes) is larger than the control socket's \(ControlFrame.maxLength)-byte frames".utf8))
+        }
         return ControlFrame.encode(id: id, payload: [outcome.rawValue] + body)
     }
 

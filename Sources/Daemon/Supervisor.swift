@@ -626,13 +626,21 @@ public actor Supervisor: VMControl {
         Self.validate(request, defaultBase: paths.definitions)
     }
 
+    /// Problems reported by one validation; the rest are counted (every problem repeats the
+    /// client's `file`: the answer must not grow with their product).
+    public static let maxValidateProblems = 100
+
     public static func validate(_ request: ValidateRequest, defaultBase: String) -> ValidateResult {
-        let file = request.file ?? "definition"
+        let file = String((request.file ?? "definition").prefix(1024))
         do {
             let d = try VMDefinition.parse(Data(request.definition.utf8), file: file, baseDirectory: request.baseDirectory ?? defaultBase)
             return ValidateResult(valid: true, name: d.name, problems: [])
         } catch let e as DefinitionError {
-            return ValidateResult(valid: false, name: nil, problems: e.issues.map { DefinitionProblem(file: $0.file, path: $0.path, reason: $0.reason) })
+            var problems = e.issues.prefix(maxValidateProblems).map { DefinitionProblem(file: $0.file, path: $0.path, reason: $0.reason) }
+            if e.issues.count > maxValidateProblems {
+                problems.append(DefinitionProblem(file: file, path: "$", reason: "\(e.issues.count - maxValidateProblems) more problems not shown"))
+            }
+            return ValidateResult(valid: false, name: nil, problems: problems)
         } catch {
             return ValidateResult(valid: false, name: nil, problems: [DefinitionProblem(file: file, path: "$", reason: "\(error)")])
         }

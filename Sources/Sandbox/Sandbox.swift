@@ -95,6 +95,9 @@ public enum Sandbox {
             guard csandbox_install_sigsys_report(program, subject, reportFD) == 0 else {
                 throw SandboxError("sigaction(SIGSYS): \(String(cString: strerror(errno)))")
             }
+            // A SIGSYS core would hold whatever the process was handling (request bodies).
+            var none = rlimit(rlim_cur: 0, rlim_max: 0)
+            _ = withUnsafePointer(to: &none) { setrlimit(__rlimit_resource_t(RLIMIT_CORE.rawValue), $0) }
         }
         csandbox_set_thread_label("main", kind.rawValue)
         csandbox_set_process_kind(kind.rawValue)

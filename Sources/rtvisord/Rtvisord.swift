@@ -99,6 +99,7 @@ struct Rtvisord: ParsableCommand {
     func runAPIFront() -> Never {
         // The daemon's signal mask is not taken over (posix_spawn cleared it): SIGTERM ends the
         // front; SIGHUP (`systemctl kill -s HUP` reaches every process of the unit) does not.
+        APIFront.closeInheritedDescriptors()
         signal(SIGPIPE, SIG_IGN)
         signal(SIGHUP, SIG_IGN)
         bootstrapLogging()

@@ -65,6 +65,59 @@ import Glibc
         try? daemonEnd.close()
     }
 
+    /// Replies come back in completion order, not call order: each is matched by its id.
+    @Test func repliesOvertakingEachOtherReachTheirCalls() async throws {
+        let (daemonEnd, frontEnd) = try Self.pair()
+        let served = Task { await ControlServer.serve(daemonEnd, control: SlowControl()) }
+        let remote = RemoteVMControl(fd: frontEnd) { _ in }
+        let order = CompletionOrder()
+        // "slow-…" answers after 300 ms, the rest at once: the later calls finish first.
+        let names = (0..<8).map { $0 % 2 == 0 ? "slow-\($0)" : "fast-\($0)" }
+        await withTaskGroup(of: Void.self) { group in
+            for (i, name) in names.enumerated() {
+                group.addTask {
+                    try? await Task.sleep(for: .milliseconds(10 * i))
+                    let r = try? await remote.inspect(name)
+                    #expect(r?.summary.name == name, "the reply to inspect(\(name)) was \(String(describing: r?.summary.name))")
+                    order.names.withLock { $0.append(name) }
+                }
+            }
+        }
+        let finished = order.names.withLock { $0 }
+        #expect(finished.firstIndex(of: "fast-7")! < finished.firstIndex(of: "slow-0")!, "\(finished)")
+        _ = shutdown(frontEnd.rawValue, Int32(SHUT_RDWR))
+        _ = await served.value
+        for fd in [daemonEnd, frontEnd] { try? fd.close() }
+    }
+
+    /// A result too large for one frame is refused as an error, and the channel stays usable.
+    @Test func aResultLargerThanAFrameIsRefused() async throws {
+        let (daemonEnd, frontEnd) = try Self.pair()
+        let served = Task { await ControlServer.serve(daemonEnd, control: SlowControl()) }
+        let remote = RemoteVMControl(fd: frontEnd) { _ in }
+        do {
+            _ = try await remote.inspect("huge")
+            Issue.record("a 5 MB result crossed the control socket")
+        } catch {
+            #expect(error.description.contains("larger than the control socket"), "\(error)")
+        }
+        #expect((try? await remote.inspect("fast-1"))?.summary.name == "fast-1")
+        _ = shutdown(frontEnd.rawValue, Int32(SHUT_RDWR))
+        _ = await served.value
+        for fd in [daemonEnd, frontEnd] { try? fd.close() }
+    }
+
+    /// A validate answer does not grow with (problems × the client's file name).
+    @Test func validateAnswersAreBounded() {
+        let keys = (0..<150).map { "\"unknown\($0)\": 1" }.joined(separator: ", ")
+        let request = ValidateRequest(definition: "{\(keys)}", file: String(repeating: "f", count: 100_000), baseDirectory: nil)
+        let r = Supervisor.validate(request, defaultBase: "/nonexistent")
+        #expect(!r.valid)
+        #expect(r.problems.count == Supervisor.maxValidateProblems + 1, "\(r.problems.count) problems")
+        #expect(r.problems.last?.reason.hasSuffix("more problems not shown") == true, "\(String(describing: r.problems.last))")
+        #expect(r.problems.allSatisfy { $0.file.count <= 1024 })
+    }
+
     @Test func aMalformedFrameEndsTheChannelAndTheFrontsCallsFail() async throws {
         let (daemonEnd, frontEnd) = try Self.pair()
         let served = Task { await ControlServer.serve(daemonEnd, control: FakeControl()) }
@@ -97,4 +150,30 @@ enum DaemonTestsWait {
         while Date() < end { if ok() { return true }; usleep(20_000) }
         return false
     }
+}
+
+final class CompletionOrder: Sendable { let names = Mutex<[String]>([]) }
+
+/// Answers `inspect` for any name: "slow-…" after 300 ms, "huge" with a 5 MB command line.
+struct SlowControl: VMControl {
+    func detail(_ name: String, cmdline: String = "") -> VMDetail {
+        VMDetail(summary: VMSummary(name: name, state: .running, pid: 1, autostart: false, restartPolicy: "no", restarts: 0, pendingChange: false,
+                                    definitionFile: "/x.json", since: 0, lastExit: nil),
+                 vcpus: 1, memoryMiB: 32, kernel: "/k", initrd: nil, cmdline: cmdline, consoleSocket: "/c", cgroup: nil, stopTimeoutSeconds: 30)
+    }
+    func inspect(_ name: String) async throws(ControlError) -> VMDetail {
+        if name.hasPrefix("slow-") { try? await Task.sleep(for: .milliseconds(300)) }
+        return detail(name, cmdline: name == "huge" ? String(repeating: "x", count: 5 << 20) : "")
+    }
+    func list() async throws(ControlError) -> VMList { VMList(vms: [], invalidDefinitions: []) }
+    func start(_ name: String) async throws(ControlError) -> ActionResult { throw .failed("no") }
+    func stop(_ name: String, force: Bool) async throws(ControlError) -> ActionResult { throw .failed("no") }
+    func reboot(_ name: String) async throws(ControlError) -> ActionResult { throw .failed("no") }
+    func pause(_ name: String) async throws(ControlError) -> ActionResult { throw .failed("no") }
+    func resume(_ name: String) async throws(ControlError) -> ActionResult { throw .failed("no") }
+    func validate(_ request: ValidateRequest) async throws(ControlError) -> ValidateResult { throw .failed("no") }
+    func reload() async throws(ControlError) -> ReloadResult { throw .failed("no") }
+    func info() async throws(ControlError) -> DaemonInfo { throw .failed("no") }
+    func realtimeCheck(_ name: String?) async throws(ControlError) -> [RealtimeCheck] { throw .failed("no") }
+    func latency(_ name: String) async throws(ControlError) -> LatencySnapshot { throw .failed("no") }
 }
