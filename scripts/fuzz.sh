@@ -7,6 +7,8 @@
 #   TARGET: virtqueue, blk, net, definition, api, control.  FUZZ_JOBS=N runs N workers.
 #   FUZZ_TIMEOUT=S (default 10): seconds one input may take before libFuzzer calls it a hang;
 #   raise it for long niced runs on a busy machine (a starved process is not a hung one).
+#   FUZZ_RSS_MB=M (default 2048): libFuzzer's RSS limit. The net target's RSS grows by about
+#   190 bytes per input under ASan (a thread per input; docs/fuzzing.md): 4096 for 10^7 runs.
 #
 # Inputs: the committed corpus (Tests/Fuzz/TARGET-corpus, merge-minimised) and seeds
 # (Tests/Fuzz/TARGET-seeds); new inputs go to ${RTVISOR_CACHE:-~/.cache/rtvisor}/fuzz/TARGET/corpus
@@ -48,7 +50,7 @@ inputs=("$cache/corpus" "$repo/Tests/Fuzz/$target-seeds")
 
 log=$cache/last.log
 status=0
-SWIFT_BACKTRACE=enable=no RTVISOR_FUZZ_TARGET=$target "$bin" "${limit[@]}" "${opts[@]}" -timeout="${FUZZ_TIMEOUT:-10}" -rss_limit_mb=2048 \
+SWIFT_BACKTRACE=enable=no RTVISOR_FUZZ_TARGET=$target "$bin" "${limit[@]}" "${opts[@]}" -timeout="${FUZZ_TIMEOUT:-10}" -rss_limit_mb="${FUZZ_RSS_MB:-2048}" \
 	-artifact_prefix="$cache/artifacts/" -print_final_stats=1 ${FUZZ_JOBS:+-jobs=$FUZZ_JOBS -workers=$FUZZ_JOBS} \
 	"${inputs[@]}" >"$log" 2>&1 || status=$?
 grep -E "^#[0-9]+ +(DONE|INITED)|stat::number_of_executed_units|stat::new_units_added|ERROR|SUMMARY|Test unit written" "$log" >&2 || true
