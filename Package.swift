@@ -94,7 +94,7 @@ let package = Package(
         ]),
         // The control API: transport-free router (tested directly) and an HTTP/1.1 server on a Unix socket.
         .target(name: "API", dependencies: [
-            "Daemon", "APIModels", "Realtime", "Config", "Sandbox", "Posix",
+            "Daemon", "APIModels", "Realtime", "Config", "Sandbox", "Posix", "CDaemonSupport",
             .product(name: "SystemPackage", package: "swift-system"),
             .product(name: "NIOCore", package: "swift-nio"),
             .product(name: "NIOPosix", package: "swift-nio"),
@@ -133,7 +133,7 @@ let package = Package(
         .testTarget(name: "KVMTests", dependencies: ["KVM", "Memory", "Arch"]),
         .testTarget(name: "SandboxTests", dependencies: ["Sandbox", "Config", "CSeccomp", "CKVM"]),
         .testTarget(name: "IntegrationTests", dependencies: [
-            "VMM", "Config", "Realtime", "APIModels", "KVM", "PCI", "Sandbox", "API",
+            "VMM", "Config", "Realtime", "APIModels", "KVM", "PCI", "Sandbox", "API", "CDaemonSupport",
             .product(name: "Logging", package: "swift-log"),
             .product(name: "SystemPackage", package: "swift-system"),
         ]),

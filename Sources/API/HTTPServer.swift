@@ -1,3 +1,4 @@
+import CDaemonSupport
 import Logging
 import NIOCore
 import NIOHTTP1
@@ -47,28 +48,15 @@ public final class HTTPServer: Sendable {
         }
     }
 
-    /// socket, bind (a stale socket file is replaced), mode 0660 and the access group, listen.
+    /// socket, bind (a stale socket file is replaced; anything else at the path is left alone
+    /// and refused), mode 0660 and the access group, listen.
     public static func bindListeningSocket(_ path: String, groupName: String?, logger: Logger) throws -> Int32 {
-        let fd = socket(AF_UNIX, Int32(SOCK_STREAM.rawValue) | Int32(SOCK_CLOEXEC.rawValue), 0)
-        guard fd >= 0 else { throw IOError(errnoCode: errno, reason: "socket(AF_UNIX) for \(path)") }
-        var addr = sockaddr_un()
-        addr.sun_family = sa_family_t(AF_UNIX)
-        let bytes = Array(path.utf8)
-        guard bytes.count < MemoryLayout.size(ofValue: addr.sun_path) else {
-            close(fd)
-            throw IOError(errnoCode: ENAMETOOLONG, reason: "API socket path \(path)")
-        }
-        withUnsafeMutableBytes(of: &addr.sun_path) { $0.copyBytes(from: bytes) }
         var st = stat()
-        if lstat(path, &st) == 0 && (st.st_mode & S_IFMT) == S_IFSOCK { unlink(path) }
-        let bound = withUnsafePointer(to: &addr) {
-            $0.withMemoryRebound(to: sockaddr.self, capacity: 1) { bind(fd, $0, socklen_t(MemoryLayout<sockaddr_un>.size)) }
+        if lstat(path, &st) == 0 && (st.st_mode & S_IFMT) != S_IFSOCK {
+            throw IOError(errnoCode: EEXIST, reason: "API socket path \(path) is taken by something other than a socket")
         }
-        guard bound == 0, listen(fd, 64) == 0 else {
-            let e = errno
-            close(fd)
-            throw IOError(errnoCode: e, reason: "bind/listen on \(path)")
-        }
+        let fd = cdaemon_listen_unix(path, 64, 0o660)
+        guard fd >= 0 else { throw IOError(errnoCode: errno, reason: "bind/listen on \(path)") }
         restrict(path, groupName: groupName, logger: logger)
         return fd
     }
@@ -85,8 +73,8 @@ public final class HTTPServer: Sendable {
 
     public func shutdown() async { try? await group.shutdownGracefully() }
 
+    /// The socket file's group (its mode, 0660, is set when it is bound).
     static func restrict(_ path: String, groupName: String?, logger: Logger) {
-        chmod(path, 0o660)
         guard let groupName else { return }
         if let g = getgrnam(groupName) {
             if chown(path, 0, g.pointee.gr_gid) != 0 && chown(path, getuid(), g.pointee.gr_gid) != 0 {

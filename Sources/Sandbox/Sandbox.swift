@@ -65,10 +65,7 @@ public enum Sandbox {
         }
         #if RTVISOR_TEST_HOOKS
         // Test builds only: a forbidden syscall on this thread (SeccompTests).
-        if let target, target == kind.rawValue || target == label {
-            let r = csandbox_forbidden_socket()
-            writeStderr("rtvisor-vmm: test hook: thread \(label) (\(kind.rawValue)) issued socket(): \(r)\n")
-        }
+        if let target, target == kind.rawValue || target == label { issueForbiddenSyscall(kind, label: label, program: "rtvisor-vmm") }
         #else
         _ = target
         #endif
@@ -109,10 +106,17 @@ public enum Sandbox {
     public static func testHook(_ kind: ThreadKind, label: String) {
         #if RTVISOR_TEST_HOOKS
         guard let v = getenv("RTVISOR_TEST_FORBIDDEN_SYSCALL"), String(cString: v) == kind.rawValue else { return }
-        let r = csandbox_forbidden_socket()
-        writeStderr("test hook: thread \(label) (\(kind.rawValue)) issued socket(): \(r)\n")
+        issueForbiddenSyscall(kind, label: label, program: "rtvisord-api")
         #endif
     }
+
+    #if RTVISOR_TEST_HOOKS
+    /// The test hooks' forbidden syscall, socket(AF_INET); what it returned only if it was let run.
+    static func issueForbiddenSyscall(_ kind: ThreadKind, label: String, program: String) {
+        let r = csandbox_forbidden_socket()
+        writeStderr("\(program): test hook: thread \(label) (\(kind.rawValue)) issued socket(): \(r)\n")
+    }
+    #endif
 
     /// Builds and loads one filter on the calling thread (no TSYNC).
     static func install(_ rules: [SyscallRule], defaultAction: UInt32) throws {

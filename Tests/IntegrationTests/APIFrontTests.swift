@@ -1,4 +1,5 @@
 import API
+import CDaemonSupport
 import Foundation
 import Testing
 #if canImport(Glibc)
@@ -57,14 +58,9 @@ struct APIFrontTests {
 
     /// One HTTP/1.1 request over the unix socket; the whole response ("" if the peer hung up).
     static func request(_ socketPath: String, _ method: String, _ target: String, body: String = "") -> String {
-        let fd = socket(AF_UNIX, Int32(SOCK_STREAM.rawValue), 0)
+        let fd = cdaemon_connect_unix(socketPath)
         guard fd >= 0 else { return "" }
         defer { close(fd) }
-        var addr = sockaddr_un()
-        addr.sun_family = sa_family_t(AF_UNIX)
-        withUnsafeMutableBytes(of: &addr.sun_path) { $0.copyBytes(from: Array(socketPath.utf8)) }
-        let ok = withUnsafePointer(to: &addr) { $0.withMemoryRebound(to: sockaddr.self, capacity: 1) { connect(fd, $0, socklen_t(MemoryLayout<sockaddr_un>.size)) } }
-        guard ok == 0 else { return "" }
         var timeout = timeval(tv_sec: 20, tv_usec: 0)
         setsockopt(fd, SOL_SOCKET, SO_RCVTIMEO, &timeout, socklen_t(MemoryLayout<timeval>.size))
         let text = Array("\(method) \(target) HTTP/1.1\r\nHost: x\r\nContent-Length: \(body.utf8.count)\r\nConnection: close\r\n\r\n\(body)".utf8)
