@@ -71,7 +71,7 @@ import Glibc
         let served = Task { await ControlServer.serve(daemonEnd, control: SlowControl()) }
         let remote = RemoteVMControl(fd: frontEnd) { _ in }
         let order = CompletionOrder()
-        // "slow-…" answers after 300 ms, the rest at once: the later calls finish first.
+        // "slow-…" answers after 2 s, the rest at once: the later calls finish first.
         let names = (0..<8).map { $0 % 2 == 0 ? "slow-\($0)" : "fast-\($0)" }
         await withTaskGroup(of: Void.self) { group in
             for (i, name) in names.enumerated() {
@@ -154,7 +154,7 @@ enum DaemonTestsWait {
 
 final class CompletionOrder: Sendable { let names = Mutex<[String]>([]) }
 
-/// Answers `inspect` for any name: "slow-…" after 300 ms, "huge" with a 5 MB command line.
+/// Answers `inspect` for any name: "slow-…" after 2 s (a margin for a loaded machine), "huge" with a 5 MB command line.
 struct SlowControl: VMControl {
     func detail(_ name: String, cmdline: String = "") -> VMDetail {
         VMDetail(summary: VMSummary(name: name, state: .running, pid: 1, autostart: false, restartPolicy: "no", restarts: 0, pendingChange: false,
@@ -162,7 +162,7 @@ struct SlowControl: VMControl {
                  vcpus: 1, memoryMiB: 32, kernel: "/k", initrd: nil, cmdline: cmdline, consoleSocket: "/c", cgroup: nil, stopTimeoutSeconds: 30)
     }
     func inspect(_ name: String) async throws(ControlError) -> VMDetail {
-        if name.hasPrefix("slow-") { try? await Task.sleep(for: .milliseconds(300)) }
+        if name.hasPrefix("slow-") { try? await Task.sleep(for: .seconds(2)) }
         return detail(name, cmdline: name == "huge" ? String(repeating: "x", count: 5 << 20) : "")
     }
     func list() async throws(ControlError) -> VMList { VMList(vms: [], invalidDefinitions: []) }
