@@ -45,8 +45,7 @@ public enum Sandbox {
             guard csandbox_install_sigsys_handler(vmName, fd) == 0 else {
                 throw SandboxError("sigaction(SIGSYS): \(String(cString: strerror(errno)))")
             }
-            var none = rlimit(rlim_cur: 0, rlim_max: 0)
-            _ = withUnsafePointer(to: &none) { setrlimit(__rlimit_resource_t(RLIMIT_CORE.rawValue), $0) }
+            disableCoreDumps()
         }
         PosixThread.setStartHook { name in
             let kind = ThreadKind(threadName: name)
@@ -93,12 +92,17 @@ public enum Sandbox {
                 throw SandboxError("sigaction(SIGSYS): \(String(cString: strerror(errno)))")
             }
             // A SIGSYS core would hold whatever the process was handling (request bodies).
-            var none = rlimit(rlim_cur: 0, rlim_max: 0)
-            _ = withUnsafePointer(to: &none) { setrlimit(__rlimit_resource_t(RLIMIT_CORE.rawValue), $0) }
+            disableCoreDumps()
         }
         csandbox_set_thread_label("main", kind.rawValue)
         csandbox_set_process_kind(kind.rawValue)
         try install(SeccompPolicy.rules(for: kind), defaultAction: mode == .enforce ? csandbox_act_trap() : csandbox_act_log())
+    }
+
+    /// RLIMIT_CORE 0: the SIGSYS kill writes no core (it would hold guest memory or request bodies).
+    static func disableCoreDumps() {
+        var none = rlimit(rlim_cur: 0, rlim_max: 0)
+        _ = withUnsafePointer(to: &none) { setrlimit(__rlimit_resource_t(RLIMIT_CORE.rawValue), $0) }
     }
 
     /// Test builds only: a forbidden syscall (socket(AF_INET)) when `RTVISOR_TEST_FORBIDDEN_SYSCALL`
