@@ -13,9 +13,11 @@ let package = Package(
         .executable(name: "rtvisorctl", targets: ["rtvisorctl"]),
     ],
     dependencies: [
-        .package(url: "https://github.com/apple/swift-argument-parser", from: "1.5.0"),
+        // 1.6: the three-argument `.custom` completion rtvisorctl uses.
+        .package(url: "https://github.com/apple/swift-argument-parser", from: "1.6.0"),
         .package(url: "https://github.com/apple/swift-system", from: "1.4.0"),
-        .package(url: "https://github.com/apple/swift-log", from: "1.6.0"),
+        // 1.11: `LogEvent` (the journald handler implements `log(event:)`).
+        .package(url: "https://github.com/apple/swift-log", from: "1.11.0"),
         // The daemon's control API only (rtvisord); rtvisor-vmm and rtvisorctl do not link it.
         .package(url: "https://github.com/apple/swift-nio", from: "2.101.0"),
         // The real-time wake-up latency probe's histogram.
@@ -27,8 +29,9 @@ let package = Package(
         // Typed KVM file descriptors (system, VM, vCPU), exits as an enum, errors naming the ioctl.
         .target(name: "KVM", dependencies: ["CKVM", "Arch", .product(name: "SystemPackage", package: "swift-system")]),
         // Guest RAM: mmap-backed regions, GuestAddress, bounds-checked access.
-        .target(name: "Memory", dependencies: ["CKVM"]),
-        // x86 architecture data: CPUID feature table and policy, GDT, page tables, register layouts.
+        .target(name: "Memory", dependencies: ["Arch"]),
+        // x86 architecture data: CPUID feature table and policy, register layouts, and the one
+        // guest-physical layout (GuestLayout) every other module reads.
         .target(name: "Arch"),
         // Kernel loaders (ELF/PVH, bzImage), boot_params, e820, MP table, start_info, cmdline.
         .target(name: "Boot", dependencies: ["Memory", "Arch"]),
@@ -65,15 +68,21 @@ let package = Package(
         // (debug) get the forbidden-syscall hook (RTVISOR_TEST_FORBIDDEN_SYSCALL); release builds do not.
         .target(name: "Sandbox", dependencies: ["CSeccomp", "CSandbox", "CKVM", "CLinux", "Posix", "Config", "Realtime"],
                 swiftSettings: [.define("RTVISOR_TEST_HOOKS", .when(configuration: .debug))]),
+        // The daemon↔VMM contract: launch options (argv), exit statuses, the exit report and
+        // latency files, the janitor's spec, the control frames and the per-VM control protocol.
+        .target(name: "VMMInterface", dependencies: [
+            .product(name: "ArgumentParser", package: "swift-argument-parser"),
+            .product(name: "SystemPackage", package: "swift-system"),
+        ]),
         // Wires one VM: memory, vCPU threads, devices, lifecycle.
         .target(name: "VMM", dependencies: [
-            "CKVM", "KVM", "Memory", "Arch", "Boot", "Devices", "Config", "Posix", "Virtio", "VirtioBlock", "VirtioNet", "PCI", "Realtime", "APIModels", "Sandbox", "VFIO",
+            "CKVM", "KVM", "Memory", "Arch", "Boot", "Devices", "Config", "Posix", "Virtio", "VirtioBlock", "VirtioNet", "PCI", "Realtime", "VMMInterface", "Sandbox", "VFIO",
             .product(name: "Histogram", package: "hdrhistogram-swift"),
             .product(name: "Logging", package: "swift-log"),
             .product(name: "SystemPackage", package: "swift-system"),
         ]),
         .executableTarget(name: "rtvisor-vmm", dependencies: [
-            "VMM", "Config", "Posix", "Journald", "CDaemonSupport", "Sandbox", "Realtime", "CLinux",
+            "VMM", "VMMInterface", "Config", "Posix", "Journald", "CDaemonSupport", "Sandbox", "Realtime", "CLinux",
             .product(name: "ArgumentParser", package: "swift-argument-parser"),
             .product(name: "Logging", package: "swift-log"),
         ]),
@@ -85,16 +94,16 @@ let package = Package(
         // sd_notify over $NOTIFY_SOCKET (READY/STATUS/STOPPING/WATCHDOG) without libsystemd.
         .target(name: "SystemdNotify"),
         // JSON shapes of the control API, shared by the server and rtvisorctl (no NIO here).
-        .target(name: "APIModels"),
+        .target(name: "APIModels", dependencies: ["VMMInterface"]),
         // Definition directory loading and diffing, restart policy, VM supervision, state files.
         .target(name: "Daemon", dependencies: [
-            "Config", "Journald", "APIModels", "CDaemonSupport", "Realtime",
+            "Config", "Journald", "APIModels", "VMMInterface", "CDaemonSupport", "Realtime",
             .product(name: "Logging", package: "swift-log"),
             .product(name: "SystemPackage", package: "swift-system"),
         ]),
         // The control API: transport-free router (tested directly) and an HTTP/1.1 server on a Unix socket.
         .target(name: "API", dependencies: [
-            "Daemon", "APIModels", "Realtime", "Config", "Sandbox", "Posix", "CDaemonSupport",
+            "Daemon", "APIModels", "VMMInterface", "Realtime", "Config", "Sandbox", "Posix", "CDaemonSupport",
             .product(name: "SystemPackage", package: "swift-system"),
             .product(name: "NIOCore", package: "swift-nio"),
             .product(name: "NIOPosix", package: "swift-nio"),
@@ -102,7 +111,7 @@ let package = Package(
             .product(name: "Logging", package: "swift-log"),
         ]),
         .executableTarget(name: "rtvisord", dependencies: [
-            "Daemon", "API", "Journald", "SystemdNotify", "Config",
+            "Daemon", "API", "APIModels", "Journald", "SystemdNotify", "Config",
             .product(name: "ArgumentParser", package: "swift-argument-parser"),
             .product(name: "Logging", package: "swift-log"),
         ]),
@@ -111,18 +120,21 @@ let package = Package(
             .product(name: "ArgumentParser", package: "swift-argument-parser"),
         ]),
         .testTarget(name: "DaemonTests", dependencies: [
-            "Daemon", "API", "APIModels", "Journald", "SystemdNotify", "Config", "CDaemonSupport",
+            "Daemon", "API", "APIModels", "VMMInterface", "Journald", "SystemdNotify", "Config", "CDaemonSupport",
             .product(name: "SystemPackage", package: "swift-system"),
             .product(name: "Logging", package: "swift-log"),
         ]),
         // libFuzzer targets: virtqueue, blk, net, definition, api (build and run via scripts/fuzz.sh;
         // the plain build replays saved inputs). See docs/fuzzing.md.
         .executableTarget(name: "rtvisor-fuzz", dependencies: [
-            "Memory", "Virtio", "VirtioBlock", "VirtioNet", "Config", "Daemon", "API", "APIModels",
+            "Memory", "Virtio", "VirtioBlock", "VirtioNet", "Config", "Daemon", "API", "APIModels", "VMMInterface",
             .product(name: "SystemPackage", package: "swift-system"),
         ]),
         .testTarget(name: "ArchTests", dependencies: ["Arch"]),
-        .testTarget(name: "MemoryTests", dependencies: ["Memory"]),
+        .testTarget(name: "VMMInterfaceTests", dependencies: ["VMMInterface", .product(name: "SystemPackage", package: "swift-system")]),
+        // The VMM's logic that needs no /dev/kvm (exit dispatch).
+        .testTarget(name: "VMMTests", dependencies: ["VMM", "KVM", "Devices", "Memory", "Arch"]),
+        .testTarget(name: "MemoryTests", dependencies: ["Memory", "Arch"]),
         .testTarget(name: "BootTests", dependencies: ["Boot", "Memory", "Arch"]),
         .testTarget(name: "DevicesTests", dependencies: ["Devices"]),
         .testTarget(name: "ConfigTests", dependencies: ["Config"]),

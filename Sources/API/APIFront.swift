@@ -5,6 +5,7 @@ import Logging
 import Realtime
 import Sandbox
 import Synchronization
+import VMMInterface
 import SystemPackage
 #if canImport(Glibc)
 import Glibc
@@ -114,7 +115,7 @@ public final class APIFrontSupervisor: Sendable {
         public var outcome: ExitOutcome
         /// The SIGSYS report from the report pipe ("seccomp: thread … made forbidden syscall …").
         public var report: String?
-        public var syscall: String? { report.flatMap { Supervisor.seccompSyscall($0) } }
+        public var syscall: String? { report.flatMap { VMMExitReport.seccompSyscall(in: $0) } }
     }
 
     public func run() async {

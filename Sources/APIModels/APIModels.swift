@@ -1,3 +1,5 @@
+import VMMInterface
+
 // The control API's JSON shapes (docs/api.yaml), shared by rtvisord and rtvisorctl.
 // snake_case on the wire; every type is plain data.
 
@@ -187,36 +189,6 @@ public struct RealtimeCheck: Codable, Sendable, Equatable {
     }
 }
 
-/// `GET /v1/vms/{name}/latency`: the host-side wake-up latency probe of a real-time VM: how late a
-/// thread at the vCPUs' SCHED_FIFO priority on the VM's first CPU wakes after its timer expired.
-/// Written by rtvisor-vmm (`--latency-file`), served by rtvisord.
-public struct LatencySnapshot: Codable, Sendable, Equatable {
-    public var name: String
-    public var cpu: Int
-    public var priority: Int
-    public var periodMicroseconds: Int
-    public var samples: UInt64
-    public var minNanoseconds: UInt64
-    public var meanNanoseconds: Double
-    public var p50Nanoseconds: UInt64
-    public var p99Nanoseconds: UInt64
-    public var p9999Nanoseconds: UInt64
-    public var maxNanoseconds: UInt64
-    /// HDR histogram buckets with a count: [highest value equivalent (ns), count].
-    public var buckets: [[UInt64]]
-    /// Seconds since the epoch when this was written.
-    public var updatedAt: Double
-    public init(name: String, cpu: Int, priority: Int, periodMicroseconds: Int, samples: UInt64, minNanoseconds: UInt64,
-                meanNanoseconds: Double, p50Nanoseconds: UInt64, p99Nanoseconds: UInt64, p9999Nanoseconds: UInt64,
-                maxNanoseconds: UInt64, buckets: [[UInt64]], updatedAt: Double) {
-        self.name = name; self.cpu = cpu; self.priority = priority; self.periodMicroseconds = periodMicroseconds
-        self.samples = samples; self.minNanoseconds = minNanoseconds; self.meanNanoseconds = meanNanoseconds
-        self.p50Nanoseconds = p50Nanoseconds; self.p99Nanoseconds = p99Nanoseconds; self.p9999Nanoseconds = p9999Nanoseconds
-        self.maxNanoseconds = maxNanoseconds; self.buckets = buckets; self.updatedAt = updatedAt
-    }
-    enum CodingKeys: String, CodingKey {
-        case name, cpu, priority, samples, buckets
-        case periodMicroseconds = "period_us", minNanoseconds = "min_ns", meanNanoseconds = "mean_ns", p50Nanoseconds = "p50_ns"
-        case p99Nanoseconds = "p99_ns", p9999Nanoseconds = "p99_99_ns", maxNanoseconds = "max_ns", updatedAt = "updated_at"
-    }
-}
+/// `GET /v1/vms/{name}/latency`: the VMM's latency file as the API serves it (the type is the
+/// daemon↔VMM contract's, `VMMInterface.LatencySnapshot`).
+public typealias LatencySnapshot = VMMInterface.LatencySnapshot

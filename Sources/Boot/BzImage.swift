@@ -1,3 +1,4 @@
+import Arch
 import Memory
 
 /// A bzImage's real-mode setup header (Documentation/arch/x86/boot.rst), as far as the 64-bit
@@ -53,7 +54,7 @@ public struct BzImage: Sendable {
     }
 
     /// Loads the protected-mode kernel; returns (entry, end).
-    public func load(_ image: ImageFile, into memory: GuestMemory, at address: GuestAddress = BootLayout.bzImageLoadAddress) throws -> (entry: UInt64, end: UInt64) {
+    public func load(_ image: ImageFile, into memory: GuestMemory, at address: GuestAddress = GuestAddress(GuestLayout.bzImageLoadAddress)) throws -> (entry: UInt64, end: UInt64) {
         guard memory.contains(address, length: UInt64(kernelSize)) else {
             throw BootError.doesNotFit(path: image.path, what: "kernel", address: address.raw, size: UInt64(kernelSize))
         }
@@ -135,10 +136,10 @@ public struct PVHStartInfo: Sendable {
     }
 
     public func write(to memory: GuestMemory) throws {
-        let base = BootLayout.pvhStartInfo
-        let mods = BootLayout.pvhModuleList
-        let map = BootLayout.pvhMemoryMap
-        precondition(memoryMap.count <= BootLayout.pvhMemoryMapCapacity && modules.count <= 2)
+        let base = GuestAddress(GuestLayout.pvhStartInfo)
+        let mods = GuestAddress(GuestLayout.pvhModuleList)
+        let map = GuestAddress(GuestLayout.pvhMemoryMap)
+        precondition(memoryMap.count <= GuestLayout.pvhMemoryMapCapacity && modules.count <= 2)
         try memory.fill(0, count: 56, at: base)
         try memory.writeInteger(Self.magic, at: base)
         try memory.writeInteger(UInt32(1), at: base.adding(4)!)            // version

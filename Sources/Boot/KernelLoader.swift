@@ -49,20 +49,20 @@ public enum KernelLoader {
             let elf = try ELFKernel(parsing: images.kernel)
             kernelEnd = try elf.load(images.kernel, into: memory)
             if let pvh = elf.pvhEntry {
-                entry = .pvh(entry: pvh, startInfo: BootLayout.pvhStartInfo.raw)
+                entry = .pvh(entry: pvh, startInfo: GuestLayout.pvhStartInfo)
             } else {
                 guard elf.is64Bit else {
                     throw BootError.unsupported(path: images.kernel.path, reason: "32-bit ELF without a PVH entry note")
                 }
                 bootParams = BootParams()
-                entry = .linux64(entry: elf.entry, bootParams: BootLayout.zeroPage.raw)
+                entry = .linux64(entry: elf.entry, bootParams: GuestLayout.zeroPage)
             }
         } else if BzImage.isBzImage(images.kernel) {
             let bz = try BzImage(parsing: images.kernel)
             let (e, end) = try bz.load(images.kernel, into: memory)
             kernelEnd = end
             bootParams = BootParams(setupHeader: bz.setupHeader)
-            entry = .linux64(entry: e, bootParams: BootLayout.zeroPage.raw)
+            entry = .linux64(entry: e, bootParams: GuestLayout.zeroPage)
             if bz.commandLineSize > 0, cmdline.count > Int(bz.commandLineSize) + 1 {
                 throw BootError.commandLineTooLong(length: cmdline.count - 1, max: Int(bz.commandLineSize))
             }
@@ -70,10 +70,10 @@ public enum KernelLoader {
             throw BootError.unrecognisedFormat(path: images.kernel.path)
         }
 
-        guard cmdline.count <= BootLayout.cmdlineMaxSize else {
-            throw BootError.commandLineTooLong(length: cmdline.count - 1, max: BootLayout.cmdlineMaxSize - 1)
+        guard cmdline.count <= GuestLayout.cmdlineMaxSize else {
+            throw BootError.commandLineTooLong(length: cmdline.count - 1, max: GuestLayout.cmdlineMaxSize - 1)
         }
-        try memory.write(cmdline, at: BootLayout.cmdline)
+        try memory.write(cmdline, at: GuestAddress(GuestLayout.cmdline))
 
         var initrdPlacement: (address: UInt64, size: UInt64)? = nil
         if let initrd = images.initrd {
@@ -90,16 +90,16 @@ public enum KernelLoader {
 
         switch entry {
         case .pvh:
-            try PVHStartInfo(commandLine: BootLayout.cmdline.raw,
+            try PVHStartInfo(commandLine: GuestLayout.cmdline,
                              modules: initrdPlacement.map { [$0] } ?? [],
                              memoryMap: map).write(to: memory)
         case .linux64:
             var params = bootParams!
-            params.setCommandLine(address: BootLayout.cmdline.raw, size: cmdline.count - 1)
+            params.setCommandLine(address: GuestLayout.cmdline, size: cmdline.count - 1)
             if let i = initrdPlacement { params.setInitrd(address: i.address, size: i.size) }
             params.setMemoryMap(map)
-            try memory.write(params.bytes, at: BootLayout.zeroPage)
-            let tables = IdentityPageTables(base: BootLayout.pageTables.raw)
+            try memory.write(params.bytes, at: GuestAddress(GuestLayout.zeroPage))
+            let tables = IdentityPageTables(base: GuestLayout.pageTables)
             for (i, page) in tables.pages().enumerated() {
                 for (j, e) in page.enumerated() {
                     try memory.writeInteger(e, at: GuestAddress(tables.base + UInt64(i * 4096 + j * 8)))
@@ -121,9 +121,9 @@ public enum KernelLoader {
 
     static func writeGDT(to memory: GuestMemory) throws {
         for (i, e) in BootSegments.gdt.enumerated() {
-            try memory.writeInteger(e, at: GuestAddress(BootLayout.gdt.raw + UInt64(i * 8)))
+            try memory.writeInteger(e, at: GuestAddress(GuestLayout.gdt + UInt64(i * 8)))
         }
-        try memory.writeInteger(UInt64(0), at: BootLayout.idt)
+        try memory.writeInteger(UInt64(0), at: GuestAddress(GuestLayout.idt))
     }
 
     /// Register state of the boot vCPU for `entry`.
@@ -133,14 +133,14 @@ public enum KernelLoader {
         case let .pvh(e, startInfo):
             regs.rip = e
             regs.rbx = startInfo
-            return (regs, BootSegments.protectedMode(gdtBase: BootLayout.gdt.raw, idtBase: BootLayout.idt.raw))
+            return (regs, BootSegments.protectedMode(gdtBase: GuestLayout.gdt, idtBase: GuestLayout.idt))
         case let .linux64(e, bootParams):
             regs.rip = e
             regs.rsi = bootParams
-            regs.rsp = BootLayout.bootStack.raw
-            regs.rbp = BootLayout.bootStack.raw
-            return (regs, BootSegments.longMode(gdtBase: BootLayout.gdt.raw, idtBase: BootLayout.idt.raw,
-                                                pml4: BootLayout.pageTables.raw))
+            regs.rsp = GuestLayout.bootStack
+            regs.rbp = GuestLayout.bootStack
+            return (regs, BootSegments.longMode(gdtBase: GuestLayout.gdt, idtBase: GuestLayout.idt,
+                                                pml4: GuestLayout.pageTables))
         }
     }
 }

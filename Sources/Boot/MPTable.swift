@@ -1,3 +1,4 @@
+import Arch
 import Memory
 
 /// Intel MultiProcessor Specification 1.4 tables: how a guest without ACPI finds its CPUs,
@@ -34,7 +35,7 @@ public struct MPTable: Sendable {
         let isaBus: UInt8 = pciInterrupts.isEmpty ? 0 : 1
         if !pciInterrupts.isEmpty { entries += [1, Self.pciBusID] + Array("PCI   ".utf8); count += 1 }
         entries += [1, isaBus] + Array("ISA   ".utf8); count += 1
-        entries += [2, ioapicID, Self.ioapicVersion, 1] + u32(BootLayout.ioapicAddress); count += 1
+        entries += [2, ioapicID, Self.ioapicVersion, 1] + u32(UInt32(GuestLayout.ioapic)); count += 1
         for irq in 0..<16 {
             // I/O interrupt: INT, conforming polarity/trigger, ISA bus, IRQ n → IOAPIC pin n.
             entries += [3, 0] + u16(0) + [isaBus, UInt8(irq), ioapicID, UInt8(irq)]
@@ -53,7 +54,7 @@ public struct MPTable: Sendable {
         let tableAddress = UInt32(address + 16)
         var header: [UInt8] = Array("PCMP".utf8) + u16(UInt16(headerSize + entries.count)) + [4, 0]
         header += Array("RTVISOR ".utf8) + Array("RTVISOR-VM  ".utf8)
-        header += u32(0) + u16(0) + u16(UInt16(count)) + u32(BootLayout.lapicAddress) + u16(0) + [0, 0]
+        header += u32(0) + u16(0) + u16(UInt16(count)) + u32(UInt32(GuestLayout.lapic)) + u16(0) + [0, 0]
         var table = header + entries
         table[7] = Self.checksum(table)
 
@@ -74,7 +75,7 @@ public struct MPTable: Sendable {
     static let pciBusID: UInt8 = 0
 
     /// Where the table goes: the EBDA's last KiB when it fits, else the BIOS area.
-    public var address: GuestAddress { size <= BootLayout.mpTableEBDASize ? BootLayout.mpTable : BootLayout.mpTableLarge }
+    public var address: GuestAddress { size <= GuestLayout.mpTableEBDASize ? GuestAddress(GuestLayout.mpTable) : GuestAddress(GuestLayout.mpTableLarge) }
 
     public func write(to memory: GuestMemory) throws {
         try memory.write(bytes(at: address.raw), at: address)

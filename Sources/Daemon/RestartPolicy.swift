@@ -1,4 +1,5 @@
 import Config
+import VMMInterface
 
 /// How a VMM process ended, as far as the daemon can tell.
 public enum ExitOutcome: Equatable, Sendable, CustomStringConvertible {
@@ -10,10 +11,10 @@ public enum ExitOutcome: Equatable, Sendable, CustomStringConvertible {
     /// it was killed before it could write one.
     case unknown
 
-    /// The guest reset the machine (rtvisor-vmm status 3).
-    public var isGuestReboot: Bool { self == .exited(3) }
-    /// The guest powered off (status 0).
-    public var isPowerOff: Bool { self == .exited(0) }
+    /// The guest reset the machine.
+    public var isGuestReboot: Bool { self == .exited(VMMExitStatus.guestReset.code) }
+    /// The guest powered off.
+    public var isPowerOff: Bool { self == .exited(VMMExitStatus.guestPoweredOff.code) }
 
     public var description: String {
         switch self {
@@ -36,9 +37,9 @@ public enum RestartDecision: Equatable, Sendable {
 /// The restart policy as a pure state machine over explicit times (seconds on any monotonic
 /// clock), so tests drive it without sleeping.
 ///
-/// - A guest reboot (status 3) always starts the VM again at once, like a real machine's reset;
+/// - A guest reboot (`VMMExitStatus.guestReset`) always starts the VM again at once, like a real machine's reset;
 ///   it does not count as a failure.
-/// - A power-off (status 0) is restarted only under `always`.
+/// - A power-off (`guestPoweredOff`) is restarted only under `always`.
 /// - Anything else is a failure: restarted under `on-failure` and `always`, with exponential
 ///   backoff (`backoff_ms`, doubling, capped at `backoff_max_ms`); more than `limit` automatic
 ///   restarts within `window_s` and the VM is left failed.

@@ -1,4 +1,5 @@
 import Foundation
+import VMMInterface
 
 /// Where the daemon keeps things. `/run/rtvisor/vms/NAME/` holds, per VM: `definition.json`
 /// (the exact bytes the VMM runs), `state.json` (pid and start time, for re-adoption),
@@ -21,6 +22,22 @@ public struct DaemonPaths: Sendable {
     public func statusFile(_ name: String) -> String { vmDirectory(name) + "/exit-status" }
     /// A real-time VM's wake-up latency histogram, written by its VMM.
     public func latencyFile(_ name: String) -> String { vmDirectory(name) + "/latency.json" }
+
+    /// How rtvisord starts VM `name`'s VMM: the copied definition resolved against its original
+    /// directory, no stdin console, console and logs to journald and the console socket, the
+    /// exit report and (with a latency probe) the latency file in the VM's run directory.
+    public func vmmLaunch(_ name: String, baseDirectory: String, cgroup: String?, latencyProbe: Bool) -> VMMLaunch {
+        var launch = VMMLaunch(definition: definitionCopy(name))
+        launch.baseDirectory = baseDirectory
+        launch.consoleInput = false
+        launch.consoleSocket = consoleSocket(name)
+        launch.consoleJournal = true
+        launch.logJournal = true
+        launch.statusFile = statusFile(name)
+        launch.cgroup = cgroup
+        if latencyProbe { launch.latencyFile = latencyFile(name) }
+        return launch
+    }
 }
 
 /// `state.json`: what the next rtvisord needs to re-adopt a running VMM.
@@ -53,16 +70,5 @@ public struct VMStateFile: Codable, Equatable, Sendable {
     public static func read(_ path: String) -> VMStateFile? {
         guard let d = FileManager.default.contents(atPath: path) else { return nil }
         return try? JSONDecoder().decode(VMStateFile.self, from: d)
-    }
-}
-
-/// `exit-status`: "STATUS REASON" as rtvisor-vmm writes it at exit.
-public enum ExitStatusFile {
-    public static func read(_ path: String) -> (status: Int32, reason: String)? {
-        guard let s = try? String(contentsOfFile: path, encoding: .utf8) else { return nil }
-        let line = s.split(separator: "\n").first ?? ""
-        let parts = line.split(separator: " ", maxSplits: 1)
-        guard let first = parts.first, let status = Int32(first) else { return nil }
-        return (status, parts.count > 1 ? String(parts[1]) : "")
     }
 }

@@ -4,6 +4,7 @@ import Foundation
 import Journald
 import Logging
 import Realtime
+import VMMInterface
 
 /// Supervises one rtvisor-vmm process per VM: starts, stops (graceful, then hard), restarts per
 /// policy, pauses, re-adopts VMMs left running by a previous rtvisord, and reloads the
@@ -74,17 +75,9 @@ public actor Supervisor: VMControl {
         if let pid { md["VM_PID"] = .string(String(pid)) }
         if let state { md["VM_STATE"] = .string(state.rawValue) }
         if let exitReason { md["VM_EXIT_REASON"] = .string(exitReason) }
-        if let exitReason, let syscall = Self.seccompSyscall(exitReason) { md["VM_SECCOMP_SYSCALL"] = .string(syscall) }
+        if let exitReason, let syscall = VMMExitReport.seccompSyscall(in: exitReason) { md["VM_SECCOMP_SYSCALL"] = .string(syscall) }
         for (k, v) in extra { md[k] = .string(v) }
         logger.log(level: level, "\(message)", metadata: md, source: nil, file: file, function: function, line: line)
-    }
-
-    /// "… made forbidden syscall 41 (socket)" (rtvisor-vmm's SIGSYS report) → "socket".
-    public static func seccompSyscall(_ reason: String) -> String? {
-        guard let r = reason.range(of: "seccomp: "), let m = reason[r.upperBound...].range(of: "made forbidden syscall ") else { return nil }
-        let rest = reason[m.upperBound...]
-        guard let open = rest.firstIndex(of: "("), let close = rest.firstIndex(of: ")"), open < close else { return String(rest) }
-        return String(rest[rest.index(after: open)..<close])
     }
 
     func reportInvalid(_ issues: [DefinitionIssue]) {
@@ -209,16 +202,13 @@ public actor Supervisor: VMControl {
                 return launchFailed(name, refusal)
             }
         }
-        var argv = [paths.vmm, "--config", paths.definitionCopy(name), "--base-directory", r.loaded.directory,
-                    "--no-console-input", "--console-socket", paths.consoleSocket(name), "--console-journal",
-                    "--log-journal", "--status-file", paths.statusFile(name)]
         let cgroup = cgroups.prepare(vm: name)
-        if let cgroup { argv += ["--cgroup", cgroup] }
         try? fm.removeItem(atPath: paths.latencyFile(name))
-        if (r.loaded.definition.realtime?.latencyProbeMicroseconds ?? 0) > 0 { argv += ["--latency-file", paths.latencyFile(name)] }
+        let launch = paths.vmmLaunch(name, baseDirectory: r.loaded.directory, cgroup: cgroup,
+                                     latencyProbe: (r.loaded.definition.realtime?.latencyProbeMicroseconds ?? 0) > 0)
         let pid: pid_t
         do {
-            pid = try Processes.spawn(argv, environment: ["PATH=/usr/sbin:/usr/bin:/sbin:/bin"])
+            pid = try Processes.spawn([paths.vmm] + launch.arguments, environment: ["PATH=/usr/sbin:/usr/bin:/sbin:/bin"])
         } catch {
             return launchFailed(name, "\(error)")
         }
@@ -305,15 +295,15 @@ public actor Supervisor: VMControl {
     /// A VMM process ended: record why, then stop, reboot, restart per policy or give up.
     func processEnded(name: String, pid: pid_t, outcome rawOutcome: ExitOutcome) {
         guard var r = records[name], r.pid == pid else { return }
-        let statusFile = ExitStatusFile.read(paths.statusFile(name))
+        let statusFile = VMMExitReport.read(paths.statusFile(name))
         var outcome = rawOutcome
-        if outcome == .unknown, let s = statusFile { outcome = .exited(s.status) }
+        if outcome == .unknown, let s = statusFile { outcome = .exited(s.status.code) }
         var reason = statusFile?.reason ?? outcome.description
         if outcome == .unknown { reason = "ended while rtvisord was not its parent, without an exit status (killed)" }
         if case let .signaled(sig) = outcome {
             reason = "rtvisor-vmm killed by signal \(sig)"
             // A seccomp violation: the VMM's SIGSYS handler wrote which thread made which syscall.
-            if let s = statusFile, s.reason.hasPrefix("seccomp: ") { reason += " (SIGSYS): " + s.reason }
+            if let s = statusFile, s.reason.hasPrefix(VMMExitReport.seccompPrefix) { reason += " (SIGSYS): " + s.reason }
         }
         var status: Int32? = nil, signal: Int32? = nil
         switch outcome {
@@ -528,8 +518,7 @@ public actor Supervisor: VMControl {
         // A jailed VMM rewrites the file in place (it cannot rename in rtvisord's directory): a
         // read may catch it half written, so a bad read is retried.
         for attempt in 0..<5 {
-            if let data = FileManager.default.contents(atPath: paths.latencyFile(name)),
-               let s = try? JSONDecoder().decode(LatencySnapshot.self, from: data) { return s }
+            if let s = LatencySnapshot.read(paths.latencyFile(name)) { return s }
             if attempt < 4 { usleep(20_000) }
         }
         throw .conflict("VM \(name) has no latency samples yet")

@@ -300,3 +300,33 @@ public final class VCPU: @unchecked Sendable {
         return t.valid != 0 ? t.physical_address : nil
     }
 }
+
+// MARK: exits without a kvm_run page
+
+extension PortIO {
+    /// A port access backed by a buffer of its own instead of a vCPU's `kvm_run` page: an exit
+    /// replayed or tested without KVM. `values` are the access's data (one per repetition);
+    /// returns them after `body` (what a read stored).
+    public static func simulated(port: UInt16, size: Int, isWrite: Bool, values: [UInt32], _ body: (PortIO) -> Void) -> [UInt32] {
+        precondition([1, 2, 4].contains(size) && !values.isEmpty)
+        let data = UnsafeMutableRawPointer.allocate(byteCount: size * values.count, alignment: 8)
+        defer { data.deallocate() }
+        let io = PortIO(port: port, size: size, count: values.count, isWrite: isWrite, data: data)
+        for (i, v) in values.enumerated() { io.setValue(v, at: i) }
+        body(io)
+        return (0..<values.count).map { io.value(at: $0) }
+    }
+}
+
+extension MMIOAccess {
+    /// As `PortIO.simulated`: an MMIO access of `size` bytes (1–8); returns the value after `body`.
+    public static func simulated(address: UInt64, size: Int, isWrite: Bool, value: UInt64, _ body: (MMIOAccess) -> Void) -> UInt64 {
+        precondition((1...8).contains(size))
+        let data = UnsafeMutableRawPointer.allocate(byteCount: 8, alignment: 8)
+        defer { data.deallocate() }
+        let access = MMIOAccess(address: address, size: size, isWrite: isWrite, data: data)
+        access.setValue(value)
+        body(access)
+        return access.value
+    }
+}

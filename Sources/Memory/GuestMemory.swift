@@ -1,3 +1,4 @@
+import Arch
 #if canImport(Glibc)
 import Glibc
 #endif
@@ -102,10 +103,6 @@ public final class GuestMemoryRegion: @unchecked Sendable {
 public final class GuestMemory: @unchecked Sendable {
     public let regions: [GuestMemoryRegion]
 
-    /// Where 32-bit MMIO (PCI BARs, LAPIC, IOAPIC, platform devices) lives: RAM skips it.
-    public static let mmioHoleStart: UInt64 = 0xC000_0000
-    public static let mmioHoleEnd: UInt64 = 0x1_0000_0000
-
     public init(regions: [GuestMemoryRegion]) throws {
         let sorted = regions.sorted { $0.start < $1.start }
         for (a, b) in zip(sorted, sorted.dropFirst()) where a.end > b.start.raw {
@@ -114,13 +111,14 @@ public final class GuestMemory: @unchecked Sendable {
         self.regions = sorted
     }
 
-    /// RAM of `bytes` laid out around the 32-bit MMIO hole: low part below 3 GiB, rest above 4 GiB.
+    /// RAM of `bytes` laid out around the 32-bit MMIO hole (`GuestLayout`, where PCI BARs, the
+    /// LAPIC, the IOAPIC and platform devices live): low part below 3 GiB, rest above 4 GiB.
     public static func standard(bytes: UInt64, backing: MemoryBacking = MemoryBacking()) throws -> GuestMemory {
         guard bytes >= 1 << 20, bytes % 4096 == 0 else { throw GuestMemoryError.invalidSize(bytes) }
-        let low = min(bytes, mmioHoleStart)
+        let low = min(bytes, GuestLayout.mmioHoleStart)
         var regions = [try GuestMemoryRegion(start: GuestAddress(0), size: low, backing: backing)]
         if bytes > low {
-            regions.append(try GuestMemoryRegion(start: GuestAddress(mmioHoleEnd), size: bytes - low, backing: backing))
+            regions.append(try GuestMemoryRegion(start: GuestAddress(GuestLayout.mmioHoleEnd), size: bytes - low, backing: backing))
         }
         return try GuestMemory(regions: regions)
     }
@@ -128,7 +126,7 @@ public final class GuestMemory: @unchecked Sendable {
     public var totalSize: UInt64 { regions.reduce(0) { $0 + $1.size } }
 
     /// The highest address + 1 of RAM below the MMIO hole.
-    public var lowRAMEnd: UInt64 { regions.first { $0.start.raw < Self.mmioHoleStart }?.end ?? 0 }
+    public var lowRAMEnd: UInt64 { regions.first { $0.start.raw < GuestLayout.mmioHoleStart }?.end ?? 0 }
 
     public func contains(_ address: GuestAddress, length: UInt64 = 1) -> Bool {
         region(for: address.raw, length: length) != nil

@@ -16,8 +16,6 @@ public enum PciError: Error, Equatable, CustomStringConvertible {
 /// through configuration mechanism #1 (ports 0xCF8/0xCFC, `configAccess`) and BARs through one
 /// MMIO window (`mmioWindow`) that follows wherever the guest moves them.
 public final class PciRoot: Sendable {
-    public static let configAddressPort: UInt64 = 0xCF8
-    public static let configPortsLength: UInt64 = 8
 
     public let windowBase: UInt64
     public let windowSize: UInt64

@@ -12,31 +12,10 @@ import Realtime
 import VFIO
 import Sandbox
 import Synchronization
+import VMMInterface
 #if canImport(Glibc)
 import Glibc
 #endif
-
-/// Fixed guest-physical addresses of the platform (see docs/architecture.md).
-public enum PlatformLayout {
-    /// KVM needs three pages for the VMX real-mode TSS and one for the identity map, inside the MMIO hole.
-    static let tssAddress: UInt64 = 0xFFFB_D000
-    static let identityMapAddress: UInt64 = 0xFFFB_C000
-    public static let bootMarker: UInt64 = 0xD000_0000
-    public static let exitPort: UInt64 = 0xF4
-    public static let com1: UInt64 = 0x3F8
-    public static let com1IRQ: UInt32 = 4
-    public static let i8042: UInt64 = 0x60
-    public static let i8042IRQ: UInt32 = 1
-    public static let cmos: UInt64 = 0x70
-}
-
-/// How virtio queue notifications reach the device model.
-public enum NotifyPath: String, Sendable, CaseIterable {
-    /// The notify write exits to the vCPU thread, which runs the device (default; docs/virtio.md).
-    case exit
-    /// KVM ioeventfd: the write completes in the kernel and a VMM thread runs the device.
-    case ioeventfd
-}
 
 /// Options of one run that are not part of the VM definition.
 public struct RunOptions: Sendable {
@@ -68,8 +47,8 @@ public final class Machine: @unchecked Sendable {
     let system: KVMSystem
     let vm: VirtualMachine
     public let memory: GuestMemory
-    let pio: Bus
-    let mmio: Bus
+    /// Port I/O and MMIO buses behind the vCPUs' exit dispatch.
+    let exits: ExitDispatch
     let vcpus: [VCPU]
     let serial: Serial8250
     /// virtio-pci devices (disks, NICs), reset when the VM stops so their I/O threads end.
@@ -95,62 +74,40 @@ public final class Machine: @unchecked Sendable {
         self.options = options
         self.logger = logger
         self.processStartedAt = processStartedAt
-
-        let system = try KVMSystem()
-        for (cap, name) in [(KVMCapability.irqchip, "KVM_CAP_IRQCHIP"), (KVMCapability.userMemory, "KVM_CAP_USER_MEMORY"),
-                            (KVMCapability.setTSSAddress, "KVM_CAP_SET_TSS_ADDR"), (KVMCapability.pit2, "KVM_CAP_PIT2"),
-                            (KVMCapability.extCPUID, "KVM_CAP_EXT_CPUID"), (KVMCapability.immediateExit, "KVM_CAP_IMMEDIATE_EXIT")] {
-            try system.require(cap, name)
-        }
-        let maxVCPUs = Int(system.checkExtension(KVMCapability.maxVCPUs))
-        if maxVCPUs > 0 && def.vcpus > maxVCPUs {
-            throw VMMError.setup("\(def.vcpus) vCPUs requested, this host's KVM allows \(maxVCPUs)")
-        }
-        // Read the images before creating the VM: a missing or broken kernel fails fast.
-        let kernel = try ImageFile.read(path: def.kernel)
         let emulating = KVMSystem.hostEmulatesRing0
-        let policy = def.cpu.policy
-        var cmdline = def.cmdline
-        if KernelLoader.looksLikeLinux(kernel) {
-            let existing = Set(cmdline.split(separator: " ").map(String.init))
-            let additions = policy.linuxCommandLineAdditions(hostEmulatesRing0: emulating).filter { !existing.contains($0) }
-            if !additions.isEmpty {
-                logger.info("CPU template emulating-kvm: this host ignores some CPUID masks, adding kernel parameters: \(additions.joined(separator: " "))")
-                cmdline += (cmdline.isEmpty ? "" : " ") + additions.joined(separator: " ")
-            }
-        }
-        let images = BootImages(kernel: kernel, initrd: try def.initrd.map { try ImageFile.read(path: $0) },
-                                commandLine: cmdline)
-        // Before any thread exists (devices start I/O threads below): they inherit the
-        // housekeeping affinity, and locked memory covers everything allocated from here on.
-        let realtime = try def.realtime.map { try RealtimeSetup(definition: def, settings: $0, latencyFile: options.latencyFile, logger: logger) }
+
+        let system = try MachinePhase.checkHost(def)
+        let images = try MachinePhase.readImages(def, hostEmulatesRing0: emulating, logger: logger)
+        let realtime = try MachinePhase.realtimeHostSide(def, latencyFile: options.latencyFile, logger: logger)
         self.realtime = realtime
         var initialized = false
         defer { if !initialized { realtime?.release() } }
         self.system = system
-        let vm = try system.createVM()
+        let (vm, memory) = try MachinePhase.createVM(system, def, backing: realtime?.memoryBacking ?? MemoryBacking())
         self.vm = vm
-        self.createdAt = monotonicNanoseconds()
-        try vm.setTSSAddress(PlatformLayout.tssAddress)
-        try vm.setIdentityMapAddress(PlatformLayout.identityMapAddress)
-        try vm.createIRQChip()
-        try vm.createPIT()
-
-        let memory = try GuestMemory.standard(bytes: UInt64(def.memoryMiB) << 20, backing: realtime?.memoryBacking ?? MemoryBacking())
         self.memory = memory
-        for (slot, region) in memory.regions.enumerated() {
-            try vm.setUserMemoryRegion(slot: UInt32(slot), guestAddress: region.start.raw, size: region.size, hostAddress: region.hostAddress)
-        }
-        // PCI devices before the boot tables: the MP table lists their interrupt routing.
-        for (cap, name) in [(KVMCapability.irqfd, "KVM_CAP_IRQFD"), (KVMCapability.irqRouting, "KVM_CAP_IRQ_ROUTING")] where !(def.disks.isEmpty && def.nets.isEmpty) {
-            try system.require(cap, name)
-        }
-        let offload: IOEventNotifier? = options.notifyPath == .ioeventfd ? try IOEventNotifier(vm: vm, logger: logger) : nil
-        let pci = try PciDevices.build(definition: def, vm: vm, memory: memory, router: MsiRouter(vm: vm, logger: logger),
-                                       notifyOffload: offload, logger: logger)
-        pciDevices = pci.transports
-        passthrough = pci.passthrough
-        vfioContainer = pci.container
+        let createdAt = monotonicNanoseconds()
+        self.createdAt = createdAt
+
+        let stop = self.stop
+        let name = def.name
+        let devices = try MachinePhase.buildDevices(
+            def, vm: vm, memory: memory, notifyPath: options.notifyPath, console: options.console,
+            onRequest: { req in
+                switch req {
+                case .powerOff: stop.request(.powerOff)
+                case .reset: stop.request(.reset)
+                case let .failure(code): stop.request(.guestFailure(code: code))
+                }
+            },
+            onMarker: {
+                let now = monotonicNanoseconds()
+                var line = "boot marker: guest \(name) signalled ready \(Self.ms(now - createdAt)) ms after VM creation"
+                if let processStartedAt { line += ", \(Self.ms(now - processStartedAt)) ms after process start" }
+                logger.notice("\(line)")
+            },
+            logger: logger)
+        let pci = devices.pci
         var pciReleased = false
         defer {
             if !pciReleased {
@@ -158,69 +115,18 @@ public final class Machine: @unchecked Sendable {
                 pci.container?.close()
             }
         }
-        let entry = try KernelLoader.load(images, into: memory, vcpus: def.vcpus, pciInterrupts: pci.interrupts)
+        pciDevices = pci.transports
+        passthrough = pci.passthrough
+        vfioContainer = pci.container
+        serial = devices.serial
+        keyboard = devices.keyboard
+        exits = ExitDispatch(pio: devices.pio, mmio: devices.mmio, memory: memory)
 
-        // Devices. They report guest requests to the stop controller, never to KVM.
-        let stop = self.stop
-        let onRequest: @Sendable (GuestRequest) -> Void = { req in
-            switch req {
-            case .powerOff: stop.request(.powerOff)
-            case .reset: stop.request(.reset)
-            case let .failure(code): stop.request(.guestFailure(code: code))
-            }
-        }
-        let console = options.console
-        serial = Serial8250(interrupt: KVMInterruptLine(vm: vm, irq: PlatformLayout.com1IRQ, logger: logger),
-                            output: { console.write($0) })
-        let created = createdAt
-        let started = processStartedAt
-        let name = def.name
-        let markerLogger = logger
-        let marker = BootMarker {
-            let now = monotonicNanoseconds()
-            var line = "boot marker: guest \(name) signalled ready \(Self.ms(now - created)) ms after VM creation"
-            if let started { line += ", \(Self.ms(now - started)) ms after process start" }
-            markerLogger.notice("\(line)")
-        }
-        keyboard = I8042(irq: KVMInterruptLine(vm: vm, irq: PlatformLayout.i8042IRQ, logger: logger), onRequest: onRequest)
-        pio = try Bus(name: "pio", ranges: [
-            .init(base: PlatformLayout.i8042, length: 5, name: "i8042", device: keyboard),
-            .init(base: PlatformLayout.cmos, length: 2, name: "cmos", device: CMOSClock()),
-            .init(base: PlatformLayout.exitPort, length: 1, name: "exit-port", device: ExitPort(onRequest: onRequest)),
-            .init(base: PlatformLayout.com1, length: 8, name: "com1", device: serial),
-            .init(base: PciRoot.configAddressPort, length: PciRoot.configPortsLength, name: "pci-config", device: pci.root.configAccess),
-        ])
-        mmio = try Bus(name: "mmio", ranges: [
-            .init(base: PlatformLayout.bootMarker, length: 0x1000, name: "boot-marker", device: marker),
-            .init(base: pci.root.windowBase, length: pci.root.windowSize, name: "pci-bars", device: pci.root.mmioWindow),
-            // Guests may move BARs anywhere in the hole (an OS reassigning resources): decode the
-            // rest of it up to the IOAPIC too, around the boot marker.
-            .init(base: PlatformLayout.bootMarker + 0x1000, length: PciDevices.holeDecodeEnd - PlatformLayout.bootMarker - 0x1000,
-                  name: "pci-bars-high", device: pci.root.barDecoder(base: PlatformLayout.bootMarker + 0x1000)),
-        ])
-
-        // vCPUs: CPUID from the policy, boot MSRs, FPU, LAPIC LINT pins; registers on the BSP only,
-        // APs wait for INIT/SIPI in the in-kernel LAPIC.
-        let supported = try system.supportedCPUID()
-        let hidden = policy.hiddenFeatures(hostEmulatesRing0: emulating).map(\.name)
-        logger.info("CPU template \(policy.effectiveTemplate(hostEmulatesRing0: emulating).rawValue), hidden features: \(hidden.isEmpty ? "none" : hidden.joined(separator: ","))")
+        let entry = try MachinePhase.loadGuest(images, into: memory, vcpus: def.vcpus, pci: pci)
+        // Exits are disabled per VM, before its vCPUs exist.
         try realtime?.disableExits(system: system, vm: vm)
-        var vcpus: [VCPU] = []
-        for id in 0..<def.vcpus {
-            let vcpu = try vm.createVCPU(id: id)
-            try vcpu.setCPUID(policy.apply(to: supported, vcpuID: id, vcpuCount: def.vcpus, hostEmulatesRing0: emulating))
-            try vcpu.setMSRs(MSR.bootValues)
-            try vcpu.initFPU()
-            try vcpu.setupLocalInterrupts()
-            if id == 0 {
-                let (regs, sregs) = KernelLoader.registers(for: entry)
-                try vcpu.setSpecialRegisters(sregs)
-                try vcpu.setRegisters(regs)
-            }
-            vcpus.append(vcpu)
-            stop.register(vcpu)
-        }
-        self.vcpus = vcpus
+        vcpus = try MachinePhase.createVCPUs(system, vm: vm, def, entry: entry, hostEmulatesRing0: emulating, logger: logger)
+        for vcpu in vcpus { stop.register(vcpu) }
         logger.info("VM \(def.name): \(def.vcpus) vCPU(s), \(def.memoryMiB) MiB, \(entry)")
         initialized = true
         pciReleased = true
@@ -260,10 +166,10 @@ public final class Machine: @unchecked Sendable {
         realtime?.probe?.finish()
         realtime?.release()
         let reason = stop.stopReason ?? .vmmError("all vCPU threads ended without a reason")
-        let unhandled = pio.unhandled.total + mmio.unhandled.total
+        let unhandled = exits.pio.unhandled.total + exits.mmio.unhandled.total
         if unhandled > 0 {
-            let ports = pio.unhandled.snapshot.keys.sorted().prefix(12).map { "0x" + String($0, radix: 16) }
-            logger.info("unhandled guest accesses: \(unhandled) (ports \(ports.joined(separator: " ")); mmio \(mmio.unhandled.total))")
+            let ports = exits.pio.unhandled.snapshot.keys.sorted().prefix(12).map { "0x" + String($0, radix: 16) }
+            logger.info("unhandled guest accesses: \(unhandled) (ports \(ports.joined(separator: " ")); mmio \(exits.mmio.unhandled.total))")
         }
         return reason
     }
@@ -317,11 +223,11 @@ public final class Machine: @unchecked Sendable {
         vcpu.bindToCurrentThread()
         // Exit counts by kind and address, logged at debug level when the vCPU ends: where a
         // guest's exits go is the first question of any performance investigation.
-        var exits: [String: Int] = [:]
+        var exitCounts: [String: Int] = [:]
         let countExits = logger.logLevel <= .debug
         defer {
             if countExits {
-                let top = exits.sorted { $0.value > $1.value }.prefix(8).map { "\($0.key) \($0.value)" }
+                let top = exitCounts.sorted { $0.value > $1.value }.prefix(8).map { "\($0.key) \($0.value)" }
                 logger.debug("vCPU \(vcpu.id) exits: \(top.joined(separator: ", "))")
             }
             vcpu.unbindThread()
@@ -336,60 +242,12 @@ public final class Machine: @unchecked Sendable {
                 stop.request(.vmmError("vCPU \(vcpu.id): \(error)"))
                 return
             }
-            switch exit {
-            case let .portIO(io):
-                let port = UInt64(io.port)
-                if countExits { exits["pio 0x" + String(port, radix: 16), default: 0] += 1 }
-                for i in 0..<io.count {
-                    if io.isWrite { pio.write(port, size: io.size, value: UInt64(io.value(at: i))) }
-                    else { io.setValue(UInt32(truncatingIfNeeded: pio.read(port, size: io.size)), at: i) }
-                }
-            case let .mmio(m):
-                if countExits { exits["mmio\(m.isWrite ? "w" : "r") 0x" + String(m.address, radix: 16), default: 0] += 1 }
-                if m.isWrite { mmio.write(m.address, size: m.size, value: m.value) }
-                else { m.setValue(mmio.read(m.address, size: m.size)) }
-            case .interrupted:
-                if countExits { exits["interrupted", default: 0] += 1 }
-                vcpu.clearImmediateExit()
-            case .halt:
-                // Only without an in-kernel irqchip, which this VMM always creates.
-                stop.request(.unexpectedExit(vcpu: vcpu.id, reason: UInt32(KVM_EXIT_HLT)))
-            case .shutdown:
-                stop.request(.tripleFault(vcpu: vcpu.id, rip: try? vcpu.registers().rip))
-            case let .systemEvent(type):
-                switch type {
-                case SystemEventType.reset: stop.request(.reset)
-                case SystemEventType.shutdown: stop.request(.powerOff)
-                default: stop.request(.unexpectedExit(vcpu: vcpu.id, reason: UInt32(KVM_EXIT_SYSTEM_EVENT)))
-                }
-            case let .internalError(sub, data):
-                stop.request(internalError(vcpu, suberror: sub, data: data))
-            case let .failEntry(reason):
-                stop.request(.entryFailure(vcpu: vcpu.id, reason: reason))
-            case let .other(reason):
-                stop.request(.unexpectedExit(vcpu: vcpu.id, reason: reason))
+            if countExits { exitCounts[ExitDispatch.label(exit), default: 0] += 1 }
+            switch exits.handle(exit, on: vcpu) {
+            case .resume: continue
+            case .resumeAfterKick: vcpu.clearImmediateExit()
+            case let .stop(reason): stop.request(reason)
             }
         }
-    }
-
-    /// Collects RIP and the failing instruction's bytes for an internal error.
-    func internalError(_ vcpu: VCPU, suberror: UInt32, data: [UInt64]) -> StopReason {
-        let rip = try? vcpu.registers().rip
-        var bytes: [UInt8] = []
-        // With KVM_INTERNAL_ERROR_EMULATION_FLAG_INSTRUCTION_BYTES, data[0] is the flags word and
-        // data[1...] holds insn_size followed by up to 15 bytes.
-        if suberror == InternalErrorSuberror.emulation, data.count >= 3, data[0] & 1 != 0 {
-            var raw: [UInt8] = []
-            for w in data[1...] { for i in 0..<8 { raw.append(UInt8(truncatingIfNeeded: w >> (8 * i))) } }
-            let size = Int(raw[0])
-            if size > 0 && size <= 15 && raw.count > size { bytes = Array(raw[1...size]) }
-        }
-        if bytes.isEmpty, let rip, let phys = try? vcpu.translate(rip) {
-            // An instruction is at most 15 bytes; stop at the page end rather than fail.
-            let n = Int(min(15, 0x1000 - (phys & 0xFFF)))
-            bytes = (try? memory.read(n, at: GuestAddress(phys))) ?? []
-        }
-        let hint = suberror == InternalErrorSuberror.emulation ? EmulationFailureHint.diagnose(bytes) : nil
-        return .internalError(vcpu: vcpu.id, suberror: suberror, rip: rip, instruction: bytes, hint: hint)
     }
 }

@@ -1,3 +1,4 @@
+import Arch
 import Config
 import Devices
 import KVM
@@ -11,14 +12,6 @@ import VFIO
 
 /// Builds the PCI root bus with the definition's disks and NICs as virtio-pci devices.
 enum PciDevices {
-    /// Guest-physical window for BARs: the start of the MMIO hole, below the boot marker.
-    static let windowBase: UInt64 = 0xC000_0000
-    static let windowSize: UInt64 = 0x1000_0000
-    /// BARs the guest moves are decoded up to here (the IOAPIC at 0xFEC00000 and above are KVM's).
-    static let holeDecodeEnd: UInt64 = 0xFEC0_0000
-    /// IOAPIC pins for PCI INTA# (ISA IRQs keep 0–15).
-    static let firstINTxPin: UInt32 = 16
-
     struct Built {
         let root: PciRoot
         let transports: [VirtioPciDevice]
@@ -49,7 +42,7 @@ enum PciDevices {
         var interrupts: [(slot: Int, ioapicPin: UInt8)] = []
         for (index, device) in devices.enumerated() {
             let slot = index + 1
-            let pin = firstINTxPin + UInt32(index % 8)
+            let pin = GuestLayout.firstPCIInterruptPin + UInt32(index % 8)
             let sink = try router.makeSink(vectors: device.queueMaxSizes.count + 1, device: device.name)
             let log = logger
             transports.append(VirtioPciDevice(device: device, memory: memory, msiSink: sink,
@@ -61,10 +54,10 @@ enum PciDevices {
         let (container, passthrough) = try buildPassthrough(definition: def, vm: vm, memory: memory, router: router,
                                                             firstIndex: devices.count, logger: logger)
         for (i, device) in passthrough.enumerated() where device.interruptPin != 0 {
-            interrupts.append((devices.count + i + 1, UInt8(firstINTxPin + UInt32((devices.count + i) % 8))))
+            interrupts.append((devices.count + i + 1, UInt8(GuestLayout.firstPCIInterruptPin + UInt32((devices.count + i) % 8))))
         }
         do {
-            let root = try PciRoot(devices: transports + passthrough, windowBase: windowBase, windowSize: windowSize)
+            let root = try PciRoot(devices: transports + passthrough, windowBase: GuestLayout.pciWindowBase, windowSize: GuestLayout.pciWindowSize)
             return Built(root: root, transports: transports, passthrough: passthrough, container: container, interrupts: interrupts)
         } catch {
             for d in passthrough { d.stop() }
@@ -97,7 +90,7 @@ enum PciDevices {
                 })
                 for address in addresses {
                     let name = "hostdev\(devices.count)"
-                    let pin = UInt8(firstINTxPin + UInt32(index % 8))
+                    let pin = UInt8(GuestLayout.firstPCIInterruptPin + UInt32(index % 8))
                     let vfio = try VFIODevice(kernel: container.kernel, group: fd, address: "\(address)")
                     let log = logger
                     let device = try VfioPciDevice(name: name, device: vfio, platform: platform, intxPin: pin, onError: { log.error("\($0)") })

@@ -1,5 +1,6 @@
 import Arch
 import KVM
+import VMMInterface
 
 /// Why a VM ended. Every case maps to a documented process exit status (docs/exit-status.md).
 public enum StopReason: Equatable, Sendable, CustomStringConvertible {
@@ -13,19 +14,22 @@ public enum StopReason: Equatable, Sendable, CustomStringConvertible {
     case vmmError(String)
     case signal(Int32)
 
-    /// The process exit status for this reason.
-    public var exitStatus: Int32 {
+    /// The process exit status for this reason (the daemon↔VMM contract's).
+    public var exitStatus: VMMExitStatus {
         switch self {
-        case .powerOff: 0
-        case .vmmError: 1
-        case .reset: 3
-        case .tripleFault: 4
-        case .internalError: 5
-        case .guestFailure: 6
-        case .entryFailure, .unexpectedExit: 7
-        case let .signal(s): 128 + s
+        case .powerOff: .guestPoweredOff
+        case .vmmError: .vmmError
+        case .reset: .guestReset
+        case .tripleFault: .tripleFault
+        case .internalError: .internalError
+        case .guestFailure: .guestFailure
+        case .entryFailure, .unexpectedExit: .vcpuFailure
+        case let .signal(s): .signal(s)
         }
     }
+
+    /// The exit-status file's contents for this reason.
+    public var exitReport: VMMExitReport { VMMExitReport(status: exitStatus, reason: description) }
 
     public var description: String {
         func hex(_ v: UInt64?) -> String { v.map { "0x" + String($0, radix: 16) } ?? "unknown" }

@@ -1,4 +1,4 @@
-import APIModels
+import VMMInterface
 import Histogram
 import Logging
 import Posix
@@ -117,7 +117,7 @@ final class WakeupLatencyProbe: @unchecked Sendable {
                                 p50Nanoseconds: h.valueAtPercentile(50), p99Nanoseconds: h.valueAtPercentile(99),
                                 p9999Nanoseconds: h.valueAtPercentile(99.99), maxNanoseconds: h.max, buckets: buckets,
                                 updatedAt: Date().timeIntervalSince1970)
-        if let file, let data = try? JSONEncoder().encode(s) { HostFiles.replace(file, with: Array(data)) }
+        if let file { HostFiles.replace(file, with: s.encoded) }
         return s
     }
 

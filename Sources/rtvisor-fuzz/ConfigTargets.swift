@@ -8,6 +8,7 @@
 //   against a fixed fake VM control (VMs "web" running, "db" stopped). The answer must be one of
 //   the documented statuses with a JSON body.
 import API
+import VMMInterface
 import APIModels
 import Config
 import Daemon

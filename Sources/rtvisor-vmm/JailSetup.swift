@@ -4,6 +4,7 @@ import Realtime
 import Sandbox
 import Synchronization
 import VMM
+import VMMInterface
 #if canImport(Glibc)
 import Glibc
 #endif
@@ -86,8 +87,8 @@ enum JailSetup {
         var target = [CChar](repeating: 0, count: 4096)
         let n = readlink("/proc/self/exe", &target, target.count - 1)
         let path = n > 0 ? String(cString: target) : "/proc/self/exe"
-        let spec = [vm, "\(getpid())", grant.cpus.map(String.init).joined(separator: ","), "\(grant.maxPriority)", grant.attachFile ?? ""].joined(separator: "|")
-        let words: [String] = [path, "--config", "/dev/null", "--realtime-janitor", spec]
+        let spec = RealtimeJanitorSpec(vm: vm, vmmPID: getpid(), cpus: grant.cpus, maxPriority: grant.maxPriority, attachFile: grant.attachFile)
+        let words: [String] = [path] + spec.arguments
         let argv: [UnsafeMutablePointer<CChar>?] = words.map { word in word.withCString { strdup($0) } } + [nil]
         defer { argv.forEach { free($0) } }
         var pid: pid_t = 0
@@ -102,11 +103,10 @@ enum JailSetup {
     /// only its own threads, only on its CPUs and up to its priority; when the VMM is gone, undo
     /// its partition.
     static func runJanitor(spec: String) -> Never {
-        let f = spec.split(separator: "|", omittingEmptySubsequences: false).map(String.init)
-        guard f.count == 5, let vmmPid = Int32(f[1]), let maxPriority = Int(f[3]) else {
+        guard let parsed = RealtimeJanitorSpec(encoded: spec) else {
             writeStderr("rtvisor-vmm: real-time janitor: bad specification \(spec)\n"); exit(2)
         }
-        let vm = f[0], cpus = Set(f[2].split(separator: ",").compactMap { Int($0) }), attachFile = f[4]
+        let vm = parsed.vm, vmmPid = parsed.vmmPID, maxPriority = parsed.maxPriority, cpus = Set(parsed.cpus), attachFile = parsed.attachFile ?? ""
         var buf = [UInt8](repeating: 0, count: 256)
         var released = false
         while true {

@@ -3,6 +3,7 @@ import Config
 import Journald
 import Logging
 import VMM
+import VMMInterface
 import Posix
 import Sandbox
 #if canImport(FoundationEssentials)
@@ -27,69 +28,20 @@ struct RtvisorVMM: ParsableCommand {
         SIGINT/SIGTERM stop the VM at once.
         """)
 
-    @Option(name: .long, help: "The VM definition (JSON).")
-    var config: String
-
-    @Flag(name: .long, help: "Validate the definition and exit.")
-    var check = false
-
-    @Flag(name: .long, help: "Do not read console input from stdin.")
-    var noConsoleInput = false
-
-    @Option(name: .long, help: "Append the serial console output to this file instead of stdout.")
-    var consoleLog: String?
-
-    @Option(name: .long, help: "How virtio queue notifications reach the devices: exit (the vCPU thread runs the device, default) or ioeventfd (a VMM thread does; for comparison).")
-    var notify: String = "exit"
-
-    @Option(name: .long, help: "Log level: trace, debug, info, notice, warning, error, critical.")
-    var logLevel: String = "info"
-
-    // Options rtvisord uses (docs/daemon.md); each also works by hand.
-    @Option(name: .long, help: "Resolve relative paths in the definition against this directory (the definition was copied).")
-    var baseDirectory: String?
-
-    @Option(name: .long, help: "Serve the serial console on this unix socket (backlog + live output; input accepted).")
-    var consoleSocket: String?
-
-    @Flag(name: .long, help: "Send each console output line to journald with VM_NAME (stdout gets no console output).")
-    var consoleJournal = false
-
-    @Flag(name: .long, help: "Log to journald (native protocol, VM_NAME/VM_PID fields) instead of stderr.")
-    var logJournal = false
-
-    @Option(name: .long, help: "At exit, write 'STATUS REASON' to this file (read by rtvisord after a restart).")
-    var statusFile: String?
-
-    @Option(name: .long, help: "Move this process into this cgroup (v2 directory) before anything else runs.")
-    var cgroup: String?
-
-    @Option(name: .long, help: "A real-time VM's wake-up latency histogram (realtime.latency_probe_us) is written here as JSON once a second.")
-    var latencyFile: String?
-
-    // The jail (docs/sandbox.md): as root, the VMM drops to its own uid in its own mount namespace
-    // once the machine is built.
-    @Flag(name: .long, help: "Keep root and the host's file system (debugging only; the default as root is the jail).")
-    var noJail = false
-
-    @Option(name: .long, help: "The jail's uid and gid (default: derived from the VM name, \(JailPlan.uidBase)–\(JailPlan.uidBase + JailPlan.uidRange - 1)).")
-    var jailUid: UInt32?
-
-    @Option(name: .long, help: .hidden)
-    var realtimeJanitor: String?
+    /// The flags are the daemon↔VMM contract's (`VMMLaunch`): rtvisord writes them with
+    /// `VMMLaunch.arguments`, this parses them.
+    @OptionGroup var arguments: VMMLaunchArguments
 
     func run() throws {
-        if let realtimeJanitor { JailSetup.runJanitor(spec: realtimeJanitor) }
+        if let janitor = arguments.realtimeJanitor { JailSetup.runJanitor(spec: janitor) }
+        let launch = arguments.launch
         let started = monotonicNanoseconds()
         // First, while this is the only thread: every later thread (vCPUs, console) and every
         // journal entry is then accounted to the VM's own cgroup.
-        if let cgroup { joinCgroup(cgroup) }
-        guard let notifyPath = NotifyPath(rawValue: notify) else {
-            throw ValidationError("--notify must be one of: \(NotifyPath.allCases.map(\.rawValue).joined(separator: ", "))")
-        }
-        let level = Logger.Level(rawValue: logLevel) ?? .info
-        let journal: JournalSink? = (logJournal || consoleJournal) ? JournalSink() : nil
-        if logJournal, let journal {
+        if let cgroup = launch.cgroup { joinCgroup(cgroup) }
+        let level = Logger.Level(rawValue: launch.logLevel.rawValue) ?? .info
+        let journal: JournalSink? = (launch.logJournal || launch.consoleJournal) ? JournalSink() : nil
+        if launch.logJournal, let journal {
             LoggingSystem.bootstrap { label in
                 var h = JournaldLogHandler(label: label, identifier: "rtvisor-vmm", sink: journal)
                 h.logLevel = level
@@ -104,30 +56,30 @@ struct RtvisorVMM: ParsableCommand {
         }
         let definition: VMDefinition
         do {
-            definition = try loadDefinition()
+            definition = try loadDefinition(launch)
         } catch {
             fail("\(error)")
         }
-        if check {
-            print("\(config): OK (\(definition.name): \(definition.vcpus) vCPU, \(definition.memoryMiB) MiB)")
+        if launch.validateOnly {
+            print("\(launch.definition): OK (\(definition.name): \(definition.vcpus) vCPU, \(definition.memoryMiB) MiB)")
             return
         }
         var logger = Logger(label: "rtvisor.vmm")
         logger[metadataKey: "vm"] = "\(definition.name)"
-        if logJournal {
+        if launch.logJournal {
             logger[metadataKey: "VM_NAME"] = "\(definition.name)"
             logger[metadataKey: "VM_PID"] = "\(getpid())"
         }
 
         // Seccomp (docs/sandbox.md): the SIGSYS report and the filters' start hook, while this is
         // the only thread; each thread then installs its own filter before it does its work.
-        do { try Sandbox.prepare(mode: definition.sandbox.seccomp, vmName: definition.name, statusFile: statusFile,
+        do { try Sandbox.prepare(mode: definition.sandbox.seccomp, vmName: definition.name, statusFile: launch.statusFile,
                                  passthrough: !definition.passthrough.isEmpty) } catch {
             fail("\(definition.name): \(error)")
         }
 
         // Memory and task limits (docs/sandbox.md), while root and before guest RAM exists.
-        if !noJail && geteuid() == 0 {
+        if launch.jail && geteuid() == 0 {
             let limits = ResourceCgroup().apply(vm: definition.name, memoryBytes: ResourceCgroup.memoryLimit(guestMiB: definition.memoryMiB),
                                                 tasks: ResourceCgroup.taskLimit(vcpus: definition.vcpus, nets: definition.nets.count))
             logger.info("resource limits: \(limits.joined(separator: "; "))")
@@ -144,63 +96,64 @@ struct RtvisorVMM: ParsableCommand {
 
         // Under rtvisord the VMM outlives the daemon: a write to a stderr pipe whose reader is
         // gone must fail with EPIPE, not kill the guest.
-        if consoleSocket != nil || statusFile != nil { signal(SIGPIPE, SIG_IGN) }
+        if launch.consoleSocket != nil || launch.statusFile != nil { signal(SIGPIPE, SIG_IGN) }
 
         var consoleFD = STDOUT_FILENO
-        if let consoleLog {
+        if let consoleLog = launch.consoleLog {
             consoleFD = open(consoleLog, O_WRONLY | O_CREAT | O_APPEND | O_CLOEXEC, 0o640)
             if consoleFD < 0 { fail("--console-log \(consoleLog): \(String(cString: strerror(errno)))") }
         }
         // Console input reaches the machine through this box, filled once the machine exists.
         let machineBox = MachineBox()
         var server: ConsoleServer?
-        if consoleSocket != nil || consoleJournal {
+        if launch.consoleSocket != nil || launch.consoleJournal {
             do {
-                server = try ConsoleServer(socketPath: consoleSocket, vmName: definition.name, journal: consoleJournal ? journal : nil) { bytes in
+                server = try ConsoleServer(socketPath: launch.consoleSocket, vmName: definition.name, journal: launch.consoleJournal ? journal : nil) { bytes in
                     machineBox.machine?.enqueueConsoleInput(bytes)
                 }
             } catch {
                 fail("\(definition.name): \(error)")
             }
             // In the daemon's mode the console goes to the socket and the journal, not stdout.
-            if consoleLog == nil && consoleJournal { consoleFD = -1 }
+            if launch.consoleLog == nil && launch.consoleJournal { consoleFD = -1 }
         }
         let machine: Machine
         do {
             var tap: (@Sendable (UInt8) -> Void)? = nil
             if let server { tap = { byte in server.tap(byte) } }
             machine = try Machine(definition: definition,
-                                  options: RunOptions(consoleInput: !noConsoleInput, console: ConsoleOutput(fd: consoleFD, tap: tap), notifyPath: notifyPath, latencyFile: latencyFile),
+                                  options: RunOptions(consoleInput: launch.consoleInput, console: ConsoleOutput(fd: consoleFD, tap: tap), notifyPath: launch.notify, latencyFile: launch.latencyFile),
                                   logger: logger, processStartedAt: started)
         } catch {
-            writeStatus(1, "\(error)")
+            writeStatus(VMMExitReport(status: .vmmError, reason: "\(error)"), to: launch.statusFile)
             fail("\(definition.name): \(error)")
         }
         machineBox.machine = machine
-        if !noJail && geteuid() == 0 {
+        if launch.jail && geteuid() == 0 {
             do {
-                let line = try JailSetup.enter(machine: machine, uid: jailUid ?? JailPlan.uid(forVM: definition.name),
-                                               writableFiles: [statusFile, latencyFile].compactMap { $0 },
-                                               journal: logJournal || consoleJournal, logger: logger)
+                let line = try JailSetup.enter(machine: machine, uid: launch.jailUID ?? JailPlan.uid(forVM: definition.name),
+                                               writableFiles: [launch.statusFile, launch.latencyFile].compactMap { $0 },
+                                               journal: launch.logJournal || launch.consoleJournal, logger: logger)
                 logger.info("\(line)")
             } catch {
-                writeStatus(1, "\(error)")
+                writeStatus(VMMExitReport(status: .vmmError, reason: "\(error)"), to: launch.statusFile)
                 fail("\(definition.name): \(error)")
             }
-        } else if !noJail {
+        } else if launch.jail {
             logger.info("jail: not entered (not running as root: there is no privilege to drop)")
         }
         server?.start()
         SignalForwarder.start(set: set, machine: machine)
         let reason = machine.run()
         server?.finish()
-        writeStatus(reason.exitStatus, "\(reason)")
+        writeStatus(reason.exitReport, to: launch.statusFile)
         writeStderr("rtvisor-vmm: \(definition.name): \(reason)\n")
-        Glibc.exit(reason.exitStatus)
+        Glibc.exit(reason.exitStatus.code)
     }
 
-    func loadDefinition() throws -> VMDefinition {
-        guard let baseDirectory else { return try VMDefinition.load(path: config) }
+    func loadDefinition(_ launch: VMMLaunch) throws -> VMDefinition {
+        let config = launch.definition
+        guard let baseDirectory = launch.baseDirectory else { return try VMDefinition.load(path: config) }
         let fd = open(config, O_RDONLY | O_CLOEXEC)
         guard fd >= 0 else { return try VMDefinition.load(path: config) }
         defer { close(fd) }
@@ -226,21 +179,11 @@ struct RtvisorVMM: ParsableCommand {
         if !ok { writeStderr("rtvisor-vmm: warning: cannot join cgroup \(dir): \(String(cString: strerror(errno)))\n") }
     }
 
-    /// Atomically (temporary file + rename), so a reader never sees half a status.
-    func writeStatus(_ status: Int32, _ reason: String) {
-        guard let statusFile else { return }
-        let tmp = statusFile + ".tmp"
-        var bytes = Array("\(status) \(reason)\n".utf8)
-        let fd = open(tmp, O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, 0o640)
-        guard fd >= 0 else {
-            // Jailed without write access to the directory: the file itself is ours.
-            let inPlace = open(statusFile, O_WRONLY | O_TRUNC | O_CLOEXEC)
-            if inPlace >= 0 { _ = bytes.withUnsafeMutableBytes { write(inPlace, $0.baseAddress, $0.count) }; close(inPlace) }
-            return
-        }
-        _ = bytes.withUnsafeMutableBytes { write(fd, $0.baseAddress, $0.count) }
-        close(fd)
-        rename(tmp, statusFile)
+    /// The exit-status file (the contract's `VMMExitReport`); a failure to write it only loses
+    /// what a re-adopting daemon would read.
+    func writeStatus(_ report: VMMExitReport, to file: String?) {
+        guard let file else { return }
+        do { try report.write(to: file) } catch { writeStderr("rtvisor-vmm: --status-file \(file): \(error)\n") }
     }
 
     func fail(_ message: String) -> Never {

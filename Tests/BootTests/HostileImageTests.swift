@@ -1,3 +1,4 @@
+import Arch
 import Memory
 import Testing
 @testable import Boot
@@ -30,11 +31,11 @@ import Testing
         let table = MPTable(cpus: cpus)
         #expect(table.bytes(at: table.address.raw).count == table.size)
         if cpus <= 40 {
-            #expect(table.address == BootLayout.mpTable)
-            #expect(table.size <= BootLayout.mpTableEBDASize)
+            #expect(table.address == GuestAddress(GuestLayout.mpTable))
+            #expect(table.size <= GuestLayout.mpTableEBDASize)
         } else {
-            #expect(table.address == BootLayout.mpTableLarge)
-            #expect(Int(BootLayout.mpTableLarge.raw) + table.size <= 0x10_0000)
+            #expect(table.address == GuestAddress(GuestLayout.mpTableLarge))
+            #expect(Int(GuestLayout.mpTableLarge) + table.size <= 0x10_0000)
         }
     }
 }

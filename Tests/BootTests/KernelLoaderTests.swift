@@ -100,7 +100,7 @@ struct PVHLoadTests {
         for (i, d) in BootSegments.gdt.enumerated() where i < 4 {
             #expect(try memory.readInteger(UInt64.self, at: GuestAddress(0x500 + UInt64(i * 8))) == d)
         }
-        #expect(try memory.readInteger(UInt64.self, at: BootLayout.idt) == 0)
+        #expect(try memory.readInteger(UInt64.self, at: GuestAddress(GuestLayout.idt)) == 0)
 
         // No zero page or page tables for PVH.
         #expect(try memory.read(4, at: GuestAddress(0x7202)) == [0, 0, 0, 0])
@@ -324,7 +324,7 @@ struct EntryRegistersTests {
         #expect(sregs.cs.base == 0 && sregs.cs.limit == 0xFFFF_FFFF)
         #expect(sregs.ds == BootSegments.data && sregs.ss == BootSegments.data)
         #expect(sregs.gdt == DescriptorTable(base: 0x500, limit: 39))
-        #expect(sregs.idt.base == BootLayout.idt.raw)
+        #expect(sregs.idt.base == GuestLayout.idt)
     }
 
     @Test func linux64EntryState() {
@@ -350,7 +350,7 @@ struct EntryRegistersTests {
         for (i, d) in BootSegments.gdt.enumerated() where i < 4 {
             #expect(try memory.readInteger(UInt64.self, at: GuestAddress(0x500 + UInt64(i * 8))) == d)
         }
-        #expect(try memory.readInteger(UInt64.self, at: BootLayout.idt) == 0, "the IDT is empty")
+        #expect(try memory.readInteger(UInt64.self, at: GuestAddress(GuestLayout.idt)) == 0, "the IDT is empty")
         let tss = try memory.readInteger(UInt64.self, at: GuestAddress(0x500 + 4 * 8))
         #expect(tss == BootSegments.tss.gdtEntry)
     }
@@ -358,23 +358,23 @@ struct EntryRegistersTests {
     @Test func bootLayoutDoesNotOverlap() {
         // The fixed boot structures must not collide with each other.
         let ranges: [(String, UInt64, UInt64)] = [
-            ("gdt", BootLayout.gdt.raw, UInt64(BootSegments.gdt.count * 8)),
-            ("idt", BootLayout.idt.raw, 8),
-            ("start_info", BootLayout.pvhStartInfo.raw, 0x40),
-            ("modules", BootLayout.pvhModuleList.raw, 0x40),
-            ("memmap", BootLayout.pvhMemoryMap.raw, UInt64(BootLayout.pvhMemoryMapCapacity * 24)),
-            ("zero page", BootLayout.zeroPage.raw, 0x1000),
-            ("page tables", BootLayout.pageTables.raw, UInt64(IdentityPageTables(base: BootLayout.pageTables.raw).totalSize)),
-            ("cmdline", BootLayout.cmdline.raw, UInt64(BootLayout.cmdlineMaxSize)),
-            ("mp table", BootLayout.mpTable.raw, 0x400),
+            ("gdt", GuestLayout.gdt, UInt64(BootSegments.gdt.count * 8)),
+            ("idt", GuestLayout.idt, 8),
+            ("start_info", GuestLayout.pvhStartInfo, 0x40),
+            ("modules", GuestLayout.pvhModuleList, 0x40),
+            ("memmap", GuestLayout.pvhMemoryMap, UInt64(GuestLayout.pvhMemoryMapCapacity * 24)),
+            ("zero page", GuestLayout.zeroPage, 0x1000),
+            ("page tables", GuestLayout.pageTables, UInt64(IdentityPageTables(base: GuestLayout.pageTables).totalSize)),
+            ("cmdline", GuestLayout.cmdline, UInt64(GuestLayout.cmdlineMaxSize)),
+            ("mp table", GuestLayout.mpTable, 0x400),
         ]
         for (i, a) in ranges.enumerated() {
             for b in ranges[(i + 1)...] where !(a.0 == "gdt" && b.0 == "idt") {
                 #expect(a.1 + a.2 <= b.1 || b.1 + b.2 <= a.1, "\(a.0) overlaps \(b.0)")
             }
         }
-        #expect(BootLayout.gdt.raw + UInt64(BootSegments.gdt.count * 8) <= BootLayout.idt.raw)
-        #expect(BootLayout.bootStack.raw < BootLayout.pageTables.raw)
-        #expect(BootLayout.bootStack.raw > BootLayout.zeroPage.raw + 0x1000)
+        #expect(GuestLayout.gdt + UInt64(BootSegments.gdt.count * 8) <= GuestLayout.idt)
+        #expect(GuestLayout.bootStack < GuestLayout.pageTables)
+        #expect(GuestLayout.bootStack > GuestLayout.zeroPage + 0x1000)
     }
 }

@@ -4,6 +4,7 @@ import Daemon
 import Foundation
 import Synchronization
 import SystemPackage
+import VMMInterface
 import Testing
 #if canImport(Glibc)
 import Glibc

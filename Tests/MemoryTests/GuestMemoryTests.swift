@@ -1,4 +1,5 @@
 import Testing
+import Arch
 @testable import Memory
 
 private let MiB: UInt64 = 1 << 20
@@ -60,8 +61,8 @@ struct GuestMemoryLayoutTests {
         #expect(m.regions[1].end == 0x1_2000_0000)
         #expect(m.totalSize == 3 * GiB + GiB / 2)
         #expect(m.lowRAMEnd == 0xC000_0000)
-        #expect(GuestMemory.mmioHoleStart == 0xC000_0000)
-        #expect(GuestMemory.mmioHoleEnd == 0x1_0000_0000)
+        #expect(GuestLayout.mmioHoleStart == 0xC000_0000)
+        #expect(GuestLayout.mmioHoleEnd == 0x1_0000_0000)
 
         #expect(m.contains(GuestAddress(0)))
         #expect(m.contains(GuestAddress(0xBFFF_FFFF)))

@@ -1,0 +1,140 @@
+import Arch
+import Boot
+import Config
+import Devices
+import KVM
+import Logging
+import Memory
+import PCI
+import Posix
+import Realtime
+import VFIO
+import VMMInterface
+
+/// How a `Machine` is built, one phase at a time, each a function from its inputs to its outputs:
+/// host checks → images → real-time host side → VM and memory → devices → guest loaded → vCPUs.
+/// A machine restored from saved state (issue 18) reuses the phases and swaps the ones that
+/// differ (no image load, registers from the snapshot) instead of copying the whole setup.
+enum MachinePhase {
+    /// 1. The KVM capabilities this VMM relies on, and the host's vCPU limit.
+    static func checkHost(_ def: VMDefinition) throws -> KVMSystem {
+        let system = try KVMSystem()
+        for (cap, name) in [(KVMCapability.irqchip, "KVM_CAP_IRQCHIP"), (KVMCapability.userMemory, "KVM_CAP_USER_MEMORY"),
+                            (KVMCapability.setTSSAddress, "KVM_CAP_SET_TSS_ADDR"), (KVMCapability.pit2, "KVM_CAP_PIT2"),
+                            (KVMCapability.extCPUID, "KVM_CAP_EXT_CPUID"), (KVMCapability.immediateExit, "KVM_CAP_IMMEDIATE_EXIT")] {
+            try system.require(cap, name)
+        }
+        // PCI devices signal MSI-X through irqfds on GSI routes.
+        for (cap, name) in [(KVMCapability.irqfd, "KVM_CAP_IRQFD"), (KVMCapability.irqRouting, "KVM_CAP_IRQ_ROUTING")] where !(def.disks.isEmpty && def.nets.isEmpty) {
+            try system.require(cap, name)
+        }
+        let maxVCPUs = Int(system.checkExtension(KVMCapability.maxVCPUs))
+        if maxVCPUs > 0 && def.vcpus > maxVCPUs {
+            throw VMMError.setup("\(def.vcpus) vCPUs requested, this host's KVM allows \(maxVCPUs)")
+        }
+        return system
+    }
+
+    /// 2. Kernel and initrd read before the VM exists (a missing or broken kernel fails fast); a
+    /// Linux command line gets the parameters its CPU template needs on this host.
+    static func readImages(_ def: VMDefinition, hostEmulatesRing0 emulating: Bool, logger: Logger) throws -> BootImages {
+        let kernel = try ImageFile.read(path: def.kernel)
+        var cmdline = def.cmdline
+        if KernelLoader.looksLikeLinux(kernel) {
+            let existing = Set(cmdline.split(separator: " ").map(String.init))
+            let additions = def.cpu.policy.linuxCommandLineAdditions(hostEmulatesRing0: emulating).filter { !existing.contains($0) }
+            if !additions.isEmpty {
+                logger.info("CPU template emulating-kvm: this host ignores some CPUID masks, adding kernel parameters: \(additions.joined(separator: " "))")
+                cmdline += (cmdline.isEmpty ? "" : " ") + additions.joined(separator: " ")
+            }
+        }
+        return BootImages(kernel: kernel, initrd: try def.initrd.map { try ImageFile.read(path: $0) }, commandLine: cmdline)
+    }
+
+    /// 3. A real-time VM's host side, before any thread exists (devices start I/O threads next):
+    /// they inherit the housekeeping affinity, and locked memory covers everything from here on.
+    static func realtimeHostSide(_ def: VMDefinition, latencyFile: String?, logger: Logger) throws -> RealtimeSetup? {
+        try def.realtime.map { try RealtimeSetup(definition: def, settings: $0, latencyFile: latencyFile, logger: logger) }
+    }
+
+    /// 4. The VM with its in-kernel irqchip and PIT, and guest RAM in memory slots.
+    static func createVM(_ system: KVMSystem, _ def: VMDefinition, backing: MemoryBacking) throws -> (vm: VirtualMachine, memory: GuestMemory) {
+        let vm = try system.createVM()
+        try vm.setTSSAddress(GuestLayout.kvmTSS)
+        try vm.setIdentityMapAddress(GuestLayout.kvmIdentityMap)
+        try vm.createIRQChip()
+        try vm.createPIT()
+        let memory = try GuestMemory.standard(bytes: UInt64(def.memoryMiB) << 20, backing: backing)
+        for (slot, region) in memory.regions.enumerated() {
+            try vm.setUserMemoryRegion(slot: UInt32(slot), guestAddress: region.start.raw, size: region.size, hostAddress: region.hostAddress)
+        }
+        return (vm, memory)
+    }
+
+    /// The platform devices and the two buses the vCPUs dispatch exits to.
+    struct Devices {
+        let pci: PciDevices.Built
+        let serial: Serial8250
+        let keyboard: I8042
+        let pio: Bus
+        let mmio: Bus
+    }
+
+    /// 5. PCI (disks, NICs, passthrough) and the platform devices. They report guest requests to
+    /// `onRequest` and the boot marker to `onMarker`, never to KVM.
+    static func buildDevices(_ def: VMDefinition, vm: VirtualMachine, memory: GuestMemory, notifyPath: NotifyPath,
+                             console: ConsoleOutput, onRequest: @escaping @Sendable (GuestRequest) -> Void,
+                             onMarker: @escaping @Sendable () -> Void, logger: Logger) throws -> Devices {
+        let offload: IOEventNotifier? = notifyPath == .ioeventfd ? try IOEventNotifier(vm: vm, logger: logger) : nil
+        let pci = try PciDevices.build(definition: def, vm: vm, memory: memory, router: MsiRouter(vm: vm, logger: logger),
+                                       notifyOffload: offload, logger: logger)
+        let serial = Serial8250(interrupt: KVMInterruptLine(vm: vm, irq: GuestLayout.com1IRQ, logger: logger), output: { console.write($0) })
+        let keyboard = I8042(irq: KVMInterruptLine(vm: vm, irq: GuestLayout.i8042IRQ, logger: logger), onRequest: onRequest)
+        let pio = try Bus(name: "pio", ranges: [
+            .init(base: GuestLayout.i8042Port, length: GuestLayout.i8042PortCount, name: "i8042", device: keyboard),
+            .init(base: GuestLayout.cmosPort, length: GuestLayout.cmosPortCount, name: "cmos", device: CMOSClock()),
+            .init(base: GuestLayout.exitPort, length: 1, name: "exit-port", device: ExitPort(onRequest: onRequest)),
+            .init(base: GuestLayout.com1Port, length: GuestLayout.com1PortCount, name: "com1", device: serial),
+            .init(base: GuestLayout.pciConfigPort, length: GuestLayout.pciConfigPortCount, name: "pci-config", device: pci.root.configAccess),
+        ])
+        let aboveMarker = GuestLayout.bootMarker + GuestLayout.bootMarkerSize
+        let mmio = try Bus(name: "mmio", ranges: [
+            .init(base: GuestLayout.bootMarker, length: GuestLayout.bootMarkerSize, name: "boot-marker", device: BootMarker(onMarker: onMarker)),
+            .init(base: pci.root.windowBase, length: pci.root.windowSize, name: "pci-bars", device: pci.root.mmioWindow),
+            // Guests may move BARs anywhere in the hole (an OS reassigning resources): decode the
+            // rest of it up to the IOAPIC too, around the boot marker.
+            .init(base: aboveMarker, length: GuestLayout.pciDecodeEnd - aboveMarker, name: "pci-bars-high", device: pci.root.barDecoder(base: aboveMarker)),
+        ])
+        return Devices(pci: pci, serial: serial, keyboard: keyboard, pio: pio, mmio: mmio)
+    }
+
+    /// 6. The guest laid into memory (after PCI: the MP table lists its interrupt routing).
+    static func loadGuest(_ images: BootImages, into memory: GuestMemory, vcpus: Int, pci: PciDevices.Built) throws -> EntryState {
+        try KernelLoader.load(images, into: memory, vcpus: vcpus, pciInterrupts: pci.interrupts)
+    }
+
+    /// 7. vCPUs: CPUID from the policy, boot MSRs, FPU, LAPIC LINT pins; registers on the BSP only,
+    /// APs wait for INIT/SIPI in the in-kernel LAPIC.
+    static func createVCPUs(_ system: KVMSystem, vm: VirtualMachine, _ def: VMDefinition, entry: EntryState,
+                            hostEmulatesRing0 emulating: Bool, logger: Logger) throws -> [VCPU] {
+        let policy = def.cpu.policy
+        let supported = try system.supportedCPUID()
+        let hidden = policy.hiddenFeatures(hostEmulatesRing0: emulating).map(\.name)
+        logger.info("CPU template \(policy.effectiveTemplate(hostEmulatesRing0: emulating).rawValue), hidden features: \(hidden.isEmpty ? "none" : hidden.joined(separator: ","))")
+        var vcpus: [VCPU] = []
+        for id in 0..<def.vcpus {
+            let vcpu = try vm.createVCPU(id: id)
+            try vcpu.setCPUID(policy.apply(to: supported, vcpuID: id, vcpuCount: def.vcpus, hostEmulatesRing0: emulating))
+            try vcpu.setMSRs(MSR.bootValues)
+            try vcpu.initFPU()
+            try vcpu.setupLocalInterrupts()
+            if id == 0 {
+                let (regs, sregs) = KernelLoader.registers(for: entry)
+                try vcpu.setSpecialRegisters(sregs)
+                try vcpu.setRegisters(regs)
+            }
+            vcpus.append(vcpu)
+        }
+        return vcpus
+    }
+}

@@ -1,0 +1,88 @@
+#if canImport(FoundationEssentials)
+import FoundationEssentials
+#else
+import Foundation
+#endif
+
+/// The per-VM control channel from rtvisord to its rtvisor-vmm: the typed, versioned requests
+/// that snapshot/restore, migration and statistics (issues 18–20) add to. Frames are
+/// `ControlFrame`s carrying JSON; the first request on a connection is `hello`, which settles the
+/// protocol version both ends speak, so a daemon and a VMM of different releases (a VMM that
+/// outlived a daemon upgrade) either agree on a version or refuse clearly.
+public enum VMMControl {
+    /// The versions this build speaks, oldest first. A change that an older peer would
+    /// misunderstand adds a version; a request a version lacks is refused by `Request.minimumVersion`.
+    public static let versions: ClosedRange<Int> = 1...1
+
+    /// The highest version in both ranges, or nil: no common version.
+    public static func negotiate(_ ours: ClosedRange<Int>, _ theirs: ClosedRange<Int>) -> Int? {
+        let high = min(ours.upperBound, theirs.upperBound)
+        return high >= max(ours.lowerBound, theirs.lowerBound) ? high : nil
+    }
+
+    public enum Request: Codable, Sendable, Equatable {
+        /// The daemon's versions; answered by `Reply.hello`.
+        case hello(minVersion: Int, maxVersion: Int)
+        /// What the VMM runs (`Reply.description`).
+        case describe
+
+        /// The first version that has this request.
+        public var minimumVersion: Int {
+            switch self {
+            case .hello, .describe: 1
+            }
+        }
+    }
+
+    public enum Reply: Codable, Sendable, Equatable {
+        /// The version chosen, and the VMM's own build.
+        case hello(version: Int, vmmVersion: String)
+        case description(VMMDescription)
+        /// The request was not carried out; the reason names what was wrong.
+        case refused(String)
+    }
+
+    /// The VMM's answer to `hello` (a pure function, so both ends and the tests agree).
+    public static func answerHello(minVersion: Int, maxVersion: Int, vmmVersion: String) -> Reply {
+        guard minVersion <= maxVersion else { return .refused("hello: empty version range \(minVersion)…\(maxVersion)") }
+        guard let v = negotiate(versions, minVersion...maxVersion) else {
+            return .refused("hello: this VMM speaks control protocol \(versions.lowerBound)…\(versions.upperBound), the daemon \(minVersion)…\(maxVersion)")
+        }
+        return .hello(version: v, vmmVersion: vmmVersion)
+    }
+
+    /// A request as JSON, framed with its id.
+    public static func frame(_ request: Request, id: UInt64) throws -> [UInt8] {
+        ControlFrame.encode(id: id, payload: Array(try JSONEncoder().encode(request)))
+    }
+
+    public static func frame(_ reply: Reply, id: UInt64) throws -> [UInt8] {
+        ControlFrame.encode(id: id, payload: Array(try JSONEncoder().encode(reply)))
+    }
+
+    /// A frame body (after the length) as a request; a body that is not one throws `ProtocolError`.
+    public static func request(from body: [UInt8]) throws(ControlFrame.ProtocolError) -> (id: UInt64, request: Request) {
+        let (id, payload) = try ControlFrame.decode(body)
+        do { return (id, try JSONDecoder().decode(Request.self, from: Data(payload))) } catch {
+            throw ControlFrame.ProtocolError(description: "request \(id) is not a VMM control request: \(error)")
+        }
+    }
+
+    public static func reply(from body: [UInt8]) throws(ControlFrame.ProtocolError) -> (id: UInt64, reply: Reply) {
+        let (id, payload) = try ControlFrame.decode(body)
+        do { return (id, try JSONDecoder().decode(Reply.self, from: Data(payload))) } catch {
+            throw ControlFrame.ProtocolError(description: "reply \(id) is not a VMM control reply: \(error)")
+        }
+    }
+}
+
+/// What a VMM runs, as it reports it over the control channel.
+public struct VMMDescription: Codable, Sendable, Equatable {
+    public var vm: String
+    public var pid: Int32
+    public var vcpus: Int
+    public var memoryMiB: Int
+    public init(vm: String, pid: Int32, vcpus: Int, memoryMiB: Int) {
+        self.vm = vm; self.pid = pid; self.vcpus = vcpus; self.memoryMiB = memoryMiB
+    }
+}

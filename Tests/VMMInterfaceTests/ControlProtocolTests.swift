@@ -1,0 +1,50 @@
+import Testing
+import VMMInterface
+
+@Suite struct ControlProtocolTests {
+    @Test func versionsNegotiateToTheHighestCommonOne() {
+        #expect(VMMControl.negotiate(1...3, 2...5) == 3)
+        #expect(VMMControl.negotiate(1...1, 1...1) == 1)
+        #expect(VMMControl.negotiate(1...2, 3...4) == nil)
+    }
+
+    @Test func helloFromThisBuildIsAccepted() {
+        let v = VMMControl.versions
+        #expect(VMMControl.answerHello(minVersion: v.lowerBound, maxVersion: v.upperBound, vmmVersion: "0.1") == .hello(version: v.upperBound, vmmVersion: "0.1"))
+    }
+
+    @Test func helloFromANewerDaemonWithNoCommonVersionIsRefusedByName() {
+        guard case let .refused(why) = VMMControl.answerHello(minVersion: 90, maxVersion: 99, vmmVersion: "0.1") else {
+            Issue.record("not refused"); return
+        }
+        #expect(why.contains("90…99"))
+        #expect(VMMControl.answerHello(minVersion: 2, maxVersion: 1, vmmVersion: "x") == .refused("hello: empty version range 2…1"))
+    }
+
+    @Test(arguments: [VMMControl.Request.hello(minVersion: 1, maxVersion: 1), .describe])
+    func requestsRoundTripThroughFrames(_ request: VMMControl.Request) throws {
+        let frame = try VMMControl.frame(request, id: 7)
+        let body = Array(frame[4...])
+        #expect(try ControlFrame.bodyLength(Array(frame[0..<4])) == body.count)
+        let (id, decoded) = try VMMControl.request(from: body)
+        #expect(id == 7 && decoded == request)
+        #expect(request.minimumVersion <= VMMControl.versions.upperBound)
+    }
+
+    @Test(arguments: [
+        VMMControl.Reply.hello(version: 1, vmmVersion: "0.1"),
+        .description(VMMDescription(vm: "web", pid: 4242, vcpus: 2, memoryMiB: 256)),
+        .refused("no"),
+    ])
+    func repliesRoundTripThroughFrames(_ reply: VMMControl.Reply) throws {
+        let frame = try VMMControl.frame(reply, id: UInt64.max)
+        let (id, decoded) = try VMMControl.reply(from: Array(frame[4...]))
+        #expect(id == UInt64.max && decoded == reply)
+    }
+
+    @Test func aBodyThatIsNoRequestIsAProtocolError() {
+        let body = Array(ControlFrame.encode(id: 3, payload: Array("{\"reboot\":{}}".utf8))[4...])
+        #expect(throws: ControlFrame.ProtocolError.self) { try VMMControl.request(from: body) }
+        #expect(throws: ControlFrame.ProtocolError.self) { try VMMControl.request(from: [1, 2]) }
+    }
+}

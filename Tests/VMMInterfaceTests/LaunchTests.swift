@@ -1,0 +1,92 @@
+import Testing
+import VMMInterface
+
+/// rtvisord writes the VMM's command line with `VMMLaunch.arguments`; rtvisor-vmm reads it with
+/// `VMMLaunchArguments`. Whatever one writes, the other reads back the same.
+@Suite struct LaunchTests {
+    static var everything: VMMLaunch {
+        var l = VMMLaunch(definition: "/run/rtvisor/vms/web/definition.json")
+        l.validateOnly = true
+        l.consoleInput = false
+        l.consoleLog = "/tmp/console log"
+        l.notify = .ioeventfd
+        l.logLevel = .debug
+        l.baseDirectory = "/etc/rtvisor/vms"
+        l.consoleSocket = "/run/rtvisor/vms/web/console.sock"
+        l.consoleJournal = true
+        l.logJournal = true
+        l.statusFile = "/run/rtvisor/vms/web/exit-status"
+        l.cgroup = "/sys/fs/cgroup/rtvisor/web"
+        l.latencyFile = "/run/rtvisor/vms/web/latency.json"
+        l.jail = false
+        l.jailUID = 1_600_000_123
+        return l
+    }
+
+    @Test func defaultsRoundTripAsTheDefinitionAlone() throws {
+        let l = VMMLaunch(definition: "vm.json")
+        #expect(l.arguments == ["--config", "vm.json"])
+        #expect(try VMMLaunch.parse(l.arguments) == l)
+    }
+
+    @Test func everyFieldSetRoundTrips() throws {
+        let l = Self.everything
+        #expect(try VMMLaunch.parse(l.arguments) == l)
+    }
+
+    @Test func eachSwitchAloneRoundTrips() throws {
+        let switches: [WritableKeyPath<VMMLaunch, Bool>] = [\.validateOnly, \.consoleInput, \.consoleJournal, \.logJournal, \.jail]
+        for key in switches {
+            var l = VMMLaunch(definition: "vm.json")
+            l[keyPath: key].toggle()
+            #expect(try VMMLaunch.parse(l.arguments) == l)
+        }
+    }
+
+    @Test func everyFieldIsCoveredByTheRoundTrip() {
+        // A field added to VMMLaunch without a flag would be lost between daemon and VMM: the
+        // fully-set launch differs from the default in every field.
+        let set = Mirror(reflecting: Self.everything).children
+        let unset = Mirror(reflecting: VMMLaunch(definition: "other.json")).children
+        #expect(set.count == unset.count)
+        for (a, b) in zip(set, unset) {
+            #expect(String(describing: a.value) != String(describing: b.value), "field \(a.label ?? "?") keeps its default in `everything`")
+        }
+    }
+
+    @Test func theDaemonsFlagsAreTheDocumentedOnes() {
+        var l = VMMLaunch(definition: "d.json")
+        l.consoleInput = false
+        l.statusFile = "s"
+        #expect(l.arguments == ["--config", "d.json", "--no-console-input", "--status-file", "s"])
+    }
+
+    @Test func flagNamesAreUniqueAndLong() {
+        let names = VMMLaunch.Flag.allCases.map(\.long)
+        #expect(Set(names).count == names.count)
+        #expect(names.allSatisfy { $0.hasPrefix("--") && !$0.contains("_") })
+    }
+
+    @Test func badValuesAreRefused() {
+        #expect(throws: (any Error).self) { try VMMLaunch.parse(["--config", "a.json", "--notify", "polling"]) }
+        #expect(throws: (any Error).self) { try VMMLaunch.parse(["--config", "a.json", "--jail-uid", "-1"]) }
+        #expect(throws: (any Error).self) { try VMMLaunch.parse([]) }
+        #expect(throws: (any Error).self) { try VMMLaunch.parse(["--config", "a.json", "--unknown"]) }
+    }
+
+    @Test func aJanitorLaunchIsNotAVMLaunch() {
+        let spec = RealtimeJanitorSpec(vm: "rt0", vmmPID: 42, cpus: [1], maxPriority: 80, attachFile: nil)
+        #expect(throws: (any Error).self) { try VMMLaunch.parse(spec.arguments) }
+    }
+
+    @Test func janitorSpecRoundTrips() {
+        let specs = [
+            RealtimeJanitorSpec(vm: "rt0", vmmPID: 4242, cpus: [1, 3], maxPriority: 80, attachFile: "/sys/fs/cgroup/cpuset/rtvisor-rt0/tasks"),
+            RealtimeJanitorSpec(vm: "rt1", vmmPID: 1, cpus: [], maxPriority: 1, attachFile: nil),
+        ]
+        for s in specs { #expect(RealtimeJanitorSpec(encoded: s.encoded) == s) }
+        #expect(RealtimeJanitorSpec(encoded: "rt0|x|1|80|") == nil)
+        #expect(RealtimeJanitorSpec(encoded: "rt0|1|1,a|80|") == nil)
+        #expect(RealtimeJanitorSpec(encoded: "rt0|1|1|80") == nil)
+    }
+}
