@@ -1,0 +1,127 @@
+import APIModels
+import Config
+import Foundation
+import Realtime
+import VMMInterface
+
+/// Performing `VMEffect`s: the only place where a VM's lifecycle touches processes, files,
+/// timers and the journal. Effects that have a result (spawn, freeze, thaw) feed it back into
+/// the lifecycle at once, within the same actor turn.
+extension Supervisor {
+    /// Returns the API answer, if performing the effect (or what it fed back) produced one.
+    func perform(_ effect: VMEffect, for name: String) -> Result<ActionResult, ControlError>? {
+        switch effect {
+        case let .spawn(reason):
+            return feed(name, spawnVMM(name, why: reason))
+        case let .watch(pid, isChild):
+            watch(name: name, pid: pid, isChild: isChild)
+        case let .signal(pid, signal):
+            Processes.signal(pid, signal.number)
+        case let .wakeIfStopped(pid):
+            if Processes.stateLetter(of: pid) == "T" { Processes.signal(pid, SIGCONT) }
+        case let .freeze(pid):
+            let sent = Processes.signal(pid, SIGSTOP)
+            return feed(name, sent ? .frozen(pid: pid) : .freezeFailed(pid: pid, error: String(cString: strerror(errno))))
+        case let .thaw(pid):
+            let sent = Processes.signal(pid, SIGCONT)
+            return feed(name, sent ? .thawed(pid: pid) : .thawFailed(pid: pid, error: String(cString: strerror(errno))))
+        case let .scheduleRestart(afterMs, generation):
+            Task {
+                try? await Task.sleep(for: .milliseconds(afterMs))
+                self.feed(name, .restartTimerFired(generation: generation))
+            }
+        case let .scheduleEscalation(pid, generation, seconds, signal):
+            Task {
+                try? await Task.sleep(for: .milliseconds(Int(seconds * 1000)))
+                self.feed(name, .escalationDue(pid: pid, generation: generation, signal: signal))
+            }
+        case .writeStateFile:
+            writeStateFile(name)
+        case .removeRuntimeFiles:
+            try? FileManager.default.removeItem(atPath: paths.stateFile(name))
+            // The VMM's socket file outlives it; nobody listens any more.
+            try? FileManager.default.removeItem(atPath: paths.consoleSocket(name))
+            cgroups.remove(vm: name)
+        case .releaseRealtime:
+            if let done = releaseRealtimePartition(vm: name) {
+                event(.vmRealtimeReleased, .notice, "VM \(name): real-time host changes undone after its VMM ended: \(done)", vm: name)
+            }
+            applyHousekeepingAffinity()
+        case .applyHousekeepingAffinity:
+            applyHousekeepingAffinity()
+        case let .journal(e):
+            event(e.kind, e.level, e.message, vm: name, pid: e.pid, state: e.state, exitReason: e.exitReason, extra: e.extra)
+        case .publishStatus:
+            publishStatus()
+        case .forgetVM:
+            records[name] = nil
+        case .removeVMDirectory:
+            try? FileManager.default.removeItem(atPath: paths.vmDirectory(name))
+        case let .reply(answer):
+            return answer
+        }
+        return nil
+    }
+
+    /// Prepares the VM's run directory, checks that its real-time CPUs and passthrough devices are
+    /// free, and starts rtvisor-vmm with the loaded definition. Returns what happened, for the lifecycle.
+    func spawnVMM(_ name: String, why: SpawnReason) -> VMEvent {
+        guard let r = records[name] else { return .spawnFailed(reason: "no VM named \"\(name)\"") }
+        let fm = FileManager.default
+        let dir = paths.vmDirectory(name)
+        do {
+            try fm.createDirectory(atPath: dir, withIntermediateDirectories: true, attributes: [.posixPermissions: 0o750])
+            // Set-group-ID directory of group rtvisor: the VMM's console socket (mode 0660)
+            // inherits the group, so members can attach.
+            if let gid = accessGroup, chown(dir, getuid(), gid) == 0 { chmod(dir, 0o2750) }
+            try Data(r.loaded.contents).write(to: URL(fileURLWithPath: paths.definitionCopy(name)), options: .atomic)
+        } catch {
+            return .spawnFailed(reason: "cannot prepare \(dir): \(error)")
+        }
+        try? fm.removeItem(atPath: paths.statusFile(name))
+        if let rt = r.loaded.definition.realtime, let refusal = admitRealtime(name, rt) { return .spawnFailed(reason: refusal) }
+        let wanted = r.loaded.definition.passthrough.map(\.pci)
+        if !wanted.isEmpty {
+            let running = records.filter { $0.value.pid != nil }.map { (vm: $0.key, devices: $0.value.current.passthrough.map(\.pci)) }
+            if let refusal = PassthroughClaims.conflict(vm: name, wants: wanted, running: running, group: { PassthroughClaims.sysfsGroup($0) }) {
+                return .spawnFailed(reason: refusal)
+            }
+        }
+        let cgroup = cgroups.prepare(vm: name)
+        try? FileManager.default.removeItem(atPath: paths.latencyFile(name))
+        let launch = paths.vmmLaunch(name, baseDirectory: r.loaded.directory, cgroup: cgroup,
+                                     latencyProbe: (r.loaded.definition.realtime?.latencyProbeMicroseconds ?? 0) > 0)
+        let pid: pid_t
+        do {
+            pid = try Processes.spawn([paths.vmm] + launch.arguments, environment: ["PATH=/usr/sbin:/usr/bin:/sbin:/bin"])
+        } catch {
+            return .spawnFailed(reason: "\(error)")
+        }
+        return .processSpawned(VMProcess(pid: pid, startTime: Processes.startTime(of: pid) ?? 0, definition: r.loaded.definition), cgroup: cgroup)
+    }
+
+    func writeStateFile(_ name: String) {
+        guard let r = records[name], let p = r.lifecycle.process else { return }
+        let state = VMStateFile(pid: p.pid, startTime: p.startTime, definitionFile: r.loaded.file, baseDirectory: r.loaded.directory,
+                                startedAt: r.lifecycle.since, restarts: r.lifecycle.restarts, cgroup: r.lifecycle.cgroup)
+        do { try state.write(to: paths.stateFile(name)) } catch {
+            event(.vmStarted, .warning, "VM \(name): cannot write \(paths.stateFile(name)) (a daemon restart will not re-adopt it): \(error)", vm: name, pid: p.pid)
+        }
+    }
+
+    nonisolated func watch(name: String, pid: pid_t, isChild: Bool) {
+        let thread = Thread { [self] in
+            let outcome = Processes.waitForExit(pid: pid, isChild: isChild)
+            Task { await self.processEnded(name: name, pid: pid, outcome: outcome) }
+        }
+        thread.name = "wait-\(name)"
+        thread.start()
+    }
+
+    func processEnded(name: String, pid: pid_t, outcome: ExitOutcome) {
+        feed(name, .processExited(pid: pid, outcome: outcome, statusFile: exitStatusFile(name)))
+    }
+
+    /// What the VMM wrote to `exit-status` when it ended, if anything.
+    func exitStatusFile(_ name: String) -> VMMExitReport? { VMMExitReport.read(paths.statusFile(name)) }
+}

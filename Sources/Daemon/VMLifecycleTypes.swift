@@ -1,0 +1,240 @@
+import APIModels
+import Config
+import Journald
+import Logging
+#if canImport(Glibc)
+import Glibc
+import VMMInterface
+#endif
+
+// The vocabulary of `VMLifecycle`: what can happen to a VM (`VMEvent`), what the supervisor must
+// then do (`VMEffect`), and the values both carry. Plain data: no I/O, no clocks.
+
+/// A VMM process the supervisor watches, with the definition it was started with (which may
+/// differ from the loaded one until the next restart: a pending change).
+public struct VMProcess: Equatable, Sendable {
+    public var pid: pid_t
+    /// /proc/PID/stat start time: with the pid, it names the process across pid reuse.
+    public var startTime: UInt64
+    public var definition: VMDefinition
+
+    public init(pid: pid_t, startTime: UInt64, definition: VMDefinition) {
+        self.pid = pid; self.startTime = startTime; self.definition = definition
+    }
+}
+
+/// Why a stop was asked for; decides what happens when the VMM has ended.
+public enum StopIntent: Equatable, Sendable {
+    /// Stay stopped.
+    case stop
+    /// Start again at once with the loaded definition.
+    case reboot
+    /// The definition is gone: forget the VM.
+    case remove
+}
+
+/// Why a VMM is spawned; its text appears in "VM NAME started (…)".
+public enum SpawnReason: Equatable, Sendable, CustomStringConvertible {
+    case autostart
+    case addedByReload
+    case startRequested
+    case rebootRequested
+    case guestReboot
+    case restartPolicy(RestartPolicyKind)
+
+    public var description: String {
+        switch self {
+        case .autostart: "autostart"
+        case .addedByReload: "added by reload, autostart"
+        case .startRequested: "start requested"
+        case .rebootRequested: "reboot requested"
+        case .guestReboot: "guest reboot"
+        case let .restartPolicy(policy): "restart policy \"\(policy.rawValue)\""
+        }
+    }
+}
+
+/// The signals the supervisor sends a VMM.
+public enum VMMSignal: Equatable, Sendable, CustomStringConvertible {
+    /// SIGUSR1: rtvisor-vmm injects Ctrl-Alt-Del (a graceful guest shutdown).
+    case ctrlAltDel
+    /// SIGTERM: rtvisor-vmm stops the vCPUs and exits 143.
+    case terminate
+    case kill
+    /// SIGSTOP: pause.
+    case freeze
+    /// SIGCONT: resume.
+    case thaw
+
+    public var number: Int32 {
+        switch self {
+        case .ctrlAltDel: SIGUSR1
+        case .terminate: SIGTERM
+        case .kill: SIGKILL
+        case .freeze: SIGSTOP
+        case .thaw: SIGCONT
+        }
+    }
+
+    public var description: String {
+        switch self {
+        case .ctrlAltDel: "SIGUSR1"
+        case .terminate: "SIGTERM"
+        case .kill: "SIGKILL"
+        case .freeze: "SIGSTOP"
+        case .thaw: "SIGCONT"
+        }
+    }
+}
+
+/// A VMM found through its state.json when rtvisord starts: a previous rtvisord launched it.
+public struct AdoptedVMM: Equatable, Sendable {
+    public var process: VMProcess
+    public var startedAt: Double
+    public var restarts: Int
+    public var cgroup: String?
+    /// Stopped with SIGSTOP (the VM was paused).
+    public var frozen: Bool
+
+    public init(process: VMProcess, startedAt: Double, restarts: Int, cgroup: String?, frozen: Bool) {
+        self.process = process; self.startedAt = startedAt; self.restarts = restarts; self.cgroup = cgroup; self.frozen = frozen
+    }
+}
+
+/// The two clocks a transition may need, read by the caller.
+public struct LifecycleTime: Equatable, Sendable {
+    /// Unix time in seconds: `since` and `lastExit.at`, shown to users.
+    public var wall: Double
+    /// Seconds on a monotonic clock: the restart policy's window.
+    public var monotonic: Double
+
+    public init(wall: Double, monotonic: Double) { self.wall = wall; self.monotonic = monotonic }
+}
+
+/// Everything that can happen to one VM.
+public enum VMEvent: Equatable, Sendable {
+    // Requests (bootstrap, reload, the control API).
+    /// The VM's definition says autostart (daemon start, or added by a reload).
+    case autostart(addedByReload: Bool)
+    case startRequested
+    case stopRequested(force: Bool)
+    case rebootRequested
+    case pauseRequested
+    case resumeRequested
+    /// A reload changed the VM's definition: its daemon settings apply at once.
+    case settingsChanged(DaemonSettings)
+    /// A reload found the VM's definition gone.
+    case definitionRemoved
+    /// rtvisord stops: every guest is shut down.
+    case daemonShutdown
+    /// rtvisord restarts: guests keep running for the next rtvisord to re-adopt.
+    case daemonDetach
+
+    // Results of effects the supervisor performed.
+    case processSpawned(VMProcess, cgroup: String?)
+    case spawnFailed(reason: String)
+    case frozen(pid: pid_t)
+    case freezeFailed(pid: pid_t, error: String)
+    case thawed(pid: pid_t)
+    case thawFailed(pid: pid_t, error: String)
+
+    // The outside world.
+    /// A watched VMM ended. `statusFile` is what it wrote at exit, if anything.
+    case processExited(pid: pid_t, outcome: ExitOutcome, statusFile: VMMExitReport?)
+    case restartTimerFired(generation: Int)
+    case escalationDue(pid: pid_t, generation: Int, signal: VMMSignal)
+    /// At daemon start: a VMM of the previous rtvisord is still running.
+    case adopted(AdoptedVMM)
+    /// At daemon start: a VMM of the previous rtvisord ended while nobody watched.
+    case foundEnded(AdoptedVMM, statusFile: VMMExitReport?)
+}
+
+/// One journal entry about the VM (VM_NAME is the VM's; MESSAGE_ID follows `kind`).
+public struct VMJournalEntry: Equatable, Sendable, CustomStringConvertible {
+    public var kind: LifecycleEvent
+    public var level: Logger.Level
+    public var message: String
+    public var pid: pid_t?
+    public var state: VMStateName?
+    public var exitReason: String?
+    public var extra: [String: String]
+
+    public init(_ kind: LifecycleEvent, _ level: Logger.Level, _ message: String, pid: pid_t? = nil, state: VMStateName? = nil,
+                exitReason: String? = nil, extra: [String: String] = [:]) {
+        self.kind = kind; self.level = level; self.message = message; self.pid = pid; self.state = state
+        self.exitReason = exitReason; self.extra = extra
+    }
+
+    public var description: String { "\(kind.rawValue) \(level): \(message)" }
+}
+
+/// What the supervisor must do after a transition, in order.
+public enum VMEffect: Equatable, Sendable, CustomStringConvertible {
+    /// Prepare the run directory, admit and start rtvisor-vmm; report `processSpawned` or `spawnFailed`.
+    case spawn(SpawnReason)
+    /// Wait for the process on a thread of its own; report `processExited`.
+    case watch(pid: pid_t, isChild: Bool)
+    case signal(pid: pid_t, VMMSignal)
+    /// SIGCONT if the process is stopped (paused, or found stopped after a daemon restart), so it
+    /// can act on the stop signal that follows.
+    case wakeIfStopped(pid: pid_t)
+    /// SIGSTOP; report `frozen` or `freezeFailed`.
+    case freeze(pid: pid_t)
+    /// SIGCONT; report `thawed` or `thawFailed`.
+    case thaw(pid: pid_t)
+    /// Report `restartTimerFired(generation)` after the delay.
+    case scheduleRestart(afterMs: Int, generation: Int)
+    /// Report `escalationDue` after the delay.
+    case scheduleEscalation(pid: pid_t, generation: Int, afterSeconds: Double, signal: VMMSignal)
+    /// state.json from the current process, for re-adoption by the next rtvisord.
+    case writeStateFile
+    /// The ended VMM's state.json, console socket and cgroup.
+    case removeRuntimeFiles
+    /// Undo the host changes of a real-time VMM that may not have undone them itself.
+    case releaseRealtime
+    /// Keep the daemon and ordinary VMMs off the CPUs of running real-time VMs.
+    case applyHousekeepingAffinity
+    case journal(VMJournalEntry)
+    /// sd_notify STATUS.
+    case publishStatus
+    /// Drop the VM from the supervisor.
+    case forgetVM
+    /// Delete /run/rtvisor/vms/NAME.
+    case removeVMDirectory
+    /// The answer to the control API request that caused the transition.
+    case reply(Result<ActionResult, ControlError>)
+
+    public var description: String {
+        switch self {
+        case let .spawn(why): "spawn (\(why))"
+        case let .watch(pid, isChild): "watch \(pid)\(isChild ? "" : " (not a child)")"
+        case let .signal(pid, signal): "\(signal) to \(pid)"
+        case let .wakeIfStopped(pid): "SIGCONT to \(pid) if stopped"
+        case let .freeze(pid): "freeze \(pid)"
+        case let .thaw(pid): "thaw \(pid)"
+        case let .scheduleRestart(ms, _): "restart in \(ms) ms"
+        case let .scheduleEscalation(pid, _, seconds, signal): "\(signal) to \(pid) in \(seconds) s"
+        case .writeStateFile: "write state file"
+        case .removeRuntimeFiles: "remove runtime files"
+        case .releaseRealtime: "release real-time partition"
+        case .applyHousekeepingAffinity: "apply housekeeping affinity"
+        case let .journal(entry): "journal \(entry)"
+        case .publishStatus: "publish status"
+        case .forgetVM: "forget VM"
+        case .removeVMDirectory: "remove VM directory"
+        case let .reply(.success(result)): "reply \(result.action) \(result.state.rawValue): \(result.message)"
+        case let .reply(.failure(error)): "refuse \(error.kind): \(error)"
+        }
+    }
+}
+
+extension ControlError {
+    /// For effect descriptions in tests: "conflict", "not found", "failed".
+    var kind: String {
+        switch self {
+        case .notFound: "not found"
+        case .conflict: "conflict"
+        case .failed: "failed"
+        }
+    }
+}
