@@ -4,10 +4,10 @@ KVM loop for the per-exit cost), same guest, alternating runs, medians and ratio
 Run through scripts/bench-boot.sh, which builds everything first."""
 import argparse, json, os, re, select, signal, statistics, subprocess, sys, tempfile, time
 
-EMULATING = os.path.exists("/sys/module/kvm_pvm")
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+from qemu_peer import EMULATING, qemu_cpu  # noqa: E402
 # The features rtvisor's emulating-kvm template hides, as QEMU -cpu flags, and the Linux
 # parameters the template adds for Linux guests (docs/cpu-templates.md).
-QEMU_CPU = "host,-cx16,-xsave,-popcnt,-smap" if EMULATING else "host"
 LINUX_EXTRA = " noxsave clearcpuid=cx16,popcnt,smap highres=off" if EMULATING else ""
 
 
@@ -75,7 +75,7 @@ def memory_overhead_kib(pid, guest_bytes):
 
 
 def qemu_cmd(kernel, cmdline, mem_mib, initrd=None, vcpus=1):
-    cmd = ["qemu-system-x86_64", "-M", "microvm,acpi=off", "-enable-kvm", "-cpu", QEMU_CPU,
+    cmd = ["qemu-system-x86_64", "-M", "microvm,acpi=off", "-enable-kvm", "-cpu", qemu_cpu(),
            "-smp", str(vcpus), "-m", str(mem_mib), "-nodefaults", "-no-user-config", "-nographic",
            "-serial", "stdio", "-no-reboot", "-kernel", kernel, "-append", cmdline,
            "-device", "isa-debug-exit,iobase=0xf4,iosize=1"]
@@ -179,7 +179,7 @@ def main():
         f.write(f"\n## bench-boot, {time.strftime('%Y-%m-%d %H:%M %Z')}\n\n")
         f.write(f"Machine: {os.cpu_count()} CPUs, {machine}, host KVM: {kvm}. QEMU: "
                 f"{subprocess.run(['qemu-system-x86_64', '--version'], capture_output=True, text=True).stdout.splitlines()[0]}, "
-                f"`-M microvm,acpi=off -enable-kvm -cpu {QEMU_CPU}`. Medians of {a.runs} alternating runs "
+                f"`-M microvm,acpi=off -enable-kvm -cpu {qemu_cpu()}`. Medians of {a.runs} alternating runs "
                 f"({a.linux_runs} for Linux).\n\n")
         f.write("| measurement | rtvisor | peer | rtvisor / peer |\n|---|---|---|---|\n")
         for name, r, q in rows + ([linux_row] if linux_row else []):

@@ -7,8 +7,8 @@ Each rtvisor run is done twice, once per doorbell path (--notify exit, the defau
 --notify ioeventfd), so the table also answers whether ioeventfd helps."""
 import argparse, json, os, re, statistics, subprocess, sys, tempfile, time
 
-EMULATING = os.path.exists("/sys/module/kvm_pvm")
-QEMU_CPU = "host,-cx16,-xsave,-popcnt,-smap" if EMULATING else "host"
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+from qemu_peer import EMULATING, qemu_cpu  # noqa: E402
 NS = f"rtvbench{os.getpid()}"
 TAP = "rtvb0"
 MAC = "02:00:00:be:0c:01"
@@ -45,7 +45,7 @@ def rtvisor(vmm, tmp, kernel, cmdline, notify, disk=None, net=False):
 
 
 def qemu(kernel, cmdline, disk=None, net=False):
-    cmd = ["qemu-system-x86_64", "-M", "pc", "-enable-kvm", "-cpu", QEMU_CPU, "-m", "64",
+    cmd = ["qemu-system-x86_64", "-M", "pc", "-enable-kvm", "-cpu", qemu_cpu(), "-m", "64",
            "-nodefaults", "-no-user-config", "-nographic", "-serial", "stdio", "-no-reboot",
            "-device", "isa-debug-exit,iobase=0xf4,iosize=1", "-kernel", kernel, "-append", cmdline]
     if disk:
@@ -137,7 +137,7 @@ def main():
     qv = subprocess.run(["qemu-system-x86_64", "--version"], capture_output=True, text=True).stdout.splitlines()[0]
     with open(a.out, "a") as f:
         f.write(f"\n## bench-io, {time.strftime('%Y-%m-%d %H:%M %Z')}\n\n")
-        f.write(f"Machine: {os.cpu_count()} CPUs, {machine}, host KVM: {kvm}. Peer: {qv}, `-M pc -enable-kvm -cpu {QEMU_CPU}`, "
+        f.write(f"Machine: {os.cpu_count()} CPUs, {machine}, host KVM: {kvm}. Peer: {qv}, `-M pc -enable-kvm -cpu {qemu_cpu()}`, "
                 f"`virtio-blk-pci` (raw file, default cache) and `virtio-net-pci` (tap, `vhost=off`), modern only. "
                 f"Guest: the virtio-blk/virtio-net inmates' bench modes ({a.secs} s per phase, polled completions). "
                 f"Disk: a 256 MiB sparse file in {tempfile.gettempdir()}. Net peer: scripts/net-echo.py --flood in a netns. "

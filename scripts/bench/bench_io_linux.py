@@ -13,7 +13,8 @@ guest kernel code natively). Under QEMU TCG, on the emulating development KVM, o
 only, the table is printed and not recorded (--record records it anyway, marked as such)."""
 import argparse, json, os, re, shutil, statistics, subprocess, sys, tempfile, time
 
-EMULATING = os.path.exists("/sys/module/kvm_pvm")
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+from qemu_peer import EMULATING, qemu_cpu  # noqa: E402
 NS = f"rtvbenchl{os.getpid()}"
 TAP = "rtvbl0"
 MAC = "02:00:00:be:0c:02"
@@ -21,7 +22,6 @@ HOST_IP, GUEST_IP = "10.77.0.1", "10.77.0.2"
 BASE_CMDLINE = "console=ttyS0 panic=-1 mitigations=off nopti rodata=off emukvm.pvmsys emukvm.exit_port=0xf4"
 # rtvisor's emulating-kvm CPU template hides these features from CPUID and adds the kernel-side
 # parameters itself (docs/cpu-templates.md); QEMU gets the same mask by hand, as in bench_boot.py.
-QEMU_KVM_CPU = "host,-cx16,-xsave,-popcnt,-smap" if EMULATING else "host"
 QEMU_LINUX_EXTRA = " noxsave clearcpuid=cx16,popcnt,smap highres=off" if EMULATING else ""
 KEYS = [("fio_seqwrite_mbps", "fio 1 MiB sequential writes, MB/s"),
         ("fio_seqread_mbps", "fio 1 MiB sequential reads, MB/s"),
@@ -49,7 +49,7 @@ def rtvisor_cmd(vmm, tmp, kernel, initrd, cmdline, mem, disk):
 
 
 def qemu_cmd(accel, kernel, initrd, cmdline, mem, disk):
-    cpu = ["-enable-kvm", "-cpu", QEMU_KVM_CPU] if accel == "kvm" else ["-accel", "tcg"]
+    cpu = ["-enable-kvm", "-cpu", qemu_cpu()] if accel == "kvm" else ["-accel", "tcg"]
     if accel == "kvm":
         cmdline += QEMU_LINUX_EXTRA
     return (["qemu-system-x86_64", "-M", "pc"] + cpu +
@@ -214,7 +214,7 @@ def main():
     kvm = "kvm_pvm (nested, emulates guest ring 0)" if EMULATING else "kvm"
     qv = subprocess.run(["qemu-system-x86_64", "--version"], capture_output=True, text=True).stdout.splitlines()[0]
     real = a.accel == "kvm" and not EMULATING and peers == ["rtvisor", "qemu"]
-    qaccel = f"-enable-kvm -cpu {QEMU_KVM_CPU}" if a.accel == "kvm" else "-accel tcg"
+    qaccel = f"-enable-kvm -cpu {qemu_cpu()}" if a.accel == "kvm" else "-accel tcg"
     text = [f"\n## bench-io-linux, {time.strftime('%Y-%m-%d %H:%M %Z')}\n\n"]
     if not real:
         why = ("QEMU TCG (software emulation)" if a.accel == "tcg" else
