@@ -89,19 +89,30 @@ public final class Bus: Sendable {
     }
 }
 
-/// Counts accesses to addresses with no device, for the exit summary and debugging.
+/// Counts accesses to addresses with no device, for the exit summary and debugging. The guest
+/// chooses the addresses: only the first `maxAddresses` distinct ones are counted one by one,
+/// accesses elsewhere only in `overflow`, so a guest writing to ever-new addresses cannot grow
+/// the VMM's memory.
 public final class UnhandledAccesses: Sendable {
     public struct Count: Equatable, Sendable { public var reads = 0; public var writes = 0 }
-    private let counts = Mutex<[UInt64: Count]>([:])
+    public static let maxAddresses = 256
+    private struct State { var perAddress: [UInt64: Count] = [:]; var total = 0; var overflow = 0 }
+    private let state = Mutex(State())
 
     public init() {}
 
     func record(_ address: UInt64, write: Bool) {
-        counts.withLock { c in
-            if write { c[address, default: Count()].writes += 1 } else { c[address, default: Count()].reads += 1 }
+        state.withLock { s in
+            s.total += 1
+            guard s.perAddress[address] != nil || s.perAddress.count < Self.maxAddresses else { s.overflow += 1; return }
+            if write { s.perAddress[address, default: Count()].writes += 1 } else { s.perAddress[address, default: Count()].reads += 1 }
         }
     }
 
-    public var snapshot: [UInt64: Count] { counts.withLock { $0 } }
-    public var total: Int { counts.withLock { $0.values.reduce(0) { $0 + $1.reads + $1.writes } } }
+    /// Per address, for the first `maxAddresses` distinct addresses.
+    public var snapshot: [UInt64: Count] { state.withLock { $0.perAddress } }
+    /// Every unhandled access, counted or not.
+    public var total: Int { state.withLock { $0.total } }
+    /// Accesses at addresses beyond the first `maxAddresses`.
+    public var overflow: Int { state.withLock { $0.overflow } }
 }

@@ -169,7 +169,8 @@ public final class Machine: @unchecked Sendable {
         let unhandled = exits.pio.unhandled.total + exits.mmio.unhandled.total
         if unhandled > 0 {
             let ports = exits.pio.unhandled.snapshot.keys.sorted().prefix(12).map { "0x" + String($0, radix: 16) }
-            logger.info("unhandled guest accesses: \(unhandled) (ports \(ports.joined(separator: " ")); mmio \(exits.mmio.unhandled.total))")
+            let overflow = exits.pio.unhandled.overflow + exits.mmio.unhandled.overflow
+            logger.info("unhandled guest accesses: \(unhandled) (ports \(ports.joined(separator: " ")); mmio \(exits.mmio.unhandled.total)\(overflow > 0 ? "; \(overflow) at addresses beyond the first \(UnhandledAccesses.maxAddresses), not counted one by one" : ""))")
         }
         return reason
     }

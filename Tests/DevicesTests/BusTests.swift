@@ -139,4 +139,16 @@ struct BusTests {
         #expect(bus.unhandled.total == 4)
         #expect(devices[0].accesses.count == 2)
     }
+
+    /// A hostile guest touching ever-new addresses: the table stays bounded, nothing is lost
+    /// from the count.
+    @Test func unhandledAccessesAtEverNewAddressesAreBounded() throws {
+        let bus = try Bus(name: "mmio", ranges: [])
+        for i in 0..<UInt64(20_000) { bus.write(0xE000_0000 + i * 4, size: 4, value: i) }
+        _ = bus.read(0xE000_0000, size: 4)  // an address already tracked is still counted one by one
+        #expect(bus.unhandled.snapshot.count == UnhandledAccesses.maxAddresses)
+        #expect(bus.unhandled.snapshot[0xE000_0000] == UnhandledAccesses.Count(reads: 1, writes: 1))
+        #expect(bus.unhandled.total == 20_001)
+        #expect(bus.unhandled.overflow == 20_000 - UnhandledAccesses.maxAddresses)
+    }
 }
