@@ -27,11 +27,12 @@ let package = Package(
         // Typed KVM file descriptors (system, VM, vCPU), exits as an enum, errors naming the ioctl.
         .target(name: "KVM", dependencies: ["CKVM", "Arch", .product(name: "SystemPackage", package: "swift-system")]),
         // Guest RAM: mmap-backed regions, GuestAddress, bounds-checked access.
-        .target(name: "Memory", dependencies: ["CKVM"]),
+        // swift-system for Errno only (error texts); Memory sits below Posix.
+        .target(name: "Memory", dependencies: ["CKVM", .product(name: "SystemPackage", package: "swift-system")]),
         // x86 architecture data: CPUID feature table and policy, GDT, page tables, register layouts.
         .target(name: "Arch"),
         // Kernel loaders (ELF/PVH, bzImage), boot_params, e820, MP table, start_info, cmdline.
-        .target(name: "Boot", dependencies: ["Memory", "Arch"]),
+        .target(name: "Boot", dependencies: ["Memory", "Arch", .product(name: "SystemPackage", package: "swift-system")]),
         // Device models behind a PIO/MMIO bus; they never see KVM.
         .target(name: "Devices"),
         // C shim for non-KVM Linux interfaces: tun/tap and block ioctls, fallocate modes, thread names.
@@ -41,21 +42,21 @@ let package = Package(
         // Split virtqueues and the transport-independent device interface; knows nothing of PCI.
         .target(name: "Virtio", dependencies: ["Memory"]),
         // virtio-blk over raw image files.
-        .target(name: "VirtioBlock", dependencies: ["Virtio", "Memory", "CLinux", .product(name: "SystemPackage", package: "swift-system")]),
+        .target(name: "VirtioBlock", dependencies: ["Virtio", "Memory", "Posix", "CLinux", .product(name: "SystemPackage", package: "swift-system")]),
         // virtio-net over a TAP interface, with its receive thread.
         .target(name: "VirtioNet", dependencies: ["Virtio", "Memory", "Posix", "CLinux", .product(name: "SystemPackage", package: "swift-system")]),
         // PCI root bus (configuration mechanism #1, BAR window), MSI-X, and the virtio-pci transport.
         .target(name: "PCI", dependencies: ["Devices", "Virtio", "Memory"]),
         // VFIO passthrough: container/group/device handling behind a mockable kernel seam, host
         // checks (IOMMU groups, vfio-pci binding), and the passthrough PCI function.
-        .target(name: "VFIO", dependencies: ["CKVM", "PCI", .product(name: "SystemPackage", package: "swift-system")]),
+        .target(name: "VFIO", dependencies: ["CKVM", "PCI", "Posix", .product(name: "SystemPackage", package: "swift-system")]),
         // Runs the VFIO layer against a real vfio-pci device (QEMU's edu; scripts/test-vfio.sh).
         .executableTarget(name: "rtvisor-vfio-check", dependencies: ["VFIO", "PCI", "Posix"]),
         // Real-time partitions: CPU lists, cpusets (v1 shield, v2 threaded partition), IRQ affinity,
         // thread scheduling and the host report (rt-check).
-        .target(name: "Realtime", dependencies: ["CLinux"]),
+        .target(name: "Realtime", dependencies: ["CLinux", "Posix"]),
         // JSON VM definitions with strict validation.
-        .target(name: "Config", dependencies: ["Arch"]),
+        .target(name: "Config", dependencies: ["Arch", .product(name: "SystemPackage", package: "swift-system")]),
         // ---- sandbox (issue 7, docs/sandbox.md) ----
         // libseccomp (Debian libseccomp-dev) through a system library target.
         .systemLibrary(name: "CSeccomp", pkgConfig: "libseccomp", providers: [.apt(["libseccomp-dev"])]),
@@ -81,14 +82,14 @@ let package = Package(
         // C shim for the daemon side: pidfd, posix_spawn with setsid, SCM_RIGHTS, memfd.
         .target(name: "CDaemonSupport"),
         // journald native protocol: entry encoding, datagram/memfd transport, swift-log LogHandler.
-        .target(name: "Journald", dependencies: ["CDaemonSupport", .product(name: "Logging", package: "swift-log")]),
+        .target(name: "Journald", dependencies: ["CDaemonSupport", "Posix", .product(name: "Logging", package: "swift-log")]),
         // sd_notify over $NOTIFY_SOCKET (READY/STATUS/STOPPING/WATCHDOG) without libsystemd.
         .target(name: "SystemdNotify"),
         // JSON shapes of the control API, shared by the server and rtvisorctl (no NIO here).
         .target(name: "APIModels"),
         // Definition directory loading and diffing, restart policy, VM supervision, state files.
         .target(name: "Daemon", dependencies: [
-            "Config", "Journald", "APIModels", "CDaemonSupport", "Realtime",
+            "Config", "Journald", "APIModels", "CDaemonSupport", "Realtime", "Posix",
             .product(name: "Logging", package: "swift-log"),
             .product(name: "SystemPackage", package: "swift-system"),
         ]),
@@ -107,7 +108,7 @@ let package = Package(
             .product(name: "Logging", package: "swift-log"),
         ]),
         .executableTarget(name: "rtvisorctl", dependencies: [
-            "APIModels", "CDaemonSupport",
+            "APIModels", "CDaemonSupport", "Posix",
             .product(name: "ArgumentParser", package: "swift-argument-parser"),
         ]),
         .testTarget(name: "DaemonTests", dependencies: [

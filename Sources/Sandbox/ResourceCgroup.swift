@@ -1,3 +1,4 @@
+import Posix
 import Realtime
 #if canImport(Glibc)
 import Glibc
@@ -54,7 +55,7 @@ public struct ResourceCgroup: Sendable {
     }
 
     static func write(_ path: String, _ value: String) -> String? {
-        do { try HostFiles.write(path, value); return nil } catch { return String(cString: strerror(error.errno)) }
+        do { try HostFiles.write(path, value); return nil } catch { return errnoMessage(error.errno) }
     }
 
     public static func read(_ path: String) -> String? { HostFiles.read(path) }
