@@ -37,7 +37,8 @@ let package = Package(
         .target(name: "Devices"),
         // C shim for non-KVM Linux interfaces: tun/tap and block ioctls, fallocate modes, thread names.
         .target(name: "CLinux"),
-        // Threads, eventfd and epoll for vCPU and device I/O threads.
+        // Threads, eventfd and epoll for vCPU and device I/O threads; the errno/EINTR helpers;
+        // HostFiles (procfs, cgroupfs and sysfs with one syscall per read or write).
         .target(name: "Posix", dependencies: ["CLinux", .product(name: "SystemPackage", package: "swift-system")]),
         // Split virtqueues and the transport-independent device interface; knows nothing of PCI.
         .target(name: "Virtio", dependencies: ["Memory"]),
@@ -55,8 +56,11 @@ let package = Package(
         // Real-time partitions: CPU lists, cpusets (v1 shield, v2 threaded partition), IRQ affinity,
         // thread scheduling and the host report (rt-check).
         .target(name: "Realtime", dependencies: ["CLinux", "Posix"]),
+        // What a seccomp filter does with an unlisted syscall: the one type Config (the definition's
+        // sandbox.seccomp) and Sandbox (the filters) share, so neither depends on the other.
+        .target(name: "SandboxMode"),
         // JSON VM definitions with strict validation.
-        .target(name: "Config", dependencies: ["Arch", .product(name: "SystemPackage", package: "swift-system")]),
+        .target(name: "Config", dependencies: ["Arch", "SandboxMode", .product(name: "SystemPackage", package: "swift-system")]),
         // ---- sandbox (issue 7, docs/sandbox.md) ----
         // libseccomp (Debian libseccomp-dev) through a system library target.
         .systemLibrary(name: "CSeccomp", pkgConfig: "libseccomp", providers: [.apt(["libseccomp-dev"])]),
@@ -64,7 +68,7 @@ let package = Package(
         .target(name: "CSandbox", dependencies: ["CSeccomp"]),
         // Per-thread seccomp filters as data (vcpu, io, vmm, api) and their installation. Test builds
         // (debug) get the forbidden-syscall hook (RTVISOR_TEST_FORBIDDEN_SYSCALL); release builds do not.
-        .target(name: "Sandbox", dependencies: ["CSeccomp", "CSandbox", "CKVM", "CLinux", "Posix", "Config", "Realtime"],
+        .target(name: "Sandbox", dependencies: ["CSeccomp", "CSandbox", "CKVM", "CLinux", "Posix", "SandboxMode"],
                 swiftSettings: [.define("RTVISOR_TEST_HOOKS", .when(configuration: .debug))]),
         // Wires one VM: memory, vCPU threads, devices, lifecycle.
         .target(name: "VMM", dependencies: [
@@ -95,7 +99,7 @@ let package = Package(
         ]),
         // The control API: transport-free router (tested directly) and an HTTP/1.1 server on a Unix socket.
         .target(name: "API", dependencies: [
-            "Daemon", "APIModels", "Realtime", "Config", "Sandbox", "Posix", "CDaemonSupport",
+            "Daemon", "APIModels", "Sandbox", "SandboxMode", "Posix", "CDaemonSupport",
             .product(name: "SystemPackage", package: "swift-system"),
             .product(name: "NIOCore", package: "swift-nio"),
             .product(name: "NIOPosix", package: "swift-nio"),
@@ -103,7 +107,7 @@ let package = Package(
             .product(name: "Logging", package: "swift-log"),
         ]),
         .executableTarget(name: "rtvisord", dependencies: [
-            "Daemon", "API", "Journald", "SystemdNotify", "Config",
+            "Daemon", "API", "Journald", "SystemdNotify", "Config", "SandboxMode",
             .product(name: "ArgumentParser", package: "swift-argument-parser"),
             .product(name: "Logging", package: "swift-log"),
         ]),
@@ -127,14 +131,14 @@ let package = Package(
         .testTarget(name: "BootTests", dependencies: ["Boot", "Memory", "Arch"]),
         .testTarget(name: "DevicesTests", dependencies: ["Devices"]),
         .testTarget(name: "ConfigTests", dependencies: ["Config"]),
-        .testTarget(name: "RealtimeTests", dependencies: ["Realtime"]),
+        .testTarget(name: "RealtimeTests", dependencies: ["Realtime", "Posix"]),
         .testTarget(name: "VirtioTests", dependencies: ["Virtio", "VirtioBlock", "VirtioNet", "Memory"]),
         .testTarget(name: "VFIOTests", dependencies: ["VFIO", "PCI", "CKVM"]),
         .testTarget(name: "PCITests", dependencies: ["PCI", "Virtio", "Devices", "Memory"]),
         .testTarget(name: "KVMTests", dependencies: ["KVM", "Memory", "Arch"]),
-        .testTarget(name: "SandboxTests", dependencies: ["Sandbox", "Config", "CSeccomp", "CKVM"]),
+        .testTarget(name: "SandboxTests", dependencies: ["Sandbox", "SandboxMode", "Config", "CSeccomp", "CKVM"]),
         .testTarget(name: "IntegrationTests", dependencies: [
-            "VMM", "Config", "Realtime", "APIModels", "KVM", "PCI", "Sandbox", "API", "CDaemonSupport",
+            "VMM", "Config", "Realtime", "Posix", "APIModels", "KVM", "PCI", "Sandbox", "API", "CDaemonSupport",
             .product(name: "Logging", package: "swift-log"),
             .product(name: "SystemPackage", package: "swift-system"),
         ]),

@@ -1,10 +1,9 @@
-import Config
 import Daemon
 import Foundation
 import Logging
 import Posix
-import Realtime
 import Sandbox
+import SandboxMode
 import Synchronization
 import SystemPackage
 #if canImport(Glibc)

@@ -1,6 +1,5 @@
 import CLinux
 import Posix
-import Realtime
 #if canImport(Glibc)
 import Glibc
 #endif

@@ -1,5 +1,4 @@
 import Posix
-import Realtime
 #if canImport(Glibc)
 import Glibc
 #endif

@@ -1,7 +1,7 @@
 import CSandbox
 import CSeccomp
-import Config
 import Posix
+import SandboxMode
 import Synchronization
 #if canImport(Glibc)
 import Glibc

@@ -1,7 +1,6 @@
 #if canImport(Glibc)
 import Glibc
 #endif
-import Posix
 
 /// A failed write to a kernel interface file (cgroupfs, procfs): which file, what, and errno.
 public struct HostFileError: Error, Equatable, CustomStringConvertible {
@@ -85,7 +84,8 @@ public enum HostFiles {
 }
 
 extension String {
-    func trimmingASCIIWhitespace() -> String {
+    /// Without leading and trailing spaces, tabs and line ends (kernel files end in "\n").
+    public func trimmingASCIIWhitespace() -> String {
         let ws: Set<Character> = [" ", "\t", "\n", "\r"]
         var s = Substring(self)
         while let f = s.first, ws.contains(f) { s = s.dropFirst() }
