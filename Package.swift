@@ -134,6 +134,7 @@ let package = Package(
         .testTarget(name: "BootTests", dependencies: ["Boot", "Memory", "Arch", "TestSupport"]),
         .testTarget(name: "DevicesTests", dependencies: ["Devices", "TestSupport"]),
         .testTarget(name: "ConfigTests", dependencies: ["Config", "TestSupport"]),
+        .testTarget(name: "PosixTests", dependencies: ["Posix", .product(name: "SystemPackage", package: "swift-system")]),
         .testTarget(name: "RealtimeTests", dependencies: ["Realtime", "Posix", "TestSupport"]),
         .testTarget(name: "VirtioTests", dependencies: ["Virtio", "VirtioBlock", "VirtioNet", "Memory"]),
         .testTarget(name: "VFIOTests", dependencies: ["VFIO", "PCI", "CKVM", "TestSupport"]),
