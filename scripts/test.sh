@@ -34,6 +34,8 @@ guest=$(scripts/build-guest-kernel.sh | tail -n 1)
 
 log "building rtvisor"
 swift build --build-tests 2>&1 | grep -v '^\[' >&2
+log "checking Package.swift against the imports and docs/architecture.md"
+scripts/check-architecture.py >&2
 
 log "cross-checking the inmates under QEMU TCG"
 scripts/test-inmates-qemu.sh >&2

@@ -1,9 +1,9 @@
-import Config
 import Daemon
 import Foundation
 import Logging
-import Realtime
+import Posix
 import Sandbox
+import SandboxMode
 import Synchronization
 import VMMInterface
 import SystemPackage
@@ -55,7 +55,7 @@ public enum APIFront {
         // The first candidate for the OOM killer (it is restartable; a VMM holds guest RAM).
         try? HostFiles.write("/proc/self/oom_score_adj", "1000")
         for fd in [listenFD, controlFD, reportFD] {
-            guard fcntl(fd, F_SETFD, FD_CLOEXEC) == 0 else { throw SandboxError("descriptor \(fd) from rtvisord: \(String(cString: strerror(errno)))") }
+            guard fcntl(fd, F_SETFD, FD_CLOEXEC) == 0 else { throw SandboxError("descriptor \(fd) from rtvisord: \(errnoMessage())") }
         }
         if geteuid() == 0 {
             let plan = JailPlan(root: jailRoot,
@@ -153,13 +153,13 @@ public final class APIFrontSupervisor: Sendable {
         var pair: [Int32] = [-1, -1]
         var report: [Int32] = [-1, -1]
         guard socketpair(AF_UNIX, Int32(SOCK_STREAM.rawValue) | Int32(SOCK_CLOEXEC.rawValue), 0, &pair) == 0 else {
-            logger.error("API front: socketpair: \(String(cString: strerror(errno)))")
+            logger.error("API front: socketpair: \(errnoMessage())")
             return nil
         }
         // The report "pipe": a socketpair, created close-on-exec in one step (a VMM spawned
         // meanwhile must not inherit its write end, or the read below would never see the end).
         guard socketpair(AF_UNIX, Int32(SOCK_STREAM.rawValue) | Int32(SOCK_CLOEXEC.rawValue), 0, &report) == 0 else {
-            logger.error("API front: socketpair: \(String(cString: strerror(errno)))")
+            logger.error("API front: socketpair: \(errnoMessage())")
             close(pair[0]); close(pair[1])
             return nil
         }
@@ -197,7 +197,7 @@ public final class APIFrontSupervisor: Sendable {
         let outcome = await Processes.offThePool { [self] () -> ExitOutcome in
             // Ended but not yet reaped (WNOWAIT): the pid is forgotten before it can be reused.
             var info = siginfo_t()
-            while waitid(P_PID, id_t(pid), &info, WEXITED | WNOWAIT) != 0 && errno == EINTR {}
+            _ = try? retryInterrupted { waitid(P_PID, id_t(pid), &info, WEXITED | WNOWAIT) }
             running.withLock { $0.pid = nil }
             return Processes.waitForExit(pid: pid, isChild: true)
         }
@@ -222,10 +222,9 @@ public final class APIFrontSupervisor: Sendable {
     static func readReport(_ fd: Int32) -> String {
         var out: [UInt8] = []
         var buf = [UInt8](repeating: 0, count: 1024)
-        while out.count < 4096 {
-            let n = buf.withUnsafeMutableBytes { recv(fd, $0.baseAddress, $0.count, Int32(MSG_DONTWAIT)) }
-            if n < 0 && errno == EINTR { continue }
-            if n <= 0 { break }
+        while out.count < 4096,
+              let n = try? retryInterrupted({ buf.withUnsafeMutableBytes { recv(fd, $0.baseAddress, $0.count, Int32(MSG_DONTWAIT)) } }),
+              n > 0 {
             out += buf[0..<n]
         }
         return String(decoding: out, as: UTF8.self)

@@ -3,6 +3,7 @@ import Logging
 import NIOCore
 import NIOHTTP1
 import NIOPosix
+import Posix
 #if canImport(Glibc)
 import Glibc
 #endif
@@ -78,7 +79,7 @@ public final class HTTPServer: Sendable {
         guard let groupName else { return }
         if let g = getgrnam(groupName) {
             if chown(path, 0, g.pointee.gr_gid) != 0 && chown(path, getuid(), g.pointee.gr_gid) != 0 {
-                logger.warning("cannot give \(path) to group \(groupName): \(String(cString: strerror(errno)))")
+                logger.warning("cannot give \(path) to group \(groupName): \(errnoMessage())")
             }
         } else {
             logger.warning("group \(groupName) does not exist: \(path) is usable by root only (scripts/install.sh creates the group)")

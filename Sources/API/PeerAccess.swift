@@ -1,4 +1,4 @@
-import Realtime
+import Posix
 #if canImport(Glibc)
 import Glibc
 #endif

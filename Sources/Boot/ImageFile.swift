@@ -1,3 +1,4 @@
+import SystemPackage
 #if canImport(Glibc)
 import Glibc
 #endif
@@ -11,21 +12,20 @@ public struct ImageFile: Sendable {
 
     public static func read(path: String) throws -> ImageFile {
         let fd = open(path, O_RDONLY | O_CLOEXEC)
-        guard fd >= 0 else { throw BootError.cannotRead(path: path, reason: String(cString: strerror(errno))) }
+        guard fd >= 0 else { throw BootError.cannotRead(path: path, reason: Errno(rawValue: errno).description) }
         defer { close(fd) }
         var st = stat()
-        guard fstat(fd, &st) == 0 else { throw BootError.cannotRead(path: path, reason: String(cString: strerror(errno))) }
+        guard fstat(fd, &st) == 0 else { throw BootError.cannotRead(path: path, reason: Errno(rawValue: errno).description) }
         guard (st.st_mode & S_IFMT) == S_IFREG else { throw BootError.cannotRead(path: path, reason: "not a regular file") }
         let size = Int(st.st_size)
         var bytes = [UInt8](repeating: 0, count: size)
         var done = 0
         try bytes.withUnsafeMutableBytes { buf in
             while done < size {
-                let n = Glibc.read(fd, buf.baseAddress! + done, size - done)
-                if n < 0 {
-                    if errno == EINTR { continue }
-                    throw BootError.cannotRead(path: path, reason: String(cString: strerror(errno)))
-                }
+                // swift-system's read retries EINTR (Boot sits below Posix).
+                let n: Int
+                do { n = try FileDescriptor(rawValue: fd).read(into: UnsafeMutableRawBufferPointer(rebasing: buf[done...])) }
+                catch { throw BootError.cannotRead(path: path, reason: "\(error)") }
                 if n == 0 { break }
                 done += n
             }

@@ -1,3 +1,4 @@
+import SystemPackage
 #if canImport(Glibc)
 import Glibc
 #endif
@@ -93,11 +94,11 @@ extension Validator {
         let path = s.hasPrefix("/") ? s : baseDirectory + "/" + s
         guard checkFiles else { return path }
         var st = stat()
-        guard stat(path, &st) == 0 else { fail("\(at).path", "\(path): \(String(cString: strerror(errno)))"); return nil }
+        guard stat(path, &st) == 0 else { fail("\(at).path", "\(path): \(Errno(rawValue: errno))"); return nil }
         let type = st.st_mode & S_IFMT
         guard type == S_IFREG || type == S_IFBLK else { fail("\(at).path", "\(path): not a regular file or block device"); return nil }
         guard access(path, readOnly ? R_OK : R_OK | W_OK) == 0 else {
-            fail("\(at).path", "\(path): not \(readOnly ? "readable" : "readable and writable"): \(String(cString: strerror(errno)))"
+            fail("\(at).path", "\(path): not \(readOnly ? "readable" : "readable and writable"): \(Errno(rawValue: errno))"
                  + (readOnly ? "" : " (set \"read_only\": true for a read-only disk)"))
             return nil
         }

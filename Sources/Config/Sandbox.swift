@@ -1,14 +1,6 @@
 // The `sandbox` block of a definition (issue 7): the VMM's seccomp filters (docs/sandbox.md).
 
-/// What a thread's seccomp filter does with a syscall that is not on its list.
-public enum SeccompMode: String, CaseIterable, Sendable, Codable {
-    /// The default: the process dies by SIGSYS after reporting the syscall (status file, stderr).
-    case enforce
-    /// The syscall runs and the kernel logs it (audit/kernel log): for finding a missing entry.
-    case log
-    /// No filters at all.
-    case off
-}
+import SandboxMode
 
 public struct SandboxSettings: Equatable, Sendable, Codable {
     public var seccomp: SeccompMode = .enforce

@@ -1,4 +1,5 @@
 import Arch
+import SystemPackage
 #if canImport(FoundationEssentials)
 import FoundationEssentials
 #else
@@ -82,7 +83,7 @@ public struct VMDefinition: Equatable, Sendable {
 
     static func reason(for path: String) -> String {
         var st = stat()
-        if stat(path, &st) != 0 { return String(cString: strerror(errno)) }
+        if stat(path, &st) != 0 { return Errno(rawValue: errno).description }
         if (st.st_mode & S_IFMT) == S_IFDIR { return "is a directory" }
         return "unreadable"
     }
@@ -205,11 +206,11 @@ struct Validator {
         if checkFiles {
             var st = stat()
             if stat(path, &st) != 0 {
-                fail("$.\(key)", "\(path): \(String(cString: strerror(errno)))")
+                fail("$.\(key)", "\(path): \(Errno(rawValue: errno))")
                 return nil
             }
             if (st.st_mode & S_IFMT) != S_IFREG { fail("$.\(key)", "\(path): not a regular file"); return nil }
-            if access(path, R_OK) != 0 { fail("$.\(key)", "\(path): not readable: \(String(cString: strerror(errno)))"); return nil }
+            if access(path, R_OK) != 0 { fail("$.\(key)", "\(path): not readable: \(Errno(rawValue: errno))"); return nil }
         }
         return path
     }

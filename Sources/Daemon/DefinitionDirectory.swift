@@ -1,6 +1,7 @@
 import APIModels
 import Config
 import Foundation
+import Posix
 
 /// One valid definition file as loaded: its bytes (handed to rtvisor-vmm unchanged, so fields
 /// this daemon does not know are kept) and the parsed, validated definition.
@@ -87,7 +88,7 @@ public enum DefinitionDirectory {
     static func errnoText(_ error: Error) -> String {
         let ns = error as NSError
         if let u = ns.userInfo[NSUnderlyingErrorKey] as? NSError, u.domain == NSPOSIXErrorDomain {
-            return String(cString: strerror(Int32(u.code)))
+            return errnoMessage(Int32(u.code))
         }
         return ns.localizedDescription
     }

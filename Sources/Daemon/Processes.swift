@@ -1,6 +1,7 @@
 import CDaemonSupport
 import Foundation
 import SystemPackage
+import Posix
 
 /// Process operations the supervisor needs, by pid. Spawning never goes through a shell: argv
 /// is passed as an array to posix_spawn.
@@ -86,7 +87,7 @@ public enum Processes {
         let fd = cdaemon_pidfd_open(pid)
         if fd >= 0 {
             var p = pollfd(fd: fd, events: Int16(POLLIN), revents: 0)
-            while poll(&p, 1, -1) < 0 && errno == EINTR {}
+            _ = try? retryInterrupted { poll(&p, 1, -1) }
             close(fd)
         } else if !isChild {
             // No pidfd (kernel < 5.3): poll for the pid.
@@ -94,9 +95,7 @@ public enum Processes {
         }
         guard isChild else { return .unknown }
         var status: Int32 = 0
-        while waitpid(pid, &status, 0) < 0 {
-            if errno != EINTR { return .unknown }
-        }
+        guard (try? retryInterrupted { waitpid(pid, &status, 0) }) != nil else { return .unknown }
         if status & 0x7f == 0 { return .exited((status >> 8) & 0xff) }
         return .signaled(status & 0x7f)
     }
@@ -169,17 +168,10 @@ public enum SystemdJobs {
         let r = cArgv.withUnsafeBufferPointer { a in cEnv.withUnsafeBufferPointer { e in cdaemon_spawn(&pid, systemctl, a.baseAddress, e.baseAddress, fds[1], devnull) } }
         close(fds[1])
         guard r == 0 else { close(fds[0]); return false }
-        var out: [UInt8] = []
-        var buf = [UInt8](repeating: 0, count: 4096)
-        while true {
-            let n = buf.withUnsafeMutableBytes { read(fds[0], $0.baseAddress, $0.count) }
-            if n < 0 && errno == EINTR { continue }
-            if n <= 0 { break }
-            out.append(contentsOf: buf[0..<n])
-        }
+        let out = (try? readToEnd(fds[0], chunk: 4096)) ?? []
         close(fds[0])
         var st: Int32 = 0
-        while waitpid(pid, &st, 0) < 0 && errno == EINTR {}
+        _ = try? retryInterrupted { waitpid(pid, &st, 0) }
         return jobListShowsRestart(String(decoding: out, as: UTF8.self), unit: unit)
     }
 

@@ -3,6 +3,7 @@ import Config
 import Foundation
 import Realtime
 import VMMInterface
+import Posix
 
 /// Performing `VMEffect`s: the only place where a VM's lifecycle touches processes, files,
 /// timers and the journal. Effects that have a result (spawn, freeze, thaw) feed it back into
@@ -21,10 +22,10 @@ extension Supervisor {
             if Processes.stateLetter(of: pid) == "T" { Processes.signal(pid, SIGCONT) }
         case let .freeze(pid):
             let sent = Processes.signal(pid, SIGSTOP)
-            return feed(name, sent ? .frozen(pid: pid) : .freezeFailed(pid: pid, error: String(cString: strerror(errno))))
+            return feed(name, sent ? .frozen(pid: pid) : .freezeFailed(pid: pid, error: errnoMessage()))
         case let .thaw(pid):
             let sent = Processes.signal(pid, SIGCONT)
-            return feed(name, sent ? .thawed(pid: pid) : .thawFailed(pid: pid, error: String(cString: strerror(errno))))
+            return feed(name, sent ? .thawed(pid: pid) : .thawFailed(pid: pid, error: errnoMessage()))
         case let .scheduleRestart(afterMs, generation):
             Task {
                 try? await Task.sleep(for: .milliseconds(afterMs))

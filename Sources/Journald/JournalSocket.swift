@@ -1,4 +1,5 @@
 import CDaemonSupport
+import Posix
 #if canImport(Glibc)
 import Glibc
 #endif
@@ -44,12 +45,7 @@ public final class JournalSocket: Sendable {
         let mfd = cdaemon_memfd("journal-entry")
         guard mfd >= 0 else { throw .errno(errno) }
         defer { close(mfd) }
-        var off = 0
-        while off < data.count {
-            let w = data.withUnsafeBytes { Glibc.write(mfd, $0.baseAddress! + off, $0.count - off) }
-            if w < 0 { if errno == EINTR { continue }; throw .errno(errno) }
-            off += w
-        }
+        do { try writeAll(mfd, data) } catch { throw .errno(error.rawValue) }
         guard cdaemon_seal_all(mfd) == 0 else { throw .errno(errno) }
         guard cdaemon_send_fd(fd, path, mfd) >= 0 else { throw .errno(errno) }
     }

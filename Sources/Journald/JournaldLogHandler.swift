@@ -1,4 +1,5 @@
 import Logging
+import Posix
 import Synchronization
 #if canImport(Glibc)
 import Glibc
@@ -91,14 +92,7 @@ public final class JournalSink: Sendable {
 
     private func writeStderr(_ entry: JournalEntry) {
         let bytes = Array(Self.stderrLine(entry).utf8)
-        stderrLock.withLock { _ in
-            var off = 0
-            while off < bytes.count {
-                let n = bytes.withUnsafeBytes { Glibc.write(STDERR_FILENO, $0.baseAddress! + off, $0.count - off) }
-                if n < 0 { if errno == EINTR { continue }; return }
-                off += n
-            }
-        }
+        stderrLock.withLock { _ in try? writeAll(STDERR_FILENO, bytes) }
     }
 }
 

@@ -1,4 +1,5 @@
 import Arch
+import SystemPackage
 #if canImport(Glibc)
 import Glibc
 #endif
@@ -27,11 +28,11 @@ public enum GuestMemoryError: Error, Equatable, CustomStringConvertible {
     public var description: String {
         switch self {
         case let .outOfRange(a, l): "guest memory access 0x\(String(a, radix: 16))+0x\(String(l, radix: 16)) is outside guest RAM"
-        case let .mmapFailed(b, e): "cannot map \(b / (1 << 20)) MiB of guest RAM: \(String(cString: strerror(e)))"
+        case let .mmapFailed(b, e): "cannot map \(b / (1 << 20)) MiB of guest RAM: \(Errno(rawValue: e))"
         case let .hugePagesUnavailable(b, e):
-            "cannot map \(b / (1 << 20)) MiB of guest RAM on 2 MiB huge pages: \(String(cString: strerror(e))) (reserve them: sysctl vm.nr_hugepages)"
+            "cannot map \(b / (1 << 20)) MiB of guest RAM on 2 MiB huge pages: \(Errno(rawValue: e)) (reserve them: sysctl vm.nr_hugepages)"
         case let .lockFailed(b, e):
-            "cannot lock \(b / (1 << 20)) MiB of guest RAM: \(String(cString: strerror(e))) (needs CAP_IPC_LOCK or RLIMIT_MEMLOCK)"
+            "cannot lock \(b / (1 << 20)) MiB of guest RAM: \(Errno(rawValue: e)) (needs CAP_IPC_LOCK or RLIMIT_MEMLOCK)"
         case .overlappingRegions: "guest RAM regions overlap"
         case let .invalidSize(s): "invalid guest RAM size \(s)"
         }

@@ -19,18 +19,14 @@ public final class EventFD: Sendable {
     /// Adds 1. Never blocks in practice: the counter would have to reach 2^64-2.
     public func signal() {
         var one: UInt64 = 1
-        while write(fd.rawValue, &one, 8) < 0 && errno == EINTR {}
+        _ = try? retryInterrupted { write(fd.rawValue, &one, 8) }
     }
 
     /// Reads and resets the counter; 0 if it was not signalled (non-blocking mode).
     @discardableResult
     public func drain() -> UInt64 {
         var v: UInt64 = 0
-        while true {
-            let n = read(fd.rawValue, &v, 8)
-            if n == 8 { return v }
-            if n < 0 && errno == EINTR { continue }
-            return 0
-        }
+        let n = try? retryInterrupted { read(fd.rawValue, &v, 8) }
+        return n == 8 ? v : 0
     }
 }

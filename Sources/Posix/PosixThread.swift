@@ -13,7 +13,7 @@ public final class PosixThread: @unchecked Sendable {
     public struct StartError: Error, CustomStringConvertible {
         public let name: String
         public let code: Int32
-        public var description: String { "cannot start thread \(name): \(String(cString: strerror(code)))" }
+        public var description: String { "cannot start thread \(name): \(errnoMessage(code))" }
     }
 
     public init(name: String, _ body: @escaping @Sendable () -> Void) throws {

@@ -1,3 +1,5 @@
+import Posix
+
 /// Kernel CPU list syntax ("0-3,8,10-11"), as in cpuset.cpus, smp_affinity_list and
 /// /sys/devices/system/cpu/online.
 public enum CPUList {

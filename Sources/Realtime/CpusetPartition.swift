@@ -1,6 +1,7 @@
 #if canImport(Glibc)
 import Glibc
 #endif
+import Posix
 
 /// Why a real-time partition could not be set up.
 public enum PartitionError: Error, Equatable, CustomStringConvertible {
@@ -256,7 +257,7 @@ struct FileLock {
         let dir = path.contains("/") ? String(path[..<path.lastIndex(of: "/")!]) : "."
         mkdir(dir, 0o755)
         fd = open(path, O_RDWR | O_CREAT | O_CLOEXEC, 0o600)
-        if fd >= 0 { while flock(fd, LOCK_EX) != 0 && errno == EINTR {} }
+        if fd >= 0 { _ = try? retryInterrupted { flock(fd, LOCK_EX) } }
     }
     func unlock() { if fd >= 0 { close(fd) } }
 }

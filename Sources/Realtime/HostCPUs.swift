@@ -1,3 +1,5 @@
+import Posix
+
 /// Where the host's kernel interfaces live; tests point these at fake trees.
 public struct HostPaths: Sendable, Equatable {
     public var sys: String

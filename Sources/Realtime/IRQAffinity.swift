@@ -1,3 +1,5 @@
+import Posix
+
 /// Steers host IRQs away from real-time CPUs and back (/proc/irq/N/smp_affinity_list).
 public struct IRQAffinity: Sendable {
     public let paths: HostPaths
@@ -37,7 +39,7 @@ public struct IRQAffinity: Sendable {
                                     CPUList.format(CPUList.removing(rtCPUs, from: info.affinity, orElse: housekeeping)))
                 saved.irqs["\(info.irq)"] = CPUList.format(info.affinity)
             } catch {
-                saved.unmovable.append("\(info.irq): \(String(cString: strerror(error.errno)))")
+                saved.unmovable.append("\(info.irq): \(errnoMessage(error.errno))")
             }
         }
         saved.defaultAffinity = CPUMaskFile.defaultIRQAffinity(paths).move(off: rtCPUs, housekeeping: housekeeping)

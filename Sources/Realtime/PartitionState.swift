@@ -6,6 +6,7 @@ import Foundation
 #if canImport(Glibc)
 import Glibc
 #endif
+import Posix
 
 /// What a running real-time VM changed on the host, written by its VMM so that whoever sees the
 /// VMM end (the VMM itself, or rtvisord after a crash) can undo it.

@@ -1,4 +1,5 @@
 import CLinux
+import Posix
 #if canImport(Glibc)
 import Glibc
 #endif
@@ -8,7 +9,7 @@ public struct SchedulingError: Error, Equatable, CustomStringConvertible {
     public let operation: String
     public let errno: Int32
     public var description: String {
-        var s = "\(operation): \(String(cString: strerror(errno)))"
+        var s = "\(operation): \(errnoMessage(errno))"
         if errno == EPERM { s += " (needs root or CAP_SYS_NICE / CAP_IPC_LOCK)" }
         return s
     }

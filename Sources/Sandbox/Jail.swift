@@ -1,5 +1,5 @@
 import CLinux
-import Realtime
+import Posix
 #if canImport(Glibc)
 import Glibc
 #endif
@@ -72,7 +72,7 @@ public enum Jail {
 
     /// Enters the jail; the process is unprivileged afterwards (all threads).
     public static func enter(_ plan: JailPlan) throws {
-        func fail(_ what: String) -> JailError { JailError(description: "jail: \(what): \(String(cString: strerror(errno)))") }
+        func fail(_ what: String) -> JailError { JailError(description: "jail: \(what): \(errnoMessage())") }
         let threads = threadCount()
         guard threads == 1 else { throw JailError(description: "jail: \(threads) threads exist; it must be entered by a single-threaded VMM") }
         // The mount point on the host: an empty directory only root can enter.

@@ -1,4 +1,4 @@
-import Realtime
+import Posix
 #if canImport(Glibc)
 import Glibc
 #endif
@@ -54,7 +54,7 @@ public struct ResourceCgroup: Sendable {
     }
 
     static func write(_ path: String, _ value: String) -> String? {
-        do { try HostFiles.write(path, value); return nil } catch { return String(cString: strerror(error.errno)) }
+        do { try HostFiles.write(path, value); return nil } catch { return errnoMessage(error.errno) }
     }
 
     public static func read(_ path: String) -> String? { HostFiles.read(path) }

@@ -1,7 +1,7 @@
 import CSandbox
 import CSeccomp
-import Config
 import Posix
+import SandboxMode
 import Synchronization
 #if canImport(Glibc)
 import Glibc
@@ -39,11 +39,11 @@ public enum Sandbox {
         var fd: Int32 = -1
         if let statusFile, mode == .enforce {
             fd = open(statusFile, O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, 0o640)
-            if fd < 0 { throw SandboxError("--status-file \(statusFile): \(String(cString: strerror(errno)))") }
+            if fd < 0 { throw SandboxError("--status-file \(statusFile): \(errnoMessage())") }
         }
         if mode == .enforce {
             guard csandbox_install_sigsys_handler(vmName, fd) == 0 else {
-                throw SandboxError("sigaction(SIGSYS): \(String(cString: strerror(errno)))")
+                throw SandboxError("sigaction(SIGSYS): \(errnoMessage())")
             }
             disableCoreDumps()
         }
@@ -89,7 +89,7 @@ public enum Sandbox {
         guard threads == 1 else { throw SandboxError("\(program): \(threads) threads exist; the filter must be installed before the first one starts") }
         if mode == .enforce {
             guard csandbox_install_sigsys_report(program, subject, reportFD) == 0 else {
-                throw SandboxError("sigaction(SIGSYS): \(String(cString: strerror(errno)))")
+                throw SandboxError("sigaction(SIGSYS): \(errnoMessage())")
             }
             // A SIGSYS core would hold whatever the process was handling (request bodies).
             disableCoreDumps()
@@ -137,15 +137,15 @@ public enum Sandbox {
                 for c in checks {
                     var cmp = scmp_arg_cmp(arg: c.argument, op: SCMP_CMP_MASKED_EQ, datum_a: c.mask, datum_b: c.value)
                     let rc = seccomp_rule_add_array(ctx, action, nr, 1, &cmp)
-                    guard rc == 0 else { throw SandboxError("rule \(rule.name) (\(c.label)): \(String(cString: strerror(-rc)))") }
+                    guard rc == 0 else { throw SandboxError("rule \(rule.name) (\(c.label)): \(errnoMessage(-rc))") }
                 }
             } else {
                 let rc = seccomp_rule_add_array(ctx, action, nr, 0, nil)
-                guard rc == 0 else { throw SandboxError("rule \(rule.name): \(String(cString: strerror(-rc)))") }
+                guard rc == 0 else { throw SandboxError("rule \(rule.name): \(errnoMessage(-rc))") }
             }
         }
         let rc = seccomp_load(ctx)
-        guard rc == 0 else { throw SandboxError("seccomp_load: \(String(cString: strerror(-rc)))") }
+        guard rc == 0 else { throw SandboxError("seccomp_load: \(errnoMessage(-rc))") }
     }
 
     static func writeStderr(_ s: String) {

@@ -1,4 +1,5 @@
 import CKVM
+import Posix
 import SystemPackage
 #if canImport(Glibc)
 import Glibc
@@ -10,12 +11,8 @@ public final class LinuxVFIO: VFIOKernel {
     public init(devDirectory: String = "/dev/vfio") { self.devDirectory = devDirectory }
 
     private func ioctl(_ fd: FileDescriptor, _ request: UInt, _ name: String, _ arg: UnsafeMutableRawPointer?, on subject: String) throws -> Int32 {
-        while true {
-            let r = ckvm_ioctl_ptr(fd.rawValue, request, arg)
-            if r >= 0 { return r }
-            if errno == EINTR { continue }
-            throw VFIOError(name, Errno(rawValue: errno), on: subject)
-        }
+        do { return try retryInterrupted { ckvm_ioctl_ptr(fd.rawValue, request, arg) } }
+        catch { throw VFIOError(name, error, on: subject) }
     }
 
     private func ioctlValue(_ fd: FileDescriptor, _ request: UInt, _ name: String, _ arg: UInt, on subject: String) throws -> Int32 {

@@ -1,6 +1,7 @@
 #if canImport(Glibc)
 import Glibc
 #endif
+import Posix
 import Synchronization
 
 /// Where the guest's serial output goes: a file descriptor (stdout in the foreground), written
@@ -18,7 +19,7 @@ public final class ConsoleOutput: Sendable {
 
     public func write(_ byte: UInt8) {
         var b = byte
-        if fd >= 0 { while Glibc.write(fd, &b, 1) < 0 && errno == EINTR {} }
+        if fd >= 0 { _ = try? retryInterrupted { Glibc.write(fd, &b, 1) } }
         tap?(byte)
         tail.withLock { t in
             t.append(byte)

@@ -191,8 +191,7 @@ public final class Machine: @unchecked Sendable {
         let thread = try? PosixThread(name: "console-in") {
             var buf = [UInt8](repeating: 0, count: 256)
             while true {
-                let n = buf.withUnsafeMutableBytes { Glibc.read(STDIN_FILENO, $0.baseAddress, $0.count) }
-                if n < 0 && errno == EINTR { continue }
+                let n = (try? buf.withUnsafeMutableBytes { raw in try retryInterrupted { Glibc.read(STDIN_FILENO, raw.baseAddress, raw.count) } }) ?? 0
                 if n <= 0 { return }
                 serial.enqueueInput(buf[0..<n])
             }

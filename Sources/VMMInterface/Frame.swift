@@ -1,3 +1,4 @@
+import Posix
 import Synchronization
 import SystemPackage
 #if canImport(FoundationEssentials)
@@ -71,12 +72,7 @@ public enum ControlFrame {
     public static func write(_ frame: [UInt8], to fd: FileDescriptor) throws {
         var sent = 0
         while sent < frame.count {
-            let n = frame.withUnsafeBytes { send(fd.rawValue, $0.baseAddress! + sent, $0.count - sent, Int32(MSG_NOSIGNAL)) }
-            if n < 0 {
-                if errno == EINTR { continue }
-                throw Errno(rawValue: errno)
-            }
-            sent += n
+            sent += try retryInterrupted { frame.withUnsafeBytes { send(fd.rawValue, $0.baseAddress! + sent, $0.count - sent, Int32(MSG_NOSIGNAL)) } }
         }
     }
 

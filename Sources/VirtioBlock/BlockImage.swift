@@ -1,5 +1,6 @@
 import CLinux
 import Memory
+import Posix
 import SystemPackage
 #if canImport(Glibc)
 import Glibc
@@ -36,14 +37,14 @@ public final class BlockImage: Sendable {
         let raw = open(path, flags)
         guard raw >= 0 else {
             let e = errno
-            var reason = String(cString: strerror(e))
+            var reason = errnoMessage(e)
             if e == EINVAL && directIO { reason += " (the file system does not support O_DIRECT; set direct_io to false)" }
             throw BlockImageError(path: path, reason: "cannot open disk image: \(reason)")
         }
         let fd = FileDescriptor(rawValue: raw)
         do {
             var st = stat()
-            guard fstat(raw, &st) == 0 else { throw BlockImageError(path: path, reason: "fstat: \(String(cString: strerror(errno)))") }
+            guard fstat(raw, &st) == 0 else { throw BlockImageError(path: path, reason: "fstat: \(errnoMessage())") }
             let type = st.st_mode & S_IFMT
             var bytes: UInt64
             if type == S_IFREG {
@@ -51,7 +52,7 @@ public final class BlockImage: Sendable {
             } else if type == S_IFBLK {
                 bytes = 0
                 guard clinux_ioctl_ptr(raw, CLINUX_BLKGETSIZE64, &bytes) == 0 else {
-                    throw BlockImageError(path: path, reason: "BLKGETSIZE64: \(String(cString: strerror(errno)))")
+                    throw BlockImageError(path: path, reason: "BLKGETSIZE64: \(errnoMessage())")
                 }
             } else {
                 throw BlockImageError(path: path, reason: "not a regular file or block device")
@@ -61,7 +62,7 @@ public final class BlockImage: Sendable {
                 throw BlockImageError(path: path, reason: e == EWOULDBLOCK
                     ? (readOnly ? "disk image is in use read-write by another process (another VM?)"
                                 : "disk image is in use by another process (another VM?); a writable image is exclusive")
-                    : "cannot lock disk image: \(String(cString: strerror(e)))")
+                    : "cannot lock disk image: \(errnoMessage(e))")
             }
             bytes -= bytes % Self.sectorSize
             guard bytes > 0 else { throw BlockImageError(path: path, reason: "disk image is smaller than one 512-byte sector") }
@@ -137,13 +138,11 @@ public final class BlockImage: Sendable {
         var position = offset
         while start < iov.count {
             let count = Int32(min(iov.count - start, 1024)) // IOV_MAX on Linux
-            let n = iov.withUnsafeBufferPointer { p in
-                write ? pwritev(fd.rawValue, p.baseAddress! + start, count, off_t(position))
-                      : preadv(fd.rawValue, p.baseAddress! + start, count, off_t(position))
-            }
-            if n < 0 {
-                if errno == EINTR { continue }
-                throw Errno(rawValue: errno)
+            let n = try retryInterrupted {
+                iov.withUnsafeBufferPointer { p in
+                    write ? pwritev(fd.rawValue, p.baseAddress! + start, count, off_t(position))
+                          : preadv(fd.rawValue, p.baseAddress! + start, count, off_t(position))
+                }
             }
             if n == 0 {
                 guard !write else { throw Errno.ioError }
@@ -165,9 +164,7 @@ public final class BlockImage: Sendable {
 
     /// Makes every acknowledged write durable (VIRTIO_BLK_T_FLUSH).
     public func flush() throws {
-        while fdatasync(fd.rawValue) != 0 {
-            if errno != EINTR { throw Errno(rawValue: errno) }
-        }
+        try retryInterrupted { fdatasync(fd.rawValue) }
     }
 
     /// Deallocates a range; it reads back as zeroes where the file system supports holes.
@@ -208,11 +205,9 @@ public final class BlockImage: Sendable {
         var done = 0
         while done < buffer.count {
             let p = buffer.baseAddress! + done
-            let n = write ? pwrite(fd.rawValue, p, buffer.count - done, off_t(offset) + off_t(done))
-                          : pread(fd.rawValue, p, buffer.count - done, off_t(offset) + off_t(done))
-            if n < 0 {
-                if errno == EINTR { continue }
-                throw Errno(rawValue: errno)
+            let n = try retryInterrupted {
+                write ? pwrite(fd.rawValue, p, buffer.count - done, off_t(offset) + off_t(done))
+                      : pread(fd.rawValue, p, buffer.count - done, off_t(offset) + off_t(done))
             }
             if n == 0 {
                 guard !write else { throw Errno.ioError }

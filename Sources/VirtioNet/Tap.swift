@@ -1,4 +1,5 @@
 import CLinux
+import Posix
 import SystemPackage
 #if canImport(Glibc)
 import Glibc
@@ -30,18 +31,18 @@ public final class Tap: Sendable {
     public init(name: String, path: String = "/dev/net/tun") throws {
         guard name.utf8.count < 16 else { throw TapError(name: name, reason: "interface names are at most 15 bytes") }
         let raw = open(path, O_RDWR | O_NONBLOCK | O_CLOEXEC)
-        guard raw >= 0 else { throw TapError(name: name, reason: "cannot open \(path): \(String(cString: strerror(errno)))") }
+        guard raw >= 0 else { throw TapError(name: name, reason: "cannot open \(path): \(errnoMessage())") }
         let fd = FileDescriptor(rawValue: raw)
         do {
             var out = [CChar](repeating: 0, count: 16)
             guard clinux_tun_attach(raw, name, &out) == 0 else {
                 let e = errno
                 let hint = e == EBUSY ? " (another process has it open)" : e == EPERM ? " (needs CAP_NET_ADMIN, or a persistent tap owned by this user)" : ""
-                throw TapError(name: name, reason: "TUNSETIFF: \(String(cString: strerror(e)))\(hint)")
+                throw TapError(name: name, reason: "TUNSETIFF: \(errnoMessage(e))\(hint)")
             }
             var size = Self.headerSize
             guard clinux_ioctl_ptr(raw, CLINUX_TUNSETVNETHDRSZ, &size) == 0 else {
-                throw TapError(name: name, reason: "TUNSETVNETHDRSZ: \(String(cString: strerror(errno)))")
+                throw TapError(name: name, reason: "TUNSETVNETHDRSZ: \(errnoMessage())")
             }
             let all = Self.offloadChecksum | Self.offloadTSO4 | Self.offloadTSO6
             supportsOffloads = clinux_ioctl_val(raw, CLINUX_TUNSETOFFLOAD, all) == 0
@@ -67,7 +68,7 @@ public final class Tap: Sendable {
     /// Tells the tap which offloads the guest can receive (frames without full checksums, TSO).
     public func setOffloads(_ flags: UInt) throws {
         guard clinux_ioctl_val(fd.rawValue, CLINUX_TUNSETOFFLOAD, flags) == 0 else {
-            throw TapError(name: name, reason: "TUNSETOFFLOAD: \(String(cString: strerror(errno)))")
+            throw TapError(name: name, reason: "TUNSETOFFLOAD: \(errnoMessage())")
         }
     }
 
@@ -89,12 +90,6 @@ public final class Tap: Sendable {
 
     /// Runs a read/write on the non-blocking tap: retries EINTR, nil for EAGAIN.
     private func nonBlocking(_ call: () -> Int) throws(Errno) -> Int? {
-        while true {
-            let n = call()
-            if n >= 0 { return n }
-            if errno == EINTR { continue }
-            if errno == EAGAIN { return nil }
-            throw Errno(rawValue: errno)
-        }
+        do { return try retryInterrupted(call) } catch .resourceTemporarilyUnavailable { return nil }
     }
 }

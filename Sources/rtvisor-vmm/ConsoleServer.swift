@@ -1,5 +1,6 @@
 import CDaemonSupport
 import Journald
+import Posix
 import Sandbox
 import Synchronization
 #if canImport(Glibc)
@@ -33,12 +34,12 @@ final class ConsoleServer: @unchecked Sendable {
     init(socketPath: String?, vmName: String, journal: JournalSink?, input: @escaping @Sendable (ArraySlice<UInt8>) -> Void) throws(VMMSetupError) {
         if let socketPath {
             listenFD = cdaemon_listen_unix(socketPath, 8, 0o660)
-            if listenFD < 0 { throw VMMSetupError("--console-socket \(socketPath): \(String(cString: strerror(errno)))") }
+            if listenFD < 0 { throw VMMSetupError("--console-socket \(socketPath): \(errnoMessage())") }
         } else {
             listenFD = -1
         }
         var p: [Int32] = [0, 0]
-        guard cdaemon_pipe(&p) == 0 else { throw VMMSetupError("pipe2: \(String(cString: strerror(errno)))") }
+        guard cdaemon_pipe(&p) == 0 else { throw VMMSetupError("pipe2: \(errnoMessage())") }
         wakeRead = p[0]; wakeWrite = p[1]
         self.vmName = vmName; self.journal = journal; self.input = input
     }
@@ -80,8 +81,7 @@ final class ConsoleServer: @unchecked Sendable {
             var fds = [pollfd(fd: wakeRead, events: Int16(POLLIN), revents: 0)]
             if listenFD >= 0 { fds.append(pollfd(fd: listenFD, events: Int16(POLLIN), revents: 0)) }
             for c in clients { fds.append(pollfd(fd: c, events: Int16(POLLIN), revents: 0)) }
-            let n = poll(&fds, nfds_t(fds.count), 250)
-            if n < 0 { if errno == EINTR { continue }; return }
+            guard let n = try? retryInterrupted({ poll(&fds, nfds_t(fds.count), 250) }) else { return }
             if n == 0 {
                 // A partial line (a prompt) goes to the journal once output has been quiet a while.
                 if !line.isEmpty { lineAge += 1; if lineAge >= 2 { flushLine() } }
@@ -99,8 +99,13 @@ final class ConsoleServer: @unchecked Sendable {
             var gone: [Int32] = []
             for k in i..<fds.count where fds[k].revents != 0 {
                 let fd = fds[k].fd
-                let r = buf.withUnsafeMutableBytes { read(fd, $0.baseAddress, $0.count) }
-                if r > 0 { input(buf[0..<r]) } else if r == 0 || (errno != EINTR && errno != EAGAIN) { gone.append(fd) }
+                do {
+                    let r = try retryInterrupted { buf.withUnsafeMutableBytes { read(fd, $0.baseAddress, $0.count) } }
+                    if r > 0 { input(buf[0..<r]) } else { gone.append(fd) }
+                } catch .resourceTemporarilyUnavailable {
+                } catch {
+                    gone.append(fd)
+                }
             }
             for fd in gone { close(fd); clients.removeAll { $0 == fd } }
         }
@@ -137,12 +142,8 @@ final class ConsoleServer: @unchecked Sendable {
     private func send(_ bytes: ArraySlice<UInt8>, to fd: Int32) -> Bool {
         var off = bytes.startIndex
         while off < bytes.endIndex {
-            let w = bytes[off...].withUnsafeBytes { Glibc.send(fd, $0.baseAddress, $0.count, Int32(MSG_NOSIGNAL)) }
-            if w < 0 {
-                if errno == EINTR { continue }
-                return errno == EAGAIN
-            }
-            off += w
+            do { off += try retryInterrupted { bytes[off...].withUnsafeBytes { Glibc.send(fd, $0.baseAddress, $0.count, Int32(MSG_NOSIGNAL)) } } }
+            catch { return error == .resourceTemporarilyUnavailable }
         }
         return true
     }

@@ -1,5 +1,6 @@
 import CLinux
 import Logging
+import Posix
 import Realtime
 import Sandbox
 import Synchronization
@@ -65,11 +66,10 @@ enum JailSetup {
             try lock.withLock { _ in
                 var request = Array(text.utf8)
                 guard request.withUnsafeMutableBytes({ write(fd, $0.baseAddress, $0.count) }) == request.count else {
-                    throw JailError(description: "real-time janitor: request failed: \(String(cString: strerror(errno)))")
+                    throw JailError(description: "real-time janitor: request failed: \(errnoMessage())")
                 }
                 var reply = [UInt8](repeating: 0, count: 512)
-                var n = -1
-                repeat { n = read(fd, &reply, reply.count) } while n < 0 && errno == EINTR
+                let n = (try? retryInterrupted { read(fd, &reply, reply.count) }) ?? -1
                 return n > 0 ? String(decoding: reply[0..<n], as: UTF8.self) : "no answer (janitor gone)"
             }
         }
@@ -81,7 +81,7 @@ enum JailSetup {
     static func startJanitor(vm: String, grant: (cpus: [Int], maxPriority: Int, attachFile: String?)) throws -> JanitorClient {
         var fds: [Int32] = [0, 0]
         guard socketpair(AF_UNIX, Int32(SOCK_SEQPACKET.rawValue) | Int32(SOCK_CLOEXEC.rawValue), 0, &fds) == 0 else {
-            throw JailError(description: "janitor socket: \(String(cString: strerror(errno)))")
+            throw JailError(description: "janitor socket: \(errnoMessage())")
         }
         defer { close(fds[1]) }
         var target = [CChar](repeating: 0, count: 4096)
@@ -94,7 +94,7 @@ enum JailSetup {
         var pid: pid_t = 0
         guard clinux_spawn_with_stdin(&pid, path, argv, fds[1]) == 0 else {
             close(fds[0])
-            throw JailError(description: "starting the real-time janitor: \(String(cString: strerror(errno)))")
+            throw JailError(description: "starting the real-time janitor: \(errnoMessage())")
         }
         return JanitorClient(fd: fds[0])
     }
@@ -109,10 +109,7 @@ enum JailSetup {
         let vm = parsed.vm, vmmPid = parsed.vmmPID, maxPriority = parsed.maxPriority, cpus = Set(parsed.cpus), attachFile = parsed.attachFile ?? ""
         var buf = [UInt8](repeating: 0, count: 256)
         var released = false
-        while true {
-            let n = read(0, &buf, buf.count)
-            if n < 0 && errno == EINTR { continue }
-            if n <= 0 { break }
+        while let n = try? retryInterrupted({ read(0, &buf, buf.count) }), n > 0 {
             if buf[0..<n].elementsEqual("release".utf8) {
                 let done = releaseRealtimePartition(vm: vm)
                 released = true

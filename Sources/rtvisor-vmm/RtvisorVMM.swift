@@ -6,6 +6,7 @@ import VMM
 import VMMInterface
 import Posix
 import Sandbox
+import SystemPackage
 #if canImport(FoundationEssentials)
 import FoundationEssentials
 #else
@@ -101,7 +102,7 @@ struct RtvisorVMM: ParsableCommand {
         var consoleFD = STDOUT_FILENO
         if let consoleLog = launch.consoleLog {
             consoleFD = open(consoleLog, O_WRONLY | O_CREAT | O_APPEND | O_CLOEXEC, 0o640)
-            if consoleFD < 0 { fail("--console-log \(consoleLog): \(String(cString: strerror(errno)))") }
+            if consoleFD < 0 { fail("--console-log \(consoleLog): \(errnoMessage())") }
         }
         // Console input reaches the machine through this box, filled once the machine exists.
         let machineBox = MachineBox()
@@ -157,26 +158,18 @@ struct RtvisorVMM: ParsableCommand {
         let fd = open(config, O_RDONLY | O_CLOEXEC)
         guard fd >= 0 else { return try VMDefinition.load(path: config) }
         defer { close(fd) }
-        var data: [UInt8] = []
-        var buf = [UInt8](repeating: 0, count: 65536)
-        while true {
-            let n = buf.withUnsafeMutableBytes { read(fd, $0.baseAddress, $0.count) }
-            if n < 0 && errno == EINTR { continue }
-            if n <= 0 { break }
-            data.append(contentsOf: buf[0..<n])
-        }
-        return try VMDefinition.parse(Data(data), file: config, baseDirectory: baseDirectory)
+        return try VMDefinition.parse(Data(try readToEnd(fd)), file: config, baseDirectory: baseDirectory)
     }
 
     func joinCgroup(_ dir: String) {
         let fd = open(dir + "/cgroup.procs", O_WRONLY | O_CLOEXEC)
-        var ok = false
-        if fd >= 0 {
-            var zero = Array("0\n".utf8)  // "0": the writing process itself
-            ok = zero.withUnsafeMutableBytes { write(fd, $0.baseAddress, $0.count) } == 2
-            close(fd)
+        do {
+            guard fd >= 0 else { throw Errno(rawValue: errno) }
+            defer { close(fd) }
+            try writeAll(fd, Array("0\n".utf8))  // "0": the writing process itself
+        } catch {
+            writeStderr("rtvisor-vmm: warning: cannot join cgroup \(dir): \(error)\n")
         }
-        if !ok { writeStderr("rtvisor-vmm: warning: cannot join cgroup \(dir): \(String(cString: strerror(errno)))\n") }
     }
 
     /// The exit-status file (the contract's `VMMExitReport`); a failure to write it only loses

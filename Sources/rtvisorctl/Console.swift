@@ -1,4 +1,5 @@
 import CDaemonSupport
+import Posix
 #if canImport(Glibc)
 import Glibc
 #endif
@@ -12,7 +13,7 @@ enum ConsoleAttach {
     static func run(socketPath: String, seconds: Double?) throws -> String {
         let fd = cdaemon_connect_unix(socketPath)
         guard fd >= 0 else {
-            throw UnixHTTPClient.ClientError(description: "cannot connect to \(socketPath): \(String(cString: strerror(errno))) (is the VM running?)")
+            throw UnixHTTPClient.ClientError(description: "cannot connect to \(socketPath): \(errnoMessage()) (is the VM running?)")
         }
         defer { close(fd) }
         let tty = isatty(STDIN_FILENO) == 1
@@ -24,33 +25,35 @@ enum ConsoleAttach {
         var buf = [UInt8](repeating: 0, count: 4096)
         let deadline = seconds.map { now() + $0 }
         while true {
-            var timeout: Int32 = -1
-            if let deadline {
-                let left = deadline - now()
-                if left <= 0 { return "timeout" }
-                timeout = Int32(left * 1000) + 1
-            }
+            if let deadline, deadline <= now() { return "timeout" }
             var fds = [pollfd(fd: fd, events: Int16(POLLIN), revents: 0)]
             if stdinOpen { fds.append(pollfd(fd: STDIN_FILENO, events: Int16(POLLIN), revents: 0)) }
-            let n = poll(&fds, nfds_t(fds.count), timeout)
-            if n < 0 { if errno == EINTR { continue }; return "poll failed" }
+            // The timeout is taken again after an interrupted poll, so a signal does not extend it.
+            guard (try? retryInterrupted({ poll(&fds, nfds_t(fds.count), pollTimeout(until: deadline)) })) != nil else { return "poll failed" }
             if fds[0].revents != 0 {
                 let r = buf.withUnsafeMutableBytes { read(fd, $0.baseAddress, $0.count) }
                 if r <= 0 { if tty { writeErr("\r\n[console closed: the VM stopped]\r\n") }; return "closed" }
-                try writeAll(STDOUT_FILENO, Array(buf[0..<r]))
+                try writeOrFail(STDOUT_FILENO, Array(buf[0..<r]))
             }
             if stdinOpen && fds.count > 1 && fds[1].revents != 0 {
                 let r = buf.withUnsafeMutableBytes { read(STDIN_FILENO, $0.baseAddress, $0.count) }
                 if r <= 0 { stdinOpen = false; continue }
                 let chunk = Array(buf[0..<r])
                 if tty, let i = chunk.firstIndex(of: detachByte) {
-                    if i > 0 { try writeAll(fd, Array(chunk[0..<i])) }
+                    if i > 0 { try writeOrFail(fd, Array(chunk[0..<i])) }
                     writeErr("\r\n[detached]\r\n")
                     return "detached"
                 }
-                try writeAll(fd, chunk)
+                try writeOrFail(fd, chunk)
             }
         }
+    }
+
+    /// poll(2)'s timeout in milliseconds: -1 without a deadline, 0 once it has passed.
+    static func pollTimeout(until deadline: Double?) -> Int32 {
+        guard let deadline else { return -1 }
+        let left = deadline - now()
+        return left <= 0 ? 0 : Int32(left * 1000) + 1
     }
 
     static func now() -> Double {

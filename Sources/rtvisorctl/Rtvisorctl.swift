@@ -1,5 +1,6 @@
 import APIModels
 import ArgumentParser
+import Posix
 #if canImport(FoundationEssentials)
 import FoundationEssentials
 #else
@@ -188,7 +189,7 @@ struct Validate: ParsableCommand {
         var bad = false
         for file in files {
             guard let fd = Optional(open(file, O_RDONLY | O_CLOEXEC)), fd >= 0 else {
-                writeErr("rtvisorctl: \(file): \(String(cString: strerror(errno)))\n"); bad = true; continue
+                writeErr("rtvisorctl: \(file): \(errnoMessage())\n"); bad = true; continue
             }
             var data: [UInt8] = []
             var buf = [UInt8](repeating: 0, count: 65536)

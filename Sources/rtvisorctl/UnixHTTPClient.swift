@@ -1,4 +1,5 @@
 import CDaemonSupport
+import Posix
 #if canImport(Glibc)
 import Glibc
 #endif
@@ -28,7 +29,7 @@ struct UnixHTTPClient {
             var hint = ""
             if e == ENOENT || e == ECONNREFUSED { hint = " (is rtvisord running? systemctl status rtvisord)" }
             if e == EACCES { hint = " (root or membership in group rtvisor is needed)" }
-            throw ClientError(description: "cannot connect to \(socketPath): \(String(cString: strerror(e)))\(hint)")
+            throw ClientError(description: "cannot connect to \(socketPath): \(errnoMessage(e))\(hint)")
         }
         defer { close(fd) }
         var tv = timeval(tv_sec: timeoutSeconds, tv_usec: 0)
@@ -38,15 +39,18 @@ struct UnixHTTPClient {
         let payload = body ?? []
         if body != nil { head += "Content-Type: application/json\r\n" }
         head += "Content-Length: \(payload.count)\r\n\r\n"
-        try writeAll(fd, Array(head.utf8) + payload)
+        try writeOrFail(fd, Array(head.utf8) + payload)
         var data: [UInt8] = []
         var buf = [UInt8](repeating: 0, count: 65536)
         while true {
-            let n = buf.withUnsafeMutableBytes { read(fd, $0.baseAddress, $0.count) }
-            if n < 0 {
-                if errno == EINTR { continue }
-                if errno == EAGAIN { throw ClientError(description: "no answer from rtvisord on \(socketPath) within \(timeoutSeconds) s") }
-                throw ClientError(description: "read: \(String(cString: strerror(errno)))")
+            let n: Int
+            do {
+                n = try retryInterrupted { buf.withUnsafeMutableBytes { read(fd, $0.baseAddress, $0.count) } }
+            } catch .resourceTemporarilyUnavailable {
+                // SO_RCVTIMEO expired.
+                throw ClientError(description: "no answer from rtvisord on \(socketPath) within \(timeoutSeconds) s")
+            } catch {
+                throw ClientError(description: "read: \(error)")
             }
             if n == 0 { break }
             data.append(contentsOf: buf[0..<n])
@@ -74,13 +78,9 @@ struct UnixHTTPClient {
     }
 }
 
-func writeAll(_ fd: Int32, _ bytes: [UInt8]) throws {
-    var off = 0
-    while off < bytes.count {
-        let n = bytes.withUnsafeBytes { Glibc.write(fd, $0.baseAddress! + off, $0.count - off) }
-        if n < 0 { if errno == EINTR { continue }; throw UnixHTTPClient.ClientError(description: "write: \(String(cString: strerror(errno)))") }
-        off += n
-    }
+/// `writeAll`, failing with the CLI's error text ("write: Broken pipe").
+func writeOrFail(_ fd: Int32, _ bytes: [UInt8]) throws {
+    do { try writeAll(fd, bytes) } catch { throw UnixHTTPClient.ClientError(description: "write: \(error)") }
 }
 
 extension Substring {

@@ -7,6 +7,7 @@ import Dispatch
 import Foundation
 import Journald
 import Logging
+import SandboxMode
 import SystemdNotify
 import Glibc
 

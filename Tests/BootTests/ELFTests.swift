@@ -2,6 +2,7 @@ import Testing
 @testable import Boot
 import Memory
 import Foundation
+import TestSupport
 
 @Suite("ELFKernel parsing")
 struct ELFParsingTests {
@@ -224,8 +225,7 @@ struct ImageFileTests {
     }
 
     @Test func readsFilesAndNamesUnreadableOnes() throws {
-        let dir = FileManager.default.temporaryDirectory.appendingPathComponent("rtvisor-boottests-\(UInt64.random(in: 0...UInt64.max))")
-        try FileManager.default.createDirectory(at: dir, withIntermediateDirectories: true)
+        let dir = URL(fileURLWithPath: try makeTemporaryDirectory("rtvisor-boottests"))
         defer { try? FileManager.default.removeItem(at: dir) }
         let file = dir.appendingPathComponent("kernel").path
         let content = (0..<10_000).map { UInt8(truncatingIfNeeded: $0 * 13) }

@@ -2,14 +2,14 @@ import Testing
 import Foundation
 import Arch
 @testable import Config
+import TestSupport
 
 /// A scratch directory with a kernel and an initrd, removed when the test ends.
 final class Workspace {
     let directory: String
 
     init() throws {
-        directory = FileManager.default.temporaryDirectory
-            .appendingPathComponent("rtvisor-config-\(UUID().uuidString)").path
+        directory = try makeTemporaryDirectory("rtvisor-config")
         try FileManager.default.createDirectory(atPath: directory + "/images", withIntermediateDirectories: true)
         try Data([0x7F, 0x45, 0x4C, 0x46]).write(to: URL(fileURLWithPath: directory + "/images/vmlinux"))
         try Data([0x30, 0x37, 0x30, 0x37]).write(to: URL(fileURLWithPath: directory + "/images/initrd.cpio"))

@@ -1,10 +1,10 @@
 import API
 import APIModels
-import CDaemonSupport
 import Daemon
 import Foundation
 import Logging
 import Testing
+import TestSupport
 
 /// A VMControl that records calls and answers from a fixed table.
 actor FakeControl: VMControl {
@@ -158,29 +158,13 @@ extension FakeControl {
     func exchange(_ path: String, _ request: String) async throws -> String {
         for _ in 0..<500 where !FileManager.default.fileExists(atPath: path) { try await Task.sleep(for: .milliseconds(10)) }
         return await withCheckedContinuation { c in
-            let t = Thread { c.resume(returning: Self.blockingExchange(path, request)) }
+            let t = Thread { c.resume(returning: unixSocketExchange(path, request) ?? "connect failed: \(errno)") }
             t.start()
         }
     }
 
-    static func blockingExchange(_ path: String, _ request: String) -> String {
-        let fd = cdaemon_connect_unix(path)
-        guard fd >= 0 else { return "connect failed: \(errno)" }
-        defer { close(fd) }
-        let bytes = Array(request.utf8)
-        _ = bytes.withUnsafeBytes { write(fd, $0.baseAddress, $0.count) }
-        var out: [UInt8] = []
-        var buf = [UInt8](repeating: 0, count: 4096)
-        while true {
-            let n = buf.withUnsafeMutableBytes { read(fd, $0.baseAddress, $0.count) }
-            if n <= 0 { break }
-            out += buf[0..<n]
-        }
-        return String(decoding: out, as: UTF8.self)
-    }
-
     @Test func servesRequestsOnAUnixSocketWithMode0660() async throws {
-        let path = try makeTempDir() + "/api.sock"
+        let path = try makeTemporaryDirectory("rtvisord-test") + "/api.sock"
         let server = HTTPServer(router: APIRouter(control: FakeControl()), logger: Logger(label: "test"))
         let task = Task { try await server.run(socketPath: path, groupName: nil) }
         defer { task.cancel() }
@@ -191,7 +175,7 @@ extension FakeControl {
         stat(path, &st)
         #expect(st.st_mode & 0o777 == 0o660)
         let body = "{\"force\":true}"
-        let stop = try await exchange(path, "POST /v1/vms/web/stop HTTP/1.1\r\nHost: x\r\nContent-Length: \(body.utf8.count)\r\nConnection: close\r\n\r\n\(body)")
+        let stop = try await exchange(path, httpRequest("POST", "/v1/vms/web/stop", body: body))
         #expect(stop.hasPrefix("HTTP/1.1 200 OK\r\n"))
         #expect(stop.contains("\"action\":\"stop-force\""))
         let bad = try await exchange(path, "GARBAGE\r\n\r\n")

@@ -2,10 +2,11 @@ import Config
 import Daemon
 import Foundation
 import Testing
+import TestSupport
 
 @Suite struct DefinitionDirectoryTests {
     @Test func loadsValidSkipsBrokenReportsEachProblem() throws {
-        let dir = try makeTempDir()
+        let dir = try makeTemporaryDirectory("rtvisord-test")
         let k = try makeKernel(in: dir)
         try write(definitionJSON(name: "web", kernel: k, extra: "\"autostart\": true, \"restart\": \"on-failure\""), to: dir + "/web.json")
         try write("{\"name\": \"bad\", \"memory_mib\": 2, \"kernel\": \"missing.elf\", \"restart\": {\"policy\": \"sometimes\"}}", to: dir + "/bad.json")
@@ -30,7 +31,7 @@ import Testing
     }
 
     @Test func duplicateNameFirstFileWins() throws {
-        let dir = try makeTempDir()
+        let dir = try makeTemporaryDirectory("rtvisord-test")
         let k = try makeKernel(in: dir)
         try write(definitionJSON(name: "vm", kernel: k), to: dir + "/a.json")
         try write(definitionJSON(name: "vm", kernel: k, memory: 64), to: dir + "/b.json")
@@ -47,7 +48,7 @@ import Testing
     }
 
     @Test func relativeKernelResolvedAgainstTheDefinitionsDirectory() throws {
-        let dir = try makeTempDir()
+        let dir = try makeTemporaryDirectory("rtvisord-test")
         _ = try makeKernel(in: dir)
         try write(definitionJSON(name: "rel", kernel: "kernel.elf"), to: dir + "/rel.json")
         let scan = DefinitionDirectory.scan(directory: dir)
@@ -57,7 +58,7 @@ import Testing
     }
 
     @Test func reloadPlanAddsRemovesChangesAndKeepsInvalid() throws {
-        let dir = try makeTempDir()
+        let dir = try makeTemporaryDirectory("rtvisord-test")
         let k = try makeKernel(in: dir)
         try write(definitionJSON(name: "same", kernel: k), to: dir + "/same.json")
         try write(definitionJSON(name: "grow", kernel: k), to: dir + "/grow.json")
@@ -84,7 +85,7 @@ import Testing
     }
 
     @Test func machineDiffersIgnoresDaemonFields() throws {
-        let dir = try makeTempDir()
+        let dir = try makeTemporaryDirectory("rtvisord-test")
         let k = try makeKernel(in: dir)
         let a = try VMDefinition.parse(Data(definitionJSON(name: "x", kernel: k).utf8), file: "a", baseDirectory: dir)
         var b = a
@@ -98,7 +99,7 @@ import Testing
 
 @Suite struct DaemonFieldTests {
     @Test func defaultsWhenAbsent() throws {
-        let dir = try makeTempDir()
+        let dir = try makeTemporaryDirectory("rtvisord-test")
         let d = try VMDefinition.parse(Data(definitionJSON(name: "x", kernel: try makeKernel(in: dir)).utf8), file: "f", baseDirectory: dir)
         #expect(d.daemon == DaemonSettings())
         #expect(d.daemon.restart.policy == .no)
@@ -106,7 +107,7 @@ import Testing
     }
 
     @Test func restartObjectFullyParsed() throws {
-        let dir = try makeTempDir()
+        let dir = try makeTemporaryDirectory("rtvisord-test")
         let json = definitionJSON(name: "x", kernel: try makeKernel(in: dir), extra: """
         "autostart": true, "stop_timeout_s": 7,
         "restart": {"policy": "always", "limit": 3, "window_s": 60, "backoff_ms": 250, "backoff_max_ms": 4000}
@@ -116,7 +117,7 @@ import Testing
     }
 
     @Test func badDaemonFieldsReportedWithPaths() throws {
-        let dir = try makeTempDir()
+        let dir = try makeTemporaryDirectory("rtvisord-test")
         let json = definitionJSON(name: "x", kernel: try makeKernel(in: dir), extra: """
         "autostart": "yes", "stop_timeout_s": 0,
         "restart": {"policy": "on-failure", "limt": 3, "backoff_ms": 500, "backoff_max_ms": 100}

@@ -3,6 +3,7 @@ import Foundation
 import Journald
 import Logging
 import Testing
+import TestSupport
 
 @Suite struct JournalEntryTests {
     @Test func plainFieldsAreNameEqualsValueNewline() {
@@ -97,7 +98,7 @@ import Testing
     }
 
     @Test func entryArrivesAsOneDatagram() throws {
-        let path = try makeTempDir() + "/journal.sock"
+        let path = try makeTemporaryDirectory("rtvisord-test") + "/journal.sock"
         let server = cdaemon_bind_datagram(path)
         #expect(server >= 0)
         defer { close(server) }
@@ -111,7 +112,7 @@ import Testing
     }
 
     @Test func oversizedEntryGoesThroughASealedMemfd() throws {
-        let path = try makeTempDir() + "/journal.sock"
+        let path = try makeTemporaryDirectory("rtvisord-test") + "/journal.sock"
         let server = cdaemon_bind_datagram(path)
         defer { close(server) }
         let socket = try #require(JournalSocket(path: path))

@@ -3,6 +3,7 @@ import Daemon
 import Foundation
 import Logging
 import Testing
+import TestSupport
 
 /// The Supervisor performing its lifecycle's effects with real processes, but no VMs: the "VMM"
 /// is a shell script that sleeps (VM `web`) or exits 7 at once (VM `crashy`).
@@ -33,7 +34,7 @@ import Testing
     }
 
     func makeSupervisor(vmm: String? = nil) throws -> Fixture {
-        let dir = try makeTempDir()
+        let dir = try makeTemporaryDirectory("rtvisord-test")
         let definitions = dir + "/vms"
         try FileManager.default.createDirectory(atPath: definitions, withIntermediateDirectories: true)
         let kernel = try makeKernel(in: dir)

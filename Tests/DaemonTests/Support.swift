@@ -1,12 +1,5 @@
 import Foundation
 
-/// A fresh temporary directory per test.
-func makeTempDir() throws -> String {
-    let d = FileManager.default.temporaryDirectory.appendingPathComponent("rtvisord-test-\(UUID().uuidString)").path
-    try FileManager.default.createDirectory(atPath: d, withIntermediateDirectories: true)
-    return d
-}
-
 func write(_ text: String, to path: String) throws {
     try text.write(toFile: path, atomically: true, encoding: .utf8)
 }

@@ -2,6 +2,7 @@ import CDaemonSupport
 import Foundation
 import SystemdNotify
 import Testing
+import TestSupport
 
 @Suite struct SystemdNotifyTests {
     @Test func messageLines() {
@@ -29,7 +30,7 @@ import Testing
 
     @Test(arguments: [false, true])
     func datagramReachesThePathOrAbstractSocket(abstract: Bool) throws {
-        let path = abstract ? "@rtvisor-test-\(UUID().uuidString)" : try makeTempDir() + "/notify.sock"
+        let path = abstract ? "@rtvisor-test-\(UUID().uuidString)" : try makeTemporaryDirectory("rtvisord-test") + "/notify.sock"
         let server = cdaemon_bind_datagram(path)
         #expect(server >= 0)
         defer { close(server) }

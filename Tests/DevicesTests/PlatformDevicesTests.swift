@@ -2,6 +2,7 @@ import Testing
 import Synchronization
 import Glibc
 @testable import Devices
+import TestSupport
 
 @Suite("I8042")
 struct I8042Tests {

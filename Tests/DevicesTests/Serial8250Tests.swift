@@ -1,5 +1,6 @@
 import Testing
 @testable import Devices
+import TestSupport
 
 /// Register offsets from the 0x3f8 base.
 private enum Reg {

@@ -1,16 +1,6 @@
 import Synchronization
 @testable import Devices
 
-/// Records every level change the device drives.
-final class RecordingLine: InterruptLine {
-    private let calls = Mutex<[Bool]>([])
-    func setLevel(_ high: Bool) { calls.withLock { $0.append(high) } }
-    var levels: [Bool] { calls.withLock { $0 } }
-    /// Low-to-high transitions (edges), and the level now.
-    var rises: Int { zip([false] + levels, levels).filter { !$0 && $1 }.count }
-    var high: Bool { levels.last ?? false }
-}
-
 /// Collects values a device hands to a closure.
 final class Recorder<T: Sendable>: Sendable {
     private let items = Mutex<[T]>([])

@@ -1,7 +1,7 @@
 import API
-import CDaemonSupport
 import Foundation
 import Testing
+import TestSupport
 #if canImport(Glibc)
 import Glibc
 #endif
@@ -58,21 +58,7 @@ struct APIFrontTests {
 
     /// One HTTP/1.1 request over the unix socket; the whole response ("" if the peer hung up).
     static func request(_ socketPath: String, _ method: String, _ target: String, body: String = "") -> String {
-        let fd = cdaemon_connect_unix(socketPath)
-        guard fd >= 0 else { return "" }
-        defer { close(fd) }
-        var timeout = timeval(tv_sec: 20, tv_usec: 0)
-        setsockopt(fd, SOL_SOCKET, SO_RCVTIMEO, &timeout, socklen_t(MemoryLayout<timeval>.size))
-        let text = Array("\(method) \(target) HTTP/1.1\r\nHost: x\r\nContent-Length: \(body.utf8.count)\r\nConnection: close\r\n\r\n\(body)".utf8)
-        _ = text.withUnsafeBytes { write(fd, $0.baseAddress, $0.count) }
-        var out: [UInt8] = []
-        var buf = [UInt8](repeating: 0, count: 4096)
-        while true {
-            let n = buf.withUnsafeMutableBytes { read(fd, $0.baseAddress, $0.count) }
-            if n <= 0 { break }
-            out += buf[0..<n]
-        }
-        return String(decoding: out, as: UTF8.self)
+        unixSocketExchange(socketPath, httpRequest(method, target, body: body), receiveTimeoutSeconds: 20) ?? ""
     }
 
     static func status(_ pid: pid_t, task: String? = nil) -> [String: String] {

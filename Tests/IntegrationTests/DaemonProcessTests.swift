@@ -1,5 +1,6 @@
 import Foundation
 import Testing
+import TestSupport
 
 /// rtvisor-vmm's daemon-facing options and rtvisord itself, as real processes on /dev/kvm,
 /// without systemd (scripts/test-systemd-e2e.sh covers systemd and journald).
@@ -23,11 +24,8 @@ struct DaemonProcessTests {
         return (daemon, err)
     }
 
-    static func shortTempDir() throws -> String {
-        let d = "/tmp/rtvd-\(UUID().uuidString.prefix(8))"
-        try FileManager.default.createDirectory(atPath: d, withIntermediateDirectories: true)
-        return d
-    }
+    /// Short: the daemon's sockets go inside (sun_path is 108 bytes).
+    static func shortTempDir() throws -> String { try makeTemporaryDirectory("rtvd") }
 
     static func waitFor(_ seconds: Double, _ what: String, _ ok: () -> Bool) -> Bool {
         let end = Date().addingTimeInterval(seconds)
@@ -78,15 +76,8 @@ struct DaemonProcessTests {
     }
 
     static func readSocket(_ path: String, seconds: Double) throws -> String {
-        let fd = socket(AF_UNIX, Int32(SOCK_STREAM.rawValue), 0)
+        guard let fd = connectToUnixSocket(path, receiveTimeoutSeconds: Int(seconds)) else { return "connect failed: \(errno)" }
         defer { close(fd) }
-        var addr = sockaddr_un()
-        addr.sun_family = sa_family_t(AF_UNIX)
-        withUnsafeMutableBytes(of: &addr.sun_path) { raw in for (i, b) in path.utf8.enumerated() { raw[i] = b } }
-        let r = withUnsafePointer(to: &addr) { $0.withMemoryRebound(to: sockaddr.self, capacity: 1) { connect(fd, $0, socklen_t(MemoryLayout<sockaddr_un>.size)) } }
-        guard r == 0 else { return "connect failed: \(errno)" }
-        var tv = timeval(tv_sec: Int(seconds), tv_usec: 0)
-        setsockopt(fd, SOL_SOCKET, SO_RCVTIMEO, &tv, socklen_t(MemoryLayout<timeval>.size))
         var buf = [UInt8](repeating: 0, count: 65536)
         let n = read(fd, &buf, buf.count)
         return n > 0 ? String(decoding: buf[0..<n], as: UTF8.self) : ""

@@ -1,5 +1,5 @@
 import Foundation
-import Realtime
+import Posix
 import Sandbox
 import Testing
 

@@ -1,5 +1,6 @@
 import APIModels
 import Foundation
+import Posix
 import Realtime
 import Testing
 

@@ -1,5 +1,6 @@
 import Foundation
 import Testing
+import TestSupport
 
 /// Where things are, for tests that run the real `rtvisor-vmm` on `/dev/kvm`.
 enum Env {
@@ -57,11 +58,7 @@ struct VMMResult {
 
 /// Writes a definition and runs `rtvisor-vmm --config` on it as a separate process.
 enum VMM {
-    static func tempDir() throws -> URL {
-        let d = FileManager.default.temporaryDirectory.appendingPathComponent("rtvisor-test-\(UUID().uuidString)")
-        try FileManager.default.createDirectory(at: d, withIntermediateDirectories: true)
-        return d
-    }
+    static func tempDir() throws -> URL { URL(fileURLWithPath: try makeTemporaryDirectory()) }
 
     static func writeDefinition(_ json: String, name: String = "vm.json", in dir: URL? = nil) throws -> String {
         let d = try dir ?? tempDir()

@@ -4,6 +4,7 @@ import Synchronization
 import Testing
 @testable import PCI
 @testable import Virtio
+import TestSupport
 
 final class RecordingSink: MsiVectorSink, @unchecked Sendable {
     let lock = Mutex<([(Int, MsiMessage?)], [Int])>(([], []))
@@ -11,12 +12,6 @@ final class RecordingSink: MsiVectorSink, @unchecked Sendable {
     func fire(vector: Int) { lock.withLock { $0.1.append(vector) } }
     var fired: [Int] { lock.withLock { $0.1 } }
     var routes: [(Int, MsiMessage?)] { lock.withLock { $0.0 } }
-}
-
-final class Line: InterruptLine, @unchecked Sendable {
-    let level = Mutex(false)
-    func setLevel(_ high: Bool) { level.withLock { $0 = high } }
-    var isHigh: Bool { level.withLock { $0 } }
 }
 
 /// A device with two queues that records what the transport does to it.
@@ -79,7 +74,7 @@ struct Guest {
 struct Rig {
     let device = FakeDevice()
     let sink = RecordingSink()
-    let line = Line()
+    let line = RecordingLine()
     let transport: VirtioPciDevice
     let root: PciRoot
     let guest: Guest
@@ -272,7 +267,7 @@ struct VirtioPciTests {
         let irq = try #require(rig.device.activation?.interrupt)
         irq.signalUsedQueue(0)
         #expect(rig.sink.fired == [1])
-        #expect(!rig.line.isHigh)
+        #expect(!rig.line.high)
         // Masked: pending bit, delivered on unmask.
         g.write(table + 28, size: 4, 1)
         irq.signalUsedQueue(0)
@@ -299,17 +294,17 @@ struct VirtioPciTests {
         let isr = rig.bar0 + UInt64(caps[3]!.offset)
         let irq = try #require(rig.device.activation?.interrupt)
         irq.signalUsedQueue(1)
-        #expect(rig.line.isHigh)
+        #expect(rig.line.high)
         #expect(rig.sink.fired.isEmpty)
         #expect(g.read(isr, size: 1) == 1)                                // read clears and lowers
-        #expect(!rig.line.isHigh)
+        #expect(!rig.line.high)
         #expect(g.read(isr, size: 1) == 0)
         irq.deviceNeedsReset(reason: "test")
         #expect(g.read(isr, size: 1) == 2)                                // configuration change
         // INTx disable in the command register keeps the line low.
         g.cfgWrite(slot: 1, 0x04, 0x406, size: 2)
         irq.signalUsedQueue(0)
-        #expect(!rig.line.isHigh)
+        #expect(!rig.line.high)
     }
 
     @Test func pciConfigAccessCapabilityReachesTheBar() throws {

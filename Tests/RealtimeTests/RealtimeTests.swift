@@ -1,5 +1,7 @@
+import Posix
 import Testing
 @testable import Realtime
+import TestSupport
 #if canImport(Glibc)
 import Glibc
 #endif
@@ -8,13 +10,11 @@ import Glibc
 final class FakeTree {
     let root: String
     init() {
-        var template = Array("/tmp/rtvisor-rt-test-XXXXXX".utf8CString)
-        root = template.withUnsafeMutableBufferPointer { String(cString: mkdtemp($0.baseAddress!)) }
+        root = try! makeTemporaryDirectory("rtvisor-rt-test")
     }
     func file(_ rel: String, _ text: String) {
         let path = root + "/" + rel
-        var dir = ""
-        for part in path.split(separator: "/").dropLast() { dir += "/" + part; mkdir(dir, 0o755) }
+        makeDirectories(String(path[..<path.lastIndex(of: "/")!]))
         try! HostFiles.write(path, text)
     }
     func read(_ rel: String) -> String? { HostFiles.line(root + "/" + rel) }

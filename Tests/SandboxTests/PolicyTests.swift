@@ -3,6 +3,7 @@ import CSandbox
 import CSeccomp
 import Config
 import Foundation
+import SandboxMode
 import Testing
 @testable import Sandbox
 #if canImport(Glibc)

@@ -1,20 +1,14 @@
 import Testing
 @testable import Sandbox
+import TestSupport
 #if canImport(Glibc)
 import Glibc
 #endif
 
 @Suite struct ResourceCgroupTests {
     func tree(_ files: [String: String]) -> String {
-        var template = Array("/tmp/rtvisor-cg-XXXXXX".utf8CString)
-        let root = String(cString: mkdtemp(&template)!)
-        for (path, content) in files {
-            var dir = ""
-            for part in (root + "/" + path).split(separator: "/").dropLast() { dir += "/" + part; mkdir(dir, 0o755) }
-            let fd = open(root + "/" + path, O_WRONLY | O_CREAT | O_TRUNC, 0o644)
-            _ = content.withCString { write(fd, $0, strlen($0)) }
-            close(fd)
-        }
+        let root = try! makeTemporaryDirectory("rtvisor-cg")
+        for (path, content) in files { writeFile(root + "/" + path, content) }
         return root
     }
 

@@ -1,5 +1,6 @@
 import Testing
 @testable import VFIO
+import TestSupport
 #if canImport(Glibc)
 import Glibc
 #endif
@@ -8,32 +9,21 @@ import Glibc
 struct FakeSysfs {
     let root: String
     init() {
-        var template = Array("/tmp/rtvisor-sysfs-XXXXXX".utf8CString)
-        root = String(cString: mkdtemp(&template)!)
+        root = try! makeTemporaryDirectory("rtvisor-sysfs")
     }
     func device(_ address: String, driver: String?, group: Int?, vendor: String = "0x8086", device: String = "0x10d3") {
         let dir = "\(root)/bus/pci/devices/\(address)"
-        mkdirs(dir)
-        write("\(dir)/vendor", vendor + "\n")
-        write("\(dir)/device", device + "\n")
+        writeFile("\(dir)/vendor", vendor + "\n")
+        writeFile("\(dir)/device", device + "\n")
         if let driver {
-            mkdirs("\(root)/bus/pci/drivers/\(driver)")
+            makeDirectories("\(root)/bus/pci/drivers/\(driver)")
             symlink("../../../bus/pci/drivers/\(driver)", "\(dir)/driver")
         }
         if let group {
-            mkdirs("\(root)/kernel/iommu_groups/\(group)/devices")
+            makeDirectories("\(root)/kernel/iommu_groups/\(group)/devices")
             symlink("../../../../kernel/iommu_groups/\(group)", "\(dir)/iommu_group")
             symlink("../../../../bus/pci/devices/\(address)", "\(root)/kernel/iommu_groups/\(group)/devices/\(address)")
         }
-    }
-    func mkdirs(_ path: String) {
-        var p = ""
-        for part in path.split(separator: "/") { p += "/" + part; mkdir(p, 0o755) }
-    }
-    func write(_ path: String, _ text: String) {
-        let fd = open(path, O_WRONLY | O_CREAT | O_TRUNC, 0o644)
-        _ = text.withCString { Glibc.write(fd, $0, strlen($0)) }
-        close(fd)
     }
     var host: HostPCI { HostPCI(root: root) }
 }

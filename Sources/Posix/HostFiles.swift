@@ -7,7 +7,7 @@ public struct HostFileError: Error, Equatable, CustomStringConvertible {
     public let path: String
     public let value: String
     public let errno: Int32
-    public var description: String { "cannot write \"\(value)\" to \(path): \(String(cString: strerror(errno)))" }
+    public var description: String { "cannot write \"\(value)\" to \(path): \(errnoMessage(errno))" }
 }
 
 /// Reads and writes small kernel interface files with one syscall each: cgroupfs and procfs
@@ -20,10 +20,7 @@ public enum HostFiles {
         defer { close(fd) }
         var out: [UInt8] = []
         var buf = [UInt8](repeating: 0, count: 4096)
-        while true {
-            let n = buf.withUnsafeMutableBytes { Glibc.read(fd, $0.baseAddress, $0.count) }
-            if n < 0 && errno == EINTR { continue }
-            if n <= 0 { break }
+        while let n = try? retryInterrupted({ buf.withUnsafeMutableBytes { Glibc.read(fd, $0.baseAddress, $0.count) } }), n > 0 {
             out += buf[0..<n]
         }
         return String(decoding: out, as: UTF8.self)
@@ -40,12 +37,9 @@ public enum HostFiles {
         guard fd >= 0 else { throw HostFileError(path: path, value: value, errno: errno) }
         defer { close(fd) }
         let bytes = Array(value.utf8)
-        while true {
-            let n = bytes.withUnsafeBytes { Glibc.write(fd, $0.baseAddress, $0.count) }
-            if n < 0 && errno == EINTR { continue }
-            if n < 0 { throw HostFileError(path: path, value: value, errno: errno) }
-            return
-        }
+        // One write(2), not writeAll: the kernel takes or rejects the value as a whole.
+        do { try retryInterrupted { bytes.withUnsafeBytes { Glibc.write(fd, $0.baseAddress, $0.count) } } }
+        catch { throw HostFileError(path: path, value: value, errno: error.rawValue) }
     }
 
     /// Writes `bytes` to `path.tmp` and renames it over `path`, so readers see the old file or the
@@ -90,7 +84,8 @@ public enum HostFiles {
 }
 
 extension String {
-    func trimmingASCIIWhitespace() -> String {
+    /// Without leading and trailing spaces, tabs and line ends (kernel files end in "\n").
+    public func trimmingASCIIWhitespace() -> String {
         let ws: Set<Character> = [" ", "\t", "\n", "\r"]
         var s = Substring(self)
         while let f = s.first, ws.contains(f) { s = s.dropFirst() }
