@@ -25,8 +25,12 @@ public struct RunOptions: Sendable {
     public var notifyPath: NotifyPath
     /// Where a real-time VM's wake-up latency probe publishes its histogram (JSON, once a second).
     public var latencyFile: String?
-    public init(consoleInput: Bool = true, console: ConsoleOutput = ConsoleOutput(), notifyPath: NotifyPath = .exit, latencyFile: String? = nil) {
+    /// Start-up steps are marked here (`--trace-startup`); logged at the boot marker.
+    public var trace: StartupTrace
+    public init(consoleInput: Bool = true, console: ConsoleOutput = ConsoleOutput(), notifyPath: NotifyPath = .exit, latencyFile: String? = nil,
+                trace: StartupTrace = StartupTrace(enabled: false)) {
         self.consoleInput = consoleInput; self.console = console; self.notifyPath = notifyPath; self.latencyFile = latencyFile
+        self.trace = trace
     }
 }
 
@@ -76,9 +80,13 @@ public final class Machine: @unchecked Sendable {
         self.processStartedAt = processStartedAt
         let emulating = KVMSystem.hostEmulatesRing0
 
+        let trace = options.trace
         let system = try MachinePhase.checkHost(def)
+        trace.mark("host checks")
         let images = try MachinePhase.readImages(def, hostEmulatesRing0: emulating, logger: logger)
+        trace.mark("images")
         let realtime = try MachinePhase.realtimeHostSide(def, latencyFile: options.latencyFile, logger: logger)
+        trace.mark("real-time host side")
         self.realtime = realtime
         var initialized = false
         defer { if !initialized { realtime?.release() } }
@@ -88,6 +96,7 @@ public final class Machine: @unchecked Sendable {
         self.memory = memory
         let createdAt = monotonicNanoseconds()
         self.createdAt = createdAt
+        trace.mark("VM and memory")
 
         let stop = self.stop
         let name = def.name
@@ -105,6 +114,7 @@ public final class Machine: @unchecked Sendable {
                 var line = "boot marker: guest \(name) signalled ready \(Self.ms(now - createdAt)) ms after VM creation"
                 if let processStartedAt { line += ", \(Self.ms(now - processStartedAt)) ms after process start" }
                 logger.notice("\(line)")
+                if let steps = trace.finish() { logger.notice("\(steps)") }
             },
             logger: logger)
         let pci = devices.pci
@@ -122,10 +132,13 @@ public final class Machine: @unchecked Sendable {
         keyboard = devices.keyboard
         exits = ExitDispatch(pio: devices.pio, mmio: devices.mmio, memory: memory)
 
+        trace.mark("devices")
         let entry = try MachinePhase.loadGuest(images, into: memory, vcpus: def.vcpus, pci: pci)
+        trace.mark("guest loaded")
         // Exits are disabled per VM, before its vCPUs exist.
         try realtime?.disableExits(system: system, vm: vm)
         vcpus = try MachinePhase.createVCPUs(system, vm: vm, def, entry: entry, hostEmulatesRing0: emulating, logger: logger)
+        trace.mark("vCPUs")
         for vcpu in vcpus { stop.register(vcpu) }
         logger.info("VM \(def.name): \(def.vcpus) vCPU(s), \(def.memoryMiB) MiB, \(entry)")
         initialized = true
@@ -153,7 +166,9 @@ public final class Machine: @unchecked Sendable {
         // The main thread's seccomp filter (docs/sandbox.md), once the vCPU threads exist (they
         // must not inherit it) and before any of them enters the guest (they wait for the gate).
         // Threads started from here on (console input, latency probe) inherit it.
+        options.trace.mark("vCPU threads")
         do { try Sandbox.enterThread(.vmm, label: "main") } catch { stop.request(.vmmError("seccomp filter of the main thread: \(error)")) }
+        options.trace.mark("main thread's filter")
         sandboxGate.store(true, ordering: .releasing)
         if options.consoleInput { startConsoleInput() }
         realtime?.probe?.start()
@@ -166,6 +181,7 @@ public final class Machine: @unchecked Sendable {
         realtime?.probe?.finish()
         realtime?.release()
         let reason = stop.stopReason ?? .vmmError("all vCPU threads ended without a reason")
+        if let steps = options.trace.finish() { logger.notice("\(steps) (no boot marker)") }
         let unhandled = exits.pio.unhandled.total + exits.mmio.unhandled.total
         if unhandled > 0 {
             let ports = exits.pio.unhandled.snapshot.keys.sorted().prefix(12).map { "0x" + String($0, radix: 16) }
@@ -221,6 +237,7 @@ public final class Machine: @unchecked Sendable {
         }
         while !sandboxGate.load(ordering: .acquiring) { sched_yield() }
         vcpu.bindToCurrentThread()
+        if vcpu.id == 0 { options.trace.mark("vCPU 0's filter, first KVM_RUN") }
         // Exit counts by kind and address, logged at debug level when the vCPU ends: where a
         // guest's exits go is the first question of any performance investigation.
         var exitCounts: [String: Int] = [:]

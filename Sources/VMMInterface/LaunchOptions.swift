@@ -45,6 +45,11 @@ public struct VMMLaunch: Codable, Equatable, Sendable {
     public var jail = true
     /// The jail's uid and gid (default: derived from the VM name).
     public var jailUID: UInt32?
+    /// Log how long each start-up step took, up to the boot marker.
+    public var traceStartup = false
+    /// CLOCK_MONOTONIC (ns) when the caller started the process: the trace's first step is then
+    /// exec and runtime start-up.
+    public var traceOrigin: UInt64?
 
     public init(definition: String) { self.definition = definition }
 
@@ -54,6 +59,7 @@ public struct VMMLaunch: Codable, Equatable, Sendable {
         case baseDirectory = "base-directory", consoleSocket = "console-socket", consoleJournal = "console-journal"
         case logJournal = "log-journal", statusFile = "status-file", cgroup, latencyFile = "latency-file"
         case noJail = "no-jail", jailUID = "jail-uid", realtimeJanitor = "realtime-janitor"
+        case traceStartup = "trace-startup", traceOrigin = "trace-origin-ns"
         public var long: String { "--" + rawValue }
     }
 
@@ -76,6 +82,8 @@ public struct VMMLaunch: Codable, Equatable, Sendable {
         option(.latencyFile, latencyFile)
         flag(.noJail, !jail)
         option(.jailUID, jailUID.map(String.init))
+        flag(.traceStartup, traceStartup)
+        option(.traceOrigin, traceOrigin.map(String.init))
         return a
     }
 
@@ -139,6 +147,12 @@ public struct VMMLaunchArguments: ParsableArguments {
     @Option(name: .customLong(VMMLaunch.Flag.jailUID.rawValue), help: "The jail's uid and gid (default: derived from the VM name).")
     public var jailUid: UInt32?
 
+    @Flag(name: .customLong(VMMLaunch.Flag.traceStartup.rawValue), help: "Log how long each start-up step took (up to the guest's boot marker).")
+    public var traceStartup = false
+
+    @Option(name: .customLong(VMMLaunch.Flag.traceOrigin.rawValue), help: "With --trace-startup: CLOCK_MONOTONIC in ns when the caller started this process (the first step is then exec).")
+    public var traceOriginNs: UInt64?
+
     /// The VMM's real-time janitor mode (`RealtimeJanitorSpec`); started by the VMM itself.
     @Option(name: .customLong(VMMLaunch.Flag.realtimeJanitor.rawValue), help: .hidden)
     public var realtimeJanitor: String?
@@ -159,6 +173,8 @@ public struct VMMLaunchArguments: ParsableArguments {
         l.latencyFile = latencyFile
         l.jail = !noJail
         l.jailUID = jailUid
+        l.traceStartup = traceStartup
+        l.traceOrigin = traceOriginNs
         return l
     }
 }

@@ -35,8 +35,10 @@ struct RtvisorVMM: ParsableCommand {
 
     func run() throws {
         if let janitor = arguments.realtimeJanitor { JailSetup.runJanitor(spec: janitor) }
-        let launch = arguments.launch
         let started = monotonicNanoseconds()
+        let launch = arguments.launch
+        let trace = StartupTrace(enabled: launch.traceStartup, origin: launch.traceOrigin ?? started)
+        if launch.traceOrigin != nil { trace.mark("exec, runtime start, arguments", now: started) }
         // First, while this is the only thread: every later thread (vCPUs, console) and every
         // journal entry is then accounted to the VM's own cgroup.
         if let cgroup = launch.cgroup { joinCgroup(cgroup) }
@@ -55,6 +57,7 @@ struct RtvisorVMM: ParsableCommand {
                 return h
             }
         }
+        trace.mark("cgroup, logging")
         let definition: VMDefinition
         do {
             definition = try loadDefinition(launch)
@@ -65,6 +68,7 @@ struct RtvisorVMM: ParsableCommand {
             print("\(launch.definition): OK (\(definition.name): \(definition.vcpus) vCPU, \(definition.memoryMiB) MiB)")
             return
         }
+        trace.mark("definition")
         var logger = Logger(label: "rtvisor.vmm")
         logger[metadataKey: "vm"] = "\(definition.name)"
         if launch.logJournal {
@@ -78,12 +82,14 @@ struct RtvisorVMM: ParsableCommand {
                                  passthrough: !definition.passthrough.isEmpty) } catch {
             fail("\(definition.name): \(error)")
         }
+        trace.mark("seccomp prepare")
 
         // Memory and task limits (docs/sandbox.md), while root and before guest RAM exists.
         if launch.jail && geteuid() == 0 {
             let limits = ResourceCgroup().apply(vm: definition.name, memoryBytes: ResourceCgroup.memoryLimit(guestMiB: definition.memoryMiB),
                                                 tasks: ResourceCgroup.taskLimit(vcpus: definition.vcpus, nets: definition.nets.count))
             logger.info("resource limits: \(limits.joined(separator: "; "))")
+            trace.mark("resource limits")
         }
 
         // SIGINT/SIGTERM are taken by a dedicated thread (sigwait) so every other thread, the vCPUs
@@ -118,12 +124,13 @@ struct RtvisorVMM: ParsableCommand {
             // In the daemon's mode the console goes to the socket and the journal, not stdout.
             if launch.consoleLog == nil && launch.consoleJournal { consoleFD = -1 }
         }
+        trace.mark("signals, console")
         let machine: Machine
         do {
             var tap: (@Sendable (UInt8) -> Void)? = nil
             if let server { tap = { byte in server.tap(byte) } }
             machine = try Machine(definition: definition,
-                                  options: RunOptions(consoleInput: launch.consoleInput, console: ConsoleOutput(fd: consoleFD, tap: tap), notifyPath: launch.notify, latencyFile: launch.latencyFile),
+                                  options: RunOptions(consoleInput: launch.consoleInput, console: ConsoleOutput(fd: consoleFD, tap: tap), notifyPath: launch.notify, latencyFile: launch.latencyFile, trace: trace),
                                   logger: logger, processStartedAt: started)
         } catch {
             writeStatus(VMMExitReport(status: .vmmError, reason: "\(error)"), to: launch.statusFile)
@@ -136,6 +143,7 @@ struct RtvisorVMM: ParsableCommand {
                                                writableFiles: [launch.statusFile, launch.latencyFile].compactMap { $0 },
                                                journal: launch.logJournal || launch.consoleJournal, logger: logger)
                 logger.info("\(line)")
+                trace.mark("jail")
             } catch {
                 writeStatus(VMMExitReport(status: .vmmError, reason: "\(error)"), to: launch.statusFile)
                 fail("\(definition.name): \(error)")

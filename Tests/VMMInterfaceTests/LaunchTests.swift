@@ -20,6 +20,8 @@ import VMMInterface
         l.latencyFile = "/run/rtvisor/vms/web/latency.json"
         l.jail = false
         l.jailUID = 1_600_000_123
+        l.traceStartup = true
+        l.traceOrigin = 123_456_789_000
         return l
     }
 
@@ -35,7 +37,7 @@ import VMMInterface
     }
 
     @Test func eachSwitchAloneRoundTrips() throws {
-        let switches: [WritableKeyPath<VMMLaunch, Bool>] = [\.validateOnly, \.consoleInput, \.consoleJournal, \.logJournal, \.jail]
+        let switches: [WritableKeyPath<VMMLaunch, Bool>] = [\.validateOnly, \.consoleInput, \.consoleJournal, \.logJournal, \.jail, \.traceStartup]
         for key in switches {
             var l = VMMLaunch(definition: "vm.json")
             l[keyPath: key].toggle()
