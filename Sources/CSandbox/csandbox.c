@@ -154,3 +154,42 @@ long csandbox_forbidden_socket(void) {
 	close(fd);
 	return fd;
 }
+
+// ---- compiled filters (docs/sandbox.md, "Filters are compiled once") ----
+#include <linux/filter.h>
+#include <linux/seccomp.h>
+#include <sys/mman.h>
+
+long csandbox_export_program(void *ctx, uint8_t **out) {
+	*out = NULL;
+	int fd = memfd_create("rtvisor-seccomp", MFD_CLOEXEC);
+	if (fd < 0) return -errno;
+	int rc = seccomp_export_bpf((scmp_filter_ctx)ctx, fd);
+	if (rc < 0) { close(fd); return rc; }
+	off_t size = lseek(fd, 0, SEEK_END);
+	if (size <= 0 || size % sizeof(struct sock_filter) != 0 || size > BPF_MAXINSNS * (off_t)sizeof(struct sock_filter)) {
+		close(fd);
+		return -EINVAL;
+	}
+	uint8_t *buf = malloc((size_t)size);
+	if (!buf) { close(fd); return -ENOMEM; }
+	off_t got = 0;
+	while (got < size) {
+		ssize_t n = pread(fd, buf + got, (size_t)(size - got), got);
+		if (n < 0 && errno == EINTR) continue;
+		if (n <= 0) { int e = n < 0 ? errno : EIO; free(buf); close(fd); return -e; }
+		got += n;
+	}
+	close(fd);
+	*out = buf;
+	return (long)size;
+}
+
+int csandbox_load_program(const uint8_t *program, size_t length) {
+	if (length == 0 || length % sizeof(struct sock_filter) != 0 || length / sizeof(struct sock_filter) > BPF_MAXINSNS) return -EINVAL;
+	struct sock_fprog prog = { .len = (unsigned short)(length / sizeof(struct sock_filter)), .filter = (struct sock_filter *)program };
+	// As libseccomp's seccomp_load: without CAP_SYS_ADMIN a filter needs no_new_privs.
+	if (prctl(PR_SET_NO_NEW_PRIVS, 1, 0, 0, 0) != 0) return -errno;
+	if (syscall(SYS_seccomp, SECCOMP_SET_MODE_FILTER, 0, &prog) != 0) return -errno;
+	return 0;
+}

@@ -22,6 +22,9 @@ public enum Sandbox {
         var prepared = false
         var testTarget: String?
         var passthrough = false
+        /// Each kind's filter, compiled once by `prepare` (while nothing is filtered: compiling
+        /// needs a memfd, which the filters do not allow) and installed on every thread of the kind.
+        var programs: [ThreadKind: FilterProgram] = [:]
     }
     static let state = Mutex(State())
 
@@ -34,7 +37,13 @@ public enum Sandbox {
         #if RTVISOR_TEST_HOOKS
         if let v = getenv("RTVISOR_TEST_FORBIDDEN_SYSCALL") { target = String(cString: v) }
         #endif
-        state.withLock { $0 = State(mode: mode, prepared: true, testTarget: target, passthrough: passthrough) }
+        var programs: [ThreadKind: FilterProgram] = [:]
+        if mode != .off {
+            for kind in [ThreadKind.vcpu, .io, .vmm] {
+                programs[kind] = try FilterProgram.compile(SeccompPolicy.rules(for: kind, passthrough: passthrough), defaultAction: defaultAction(mode))
+            }
+        }
+        state.withLock { $0 = State(mode: mode, prepared: true, testTarget: target, passthrough: passthrough, programs: programs) }
         guard mode != .off else { return }
         var fd: Int32 = -1
         if let statusFile, mode == .enforce {
@@ -56,11 +65,12 @@ public enum Sandbox {
 
     /// Installs `kind`'s filter on the calling thread (only), in the prepared mode.
     public static func enterThread(_ kind: ThreadKind, label: String) throws {
-        let (mode, prepared, target, vfio) = state.withLock { ($0.mode, $0.prepared, $0.testTarget, $0.passthrough) }
+        let (mode, prepared, target, program) = state.withLock { ($0.mode, $0.prepared, $0.testTarget, $0.programs[kind]) }
         guard prepared else { return }
         if mode != .off {
+            guard let program else { throw SandboxError("no \(kind.rawValue) filter was compiled") }
             csandbox_set_thread_label(label, kind.rawValue)
-            try install(SeccompPolicy.rules(for: kind, passthrough: vfio), defaultAction: mode == .enforce ? csandbox_act_trap() : csandbox_act_log())
+            try program.install()
         }
         #if RTVISOR_TEST_HOOKS
         // Test builds only: a forbidden syscall on this thread (SeccompTests).
@@ -96,8 +106,10 @@ public enum Sandbox {
         }
         csandbox_set_thread_label("main", kind.rawValue)
         csandbox_set_process_kind(kind.rawValue)
-        try install(SeccompPolicy.rules(for: kind), defaultAction: mode == .enforce ? csandbox_act_trap() : csandbox_act_log())
+        try FilterProgram.compile(SeccompPolicy.rules(for: kind), defaultAction: defaultAction(mode)).install()
     }
+
+    static func defaultAction(_ mode: SeccompMode) -> UInt32 { mode == .enforce ? csandbox_act_trap() : csandbox_act_log() }
 
     /// RLIMIT_CORE 0: the SIGSYS kill writes no core (it would hold guest memory or request bodies).
     static func disableCoreDumps() {
@@ -121,32 +133,6 @@ public enum Sandbox {
         writeStderr("\(program): test hook: thread \(label) (\(kind.rawValue)) issued socket(): \(r)\n")
     }
     #endif
-
-    /// Builds and loads one filter on the calling thread (no TSYNC).
-    static func install(_ rules: [SyscallRule], defaultAction: UInt32) throws {
-        guard let ctx = seccomp_init(defaultAction) else { throw SandboxError("seccomp_init failed") }
-        defer { seccomp_release(ctx) }
-        for rule in rules {
-            let nr = csandbox_syscall_number(rule.name)
-            guard nr >= 0 else { throw SandboxError("unknown syscall \(rule.name)") }
-            let action: UInt32 = switch rule.action {
-            case .allow: csandbox_act_allow()
-            case let .fail(e): csandbox_act_errno(UInt16(e))
-            }
-            if let checks = rule.anyOf {
-                for c in checks {
-                    var cmp = scmp_arg_cmp(arg: c.argument, op: SCMP_CMP_MASKED_EQ, datum_a: c.mask, datum_b: c.value)
-                    let rc = seccomp_rule_add_array(ctx, action, nr, 1, &cmp)
-                    guard rc == 0 else { throw SandboxError("rule \(rule.name) (\(c.label)): \(errnoMessage(-rc))") }
-                }
-            } else {
-                let rc = seccomp_rule_add_array(ctx, action, nr, 0, nil)
-                guard rc == 0 else { throw SandboxError("rule \(rule.name): \(errnoMessage(-rc))") }
-            }
-        }
-        let rc = seccomp_load(ctx)
-        guard rc == 0 else { throw SandboxError("seccomp_load: \(errnoMessage(-rc))") }
-    }
 
     static func writeStderr(_ s: String) {
         var bytes = Array(s.utf8)

@@ -2,6 +2,7 @@
 // forbidden syscall, and the per-thread label it names. Filters themselves are built in Swift.
 #ifndef CSANDBOX_H
 #define CSANDBOX_H
+#include <stddef.h>
 #include <stdint.h>
 
 /// Prepares the report: syscall names (resolved now, not in the handler), the VM name, the
@@ -31,6 +32,13 @@ uint32_t csandbox_act_errno(uint16_t err);
 
 /// The syscall number of `name` on this architecture, or a negative value if unknown.
 int csandbox_syscall_number(const char *name);
+
+/// The classic-BPF program libseccomp generated for `ctx` (a scmp_filter_ctx), in a malloc'd
+/// buffer the caller frees: its length in bytes (a multiple of 8), or -errno.
+long csandbox_export_program(void *ctx, uint8_t **out);
+/// Installs a compiled program on the calling thread: PR_SET_NO_NEW_PRIVS, then
+/// seccomp(SECCOMP_SET_MODE_FILTER) - one syscall each, nothing compiled. 0 or -errno.
+int csandbox_load_program(const uint8_t *program, size_t length);
 
 /// Used by the test hook: socket(AF_INET, SOCK_STREAM, 0), returning its result (-errno on error).
 long csandbox_forbidden_socket(void);
