@@ -1,7 +1,8 @@
 import VMMInterface
 
 // The control API's JSON shapes (docs/api.yaml), shared by rtvisord and rtvisorctl.
-// snake_case on the wire; every type is plain data.
+// snake_case on the wire; every type is plain data. Each spells out its public memberwise
+// initialiser, alike from type to type: Swift synthesises only an internal one.
 
 /// A VM's lifecycle state as the supervisor sees it.
 public enum VMStateName: String, Codable, Sendable, CaseIterable {

@@ -48,87 +48,48 @@ public struct CPUFeature: Hashable, Sendable, CustomStringConvertible {
 
     public var description: String { "\(name) (CPUID.\(String(leaf, radix: 16))h.\(subleaf):\(register.rawValue.uppercased())[\(bit)])" }
 
-    public static let all: [CPUFeature] = [
+    /// Every feature, in this order: the bits of each CPUID register below, its leaf, subleaf and
+    /// register written once for all of them.
+    public static let all: [CPUFeature] = registers.flatMap { r in
+        r.bits.map { CPUFeature(name: $0.name, leaf: r.leaf, subleaf: r.subleaf, register: r.register, bit: $0.bit,
+                                dependents: dependentsByName[$0.name] ?? []) }
+    }
+
+    private static let registers: [(leaf: UInt32, subleaf: UInt32, register: CPUIDEntry.Register, bits: [(name: String, bit: Int)])] = [
         // Leaf 1 ECX
-        .init(name: "sse3", leaf: 1, subleaf: 0, register: .ecx, bit: 0, dependents: []),
-        .init(name: "pclmulqdq", leaf: 1, subleaf: 0, register: .ecx, bit: 1, dependents: []),
-        .init(name: "monitor", leaf: 1, subleaf: 0, register: .ecx, bit: 3, dependents: []),
-        .init(name: "vmx", leaf: 1, subleaf: 0, register: .ecx, bit: 5, dependents: []),
-        .init(name: "ssse3", leaf: 1, subleaf: 0, register: .ecx, bit: 9, dependents: []),
-        .init(name: "fma", leaf: 1, subleaf: 0, register: .ecx, bit: 12, dependents: []),
-        .init(name: "cx16", leaf: 1, subleaf: 0, register: .ecx, bit: 13, dependents: []),
-        .init(name: "pdcm", leaf: 1, subleaf: 0, register: .ecx, bit: 15, dependents: []),
-        .init(name: "pcid", leaf: 1, subleaf: 0, register: .ecx, bit: 17, dependents: ["invpcid"]),
-        .init(name: "sse4_1", leaf: 1, subleaf: 0, register: .ecx, bit: 19, dependents: []),
-        .init(name: "sse4_2", leaf: 1, subleaf: 0, register: .ecx, bit: 20, dependents: []),
-        .init(name: "x2apic", leaf: 1, subleaf: 0, register: .ecx, bit: 21, dependents: []),
-        .init(name: "movbe", leaf: 1, subleaf: 0, register: .ecx, bit: 22, dependents: []),
-        .init(name: "popcnt", leaf: 1, subleaf: 0, register: .ecx, bit: 23, dependents: []),
-        .init(name: "tsc_deadline_timer", leaf: 1, subleaf: 0, register: .ecx, bit: 24, dependents: []),
-        .init(name: "aes", leaf: 1, subleaf: 0, register: .ecx, bit: 25, dependents: []),
-        .init(name: "xsave", leaf: 1, subleaf: 0, register: .ecx, bit: 26,
-              dependents: ["osxsave", "avx", "avx2", "fma", "f16c", "avx512f", "avx512dq", "avx512cd", "avx512bw",
-                           "avx512vl", "avx512ifma", "avx512vbmi", "mpx", "xsaveopt", "xsavec", "xgetbv1", "xsaves"]),
-        .init(name: "osxsave", leaf: 1, subleaf: 0, register: .ecx, bit: 27, dependents: []),
-        .init(name: "avx", leaf: 1, subleaf: 0, register: .ecx, bit: 28, dependents: ["avx2", "fma", "f16c"]),
-        .init(name: "f16c", leaf: 1, subleaf: 0, register: .ecx, bit: 29, dependents: []),
-        .init(name: "rdrand", leaf: 1, subleaf: 0, register: .ecx, bit: 30, dependents: []),
-        .init(name: "hypervisor", leaf: 1, subleaf: 0, register: .ecx, bit: 31, dependents: []),
+        (1, 0, .ecx, [("sse3", 0), ("pclmulqdq", 1), ("monitor", 3), ("vmx", 5), ("ssse3", 9), ("fma", 12),
+                      ("cx16", 13), ("pdcm", 15), ("pcid", 17), ("sse4_1", 19), ("sse4_2", 20), ("x2apic", 21),
+                      ("movbe", 22), ("popcnt", 23), ("tsc_deadline_timer", 24), ("aes", 25), ("xsave", 26),
+                      ("osxsave", 27), ("avx", 28), ("f16c", 29), ("rdrand", 30), ("hypervisor", 31)]),
         // Leaf 1 EDX
-        .init(name: "tsc", leaf: 1, subleaf: 0, register: .edx, bit: 4, dependents: []),
-        .init(name: "mtrr", leaf: 1, subleaf: 0, register: .edx, bit: 12, dependents: []),
-        .init(name: "pat", leaf: 1, subleaf: 0, register: .edx, bit: 16, dependents: []),
-        .init(name: "ht", leaf: 1, subleaf: 0, register: .edx, bit: 28, dependents: []),
+        (1, 0, .edx, [("tsc", 4), ("mtrr", 12), ("pat", 16), ("ht", 28)]),
         // Leaf 7.0 EBX
-        .init(name: "fsgsbase", leaf: 7, subleaf: 0, register: .ebx, bit: 0, dependents: []),
-        .init(name: "bmi1", leaf: 7, subleaf: 0, register: .ebx, bit: 3, dependents: []),
-        .init(name: "hle", leaf: 7, subleaf: 0, register: .ebx, bit: 4, dependents: []),
-        .init(name: "avx2", leaf: 7, subleaf: 0, register: .ebx, bit: 5, dependents: []),
-        .init(name: "smep", leaf: 7, subleaf: 0, register: .ebx, bit: 7, dependents: []),
-        .init(name: "bmi2", leaf: 7, subleaf: 0, register: .ebx, bit: 8, dependents: []),
-        .init(name: "erms", leaf: 7, subleaf: 0, register: .ebx, bit: 9, dependents: []),
-        .init(name: "invpcid", leaf: 7, subleaf: 0, register: .ebx, bit: 10, dependents: []),
-        .init(name: "rtm", leaf: 7, subleaf: 0, register: .ebx, bit: 11, dependents: []),
-        .init(name: "mpx", leaf: 7, subleaf: 0, register: .ebx, bit: 14, dependents: []),
-        .init(name: "avx512f", leaf: 7, subleaf: 0, register: .ebx, bit: 16,
-              dependents: ["avx512dq", "avx512cd", "avx512bw", "avx512vl", "avx512ifma", "avx512vbmi"]),
-        .init(name: "avx512dq", leaf: 7, subleaf: 0, register: .ebx, bit: 17, dependents: []),
-        .init(name: "rdseed", leaf: 7, subleaf: 0, register: .ebx, bit: 18, dependents: []),
-        .init(name: "adx", leaf: 7, subleaf: 0, register: .ebx, bit: 19, dependents: []),
-        .init(name: "smap", leaf: 7, subleaf: 0, register: .ebx, bit: 20, dependents: []),
-        .init(name: "avx512ifma", leaf: 7, subleaf: 0, register: .ebx, bit: 21, dependents: []),
-        .init(name: "clflushopt", leaf: 7, subleaf: 0, register: .ebx, bit: 23, dependents: []),
-        .init(name: "clwb", leaf: 7, subleaf: 0, register: .ebx, bit: 24, dependents: []),
-        .init(name: "avx512cd", leaf: 7, subleaf: 0, register: .ebx, bit: 28, dependents: []),
-        .init(name: "sha_ni", leaf: 7, subleaf: 0, register: .ebx, bit: 29, dependents: []),
-        .init(name: "avx512bw", leaf: 7, subleaf: 0, register: .ebx, bit: 30, dependents: []),
-        .init(name: "avx512vl", leaf: 7, subleaf: 0, register: .ebx, bit: 31, dependents: []),
+        (7, 0, .ebx, [("fsgsbase", 0), ("bmi1", 3), ("hle", 4), ("avx2", 5), ("smep", 7), ("bmi2", 8), ("erms", 9),
+                      ("invpcid", 10), ("rtm", 11), ("mpx", 14), ("avx512f", 16), ("avx512dq", 17), ("rdseed", 18),
+                      ("adx", 19), ("smap", 20), ("avx512ifma", 21), ("clflushopt", 23), ("clwb", 24),
+                      ("avx512cd", 28), ("sha_ni", 29), ("avx512bw", 30), ("avx512vl", 31)]),
         // Leaf 7.0 ECX
-        .init(name: "avx512vbmi", leaf: 7, subleaf: 0, register: .ecx, bit: 1, dependents: []),
-        .init(name: "umip", leaf: 7, subleaf: 0, register: .ecx, bit: 2, dependents: []),
-        .init(name: "pku", leaf: 7, subleaf: 0, register: .ecx, bit: 3, dependents: []),
-        .init(name: "la57", leaf: 7, subleaf: 0, register: .ecx, bit: 16, dependents: []),
-        .init(name: "rdpid", leaf: 7, subleaf: 0, register: .ecx, bit: 22, dependents: []),
+        (7, 0, .ecx, [("avx512vbmi", 1), ("umip", 2), ("pku", 3), ("la57", 16), ("rdpid", 22)]),
         // Leaf 0xD.1 EAX (XSAVE extensions)
-        .init(name: "xsaveopt", leaf: 0xD, subleaf: 1, register: .eax, bit: 0, dependents: []),
-        .init(name: "xsavec", leaf: 0xD, subleaf: 1, register: .eax, bit: 1, dependents: []),
-        .init(name: "xgetbv1", leaf: 0xD, subleaf: 1, register: .eax, bit: 2, dependents: []),
-        .init(name: "xsaves", leaf: 0xD, subleaf: 1, register: .eax, bit: 3, dependents: []),
-        // Leaf 0x80000001
-        .init(name: "lahf_lm", leaf: 0x8000_0001, subleaf: 0, register: .ecx, bit: 0, dependents: []),
-        .init(name: "abm", leaf: 0x8000_0001, subleaf: 0, register: .ecx, bit: 5, dependents: []),
-        .init(name: "pdpe1gb", leaf: 0x8000_0001, subleaf: 0, register: .edx, bit: 26, dependents: []),
-        .init(name: "rdtscp", leaf: 0x8000_0001, subleaf: 0, register: .edx, bit: 27, dependents: []),
+        (0xD, 1, .eax, [("xsaveopt", 0), ("xsavec", 1), ("xgetbv1", 2), ("xsaves", 3)]),
+        // Leaf 0x80000001 ECX
+        (0x8000_0001, 0, .ecx, [("lahf_lm", 0), ("abm", 5)]),
+        // Leaf 0x80000001 EDX
+        (0x8000_0001, 0, .edx, [("pdpe1gb", 26), ("rdtscp", 27)]),
         // KVM paravirtual features (leaf 0x40000001 EAX), named as QEMU names them.
-        .init(name: "kvmclock", leaf: 0x4000_0001, subleaf: 0, register: .eax, bit: 3, dependents: []),
-        .init(name: "kvm-asyncpf", leaf: 0x4000_0001, subleaf: 0, register: .eax, bit: 4, dependents: []),
-        .init(name: "kvm-steal-time", leaf: 0x4000_0001, subleaf: 0, register: .eax, bit: 5, dependents: ["kvm-pv-tlb-flush"]),
-        .init(name: "kvm-pv-eoi", leaf: 0x4000_0001, subleaf: 0, register: .eax, bit: 6, dependents: []),
-        .init(name: "kvm-pv-unhalt", leaf: 0x4000_0001, subleaf: 0, register: .eax, bit: 7, dependents: []),
-        .init(name: "kvm-pv-tlb-flush", leaf: 0x4000_0001, subleaf: 0, register: .eax, bit: 9, dependents: []),
-        .init(name: "kvm-pv-ipi", leaf: 0x4000_0001, subleaf: 0, register: .eax, bit: 11, dependents: []),
-        .init(name: "kvm-poll-control", leaf: 0x4000_0001, subleaf: 0, register: .eax, bit: 12, dependents: []),
-        .init(name: "kvm-pv-sched-yield", leaf: 0x4000_0001, subleaf: 0, register: .eax, bit: 13, dependents: []),
+        (0x4000_0001, 0, .eax, [("kvmclock", 3), ("kvm-asyncpf", 4), ("kvm-steal-time", 5), ("kvm-pv-eoi", 6),
+                                ("kvm-pv-unhalt", 7), ("kvm-pv-tlb-flush", 9), ("kvm-pv-ipi", 11),
+                                ("kvm-poll-control", 12), ("kvm-pv-sched-yield", 13)]),
+    ]
+
+    /// Each feature's `dependents`, for the few that have any.
+    private static let dependentsByName: [String: [String]] = [
+        "pcid": ["invpcid"],
+        "xsave": ["osxsave", "avx", "avx2", "fma", "f16c", "avx512f", "avx512dq", "avx512cd", "avx512bw", "avx512vl",
+                  "avx512ifma", "avx512vbmi", "mpx", "xsaveopt", "xsavec", "xgetbv1", "xsaves"],
+        "avx": ["avx2", "fma", "f16c"],
+        "avx512f": ["avx512dq", "avx512cd", "avx512bw", "avx512vl", "avx512ifma", "avx512vbmi"],
+        "kvm-steal-time": ["kvm-pv-tlb-flush"],
     ]
 
     public static let byName: [String: CPUFeature] = Dictionary(uniqueKeysWithValues: all.map { ($0.name, $0) })

@@ -160,24 +160,34 @@ int cdaemon_tty_restore(int fd, const void *saved)
 	return tcsetattr(fd, TCSANOW, (const struct termios *)saved);
 }
 
+/* Closes fd after a failed step and returns -1 with that step's errno (close may change it). */
+static int close_failed(int fd)
+{
+	int e = errno;
+	close(fd);
+	errno = e;
+	return -1;
+}
+
+/* A stream socket and the address of path for it; ENAMETOOLONG for a path sun_path cannot hold. */
+static int stream_socket(const char *path, struct sockaddr_un *sa, socklen_t *sl)
+{
+	if (strlen(path) >= sizeof(sa->sun_path)) { errno = ENAMETOOLONG; return -1; }
+	*sl = fill_addr(sa, path);
+	return socket(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0);
+}
+
 int cdaemon_listen_unix(const char *path, int backlog, unsigned mode)
 {
 	struct sockaddr_un sa;
 	socklen_t sl;
-	int fd;
+	int fd = stream_socket(path, &sa, &sl);
 
-	if (strlen(path) >= sizeof(sa.sun_path)) { errno = ENAMETOOLONG; return -1; }
-	sl = fill_addr(&sa, path);
-	fd = socket(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0);
 	if (fd < 0)
 		return -1;
 	unlink(path);
-	if (bind(fd, (struct sockaddr *)&sa, sl) < 0 || chmod(path, mode) < 0 || listen(fd, backlog) < 0) {
-		int e = errno;
-		close(fd);
-		errno = e;
-		return -1;
-	}
+	if (bind(fd, (struct sockaddr *)&sa, sl) < 0 || chmod(path, mode) < 0 || listen(fd, backlog) < 0)
+		return close_failed(fd);
 	return fd;
 }
 
@@ -185,19 +195,12 @@ int cdaemon_connect_unix(const char *path)
 {
 	struct sockaddr_un sa;
 	socklen_t sl;
-	int fd;
+	int fd = stream_socket(path, &sa, &sl);
 
-	if (strlen(path) >= sizeof(sa.sun_path)) { errno = ENAMETOOLONG; return -1; }
-	sl = fill_addr(&sa, path);
-	fd = socket(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0);
 	if (fd < 0)
 		return -1;
-	if (connect(fd, (struct sockaddr *)&sa, sl) < 0) {
-		int e = errno;
-		close(fd);
-		errno = e;
-		return -1;
-	}
+	if (connect(fd, (struct sockaddr *)&sa, sl) < 0)
+		return close_failed(fd);
 	return fd;
 }
 
@@ -215,12 +218,8 @@ int cdaemon_bind_datagram(const char *path)
 		return -1;
 	if (path[0] != '@')
 		unlink(path);
-	if (bind(fd, (struct sockaddr *)&sa, sl) < 0) {
-		int e = errno;
-		close(fd);
-		errno = e;
-		return -1;
-	}
+	if (bind(fd, (struct sockaddr *)&sa, sl) < 0)
+		return close_failed(fd);
 	return fd;
 }
 

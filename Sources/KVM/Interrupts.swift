@@ -45,30 +45,28 @@ extension VirtualMachine {
 
     /// Signalling `eventfd` injects `gsi` without a VM exit or a trip through this process's vCPUs.
     public func registerIRQFD(_ eventfd: FileDescriptor, gsi: UInt32) throws {
-        var irqfd = kvm_irqfd()
-        irqfd.fd = UInt32(eventfd.rawValue)
-        irqfd.gsi = gsi
-        try IOCtl.call(fd, CKVM_IRQFD, "KVM_IRQFD", &irqfd)
+        try irqfd(eventfd, gsi: gsi, "KVM_IRQFD")
     }
 
     /// A level-triggered line (passthrough INTx): signalling `eventfd` asserts `gsi`; when the guest
     /// ends the interrupt (EOI) KVM de-asserts it and signals `resample`, so the device's driver
     /// (VFIO) can unmask and re-raise if still pending.
     public func registerIRQFD(_ eventfd: FileDescriptor, gsi: UInt32, resample: FileDescriptor) throws {
-        var irqfd = kvm_irqfd()
-        irqfd.fd = UInt32(eventfd.rawValue)
-        irqfd.gsi = gsi
-        irqfd.flags = UInt32(KVM_IRQFD_FLAG_RESAMPLE)
-        irqfd.resamplefd = UInt32(resample.rawValue)
-        try IOCtl.call(fd, CKVM_IRQFD, "KVM_IRQFD(resample)", &irqfd)
+        try irqfd(eventfd, gsi: gsi, flags: UInt32(KVM_IRQFD_FLAG_RESAMPLE), resample: UInt32(resample.rawValue), "KVM_IRQFD(resample)")
     }
 
     public func unregisterIRQFD(_ eventfd: FileDescriptor, gsi: UInt32) throws {
+        try irqfd(eventfd, gsi: gsi, flags: UInt32(KVM_IRQFD_FLAG_DEASSIGN), "KVM_IRQFD(deassign)")
+    }
+
+    /// KVM_IRQFD, the one ioctl behind the three calls above (`what` names it in errors).
+    private func irqfd(_ eventfd: FileDescriptor, gsi: UInt32, flags: UInt32 = 0, resample: UInt32 = 0, _ what: String) throws {
         var irqfd = kvm_irqfd()
         irqfd.fd = UInt32(eventfd.rawValue)
         irqfd.gsi = gsi
-        irqfd.flags = UInt32(KVM_IRQFD_FLAG_DEASSIGN)
-        try IOCtl.call(fd, CKVM_IRQFD, "KVM_IRQFD(deassign)", &irqfd)
+        irqfd.flags = flags
+        irqfd.resamplefd = resample
+        try IOCtl.call(fd, CKVM_IRQFD, what, &irqfd)
     }
 
     /// Injects one MSI directly (no route needed).
@@ -83,20 +81,21 @@ extension VirtualMachine {
     /// A guest write of any value and size to `address` (MMIO) signals `eventfd` in the kernel,
     /// without an exit to this process.
     public func registerIOEventFD(_ eventfd: FileDescriptor, address: UInt64, length: UInt32, pio: Bool = false) throws {
-        var io = kvm_ioeventfd()
-        io.addr = address
-        io.len = length
-        io.fd = eventfd.rawValue
-        io.flags = pio ? 1 << 1 : 0 // KVM_IOEVENTFD_FLAG_PIO (1 << kvm_ioeventfd_flag_nr_pio)
-        try IOCtl.call(fd, CKVM_IOEVENTFD, "KVM_IOEVENTFD", &io)
+        try ioeventfd(eventfd, address: address, length: length, pio: pio, deassign: false, "KVM_IOEVENTFD")
     }
 
     public func unregisterIOEventFD(_ eventfd: FileDescriptor, address: UInt64, length: UInt32, pio: Bool = false) throws {
+        try ioeventfd(eventfd, address: address, length: length, pio: pio, deassign: true, "KVM_IOEVENTFD(deassign)")
+    }
+
+    /// KVM_IOEVENTFD, the one ioctl behind the two calls above (`what` names it in errors).
+    private func ioeventfd(_ eventfd: FileDescriptor, address: UInt64, length: UInt32, pio: Bool, deassign: Bool, _ what: String) throws {
         var io = kvm_ioeventfd()
         io.addr = address
         io.len = length
         io.fd = eventfd.rawValue
-        io.flags = (pio ? 1 << 1 : 0) | 1 << 2 // KVM_IOEVENTFD_FLAG_PIO, KVM_IOEVENTFD_FLAG_DEASSIGN
-        try IOCtl.call(fd, CKVM_IOEVENTFD, "KVM_IOEVENTFD(deassign)", &io)
+        // KVM_IOEVENTFD_FLAG_PIO (1 << kvm_ioeventfd_flag_nr_pio), KVM_IOEVENTFD_FLAG_DEASSIGN
+        io.flags = (pio ? 1 << 1 : 0) | (deassign ? 1 << 2 : 0)
+        try IOCtl.call(fd, CKVM_IOEVENTFD, what, &io)
     }
 }

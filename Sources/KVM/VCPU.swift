@@ -177,25 +177,28 @@ public final class VCPU: @unchecked Sendable {
 
     // MARK: registers
 
+    /// Hands `copy` each general register in both shapes, ours and KVM's: the one list of the 18 that
+    /// `registers()` (KVM's to ours) and `setRegisters(_:)` (ours to KVM's) both walk.
+    private static func pairRegisters(_ r: inout GeneralRegisters, _ k: inout kvm_regs, _ copy: (inout UInt64, inout UInt64) -> Void) {
+        copy(&r.rax, &k.rax); copy(&r.rbx, &k.rbx); copy(&r.rcx, &k.rcx); copy(&r.rdx, &k.rdx)
+        copy(&r.rsi, &k.rsi); copy(&r.rdi, &k.rdi); copy(&r.rsp, &k.rsp); copy(&r.rbp, &k.rbp)
+        copy(&r.r8, &k.r8); copy(&r.r9, &k.r9); copy(&r.r10, &k.r10); copy(&r.r11, &k.r11)
+        copy(&r.r12, &k.r12); copy(&r.r13, &k.r13); copy(&r.r14, &k.r14); copy(&r.r15, &k.r15)
+        copy(&r.rip, &k.rip); copy(&r.rflags, &k.rflags)
+    }
+
     public func registers() throws -> GeneralRegisters {
         var k = kvm_regs()
         try IOCtl.call(fd, CKVM_GET_REGS, "KVM_GET_REGS", &k)
         var r = GeneralRegisters()
-        r.rax = k.rax; r.rbx = k.rbx; r.rcx = k.rcx; r.rdx = k.rdx
-        r.rsi = k.rsi; r.rdi = k.rdi; r.rsp = k.rsp; r.rbp = k.rbp
-        r.r8 = k.r8; r.r9 = k.r9; r.r10 = k.r10; r.r11 = k.r11
-        r.r12 = k.r12; r.r13 = k.r13; r.r14 = k.r14; r.r15 = k.r15
-        r.rip = k.rip; r.rflags = k.rflags
+        Self.pairRegisters(&r, &k) { r, k in r = k }
         return r
     }
 
     public func setRegisters(_ r: GeneralRegisters) throws {
+        var r = r
         var k = kvm_regs()
-        k.rax = r.rax; k.rbx = r.rbx; k.rcx = r.rcx; k.rdx = r.rdx
-        k.rsi = r.rsi; k.rdi = r.rdi; k.rsp = r.rsp; k.rbp = r.rbp
-        k.r8 = r.r8; k.r9 = r.r9; k.r10 = r.r10; k.r11 = r.r11
-        k.r12 = r.r12; k.r13 = r.r13; k.r14 = r.r14; k.r15 = r.r15
-        k.rip = r.rip; k.rflags = r.rflags
+        Self.pairRegisters(&r, &k) { r, k in k = r }
         try IOCtl.call(fd, CKVM_SET_REGS, "KVM_SET_REGS", &k)
     }
 

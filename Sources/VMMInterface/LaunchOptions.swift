@@ -95,7 +95,8 @@ public struct VMMLaunch: Codable, Equatable, Sendable {
     }
 }
 
-/// rtvisor-vmm's command line (embedded in its command with `@OptionGroup`).
+/// rtvisor-vmm's command line (embedded in its command with `@OptionGroup`). One property wrapper
+/// per flag, alike but for name, type and help: ArgumentParser finds options only as properties.
 public struct VMMLaunchArguments: ParsableArguments {
     public init() {}
 

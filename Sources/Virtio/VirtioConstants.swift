@@ -9,6 +9,9 @@ public enum VirtioFeature {
     public static let ringIndirectDescriptors: UInt64 = 1 << 28
     public static let ringEventIndex: UInt64 = 1 << 29
     public static let version1: UInt64 = 1 << 32
+    /// What every device model offers besides its own features: VERSION_1 and the ring features
+    /// `VirtQueue` implements.
+    public static let common: UInt64 = version1 | ringIndirectDescriptors | ringEventIndex
 }
 
 /// Device status bits (virtio 1.x section 2.1).

@@ -54,20 +54,14 @@ public final class VirtioBlock: VirtioDevice {
     static let maxDiscardSectors: UInt32 = 1 << 22 // 2 GiB per segment
     static let maxDiscardSegments: UInt32 = 16
 
-    private struct Active {
-        var memory: GuestMemory
-        var queue: VirtQueue
-        var interrupt: any VirtioInterrupt
-        var failed = false
-    }
-    private let state = Mutex<Active?>(nil)
+    private let state = Mutex<ActiveQueue?>(nil)
     private let stats = Mutex(BlockStatistics())
 
     public init(name: String, image: BlockImage, settings: BlockDeviceSettings = BlockDeviceSettings()) {
         self.name = name
         self.image = image
         self.settings = settings
-        var features = VirtioFeature.version1 | VirtioFeature.ringIndirectDescriptors | VirtioFeature.ringEventIndex
+        var features = VirtioFeature.common
             | VirtioBlockProtocol.featureSegMax | VirtioBlockProtocol.featureBlockSize | VirtioBlockProtocol.featureFlush
         if image.readOnly { features |= VirtioBlockProtocol.featureReadOnly }
         else { features |= VirtioBlockProtocol.featureDiscard | VirtioBlockProtocol.featureWriteZeroes }
@@ -95,7 +89,7 @@ public final class VirtioBlock: VirtioDevice {
 
     public func activate(_ a: VirtioActivation) throws {
         guard let q = a.queues.first, q.ready else { throw VirtQueueError.notReady }
-        state.withLock { $0 = Active(memory: a.memory, queue: q, interrupt: a.interrupt) }
+        state.withLock { $0 = ActiveQueue(memory: a.memory, queue: q, interrupt: a.interrupt) }
     }
 
     public func reset() { state.withLock { $0 = nil } }
@@ -103,20 +97,7 @@ public final class VirtioBlock: VirtioDevice {
     public func queueNotify(_ queue: Int) {
         guard queue == 0 else { return }
         state.withLock { active in
-            guard var s = active, !s.failed else { return }
-            defer { active = s }
-            do {
-                var completed = 0
-                while let chain = try s.queue.pop(memory: s.memory) {
-                    let used = execute(chain, memory: s.memory)
-                    try s.queue.addUsed(memory: s.memory, head: chain.head, length: used)
-                    completed += 1
-                }
-                if completed > 0, try s.queue.shouldNotify(memory: s.memory) { s.interrupt.signalUsedQueue(0) }
-            } catch {
-                s.failed = true
-                s.interrupt.deviceNeedsReset(reason: "\(name): request queue: \(error)")
-            }
+            active?.serveAvailable(index: 0, device: name, role: "request") { chain, memory in execute(chain, memory: memory) }
         }
     }
 

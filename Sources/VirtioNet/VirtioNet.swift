@@ -39,16 +39,13 @@ public final class VirtioNet: VirtioDevice {
     /// Largest frame with header: 64 KiB TSO super-frame + Ethernet header + virtio-net header.
     static let maxFrame = 65562
 
-    private struct Queue {
-        var memory: GuestMemory
-        var queue: VirtQueue
-        var interrupt: any VirtioInterrupt
-        var failed = false
-        /// Transmit only: one frame gathered from the chain's buffers.
+    private struct Transmit {
+        var queue: ActiveQueue
+        /// One frame gathered from the chain's buffers.
         var scratch: [UInt8] = []
     }
-    private let rx = Mutex<Queue?>(nil)
-    private let tx = Mutex<Queue?>(nil)
+    private let rx = Mutex<ActiveQueue?>(nil)
+    private let tx = Mutex<Transmit?>(nil)
     private let stats = Mutex(NetStatistics())
     private let rxThread = Mutex<RxWorker?>(nil)
 
@@ -58,8 +55,7 @@ public final class VirtioNet: VirtioDevice {
         self.tap = tap
         self.mac = mac
         self.queueMaxSizes = [queueSize, queueSize]
-        var features = VirtioFeature.version1 | VirtioFeature.ringIndirectDescriptors | VirtioFeature.ringEventIndex
-            | VirtioNetFeature.mac | VirtioNetFeature.status
+        var features = VirtioFeature.common | VirtioNetFeature.mac | VirtioNetFeature.status
         if tap.supportsOffloads {
             features |= VirtioNetFeature.checksum | VirtioNetFeature.guestChecksum
                 | VirtioNetFeature.hostTSO4 | VirtioNetFeature.hostTSO6
@@ -89,8 +85,8 @@ public final class VirtioNet: VirtioDevice {
             if a.features & VirtioNetFeature.guestTSO6 != 0 { offloads |= Tap.offloadTSO6 }
         }
         if tap.supportsOffloads { try tap.setOffloads(offloads) }
-        rx.withLock { $0 = Queue(memory: a.memory, queue: a.queues[0], interrupt: a.interrupt) }
-        tx.withLock { $0 = Queue(memory: a.memory, queue: a.queues[1], interrupt: a.interrupt) }
+        rx.withLock { $0 = ActiveQueue(memory: a.memory, queue: a.queues[0], interrupt: a.interrupt) }
+        tx.withLock { $0 = Transmit(queue: ActiveQueue(memory: a.memory, queue: a.queues[1], interrupt: a.interrupt)) }
         let worker = try RxWorker(device: self)
         rxThread.withLock { $0 = worker }
     }
@@ -114,39 +110,33 @@ public final class VirtioNet: VirtioDevice {
 
     private func transmit() {
         tx.withLock { state in
-            guard var s = state, !s.failed else { return }
-            defer { state = s }
-            if s.scratch.isEmpty { s.scratch = [UInt8](repeating: 0, count: Self.maxFrame) }
-            var frame = s.scratch
-            s.scratch = []
-            defer { s.scratch = frame }
-            do {
-                var completed = 0
-                while let chain = try s.queue.pop(memory: s.memory) {
-                    let length = chain.readableLength
-                    if length > UInt64(Self.maxFrame) || length < UInt64(Tap.headerSize) {
-                        stats.withLock { $0.txDropped += 1 }
-                    } else {
-                        var reader = ChainReader(memory: s.memory, buffers: chain.readable)
-                        var position = 0
-                        try frame.withUnsafeMutableBytes { dst in
-                            try reader.forEachSegment(Int(length)) { address, n in
-                                try s.memory.read(into: UnsafeMutableRawBufferPointer(rebasing: dst[position..<position + n]), at: address)
-                                position += n
-                            }
-                        }
-                        let sent = try frame.withUnsafeBytes { try tap.send(UnsafeRawBufferPointer(rebasing: $0[0..<Int(length)])) }
-                        stats.withLock {
-                            if sent { $0.txFrames += 1; $0.txBytes += length - UInt64(Tap.headerSize) } else { $0.txDropped += 1 }
-                        }
-                    }
-                    try s.queue.addUsed(memory: s.memory, head: chain.head, length: 0)
-                    completed += 1
+            // Taken out of the lock's storage (and put back), so the scratch frame has one owner.
+            guard var t = state.take() else { return }
+            defer { state = t }
+            guard !t.queue.failed else { return }
+            if t.scratch.isEmpty { t.scratch = [UInt8](repeating: 0, count: Self.maxFrame) }
+            var frame = t.scratch
+            t.scratch = []
+            defer { t.scratch = frame }
+            t.queue.serveAvailable(index: Self.txQueue, device: name, role: "transmit") { chain, memory in
+                let length = chain.readableLength
+                if length > UInt64(Self.maxFrame) || length < UInt64(Tap.headerSize) {
+                    stats.withLock { $0.txDropped += 1 }
+                    return 0
                 }
-                if completed > 0, try s.queue.shouldNotify(memory: s.memory) { s.interrupt.signalUsedQueue(Self.txQueue) }
-            } catch {
-                s.failed = true
-                s.interrupt.deviceNeedsReset(reason: "\(name): transmit queue: \(error)")
+                var reader = ChainReader(memory: memory, buffers: chain.readable)
+                var position = 0
+                try frame.withUnsafeMutableBytes { dst in
+                    try reader.forEachSegment(Int(length)) { address, n in
+                        try memory.read(into: UnsafeMutableRawBufferPointer(rebasing: dst[position..<position + n]), at: address)
+                        position += n
+                    }
+                }
+                let sent = try frame.withUnsafeBytes { try tap.send(UnsafeRawBufferPointer(rebasing: $0[0..<Int(length)])) }
+                stats.withLock {
+                    if sent { $0.txFrames += 1; $0.txBytes += length - UInt64(Tap.headerSize) } else { $0.txDropped += 1 }
+                }
+                return 0
             }
         }
     }
@@ -202,8 +192,7 @@ public final class VirtioNet: VirtioDevice {
                 // A tap read error (e.g. the interface went away): count it, keep the queue usable.
                 stats.withLock { $0.rxDropped += 1 }
             } catch {
-                s.failed = true
-                s.interrupt.deviceNeedsReset(reason: "\(name): receive queue: \(error)")
+                s.fail(device: name, role: "receive", error)
                 return false
             }
             return haveBuffers

@@ -142,12 +142,31 @@ struct ActionCommand {
     }
 }
 
-struct Start: ParsableCommand {
-    static let configuration = CommandConfiguration(abstract: "Start a VM.")
+/// `start`, `reboot`, `pause` and `resume`: a bodiless POST to /v1/vms/NAME/ACTION, one command
+/// told apart only by its action's name and help text (`stop` has its `--force`).
+protocol PlainAction {
+    static var name: String { get }
+    static var abstract: String { get }
+}
+
+enum StartAction: PlainAction { static let name = "start", abstract = "Start a VM." }
+enum RebootAction: PlainAction {
+    static let name = "reboot", abstract = "Reset a VM: its VMM is stopped and started again (with a pending definition change applied)."
+}
+enum PauseAction: PlainAction { static let name = "pause", abstract = "Pause a VM (its VMM process is stopped with SIGSTOP)." }
+enum ResumeAction: PlainAction { static let name = "resume", abstract = "Resume a paused VM." }
+
+struct PlainActionCommand<Action: PlainAction>: ParsableCommand {
+    static var configuration: CommandConfiguration { CommandConfiguration(commandName: Action.name, abstract: Action.abstract) }
     @OptionGroup var options: CommonOptions
     @OptionGroup var vm: NameArgument
-    func run() throws { try ActionCommand.run(options, vm.name, "start") }
+    func run() throws { try ActionCommand.run(options, vm.name, Action.name) }
 }
+
+typealias Start = PlainActionCommand<StartAction>
+typealias Reboot = PlainActionCommand<RebootAction>
+typealias Pause = PlainActionCommand<PauseAction>
+typealias Resume = PlainActionCommand<ResumeAction>
 
 struct Stop: ParsableCommand {
     static let configuration = CommandConfiguration(abstract: "Stop a VM: Ctrl-Alt-Del to the guest, hard stop after its stop timeout.")
@@ -156,27 +175,6 @@ struct Stop: ParsableCommand {
     @Flag(help: "Stop at once (the VMM stops the vCPUs) instead of asking the guest.")
     var force = false
     func run() throws { try ActionCommand.run(options, vm.name, "stop", body: Array("{\"force\":\(force)}".utf8)) }
-}
-
-struct Reboot: ParsableCommand {
-    static let configuration = CommandConfiguration(abstract: "Reset a VM: its VMM is stopped and started again (with a pending definition change applied).")
-    @OptionGroup var options: CommonOptions
-    @OptionGroup var vm: NameArgument
-    func run() throws { try ActionCommand.run(options, vm.name, "reboot") }
-}
-
-struct Pause: ParsableCommand {
-    static let configuration = CommandConfiguration(abstract: "Pause a VM (its VMM process is stopped with SIGSTOP).")
-    @OptionGroup var options: CommonOptions
-    @OptionGroup var vm: NameArgument
-    func run() throws { try ActionCommand.run(options, vm.name, "pause") }
-}
-
-struct Resume: ParsableCommand {
-    static let configuration = CommandConfiguration(abstract: "Resume a paused VM.")
-    @OptionGroup var options: CommonOptions
-    @OptionGroup var vm: NameArgument
-    func run() throws { try ActionCommand.run(options, vm.name, "resume") }
 }
 
 struct Validate: ParsableCommand {
