@@ -148,6 +148,16 @@ uint32_t csandbox_act_errno(uint16_t err) { return SCMP_ACT_ERRNO(err); }
 
 int csandbox_syscall_number(const char *name) { return seccomp_syscall_resolve_name(name); }
 
+void csandbox_malloc_churn(void) {
+	// Below the mmap threshold, so the blocks come from this thread's arena and freeing them
+	// shrinks its heap (glibc then checks /proc/sys/vm/overcommit_memory once per process).
+	for (int round = 0; round < 50; round++) {
+		void *blocks[64];
+		for (int i = 0; i < 64; i++) { blocks[i] = malloc(100000); if (blocks[i]) ((volatile char *)blocks[i])[0] = 1; }
+		for (int i = 63; i >= 0; i--) free(blocks[i]);
+	}
+}
+
 long csandbox_forbidden_socket(void) {
 	int fd = socket(AF_INET, SOCK_STREAM | SOCK_CLOEXEC, 0);
 	if (fd < 0) return -errno;

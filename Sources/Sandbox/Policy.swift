@@ -99,6 +99,12 @@ public enum SeccompPolicy {
         ]
     }
 
+    /// glibc's malloc reads /proc/sys/vm/overcommit_memory the first time it shrinks a thread's
+    /// arena, so a guest that makes a vCPU or I/O thread allocate and free a lot would make it
+    /// open a file. Those threads may open nothing: the call fails (malloc then just uses
+    /// MADV_DONTNEED) instead of killing the VMM (issue 16).
+    static let noFiles = SyscallRule("openat", action: .fail(EACCES))
+
     static let blockIO = ["pread64", "preadv", "pwrite64", "pwritev", "fdatasync", "fsync", "fallocate"].map { SyscallRule($0) }
     /// The journal (JournaldLogHandler: one datagram per entry) when logging from this thread.
     static let journal = ["sendto", "sendmsg"].map { SyscallRule($0) }
@@ -131,11 +137,13 @@ public enum SeccompPolicy {
             r += ["eventfd2", "epoll_create1", "epoll_ctl", "epoll_wait", "epoll_pwait"].map { SyscallRule($0) }
             r += threadCreation()
             r += journal
+            r.append(noFiles)
         case .io:
             r += [ioctl([(CKVM_IRQ_LINE, "KVM_IRQ_LINE")])]   // INTx for drivers without MSI-X
             r += blockIO
             r += ["read", "readv", "writev", "close", "fstat", "newfstatat", "lseek", "epoll_wait", "epoll_pwait"].map { SyscallRule($0) }
             r += journal
+            r.append(noFiles)
         case .vmm:
             r += [ioctl([(CKVM_IRQ_LINE, "KVM_IRQ_LINE"), (CKVM_IOEVENTFD, "KVM_IOEVENTFD"), (CKVM_SET_GSI_ROUTING, "KVM_SET_GSI_ROUTING"),
                          (CKVM_IRQFD, "KVM_IRQFD"),

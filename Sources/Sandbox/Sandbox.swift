@@ -75,6 +75,11 @@ public enum Sandbox {
         #if RTVISOR_TEST_HOOKS
         // Test builds only: a forbidden syscall on this thread (SeccompTests).
         if let target, target == kind.rawValue || target == label { issueForbiddenSyscall(kind, label: label, program: "rtvisor-vmm") }
+        // Test builds only: heavy allocation churn on this thread, under its filter (SeccompTests).
+        if let v = getenv("RTVISOR_TEST_MALLOC_CHURN"), String(cString: v) == kind.rawValue || String(cString: v) == label {
+            csandbox_malloc_churn()
+            writeStderr("rtvisor-vmm: test hook: thread \(label) (\(kind.rawValue)) churned malloc under its filter\n")
+        }
         #else
         _ = target
         #endif

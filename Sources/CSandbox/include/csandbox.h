@@ -40,6 +40,9 @@ long csandbox_export_program(void *ctx, uint8_t **out);
 /// seccomp(SECCOMP_SET_MODE_FILTER) - one syscall each, nothing compiled. 0 or -errno.
 int csandbox_load_program(const uint8_t *program, size_t length);
 
+/// Used by a test hook: allocates and frees 6 MB in 100 kB blocks, 50 times, on the calling thread.
+void csandbox_malloc_churn(void);
+
 /// Used by the test hook: socket(AF_INET, SOCK_STREAM, 0), returning its result (-errno on error).
 long csandbox_forbidden_socket(void);
 #endif
