@@ -37,19 +37,50 @@ public struct PartitionState: Codable, Sendable, Equatable {
 
     public static func remove(vm: String, directory: String = defaultDirectory) { unlink(path(vm: vm, directory: directory)) }
 
-    /// Puts back the IRQ affinities and workqueue mask `vm` saved, minus CPUs other running
-    /// real-time VMs still hold, and forgets them. Returns how many IRQs were restored, or nil
-    /// when nothing was saved.
+    /// Every partition state in `directory` (the real-time VMs whose host changes are in force).
+    public static func all(directory: String = defaultDirectory) -> [PartitionState] {
+        HostFiles.list(directory).filter { $0.hasSuffix(".json") }.sorted()
+            .compactMap { load(vm: String($0.dropLast(5)), directory: directory) }
+    }
+
+    /// Undoes `vm`'s host changes, computed from the set of running partitions: IRQ affinities
+    /// and the workqueue mask go back to what `vm` saw before it started, minus the CPUs the
+    /// other partitions still hold; and what `vm` knew of the host before it is handed to the
+    /// partitions that saved their state after it (they saw `vm`'s CPUs already taken out, so
+    /// without the hand-off those CPUs would stay excluded after the last one ends). Returns how
+    /// many IRQs were restored, or nil when nothing was saved.
     @discardableResult
     public static func undo(vm: String, directory: String = defaultDirectory,
                             hierarchy: CpusetHierarchy? = CpusetHierarchy.detect(), paths: HostPaths = HostPaths()) -> Int? {
         guard let state = load(vm: vm, directory: directory) else { return nil }
-        var still = Set<Int>()
-        if case let .v1(root)? = hierarchy { still = CpusetV1(root: root).busyCPUs(excluding: vm) }
+        let others = all(directory: directory).filter { $0.vm != vm }
+        var still = Set(others.flatMap(\.cpus))
+        if case let .v1(root)? = hierarchy { still.formUnion(CpusetV1(root: root).busyCPUs(excluding: vm)) }
         IRQAffinity(paths: paths).restore(state.irqs, keepingOff: still)
         CPUMaskFile.workqueues(paths).restore(state.workqueueMask, keepingOff: still)
+        for var other in others {
+            other.inherit(from: state)
+            other.save(directory: directory)
+        }
         remove(vm: vm, directory: directory)
         return state.irqs.irqs.count
+    }
+
+    /// Takes over what `ended` saved for the IRQs and masks this partition saved too: the CPUs of
+    /// `ended` that were in the value `ended` saw go back into the value this one will restore.
+    mutating func inherit(from ended: PartitionState) {
+        let theirs = Set(ended.cpus)
+        func merged(_ mine: [Int], _ before: [Int]) -> [Int] { Array(Set(mine).union(Set(before).intersection(theirs))).sorted() }
+        for (irq, list) in irqs.irqs {
+            guard let endedList = ended.irqs.irqs[irq], let before = CPUList.parse(endedList), let mine = CPUList.parse(list) else { continue }
+            irqs.irqs[irq] = CPUList.format(merged(mine, before))
+        }
+        if let mine = irqs.defaultAffinity.flatMap(CPUList.parseHexMask), let before = ended.irqs.defaultAffinity.flatMap(CPUList.parseHexMask) {
+            irqs.defaultAffinity = CPUList.hexMask(merged(mine, before))
+        }
+        if let mine = workqueueMask.flatMap(CPUList.parseHexMask), let before = ended.workqueueMask.flatMap(CPUList.parseHexMask) {
+            workqueueMask = CPUList.hexMask(merged(mine, before))
+        }
     }
 }
 

@@ -194,3 +194,65 @@ final class FakeTree {
         #expect(throws: PartitionError.self) { try CpusetV2(cgroup: t.root + "/cg/vm-rt0").acquire(vm: "rt0", cpus: [1], housekeeping: [0]) }
     }
 }
+
+/// Two real-time VMs on one host, started and stopped in either order: when the last one ends,
+/// every IRQ, the default IRQ affinity and the workqueue mask are as they were before the first
+/// one started (issue 16: they used to keep the first VM's CPUs excluded forever).
+@Suite struct PartitionHandOffTests {
+    struct Host {
+        let tree = FakeTree()
+        var paths: HostPaths { HostPaths(sys: tree.root + "/sys", proc: tree.root + "/proc") }
+        var states: String { tree.root + "/rt" }
+        init() {
+            tree.file("proc/irq/24/smp_affinity_list", "0-3\n")
+            tree.file("proc/irq/25/smp_affinity_list", "2\n")
+            tree.file("proc/irq/default_smp_affinity", "f\n")
+            tree.file("sys/devices/virtual/workqueue/cpumask", "f\n")
+        }
+        /// What a real-time VMM does at start (RealtimeSetup): move IRQs and workqueues off its CPUs, save.
+        func start(_ vm: String, cpus: Set<Int>) {
+            let others = Set(PartitionState.all(directory: states).flatMap(\.cpus))
+            let housekeeping = [0, 1, 2, 3].filter { !cpus.contains($0) && !others.contains($0) }
+            let irqs = IRQAffinity(paths: paths).move(off: cpus, housekeeping: housekeeping)
+            let wq = CPUMaskFile.workqueues(paths).move(off: cpus, housekeeping: housekeeping)
+            PartitionState(vm: vm, cpus: cpus.sorted(), irqs: irqs, workqueueMask: wq).save(directory: states)
+        }
+        func stop(_ vm: String) { PartitionState.undo(vm: vm, directory: states, hierarchy: nil, paths: paths) }
+        var snapshot: [String?] {
+            ["proc/irq/24/smp_affinity_list", "proc/irq/25/smp_affinity_list", "proc/irq/default_smp_affinity",
+             "sys/devices/virtual/workqueue/cpumask"].map { tree.read($0) }
+        }
+    }
+
+    static let original: [String?] = ["0-3", "2", "f", "f"]
+
+    @Test func firstStartedStopsFirst() {
+        let host = Host()
+        host.start("a", cpus: [1])
+        host.start("b", cpus: [2])
+        #expect(host.snapshot == ["0,3", "0,3", "9", "9"])
+        host.stop("a")
+        // b still runs: its CPU stays free, a's CPU is back.
+        #expect(host.snapshot == ["0-1,3", "0,3", "b", "b"])
+        host.stop("b")
+        #expect(host.snapshot == Self.original)
+        #expect(PartitionState.all(directory: host.states).isEmpty)
+    }
+
+    @Test func lastStartedStopsFirst() {
+        let host = Host()
+        host.start("a", cpus: [1])
+        host.start("b", cpus: [2])
+        host.stop("b")
+        #expect(host.snapshot == ["0,2-3", "2", "d", "d"])
+        host.stop("a")
+        #expect(host.snapshot == Self.original)
+    }
+
+    @Test func aStopWithoutSavedStateChangesNothing() {
+        let host = Host()
+        host.start("a", cpus: [1])
+        #expect(PartitionState.undo(vm: "never-started", directory: host.states, hierarchy: nil, paths: host.paths) == nil)
+        #expect(host.snapshot == ["0,2-3", "2", "d", "d"])
+    }
+}
