@@ -155,7 +155,7 @@ let package = Package(
         .testTarget(name: "KVMTests", dependencies: ["KVM", "Memory", "Arch"]),
         .testTarget(name: "SandboxTests", dependencies: ["Sandbox", "SandboxMode", "Config", "CSeccomp", "CSandbox", "CKVM", "TestSupport"]),
         .testTarget(name: "IntegrationTests", dependencies: [
-            "VMM", "Realtime", "Posix", "APIModels", "KVM", "PCI", "Sandbox", "API", "TestSupport",
+            "VMM", "Realtime", "Posix", "APIModels", "Daemon", "KVM", "PCI", "Sandbox", "API", "TestSupport",
             .product(name: "Logging", package: "swift-log"),
             .product(name: "SystemPackage", package: "swift-system"),
         ]),

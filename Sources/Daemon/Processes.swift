@@ -2,6 +2,7 @@ import CDaemonSupport
 import Foundation
 import SystemPackage
 import Posix
+import VMMInterface
 
 /// Process operations the supervisor needs, by pid. Spawning never goes through a shell: argv
 /// is passed as an array to posix_spawn.
@@ -71,6 +72,19 @@ public enum Processes {
         guard let s = try? String(contentsOfFile: "/proc/\(pid)/stat", encoding: .utf8),
               let close = s.lastIndex(of: ")") else { return nil }
         return s[s.index(after: close)...].split(separator: " ").first?.first
+    }
+
+    /// rtvisor-vmm processes started with `definition` as their `--config` (their command line is
+    /// the contract's `VMMLaunch`), found by reading /proc: a VMM is adopted even when the daemon
+    /// that spawned it died before writing its state file.
+    public static func vmms(running definition: String, procRoot: String = "/proc") -> [(pid: pid_t, launch: VMMLaunch)] {
+        HostFiles.list(procRoot).compactMap { entry -> (pid: pid_t, launch: VMMLaunch)? in
+            guard let pid = pid_t(entry), let raw = HostFiles.read(procRoot + "/" + entry + "/cmdline") else { return nil }
+            let argv = raw.split(separator: "\0", omittingEmptySubsequences: false).map(String.init).dropLast(raw.hasSuffix("\0") ? 1 : 0)
+            guard let program = argv.first, program.hasSuffix("/rtvisor-vmm") || program == "rtvisor-vmm",
+                  let launch = try? VMMLaunch.parse(Array(argv.dropFirst())), launch.definition == definition else { return nil }
+            return (pid, launch)
+        }.sorted { $0.pid < $1.pid }
     }
 
     public static func isAlive(_ pid: pid_t, startTime: UInt64) -> Bool {

@@ -123,7 +123,7 @@ public actor Supervisor: VMControl {
         guard let dirs = try? FileManager.default.contentsOfDirectory(atPath: paths.vmsDirectory) else { return [] }
         var seen: Set<String> = []
         for name in dirs.sorted() {
-            guard let st = VMStateFile.read(paths.stateFile(name)) else { continue }
+            guard let st = VMStateFile.read(paths.stateFile(name)) ?? orphanState(name) else { continue }
             seen.insert(name)
             let alive = Processes.isAlive(st.pid, startTime: st.startTime)
             let copy = DefinitionDirectory.load(file: paths.definitionCopy(name), directory: st.baseDirectory, checkFiles: false)
@@ -146,6 +146,20 @@ public actor Supervisor: VMControl {
             }
         }
         return seen
+    }
+
+    /// A VMM running VM `name`'s definition copy without a state file: the previous rtvisord died
+    /// between spawning it and writing the file. Its state is rebuilt from its command line and
+    /// written, so it is adopted rather than a second VMM started.
+    func orphanState(_ name: String) -> VMStateFile? {
+        guard let found = Processes.vmms(running: paths.definitionCopy(name)).first,
+              let startTime = Processes.startTime(of: found.pid), let base = found.launch.baseDirectory else { return nil }
+        let state = VMStateFile(pid: found.pid, startTime: startTime, definitionFile: records[name]?.loaded.file ?? paths.definitionCopy(name),
+                                baseDirectory: base, startedAt: Date().timeIntervalSince1970, restarts: 0, cgroup: found.launch.cgroup)
+        try? state.write(to: paths.stateFile(name))
+        event(.vmAdopted, .warning, "VM \(name): rtvisor-vmm PID \(found.pid) runs its definition but left no state file (the previous rtvisord ended between starting it and recording it): adopting it",
+              vm: name, pid: found.pid)
+        return state
     }
 
     // MARK: the lifecycle

@@ -1,5 +1,6 @@
 import Foundation
 import Testing
+import Daemon
 import TestSupport
 
 /// rtvisor-vmm's daemon-facing options and rtvisord itself, as real processes on /dev/kvm,
@@ -161,5 +162,51 @@ extension DaemonProcessTests {
         let log = String(decoding: err.fileHandleForReading.readDataToEndOfFile(), as: UTF8.self)
         #expect(log.contains("API connection refused: uid 65534"), "daemon log: \(log.suffix(1500))")
         try? FileManager.default.removeItem(atPath: dir)
+    }
+}
+
+extension DaemonProcessTests {
+    /// A daemon killed between spawning a VMM and writing its state file (simulated: kill -9,
+    /// then the state file removed): the next daemon finds the VMM by its command line and adopts
+    /// it instead of starting a second one (issue 16).
+    @Test func aVMMWithoutAStateFileIsAdoptedNotStartedTwice() throws {
+        let dir = try Self.shortTempDir()
+        defer { try? FileManager.default.removeItem(atPath: dir) }
+        let vms = dir + "/vms"
+        try FileManager.default.createDirectory(atPath: vms, withIntermediateDirectories: true)
+        try VMM.definition(name: "orphan", kernel: try Env.inmate("idle"), memoryMiB: 32, cmdline: "idle.heartbeat=0",
+                           extra: "\"autostart\": true, \"stop_timeout_s\": 5")
+            .write(toFile: vms + "/orphan.json", atomically: true, encoding: .utf8)
+        let ctl = Self.binary("rtvisorctl")
+        let env = ["RTVISOR_API_SOCKET": dir + "/run/api.sock"]
+        func pid() -> Int32? {
+            let (status, out) = Self.run(ctl, ["list", "--json"], env: env)
+            guard status == 0, let d = try? JSONSerialization.jsonObject(with: Data(out.utf8)) as? [String: Any],
+                  let vm = (d["vms"] as? [[String: Any]])?.first(where: { $0["name"] as? String == "orphan" }),
+                  vm["state"] as? String == "running" else { return nil }
+            return (vm["pid"] as? Int).map(Int32.init)
+        }
+        let (first, _) = try Self.startDaemon(definitions: vms, runDirectory: dir + "/run")
+        guard Self.waitFor(20, "orphan running", { pid() != nil }) else { kill(first.processIdentifier, SIGKILL); return }
+        let vmm = pid()!
+        defer { kill(vmm, SIGKILL) }
+        kill(first.processIdentifier, SIGKILL)
+        // Dead is enough (Foundation's waitUntilExit does not return for this child here).
+        guard Self.waitFor(10, "the first rtvisord gone", { [nil, "Z", "X"].contains(Processes.stateLetter(of: first.processIdentifier)) }) else { return }
+        try FileManager.default.removeItem(atPath: dir + "/run/vms/orphan/state.json")
+        let (second, err) = try Self.startDaemon(definitions: vms, runDirectory: dir + "/run")
+        defer { if second.isRunning { kill(second.processIdentifier, SIGKILL) } }
+        guard Self.waitFor(20, "orphan adopted", { pid() != nil }) else { return }
+        #expect(pid() == vmm, "a second VMM was started instead of adopting PID \(vmm)")
+        #expect(Processes.vmms(running: dir + "/run/vms/orphan/definition.json").map(\.pid) == [vmm])
+        #expect(FileManager.default.fileExists(atPath: dir + "/run/vms/orphan/state.json"))
+        kill(second.processIdentifier, SIGTERM)
+        second.waitUntilExit()
+        // Its parent died: it may stay a zombie until init reaps it.
+        #expect([nil, "Z", "X"].contains(Processes.stateLetter(of: vmm)), "the adopted VMM outlived the daemon's stop")
+        if !FileManager.default.fileExists(atPath: "/run/systemd/journal/socket") {
+            let log = String(decoding: err.fileHandleForReading.readDataToEndOfFile(), as: UTF8.self)
+            #expect(log.contains("left no state file"), "\(log)")
+        }
     }
 }
