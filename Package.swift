@@ -129,7 +129,7 @@ let package = Package(
         // directories and files, unix-socket HTTP); a plain target that only test targets depend on.
         .target(name: "TestSupport", dependencies: ["Devices", "CDaemonSupport"], path: "Tests/TestSupport"),
         .testTarget(name: "DaemonTests", dependencies: [
-            "Daemon", "API", "APIModels", "VMMInterface", "Journald", "SystemdNotify", "Config", "CDaemonSupport", "TestSupport",
+            "Daemon", "API", "APIModels", "VMMInterface", "Journald", "SystemdNotify", "Config", "CDaemonSupport", "Posix", "TestSupport",
             .product(name: "SystemPackage", package: "swift-system"),
             .product(name: "Logging", package: "swift-log"),
         ]),
