@@ -37,8 +37,9 @@ public enum RestartDecision: Equatable, Sendable {
 /// The restart policy as a pure state machine over explicit times (seconds on any monotonic
 /// clock), so tests drive it without sleeping.
 ///
-/// - A guest reboot (`VMMExitStatus.guestReset`) always starts the VM again at once, like a real machine's reset;
-///   it does not count as a failure.
+/// - A guest reboot (`VMMExitStatus.guestReset`) always starts the VM again, under every policy, like
+///   a real machine's reset; it does not count as a failure. At once, unless the guest reboots in a
+///   loop: then `RebootThrottle` delays it.
 /// - A power-off (`guestPoweredOff`) is restarted only under `always`.
 /// - Anything else is a failure: restarted under `on-failure` and `always`, with exponential
 ///   backoff (`backoff_ms`, doubling, capped at `backoff_max_ms`); more than `limit` automatic
@@ -47,14 +48,28 @@ public struct RestartTracker: Equatable, Sendable {
     public var settings: RestartSettings
     /// When each automatic restart in the current window happened.
     public private(set) var recent: [Double] = []
+    public private(set) var reboots: RebootThrottle
 
-    public init(settings: RestartSettings) { self.settings = settings }
+    public init(settings: RestartSettings, reboots: RebootThrottle.Limits = .standard) {
+        self.settings = settings
+        self.reboots = RebootThrottle(limits: reboots)
+    }
 
     /// A manual start clears the history.
-    public mutating func reset() { recent.removeAll() }
+    public mutating func reset() {
+        recent.removeAll()
+        reboots.reset()
+    }
+
+    /// A VMM of this VM started at `now` (on the clock `decide` gets): a guest that stays up long
+    /// enough is no longer rebooting in a loop.
+    public mutating func started(at now: Double) { reboots.started(at: now) }
 
     public mutating func decide(_ outcome: ExitOutcome, now: Double) -> RestartDecision {
-        if outcome.isGuestReboot { return .restart(delayMs: 0, reason: "guest rebooted") }
+        if outcome.isGuestReboot {
+            let (delayMs, reason) = reboots.decide(now: now)
+            return .restart(delayMs: delayMs, reason: reason)
+        }
         let failed = !outcome.isPowerOff
         switch (settings.policy, failed) {
         case (.no, false), (.onFailure, false):
@@ -75,11 +90,75 @@ public struct RestartTracker: Equatable, Sendable {
 
     /// `backoff_ms · 2^attempt`, capped at `backoff_max_ms` (attempt 0 = the first restart).
     public static func backoff(attempt: Int, settings: RestartSettings) -> Int {
-        var d = settings.backoffMs
+        backoff(attempt: attempt, first: settings.backoffMs, max: settings.backoffMaxMs)
+    }
+
+    /// `first · 2^attempt`, capped at `max`.
+    public static func backoff(attempt: Int, first: Int, max: Int) -> Int {
+        var d = first
         for _ in 0..<min(attempt, 40) {
             d *= 2
-            if d >= settings.backoffMaxMs { return settings.backoffMaxMs }
+            if d >= max { return max }
         }
-        return min(d, settings.backoffMaxMs)
+        return min(d, max)
     }
+}
+
+/// Guest reboots, which are not failures and never make the daemon give up, but must not become
+/// a tight spawn loop (a guest that resets at once, over and over). Up to `burst` reboots within
+/// `windowSeconds` start the VM again at once; after that each reboot waits, `initialDelayMs`
+/// doubling up to `maxDelayMs`, until the guest stays up `stableSeconds` (measured from the
+/// VMM's start), which forgets the history. Pure, over explicit monotonic times.
+public struct RebootThrottle: Equatable, Sendable {
+    /// Other limits: change a copy of `standard` (only tests do).
+    public struct Limits: Equatable, Sendable {
+        public var burst: Int
+        public var windowSeconds: Double
+        public var initialDelayMs: Int
+        public var maxDelayMs: Int
+        public var stableSeconds: Double
+
+        /// 5 reboots in a minute pass at once: an admin rebooting a guest by hand a few times, or
+        /// a guest's own update-and-reboot, never waits. A guest past that reboots in a loop
+        /// (a kernel with `panic=1` that panics at boot, a reset right at start): it waits 1 s,
+        /// 2 s, 4 s, … up to a minute between runs, so it costs at most one spawn and boot a
+        /// minute instead of all the CPU a spawn loop can take, and it still comes back by itself
+        /// once fixed (a reboot is not a failure). A minute of uptime counts as "booted and stayed
+        /// up": the next reboot is at once again.
+        public static let standard = Limits(burst: 5, windowSeconds: 60, initialDelayMs: 1000, maxDelayMs: 60_000, stableSeconds: 60)
+    }
+
+    public let limits: Limits
+    /// When each reboot within the window happened.
+    public private(set) var recent: [Double] = []
+    /// Reboots delayed since the guest last stayed up: the backoff exponent.
+    public private(set) var delayed = 0
+    /// The current VMM's start, if known.
+    public private(set) var startedAt: Double?
+
+    public init(limits: Limits = .standard) { self.limits = limits }
+
+    public mutating func started(at now: Double) { startedAt = now }
+
+    public mutating func reset() {
+        recent.removeAll()
+        delayed = 0
+    }
+
+    /// The guest rebooted at `now`: how long to wait before starting it again, and why.
+    public mutating func decide(now: Double) -> (delayMs: Int, reason: String) {
+        if let s = startedAt, now - s >= limits.stableSeconds { reset() }
+        startedAt = nil
+        recent.removeAll { now - $0 >= limits.windowSeconds }
+        recent.append(now)
+        // Once delayed, a loop stays delayed until the guest stays up, even when the delays have
+        // spread its reboots out of the window.
+        guard delayed > 0 || recent.count > limits.burst else { return (0, "guest rebooted") }
+        let delay = RestartTracker.backoff(attempt: delayed, first: limits.initialDelayMs, max: limits.maxDelayMs)
+        delayed += 1
+        return (delay, "guest reboot loop: more than \(limits.burst) reboots within \(Self.seconds(limits.windowSeconds)) s and not "
+                    + "\(Self.seconds(limits.stableSeconds)) s up since; delayed reboot \(delayed), delays double up to \(limits.maxDelayMs) ms")
+    }
+
+    private static func seconds(_ s: Double) -> String { s == s.rounded() ? String(Int(s)) : String(s) }
 }

@@ -11,7 +11,7 @@ public enum VMPhase: Equatable, Sendable {
     case stopped
     /// Ended unexpectedly (or could not start) and will not be restarted.
     case failed
-    /// Ended unexpectedly; a restart timer of the current generation is pending.
+    /// Ended unexpectedly, or rebooted in a loop; a restart timer of the current generation is pending.
     case restarting
     /// A `spawn` effect is out; its result (`processSpawned`/`spawnFailed`) comes back in the same
     /// actor turn, so nobody outside sees this phase.
@@ -46,6 +46,8 @@ public struct VMLifecycle: Equatable, Sendable {
     public private(set) var cgroup: String?
     /// rtvisord is stopping or restarting: no more restarts, and an exit is just an exit.
     public private(set) var daemonLeaving: Bool
+    /// The pending restart (`restarting`) is a throttled guest reboot, not a restart after a failure.
+    public private(set) var restartIsReboot = false
 
     public init(name: String, settings: DaemonSettings, since: Double, daemonLeaving: Bool = false) {
         self.name = name
@@ -128,7 +130,7 @@ public struct VMLifecycle: Equatable, Sendable {
             return ended(p, intent: intent, outcome: outcome, statusFile: statusFile, now: now)
         case let .restartTimerFired(timerGeneration):
             guard timerGeneration == generation, phase == .restarting, !daemonLeaving else { return [] }
-            return beginSpawn(.restartPolicy(tracker.settings.policy))
+            return beginSpawn(restartIsReboot ? .guestReboot : .restartPolicy(tracker.settings.policy))
         case let .escalationDue(pid, escalationGeneration, signal):
             // Only the stop that scheduled it (same process, same generation) escalates.
             guard case let .stopping(p, _) = phase, p.pid == pid, escalationGeneration == generation else { return [] }
@@ -146,6 +148,8 @@ public struct VMLifecycle: Equatable, Sendable {
             restarts = found.restarts
             cgroup = found.cgroup
             since = found.startedAt
+            // Its uptime so far counts for the reboot throttle.
+            tracker.started(at: now.monotonic - max(0, now.wall - found.startedAt))
             phase = found.frozen ? .paused(found.process) : .running(found.process)
             let pid = found.process.pid
             return [.journal(.init(.vmAdopted, .notice, "VM \(name) re-adopted: rtvisor-vmm PID \(pid) kept running across the daemon restart",
@@ -232,6 +236,7 @@ public struct VMLifecycle: Equatable, Sendable {
         generation += 1
         since = now.wall
         self.cgroup = cgroup
+        tracker.started(at: now.monotonic)
         var effects: [VMEffect] = [
             .writeStateFile,
             .journal(.init(.vmStarted, .notice, "VM \(name) started (\(reason)): rtvisor-vmm PID \(p.pid)", pid: p.pid, state: .running,
@@ -310,10 +315,18 @@ public struct VMLifecycle: Equatable, Sendable {
             switch tracker.decide(outcome, now: now.monotonic) {
             case let .restart(delayMs, why):
                 restarts += 1
-                if outcome.isGuestReboot {
+                restartIsReboot = outcome.isGuestReboot
+                if outcome.isGuestReboot && delayMs == 0 {
                     effects.append(.journal(.init(.vmStopped, .notice, "VM \(name): guest rebooted, starting it again", pid: pid, state: .running,
                                                   exitReason: reason)))
                     effects += beginSpawn(.guestReboot)
+                } else if outcome.isGuestReboot {
+                    phase = .restarting
+                    effects += [
+                        .journal(.init(.vmRestartScheduled, .warning, "VM \(name): guest rebooted, starting it again in \(delayMs) ms (\(why))",
+                                       pid: pid, state: .restarting, exitReason: reason, extra: ["RESTART_DELAY_MS": String(delayMs)])),
+                        .scheduleRestart(afterMs: delayMs, generation: generation),
+                    ]
                 } else {
                     phase = .restarting
                     effects += [

@@ -16,6 +16,8 @@ public enum LifecycleEvent: String, CaseIterable, Sendable {
     case vmPaused = "vm-paused"
     case vmResumed = "vm-resumed"
     case vmConsole = "vm-console"
+    /// Console lines a VM's journal rate limit dropped (`VM_CONSOLE_SUPPRESSED` = how many).
+    case vmConsoleSuppressed = "vm-console-suppressed"
     /// Host changes of a real-time VM undone by the daemon after its VMM ended.
     case vmRealtimeReleased = "vm-realtime-released"
 
@@ -35,6 +37,7 @@ public enum LifecycleEvent: String, CaseIterable, Sendable {
         case .vmPaused: "59e3062da4034c439921c56eff47e57f"
         case .vmResumed: "b3b970ac4869473ab0bcb56faa27590c"
         case .vmConsole: "78b000b79d4a45068ae0a6b24d0c4f43"
+        case .vmConsoleSuppressed: "5c284978482c464fbedca8e7fcb1645f"
         case .vmRealtimeReleased: "bc0fa290b0234b34bebec63aafed23b3"
         }
     }

@@ -10,26 +10,38 @@ import Glibc
 /// The VM's serial console as a unix socket owned by this VMM process (`--console-socket`), so
 /// it outlives rtvisord restarts: any number of clients (`rtvisorctl console NAME`) get the last
 /// 64 KiB of output, then live output; what they type goes to the serial port. With a journal
-/// sink, every output line is also sent to journald tagged VM_NAME (`--console-journal`).
+/// sink, output lines are also sent to journald tagged VM_NAME (`--console-journal`), within the
+/// VM's rate limit (`ConsoleJournal`); the socket gets everything.
 ///
 /// vCPU threads only append to a buffer under a lock and, when it was empty, write one byte to a
-/// wake-up pipe; one thread does all socket and journal I/O.
+/// wake-up pipe; one thread does all socket and journal I/O. Every buffer is bounded, whatever
+/// the guest prints: the hand-over buffer (`pendingLimit`), the backlog (`backlogLimit`), the
+/// unfinished line (`ConsoleJournal.Limits.lineBytes`); a client that reads too slowly misses
+/// output instead of queueing it here.
 final class ConsoleServer: @unchecked Sendable {
     static let backlogLimit = 64 * 1024
-    static let lineLimit = 4096
+    /// Output the I/O thread has not taken yet (it may be blocked on a full journald socket).
+    /// Four backlogs: far more than a serial port produces between two wake-ups, and what is
+    /// dropped beyond it is replaced by a note in the output.
+    static let pendingLimit = 4 * backlogLimit
+
+    private struct Pending {
+        var bytes: [UInt8] = []
+        var dropped = 0
+    }
 
     private let listenFD: Int32
     private let wakeRead: Int32
     private let wakeWrite: Int32
-    private let pending = Mutex<[UInt8]>([])
-    private let vmName: String
+    private let pending = Mutex(Pending())
     private let journal: JournalSink?
     private let input: @Sendable (ArraySlice<UInt8>) -> Void
-    // Owned by the I/O thread.
+    /// Held by the I/O thread while it works and by `finish`, so the two never interleave.
+    private let ioLock = Mutex(())
+    // Under `ioLock`.
     private var clients: [Int32] = []
     private var backlog: [UInt8] = []
-    private var line: [UInt8] = []
-    private var lineAge = 0
+    private var lines: ConsoleJournal
 
     init(socketPath: String?, vmName: String, journal: JournalSink?, input: @escaping @Sendable (ArraySlice<UInt8>) -> Void) throws(VMMSetupError) {
         if let socketPath {
@@ -41,14 +53,15 @@ final class ConsoleServer: @unchecked Sendable {
         var p: [Int32] = [0, 0]
         guard cdaemon_pipe(&p) == 0 else { throw VMMSetupError("pipe2: \(errnoMessage())") }
         wakeRead = p[0]; wakeWrite = p[1]
-        self.vmName = vmName; self.journal = journal; self.input = input
+        self.journal = journal; self.input = input
+        lines = ConsoleJournal(vmName: vmName, pid: getpid())
     }
 
     /// Called for every console byte, from vCPU threads.
     func tap(_ byte: UInt8) {
-        let wasEmpty = pending.withLock { buf in
-            let e = buf.isEmpty
-            buf.append(byte)
+        let wasEmpty = pending.withLock { p in
+            let e = p.bytes.isEmpty && p.dropped == 0
+            if p.bytes.count < Self.pendingLimit { p.bytes.append(byte) } else { p.dropped += 1 }
             return e
         }
         if wasEmpty {
@@ -69,46 +82,55 @@ final class ConsoleServer: @unchecked Sendable {
         pthread_detach(thread)
     }
 
-    /// At exit: sends what is still buffered (a last line without newline) to the journal.
+    /// At exit: sends what is still buffered (a last line without newline) and the count of
+    /// suppressed lines to the journal.
     func finish() {
-        drainPending()
-        flushLine()
+        ioLock.withLock { _ in
+            drainPending()
+            send(lines.finish(now: Self.now()))
+        }
     }
+
+    private static func now() -> Double { Double(monotonicNanoseconds()) / 1e9 }
 
     private func loop() {
         var buf = [UInt8](repeating: 0, count: 4096)
         while true {
             var fds = [pollfd(fd: wakeRead, events: Int16(POLLIN), revents: 0)]
             if listenFD >= 0 { fds.append(pollfd(fd: listenFD, events: Int16(POLLIN), revents: 0)) }
-            for c in clients { fds.append(pollfd(fd: c, events: Int16(POLLIN), revents: 0)) }
+            for c in ioLock.withLock({ _ in clients }) { fds.append(pollfd(fd: c, events: Int16(POLLIN), revents: 0)) }
             guard let n = try? retryInterrupted({ poll(&fds, nfds_t(fds.count), 250) }) else { return }
-            if n == 0 {
-                // A partial line (a prompt) goes to the journal once output has been quiet a while.
-                if !line.isEmpty { lineAge += 1; if lineAge >= 2 { flushLine() } }
-                continue
+            ioLock.withLock { _ in
+                if n > 0 { serve(fds, buffer: &buf) }
+                // A partial line (a prompt) goes to the journal once output has been quiet a
+                // while; suppressed lines are counted there when due.
+                send(lines.tick(now: Self.now()))
             }
-            if fds[0].revents != 0 {
-                while read(wakeRead, &buf, buf.count) > 0 {}
-                drainPending()
-            }
-            var i = 1
-            if listenFD >= 0 {
-                if fds[1].revents & Int16(POLLIN) != 0 { acceptClient() }
-                i = 2
-            }
-            var gone: [Int32] = []
-            for k in i..<fds.count where fds[k].revents != 0 {
-                let fd = fds[k].fd
-                do {
-                    let r = try retryInterrupted { buf.withUnsafeMutableBytes { read(fd, $0.baseAddress, $0.count) } }
-                    if r > 0 { input(buf[0..<r]) } else { gone.append(fd) }
-                } catch .resourceTemporarilyUnavailable {
-                } catch {
-                    gone.append(fd)
-                }
-            }
-            for fd in gone { close(fd); clients.removeAll { $0 == fd } }
         }
+    }
+
+    private func serve(_ fds: [pollfd], buffer buf: inout [UInt8]) {
+        if fds[0].revents != 0 {
+            while read(wakeRead, &buf, buf.count) > 0 {}
+            drainPending()
+        }
+        var i = 1
+        if listenFD >= 0 {
+            if fds[1].revents & Int16(POLLIN) != 0 { acceptClient() }
+            i = 2
+        }
+        var gone: [Int32] = []
+        for k in i..<fds.count where fds[k].revents != 0 {
+            let fd = fds[k].fd
+            do {
+                let r = try retryInterrupted { buf.withUnsafeMutableBytes { read(fd, $0.baseAddress, $0.count) } }
+                if r > 0 { input(buf[0..<r]) } else { gone.append(fd) }
+            } catch .resourceTemporarilyUnavailable {
+            } catch {
+                gone.append(fd)
+            }
+        }
+        for fd in gone { close(fd); clients.removeAll { $0 == fd } }
     }
 
     private func acceptClient() {
@@ -119,7 +141,15 @@ final class ConsoleServer: @unchecked Sendable {
     }
 
     private func drainPending() {
-        let bytes = pending.withLock { b -> [UInt8] in let out = b; b.removeAll(keepingCapacity: true); return out }
+        let bytes = pending.withLock { p -> [UInt8] in
+            var out = p.bytes
+            if p.dropped > 0 {
+                out += Array("\r\n[rtvisor-vmm: \(p.dropped) bytes of console output dropped: the console thread fell behind]\r\n".utf8)
+            }
+            p.bytes.removeAll(keepingCapacity: true)
+            p.dropped = 0
+            return out
+        }
         guard !bytes.isEmpty else { return }
         backlog.append(contentsOf: bytes)
         if backlog.count > Self.backlogLimit { backlog.removeFirst(backlog.count - Self.backlogLimit) }
@@ -128,13 +158,7 @@ final class ConsoleServer: @unchecked Sendable {
             close(fd); return true
         }
         guard journal != nil else { return }
-        for b in bytes {
-            if b == 0x0A { flushLine(); continue }
-            if b == 0x0D { continue }
-            line.append(b)
-            if line.count >= Self.lineLimit { flushLine() }
-        }
-        lineAge = 0
+        send(lines.feed(bytes, now: Self.now()))
     }
 
     /// Non-blocking; a client that cannot keep up misses output rather than stalling the VM.
@@ -148,19 +172,9 @@ final class ConsoleServer: @unchecked Sendable {
         return true
     }
 
-    private func flushLine() {
-        lineAge = 0
-        guard let journal, !line.isEmpty else { line.removeAll(); return }
-        var e = JournalEntry()
-        e.append("MESSAGE", String(decoding: line, as: UTF8.self))
-        e.append("PRIORITY", String(JournalPriority.info.rawValue))
-        e.append("SYSLOG_IDENTIFIER", "rtvisor-vmm")
-        e.append("MESSAGE_ID", LifecycleEvent.vmConsole.messageID)
-        e.append("VM_NAME", vmName)
-        e.append("VM_PID", String(getpid()))
-        e.append("VM_CONSOLE", "serial")
-        journal.write(e)
-        line.removeAll(keepingCapacity: true)
+    private func send(_ entries: [JournalEntry]) {
+        guard let journal else { return }
+        for e in entries { journal.write(e) }
     }
 }
 

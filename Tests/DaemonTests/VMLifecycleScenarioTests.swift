@@ -96,18 +96,108 @@ struct VMLifecycleScenarioTests {
         #expect(vm.lifecycle.process?.pid == 200 && vm.situation == .running)
     }
 
-    @Test(arguments: [RestartPolicyKind.no, .onFailure, .always])
-    func guestResetRestartsAtOnceUnderEveryPolicy(_ policy: RestartPolicyKind) {
+    /// A running VM whose restart policy a reload changed to `policy`.
+    static func running(under policy: RestartPolicyKind) -> TestVM {
         var vm = Situation.running.make()
         var settings = F.settings
         settings.restart.policy = policy
         vm.on(.settingsChanged(settings))
-        let effects = vm.on(.processExited(pid: 100, outcome: .exited(3), statusFile: VMMExitReport(status: VMMExitStatus(code: 3), reason: "guest reset")))
+        return vm
+    }
+
+    @Test(arguments: [RestartPolicyKind.no, .onFailure, .always])
+    func guestResetRestartsAtOnceUnderEveryPolicy(_ policy: RestartPolicyKind) {
+        var vm = Self.running(under: policy)
+        let effects = vm.on(.processExited(pid: 100, outcome: .exited(3), statusFile: Self.reset))
         #expect(effects == ["remove runtime files", "journal vm-stopped notice: VM web: guest rebooted, starting it again", "spawn (guest reboot)", "publish status"])
         #expect(vm.lifecycle.restarts == 1)
         // A reset is not a failure: the restart window stays empty.
         #expect(vm.lifecycle.tracker.recent.isEmpty)
         #expect(vm.on(.processSpawned(F.process(101), cgroup: nil)).contains("journal vm-started notice: VM web started (guest reboot): rtvisor-vmm PID 101"))
+    }
+
+    static let reset = VMMExitReport(status: VMMExitStatus(code: 3), reason: "guest reset")
+
+    /// The guest resets `count` times, each run `uptime` seconds long; every exit's effects. A
+    /// delayed restart's timer fires after its delay.
+    static func resetLoop(_ vm: inout TestVM, pid: inout Int32, count: Int, uptime: Double) -> [[String]] {
+        var all: [[String]] = []
+        for _ in 0..<count {
+            vm.advance(seconds: uptime)
+            let effects = vm.effects(of: .processExited(pid: pid, outcome: .exited(3), statusFile: reset))
+            all.append(effects.map(\.description))
+            if case let .scheduleRestart(ms, generation)? = effects.first(where: { if case .scheduleRestart = $0 { true } else { false } }) {
+                #expect(vm.situation == .restarting)
+                vm.advance(seconds: Double(ms) / 1000)
+                #expect(vm.on(.restartTimerFired(generation: generation)) == ["spawn (guest reboot)"])
+            }
+            pid += 1
+            #expect(vm.on(.processSpawned(F.process(pid), cgroup: nil)).contains("journal vm-started notice: VM web started (guest reboot): rtvisor-vmm PID \(pid)"))
+        }
+        return all
+    }
+
+    @Test(arguments: [RestartPolicyKind.no, .onFailure, .always])
+    func guestResetLoopIsDelayedAfterTheBurstUnderEveryPolicy(_ policy: RestartPolicyKind) {
+        var vm = Self.running(under: policy)
+        var pid: Int32 = 100
+        let burst = Self.resetLoop(&vm, pid: &pid, count: 5, uptime: 0.01)
+        #expect(burst.allSatisfy { $0 == ["remove runtime files", "journal vm-stopped notice: VM web: guest rebooted, starting it again",
+                                           "spawn (guest reboot)", "publish status"] })
+        let delayed = Self.resetLoop(&vm, pid: &pid, count: 3, uptime: 0.01)
+        let why = "guest reboot loop: more than 5 reboots within 60 s and not 60 s up since"
+        #expect(delayed[0] == ["remove runtime files",
+                               "journal vm-restart-scheduled warning: VM web: guest rebooted, starting it again in 1000 ms (\(why); delayed reboot 1, delays double up to 60000 ms)",
+                               "restart in 1000 ms", "publish status"])
+        #expect(delayed[1].contains("restart in 2000 ms") && delayed[2].contains("restart in 4000 ms"))
+        // Reboots, not failures: counted as restarts, never against the restart limit (2).
+        #expect(vm.lifecycle.restarts == 8 && vm.lifecycle.tracker.recent.isEmpty && vm.situation == .running)
+    }
+
+    @Test func delayedRebootEntryCarriesTheDelayAndThePID() {
+        var vm = Situation.running.make()
+        var pid: Int32 = 100
+        _ = Self.resetLoop(&vm, pid: &pid, count: 5, uptime: 0.01)
+        let effects = vm.effects(of: .processExited(pid: pid, outcome: .exited(3), statusFile: Self.reset))
+        #expect(effects.contains(.journal(VMJournalEntry(
+            .vmRestartScheduled, .warning,
+            "VM web: guest rebooted, starting it again in 1000 ms (guest reboot loop: more than 5 reboots within 60 s and not 60 s up since; delayed reboot 1, delays double up to 60000 ms)",
+            pid: pid, state: .restarting, exitReason: "guest reset", extra: ["RESTART_DELAY_MS": "1000"]))))
+        #expect(vm.lifecycle.stateName == .restarting)
+    }
+
+    @Test func occasionalGuestRebootsRestartAtOnce() {
+        var vm = Situation.running.make()
+        var pid: Int32 = 100
+        // A reboot every 20 s for ten minutes: three a minute, never a loop.
+        let exits = Self.resetLoop(&vm, pid: &pid, count: 30, uptime: 20)
+        #expect(exits.allSatisfy { $0.contains("spawn (guest reboot)") && !$0.contains { $0.hasPrefix("restart in") } })
+    }
+
+    @Test func aGuestThatStaysUpAMinuteRebootsAtOnceAgain() {
+        var vm = Situation.running.make()
+        var pid: Int32 = 100
+        let loop = Self.resetLoop(&vm, pid: &pid, count: 7, uptime: 0.01)
+        #expect(loop[6].contains("restart in 2000 ms"))
+        // Up 61 s, then two quick reboots: at once (the history is forgotten, the burst is free).
+        let after = Self.resetLoop(&vm, pid: &pid, count: 1, uptime: 61) + Self.resetLoop(&vm, pid: &pid, count: 2, uptime: 0.01)
+        #expect(after.allSatisfy { $0.contains("spawn (guest reboot)") })
+    }
+
+    @Test func stopDuringARebootDelayCancelsIt() {
+        var vm = Situation.running.make()
+        var pid: Int32 = 100
+        _ = Self.resetLoop(&vm, pid: &pid, count: 5, uptime: 0.01)
+        let effects = vm.effects(of: .processExited(pid: pid, outcome: .exited(3), statusFile: Self.reset))
+        guard case let .scheduleRestart(_, timer)? = effects.first(where: { if case .scheduleRestart = $0 { true } else { false } }) else {
+            Issue.record("no delayed reboot: \(effects)"); return
+        }
+        #expect(vm.on(.stopRequested(force: false)) == ["publish status", "reply stop stopped: pending restart cancelled"])
+        #expect(vm.on(.restartTimerFired(generation: timer)) == [])
+        // A start by hand forgets the loop: the next reset is at once.
+        vm.on(.startRequested)
+        vm.on(.processSpawned(F.process(300), cgroup: nil))
+        #expect(vm.on(.processExited(pid: 300, outcome: .exited(3), statusFile: Self.reset)).contains("spawn (guest reboot)"))
     }
 
     @Test func policyGivesUpAfterTheLimitAndAStartByHandForgetsIt() {
@@ -151,10 +241,7 @@ struct VMLifecycleScenarioTests {
     }
 
     @Test func failureUnderPolicyNoLeavesTheVMFailed() {
-        var vm = Situation.running.make()
-        var settings = F.settings
-        settings.restart.policy = .no
-        vm.on(.settingsChanged(settings))
+        var vm = Self.running(under: .no)
         #expect(vm.on(.processExited(pid: 100, outcome: .exited(1), statusFile: VMMExitReport(status: VMMExitStatus(code: 1), reason: "KVM_RUN failed"))) ==
                 ["remove runtime files", "journal vm-failed error: VM web failed: exit status 1: KVM_RUN failed (exit status 1; restart policy \"no\")", "publish status"])
         #expect(vm.situation == .failed)

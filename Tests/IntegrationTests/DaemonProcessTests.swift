@@ -1,6 +1,7 @@
 import Foundation
 import Testing
 import Daemon
+import Posix
 import TestSupport
 
 /// rtvisor-vmm's daemon-facing options and rtvisord itself, as real processes on /dev/kvm,
@@ -74,6 +75,57 @@ struct DaemonProcessTests {
         let stdout = String(decoding: out.fileHandleForReading.readDataToEndOfFile(), as: UTF8.self)
         #expect(stdout.contains("IDLE_CTRL_ALT_DEL"))
         #expect(try String(contentsOfFile: dir + "/status", encoding: .utf8) == "0 guest powered off\n")
+    }
+
+    /// Issue 16: a guest flooding its console gets only its rate limit's worth of journal
+    /// entries (the stderr fallback without journald shows them) and one count of the rest,
+    /// while a console client still sees every byte.
+    @Test(.enabled(if: !FileManager.default.fileExists(atPath: "/run/systemd/journal/socket"), "journald present: entries would not reach stderr"))
+    func consoleFloodIsRateLimitedInTheJournalButNotOnTheSocket() throws {
+        let dir = try Self.shortTempDir()
+        defer { try? FileManager.default.removeItem(atPath: dir) }
+        let lines = 1500
+        let def = try VMM.writeDefinition(VMM.definition(name: "flood", kernel: try Env.inmate("flood"), memoryMiB: 32,
+                                                         cmdline: "flood.lines=\(lines) flood.long=9000"), in: URL(fileURLWithPath: dir))
+        let p = Process()
+        p.executableURL = URL(fileURLWithPath: Env.vmmBinary)
+        p.arguments = ["--config", def, "--no-console-input", "--console-socket", dir + "/c.sock", "--console-journal", "--status-file", dir + "/status"]
+        // A file, not a pipe: a VMM without the limit writes more than a pipe holds.
+        _ = FileManager.default.createFile(atPath: dir + "/stderr", contents: nil)
+        p.standardError = FileHandle(forWritingAtPath: dir + "/stderr")
+        p.standardOutput = FileHandle.nullDevice
+        let started = Date()
+        try p.run()
+        var fd: Int32?
+        while fd == nil && p.isRunning && Date().timeIntervalSince(started) < 10 {
+            fd = connectToUnixSocket(dir + "/c.sock", receiveTimeoutSeconds: 20)
+            if fd == nil { usleep(1000) }
+        }
+        guard let fd else { Issue.record("could not connect to the console socket"); p.terminate(); return }
+        let console = (try? readToEnd(fd)) ?? []
+        close(fd)
+        p.waitUntilExit()
+        let stderr = try String(contentsOfFile: dir + "/stderr", encoding: .utf8)
+        let seconds = Date().timeIntervalSince(started)
+        #expect(p.terminationStatus == 0)
+        // The socket: everything, in order.
+        let text = String(decoding: console, as: UTF8.self)
+        #expect(text.contains("\nf0\n") || text.hasPrefix("f0\n"))
+        #expect(text.contains("\nf\(lines - 1)\n") && text.contains(String(repeating: "x", count: 9000)) && text.contains("INMATE flood PASS"))
+        // The journal: the burst (500), 10 lines a second after it, and the count of the rest.
+        let entries = stderr.split(separator: "\n").filter { $0.contains("VM_CONSOLE=serial") }
+        let summaries = entries.filter { $0.contains("RTVISOR_EVENT=vm-console-suppressed") }
+        let journaled = entries.count - summaries.count
+        #expect(journaled >= 500 && Double(journaled) <= 500 + 10 * seconds + 1, "\(journaled) console lines journaled in \(seconds) s")
+        #expect(!summaries.isEmpty)
+        #expect(summaries.allSatisfy { $0.hasPrefix("<4>") && $0.contains(" console lines suppressed (journal rate limit: 500 lines, then 10 per second)") })
+        let suppressed = summaries.compactMap { line in
+            line.split(separator: " ").first { $0.hasPrefix("VM_CONSOLE_SUPPRESSED=") }.flatMap { Int($0.dropFirst("VM_CONSOLE_SUPPRESSED=".count)) }
+        }.reduce(0, +)
+        // Every line is either journaled or counted: the short ones, the endless one in three
+        // 4 KiB-bounded pieces, FLOOD_DONE and the PASS line.
+        #expect(journaled + suppressed == lines + 3 + 2)
+        #expect(entries.allSatisfy { $0.utf8.count < 4096 + 100 })
     }
 
     static func readSocket(_ path: String, seconds: Double) throws -> String {
