@@ -48,10 +48,14 @@ public final class VirtioNet: VirtioDevice {
     private let tx = Mutex<Transmit?>(nil)
     private let stats = Mutex(NetStatistics())
     private let rxThread = Mutex<RxWorker?>(nil)
+    /// Host-side errors the guest did not cause (a failing tap), for the VMM's log.
+    private let onHostError: @Sendable (String) -> Void
 
-    public init(name: String, tap: Tap, mac: [UInt8], queueSize: UInt16 = 256) {
+    public init(name: String, tap: Tap, mac: [UInt8], queueSize: UInt16 = 256,
+                onHostError: @escaping @Sendable (String) -> Void = { _ in }) {
         precondition(mac.count == 6)
         self.name = name
+        self.onHostError = onHostError
         self.tap = tap
         self.mac = mac
         self.queueMaxSizes = [queueSize, queueSize]
@@ -96,6 +100,8 @@ public final class VirtioNet: VirtioDevice {
         worker?.stop()
         rx.withLock { $0 = nil }
         tx.withLock { $0 = nil }
+        let failed = transmitErrors.withLock { e in defer { e = TransmitErrors() }; return e.total }
+        if failed > 0 { onHostError("\(name): transmit: \(failed) frames dropped on tap write errors since the driver started") }
     }
 
     public func queueNotify(_ queue: Int) {
@@ -132,13 +138,38 @@ public final class VirtioNet: VirtioDevice {
                         position += n
                     }
                 }
-                let sent = try frame.withUnsafeBytes { try tap.send(UnsafeRawBufferPointer(rebasing: $0[0..<Int(length)])) }
+                // A tap that cannot take the frame (full, or failing: EIO, ENOBUFS, the interface
+                // down) drops it, as a NIC drops what it cannot send; the chain still completes.
+                let sent: Bool
+                do { sent = try frame.withUnsafeBytes { try tap.send(UnsafeRawBufferPointer(rebasing: $0[0..<Int(length)])) } }
+                catch { transmitFailed(error); sent = false }
                 stats.withLock {
                     if sent { $0.txFrames += 1; $0.txBytes += length - UInt64(Tap.headerSize) } else { $0.txDropped += 1 }
                 }
                 return 0
             }
         }
+    }
+
+    /// Tap write errors: how many, and when the last was logged (at most one line per
+    /// `errorLogInterval`, the first at once).
+    private struct TransmitErrors {
+        var total = 0, sinceLogged = 0
+        var lastLogged: UInt64? = nil
+    }
+    private let transmitErrors = Mutex(TransmitErrors())
+    static let errorLogInterval: UInt64 = 10_000_000_000
+
+    private func transmitFailed(_ error: any Error) {
+        let now = monotonicNanoseconds()
+        let line = transmitErrors.withLock { e -> String? in
+            e.total += 1
+            e.sinceLogged += 1
+            if let last = e.lastLogged, now - last < Self.errorLogInterval { return nil }
+            defer { e.lastLogged = now; e.sinceLogged = 0 }
+            return "\(name): transmit: tap write failed: \(error) (\(e.sinceLogged) frame\(e.sinceLogged == 1 ? "" : "s") dropped since the last report)"
+        }
+        if let line { onHostError(line) }
     }
 
     // MARK: receive (RX thread)
