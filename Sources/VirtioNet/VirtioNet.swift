@@ -200,7 +200,10 @@ public final class VirtioNet: VirtioDevice {
                         completed += 1
                         continue
                     }
-                    let segments = chain.writable.map { (address: $0.address, length: Int($0.length)) }
+                    // readv takes at most IOV_MAX vectors: a longer chain (an indirect table may
+                    // hold thousands) is filled through its first ones, like any chain shorter
+                    // than the frame, instead of failing with EINVAL on every attempt.
+                    let segments = chain.writable.prefix(GuestMemory.maxIOVectors).map { (address: $0.address, length: Int($0.length)) }
                     let memory = s.memory
                     guard let n = try memory.withIOVectors(segments, { try tap.receive(vectors: $0) }) else { break }
                     pending = nil

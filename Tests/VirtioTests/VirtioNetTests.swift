@@ -113,4 +113,22 @@ struct VirtioNetTests {
         #expect(rig.interrupt.resetReasons.count == 1)
         rig.device.reset()
     }
+
+    /// Issue 16: a receive chain of more than IOV_MAX (1024) buffers (through an indirect table)
+    /// made every readv fail with EINVAL and was retried forever: receive wedged. It is served
+    /// through its first 1024 buffers, and the guest's later, normal buffers get frames.
+    @Test func receiveChainLongerThanIOVMaxDoesNotWedgeReceive() throws {
+        var rig = try NetRig(activate: false)
+        rig.rx.add([QueueDriver.Buffer](repeating: .writable(64), count: 1100), indirect: true)
+        rig.rx.add([.writable(2048)])
+        rig.fake.send(NetRig.frame(100, fill: 0xA1))
+        rig.fake.send(NetRig.frame(200, fill: 0xB2))
+        try rig.device.activate(rig.activation)
+        let used = rig.waitForReceived(2)
+        rig.device.reset()
+        #expect(used.count == 2)
+        #expect(used.first?.length == 112)
+        #expect(used.dropFirst().first?.length == 212)
+        #expect(rig.interrupt.resetReasons.isEmpty)
+    }
 }
