@@ -152,7 +152,7 @@ let package = Package(
         .testTarget(name: "VirtioTests", dependencies: ["Virtio", "VirtioBlock", "VirtioNet", "Memory", "Posix", "TestSupport",
                                                    .product(name: "SystemPackage", package: "swift-system")]),
         .testTarget(name: "VFIOTests", dependencies: ["VFIO", "PCI", "CKVM", "TestSupport", .product(name: "SystemPackage", package: "swift-system")]),
-        .testTarget(name: "PCITests", dependencies: ["PCI", "Virtio", "Devices", "Memory", "TestSupport"]),
+        .testTarget(name: "PCITests", dependencies: ["PCI", "Virtio", "Devices", "Memory", "Posix", "TestSupport"]),
         .testTarget(name: "KVMTests", dependencies: ["KVM", "Memory", "Arch"]),
         .testTarget(name: "SandboxTests", dependencies: ["Sandbox", "SandboxMode", "Config", "CSeccomp", "CSandbox", "CKVM", "TestSupport"]),
         .testTarget(name: "IntegrationTests", dependencies: [

@@ -48,6 +48,8 @@ public final class VirtioNet: VirtioDevice {
     private let tx = Mutex<Transmit?>(nil)
     private let stats = Mutex(NetStatistics())
     private let rxThread = Mutex<RxWorker?>(nil)
+    /// Receive threads running (tests: one while active, none after reset).
+    fileprivate let rxThreadsRunning = ThreadCount()
     /// Host-side errors the guest did not cause (a failing tap), for the VMM's log.
     private let onHostError: @Sendable (String) -> Void
 
@@ -75,6 +77,8 @@ public final class VirtioNet: VirtioDevice {
     }
 
     public var statistics: NetStatistics { stats.withLock { $0 } }
+    package var receiveThreadsRunning: Int { rxThreadsRunning.value.load(ordering: .acquiring) }
+    package var isActive: Bool { rx.withLock { $0 != nil } }
 
     public func readConfig(offset: Int, size: Int) -> UInt64 { config.read(offset: offset, size: size) }
     public func writeConfig(offset: Int, size: Int, value: UInt64) {}
@@ -88,18 +92,31 @@ public final class VirtioNet: VirtioDevice {
             if a.features & VirtioNetFeature.guestTSO4 != 0 { offloads |= Tap.offloadTSO4 }
             if a.features & VirtioNetFeature.guestTSO6 != 0 { offloads |= Tap.offloadTSO6 }
         }
-        if tap.supportsOffloads { try tap.setOffloads(offloads) }
-        rx.withLock { $0 = ActiveQueue(memory: a.memory, queue: a.queues[0], interrupt: a.interrupt) }
-        tx.withLock { $0 = Transmit(queue: ActiveQueue(memory: a.memory, queue: a.queues[1], interrupt: a.interrupt)) }
-        let worker = try RxWorker(device: self)
-        rxThread.withLock { $0 = worker }
+        // Activation and reset hold the worker's lock throughout, so they never interleave: an
+        // active device has exactly one receive thread, a reset one none. (The RX thread never
+        // takes this lock, so stopping it under the lock cannot deadlock.)
+        try rxThread.withLock { worker in
+            // Started again without a reset: the old thread goes first.
+            worker?.stop()
+            worker = nil
+            if tap.supportsOffloads { try tap.setOffloads(offloads) }
+            rx.withLock { $0 = ActiveQueue(memory: a.memory, queue: a.queues[0], interrupt: a.interrupt) }
+            tx.withLock { $0 = Transmit(queue: ActiveQueue(memory: a.memory, queue: a.queues[1], interrupt: a.interrupt)) }
+            do { worker = try RxWorker(device: self) } catch {
+                rx.withLock { $0 = nil }
+                tx.withLock { $0 = nil }
+                throw error
+            }
+        }
     }
 
     public func reset() {
-        let worker = rxThread.withLock { w -> RxWorker? in defer { w = nil }; return w }
-        worker?.stop()
-        rx.withLock { $0 = nil }
-        tx.withLock { $0 = nil }
+        rxThread.withLock { worker in
+            worker?.stop()
+            worker = nil
+            rx.withLock { $0 = nil }
+            tx.withLock { $0 = nil }
+        }
         let failed = transmitErrors.withLock { e in defer { e = TransmitErrors() }; return e.total }
         if failed > 0 { onHostError("\(name): transmit: \(failed) frames dropped on tap write errors since the driver started") }
     }
@@ -240,6 +257,8 @@ private final class RxWorker: Sendable {
     let kick: EventFD
     let stopEvent: EventFD
     let thread: PosixThread
+    /// The device's count of receive threads started and not yet stopped.
+    let running: ThreadCount
 
     enum Token: UInt64 { case tap = 1, kick, stop }
 
@@ -252,6 +271,7 @@ private final class RxWorker: Sendable {
         try epoll.add(stopEvent.fd, events: .readable, token: Token.stop.rawValue)
         self.kick = kick
         self.stopEvent = stopEvent
+        running = device.rxThreadsRunning
         thread = try PosixThread(name: "\(device.name)-rx") { [weak device] in
             var pending: DescriptorChain? = nil
             // Frames may already be queued, and the guest already has buffers: start with a pass.
@@ -269,10 +289,17 @@ private final class RxWorker: Sendable {
                 _ = device.receive(&pending)
             }
         }
+        running.value.add(1, ordering: .acquiringAndReleasing)
     }
 
     func stop() {
         stopEvent.signal()
         thread.join()
+        running.value.subtract(1, ordering: .acquiringAndReleasing)
     }
+}
+
+/// How many receive threads a device has running (started and not yet stopped).
+fileprivate final class ThreadCount: Sendable {
+    let value = Atomic<Int>(0)
 }

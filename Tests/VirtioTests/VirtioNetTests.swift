@@ -131,4 +131,24 @@ struct VirtioNetTests {
         #expect(used.dropFirst().first?.length == 212)
         #expect(rig.interrupt.resetReasons.isEmpty)
     }
+
+    /// Issue 16: activation racing a reset (the guest writes DRIVER_OK on one vCPU while another
+    /// resets the device) leaked the receive thread. Whatever the interleaving, an active device
+    /// has exactly one receive thread and a reset one none.
+    @Test func activateRacingResetLeavesOneReceiveThreadOrNone() throws {
+        let rig = try NetRig(activate: false)
+        let activation = rig.activation
+        let device = rig.device
+        for round in 0..<300 {
+            let start = StartLine()
+            let a = try PosixThread(name: "activate") { start.wait(); try? device.activate(activation) }
+            let b = try PosixThread(name: "reset") { start.wait(); device.reset() }
+            a.join(); b.join()
+            let running = device.receiveThreadsRunning
+            #expect(running == (device.isActive ? 1 : 0), "round \(round): \(running) receive threads, active \(device.isActive)")
+            device.reset()
+            #expect(device.receiveThreadsRunning == 0, "round \(round): a receive thread survived reset")
+            if running > 1 || device.receiveThreadsRunning != 0 { break }
+        }
+    }
 }
