@@ -184,6 +184,49 @@ struct PciRootTests {
         #expect(g.cfgRead(slot: 1, caps[2]!.at + 16) == 4)           // notify_off_multiplier
     }
 
+    /// Issue 16: a BAR decodes wherever the guest places it inside the ranges the platform routes
+    /// to the bus (the VMM's `pci-bars` window and `pci-bars-high` from above the boot-marker page
+    /// up to the IOAPIC, Sources/VMM/MachinePhases.swift); elsewhere (RAM, above 4 GiB, the
+    /// IOAPIC) it is simply not routed, its register keeps what the guest wrote, and the other
+    /// devices keep working. Moving it back brings it back.
+    @Test func barsDecodeAnywhereInTheRoutedRangesAndNowhereElse() throws {
+        let memory = try GuestMemory(regions: [try GuestMemoryRegion(start: GuestAddress(0), size: 1 << 20)])
+        let transports = (0..<2).map { _ in VirtioPciDevice(device: FakeDevice(), memory: memory, msiSink: RecordingSink(), intx: nil) }
+        let root = try PciRoot(devices: transports, windowBase: 0xC000_0000, windowSize: 0x1000_0000)
+        let aboveMarker: UInt64 = 0xD000_1000, decodeEnd: UInt64 = 0xFEC0_0000
+        let bus = try Bus(name: "mmio", ranges: [
+            .init(base: 0xC000_0000, length: 0x1000_0000, name: "pci-bars", device: root.mmioWindow),
+            .init(base: aboveMarker, length: decodeEnd - aboveMarker, name: "pci-bars-high", device: root.barDecoder(base: aboveMarker)),
+        ])
+        let g = Guest(root)
+        for slot in 1...2 { g.cfgWrite(slot: slot, 0x04, 0x2, size: 2) }
+        let numQueues = UInt64(g.virtioCaps(slot: 1)[1]!.offset) + 18
+        let other = g.bar0(slot: 2)
+        func place(_ address: UInt64) {
+            g.cfgWrite(slot: 1, 0x10, UInt32(truncatingIfNeeded: address))
+            g.cfgWrite(slot: 1, 0x14, UInt32(truncatingIfNeeded: address >> 32))
+        }
+        // Inside: every 16 MiB of both ranges, and their first and last 32 KiB.
+        let inside = Array(stride(from: UInt64(0xC000_0000), to: 0xD000_0000, by: 0x100_0000))
+            + Array(stride(from: UInt64(0xD100_0000), to: decodeEnd, by: 0x100_0000))
+            + [0xC000_0000 + 0x8000, 0xCFFF_8000, 0xD000_8000, decodeEnd - 0x8000]
+        for base in inside where base != other {
+            place(base)
+            #expect(g.bar0() == base)
+            #expect(bus.read(base + numQueues, size: 2) == 2, "BAR at 0x\(String(base, radix: 16)) does not decode")
+            #expect(bus.read(other + numQueues, size: 2) == 2)
+        }
+        // Outside the routed ranges: RAM, the boot-marker page's 32 KiB, above 4 GiB, the IOAPIC.
+        for base: UInt64 in [0x10_0000, 0xD000_0000, 0x1_0000_0000, 0x40_0000_0000, decodeEnd, 0xFFFF_8000] {
+            place(base)
+            #expect(g.bar0() == base)                                  // the register is the guest's
+            #expect(bus.read(base + numQueues, size: 2) == 0xFFFF)     // not routed: all-ones
+            #expect(bus.read(other + numQueues, size: 2) == 2)          // the other device is untouched
+        }
+        place(0xE000_0000)
+        #expect(bus.read(0xE000_0000 + numQueues, size: 2) == 2)
+    }
+
     @Test func windowExhaustion() {
         let devices = (0..<3).map { _ in VirtioPciDevice(device: FakeDevice(), memory: try! GuestMemory(regions: []), msiSink: RecordingSink(), intx: nil) }
         #expect(throws: PciError.self) { try PciRoot(devices: devices, windowBase: 0xC000_0000, windowSize: 0x10000) }
