@@ -149,9 +149,10 @@ let package = Package(
         .testTarget(name: "ConfigTests", dependencies: ["Config", "Arch", "TestSupport"]),
         .testTarget(name: "PosixTests", dependencies: ["Posix", .product(name: "SystemPackage", package: "swift-system")]),
         .testTarget(name: "RealtimeTests", dependencies: ["Realtime", "Posix", "TestSupport"]),
-        .testTarget(name: "VirtioTests", dependencies: ["Virtio", "VirtioBlock", "Memory"]),
+        .testTarget(name: "VirtioTests", dependencies: ["Virtio", "VirtioBlock", "VirtioNet", "Memory", "Posix", "TestSupport",
+                                                   .product(name: "SystemPackage", package: "swift-system")]),
         .testTarget(name: "VFIOTests", dependencies: ["VFIO", "PCI", "CKVM", "TestSupport", .product(name: "SystemPackage", package: "swift-system")]),
-        .testTarget(name: "PCITests", dependencies: ["PCI", "Virtio", "Devices", "Memory", "TestSupport"]),
+        .testTarget(name: "PCITests", dependencies: ["PCI", "Virtio", "Devices", "Memory", "Posix", "TestSupport"]),
         .testTarget(name: "KVMTests", dependencies: ["KVM", "Memory", "Arch"]),
         .testTarget(name: "SandboxTests", dependencies: ["Sandbox", "SandboxMode", "Config", "CSeccomp", "CSandbox", "CKVM", "TestSupport"]),
         .testTarget(name: "IntegrationTests", dependencies: [

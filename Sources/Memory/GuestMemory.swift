@@ -192,8 +192,12 @@ public final class GuestMemory: @unchecked Sendable {
         return try body(UnsafeRawBufferPointer(start: p, count: count))
     }
 
+    /// IOV_MAX on Linux: readv/writev and friends take at most this many vectors (EINVAL beyond).
+    public static let maxIOVectors = 1024
+
     /// Host iovecs for several guest ranges at once (preadv/pwritev/writev straight into guest
-    /// buffers). Every range is checked first; the vectors must not escape `body`.
+    /// buffers). Every range is checked first; the vectors must not escape `body`. A system call
+    /// takes at most `maxIOVectors` of them.
     public func withIOVectors<R>(_ segments: [(address: GuestAddress, length: Int)],
                                  _ body: (UnsafeBufferPointer<iovec>) throws -> R) throws -> R {
         var vectors: [iovec] = []

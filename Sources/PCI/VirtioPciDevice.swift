@@ -40,8 +40,14 @@ public final class VirtioPciDevice: PciDevice {
         var queueSelect: UInt16 = 0
         var queues: [VirtQueue]
         var active = false
+        /// Device resets so far: an activation decided before a reset must not run after it.
+        var resets: UInt64 = 0
     }
     private let transport: Mutex<Transport>
+    /// Held across the device's activation and reset (and the doorbells' attach and detach), so
+    /// they never interleave when two vCPUs race DRIVER_OK against a reset. Not the transport's
+    /// lock: the device calls back into the transport (interrupts, NEEDS_RESET) meanwhile.
+    private let lifecycle = Mutex(())
     /// MSI-X vector per queue (index = queue) and for configuration changes (last). A leaf lock:
     /// the interrupt path takes it while the device holds its own lock.
     private let vectors: Mutex<[UInt16]>
@@ -215,7 +221,7 @@ public final class VirtioPciDevice: PciDevice {
         return VirtioConfigSpace(bytes: image).read(offset: offset, size: size)
     }
 
-    private enum Action { case none, reset, activate, failed(String) }
+    private enum Action { case none, reset, activate(resets: UInt64), failed(String) }
 
     private func writeCommon(_ offset: Int, _ size: Int, _ value: UInt64) {
         let v32 = UInt32(truncatingIfNeeded: value)
@@ -277,7 +283,7 @@ public final class VirtioPciDevice: PciDevice {
         t.status = status
         guard starting else { return .none }
         guard status & VirtioStatus.featuresOK != 0 else { return .failed("DRIVER_OK without FEATURES_OK") }
-        return .activate
+        return .activate(resets: t.resets)
     }
 
     private func perform(_ action: Action) {
@@ -285,28 +291,36 @@ public final class VirtioPciDevice: PciDevice {
         case .none: return
         case .reset: reset()
         case let .failed(reason): deviceNeedsReset(reason: "\(name): \(reason)")
-        case .activate:
-            let (features, queues) = transport.withLock { t -> (UInt64, [VirtQueue]) in
-                (t.driverFeatures, t.queues.map { q in var q = q; q.setFeatures(t.driverFeatures); return q })
+        case let .activate(resets):
+            lifecycle.withLock { _ in activate(ifNoResetSince: resets) }
+        }
+    }
+
+    /// Starts the device unless it was reset since the driver set DRIVER_OK (another vCPU's
+    /// reset won the race: the device stays reset). Runs under `lifecycle`.
+    private func activate(ifNoResetSince resets: UInt64) {
+        let current = transport.withLock { t -> (UInt64, [VirtQueue])? in
+            guard t.resets == resets else { return nil }
+            return (t.driverFeatures, t.queues.map { q in var q = q; q.setFeatures(t.driverFeatures); return q })
+        }
+        guard let (features, queues) = current else { return }
+        do {
+            for (i, q) in queues.enumerated() where q.ready {
+                do { try q.validate(memory: memory) } catch { throw ActivationError(reason: "queue \(i): \(error)") }
             }
-            do {
-                for (i, q) in queues.enumerated() where q.ready {
-                    do { try q.validate(memory: memory) } catch { throw ActivationError(reason: "queue \(i): \(error)") }
+            try device.activate(VirtioActivation(memory: memory, features: features, queues: queues,
+                                                 interrupt: VirtioPciInterrupt(transport: self)))
+            transport.withLock { $0.active = true }
+            if let notifyOffload {
+                let bar = transport.withLock { $0.config.bars.first { $0.index == 0 }?.address ?? 0 }
+                let device = self.device
+                let doorbells = queues.indices.filter { queues[$0].ready }.map { q in
+                    (queue: q, address: bar + Self.notifyOffset + UInt64(q) * UInt64(Self.notifyMultiplier))
                 }
-                try device.activate(VirtioActivation(memory: memory, features: features, queues: queues,
-                                                     interrupt: VirtioPciInterrupt(transport: self)))
-                transport.withLock { $0.active = true }
-                if let notifyOffload {
-                    let bar = transport.withLock { $0.config.bars.first { $0.index == 0 }?.address ?? 0 }
-                    let device = self.device
-                    let doorbells = queues.indices.filter { queues[$0].ready }.map { q in
-                        (queue: q, address: bar + Self.notifyOffset + UInt64(q) * UInt64(Self.notifyMultiplier))
-                    }
-                    notifyOffload.attach(name, doorbells: doorbells) { device.queueNotify($0) }
-                }
-            } catch {
-                deviceNeedsReset(reason: "\(name): cannot start: \(error)")
+                notifyOffload.attach(name, doorbells: doorbells) { device.queueNotify($0) }
             }
+        } catch {
+            deviceNeedsReset(reason: "\(name): cannot start: \(error)")
         }
     }
 
@@ -314,16 +328,19 @@ public final class VirtioPciDevice: PciDevice {
 
     /// Device reset (status 0), also used when the VMM resets the machine.
     public func reset() {
-        notifyOffload?.detach(name)
-        device.reset()
-        transport.withLock { t in
-            t.status = 0
-            t.driverFeatures = 0
-            t.deviceFeatureSelect = 0
-            t.driverFeatureSelect = 0
-            t.queueSelect = 0
-            t.active = false
-            for i in t.queues.indices { t.queues[i].reset() }
+        lifecycle.withLock { _ in
+            notifyOffload?.detach(name)
+            device.reset()
+            transport.withLock { t in
+                t.resets &+= 1
+                t.status = 0
+                t.driverFeatures = 0
+                t.deviceFeatureSelect = 0
+                t.driverFeatureSelect = 0
+                t.queueSelect = 0
+                t.active = false
+                for i in t.queues.indices { t.queues[i].reset() }
+            }
         }
         vectors.withLock { v in for i in v.indices { v[i] = Self.noVector } }
         if isr.exchange(0, ordering: .acquiringAndReleasing) != 0 { intx?.setLevel(false) }

@@ -35,7 +35,8 @@ enum PciDevices {
         for (i, net) in def.nets.enumerated() {
             let tap: Tap
             do { tap = try Tap(name: net.tap) } catch let e as TapError { throw VMMError.setup("$.nets[\(i)].tap: \(e)") }
-            devices.append(VirtioNet(name: "net\(i)", tap: tap, mac: net.mac))
+            let log = logger
+            devices.append(VirtioNet(name: "net\(i)", tap: tap, mac: net.mac, onHostError: { log.warning("\($0)") }))
             logger.info("net\(i): tap \(tap.name), MAC \(NetSettings.format(net.mac))\(tap.supportsOffloads ? ", offloads" : "")")
         }
         var transports: [VirtioPciDevice] = []

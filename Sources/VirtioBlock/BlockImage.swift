@@ -1,6 +1,7 @@
 import CLinux
 import Memory
 import Posix
+import Synchronization
 import SystemPackage
 #if canImport(Glibc)
 import Glibc
@@ -23,6 +24,13 @@ public final class BlockImage: Sendable {
     public let directIO: Bool
     /// Size in bytes; a trailing partial sector is not exposed.
     public let size: UInt64
+
+    /// The bounce buffer for O_DIRECT and for writing zeroes (one per disk, made on first use).
+    private let bounce = Mutex<AlignedBuffer?>(nil)
+    static let bounceSize = 1 << 20
+    /// The largest bounce buffer allocated (tests).
+    private let largestBounce = Atomic<Int>(0)
+    package var largestBounceBuffer: Int { largestBounce.load(ordering: .relaxed) }
 
     public static let sectorSize: UInt64 = 512
     /// O_DIRECT needs aligned buffers; guest buffers need not be, so direct I/O bounces.
@@ -80,30 +88,12 @@ public final class BlockImage: Sendable {
 
     /// Reads `count` bytes at `offset` straight into guest RAM at `address`.
     public func read(into memory: GuestMemory, at address: GuestAddress, count: Int, offset: UInt64) throws {
-        try memory.withUnsafeMutableBytes(at: address, count: count) { dst in
-            if directIO {
-                try bounced(count) { bounce in
-                    try transfer(bounce, offset: offset, write: false)
-                    dst.copyMemory(from: UnsafeRawBufferPointer(bounce))
-                }
-            } else {
-                try transfer(dst, offset: offset, write: false)
-            }
-        }
+        try transfer(memory, [(address, count)], offset: offset, write: false)
     }
 
     /// Writes `count` bytes of guest RAM at `address` to the image at `offset`.
     public func write(from memory: GuestMemory, at address: GuestAddress, count: Int, offset: UInt64) throws {
-        try memory.withUnsafeMutableBytes(at: address, count: count) { src in
-            if directIO {
-                try bounced(count) { bounce in
-                    bounce.copyMemory(from: UnsafeRawBufferPointer(src))
-                    try transfer(bounce, offset: offset, write: true)
-                }
-            } else {
-                try transfer(src, offset: offset, write: true)
-            }
-        }
+        try transfer(memory, [(address, count)], offset: offset, write: true)
     }
 
     /// Reads into several guest buffers with one preadv (the data of one request).
@@ -116,18 +106,50 @@ public final class BlockImage: Sendable {
         try transfer(memory, segments, offset: offset, write: true)
     }
 
-    /// One vectored call for the whole request; per segment when O_DIRECT needs the bounce
-    /// buffer or there is only one segment anyway.
+    /// One vectored call for the whole request (one plain call for one segment). With O_DIRECT,
+    /// through the disk's bounce buffer instead, in pieces of at most its size: the guest decides
+    /// how much a request moves, never how much the VMM allocates.
     private func transfer(_ memory: GuestMemory, _ segments: [(address: GuestAddress, length: Int)], offset: UInt64, write: Bool) throws {
-        guard directIO || segments.count == 1 else {
+        if directIO {
+            try bounced(memory, segments, offset: offset, write: write)
+        } else if segments.count == 1 {
+            try memory.withUnsafeMutableBytes(at: segments[0].address, count: segments[0].length) {
+                try transfer($0, offset: offset, write: write)
+            }
+        } else {
             try memory.withIOVectors(segments) { try vectored($0, offset: offset, write: write) }
-            return
         }
-        var position = offset
-        for s in segments {
-            if write { try self.write(from: memory, at: s.address, count: s.length, offset: position) }
-            else { try read(into: memory, at: s.address, count: s.length, offset: position) }
-            position += UInt64(s.length)
+    }
+
+    /// Gathers the guest's buffers into the bounce buffer and writes it, or reads into it and
+    /// scatters, one piece at a time. The pieces are whole bounce buffers, so every transfer but
+    /// the last is aligned for O_DIRECT whatever the guest's buffer boundaries are.
+    private func bounced(_ memory: GuestMemory, _ segments: [(address: GuestAddress, length: Int)], offset: UInt64, write: Bool) throws {
+        try withBounceBuffer { bounce in
+            var segment = 0, within = 0
+            var position = offset
+            var left = segments.reduce(0) { $0 + $1.length }
+            while left > 0 {
+                let piece = UnsafeMutableRawBufferPointer(rebasing: bounce[0..<min(left, bounce.count)])
+                if !write { try transfer(piece, offset: position, write: false) }
+                // Copy between the piece and the guest buffers it covers, resuming where the last
+                // piece stopped.
+                var done = 0
+                while done < piece.count {
+                    let s = segments[segment]
+                    let n = min(s.length - within, piece.count - done)
+                    try memory.withUnsafeMutableBytes(at: GuestAddress(s.address.raw + UInt64(within)), count: n) { guest in
+                        let part = UnsafeMutableRawBufferPointer(rebasing: piece[done..<done + n])
+                        if write { part.copyMemory(from: UnsafeRawBufferPointer(guest)) } else { guest.copyMemory(from: UnsafeRawBufferPointer(part)) }
+                    }
+                    done += n
+                    within += n
+                    if within == s.length { segment += 1; within = 0 }
+                }
+                if write { try transfer(piece, offset: position, write: true) }
+                position += UInt64(piece.count)
+                left -= piece.count
+            }
         }
     }
 
@@ -137,7 +159,7 @@ public final class BlockImage: Sendable {
         var start = 0
         var position = offset
         while start < iov.count {
-            let count = Int32(min(iov.count - start, 1024)) // IOV_MAX on Linux
+            let count = Int32(min(iov.count - start, GuestMemory.maxIOVectors))
             let n = try retryInterrupted {
                 iov.withUnsafeBufferPointer { p in
                     write ? pwritev(fd.rawValue, p.baseAddress! + start, count, off_t(position))
@@ -181,23 +203,28 @@ public final class BlockImage: Sendable {
             if clinux_fallocate(fd.rawValue, CLINUX_FALLOC_ZERO_RANGE, Int64(offset), Int64(length)) == 0 { return }
             if mayUnmap, clinux_fallocate(fd.rawValue, CLINUX_FALLOC_PUNCH_HOLE_KEEP_SIZE, Int64(offset), Int64(length)) == 0 { return }
         }
-        let chunk = 1 << 20
-        try bounced(chunk) { zeros in
+        try withBounceBuffer { zeros in
             zeros.initializeMemory(as: UInt8.self, repeating: 0)
             var done: UInt64 = 0
             while done < length {
-                let n = Int(min(UInt64(chunk), length - done))
+                let n = Int(min(UInt64(zeros.count), length - done))
                 try transfer(UnsafeMutableRawBufferPointer(rebasing: zeros[0..<n]), offset: offset + done, write: true)
                 done += UInt64(n)
             }
         }
     }
 
-    private func bounced(_ count: Int, _ body: (UnsafeMutableRawBufferPointer) throws -> Void) throws {
-        let rounded = (count + Self.directAlignment - 1) / Self.directAlignment * Self.directAlignment
-        let p = UnsafeMutableRawPointer.allocate(byteCount: max(rounded, Self.directAlignment), alignment: Self.directAlignment)
-        defer { p.deallocate() }
-        try body(UnsafeMutableRawBufferPointer(start: p, count: count))
+    /// Runs `body` with the disk's bounce buffer (`bounceSize` bytes, aligned for O_DIRECT),
+    /// allocated on first use and kept: requests are served one at a time per disk, and a
+    /// request needs no allocation of its own.
+    private func withBounceBuffer(_ body: (UnsafeMutableRawBufferPointer) throws -> Void) throws {
+        try bounce.withLock { buffer in
+            if buffer == nil {
+                buffer = AlignedBuffer(count: Self.bounceSize, alignment: Self.directAlignment)
+                largestBounce.max(Self.bounceSize, ordering: .relaxed)
+            }
+            try body(buffer!.bytes)
+        }
     }
 
     /// pread/pwrite until done; a short read past the end of the file yields zeroes.
@@ -217,4 +244,13 @@ public final class BlockImage: Sendable {
             done += n
         }
     }
+}
+
+/// Page-aligned host memory owned by one object (the O_DIRECT bounce buffer).
+private final class AlignedBuffer {
+    let bytes: UnsafeMutableRawBufferPointer
+    init(count: Int, alignment: Int) {
+        bytes = UnsafeMutableRawBufferPointer(start: UnsafeMutableRawPointer.allocate(byteCount: count, alignment: alignment), count: count)
+    }
+    deinit { bytes.deallocate() }
 }

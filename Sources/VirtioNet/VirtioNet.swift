@@ -48,10 +48,16 @@ public final class VirtioNet: VirtioDevice {
     private let tx = Mutex<Transmit?>(nil)
     private let stats = Mutex(NetStatistics())
     private let rxThread = Mutex<RxWorker?>(nil)
+    /// Receive threads running (tests: one while active, none after reset).
+    fileprivate let rxThreadsRunning = ThreadCount()
+    /// Host-side errors the guest did not cause (a failing tap), for the VMM's log.
+    private let onHostError: @Sendable (String) -> Void
 
-    public init(name: String, tap: Tap, mac: [UInt8], queueSize: UInt16 = 256) {
+    public init(name: String, tap: Tap, mac: [UInt8], queueSize: UInt16 = 256,
+                onHostError: @escaping @Sendable (String) -> Void = { _ in }) {
         precondition(mac.count == 6)
         self.name = name
+        self.onHostError = onHostError
         self.tap = tap
         self.mac = mac
         self.queueMaxSizes = [queueSize, queueSize]
@@ -71,6 +77,8 @@ public final class VirtioNet: VirtioDevice {
     }
 
     public var statistics: NetStatistics { stats.withLock { $0 } }
+    package var receiveThreadsRunning: Int { rxThreadsRunning.value.load(ordering: .acquiring) }
+    package var isActive: Bool { rx.withLock { $0 != nil } }
 
     public func readConfig(offset: Int, size: Int) -> UInt64 { config.read(offset: offset, size: size) }
     public func writeConfig(offset: Int, size: Int, value: UInt64) {}
@@ -84,18 +92,33 @@ public final class VirtioNet: VirtioDevice {
             if a.features & VirtioNetFeature.guestTSO4 != 0 { offloads |= Tap.offloadTSO4 }
             if a.features & VirtioNetFeature.guestTSO6 != 0 { offloads |= Tap.offloadTSO6 }
         }
-        if tap.supportsOffloads { try tap.setOffloads(offloads) }
-        rx.withLock { $0 = ActiveQueue(memory: a.memory, queue: a.queues[0], interrupt: a.interrupt) }
-        tx.withLock { $0 = Transmit(queue: ActiveQueue(memory: a.memory, queue: a.queues[1], interrupt: a.interrupt)) }
-        let worker = try RxWorker(device: self)
-        rxThread.withLock { $0 = worker }
+        // Activation and reset hold the worker's lock throughout, so they never interleave: an
+        // active device has exactly one receive thread, a reset one none. (The RX thread never
+        // takes this lock, so stopping it under the lock cannot deadlock.)
+        try rxThread.withLock { worker in
+            // Started again without a reset: the old thread goes first.
+            worker?.stop()
+            worker = nil
+            if tap.supportsOffloads { try tap.setOffloads(offloads) }
+            rx.withLock { $0 = ActiveQueue(memory: a.memory, queue: a.queues[0], interrupt: a.interrupt) }
+            tx.withLock { $0 = Transmit(queue: ActiveQueue(memory: a.memory, queue: a.queues[1], interrupt: a.interrupt)) }
+            do { worker = try RxWorker(device: self) } catch {
+                rx.withLock { $0 = nil }
+                tx.withLock { $0 = nil }
+                throw error
+            }
+        }
     }
 
     public func reset() {
-        let worker = rxThread.withLock { w -> RxWorker? in defer { w = nil }; return w }
-        worker?.stop()
-        rx.withLock { $0 = nil }
-        tx.withLock { $0 = nil }
+        rxThread.withLock { worker in
+            worker?.stop()
+            worker = nil
+            rx.withLock { $0 = nil }
+            tx.withLock { $0 = nil }
+        }
+        let failed = transmitErrors.withLock { e in defer { e = TransmitErrors() }; return e.total }
+        if failed > 0 { onHostError("\(name): transmit: \(failed) frames dropped on tap write errors since the driver started") }
     }
 
     public func queueNotify(_ queue: Int) {
@@ -132,13 +155,38 @@ public final class VirtioNet: VirtioDevice {
                         position += n
                     }
                 }
-                let sent = try frame.withUnsafeBytes { try tap.send(UnsafeRawBufferPointer(rebasing: $0[0..<Int(length)])) }
+                // A tap that cannot take the frame (full, or failing: EIO, ENOBUFS, the interface
+                // down) drops it, as a NIC drops what it cannot send; the chain still completes.
+                let sent: Bool
+                do { sent = try frame.withUnsafeBytes { try tap.send(UnsafeRawBufferPointer(rebasing: $0[0..<Int(length)])) } }
+                catch { transmitFailed(error); sent = false }
                 stats.withLock {
                     if sent { $0.txFrames += 1; $0.txBytes += length - UInt64(Tap.headerSize) } else { $0.txDropped += 1 }
                 }
                 return 0
             }
         }
+    }
+
+    /// Tap write errors: how many, and when the last was logged (at most one line per
+    /// `errorLogInterval`, the first at once).
+    private struct TransmitErrors {
+        var total = 0, sinceLogged = 0
+        var lastLogged: UInt64? = nil
+    }
+    private let transmitErrors = Mutex(TransmitErrors())
+    static let errorLogInterval: UInt64 = 10_000_000_000
+
+    private func transmitFailed(_ error: any Error) {
+        let now = monotonicNanoseconds()
+        let line = transmitErrors.withLock { e -> String? in
+            e.total += 1
+            e.sinceLogged += 1
+            if let last = e.lastLogged, now - last < Self.errorLogInterval { return nil }
+            defer { e.lastLogged = now; e.sinceLogged = 0 }
+            return "\(name): transmit: tap write failed: \(error) (\(e.sinceLogged) frame\(e.sinceLogged == 1 ? "" : "s") dropped since the last report)"
+        }
+        if let line { onHostError(line) }
     }
 
     // MARK: receive (RX thread)
@@ -169,7 +217,10 @@ public final class VirtioNet: VirtioDevice {
                         completed += 1
                         continue
                     }
-                    let segments = chain.writable.map { (address: $0.address, length: Int($0.length)) }
+                    // readv takes at most IOV_MAX vectors: a longer chain (an indirect table may
+                    // hold thousands) is filled through its first ones, like any chain shorter
+                    // than the frame, instead of failing with EINVAL on every attempt.
+                    let segments = chain.writable.prefix(GuestMemory.maxIOVectors).map { (address: $0.address, length: Int($0.length)) }
                     let memory = s.memory
                     guard let n = try memory.withIOVectors(segments, { try tap.receive(vectors: $0) }) else { break }
                     pending = nil
@@ -206,6 +257,8 @@ private final class RxWorker: Sendable {
     let kick: EventFD
     let stopEvent: EventFD
     let thread: PosixThread
+    /// The device's count of receive threads started and not yet stopped.
+    let running: ThreadCount
 
     enum Token: UInt64 { case tap = 1, kick, stop }
 
@@ -218,6 +271,7 @@ private final class RxWorker: Sendable {
         try epoll.add(stopEvent.fd, events: .readable, token: Token.stop.rawValue)
         self.kick = kick
         self.stopEvent = stopEvent
+        running = device.rxThreadsRunning
         thread = try PosixThread(name: "\(device.name)-rx") { [weak device] in
             var pending: DescriptorChain? = nil
             // Frames may already be queued, and the guest already has buffers: start with a pass.
@@ -235,10 +289,17 @@ private final class RxWorker: Sendable {
                 _ = device.receive(&pending)
             }
         }
+        running.value.add(1, ordering: .acquiringAndReleasing)
     }
 
     func stop() {
         stopEvent.signal()
         thread.join()
+        running.value.subtract(1, ordering: .acquiringAndReleasing)
     }
+}
+
+/// How many receive threads a device has running (started and not yet stopped).
+fileprivate final class ThreadCount: Sendable {
+    let value = Atomic<Int>(0)
 }

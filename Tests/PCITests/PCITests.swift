@@ -1,5 +1,9 @@
 import Devices
+#if canImport(Glibc)
+import Glibc
+#endif
 import Memory
+import Posix
 import Synchronization
 import Testing
 @testable import PCI
@@ -53,6 +57,32 @@ struct Guest {
     func read(_ address: UInt64, size: Int) -> UInt64 { window.read(offset: address - root.windowBase, size: size) }
     func write(_ address: UInt64, size: Int, _ value: UInt64) { window.write(offset: address - root.windowBase, size: size, value: value) }
 
+    func bar0(slot: Int = 1) -> UInt64 { UInt64(cfgRead(slot: slot, 0x10) & ~0xF) | UInt64(cfgRead(slot: slot, 0x14)) << 32 }
+
+    /// Brings the device in `slot` to FEATURES_OK with both queues set up, then DRIVER_OK unless
+    /// `start` is false; returns the common cfg base.
+    @discardableResult
+    func initialise(slot: Int = 1, features: UInt64 = VirtioFeature.version1, start: Bool = true) -> UInt64 {
+        let caps = virtioCaps(slot: slot)
+        let common = bar0(slot: slot) + UInt64(caps[1]!.offset)
+        write(common + 20, size: 1, 0)
+        write(common + 20, size: 1, 1 | 2)
+        write(common + 8, size: 4, 0); write(common + 12, size: 4, UInt64(UInt32(truncatingIfNeeded: features)))
+        write(common + 8, size: 4, 1); write(common + 12, size: 4, features >> 32)
+        write(common + 20, size: 1, 1 | 2 | 8)
+        for q in 0..<2 {
+            write(common + 22, size: 2, UInt64(q))
+            write(common + 24, size: 2, 16)
+            write(common + 32, size: 4, 0x1000 + UInt64(q) * 0x1000)     // two 32-bit halves
+            write(common + 36, size: 4, 0)
+            write(common + 40, size: 8, 0x1400 + UInt64(q) * 0x1000)
+            write(common + 48, size: 8, 0x1800 + UInt64(q) * 0x1000)
+            write(common + 28, size: 2, 1)
+        }
+        if start { write(common + 20, size: 1, 1 | 2 | 8 | 4) }
+        return common
+    }
+
     /// Virtio capabilities of a slot: cfg_type → (bar, offset, length, cap offset).
     func virtioCaps(slot: Int) -> [UInt8: (bar: UInt8, offset: UInt32, length: UInt32, at: Int)] {
         var caps: [UInt8: (UInt8, UInt32, UInt32, Int)] = [:]
@@ -79,7 +109,7 @@ struct Rig {
     let root: PciRoot
     let guest: Guest
     let memory = try! GuestMemory(regions: [try! GuestMemoryRegion(start: GuestAddress(0), size: 1 << 20)])
-    var bar0: UInt64 { UInt64(guest.cfgRead(slot: 1, 0x10) & ~0xF) | UInt64(guest.cfgRead(slot: 1, 0x14)) << 32 }
+    var bar0: UInt64 { guest.bar0() }
 
     init() throws {
         transport = VirtioPciDevice(device: device, memory: memory, msiSink: sink, intx: line, intxLine: 16)
@@ -90,26 +120,7 @@ struct Rig {
 
     /// Brings the device to DRIVER_OK with both queues set up; returns the common cfg base.
     @discardableResult
-    func initialise(features: UInt64 = VirtioFeature.version1) -> UInt64 {
-        let caps = guest.virtioCaps(slot: 1)
-        let common = bar0 + UInt64(caps[1]!.offset)
-        guest.write(common + 20, size: 1, 0)
-        guest.write(common + 20, size: 1, 1 | 2)
-        guest.write(common + 8, size: 4, 0); guest.write(common + 12, size: 4, UInt64(UInt32(truncatingIfNeeded: features)))
-        guest.write(common + 8, size: 4, 1); guest.write(common + 12, size: 4, features >> 32)
-        guest.write(common + 20, size: 1, 1 | 2 | 8)
-        for q in 0..<2 {
-            guest.write(common + 22, size: 2, UInt64(q))
-            guest.write(common + 24, size: 2, 16)
-            guest.write(common + 32, size: 4, 0x1000 + UInt64(q) * 0x1000)     // two 32-bit halves
-            guest.write(common + 36, size: 4, 0)
-            guest.write(common + 40, size: 8, 0x1400 + UInt64(q) * 0x1000)
-            guest.write(common + 48, size: 8, 0x1800 + UInt64(q) * 0x1000)
-            guest.write(common + 28, size: 2, 1)
-        }
-        guest.write(common + 20, size: 1, 1 | 2 | 8 | 4)
-        return common
-    }
+    func initialise(features: UInt64 = VirtioFeature.version1) -> UInt64 { guest.initialise(features: features) }
 }
 
 @Suite("PCI root bus")
@@ -173,14 +184,98 @@ struct PciRootTests {
         #expect(g.cfgRead(slot: 1, caps[2]!.at + 16) == 4)           // notify_off_multiplier
     }
 
+    /// Issue 16: a BAR decodes wherever the guest places it inside the ranges the platform routes
+    /// to the bus (the VMM's `pci-bars` window and `pci-bars-high` from above the boot-marker page
+    /// up to the IOAPIC, Sources/VMM/MachinePhases.swift); elsewhere (RAM, above 4 GiB, the
+    /// IOAPIC) it is simply not routed, its register keeps what the guest wrote, and the other
+    /// devices keep working. Moving it back brings it back.
+    @Test func barsDecodeAnywhereInTheRoutedRangesAndNowhereElse() throws {
+        let memory = try GuestMemory(regions: [try GuestMemoryRegion(start: GuestAddress(0), size: 1 << 20)])
+        let transports = (0..<2).map { _ in VirtioPciDevice(device: FakeDevice(), memory: memory, msiSink: RecordingSink(), intx: nil) }
+        let root = try PciRoot(devices: transports, windowBase: 0xC000_0000, windowSize: 0x1000_0000)
+        let aboveMarker: UInt64 = 0xD000_1000, decodeEnd: UInt64 = 0xFEC0_0000
+        let bus = try Bus(name: "mmio", ranges: [
+            .init(base: 0xC000_0000, length: 0x1000_0000, name: "pci-bars", device: root.mmioWindow),
+            .init(base: aboveMarker, length: decodeEnd - aboveMarker, name: "pci-bars-high", device: root.barDecoder(base: aboveMarker)),
+        ])
+        let g = Guest(root)
+        for slot in 1...2 { g.cfgWrite(slot: slot, 0x04, 0x2, size: 2) }
+        let numQueues = UInt64(g.virtioCaps(slot: 1)[1]!.offset) + 18
+        let other = g.bar0(slot: 2)
+        func place(_ address: UInt64) {
+            g.cfgWrite(slot: 1, 0x10, UInt32(truncatingIfNeeded: address))
+            g.cfgWrite(slot: 1, 0x14, UInt32(truncatingIfNeeded: address >> 32))
+        }
+        // Inside: every 16 MiB of both ranges, and their first and last 32 KiB.
+        let inside = Array(stride(from: UInt64(0xC000_0000), to: 0xD000_0000, by: 0x100_0000))
+            + Array(stride(from: UInt64(0xD100_0000), to: decodeEnd, by: 0x100_0000))
+            + [0xC000_0000 + 0x8000, 0xCFFF_8000, 0xD000_8000, decodeEnd - 0x8000]
+        for base in inside where base != other {
+            place(base)
+            #expect(g.bar0() == base)
+            #expect(bus.read(base + numQueues, size: 2) == 2, "BAR at 0x\(String(base, radix: 16)) does not decode")
+            #expect(bus.read(other + numQueues, size: 2) == 2)
+        }
+        // Outside the routed ranges: RAM, the boot-marker page's 32 KiB, above 4 GiB, the IOAPIC.
+        for base: UInt64 in [0x10_0000, 0xD000_0000, 0x1_0000_0000, 0x40_0000_0000, decodeEnd, 0xFFFF_8000] {
+            place(base)
+            #expect(g.bar0() == base)                                  // the register is the guest's
+            #expect(bus.read(base + numQueues, size: 2) == 0xFFFF)     // not routed: all-ones
+            #expect(bus.read(other + numQueues, size: 2) == 2)          // the other device is untouched
+        }
+        place(0xE000_0000)
+        #expect(bus.read(0xE000_0000 + numQueues, size: 2) == 2)
+    }
+
     @Test func windowExhaustion() {
         let devices = (0..<3).map { _ in VirtioPciDevice(device: FakeDevice(), memory: try! GuestMemory(regions: []), msiSink: RecordingSink(), intx: nil) }
         #expect(throws: PciError.self) { try PciRoot(devices: devices, windowBase: 0xC000_0000, windowSize: 0x10000) }
     }
 }
 
+/// A device whose activation takes a moment (like starting an I/O thread) and which counts its
+/// running workers: one per activation, none after reset. Thread-safe, for the race tests.
+final class WorkerDevice: VirtioDevice {
+    let deviceType = VirtioDeviceType.net
+    let name = "worker"
+    let queueMaxSizes: [UInt16] = [64, 32]
+    let availableFeatures: UInt64 = VirtioFeature.version1
+    let workers = Mutex(0)
+    func readConfig(offset: Int, size: Int) -> UInt64 { 0 }
+    func writeConfig(offset: Int, size: Int, value: UInt64) {}
+    func activate(_ a: VirtioActivation) throws {
+        usleep(20)
+        workers.withLock { $0 += 1 }
+    }
+    func queueNotify(_ queue: Int) {}
+    func reset() { workers.withLock { $0 = 0 } }
+}
+
 @Suite("virtio-pci transport")
 struct VirtioPciTests {
+    /// Issue 16: the guest writes DRIVER_OK on one vCPU while another resets the device. The
+    /// activation ran after the reset, leaving a running device (and its I/O thread) behind a
+    /// status of 0. Whatever the interleaving, the device runs iff the status says DRIVER_OK.
+    @Test func driverOKRacingResetLeavesTheDeviceRunningOnlyIfStarted() throws {
+        let device = WorkerDevice()
+        let memory = try GuestMemory(regions: [try GuestMemoryRegion(start: GuestAddress(0), size: 1 << 20)])
+        let transport = VirtioPciDevice(device: device, memory: memory, msiSink: RecordingSink(), intx: nil)
+        let g = Guest(try PciRoot(devices: [transport], windowBase: 0xC000_0000, windowSize: 0x1000_0000))
+        g.cfgWrite(slot: 1, 0x04, 0x2, size: 2)
+        for round in 0..<300 {
+            let common = g.initialise(start: false)
+            let start = StartLine()
+            let a = try PosixThread(name: "driver-ok") { start.wait(); g.write(common + 20, size: 1, 1 | 2 | 8 | 4) }
+            let b = try PosixThread(name: "reset") { start.wait(); g.write(common + 20, size: 1, 0) }
+            a.join(); b.join()
+            let status = UInt8(g.read(common + 20, size: 1))
+            let running = status & VirtioStatus.driverOK != 0 && status & VirtioStatus.needsReset == 0
+            let workers = device.workers.withLock { $0 }
+            #expect(workers == (running ? 1 : 0), "round \(round): \(workers) workers, status 0x\(String(status, radix: 16))")
+            if workers != (running ? 1 : 0) { break }
+        }
+    }
+
     @Test func featureNegotiationAndActivation() throws {
         let rig = try Rig()
         let common = rig.initialise(features: VirtioFeature.version1 | VirtioFeature.ringEventIndex)

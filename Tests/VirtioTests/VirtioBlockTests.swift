@@ -211,4 +211,42 @@ struct BlockImageTests {
         #expect(try m.read(512, at: GuestAddress(0x3001)) == [UInt8](repeating: 0x42, count: 512))
         #expect(img.read(sector: 2) == [UInt8](repeating: 0x42, count: 512))
     }
+
+    /// Issue 16: with direct_io, the bounce buffer was as big as the guest's buffer (up to 4 GiB
+    /// per descriptor, bounded only by guest RAM). It is a fixed 1 MiB per disk, and a request
+    /// goes through it in pieces; buffers need not be sector-sized (only the request is).
+    @Test func directIOBounceBufferIsBoundedWhateverTheGuestAsks() throws {
+        var template = Array("/tmp/rtvisor-blk-XXXXXX".utf8CString)
+        let fd = mkstemp(&template)
+        let path = String(cString: template)
+        defer { unlink(path) }
+        #expect(ftruncate(fd, 16 << 20) == 0)
+        close(fd)
+        guard let image = try? BlockImage(path: path, readOnly: false, directIO: true) else {
+            print("skip: /tmp does not support O_DIRECT here"); return
+        }
+        let memory = QueueDriver.memory(32)
+        let device = VirtioBlock(name: "blk-direct", image: image)
+        var driver = QueueDriver(memory: memory, size: 16)
+        let interrupt = RecordingInterrupt()
+        try device.activate(VirtioActivation(memory: memory, features: 0, queues: [driver.deviceQueue()], interrupt: interrupt))
+        func request(_ buffers: [QueueDriver.Buffer]) throws -> (status: UInt8, addresses: [UInt64]) {
+            let (_, addresses) = driver.add(buffers)
+            device.queueNotify(0)
+            #expect(driver.takeUsed().count == 1)
+            return (try memory.readInteger(UInt8.self, at: GuestAddress(addresses.last!)), addresses)
+        }
+        // 8 MiB in one descriptor, written and read back.
+        let pattern = (0..<(8 << 20)).map { UInt8(truncatingIfNeeded: $0 &* 31 &+ $0 >> 12) }
+        #expect(try request([.readable(BlockRig.header(P.typeOut, sector: 8)), .readable(pattern), .writable(1)]).status == P.statusOK)
+        let r = try request([.readable(BlockRig.header(P.typeIn, sector: 8)), .writable(8 << 20), .writable(1)])
+        #expect(r.status == P.statusOK)
+        #expect(try memory.read(8 << 20, at: GuestAddress(r.addresses[1])) == pattern)
+        // Buffers that are not whole sectors (100 + 924 bytes): one 1024-byte transfer.
+        let u = try request([.readable(BlockRig.header(P.typeIn, sector: 8)), .writable(100), .writable(924), .writable(1)])
+        #expect(u.status == P.statusOK)
+        #expect(try memory.read(100, at: GuestAddress(u.addresses[1])) + (try memory.read(924, at: GuestAddress(u.addresses[2]))) == Array(pattern[0..<1024]))
+        #expect(image.largestBounceBuffer <= 1 << 20)
+        #expect(interrupt.resetReasons.isEmpty)
+    }
 }
