@@ -181,6 +181,7 @@ extension FakeControl {
         let bad = try await exchange(path, "GARBAGE\r\n\r\n")
         #expect(bad.hasPrefix("HTTP/1.1 400"))
         task.cancel()
+        _ = await task.result
         await server.shutdown()
     }
 }
