@@ -132,6 +132,9 @@ let package = Package(
             "Daemon", "API", "APIModels", "VMMInterface", "Journald", "SystemdNotify", "Config", "CDaemonSupport", "TestSupport",
             .product(name: "SystemPackage", package: "swift-system"),
             .product(name: "Logging", package: "swift-log"),
+            // PeerAccessTests: the peer credentials of a socketpair wrapped in a NIO channel.
+            .product(name: "NIOCore", package: "swift-nio"),
+            .product(name: "NIOPosix", package: "swift-nio"),
         ]),
         // libFuzzer targets: virtqueue, blk, net, definition, api (build and run via scripts/fuzz.sh;
         // the plain build replays saved inputs). See docs/fuzzing.md.

@@ -102,13 +102,22 @@ public final class HTTPServer: Sendable {
         return fd
     }
 
-    /// SO_PEERCRED of an accepted unix connection; nil if the kernel gave none.
+    /// SO_PEERCRED and SO_PEERGROUPS of an accepted unix connection; nil if the kernel gave no
+    /// credentials (groups it cannot give count as none).
     static func peer(of channel: Channel) -> EventLoopFuture<PeerAccess.Peer?> {
         guard let provider = channel as? SocketOptionProvider else { return channel.eventLoop.makeSucceededFuture(nil) }
         // struct ucred (pid, uid, gid); glibc shows it to C only with _GNU_SOURCE.
         struct UCred { var pid: Int32 = 0; var uid: UInt32 = 0; var gid: UInt32 = 0 }
-        let future: EventLoopFuture<UCred> = provider.unsafeGetSocketOption(level: .init(rawValue: SOL_SOCKET), name: .init(rawValue: SO_PEERCRED))
-        return future.map { c -> PeerAccess.Peer? in PeerAccess.Peer(pid: c.pid, uid: c.uid, gid: c.gid, groups: PeerAccess.groups(of: c.pid)) }
+        let level = NIOBSDSocket.OptionLevel(rawValue: SOL_SOCKET), peerGroups = NIOBSDSocket.Option(rawValue: SO_PEERGROUPS)
+        let credentials: EventLoopFuture<UCred> = provider.unsafeGetSocketOption(level: level, name: .init(rawValue: SO_PEERCRED))
+        let empty: EventLoopFuture<PeerAccess.NoGroups> = provider.unsafeGetSocketOption(level: level, name: peerGroups)
+        let nonEmpty = empty.map { _ in false }.recover { _ in true }
+        let groups = nonEmpty.flatMap { nonEmpty -> EventLoopFuture<[gid_t]> in
+            guard nonEmpty else { return channel.eventLoop.makeSucceededFuture([]) }
+            let buffer: EventLoopFuture<PeerAccess.GroupBuffer> = provider.unsafeGetSocketOption(level: level, name: peerGroups)
+            return buffer.map { PeerAccess.groups(in: $0, nonEmpty: true) }.recover { _ in [] }
+        }
+        return credentials.and(groups).map { c, g -> PeerAccess.Peer? in PeerAccess.Peer(pid: c.pid, uid: c.uid, gid: c.gid, groups: g) }
             .recover { _ -> PeerAccess.Peer? in nil }
     }
 
