@@ -121,8 +121,9 @@ let package = Package(
             .product(name: "ArgumentParser", package: "swift-argument-parser"),
             .product(name: "Logging", package: "swift-log"),
         ]),
+        // Config: `validate` runs the definition parser locally, with the caller's permissions.
         .executableTarget(name: "rtvisorctl", dependencies: [
-            "APIModels", "CDaemonSupport", "Posix",
+            "APIModels", "CDaemonSupport", "Posix", "Config",
             .product(name: "ArgumentParser", package: "swift-argument-parser"),
         ]),
         // Test doubles and helpers several test targets share (a recording interrupt line, scratch

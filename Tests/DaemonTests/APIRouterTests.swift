@@ -44,7 +44,7 @@ actor FakeControl: VMControl {
         throw .failed("SIGCONT failed")
     }
     nonisolated func validate(_ request: ValidateRequest) async -> ValidateResult {
-        Supervisor.validate(request, defaultBase: "/nonexistent")
+        Supervisor.validate(request, definitions: "/nonexistent")
     }
     func reload() -> ReloadResult {
         calls.append("reload")
