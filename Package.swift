@@ -121,8 +121,9 @@ let package = Package(
             .product(name: "ArgumentParser", package: "swift-argument-parser"),
             .product(name: "Logging", package: "swift-log"),
         ]),
+        // Config: `validate` runs the definition parser locally, with the caller's permissions.
         .executableTarget(name: "rtvisorctl", dependencies: [
-            "APIModels", "CDaemonSupport", "Posix",
+            "APIModels", "CDaemonSupport", "Posix", "Config",
             .product(name: "ArgumentParser", package: "swift-argument-parser"),
         ]),
         // Test doubles and helpers several test targets share (a recording interrupt line, scratch
@@ -132,6 +133,9 @@ let package = Package(
             "Daemon", "API", "APIModels", "VMMInterface", "Journald", "SystemdNotify", "Config", "CDaemonSupport", "Posix", "TestSupport",
             .product(name: "SystemPackage", package: "swift-system"),
             .product(name: "Logging", package: "swift-log"),
+            // PeerAccessTests: the peer credentials of a socketpair wrapped in a NIO channel.
+            .product(name: "NIOCore", package: "swift-nio"),
+            .product(name: "NIOPosix", package: "swift-nio"),
         ]),
         // libFuzzer targets: virtqueue, blk, net, definition, api (build and run via scripts/fuzz.sh;
         // the plain build replays saved inputs). See docs/fuzzing.md.

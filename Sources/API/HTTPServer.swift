@@ -12,13 +12,37 @@ import Glibc
 /// answered by `APIRouter`. Access control: the socket file's mode and group (0660, group
 /// `rtvisor`), and each connection's peer credentials (SO_PEERCRED, `PeerAccess`): a peer that is
 /// not root, the daemon's uid or in the group gets 403 to every request.
+/// A local client must not be able to lock others out (issue 16): connections are capped
+/// (`Limits`, `ConnectionLimiter`) and one that does not finish a request in time is closed
+/// (`RequestDeadlineHandler`).
 public final class HTTPServer: Sendable {
     let router: APIRouter
     let logger: Logger
     let group: MultiThreadedEventLoopGroup
+    let limits: Limits
 
-    public init(router: APIRouter, logger: Logger) {
-        self.router = router; self.logger = logger
+    /// How many connections, and for how long without a request.
+    public struct Limits: Sendable {
+        /// Connections open at once, all peers together (the front's RLIMIT_NOFILE is 1024).
+        public var maxConnections = 512
+        /// Of those, kept for root and the daemon's uid: a flood from the group cannot lock them out.
+        public var reservedForRoot = 32
+        /// Connections of one other uid at once (group members, and peers that are only refused).
+        public var perUser = 64
+        /// A connection must deliver a complete request (head and body) within this time of
+        /// connecting, or of its request head once it was idle.
+        public var requestTimeout: Duration = .seconds(10)
+        /// Between a response and the next request's head.
+        public var idleTimeout: Duration = .seconds(30)
+        public init() {}
+        public init(maxConnections: Int, reservedForRoot: Int, perUser: Int, requestTimeout: Duration, idleTimeout: Duration) {
+            self.maxConnections = maxConnections; self.reservedForRoot = reservedForRoot; self.perUser = perUser
+            self.requestTimeout = requestTimeout; self.idleTimeout = idleTimeout
+        }
+    }
+
+    public init(router: APIRouter, logger: Logger, limits: Limits = Limits()) {
+        self.router = router; self.logger = logger; self.limits = limits
         group = MultiThreadedEventLoopGroup(numberOfThreads: 1)
     }
 
@@ -31,16 +55,32 @@ public final class HTTPServer: Sendable {
     /// Serves a listening unix socket (rtvisord's API front gets it bound, from the daemon) until
     /// cancelled. `requestHook` sees every request first (test builds: the seccomp test hook).
     public func run(listeningSocket fd: Int32, access: PeerAccess, requestHook: (@Sendable (APIRequest) -> Void)? = nil) async throws {
+        let limits = limits, logger = logger
+        let limiter = ConnectionLimiter(limits: limits, access: access)
         let server = try await ServerBootstrap(group: group)
             .bind(fd) { channel in
                 Self.peer(of: channel).flatMapThrowing { peer in
-                    try channel.pipeline.syncOperations.configureHTTPServerPipeline(withErrorHandling: true)
-                    return (try NIOAsyncChannel<HTTPServerRequestPart, HTTPServerResponsePart>(wrappingChannelSynchronously: channel), peer)
+                    // Counted before anything is read; released when the connection closes.
+                    let admitted = limiter.admit(peer)
+                    if admitted {
+                        channel.closeFuture.whenComplete { _ in limiter.release(peer) }
+                        try channel.pipeline.syncOperations.configureHTTPServerPipeline(withErrorHandling: true)
+                        try channel.pipeline.syncOperations.addHandler(RequestDeadlineHandler(requestTimeout: TimeAmount(limits.requestTimeout), idleTimeout: TimeAmount(limits.idleTimeout)))
+                    }
+                    return (try NIOAsyncChannel<HTTPServerRequestPart, HTTPServerResponsePart>(wrappingChannelSynchronously: channel), peer, admitted)
                 }
             }
         try await withThrowingDiscardingTaskGroup { tasks in
             try await server.executeThenClose { connections in
-                for try await (connection, peer) in connections {
+                for try await (connection, peer, admitted) in connections {
+                    guard admitted else {
+                        // Over the cap: closed unread (logged once per episode, not per connection).
+                        if limiter.shouldLogRefusal() {
+                            logger.warning("API connection limit reached (uid \(peer.map { String($0.uid) } ?? "?")): connections closed at once until some end")
+                        }
+                        try? await connection.executeThenClose { _, _ in }
+                        continue
+                    }
                     let refusal: String? = peer.map { access.allows($0) ? nil : access.refusal($0) } ?? "peer credentials unavailable"
                     if let refusal { logger.warning("API connection refused: \(refusal)") }
                     tasks.addTask { await self.serve(connection, refusal: refusal, requestHook: requestHook) }
@@ -62,13 +102,22 @@ public final class HTTPServer: Sendable {
         return fd
     }
 
-    /// SO_PEERCRED of an accepted unix connection; nil if the kernel gave none.
+    /// SO_PEERCRED and SO_PEERGROUPS of an accepted unix connection; nil if the kernel gave no
+    /// credentials (groups it cannot give count as none).
     static func peer(of channel: Channel) -> EventLoopFuture<PeerAccess.Peer?> {
         guard let provider = channel as? SocketOptionProvider else { return channel.eventLoop.makeSucceededFuture(nil) }
         // struct ucred (pid, uid, gid); glibc shows it to C only with _GNU_SOURCE.
         struct UCred { var pid: Int32 = 0; var uid: UInt32 = 0; var gid: UInt32 = 0 }
-        let future: EventLoopFuture<UCred> = provider.unsafeGetSocketOption(level: .init(rawValue: SOL_SOCKET), name: .init(rawValue: SO_PEERCRED))
-        return future.map { c -> PeerAccess.Peer? in PeerAccess.Peer(pid: c.pid, uid: c.uid, gid: c.gid, groups: PeerAccess.groups(of: c.pid)) }
+        let level = NIOBSDSocket.OptionLevel(rawValue: SOL_SOCKET), peerGroups = NIOBSDSocket.Option(rawValue: SO_PEERGROUPS)
+        let credentials: EventLoopFuture<UCred> = provider.unsafeGetSocketOption(level: level, name: .init(rawValue: SO_PEERCRED))
+        let empty: EventLoopFuture<PeerAccess.NoGroups> = provider.unsafeGetSocketOption(level: level, name: peerGroups)
+        let nonEmpty = empty.map { _ in false }.recover { _ in true }
+        let groups = nonEmpty.flatMap { nonEmpty -> EventLoopFuture<[gid_t]> in
+            guard nonEmpty else { return channel.eventLoop.makeSucceededFuture([]) }
+            let buffer: EventLoopFuture<PeerAccess.GroupBuffer> = provider.unsafeGetSocketOption(level: level, name: peerGroups)
+            return buffer.map { PeerAccess.groups(in: $0, nonEmpty: true) }.recover { _ in [] }
+        }
+        return credentials.and(groups).map { c, g -> PeerAccess.Peer? in PeerAccess.Peer(pid: c.pid, uid: c.uid, gid: c.gid, groups: g) }
             .recover { _ -> PeerAccess.Peer? in nil }
     }
 

@@ -4,7 +4,8 @@ import Glibc
 #endif
 
 /// Who may use the control API: root, the daemon's own uid, and members of the access group
-/// (`rtvisor`), by the peer credentials the kernel attaches to the connection (SO_PEERCRED), not
+/// (`rtvisor`), by the peer credentials the kernel attaches to the connection (SO_PEERCRED and
+/// SO_PEERGROUPS, taken at connect(): not a pid to look up later, which may be gone or reused), not
 /// by the socket file's mode alone (a misconfigured mode or a leaked fd must not open it up).
 public struct PeerAccess: Sendable, Equatable {
     public var daemonUID: uid_t
@@ -18,7 +19,7 @@ public struct PeerAccess: Sendable, Equatable {
 
     public struct Peer: Sendable, Equatable {
         public var pid: pid_t, uid: uid_t, gid: gid_t
-        /// Supplementary groups (from /proc/PID/status); empty when unknown.
+        /// Supplementary groups (SO_PEERGROUPS on the connection); empty when unknown.
         public var groups: [gid_t]
         public init(pid: pid_t, uid: uid_t, gid: gid_t, groups: [gid_t]) { self.pid = pid; self.uid = uid; self.gid = gid; self.groups = groups }
     }
@@ -33,11 +34,22 @@ public struct PeerAccess: Sendable, Equatable {
         "uid \(p.uid) (pid \(p.pid)) may not use rtvisord's API: only root and members of the \(groupID.map { "access group (gid \($0))" } ?? "access group, which does not exist on this host,") may"
     }
 
-    /// The supplementary groups of a process, from /proc.
-    public static func groups(of pid: pid_t) -> [gid_t] {
-        for line in (HostFiles.read("/proc/\(pid)/status") ?? "").split(separator: "\n") where line.hasPrefix("Groups:") {
-            return line.dropFirst(7).split(whereSeparator: { $0 == " " || $0 == "\t" }).compactMap { gid_t($0) }
-        }
-        return []
+    /// SO_PEERGROUPS (Linux 4.13) is read through NIO's fixed-size socket options, which
+    /// zero the buffer and drop the length the kernel returns: room for this many groups; a peer
+    /// with more gets ERANGE and counts as having none (refused unless its uid or primary gid
+    /// admits it).
+    public typealias GroupBuffer = InlineArray<1024, gid_t>
+    /// A zero-byte option value: SO_PEERGROUPS into it succeeds only for a peer without
+    /// supplementary groups (ERANGE otherwise), which tells "no groups" from "group 0".
+    public struct NoGroups { public init() {} }
+
+    /// The groups in SO_PEERGROUPS' answer: the kernel returns them sorted (`groups_sort`), so a
+    /// 0 can only be a group at index 0 of a non-empty list, and every other 0 is the buffer's
+    /// zero fill.
+    public static func groups(in buffer: GroupBuffer, nonEmpty: Bool) -> [gid_t] {
+        guard nonEmpty else { return [] }
+        var out: [gid_t] = buffer[0] == 0 ? [0] : []
+        for i in buffer.indices where buffer[i] != 0 { out.append(buffer[i]) }
+        return out
     }
 }

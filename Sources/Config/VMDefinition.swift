@@ -69,8 +69,9 @@ public struct VMDefinition: Equatable, Sendable {
         self.disks = disks; self.nets = nets
     }
 
-    /// Reads and validates the definition at `path`.
-    public static func load(path: String) throws -> VMDefinition {
+    /// Reads and validates the definition at `path`; relative paths in it resolve against
+    /// `baseDirectory`, by default the file's directory.
+    public static func load(path: String, baseDirectory: String? = nil) throws -> VMDefinition {
         let data: Data
         do {
             data = try Data(contentsOf: URL(fileURLWithPath: path))
@@ -78,7 +79,7 @@ public struct VMDefinition: Equatable, Sendable {
             throw DefinitionError(issues: [DefinitionIssue(file: path, path: "$", reason: "cannot read file: \(Self.reason(for: path))")])
         }
         let dir = path.contains("/") ? String(path[..<path.lastIndex(of: "/")!]) : "."
-        return try parse(data, file: path, baseDirectory: dir)
+        return try parse(data, file: path, baseDirectory: baseDirectory ?? dir)
     }
 
     static func reason(for path: String) -> String {
@@ -215,9 +216,21 @@ struct Validator {
         return path
     }
 
-    /// " (did you mean "x"?)" when a key is one edit or transposition away from a known one.
-    func suggestion(_ key: String, _ known: Set<String>) -> String {
-        let best = known.map { ($0, editDistance(key, $0)) }.min { $0.1 < $1.1 || ($0.1 == $1.1 && $0.0 < $1.0) }
+    /// Unknown names that get a "did you mean" per definition: the API validates what a local
+    /// client sends, and a megabyte of unknown keys must not cost a megabyte of edit distances.
+    static let maxSuggestions = 32
+    /// Unknown names examined for a suggestion, and edit distances computed (the tests' measure of work).
+    var suggestionsComputed = 0, distancesComputed = 0
+
+    /// " (did you mean "x"?)" when a key is at most two edits away from a known one. Only names
+    /// within two characters of a known one's length are compared (no others can be that close).
+    mutating func suggestion(_ key: String, _ known: Set<String>) -> String {
+        guard suggestionsComputed < Self.maxSuggestions, let longest = known.map(\.utf8.count).max(), key.utf8.count <= longest + 2 else { return "" }
+        suggestionsComputed += 1
+        let length = key.count
+        let candidates = known.filter { abs($0.count - length) <= 2 }
+        distancesComputed += candidates.count
+        let best = candidates.map { ($0, editDistance(key, $0)) }.min { $0.1 < $1.1 || ($0.1 == $1.1 && $0.0 < $1.0) }
         if let best, best.1 <= 2 { return " (did you mean \"\(best.0)\"?)" }
         return ""
     }

@@ -86,17 +86,21 @@ extension Supervisor {
     }
 
     public nonisolated func validate(_ request: ValidateRequest) async -> ValidateResult {
-        Self.validate(request, defaultBase: paths.definitions)
+        Self.validate(request, definitions: paths.definitions)
     }
 
     /// Problems reported by one validation; the rest are counted (every problem repeats the
     /// client's `file`: the answer must not grow with their product).
     public static let maxValidateProblems = 100
 
-    public static func validate(_ request: ValidateRequest, defaultBase: String) -> ValidateResult {
+    /// The API's validation runs as root for any local client (issue 16): the client's
+    /// `base_directory` is ignored (relative paths resolve against the definitions directory) and
+    /// no file is looked at, so it cannot tell whether a path exists; `rtvisorctl validate`
+    /// checks the files itself, with the caller's own permissions.
+    public static func validate(_ request: ValidateRequest, definitions: String) -> ValidateResult {
         let file = String((request.file ?? "definition").prefix(1024))
         do {
-            let d = try VMDefinition.parse(Data(request.definition.utf8), file: file, baseDirectory: request.baseDirectory ?? defaultBase)
+            let d = try VMDefinition.parse(Data(request.definition.utf8), file: file, baseDirectory: definitions, checkFiles: false)
             return ValidateResult(valid: true, name: d.name, problems: [])
         } catch let e as DefinitionError {
             var problems = e.issues.prefix(maxValidateProblems).map { DefinitionProblem(file: $0.file, path: $0.path, reason: $0.reason) }

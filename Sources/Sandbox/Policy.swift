@@ -165,8 +165,10 @@ public enum SeccompPolicy {
         case .api:
             // rtvisord's API front process (every thread: the filter is installed before the
             // first one starts). SwiftNIO's event loop on the inherited listening socket (epoll,
-            // eventfd/timerfd wake-ups, accept, I/O), the control socket to rtvisord, and the
-            // peers' /proc/PID/status, read-only (their supplementary groups).
+            // eventfd/timerfd wake-ups, accept, I/O; peers' credentials and groups by
+            // getsockopt SO_PEERCRED/SO_PEERGROUPS), the control socket to rtvisord. openat stays
+            // read-only: peers' groups no longer need /proc/PID/status (issue 16), but no strace
+            // run has yet shown that nothing else in the front opens a file.
             r += ["read", "readv", "writev", "close", "epoll_create1", "epoll_wait", "epoll_pwait", "epoll_ctl", "eventfd2",
                   "timerfd_create", "timerfd_settime", "accept4", "recvfrom", "recvmsg", "shutdown", "getsockopt",
                   "setsockopt", "getsockname", "getpeername", "fcntl", "fstat", "newfstatat", "lseek",

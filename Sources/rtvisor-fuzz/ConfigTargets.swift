@@ -62,7 +62,7 @@ final class FuzzControl: VMControl {
     func reboot(_ name: String) throws(ControlError) -> ActionResult { try act("reboot", name, requires: .running, to: .running) }
     func pause(_ name: String) throws(ControlError) -> ActionResult { try act("pause", name, requires: .running, to: .paused) }
     func resume(_ name: String) throws(ControlError) -> ActionResult { throw .failed("SIGCONT failed") }
-    func validate(_ request: ValidateRequest) -> ValidateResult { Supervisor.validate(request, defaultBase: definitionBase) }
+    func validate(_ request: ValidateRequest) -> ValidateResult { Supervisor.validate(request, definitions: definitionBase) }
     func reload() -> ReloadResult { ReloadResult(added: [], removed: [], changed: [], pending: [], invalidDefinitions: []) }
     func info() -> DaemonInfo { DaemonInfo(version: "fuzz", pid: 1, definitionsDirectory: "/etc/rtvisor/vms", status: "2 VMs") }
     func realtimeCheck(_ name: String?) throws(ControlError) -> [RealtimeCheck] {

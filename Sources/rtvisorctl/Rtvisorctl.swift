@@ -1,5 +1,6 @@
 import APIModels
 import ArgumentParser
+import Config
 import Posix
 #if canImport(FoundationEssentials)
 import FoundationEssentials
@@ -178,31 +179,34 @@ struct Stop: ParsableCommand {
 }
 
 struct Validate: ParsableCommand {
-    static let configuration = CommandConfiguration(abstract: "Validate definition files with the daemon's rules (paths checked as the daemon sees them).")
-    @OptionGroup var options: CommonOptions
+    static let configuration = CommandConfiguration(
+        abstract: "Validate definition files here, with your own permissions (no daemon needed): relative paths resolve against each file's directory.")
+    @Flag(help: "Print each file's result as the API's ValidateResult JSON.")
+    var json = false
     @Argument(help: "Definition files.", completion: .file(extensions: ["json"]))
     var files: [String]
 
+    /// Local, like `nginx -t` (issue 16): the daemon's validation runs as root for any client, so
+    /// it no longer looks at files; here the kernel and images are checked as the caller sees them.
     func run() throws {
         var bad = false
         for file in files {
-            guard let fd = Optional(open(file, O_RDONLY | O_CLOEXEC)), fd >= 0 else {
-                writeErr("rtvisorctl: \(file): \(errnoMessage())\n"); bad = true; continue
+            var result = ValidateResult(valid: true, name: nil, problems: [])
+            do {
+                // Relative paths in the file resolve against its directory, shown absolute.
+                let absolute = file.hasPrefix("/") ? file : currentDirectory() + "/" + file
+                result.name = try VMDefinition.load(path: file, baseDirectory: String(absolute[..<absolute.lastIndex(of: "/")!])).name
+            } catch let e as DefinitionError {
+                result.valid = false
+                result.problems = e.issues.map { DefinitionProblem(file: $0.file, path: $0.path, reason: $0.reason) }
             }
-            var data: [UInt8] = []
-            var buf = [UInt8](repeating: 0, count: 65536)
-            while true {
-                let n = buf.withUnsafeMutableBytes { read(fd, $0.baseAddress, $0.count) }
-                if n <= 0 { break }
-                data.append(contentsOf: buf[0..<n])
-            }
-            close(fd)
-            let absolute = file.hasPrefix("/") ? file : (currentDirectory() + "/" + file)
-            let base = absolute.contains("/") ? String(absolute[..<absolute.lastIndex(of: "/")!]) : "."
-            let req = ValidateRequest(definition: String(decoding: data, as: UTF8.self), file: file, baseDirectory: base)
-            let body = Array(try JSONEncoder().encode(req))
-            try options.call("POST", "/v1/validate", body: body, as: ValidateResult.self) { r in
-                if r.valid { print("\(file): OK (\(r.name ?? "?"))") } else { for p in r.problems { print("\(p)") }; bad = true }
+            bad = bad || !result.valid
+            if json {
+                print(String(decoding: try JSONEncoder().encode(result), as: UTF8.self))
+            } else if result.valid {
+                print("\(file): OK (\(result.name ?? "?"))")
+            } else {
+                for p in result.problems { print("\(p)") }
             }
         }
         if bad { throw ExitCode(1) }

@@ -359,4 +359,24 @@ struct LoadTests {
         let error = try #require(throws: DefinitionError.self) { try ws.load(definition(["vcpus": "300"])) }
         #expect(error.issues == [DefinitionIssue(file: ws.vmFile, path: "$.vcpus", reason: "must be an integer from 1 to 254, got 300")])
     }
+
+    /// Issue 16: the daemon validates what any local client sends; "did you mean" is computed
+    /// for at most `maxSuggestions` unknown names and never for names too long to be close.
+    @Test func suggestionsAreBoundedForAMegabyteOfUnknownKeys() throws {
+        var text = "{\"name\": \"v\", \"memory_mib\": 64, \"kernel\": \"/k\""
+        var n = 0
+        while text.utf8.count < 1 << 20 { text += ", \"vcpuz\(n)\": 0"; n += 1 }
+        text += "}"
+        let root = try JSONValue.parse(Data(text.utf8))
+        var v = Validator(file: "v.json", baseDirectory: "/", checkFiles: false)
+        _ = v.definition(root)
+        #expect(v.issues.count == n, "every unknown key is still reported")
+        #expect(v.suggestionsComputed == Validator.maxSuggestions)
+        #expect(v.distancesComputed <= Validator.maxSuggestions * VMDefinition.knownKeys.count)
+        #expect(v.issues.first { $0.path == "$.vcpuz0" }?.reason == "unknown key (did you mean \"vcpus\"?)")
+
+        var long = Validator(file: "v.json", baseDirectory: "/", checkFiles: false)
+        _ = long.definition(try JSONValue.parse(Data("{\"\(String(repeating: "k", count: 1 << 20))\": 0}".utf8)))
+        #expect(long.distancesComputed == 0, "a 1 MiB key is compared with nothing")
+    }
 }

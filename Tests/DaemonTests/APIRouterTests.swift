@@ -44,7 +44,7 @@ actor FakeControl: VMControl {
         throw .failed("SIGCONT failed")
     }
     nonisolated func validate(_ request: ValidateRequest) async -> ValidateResult {
-        Supervisor.validate(request, defaultBase: "/nonexistent")
+        Supervisor.validate(request, definitions: "/nonexistent")
     }
     func reload() -> ReloadResult {
         calls.append("reload")
@@ -181,6 +181,7 @@ extension FakeControl {
         let bad = try await exchange(path, "GARBAGE\r\n\r\n")
         #expect(bad.hasPrefix("HTTP/1.1 400"))
         task.cancel()
+        _ = await task.result
         await server.shutdown()
     }
 }

@@ -6,6 +6,7 @@ import Synchronization
 import SystemPackage
 import VMMInterface
 import Testing
+import TestSupport
 #if canImport(Glibc)
 import Glibc
 #endif
@@ -112,11 +113,26 @@ import Glibc
     @Test func validateAnswersAreBounded() {
         let keys = (0..<150).map { "\"unknown\($0)\": 1" }.joined(separator: ", ")
         let request = ValidateRequest(definition: "{\(keys)}", file: String(repeating: "f", count: 100_000), baseDirectory: nil)
-        let r = Supervisor.validate(request, defaultBase: "/nonexistent")
+        let r = Supervisor.validate(request, definitions: "/nonexistent")
         #expect(!r.valid)
         #expect(r.problems.count == Supervisor.maxValidateProblems + 1, "\(r.problems.count) problems")
         #expect(r.problems.last?.reason.hasSuffix("more problems not shown") == true, "\(String(describing: r.problems.last))")
         #expect(r.problems.allSatisfy { $0.file.count <= 1024 })
+    }
+
+    /// Issue 16: the daemon validates for any local client as root; whether an absolute path
+    /// exists must not show in the answer, and the client's base directory is ignored.
+    @Test func apiValidateRevealsNoFileExistence() throws {
+        let dir = try makeTemporaryDirectory("rtvisord-oracle")
+        FileManager.default.createFile(atPath: dir + "/secret", contents: Data("x".utf8))
+        func answer(_ kernel: String, base: String? = nil) -> ValidateResult {
+            Supervisor.validate(ValidateRequest(definition: "{\"name\": \"v\", \"memory_mib\": 64, \"kernel\": \"\(kernel)\"}",
+                                                file: "v.json", baseDirectory: base), definitions: "/etc/rtvisor/vms")
+        }
+        let present = answer(dir + "/secret"), absent = answer(dir + "/no-such-file")
+        #expect(present == absent, "\(present) vs \(absent)")
+        #expect(present.valid)
+        #expect(answer("secret", base: dir) == answer("no-such-file", base: dir), "base_directory is ignored")
     }
 
     @Test func aMalformedFrameEndsTheChannelAndTheFrontsCallsFail() async throws {

@@ -261,4 +261,25 @@ extension DaemonProcessTests {
             #expect(log.contains("left no state file"), "\(log)")
         }
     }
+
+    /// Issue 16: `rtvisorctl validate` runs the parser itself, with the caller's permissions and
+    /// without a daemon, and reports what the daemon's validation reported (files included).
+    @Test func validateWorksLocallyWithoutADaemon() throws {
+        let dir = try Self.shortTempDir()
+        defer { try? FileManager.default.removeItem(atPath: dir) }
+        FileManager.default.createFile(atPath: dir + "/vmlinux", contents: Data("x".utf8))
+        try #"{"name": "good", "memory_mib": 64, "kernel": "vmlinux"}"#.write(toFile: dir + "/good.json", atomically: true, encoding: .utf8)
+        try #"{"name": "bad one", "memory_mib": 1, "kernel": "missing", "vcpuz": 2}"#.write(toFile: dir + "/bad.json", atomically: true, encoding: .utf8)
+        let env = ["RTVISOR_API_SOCKET": dir + "/no-daemon.sock"]
+        let (okStatus, ok) = Self.run(Self.binary("rtvisorctl"), ["validate", dir + "/good.json"], env: env)
+        #expect(okStatus == 0 && ok == "\(dir)/good.json: OK (good)\n", "\(ok)")
+        let (badStatus, bad) = Self.run(Self.binary("rtvisorctl"), ["validate", dir + "/bad.json"], env: env)
+        #expect(badStatus == 1)
+        #expect(bad.split(separator: "\n").map(String.init) == [
+            "\(dir)/bad.json: $.vcpuz: unknown key (did you mean \"vcpus\"?)",
+            "\(dir)/bad.json: $.name: must be 1–64 characters of letters, digits, '-' and '_', got \"bad one\"",
+            "\(dir)/bad.json: $.memory_mib: must be an integer from 8 to 1048576, got 1",
+            "\(dir)/bad.json: $.kernel: \(dir)/missing: No such file or directory",
+        ], "\(bad)")
+    }
 }
