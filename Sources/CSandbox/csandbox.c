@@ -139,7 +139,7 @@ int csandbox_install_sigsys_report(const char *program_name, const char *what, i
 }
 
 const uint64_t CSANDBOX_CLONE_THREAD = CLONE_THREAD, CSANDBOX_PR_SET_NAME = PR_SET_NAME, CSANDBOX_PR_GET_NAME = PR_GET_NAME,
-	CSANDBOX_PR_SET_NO_NEW_PRIVS = PR_SET_NO_NEW_PRIVS, CSANDBOX_VFIO_DEVICE_SET_IRQS = VFIO_DEVICE_SET_IRQS;
+	CSANDBOX_PR_SET_NO_NEW_PRIVS = PR_SET_NO_NEW_PRIVS, CSANDBOX_PR_SET_SECCOMP = PR_SET_SECCOMP, CSANDBOX_VFIO_DEVICE_SET_IRQS = VFIO_DEVICE_SET_IRQS;
 
 uint32_t csandbox_act_allow(void) { return SCMP_ACT_ALLOW; }
 uint32_t csandbox_act_trap(void) { return SCMP_ACT_TRAP; }
@@ -200,6 +200,10 @@ int csandbox_load_program(const uint8_t *program, size_t length) {
 	struct sock_fprog prog = { .len = (unsigned short)(length / sizeof(struct sock_filter)), .filter = (struct sock_filter *)program };
 	// As libseccomp's seccomp_load: without CAP_SYS_ADMIN a filter needs no_new_privs.
 	if (prctl(PR_SET_NO_NEW_PRIVS, 1, 0, 0, 0) != 0) return -errno;
-	if (syscall(SYS_seccomp, SECCOMP_SET_MODE_FILTER, 0, &prog) != 0) return -errno;
+	if (syscall(SYS_seccomp, SECCOMP_SET_MODE_FILTER, 0, &prog) == 0) return 0;
+	// As libseccomp does: where seccomp(2) itself is filtered (systemd's SystemCallFilter=
+	// answers it with EPERM) or missing, the older prctl interface loads the same program.
+	if (errno != EPERM && errno != ENOSYS) return -errno;
+	if (prctl(PR_SET_SECCOMP, SECCOMP_MODE_FILTER, &prog, 0, 0) != 0) return -errno;
 	return 0;
 }

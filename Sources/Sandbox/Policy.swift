@@ -93,6 +93,8 @@ public enum SeccompPolicy {
             SyscallRule("prctl", anyOf: [
                 ArgumentCheck(argument: 0, mask: 0xFFFF_FFFF, value: CSANDBOX_PR_SET_NAME, label: "PR_SET_NAME"),
                 ArgumentCheck(argument: 0, mask: 0xFFFF_FFFF, value: CSANDBOX_PR_SET_NO_NEW_PRIVS, label: "PR_SET_NO_NEW_PRIVS"),
+                // Where seccomp(2) is refused (a systemd unit's SystemCallFilter=), filters load this way.
+                ArgumentCheck(argument: 0, mask: 0xFFFF_FFFF, value: CSANDBOX_PR_SET_SECCOMP, label: "PR_SET_SECCOMP"),
             ] + extra),
             // A filter can only be narrowed by another: allowing seccomp() gives nothing away.
             SyscallRule("seccomp"),

@@ -99,7 +99,7 @@ struct PolicyTests {
         #expect(socket?.action == .fail(EACCES) && socket?.anyOf?.map(\.value) == [UInt64(AF_UNIX)])
         #expect(rule(.api, "listen")?.action == .fail(0))
         #expect(rule(.api, "clone")?.anyOf?.first?.value == CSANDBOX_CLONE_THREAD)
-        #expect(Set(rule(.api, "prctl")?.anyOf?.map(\.value) ?? []) == [CSANDBOX_PR_SET_NAME, CSANDBOX_PR_SET_NO_NEW_PRIVS, CSANDBOX_PR_GET_NAME])
+        #expect(Set(rule(.api, "prctl")?.anyOf?.map(\.value) ?? []) == [CSANDBOX_PR_SET_NAME, CSANDBOX_PR_SET_NO_NEW_PRIVS, CSANDBOX_PR_SET_SECCOMP, CSANDBOX_PR_GET_NAME])
     }
 
     /// Threads that start threads may only make threads (CLONE_THREAD), never processes; clone3
@@ -110,7 +110,7 @@ struct PolicyTests {
         #expect(clone?.anyOf?.count == 1 && clone?.anyOf?[0].argument == 0 && clone?.anyOf?[0].mask == CSANDBOX_CLONE_THREAD
                 && clone?.anyOf?[0].value == CSANDBOX_CLONE_THREAD)
         #expect(rule(kind, "clone3")?.action == .fail(ENOSYS))
-        #expect(Set(rule(kind, "prctl")?.anyOf?.map(\.value) ?? []) == [CSANDBOX_PR_SET_NAME, CSANDBOX_PR_SET_NO_NEW_PRIVS])
+        #expect(Set(rule(kind, "prctl")?.anyOf?.map(\.value) ?? []) == [CSANDBOX_PR_SET_NAME, CSANDBOX_PR_SET_NO_NEW_PRIVS, CSANDBOX_PR_SET_SECCOMP])
     }
 
     @Test func tgkillOnlyToThisProcess() {

@@ -20,7 +20,7 @@ void csandbox_set_thread_label(const char *label, const char *kind);
 void csandbox_set_process_kind(const char *kind);
 
 /// Argument values the filters check (from headers Swift's Glibc module does not expose).
-extern const uint64_t CSANDBOX_CLONE_THREAD, CSANDBOX_PR_SET_NAME, CSANDBOX_PR_GET_NAME, CSANDBOX_PR_SET_NO_NEW_PRIVS;
+extern const uint64_t CSANDBOX_CLONE_THREAD, CSANDBOX_PR_SET_NAME, CSANDBOX_PR_GET_NAME, CSANDBOX_PR_SET_NO_NEW_PRIVS, CSANDBOX_PR_SET_SECCOMP;
 /// VFIO_DEVICE_SET_IRQS (the guest enabling MSI/MSI-X/INTx on a passed-through function).
 extern const uint64_t CSANDBOX_VFIO_DEVICE_SET_IRQS;
 
@@ -37,7 +37,8 @@ int csandbox_syscall_number(const char *name);
 /// buffer the caller frees: its length in bytes (a multiple of 8), or -errno.
 long csandbox_export_program(void *ctx, uint8_t **out);
 /// Installs a compiled program on the calling thread: PR_SET_NO_NEW_PRIVS, then
-/// seccomp(SECCOMP_SET_MODE_FILTER) - one syscall each, nothing compiled. 0 or -errno.
+/// seccomp(SECCOMP_SET_MODE_FILTER) (or prctl(PR_SET_SECCOMP) where seccomp(2) is refused),
+/// nothing compiled. 0 or -errno.
 int csandbox_load_program(const uint8_t *program, size_t length);
 
 /// Used by a test hook: allocates and frees 6 MB in 100 kB blocks, 50 times, on the calling thread.
