@@ -191,7 +191,7 @@ for l in sys.stdin:
         print("  JSON:", {k: r[k] for k in ("MESSAGE", "VM_NAME", "VM_PID", "VM_CONSOLE", "_SYSTEMD_UNIT", "_SYSTEMD_CGROUP") if k in r}); break'
 journal_has "'IDLE_READY' in r.get('MESSAGE','') and r.get('_SYSTEMD_CGROUP')=='/system.slice/rtvisord.service/vm-example'" -u rtvisord VM_NAME=example \
 	|| fail "the console line was not logged from the VM's cgroup"
-journal_has "r.get('RTVISOR_EVENT')=='vm-started' and r.get('MESSAGE_ID') and r.get('VM_STATE')=='running' and r.get('CODE_FILE','').endswith('Supervisor.swift') and r.get('CODE_LINE')" -u rtvisord VM_NAME=example \
+journal_has "r.get('RTVISOR_EVENT')=='vm-started' and r.get('MESSAGE_ID') and r.get('VM_STATE')=='running' and r.get('CODE_FILE','').split('/')[-1].startswith('Supervisor') and r.get('CODE_LINE')" -u rtvisord VM_NAME=example \
 	|| fail "vm-started event lacks MESSAGE_ID/VM_STATE/CODE_FILE/CODE_LINE"
 
 step "the broken definition is reported with file, JSON path and reason, and skipped"

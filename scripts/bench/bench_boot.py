@@ -129,6 +129,22 @@ def main():
             (r_t if who == "r" else q_t).append(t * 1000)
     rows.append(("inmate `hello`: process start → marker (ms)", med(r_t), med(q_t)))
 
+    # 1b. Where rtvisor's start-up time goes: --trace-startup, origin = just before the spawn.
+    steps = {}
+    step_re = re.compile(r"startup trace \(ms\): (.*); total ([0-9.]+)")
+    for i in range(a.runs):
+        cmd = rtvisor_cmd(a.vmm, tmp, "hello", hello, "bench=1", 64)
+        cmd = [("notice" if x == "error" else x) for x in cmd]  # the trace is logged at notice
+        cmd = cmd[:1] + ["--trace-startup", "--trace-origin-ns", str(time.monotonic_ns())] + cmd[1:]
+        p = subprocess.run(cmd, capture_output=True, text=True, stdin=subprocess.DEVNULL, timeout=60)
+        m = step_re.search(p.stderr)
+        if not m:
+            continue
+        for part in m.group(1).split(", "):
+            name, _, ms = part.rpartition(" ")
+            steps.setdefault(name, []).append(float(ms))
+        steps.setdefault("total (to the boot marker)", []).append(float(m.group(2)))
+
     # 2. Memory overhead while a guest runs (pioloop with a huge count keeps it busy).
     mem = {"r": ([], []), "q": ([], [])}
     for i in range(max(3, a.runs // 3)):
@@ -186,6 +202,11 @@ def main():
             f.write(f"| {name} | {r:.2f} | {q:.2f} (QEMU) | {r / q:.2f}× |\n")
         name, r, c = exit_row
         f.write(f"| {name} | {r:.2f} | {c:.2f} (C loop) | {r / c:.2f}× |\n")
+        if steps:
+            f.write(f"\nrtvisor's start-up, step by step (`--trace-startup`, medians of {a.runs} runs, ms; "
+                    "the first step is exec, the Swift runtime and argument parsing):\n\n| step | ms |\n|---|---|\n")
+            for name, xs in steps.items():
+                f.write(f"| {name} | {med(xs):.2f} |\n")
     print(open(a.out).read().split("## bench-boot")[-1])
 
 
