@@ -237,7 +237,7 @@ public final class Machine: @unchecked Sendable {
         }
         while !sandboxGate.load(ordering: .acquiring) { sched_yield() }
         vcpu.bindToCurrentThread()
-        if vcpu.id == 0 { options.trace.mark("vCPU 0's filter, first KVM_RUN") }
+        if vcpu.id == 0 { options.trace.mark("vCPU 0's filter and first KVM_RUN") }
         // Exit counts by kind and address, logged at debug level when the vCPU ends: where a
         // guest's exits go is the first question of any performance investigation.
         var exitCounts: [String: Int] = [:]

@@ -38,7 +38,7 @@ struct RtvisorVMM: ParsableCommand {
         let started = monotonicNanoseconds()
         let launch = arguments.launch
         let trace = StartupTrace(enabled: launch.traceStartup, origin: launch.traceOrigin ?? started)
-        if launch.traceOrigin != nil { trace.mark("exec, runtime start, arguments", now: started) }
+        if launch.traceOrigin != nil { trace.mark("exec + runtime start + arguments", now: started) }
         // First, while this is the only thread: every later thread (vCPUs, console) and every
         // journal entry is then accounted to the VM's own cgroup.
         if let cgroup = launch.cgroup { joinCgroup(cgroup) }
@@ -57,7 +57,7 @@ struct RtvisorVMM: ParsableCommand {
                 return h
             }
         }
-        trace.mark("cgroup, logging")
+        trace.mark("cgroup and logging")
         let definition: VMDefinition
         do {
             definition = try loadDefinition(launch)
@@ -124,7 +124,7 @@ struct RtvisorVMM: ParsableCommand {
             // In the daemon's mode the console goes to the socket and the journal, not stdout.
             if launch.consoleLog == nil && launch.consoleJournal { consoleFD = -1 }
         }
-        trace.mark("signals, console")
+        trace.mark("signals and console")
         let machine: Machine
         do {
             var tap: (@Sendable (UInt8) -> Void)? = nil
