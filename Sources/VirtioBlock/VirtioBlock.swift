@@ -37,6 +37,8 @@ public struct BlockDeviceSettings: Sendable {
 /// Counters for logs and metrics.
 public struct BlockStatistics: Sendable, Equatable {
     public var readRequests = 0, writeRequests = 0, flushes = 0, errors = 0
+    /// fdatasync calls: one per FLUSH request, and one per write while the driver works write-through.
+    public var syncs = 0
     public var bytesRead: UInt64 = 0, bytesWritten: UInt64 = 0
 }
 
@@ -56,6 +58,9 @@ public final class VirtioBlock: VirtioDevice {
 
     private let state = Mutex<ActiveQueue?>(nil)
     private let stats = Mutex(BlockStatistics())
+    /// The driver did not negotiate VIRTIO_BLK_F_FLUSH: by the spec it may then assume every
+    /// completed write is durable, so each write is synced before it completes (virtio 5.2.6.2).
+    private let writeThrough = Atomic<Bool>(false)
 
     public init(name: String, image: BlockImage, settings: BlockDeviceSettings = BlockDeviceSettings()) {
         self.name = name
@@ -89,6 +94,7 @@ public final class VirtioBlock: VirtioDevice {
 
     public func activate(_ a: VirtioActivation) throws {
         guard let q = a.queues.first, q.ready else { throw VirtQueueError.notReady }
+        writeThrough.store(!image.readOnly && a.features & VirtioBlockProtocol.featureFlush == 0, ordering: .relaxed)
         state.withLock { $0 = ActiveQueue(memory: a.memory, queue: q, interrupt: a.interrupt) }
     }
 
@@ -150,11 +156,12 @@ public final class VirtioBlock: VirtioDevice {
             var segments: [(address: GuestAddress, length: Int)] = []
             try reader.forEachSegment(Int(count)) { segments.append(($0, $1)) }
             try image.write(from: memory, segments: segments, offset: offset)
+            try syncIfWriteThrough()
             stats.withLock { $0.writeRequests += 1; $0.bytesWritten += count }
             return P.statusOK
         case P.typeFlush:
             // Acknowledged only once fdatasync returned: every earlier write is then durable.
-            if !image.readOnly { try image.flush() }
+            if !image.readOnly { try image.flush(); stats.withLock { $0.syncs += 1 } }
             stats.withLock { $0.flushes += 1 }
             return P.statusOK
         case P.typeGetID:
@@ -181,10 +188,17 @@ public final class VirtioBlock: VirtioDevice {
                     try image.writeZeroes(offset: offset, length: UInt64(count) * BlockImage.sectorSize, mayUnmap: flags & 1 != 0)
                 }
             }
+            try syncIfWriteThrough()
             return P.statusOK
         default:
             return P.statusUnsupported
         }
+    }
+
+    private func syncIfWriteThrough() throws {
+        guard writeThrough.load(ordering: .relaxed) else { return }
+        try image.flush()
+        stats.withLock { $0.syncs += 1 }
     }
 
     /// The byte offset of a transfer, if it is whole sectors and lies inside the disk.

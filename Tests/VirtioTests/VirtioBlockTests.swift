@@ -86,6 +86,22 @@ struct VirtioBlockTests {
         #expect(rig.device.statistics.bytesWritten == 1024)
     }
 
+    /// Without VIRTIO_BLK_F_FLUSH the driver may take a completed write as durable (virtio
+    /// 5.2.6.2): every write and write-zeroes is synced before it completes (issue 16). With
+    /// FLUSH negotiated, writes complete from the page cache and FLUSH syncs.
+    @Test func writesAreWriteThroughUnlessFlushIsNegotiated() throws {
+        let write = [QueueDriver.Buffer.readable(BlockRig.header(P.typeOut, sector: 0)), .readable([UInt8](repeating: 7, count: 512)), .writable(1)]
+        var through = try BlockRig(features: 0)
+        #expect(try through.request(write).status == P.statusOK)
+        #expect(try through.request(write).status == P.statusOK)
+        #expect(through.device.statistics.syncs == 2)
+        var cached = try BlockRig(features: P.featureFlush)
+        #expect(try cached.request(write).status == P.statusOK)
+        #expect(cached.device.statistics.syncs == 0)
+        #expect(try cached.request([.readable(BlockRig.header(P.typeFlush, sector: 0)), .writable(1)]).status == P.statusOK)
+        #expect(cached.device.statistics.syncs == 1)
+    }
+
     @Test func flushGetIDAndUnknownType() throws {
         var rig = try BlockRig(serial: "disk-0001")
         #expect(try rig.request([.readable(BlockRig.header(P.typeFlush, sector: 0)), .writable(1)]).status == P.statusOK)
