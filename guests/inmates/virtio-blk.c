@@ -10,6 +10,11 @@
  *   readonly         expects VIRTIO_BLK_F_RO: a read works, a write fails
  *   zeroes           WRITE_ZEROES (read back zeros) and DISCARD, if offered
  *   bench            4 KiB random reads, 1 MiB sequential reads and writes
+ *   durable          sector by sector from blk.start: write it, FLUSH, print
+ *                    "ACK <sector>" (the host kills the VMM at a random moment
+ *                    and checks every acknowledged sector, scripts/durability.sh);
+ *                    blk.flush=0 leaves FLUSH unnegotiated (the device is then
+ *                    write-through and each write is acknowledged on its own)
  *   hostile          two disks: malformed chains on disk 0 (NEEDS_RESET, reset,
  *                    re-init, I/O again), bad requests (error statuses), disk 1
  *                    keeps working throughout
@@ -874,8 +879,10 @@ void inmate_main(void)
 	seed = (u32)cmdline_get_u64("blk.seed", 1);
 	timeout_us = cmdline_get_u64("blk.timeout_ms", 5000) * 1000;
 	if (strcmp(mode, "write") && strcmp(mode, "verify") && strcmp(mode, "readonly") &&
-	    strcmp(mode, "zeroes") && strcmp(mode, "bench") && strcmp(mode, "hostile"))
-		inmate_fail(EXIT_CONFIG, "unknown blk.mode=%s (write, verify, readonly, zeroes, bench, hostile)", mode);
+	    strcmp(mode, "zeroes") && strcmp(mode, "bench") && strcmp(mode, "hostile") && strcmp(mode, "durable"))
+		inmate_fail(EXIT_CONFIG, "unknown blk.mode=%s (write, verify, readonly, zeroes, bench, hostile, durable)", mode);
+	if (!cmdline_get_u64("blk.flush", 1))
+		want &= ~(1ULL << VIRTIO_BLK_F_FLUSH);
 	calibrated = timer_init();
 	printk("virtio-blk: mode %s, TSC %lu kHz%s\n", mode, tsc_khz, calibrated ? "" : " (assumed)");
 
@@ -900,6 +907,15 @@ void inmate_main(void)
 		mode_zeroes(start, sectors);
 	} else if (!strcmp(mode, "bench")) {
 		mode_bench(start);
+	} else if (!strcmp(mode, "durable")) {
+		check_range(start, sectors);
+		for (u64 s = start; s < start + sectors; s++) {
+			write_chunk(s, 1, 1, NULL);
+			if (virtio_has(dev, VIRTIO_BLK_F_FLUSH))
+				expect_ok(blk_request(VIRTIO_BLK_T_FLUSH, 0, NULL, 0), "flush", s, 1);
+			printk("ACK %lu\n", s);
+		}
+		printk("INMATE virtio-blk OK: durable: %lu sectors acknowledged\n", sectors);
 	} else if (!strcmp(mode, "verify")) {
 		check_range(start, sectors);
 		fnv = walk(start, sectors, false, false, false);
