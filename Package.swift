@@ -153,7 +153,7 @@ let package = Package(
         .testTarget(name: "ConfigTests", dependencies: ["Config", "Arch", "TestSupport"]),
         .testTarget(name: "PosixTests", dependencies: ["Posix", .product(name: "SystemPackage", package: "swift-system")]),
         .testTarget(name: "RealtimeTests", dependencies: ["Realtime", "Posix", "TestSupport"]),
-        .testTarget(name: "VirtioTests", dependencies: ["Virtio", "VirtioBlock", "VirtioNet", "Memory", "Posix", "TestSupport",
+        .testTarget(name: "VirtioTests", dependencies: ["Virtio", "VirtioBlock", "VirtioNet", "Memory", "Posix", "CLinux", "TestSupport",
                                                    .product(name: "SystemPackage", package: "swift-system")]),
         .testTarget(name: "VFIOTests", dependencies: ["VFIO", "PCI", "CKVM", "TestSupport", .product(name: "SystemPackage", package: "swift-system")]),
         .testTarget(name: "PCITests", dependencies: ["PCI", "Virtio", "Devices", "Memory", "Posix", "TestSupport"]),

@@ -99,3 +99,18 @@ int clinux_get_scheduler(int tid, int *policy, int *priority) {
 }
 
 int clinux_lock_all_memory(void) { return mlockall(MCL_CURRENT | MCL_FUTURE); }
+
+int clinux_ofd_lock(int fd, long long start, int exclusive, int test_only) {
+	struct flock fl;
+	memset(&fl, 0, sizeof fl);
+	fl.l_type = exclusive ? F_WRLCK : F_RDLCK;
+	fl.l_whence = SEEK_SET;
+	fl.l_start = (off_t)start;
+	fl.l_len = 1;
+	if (test_only) {
+		if (fcntl(fd, F_OFD_GETLK, &fl) != 0) return -errno;
+		return fl.l_type == F_UNLCK ? 0 : 1;
+	}
+	if (fcntl(fd, F_OFD_SETLK, &fl) == 0) return 0;
+	return (errno == EAGAIN || errno == EACCES) ? 1 : -errno;
+}

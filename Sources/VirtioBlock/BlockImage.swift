@@ -16,7 +16,9 @@ public struct BlockImageError: Error, Equatable, CustomStringConvertible {
 
 /// A raw disk image (a regular file or a block device) backing one virtio-blk device.
 /// Opened once with an advisory lock: exclusive for read-write, shared for read-only, so two VMs
-/// can share a read-only image but never a writable one.
+/// can share a read-only image but never a writable one; with QEMU's byte-range locks too, so
+/// neither can QEMU (or qemu-img) and rtvisor; a writable block device is opened `O_EXCL`
+/// (refused while mounted or held by another exclusive opener).
 public final class BlockImage: Sendable {
     public let path: String
     public let fd: FileDescriptor
@@ -40,12 +42,14 @@ public final class BlockImage: Sendable {
         self.path = path
         self.readOnly = readOnly
         self.directIO = directIO
-        var flags = (readOnly ? O_RDONLY : O_RDWR) | O_CLOEXEC
+        // O_EXCL without O_CREAT: ignored for files, exclusive for block devices.
+        var flags = (readOnly ? O_RDONLY : O_RDWR | O_EXCL) | O_CLOEXEC
         if directIO { flags |= CLINUX_O_DIRECT }
         let raw = open(path, flags)
         guard raw >= 0 else {
             let e = errno
             var reason = errnoMessage(e)
+            if e == EBUSY && !readOnly { reason += " (a block device that is mounted or held by another exclusive opener)" }
             if e == EINVAL && directIO { reason += " (the file system does not support O_DIRECT; set direct_io to false)" }
             throw BlockImageError(path: path, reason: "cannot open disk image: \(reason)")
         }
@@ -72,6 +76,9 @@ public final class BlockImage: Sendable {
                                 : "disk image is in use by another process (another VM?); a writable image is exclusive")
                     : "cannot lock disk image: \(errnoMessage(e))")
             }
+            if let holder = QEMUImageLocks.take(fd: raw, readOnly: readOnly) {
+                throw BlockImageError(path: path, reason: holder)
+            }
             bytes -= bytes % Self.sectorSize
             guard bytes > 0 else { throw BlockImageError(path: path, reason: "disk image is smaller than one 512-byte sector") }
             self.size = bytes
@@ -83,6 +90,34 @@ public final class BlockImage: Sendable {
     }
 
     deinit { try? fd.close() }
+
+    /// QEMU's image locking (its block/file-posix.c, "image locking"): open-file-description read
+    /// locks on byte 100 + n for each permission n a user holds, and 200 + n for each it does not
+    /// let others hold (n: 0 consistent read, 1 write, 3 resize). Taking the same bytes makes a
+    /// running VM's image refuse QEMU, qemu-img and rtvisor alike, and the other way round.
+    enum QEMUImageLocks {
+        static let held = 100, notShared = 200
+        static let consistentRead = 0, write = 1, resize = 3
+
+        /// Takes this user's bytes, then looks for a conflicting holder; nil or why not.
+        static func take(fd: Int32, readOnly: Bool) -> String? {
+            let mine = readOnly ? [held + consistentRead, notShared + write]
+                                : [held + consistentRead, held + write, notShared + write, notShared + resize]
+            for byte in mine {
+                let rc = clinux_ofd_lock(fd, Int64(byte), 0, 0)
+                if rc < 0 { return "cannot lock disk image (byte \(byte)): \(errnoMessage(-rc))" }
+            }
+            // Someone writing conflicts with us (we never let others write); someone not sharing
+            // writes conflicts with a writable disk.
+            var conflicts = [held + write]
+            if !readOnly { conflicts += [notShared + write, held + resize] }
+            for byte in conflicts where clinux_ofd_lock(fd, Int64(byte), 1, 1) == 1 {
+                return readOnly ? "disk image is in use read-write by another process (QEMU, qemu-img or another VM, by its image locks)"
+                                : "disk image is in use by another process (QEMU, qemu-img or another VM, by its image locks); a writable image is exclusive"
+            }
+            return nil
+        }
+    }
 
     public var sectors: UInt64 { size / Self.sectorSize }
 

@@ -11,7 +11,7 @@ import Glibc
 /// trickles bytes) must not use up the API's descriptors; root still gets in, idle ones are closed.
 @Suite struct ConnectionLimitTests {
     static let limits = HTTPServer.Limits(maxConnections: 10, reservedForRoot: 4, perUser: 100,
-                                          requestTimeout: .milliseconds(1500), idleTimeout: .milliseconds(1500))
+                                          requestTimeout: .seconds(3), idleTimeout: .seconds(3))
 
     /// A server on a socket anyone may open (so only the server's own limits stand).
     static func startServer() async throws -> (String, HTTPServer, Task<Void, Error>) {
@@ -47,7 +47,7 @@ import Glibc
     }
 
     /// More idle connections than the cap from uid 65534 (a separate process, through setpriv):
-    /// those over the cap are closed at once, root is still answered while the rest are held, and
+    /// those over the cap are closed at once (well before the 3 s timeout, whatever the load), root is still answered while the rest are held, and
     /// the held ones are closed after the request timeout.
     @Test(.enabled(if: getuid() == 0 && FileManager.default.isExecutableFile(atPath: "/usr/bin/setpriv")
                    && FileManager.default.isExecutableFile(atPath: "/usr/bin/python3"), "needs root, setpriv and python3"))
@@ -61,15 +61,15 @@ import Glibc
             for i in range(n):
                 s = socket.socket(socket.AF_UNIX); s.connect(path); socks.append(s); start[s] = time.monotonic()
             print("connected", flush=True)
-            end = time.monotonic() + 8
+            end = time.monotonic() + 20
             while len(closed) < n and time.monotonic() < end:
                 r, _, _ = select.select([s for s in socks if s not in closed], [], [], 0.05)
                 for s in r:
                     try: data = s.recv(1)
                     except OSError: data = b""
                     if data == b"": closed[s] = time.monotonic() - start[s]
-            fast = sum(1 for d in closed.values() if d < 0.8)
-            slow = sum(1 for d in closed.values() if d >= 0.8)
+            fast = sum(1 for d in closed.values() if d < 2.0)
+            slow = sum(1 for d in closed.values() if d >= 2.0)
             print(f"fast={fast} slow={slow} open={n - len(closed)}", flush=True)
             """
         let p = Process()
@@ -103,16 +103,16 @@ import Glibc
             defer { close(fd) }
             let started = Date()
             var line = Array("GET /v1/vms HTTP/1.1\r\nHost: x\r\n".utf8)
-            while Date().timeIntervalSince(started) < 6 {
+            while Date().timeIntervalSince(started) < 20 {
                 if line.withUnsafeBytes({ send(fd, $0.baseAddress, $0.count, Int32(MSG_NOSIGNAL)) }) < 0 { return Date().timeIntervalSince(started) }
                 line = Array("X-Slow: 1\r\n".utf8)
                 usleep(200_000)
             }
             return nil
         }
-        #expect(trickle.map { $0 >= 1.4 && $0 < 4 } == true, "trickling connection closed after \(String(describing: trickle)) s")
+        #expect(trickle.map { $0 >= 2.9 && $0 < 15 } == true, "trickling connection closed after \(String(describing: trickle)) s")
         let idle = await Self.onThread { () -> (String, Double) in
-            guard let fd = connectToUnixSocket(path, receiveTimeoutSeconds: 6) else { return ("", 0) }
+            guard let fd = connectToUnixSocket(path, receiveTimeoutSeconds: 20) else { return ("", 0) }
             defer { close(fd) }
             let request = Array("GET /v1/vms HTTP/1.1\r\nHost: x\r\n\r\n".utf8)
             _ = request.withUnsafeBytes { write(fd, $0.baseAddress, $0.count) }
@@ -121,7 +121,7 @@ import Glibc
             return (readUntilEnd(fd), Date().timeIntervalSince(started))
         }
         #expect(idle.0.hasPrefix("HTTP/1.1 200 OK") && idle.0.contains("keep-alive"))
-        #expect(idle.1 >= 1.4 && idle.1 < 4, "idle keep-alive connection closed after \(idle.1) s")
+        #expect(idle.1 >= 2.9 && idle.1 < 15, "idle keep-alive connection closed after \(idle.1) s")
         task.cancel()
         _ = await task.result
         await server.shutdown()

@@ -19,6 +19,9 @@ extern const unsigned long CLINUX_SIOCGIFHWADDR;
 
 // Each returns the call's result; on -1 errno is left for the caller.
 int clinux_ioctl_ptr(int fd, unsigned long request, void *arg);
+/// One byte of an open file description lock (F_OFD_SETLK, or F_OFD_GETLK with `test_only`):
+/// 0 taken (or free, when testing), 1 another description holds a conflicting lock, -errno.
+int clinux_ofd_lock(int fd, long long start, int exclusive, int test_only);
 int clinux_ioctl_val(int fd, unsigned long request, unsigned long arg);
 
 /// Opens a TAP device named `name` (empty: the kernel picks tapN) with IFF_NO_PI|IFF_VNET_HDR on
