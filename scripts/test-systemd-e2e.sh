@@ -112,6 +112,15 @@ sed -i 's/"idle.heartbeat=60"/"idle.heartbeat=2 vm=example"/; s/"stop_timeout_s"
 cat >"$ROOT/etc/rtvisor/vms/broken.json" <<'JSON'
 { "name": "broken", "memory_mib": 4, "kernel": "/nonexistent/vmlinux", "autostart": true }
 JSON
+# A VM with a writable disk in the unit's StateDirectory (/var/lib/rtvisor): the guest writes,
+# flushes and reads back; under ProtectSystem=strict only the StateDirectory is writable.
+mkdir -p "$ROOT/var/lib/rtvisor/images"
+install -m 0644 "$repo/build/inmates/virtio-blk.elf" "$ROOT/var/lib/rtvisor/virtio-blk.elf"
+truncate -s 1M "$ROOT/var/lib/rtvisor/images/disk.img"
+cat >"$ROOT/etc/rtvisor/vms/disk.json" <<'JSON'
+{ "name": "disk", "memory_mib": 32, "kernel": "/var/lib/rtvisor/virtio-blk.elf",
+  "cmdline": "blk.mode=write blk.sectors=64 blk.seed=7", "disks": [{ "path": "/var/lib/rtvisor/images/disk.img" }] }
+JSON
 linux=0
 guest=${RTVISOR_GUEST_LINUX:-${RTVISOR_CACHE:-$HOME/.cache/rtvisor}/guest-linux/current}
 if [ "${RTVISOR_SKIP_LINUX_BOOT:-0}" != 1 ] && [ -f "$guest/vmlinux" ] && [ -f "$guest/initramfs.cpio" ]; then
@@ -202,7 +211,8 @@ J -u rtvisord -o cat >"$work/journal.txt"; grep -m2 broken.json "$work/journal.t
 C rtvisorctl list --json | python3 -c '
 import json, sys
 d = json.load(sys.stdin)
-assert [v["name"] for v in d["vms"]] == ["example"], d
+assert [v["name"] for v in d["vms"]] == ["disk", "example"], d
+assert [v["state"] for v in d["vms"]] == ["stopped", "running"], d
 assert {p["path"] for p in d["invalid_definitions"]} == {"$.memory_mib", "$.kernel"}, d["invalid_definitions"]' || fail "rtvisorctl list --json"
 
 step "cgroup per VM under the delegated unit cgroup"
@@ -239,6 +249,13 @@ assert len(tasks) >= 3 and all(l.split()[-1] == "2" for l in tasks), tasks
 PY
 C test ! -e "/proc/$FRONT/root/etc/os-release" || fail "the API front sees the container's /etc"
 sed 's/^/  /' "$work/front.txt"
+
+step "a writable disk under /var/lib/rtvisor (the unit's StateDirectory)"
+C rtvisorctl start disk >/dev/null || fail "rtvisorctl start disk"
+disk_done() { journal_has "'INMATE virtio-blk PASS' in r.get('MESSAGE','')" -u rtvisord VM_NAME=disk; }
+until_ok 20 disk_done || { J -u rtvisord VM_NAME=disk -o cat | tail -20; fail "the guest could not write its disk under /var/lib/rtvisor"; }
+journal_has "'INMATE virtio-blk OK: wrote 64 sectors' in r.get('MESSAGE','')" -u rtvisord VM_NAME=disk || fail "no write confirmation from the disk guest"
+say "  guest wrote, flushed and read back 64 sectors of /var/lib/rtvisor/images/disk.img"
 
 step "systemctl reload after adding a definition"
 sed 's/"name": "example"/"name": "second"/; s/vm=example/vm=second/' "$ROOT/etc/rtvisor/vms/example.json" >"$ROOT/etc/rtvisor/vms/second.json"
