@@ -4,12 +4,10 @@
 # must be in the image. Half the trials negotiate FLUSH, half run the device write-through.
 #   scripts/durability.sh [--trials N] [--sectors N] [--seed N]     (RTVISOR_VMM=PATH: that VMM, no build)
 set -euo pipefail
-repo=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
-cd "$repo"
+cd "$(dirname "${BASH_SOURCE[0]}")/.."
 export PATH=/opt/swift/usr/bin:$PATH
-for pkg in build-essential python3; do
-	dpkg -s "$pkg" >/dev/null 2>&1 || { apt-get update -q; apt-get install -y -q "$pkg"; }
-done
+missing=$(for p in build-essential python3; do dpkg -s "$p" >/dev/null 2>&1 || echo "$p"; done)
+if [ -n "$missing" ]; then apt-get update -q && apt-get install -y -q $missing; fi
 [ -e /dev/kvm ] || { echo "SKIP: /dev/kvm is absent"; exit 0; }
 inmates=$(scripts/build-inmates.sh | tail -n 1)
 vmm=${RTVISOR_VMM:-}
