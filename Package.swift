@@ -123,7 +123,7 @@ let package = Package(
         ]),
         // Config: `validate` runs the definition parser locally, with the caller's permissions.
         .executableTarget(name: "rtvisorctl", dependencies: [
-            "APIModels", "CDaemonSupport", "Posix", "Config",
+            "APIModels", "VMMInterface", "CDaemonSupport", "Posix", "Config",
             .product(name: "ArgumentParser", package: "swift-argument-parser"),
         ]),
         // Test doubles and helpers several test targets share (a recording interrupt line, scratch
@@ -160,7 +160,7 @@ let package = Package(
         .testTarget(name: "KVMTests", dependencies: ["KVM", "Memory", "Arch"]),
         .testTarget(name: "SandboxTests", dependencies: ["Sandbox", "SandboxMode", "Config", "CSeccomp", "CSandbox", "CKVM", "TestSupport"]),
         .testTarget(name: "IntegrationTests", dependencies: [
-            "VMM", "Realtime", "Posix", "APIModels", "Daemon", "KVM", "PCI", "Sandbox", "API", "TestSupport",
+            "VMM", "VMMInterface", "Realtime", "Posix", "APIModels", "Daemon", "KVM", "PCI", "Sandbox", "API", "TestSupport",
             .product(name: "Logging", package: "swift-log"),
             .product(name: "SystemPackage", package: "swift-system"),
         ]),

@@ -1,5 +1,6 @@
 import CDaemonSupport
 import Journald
+import VMMInterface
 import Posix
 import Sandbox
 import Synchronization
@@ -42,6 +43,9 @@ final class ConsoleServer: @unchecked Sendable {
     private var clients: [Int32] = []
     private var backlog: [UInt8] = []
     private var lines: ConsoleJournal
+    /// Which client's keys reach the guest (one typing session; the others watch).
+    private var seat = ConsoleSeat()
+    private let vmName: String
 
     init(socketPath: String?, vmName: String, journal: JournalSink?, input: @escaping @Sendable (ArraySlice<UInt8>) -> Void) throws(VMMSetupError) {
         if let socketPath {
@@ -53,7 +57,7 @@ final class ConsoleServer: @unchecked Sendable {
         var p: [Int32] = [0, 0]
         guard cdaemon_pipe(&p) == 0 else { throw VMMSetupError("pipe2: \(errnoMessage())") }
         wakeRead = p[0]; wakeWrite = p[1]
-        self.journal = journal; self.input = input
+        self.journal = journal; self.input = input; self.vmName = vmName
         lines = ConsoleJournal(vmName: vmName, pid: getpid())
     }
 
@@ -124,20 +128,25 @@ final class ConsoleServer: @unchecked Sendable {
             let fd = fds[k].fd
             do {
                 let r = try retryInterrupted { buf.withUnsafeMutableBytes { read(fd, $0.baseAddress, $0.count) } }
-                if r > 0 { input(buf[0..<r]) } else { gone.append(fd) }
+                if r > 0 {
+                    let (toGuest, notices) = seat.input(buf[0..<r], from: fd, vm: vmName)
+                    if !toGuest.isEmpty { input(toGuest) }
+                    for n in notices where !send(Array(n.text.utf8)[...], to: n.client) { gone.append(n.client) }
+                } else { gone.append(fd) }
             } catch .resourceTemporarilyUnavailable {
             } catch {
                 gone.append(fd)
             }
         }
-        for fd in gone { close(fd); clients.removeAll { $0 == fd } }
+        for fd in Set(gone) { close(fd); clients.removeAll { $0 == fd }; seat.disconnected(fd) }
     }
 
     private func acceptClient() {
         let fd = cdaemon_accept(listenFD)
         guard fd >= 0 else { return }
         clients.append(fd)
-        if !backlog.isEmpty && !send(backlog[...], to: fd) { close(fd); clients.removeLast() }
+        seat.connected(fd)
+        if !backlog.isEmpty && !send(backlog[...], to: fd) { close(fd); clients.removeLast(); seat.disconnected(fd) }
     }
 
     private func drainPending() {
@@ -155,7 +164,7 @@ final class ConsoleServer: @unchecked Sendable {
         if backlog.count > Self.backlogLimit { backlog.removeFirst(backlog.count - Self.backlogLimit) }
         clients.removeAll { fd in
             if send(bytes[...], to: fd) { return false }
-            close(fd); return true
+            close(fd); seat.disconnected(fd); return true
         }
         guard journal != nil else { return }
         send(lines.feed(bytes, now: Self.now()))

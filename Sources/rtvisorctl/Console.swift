@@ -1,4 +1,5 @@
 import CDaemonSupport
+import VMMInterface
 import Posix
 #if canImport(Glibc)
 import Glibc
@@ -10,12 +11,14 @@ enum ConsoleAttach {
     static let detachByte: UInt8 = 0x1D  // Ctrl-]
 
     /// Returns when the socket closes (the VM stopped), on Ctrl-], or after `seconds`.
-    static func run(socketPath: String, seconds: Double?) throws -> String {
+    static func run(socketPath: String, seconds: Double?, takeOver: Bool = false) throws -> String {
         let fd = cdaemon_connect_unix(socketPath)
         guard fd >= 0 else {
             throw UnixHTTPClient.ClientError(description: "cannot connect to \(socketPath): \(errnoMessage()) (is the VM running?)")
         }
         defer { close(fd) }
+        // The console's typing seat (ConsoleSeat): --force takes it from whoever holds it.
+        if takeOver { try writeOrFail(fd, ConsoleSeat.takeOverRequest) }
         let tty = isatty(STDIN_FILENO) == 1
         var saved = [UInt8](repeating: 0, count: cdaemon_termios_size())
         let raw = tty && saved.withUnsafeMutableBytes { cdaemon_tty_raw(STDIN_FILENO, $0.baseAddress, $0.count) } == 0

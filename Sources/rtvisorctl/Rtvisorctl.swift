@@ -246,12 +246,14 @@ struct Console: ParsableCommand {
     @OptionGroup var vm: NameArgument
     @Option(help: "Detach after this many seconds (for scripts).")
     var timeout: Double?
+    @Flag(help: "Take over typing from another session (only one session's keys reach the guest; the others watch).")
+    var force = false
 
     func run() throws {
         var socketPath: String?
         try options.call("GET", "/v1/vms/\(pathComponent(vm.name))", as: VMDetail.self) { d in socketPath = d.consoleSocket }
         guard let socketPath, !options.json else { return }
-        do { _ = try ConsoleAttach.run(socketPath: socketPath, seconds: timeout) } catch {
+        do { _ = try ConsoleAttach.run(socketPath: socketPath, seconds: timeout, takeOver: force) } catch {
             writeErr("rtvisorctl: \(error)\n")
             throw ExitCode(1)
         }

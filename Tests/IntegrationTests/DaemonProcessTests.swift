@@ -3,6 +3,7 @@ import Testing
 import Daemon
 import Posix
 import TestSupport
+import VMMInterface
 
 /// rtvisor-vmm's daemon-facing options and rtvisord itself, as real processes on /dev/kvm,
 /// without systemd (scripts/test-systemd-e2e.sh covers systemd and journald).
@@ -281,5 +282,49 @@ extension DaemonProcessTests {
             "\(dir)/bad.json: $.memory_mib: must be an integer from 8 to 1048576, got 1",
             "\(dir)/bad.json: $.kernel: \(dir)/missing: No such file or directory",
         ], "\(bad)")
+    }
+}
+
+extension DaemonProcessTests {
+    /// One typing session per console (issue 16): the first client to type holds it, a second is
+    /// told it is read-only, and `--force`'s request takes the seat, telling the holder.
+    @Test func aConsoleHasOneTypingSessionAndForceTakesItOver() throws {
+        let dir = try Self.shortTempDir()
+        defer { try? FileManager.default.removeItem(atPath: dir) }
+        let socket = dir + "/c.sock"
+        let config = try VMM.writeDefinition(VMM.definition(name: "seat", kernel: try Env.inmate("idle"), memoryMiB: 32, cmdline: "idle.heartbeat=0"),
+                                             in: URL(fileURLWithPath: dir))
+        let vmm = Process()
+        vmm.executableURL = URL(fileURLWithPath: Env.vmmBinary)
+        vmm.arguments = ["--config", config, "--no-console-input", "--console-socket", socket]
+        vmm.standardOutput = FileHandle.nullDevice
+        vmm.standardError = FileHandle.nullDevice
+        try vmm.run()
+        defer { kill(vmm.processIdentifier, SIGKILL) }
+        guard Self.waitFor(10, "console socket", { FileManager.default.fileExists(atPath: socket) }) else { return }
+        /// Reads from `fd` until `text` arrives or 5 s pass.
+        func received(_ fd: Int32, _ text: String) -> Bool {
+            var got: [UInt8] = []
+            var buf = [UInt8](repeating: 0, count: 4096)
+            let deadline = Date().addingTimeInterval(5)
+            while Date() < deadline {
+                let n = buf.withUnsafeMutableBytes { recv(fd, $0.baseAddress, $0.count, 0) }
+                if n > 0 { got += buf[0..<n] } else if n == 0 { break }
+                if String(decoding: got, as: UTF8.self).contains(text) { return true }
+            }
+            return false
+        }
+        guard let a = connectToUnixSocket(socket, receiveTimeoutSeconds: 1), let b = connectToUnixSocket(socket, receiveTimeoutSeconds: 1) else {
+            Issue.record("cannot connect to \(socket)"); return
+        }
+        defer { close(a); close(b) }
+        _ = "a".withCString { send(a, $0, 1, 0) }
+        usleep(200_000)
+        _ = "b".withCString { send(b, $0, 1, 0) }
+        #expect(received(b, "read-only here"), "the second session was not told it is read-only")
+        guard let c = connectToUnixSocket(socket, receiveTimeoutSeconds: 1) else { Issue.record("third connect"); return }
+        defer { close(c) }
+        _ = ConsoleSeat.takeOverRequest.withUnsafeBytes { send(c, $0.baseAddress, $0.count, 0) }
+        #expect(received(a, "took over"), "the holder was not told of the take-over")
     }
 }
