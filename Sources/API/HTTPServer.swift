@@ -66,6 +66,10 @@ public final class HTTPServer: Sendable {
                         channel.closeFuture.whenComplete { _ in limiter.release(peer) }
                         try channel.pipeline.syncOperations.configureHTTPServerPipeline(withErrorHandling: true)
                         try channel.pipeline.syncOperations.addHandler(RequestDeadlineHandler(requestTimeout: TimeAmount(limits.requestTimeout), idleTimeout: TimeAmount(limits.idleTimeout)))
+                    } else {
+                        // Only the encoder, for its one 503 answer: it is sent without a request
+                        // (the pipelining handler would refuse a response before one).
+                        try channel.pipeline.syncOperations.configureHTTPServerPipeline(withPipeliningAssistance: false, withErrorHandling: false)
                     }
                     return (try NIOAsyncChannel<HTTPServerRequestPart, HTTPServerResponsePart>(wrappingChannelSynchronously: channel), peer, admitted)
                 }
@@ -74,11 +78,16 @@ public final class HTTPServer: Sendable {
             try await server.executeThenClose { connections in
                 for try await (connection, peer, admitted) in connections {
                     guard admitted else {
-                        // Over the cap: closed unread (logged once per episode, not per connection).
+                        // Over the cap: answered 503 unread and closed (logged once per episode, not
+                        // per connection), so a client learns why rather than guessing.
                         if limiter.shouldLogRefusal() {
                             logger.warning("API connection limit reached (uid \(peer.map { String($0.uid) } ?? "?")): connections closed at once until some end")
                         }
-                        try? await connection.executeThenClose { _, _ in }
+                        try? await connection.executeThenClose { _, outbound in
+                            let headers: HTTPHeaders = ["Content-Length": "0", "Connection": "close", "Retry-After": "1"]
+                            try await outbound.write(.head(HTTPResponseHead(version: .http1_1, status: .serviceUnavailable, headers: headers)))
+                            try await outbound.write(.end(nil))
+                        }
                         continue
                     }
                     let refusal: String? = peer.map { access.allows($0) ? nil : access.refusal($0) } ?? "peer credentials unavailable"
