@@ -78,11 +78,16 @@ public enum Processes {
     /// the contract's `VMMLaunch`), found by reading /proc: a VMM is adopted even when the daemon
     /// that spawned it died before writing its state file.
     public static func vmms(running definition: String, procRoot: String = "/proc") -> [(pid: pid_t, launch: VMMLaunch)] {
+        vmms(procRoot: procRoot).filter { $0.launch.definition == definition }
+    }
+
+    /// Every rtvisor-vmm process with a VM launch on its command line, by pid: one pass over /proc.
+    public static func vmms(procRoot: String = "/proc") -> [(pid: pid_t, launch: VMMLaunch)] {
         HostFiles.list(procRoot).compactMap { entry -> (pid: pid_t, launch: VMMLaunch)? in
             guard let pid = pid_t(entry), let raw = HostFiles.read(procRoot + "/" + entry + "/cmdline") else { return nil }
             let argv = raw.split(separator: "\0", omittingEmptySubsequences: false).map(String.init).dropLast(raw.hasSuffix("\0") ? 1 : 0)
             guard let program = argv.first, program.hasSuffix("/rtvisor-vmm") || program == "rtvisor-vmm",
-                  let launch = try? VMMLaunch.parse(Array(argv.dropFirst())), launch.definition == definition else { return nil }
+                  let launch = try? VMMLaunch.parse(Array(argv.dropFirst())) else { return nil }
             return (pid, launch)
         }.sorted { $0.pid < $1.pid }
     }

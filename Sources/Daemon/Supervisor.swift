@@ -122,8 +122,15 @@ public actor Supervisor: VMControl {
     func adoptRunning() -> Set<String> {
         guard let dirs = try? FileManager.default.contentsOfDirectory(atPath: paths.vmsDirectory) else { return [] }
         var seen: Set<String> = []
+        // Read once, and only if some VM directory has no state file: every stopped VM's has none.
+        var running: [(pid: pid_t, launch: VMMLaunch)]?
         for name in dirs.sorted() {
-            guard let st = VMStateFile.read(paths.stateFile(name)) ?? orphanState(name) else { continue }
+            var st = VMStateFile.read(paths.stateFile(name))
+            if st == nil {
+                if running == nil { running = Processes.vmms() }
+                st = orphanState(name, among: running!)
+            }
+            guard let st else { continue }
             seen.insert(name)
             let alive = Processes.isAlive(st.pid, startTime: st.startTime)
             let copy = DefinitionDirectory.load(file: paths.definitionCopy(name), directory: st.baseDirectory, checkFiles: false)
@@ -151,8 +158,8 @@ public actor Supervisor: VMControl {
     /// A VMM running VM `name`'s definition copy without a state file: the previous rtvisord died
     /// between spawning it and writing the file. Its state is rebuilt from its command line and
     /// written, so it is adopted rather than a second VMM started.
-    func orphanState(_ name: String) -> VMStateFile? {
-        guard let found = Processes.vmms(running: paths.definitionCopy(name)).first,
+    func orphanState(_ name: String, among vmms: [(pid: pid_t, launch: VMMLaunch)]) -> VMStateFile? {
+        guard let found = vmms.first(where: { $0.launch.definition == paths.definitionCopy(name) }),
               let startTime = Processes.startTime(of: found.pid), let base = found.launch.baseDirectory else { return nil }
         let state = VMStateFile(pid: found.pid, startTime: startTime, definitionFile: records[name]?.loaded.file ?? paths.definitionCopy(name),
                                 baseDirectory: base, startedAt: Date().timeIntervalSince1970, restarts: 0, cgroup: found.launch.cgroup)
