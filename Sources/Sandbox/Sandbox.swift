@@ -21,7 +21,6 @@ public enum Sandbox {
         var mode: SeccompMode = .off
         var prepared = false
         var testTarget: String?
-        var passthrough = false
         /// Each kind's filter, compiled once by `prepare` (while nothing is filtered: compiling
         /// needs a memfd, which the filters do not allow) and installed on every thread of the kind.
         var programs: [ThreadKind: FilterProgram] = [:]
@@ -43,7 +42,7 @@ public enum Sandbox {
                 programs[kind] = try FilterProgram.compile(SeccompPolicy.rules(for: kind, passthrough: passthrough), defaultAction: defaultAction(mode))
             }
         }
-        state.withLock { $0 = State(mode: mode, prepared: true, testTarget: target, passthrough: passthrough, programs: programs) }
+        state.withLock { $0 = State(mode: mode, prepared: true, testTarget: target, programs: programs) }
         guard mode != .off else { return }
         var fd: Int32 = -1
         if let statusFile, mode == .enforce {
