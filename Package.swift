@@ -158,7 +158,7 @@ let package = Package(
         .testTarget(name: "VFIOTests", dependencies: ["VFIO", "PCI", "CKVM", "TestSupport", .product(name: "SystemPackage", package: "swift-system")]),
         .testTarget(name: "PCITests", dependencies: ["PCI", "Virtio", "Devices", "Memory", "Posix", "TestSupport"]),
         .testTarget(name: "KVMTests", dependencies: ["KVM", "Memory", "Arch"]),
-        .testTarget(name: "SandboxTests", dependencies: ["Sandbox", "SandboxMode", "Config", "CSeccomp", "CSandbox", "CKVM", "TestSupport"]),
+        .testTarget(name: "SandboxTests", dependencies: ["Sandbox", "SandboxMode", "Config", "VMMInterface", "CSeccomp", "CSandbox", "CKVM", "TestSupport"]),
         .testTarget(name: "IntegrationTests", dependencies: [
             "VMM", "VMMInterface", "Realtime", "Posix", "APIModels", "Daemon", "KVM", "PCI", "Sandbox", "API", "TestSupport",
             .product(name: "Logging", package: "swift-log"),

@@ -10,6 +10,7 @@
 #include <sys/syscall.h>
 #include <sys/stat.h>
 #include <sys/un.h>
+#include <sys/wait.h>
 #include <termios.h>
 #include <unistd.h>
 
@@ -58,6 +59,70 @@ int cdaemon_spawn_with_fds(pid_t *pid, const char *path, char *const argv[], cha
 	posix_spawn_file_actions_destroy(&fa);
 	posix_spawnattr_destroy(&attr);
 	return r;
+}
+
+#ifndef CLONE_INTO_CGROUP
+#define CLONE_INTO_CGROUP 0x200000000ULL
+#endif
+#ifndef SYS_clone3
+#define SYS_clone3 435
+#endif
+struct cdaemon_clone_args {
+	uint64_t flags, pidfd, child_tid, parent_tid, exit_signal, stack, stack_size, tls, set_tid, set_tid_size, cgroup;
+};
+
+int cdaemon_spawn_into_cgroup(pid_t *pid, const char *path, char *const argv[], char *const envp[], int cgroup_fd)
+{
+	/* The child reports a failed exec through this pipe; a successful exec closes it. */
+	int report[2];
+	if (pipe2(report, O_CLOEXEC) != 0)
+		return -errno;
+	struct cdaemon_clone_args args;
+	memset(&args, 0, sizeof(args));
+	args.flags = CLONE_INTO_CGROUP;
+	args.exit_signal = SIGCHLD;
+	args.cgroup = (uint64_t)cgroup_fd;
+	long r = syscall(SYS_clone3, &args, sizeof(args));
+	if (r < 0) {
+		int e = errno;
+		close(report[0]);
+		close(report[1]);
+		return -e;
+	}
+	if (r == 0) {
+		/* The child of a multithreaded parent: async-signal-safe calls only. */
+		sigset_t empty;
+		sigemptyset(&empty);
+		int sigs[] = { SIGHUP, SIGINT, SIGTERM, SIGCHLD, SIGUSR1, SIGUSR2, SIGPIPE };
+		for (size_t i = 0; i < sizeof(sigs) / sizeof(sigs[0]); i++)
+			signal(sigs[i], SIG_DFL);
+		sigprocmask(SIG_SETMASK, &empty, NULL);
+		setsid();
+		int null = open("/dev/null", O_RDONLY);
+		if (null >= 0 && null != 0) {
+			dup2(null, 0);
+			close(null);
+		}
+		execve(path, argv, envp);
+		int e = errno;
+		(void)!write(report[1], &e, sizeof(e));
+		_exit(127);
+	}
+	close(report[1]);
+	int child_errno = 0;
+	ssize_t n;
+	do
+		n = read(report[0], &child_errno, sizeof(child_errno));
+	while (n < 0 && errno == EINTR);
+	close(report[0]);
+	if (n == (ssize_t)sizeof(child_errno)) {
+		int status;
+		while (waitpid((pid_t)r, &status, 0) < 0 && errno == EINTR)
+			;
+		return child_errno;
+	}
+	*pid = (pid_t)r;
+	return 0;
 }
 
 static socklen_t fill_addr(struct sockaddr_un *sa, const char *path)

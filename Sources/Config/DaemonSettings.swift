@@ -33,11 +33,16 @@ public struct DaemonSettings: Equatable, Sendable, Codable {
     public var restart = RestartSettings()
     /// How long a graceful stop (Ctrl-Alt-Del to the guest) may take before the VMM is stopped hard.
     public var stopTimeoutSeconds: Int = 30
-    public init(autostart: Bool = false, restart: RestartSettings = RestartSettings(), stopTimeoutSeconds: Int = 30) {
-        self.autostart = autostart; self.restart = restart; self.stopTimeoutSeconds = stopTimeoutSeconds
+    /// The VM's share of CPU time against other VMs under contention (cgroup v2 `cpu.weight`,
+    /// 1–10000; the kernel's default is 100). Applied by rtvisord where the cpu controller is
+    /// delegated (docs/daemon.md, "cgroups").
+    public var cpuWeight: Int?
+    public init(autostart: Bool = false, restart: RestartSettings = RestartSettings(), stopTimeoutSeconds: Int = 30, cpuWeight: Int? = nil) {
+        self.autostart = autostart; self.restart = restart; self.stopTimeoutSeconds = stopTimeoutSeconds; self.cpuWeight = cpuWeight
     }
 
-    static let keys: Set<String> = ["autostart", "restart", "stop_timeout_s"]
+    public static let cpuWeightRange = 1...10_000
+    static let keys: Set<String> = ["autostart", "restart", "stop_timeout_s", "cpu_weight"]
 }
 
 extension Validator {
@@ -48,6 +53,7 @@ extension Validator {
             if case let .bool(b) = v { s.autostart = b } else { fail("$.autostart", "must be true or false, got \(v.kindDescription)") }
         }
         if let t = integer(o, "stop_timeout_s", range: 1...3600) { s.stopTimeoutSeconds = t }
+        s.cpuWeight = integer(o, "cpu_weight", range: DaemonSettings.cpuWeightRange)
         guard let r = o["restart"] else { return s }
         let policies = RestartPolicyKind.allCases.map { "\"\($0.rawValue)\"" }.joined(separator: ", ")
         switch r {

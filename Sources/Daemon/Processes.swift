@@ -49,6 +49,32 @@ public enum Processes {
         return pid
     }
 
+    /// Starts a VMM in its VM cgroup (v2) from the start, with `CLONE_INTO_CGROUP`: joining it
+    /// afterwards waits for an RCU grace period under the kernel's global cgroup lock (10–30 ms
+    /// on a nested host). Where the kernel cannot (no clone3, not a v2 directory), it starts the
+    /// VMM normally and `arguments(true)` asks it to join the cgroup itself (`--cgroup`).
+    public static func spawnVMM(executable: String, environment: [String], cgroup: String?,
+                                arguments: (_ joinItself: Bool) -> [String]) throws(SpawnError) -> pid_t {
+        if let cgroup {
+            let dirFD = open(cgroup, O_RDONLY | O_DIRECTORY | O_CLOEXEC)
+            if dirFD >= 0 {
+                defer { close(dirFD) }
+                let argv = [executable] + arguments(false)
+                var pid: pid_t = 0
+                let cArgv = argv.map { strdup($0) } + [nil]
+                let cEnv = environment.map { strdup($0) } + [nil]
+                defer { cArgv.forEach { free($0) }; cEnv.forEach { free($0) } }
+                let r = cArgv.withUnsafeBufferPointer { a in
+                    cEnv.withUnsafeBufferPointer { e in cdaemon_spawn_into_cgroup(&pid, executable, a.baseAddress, e.baseAddress, dirFD) }
+                }
+                if r == 0 { return pid }
+                // > 0: the exec failed (the same error a normal spawn would give); < 0: clone3 did.
+                if r > 0 { throw SpawnError(errno: Errno(rawValue: r), path: executable) }
+            }
+        }
+        return try spawn([executable] + arguments(cgroup != nil), environment: environment)
+    }
+
     /// Blocking work (waitpid, a child's pipe) on its own thread, not a cooperative one.
     public static func offThePool<T: Sendable>(_ work: @escaping @Sendable () -> T) async -> T {
         await withCheckedContinuation { c in
@@ -117,55 +143,6 @@ public enum Processes {
         guard (try? retryInterrupted { waitpid(pid, &status, 0) }) != nil else { return .unknown }
         if status & 0x7f == 0 { return .exited((status >> 8) & 0xff) }
         return .signaled(status & 0x7f)
-    }
-}
-
-/// The daemon's own cgroup (v2) and one child cgroup per VM under it, which `Delegate=yes`
-/// allows. Best effort: without a writable cgroup the VMM stays in the daemon's cgroup.
-public struct CgroupPlacement: Sendable {
-    public let base: String?
-
-    public init(procSelfCgroup: String? = try? String(contentsOfFile: "/proc/self/cgroup", encoding: .utf8),
-                mountPoint: String = "/sys/fs/cgroup") {
-        guard let text = procSelfCgroup,
-              let line = text.split(separator: "\n").first(where: { $0.hasPrefix("0::") }) else { base = nil; return }
-        let path = String(line.dropFirst(3))
-        let dir = mountPoint + (path == "/" ? "" : path)
-        base = access(dir + "/cgroup.procs", W_OK) == 0 ? dir : nil
-    }
-
-    /// The systemd unit this process runs in (the last `*.service` component of its cgroup).
-    public static func unitName(procSelfCgroup: String? = try? String(contentsOfFile: "/proc/self/cgroup", encoding: .utf8)) -> String? {
-        guard let text = procSelfCgroup,
-              let line = text.split(separator: "\n").first(where: { $0.hasPrefix("0::") }) ?? text.split(separator: "\n").first(where: { $0.contains("name=systemd:") })
-        else { return nil }
-        return line.split(separator: "/").last(where: { $0.hasSuffix(".service") }).map(String.init)
-    }
-
-    /// Creates `<base>/vm-NAME` for a VMM to join (`rtvisor-vmm --cgroup`, before it starts
-    /// any thread); nil when there is no writable cgroup.
-    public func prepare(vm name: String) -> String? {
-        guard let base else { return nil }
-        let dir = base + "/vm-" + name
-        if mkdir(dir, 0o755) != 0 && errno != EEXIST { return nil }
-        return dir
-    }
-
-    /// Moves `pid` into `<base>/vm-NAME`; returns the cgroup directory, or nil.
-    public func place(pid: pid_t, vm name: String) -> String? {
-        guard let dir = prepare(vm: name) else { return nil }
-        do {
-            try "\(pid)\n".write(toFile: dir + "/cgroup.procs", atomically: false, encoding: .utf8)
-            return dir
-        } catch {
-            return nil
-        }
-    }
-
-    /// Removes an empty VM cgroup (fails harmlessly while processes remain).
-    public func remove(vm name: String) {
-        guard let base else { return }
-        rmdir(base + "/vm-" + name)
     }
 }
 

@@ -88,13 +88,21 @@ extension Supervisor {
                 return .spawnFailed(reason: refusal)
             }
         }
-        let cgroup = cgroups.prepare(vm: name)
+        let definition = r.loaded.definition
+        let limits = CgroupPlacement.Limits(memoryBytes: VMResourceLimits.memoryBytes(guestMiB: definition.memoryMiB),
+                                            tasks: VMResourceLimits.tasks(vcpus: definition.vcpus, nets: definition.nets.count),
+                                            cpuWeight: definition.daemon.cpuWeight)
+        let placed = cgroups.prepare(vm: name, limits: cgroups.inSupervisorLeaf ? limits : nil)
+        if let notes = placed?.notes, !notes.isEmpty { logger.warning("VM \(name): cgroup limits: \(notes.joined(separator: "; "))") }
+        let cgroup = placed?.directory
         try? FileManager.default.removeItem(atPath: paths.latencyFile(name))
-        let launch = paths.vmmLaunch(name, baseDirectory: r.loaded.directory, cgroup: cgroup,
-                                     latencyProbe: (r.loaded.definition.realtime?.latencyProbeMicroseconds ?? 0) > 0)
+        let latencyProbe = (definition.realtime?.latencyProbeMicroseconds ?? 0) > 0
+        let environment = ["PATH=/usr/sbin:/usr/bin:/sbin:/bin"]
         let pid: pid_t
         do {
-            pid = try Processes.spawn([paths.vmm] + launch.arguments, environment: ["PATH=/usr/sbin:/usr/bin:/sbin:/bin"])
+            pid = try Processes.spawnVMM(executable: paths.vmm, environment: environment, cgroup: cgroup) { joinItself in
+                paths.vmmLaunch(name, baseDirectory: r.loaded.directory, cgroup: joinItself ? cgroup : nil, latencyProbe: latencyProbe).arguments
+            }
         } catch {
             return .spawnFailed(reason: "\(error)")
         }

@@ -99,6 +99,7 @@ public actor Supervisor: VMControl {
         for d in [paths.run, paths.vmsDirectory] {
             try? FileManager.default.createDirectory(atPath: d, withIntermediateDirectories: true, attributes: [.posixPermissions: 0o755])
         }
+        if cgroups.base != nil { logger.notice("\(cgroups.enableControllers())") }
         let scan = DefinitionDirectory.scan(directory: paths.definitions)
         invalid = scan.problems
         reportInvalid(scan.problems)
@@ -162,7 +163,7 @@ public actor Supervisor: VMControl {
         guard let found = vmms.first(where: { $0.launch.definition == paths.definitionCopy(name) }),
               let startTime = Processes.startTime(of: found.pid), let base = found.launch.baseDirectory else { return nil }
         let state = VMStateFile(pid: found.pid, startTime: startTime, definitionFile: records[name]?.loaded.file ?? paths.definitionCopy(name),
-                                baseDirectory: base, startedAt: Date().timeIntervalSince1970, restarts: 0, cgroup: found.launch.cgroup)
+                                baseDirectory: base, startedAt: Date().timeIntervalSince1970, restarts: 0, cgroup: found.launch.cgroup ?? cgroups.directory(of: found.pid))
         try? state.write(to: paths.stateFile(name))
         event(.vmAdopted, .warning, "VM \(name): rtvisor-vmm PID \(found.pid) runs its definition but left no state file (the previous rtvisord ended between starting it and recording it): adopting it",
               vm: name, pid: found.pid)

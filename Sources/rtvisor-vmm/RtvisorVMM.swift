@@ -86,8 +86,8 @@ struct RtvisorVMM: ParsableCommand {
 
         // Memory and task limits (docs/sandbox.md), while root and before guest RAM exists.
         if launch.jail && geteuid() == 0 {
-            let limits = ResourceCgroup().apply(vm: definition.name, memoryBytes: ResourceCgroup.memoryLimit(guestMiB: definition.memoryMiB),
-                                                tasks: ResourceCgroup.taskLimit(vcpus: definition.vcpus, nets: definition.nets.count))
+            let limits = ResourceCgroup().apply(vm: definition.name, memoryBytes: VMResourceLimits.memoryBytes(guestMiB: definition.memoryMiB),
+                                                tasks: VMResourceLimits.tasks(vcpus: definition.vcpus, nets: definition.nets.count))
             logger.info("resource limits: \(limits.joined(separator: "; "))")
             trace.mark("resource limits")
         }

@@ -200,6 +200,8 @@ struct DefinitionIssueTests {
         ("memory_mib", "7", "must be an integer from 8 to 1048576, got 7"),
         ("memory_mib", "1048577", "must be an integer from 8 to 1048576, got 1048577"),
         ("memory_mib", "0", "must be an integer from 8 to 1048576, got 0"),
+        ("cpu_weight", "0", "must be an integer from 1 to 10000, got 0"),
+        ("cpu_weight", "10001", "must be an integer from 1 to 10000, got 10001"),
     ])
     func outOfRange(key: String, value: String, reason: String) throws {
         let ws = try Workspace()

@@ -109,11 +109,12 @@ import TestSupport
     @Test func restartObjectFullyParsed() throws {
         let dir = try makeTemporaryDirectory("rtvisord-test")
         let json = definitionJSON(name: "x", kernel: try makeKernel(in: dir), extra: """
-        "autostart": true, "stop_timeout_s": 7,
+        "autostart": true, "stop_timeout_s": 7, "cpu_weight": 400,
         "restart": {"policy": "always", "limit": 3, "window_s": 60, "backoff_ms": 250, "backoff_max_ms": 4000}
         """)
         let d = try VMDefinition.parse(Data(json.utf8), file: "f", baseDirectory: dir)
-        #expect(d.daemon == DaemonSettings(autostart: true, restart: RestartSettings(policy: .always, limit: 3, windowSeconds: 60, backoffMs: 250, backoffMaxMs: 4000), stopTimeoutSeconds: 7))
+        #expect(d.daemon == DaemonSettings(autostart: true, restart: RestartSettings(policy: .always, limit: 3, windowSeconds: 60, backoffMs: 250, backoffMaxMs: 4000),
+                                           stopTimeoutSeconds: 7, cpuWeight: 400))
     }
 
     @Test func badDaemonFieldsReportedWithPaths() throws {

@@ -10,17 +10,4 @@ import Testing
         #expect(!SystemdJobs.jobListShowsRestart("1234 other.service restart running\n", unit: "rtvisord.service"))
         #expect(!SystemdJobs.jobListShowsRestart("", unit: "rtvisord.service"))
     }
-
-    @Test func unitNameFromProcSelfCgroup() {
-        #expect(CgroupPlacement.unitName(procSelfCgroup: "0::/system.slice/rtvisord.service\n") == "rtvisord.service")
-        #expect(CgroupPlacement.unitName(procSelfCgroup: "0::/system.slice/rtvisord.service/vm-web\n") == "rtvisord.service")
-        #expect(CgroupPlacement.unitName(procSelfCgroup: "0::/user.slice/session-1.scope\n") == nil)
-        #expect(CgroupPlacement.unitName(procSelfCgroup: "12:name=systemd:/system.slice/x.service\n0::/\n") == nil)
-    }
-
-    @Test func cgroupPlacementNeedsAWritableCgroup() {
-        let p = CgroupPlacement(procSelfCgroup: "0::/no/such/group\n", mountPoint: "/nonexistent")
-        #expect(p.base == nil)
-        #expect(p.place(pid: 1, vm: "x") == nil)
-    }
 }

@@ -2,6 +2,7 @@ import Foundation
 import Posix
 import Sandbox
 import Testing
+import VMMInterface
 
 /// The VMM's privilege drop on the real /dev/kvm (docs/sandbox.md): once its guest runs, the
 /// VMM has its own uid, no capabilities in any thread, no_new_privs, a private root in which the
@@ -78,8 +79,8 @@ struct JailTests {
             let cgroups = HostFiles.read("/proc/\(pid)/cgroup") ?? ""
             #expect(cgroups.contains("memory:/rtvisor/jailed"), "\(cgroups)")
             #expect(cgroups.contains("pids:/rtvisor/jailed"), "\(cgroups)")
-            #expect(HostFiles.line("/sys/fs/cgroup/memory/rtvisor/jailed/memory.limit_in_bytes") == "\(ResourceCgroup.memoryLimit(guestMiB: 32))")
-            #expect(HostFiles.line("/sys/fs/cgroup/pids/rtvisor/jailed/pids.max") == "\(ResourceCgroup.taskLimit(vcpus: 1, nets: 0))")
+            #expect(HostFiles.line("/sys/fs/cgroup/memory/rtvisor/jailed/memory.limit_in_bytes") == "\(VMResourceLimits.memoryBytes(guestMiB: 32))")
+            #expect(HostFiles.line("/sys/fs/cgroup/pids/rtvisor/jailed/pids.max") == "\(VMResourceLimits.tasks(vcpus: 1, nets: 0))")
         }
 
         // It still works as a VMM: stop it, and it reports through the status file it owns.
@@ -87,6 +88,8 @@ struct JailTests {
         #expect(vmm.waitExit(seconds: 20))
         let reported = HostFiles.read(status) ?? ""
         #expect(reported.hasPrefix("143 "), "status file: \(reported)")
+        // A VMM run without rtvisord leaves its v1 groups (rtvisord removes them): tidy up.
+        for controller in ["memory", "pids"] { rmdir("/sys/fs/cgroup/\(controller)/rtvisor/jailed") }
     }
 
     @Test func uidsAreStablePerNameAndInTheirRange() {

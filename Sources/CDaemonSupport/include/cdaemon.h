@@ -17,6 +17,12 @@ int cdaemon_spawn(pid_t *pid, const char *path, char *const argv[], char *const 
 /// The same, with extra descriptors: fds[i] becomes descriptor 3 + i in the child.
 int cdaemon_spawn_with_fds(pid_t *pid, const char *path, char *const argv[], char *const envp[], int out_fd, int err_fd,
 			   const int *fds, int nfds);
+/// cdaemon_spawn, with the child created directly in the cgroup (v2) open as `cgroup_fd`
+/// (clone3 CLONE_INTO_CGROUP): no migration afterwards, which would wait for an RCU grace period
+/// under the kernel's global cgroup lock. Returns 0 and the pid; a positive errno when the exec
+/// failed; a negative errno when the child could not be created there (no clone3, not a cgroup
+/// v2 directory: the caller then spawns normally). glibc 2.36 has no posix_spawn for it.
+int cdaemon_spawn_into_cgroup(pid_t *pid, const char *path, char *const argv[], char *const envp[], int cgroup_fd);
 
 // Sends `data` as one datagram to the unix socket at `path` (abstract when it starts with '@').
 // Returns bytes sent or -1/errno. Used for $NOTIFY_SOCKET and the journal socket.
