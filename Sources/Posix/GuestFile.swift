@@ -20,12 +20,12 @@ public struct GuestFileError: Error, Equatable, CustomStringConvertible {
 /// The path is walked one name at a time from `/`, each name looked up with
 /// `openat(O_PATH | O_NOFOLLOW)` in the directory found before, so no other lookup of the path
 /// ever happens. A symlink is followed only if root owns it (an administrator's own links keep
-/// working; a user's link is the tool of the attack). A symlink or file with more than one
-/// link in a directory a non-root user can change must be that user's own (with
-/// fs.protected_hardlinks off, the user could have linked someone else's file there). The file
-/// found must be of a kind the field allows, judged before it is opened: a FIFO, a socket or a
-/// device is never opened at all. Everything after that goes through this descriptor: `open`
-/// reopens the same inode through `/proc/self/fd`, not the path.
+/// working; a user's link is the tool of the attack), or whoever runs the VMM when not root. A
+/// symlink or file with more than one link in a directory a non-root user can change must be
+/// that user's own (with fs.protected_hardlinks off, the user could have linked someone else's
+/// file there). The file found must be of a kind the field allows, judged before it is opened:
+/// a FIFO, a socket or a device is never opened at all. Everything after that goes through this
+/// descriptor: `open` reopens the same inode through `/proc/self/fd`, not the path.
 public final class GuestFile: Sendable {
     public enum Kind: Sendable, Hashable {
         case regularFile, blockDevice
@@ -55,8 +55,11 @@ public final class GuestFile: Sendable {
         self.device = UInt64(status.st_dev); self.inode = UInt64(status.st_ino)
     }
 
-    /// Finds `path` under the rules above; `kinds` are what `field` may name.
-    public static func locate(_ path: String, field: String, allowing kinds: Set<Kind>) throws(GuestFileError) -> GuestFile {
+    /// Finds `path` under the rules above; `kinds` are what `field` may name. `user` is who runs
+    /// the VMM: root under rtvisord, so only root's symlinks are followed; a VMM a user runs as
+    /// themselves follows their own links too (they lead nowhere that user could not open).
+    public static func locate(_ path: String, field: String, allowing kinds: Set<Kind>,
+                              user: uid_t = geteuid()) throws(GuestFileError) -> GuestFile {
         func refuse(_ reason: String) -> GuestFileError { GuestFileError(field: field, path: path, reason: reason) }
         guard path.hasPrefix("/") else { throw refuse("not an absolute path") }
         var walk = try Walk(refuse)
@@ -72,8 +75,9 @@ public final class GuestFile: Sendable {
             guard fstat(fd, &st) == 0 else { let e = errno; close(fd); throw refuse("fstat \(display(shown)): \(errnoMessage(e))") }
             if st.st_mode & S_IFMT == S_IFLNK {
                 defer { close(fd) }
-                guard st.st_uid == 0 else {
-                    throw refuse("the symlink \(display(shown)) is owned by uid \(st.st_uid); only root's symlinks are followed")
+                guard st.st_uid == 0 || st.st_uid == user else {
+                    let whose = user == 0 ? "root's" : "root's and uid \(user)'s (who runs this VMM)"
+                    throw refuse("the symlink \(display(shown)) is owned by uid \(st.st_uid); only \(whose) symlinks are followed")
                 }
                 if let reason = walk.foreignLink(st, named: "the symlink \(display(shown))") { throw refuse(reason) }
                 symlinks += 1

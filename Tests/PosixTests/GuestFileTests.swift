@@ -111,6 +111,19 @@ import Glibc
         #expect(e3?.reason == "the symlink \(link) is owned by uid 65534; only root's symlinks are followed")
     }
 
+    /// A VMM a user runs as themselves (not root) may follow that user's own links: they lead
+    /// nowhere the user could not open. Another user's link is still refused.
+    @Test(.enabled(if: isRoot, "a symlink of another user needs root to make"))
+    func aVMMRunByAUserFollowsThatUsersLinks() throws {
+        let s = try Scratch()
+        s.write("images/disk.img", "the user's image")
+        let link = s.symlink("disk.img", to: s.dir + "/images/disk.img", owner: Self.nobody)
+        let found = try GuestFile.locate(link, field: "$.disks[0].path", allowing: Self.disk, user: Self.nobody)
+        #expect(try Self.contents(found) == "the user's image")
+        let e = #expect(throws: GuestFileError.self) { try GuestFile.locate(link, field: "$.disks[0].path", allowing: Self.disk, user: 1000) }
+        #expect(e?.reason == "the symlink \(link) is owned by uid 65534; only root's and uid 1000's (who runs this VMM) symlinks are followed")
+    }
+
     /// A FIFO without a writer would block an open for reading forever; it is refused without
     /// being opened, as are sockets, devices and directories, including `/` through a symlink.
     @Test func fifosSocketsDevicesAndDirectoriesAreRefusedWithoutBeingOpened() throws {
