@@ -86,12 +86,13 @@ let package = Package(
             .product(name: "Logging", package: "swift-log"),
             .product(name: "SystemPackage", package: "swift-system"),
         ]),
+        // Test builds (debug) stop at a named step on request (RTVISOR_TEST_STOP_AT); release builds do not.
         .executableTarget(name: "rtvisor-vmm", dependencies: [
             "VMM", "VMMInterface", "Config", "Posix", "Journald", "CDaemonSupport", "Sandbox", "Realtime", "CLinux",
             .product(name: "ArgumentParser", package: "swift-argument-parser"),
             .product(name: "SystemPackage", package: "swift-system"),
             .product(name: "Logging", package: "swift-log"),
-        ]),
+        ], swiftSettings: [.define("RTVISOR_TEST_HOOKS", .when(configuration: .debug))]),
         // ---- daemon (issue 4) ----
         // C shim for the daemon side: pidfd, posix_spawn with setsid, SCM_RIGHTS, memfd.
         .target(name: "CDaemonSupport"),
@@ -148,7 +149,7 @@ let package = Package(
         // The VMM's logic that needs no /dev/kvm (exit dispatch).
         .testTarget(name: "VMMTests", dependencies: ["VMM", "KVM", "CKVM", "Devices", "Memory", "Arch"]),
         .testTarget(name: "MemoryTests", dependencies: ["Memory", "Arch"]),
-        .testTarget(name: "BootTests", dependencies: ["Boot", "Memory", "Arch", "TestSupport"]),
+        .testTarget(name: "BootTests", dependencies: ["Boot", "Memory", "Arch", "TestSupport", .product(name: "SystemPackage", package: "swift-system")]),
         .testTarget(name: "DevicesTests", dependencies: ["Devices", "TestSupport"]),
         .testTarget(name: "ConfigTests", dependencies: ["Config", "Arch", "TestSupport"]),
         .testTarget(name: "PosixTests", dependencies: ["Posix", .product(name: "SystemPackage", package: "swift-system")]),

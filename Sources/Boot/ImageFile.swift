@@ -10,21 +10,21 @@ public struct ImageFile: Sendable {
 
     public init(path: String, bytes: [UInt8]) { self.path = path; self.bytes = bytes }
 
-    public static func read(path: String) throws -> ImageFile {
-        let fd = open(path, O_RDONLY | O_CLOEXEC)
-        guard fd >= 0 else { throw BootError.cannotRead(path: path, reason: Errno(rawValue: errno).description) }
-        defer { close(fd) }
+    /// Reads a kernel or initrd through a descriptor opened for it (the VMM's `GuestFile`): the
+    /// loader never looks the path up, `path` only names the file in messages.
+    public static func read(from fd: FileDescriptor, path: String) throws -> ImageFile {
         var st = stat()
-        guard fstat(fd, &st) == 0 else { throw BootError.cannotRead(path: path, reason: Errno(rawValue: errno).description) }
+        guard fstat(fd.rawValue, &st) == 0 else { throw BootError.cannotRead(path: path, reason: Errno(rawValue: errno).description) }
         guard (st.st_mode & S_IFMT) == S_IFREG else { throw BootError.cannotRead(path: path, reason: "not a regular file") }
         let size = Int(st.st_size)
         var bytes = [UInt8](repeating: 0, count: size)
         var done = 0
         try bytes.withUnsafeMutableBytes { buf in
             while done < size {
-                // swift-system's read retries EINTR (Boot sits below Posix).
+                // swift-system's pread retries EINTR (Boot sits below Posix); from offset 0
+                // whatever the descriptor's position.
                 let n: Int
-                do { n = try FileDescriptor(rawValue: fd).read(into: UnsafeMutableRawBufferPointer(rebasing: buf[done...])) }
+                do { n = try fd.read(fromAbsoluteOffset: Int64(done), into: UnsafeMutableRawBufferPointer(rebasing: buf[done...])) }
                 catch { throw BootError.cannotRead(path: path, reason: "\(error)") }
                 if n == 0 { break }
                 done += n

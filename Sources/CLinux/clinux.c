@@ -62,6 +62,7 @@ int clinux_eventfd(int nonblocking) { return eventfd(0, EFD_CLOEXEC | (nonblocki
 
 int clinux_fallocate(int fd, int mode, int64_t offset, int64_t length) { return fallocate(fd, mode, offset, length); }
 const int CLINUX_O_DIRECT = O_DIRECT;
+const int CLINUX_O_PATH = O_PATH;
 
 int clinux_gettid(void) { return (int)syscall(SYS_gettid); }
 

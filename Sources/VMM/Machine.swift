@@ -83,8 +83,8 @@ public final class Machine: @unchecked Sendable {
         let trace = options.trace
         let system = try MachinePhase.checkHost(def)
         trace.mark("host checks")
-        let images = try MachinePhase.readImages(def, hostEmulatesRing0: emulating, logger: logger)
-        trace.mark("images")
+        let files = try MachinePhase.openGuestFiles(def, hostEmulatesRing0: emulating, logger: logger)
+        trace.mark("guest files")
         let realtime = try MachinePhase.realtimeHostSide(def, latencyFile: options.latencyFile, logger: logger)
         trace.mark("real-time host side")
         self.realtime = realtime
@@ -101,7 +101,7 @@ public final class Machine: @unchecked Sendable {
         let stop = self.stop
         let name = def.name
         let devices = try MachinePhase.buildDevices(
-            def, vm: vm, memory: memory, notifyPath: options.notifyPath, console: options.console,
+            def, disks: files.disks, vm: vm, memory: memory, notifyPath: options.notifyPath, console: options.console,
             onRequest: { req in
                 switch req {
                 case .powerOff: stop.request(.powerOff)
@@ -133,7 +133,7 @@ public final class Machine: @unchecked Sendable {
         exits = ExitDispatch(pio: devices.pio, mmio: devices.mmio, memory: memory)
 
         trace.mark("devices")
-        let entry = try MachinePhase.loadGuest(images, into: memory, vcpus: def.vcpus, pci: pci)
+        let entry = try MachinePhase.loadGuest(files.boot, into: memory, vcpus: def.vcpus, pci: pci)
         trace.mark("guest loaded")
         // Exits are disabled per VM, before its vCPUs exist.
         try realtime?.disableExits(system: system, vm: vm)

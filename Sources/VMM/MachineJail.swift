@@ -6,17 +6,16 @@ import Glibc
 #endif
 
 extension Machine {
-    /// What this VM's VMM keeps after dropping root (docs/sandbox.md): its images (read-only, for
-    /// the record: they are open already), /proc (read-only), its output files (`writableFiles`:
-    /// status, latency; each bound alone, owned by the VM's uid, rewritten in place), journald's
-    /// socket, and RLIMITs sized to the VM. The directories those files live in stay root's:
-    /// rtvisord, which has no CAP_DAC_OVERRIDE under its unit, must still read them.
+    /// What this VM's VMM keeps after dropping root (docs/sandbox.md): /proc (read-only), its
+    /// output files (`writableFiles`: status, latency; each bound alone, owned by the VM's uid,
+    /// rewritten in place), journald's socket, and RLIMITs sized to the VM. The directories those
+    /// files live in stay root's: rtvisord, which has no CAP_DAC_OVERRIDE under its unit, must
+    /// still read them. Not its kernel, initrd or disks: they were read or are open through the
+    /// descriptors the guest files phase checked, and binding their paths would look them up
+    /// again (a symlink swapped in since, even one to `/`, would be bound into the jail).
     public func jailPlan(uid: UInt32, writableFiles: [String], journal: Bool, openFileDescriptors: Int) -> JailPlan {
         let def = definition
         var visible: [JailPlan.Path] = [JailPlan.Path("/proc")]
-        visible.append(JailPlan.Path(def.kernel))
-        if let initrd = def.initrd { visible.append(JailPlan.Path(initrd)) }
-        for disk in def.disks { visible.append(JailPlan.Path(disk.path)) }
         var owned: [String] = []
         for file in writableFiles {
             let fd = open(file, O_WRONLY | O_CREAT | O_CLOEXEC, 0o640)

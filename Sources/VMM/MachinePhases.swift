@@ -8,11 +8,16 @@ import Memory
 import PCI
 import Posix
 import Realtime
+import SystemPackage
 import VFIO
+import VirtioBlock
 import VMMInterface
+#if canImport(Glibc)
+import Glibc
+#endif
 
 /// How a `Machine` is built, one phase at a time, each a function from its inputs to its outputs:
-/// host checks → images → real-time host side → VM and memory → devices → guest loaded → vCPUs.
+/// host checks → guest files → real-time host side → VM and memory → devices → guest loaded → vCPUs.
 /// A machine restored from saved state (issue 18) reuses the phases and swaps the ones that
 /// differ (no image load, registers from the snapshot) instead of copying the whole setup.
 enum MachinePhase {
@@ -35,10 +40,42 @@ enum MachinePhase {
         return system
     }
 
-    /// 2. Kernel and initrd read before the VM exists (a missing or broken kernel fails fast); a
-    /// Linux command line gets the parameters its CPU template needs on this host.
-    static func readImages(_ def: VMDefinition, hostEmulatesRing0 emulating: Bool, logger: Logger) throws -> BootImages {
-        let kernel = try ImageFile.read(path: def.kernel)
+    /// What the guest files phase hands on: the boot images read, the disks opened and locked.
+    struct GuestFiles {
+        let boot: BootImages
+        let disks: [BlockImage]
+    }
+
+    /// 2. Every file the definition names, opened once and before the VM exists (a missing,
+    /// refused or busy file fails fast): found under docs/sandbox.md's rules (`GuestFile`: only
+    /// root's symlinks, no FIFOs or devices opened, the kind each field allows), then read or
+    /// kept open through that descriptor alone; nothing looks the paths up again, the jail
+    /// included. A Linux command line gets the parameters its CPU template needs on this host.
+    static func openGuestFiles(_ def: VMDefinition, hostEmulatesRing0 emulating: Bool, logger: Logger) throws -> GuestFiles {
+        func locate(_ path: String, _ field: String, _ kinds: Set<GuestFile.Kind>) throws -> GuestFile {
+            let file: GuestFile
+            do { file = try GuestFile.locate(path, field: field, allowing: kinds) } catch { throw VMMError.setup("\(error)") }
+            if let others = file.writableByOthers {
+                logger.warning("\(field): \(path) can be changed by users other than root (\(others)): they decide what this VM reads from it")
+            }
+            return file
+        }
+        func read(_ path: String, _ field: String) throws -> ImageFile {
+            let file = try locate(path, field, [.regularFile])
+            let fd: FileDescriptor
+            do { fd = try file.open(O_RDONLY) } catch { throw VMMError.setup("\(field): \(path): cannot open: \(error)") }
+            defer { try? fd.close() }
+            return try ImageFile.read(from: fd, path: path)
+        }
+        let kernel = try read(def.kernel, "$.kernel")
+        let initrd = try def.initrd.map { try read($0, "$.initrd") }
+        var disks: [BlockImage] = []
+        for (i, disk) in def.disks.enumerated() {
+            let field = "$.disks[\(i)].path"
+            let file = try locate(disk.path, field, [.regularFile, .blockDevice])
+            do { disks.append(try BlockImage(file: file, readOnly: disk.readOnly, directIO: disk.directIO)) }
+            catch let e as BlockImageError { throw VMMError.setup("\(field): \(e)") }
+        }
         var cmdline = def.cmdline
         if KernelLoader.looksLikeLinux(kernel) {
             let existing = Set(cmdline.split(separator: " ").map(String.init))
@@ -48,7 +85,7 @@ enum MachinePhase {
                 cmdline += (cmdline.isEmpty ? "" : " ") + additions.joined(separator: " ")
             }
         }
-        return BootImages(kernel: kernel, initrd: try def.initrd.map { try ImageFile.read(path: $0) }, commandLine: cmdline)
+        return GuestFiles(boot: BootImages(kernel: kernel, initrd: initrd, commandLine: cmdline), disks: disks)
     }
 
     /// 3. A real-time VM's host side, before any thread exists (devices start I/O threads next):
@@ -82,11 +119,11 @@ enum MachinePhase {
 
     /// 5. PCI (disks, NICs, passthrough) and the platform devices. They report guest requests to
     /// `onRequest` and the boot marker to `onMarker`, never to KVM.
-    static func buildDevices(_ def: VMDefinition, vm: VirtualMachine, memory: GuestMemory, notifyPath: NotifyPath,
+    static func buildDevices(_ def: VMDefinition, disks: [BlockImage], vm: VirtualMachine, memory: GuestMemory, notifyPath: NotifyPath,
                              console: ConsoleOutput, onRequest: @escaping @Sendable (GuestRequest) -> Void,
                              onMarker: @escaping @Sendable () -> Void, logger: Logger) throws -> Devices {
         let offload: IOEventNotifier? = notifyPath == .ioeventfd ? try IOEventNotifier(vm: vm, logger: logger) : nil
-        let pci = try PciDevices.build(definition: def, vm: vm, memory: memory, router: MsiRouter(vm: vm, logger: logger),
+        let pci = try PciDevices.build(definition: def, disks: disks, vm: vm, memory: memory, router: MsiRouter(vm: vm, logger: logger),
                                        notifyOffload: offload, logger: logger)
         let serial = Serial8250(interrupt: KVMInterruptLine(vm: vm, irq: GuestLayout.com1IRQ, logger: logger), output: { console.write($0) })
         let keyboard = I8042(irq: KVMInterruptLine(vm: vm, irq: GuestLayout.i8042IRQ, logger: logger), onRequest: onRequest)

@@ -22,13 +22,11 @@ enum PciDevices {
         let interrupts: [(slot: Int, ioapicPin: UInt8)]
     }
 
-    static func build(definition def: VMDefinition, vm: VirtualMachine, memory: GuestMemory, router: MsiRouter,
+    /// `disks` are the definition's disks in order, opened by the guest files phase.
+    static func build(definition def: VMDefinition, disks: [BlockImage], vm: VirtualMachine, memory: GuestMemory, router: MsiRouter,
                       notifyOffload: (any NotifyOffload)?, logger: Logger) throws -> Built {
         var devices: [any VirtioDevice] = []
-        for (i, disk) in def.disks.enumerated() {
-            let image: BlockImage
-            do { image = try BlockImage(path: disk.path, readOnly: disk.readOnly, directIO: disk.directIO) }
-            catch let e as BlockImageError { throw VMMError.setup("$.disks[\(i)].path: \(e)") }
+        for (i, (disk, image)) in zip(def.disks, disks).enumerated() {
             devices.append(VirtioBlock(name: "blk\(i)", image: image, settings: BlockDeviceSettings(serial: disk.serial)))
             logger.info("blk\(i): \(disk.path), \(image.sectors) sectors\(disk.readOnly ? ", read-only" : "")\(disk.directIO ? ", O_DIRECT" : "")")
         }

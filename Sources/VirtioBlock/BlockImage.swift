@@ -15,10 +15,11 @@ public struct BlockImageError: Error, Equatable, CustomStringConvertible {
 }
 
 /// A raw disk image (a regular file or a block device) backing one virtio-blk device.
-/// Opened once with an advisory lock: exclusive for read-write, shared for read-only, so two VMs
-/// can share a read-only image but never a writable one; with QEMU's byte-range locks too, so
-/// neither can QEMU (or qemu-img) and rtvisor; a writable block device is opened `O_EXCL`
-/// (refused while mounted or held by another exclusive opener).
+/// Opened once, through the descriptor of the file found (`GuestFile`), with an advisory lock:
+/// exclusive for read-write, shared for read-only, so two VMs can share a read-only image but
+/// never a writable one; with QEMU's byte-range locks too, so neither can QEMU (or qemu-img) and
+/// rtvisor; a writable block device is opened `O_EXCL` (refused while mounted or held by another
+/// exclusive opener).
 public final class BlockImage: Sendable {
     public let path: String
     public let fd: FileDescriptor
@@ -38,22 +39,24 @@ public final class BlockImage: Sendable {
     /// O_DIRECT needs aligned buffers; guest buffers need not be, so direct I/O bounces.
     static let directAlignment = 4096
 
-    public init(path: String, readOnly: Bool, directIO: Bool = false) throws {
+    /// The disk of a file the VMM found under docs/sandbox.md's rules (`GuestFile`): opened through
+    /// that descriptor with the disk's access mode, never through its path again.
+    public init(file: GuestFile, readOnly: Bool, directIO: Bool = false) throws {
+        let path = file.path
         self.path = path
         self.readOnly = readOnly
         self.directIO = directIO
         // O_EXCL without O_CREAT: ignored for files, exclusive for block devices.
         var flags = (readOnly ? O_RDONLY : O_RDWR | O_EXCL) | O_CLOEXEC
         if directIO { flags |= CLINUX_O_DIRECT }
-        let raw = open(path, flags)
-        guard raw >= 0 else {
-            let e = errno
-            var reason = errnoMessage(e)
-            if e == EBUSY && !readOnly { reason += " (a block device that is mounted or held by another exclusive opener)" }
-            if e == EINVAL && directIO { reason += " (the file system does not support O_DIRECT; set direct_io to false)" }
+        let fd: FileDescriptor
+        do { fd = try file.open(flags) } catch {
+            var reason = errnoMessage(error.rawValue)
+            if error == .resourceBusy && !readOnly { reason += " (a block device that is mounted or held by another exclusive opener)" }
+            if error == .invalidArgument && directIO { reason += " (the file system does not support O_DIRECT; set direct_io to false)" }
             throw BlockImageError(path: path, reason: "cannot open disk image: \(reason)")
         }
-        let fd = FileDescriptor(rawValue: raw)
+        let raw = fd.rawValue
         do {
             var st = stat()
             guard fstat(raw, &st) == 0 else { throw BlockImageError(path: path, reason: "fstat: \(errnoMessage())") }
@@ -87,6 +90,15 @@ public final class BlockImage: Sendable {
             try? fd.close()
             throw error
         }
+    }
+
+    /// A disk image by path, found under the same rules (tests, the fuzzer). The VMM locates
+    /// its disks itself (with the definition field for messages) and uses `init(file:)`.
+    public convenience init(path: String, readOnly: Bool, directIO: Bool = false) throws {
+        let file: GuestFile
+        do { file = try GuestFile.locate(path, field: "disk", allowing: [.regularFile, .blockDevice]) }
+        catch { throw BlockImageError(path: path, reason: error.reason) }
+        try self.init(file: file, readOnly: readOnly, directIO: directIO)
     }
 
     deinit { try? fd.close() }

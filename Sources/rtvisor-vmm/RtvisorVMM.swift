@@ -125,6 +125,7 @@ struct RtvisorVMM: ParsableCommand {
             if launch.consoleLog == nil && launch.consoleJournal { consoleFD = -1 }
         }
         trace.mark("signals and console")
+        stopForTest(at: "guest-files")
         let machine: Machine
         do {
             var tap: (@Sendable (UInt8) -> Void)? = nil
@@ -137,6 +138,7 @@ struct RtvisorVMM: ParsableCommand {
             fail("\(definition.name): \(error)")
         }
         machineBox.machine = machine
+        stopForTest(at: "jail")
         if launch.jail && geteuid() == 0 {
             do {
                 let line = try JailSetup.enter(machine: machine, uid: launch.jailUID ?? JailPlan.uid(forVM: definition.name),
@@ -185,6 +187,19 @@ struct RtvisorVMM: ParsableCommand {
     func writeStatus(_ report: VMMExitReport, to file: String?) {
         guard let file else { return }
         do { try report.write(to: file) } catch { writeStderr("rtvisor-vmm: --status-file \(file): \(error)\n") }
+    }
+
+    /// Test builds only (`RTVISOR_TEST_HOOKS`): with `RTVISOR_TEST_STOP_AT=STEP` the VMM says so
+    /// on stderr and stops itself (SIGSTOP) at STEP, so a test can change files at exactly that
+    /// point and let it go on with SIGCONT, without guessing when it gets there: `guest-files`
+    /// (definition loaded and checked, no guest file opened yet), `jail` (machine built, jail not
+    /// entered yet). Release builds do not read the variable.
+    func stopForTest(at step: String) {
+        #if RTVISOR_TEST_HOOKS
+        guard let value = getenv("RTVISOR_TEST_STOP_AT"), String(cString: value) == step else { return }
+        writeStderr("rtvisor-vmm: test hook: stopping at \(step)\n")
+        raise(SIGSTOP)
+        #endif
     }
 
     func fail(_ message: String) -> Never {

@@ -6,7 +6,7 @@ import VMMInterface
 
 /// The VMM's privilege drop on the real /dev/kvm (docs/sandbox.md): once its guest runs, the
 /// VMM has its own uid, no capabilities in any thread, no_new_privs, a private root in which the
-/// host's /etc and other VMs' images do not exist, and resource limits.
+/// host's /etc and VMs' images do not exist (its own are open descriptors), and resource limits.
 @Suite(.enabled(if: Env.kvmAvailable, Env.noKVMReason), .enabled(if: getuid() == 0, "the jail needs a VMM started as root"))
 struct JailTests {
     typealias RunningVMM = RealtimePartitionTests.RunningVMM
@@ -53,13 +53,16 @@ struct JailTests {
         }
 
         // Its root: a tmpfs with only what it needs. The host's /etc and another VM's image do not
-        // exist there; its own image and its run directory do.
+        // exist there, and neither does its own image: like KVM, it is an open descriptor (its
+        // path is never looked up again, docs/sandbox.md "Guest files"); its run directory does.
         let root = "/proc/\(pid)/root"
         #expect(!FileManager.default.fileExists(atPath: root + "/etc/passwd"))
         #expect(!FileManager.default.fileExists(atPath: root + "/etc"))
         #expect(!FileManager.default.fileExists(atPath: root + otherImage))
         #expect(!FileManager.default.fileExists(atPath: root + "/dev/kvm"), "KVM is an open fd, not a path")
-        #expect(FileManager.default.fileExists(atPath: root + ownImage))
+        #expect(!FileManager.default.fileExists(atPath: root + ownImage), "the image is an open fd, not a path")
+        let descriptors = HostFiles.list("/proc/\(pid)/fd").compactMap { try? FileManager.default.destinationOfSymbolicLink(atPath: "/proc/\(pid)/fd/\($0)") }
+        #expect(descriptors.contains(ownImage), "\(descriptors)")
         #expect(FileManager.default.fileExists(atPath: root + "/proc/self"))
         // The host side is untouched: the other image is still root's alone.
         let attrs = try FileManager.default.attributesOfItem(atPath: otherImage)

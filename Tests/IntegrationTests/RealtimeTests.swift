@@ -51,11 +51,13 @@ struct RealtimePartitionTests {
     final class RunningVMM {
         let process = Process()
         let console: String
-        init(config: String, dir: URL, arguments: [String] = []) throws {
+        /// `environment` is added to this process's (test hooks: `RTVISOR_TEST_STOP_AT`).
+        init(config: String, dir: URL, arguments: [String] = [], environment: [String: String] = [:]) throws {
             console = dir.appendingPathComponent("console.txt").path
             FileManager.default.createFile(atPath: console, contents: nil)
             process.executableURL = URL(fileURLWithPath: Env.vmmBinary)
             process.arguments = ["--config", config, "--no-console-input"] + arguments
+            if !environment.isEmpty { process.environment = ProcessInfo.processInfo.environment.merging(environment) { $1 } }
             let out = FileHandle(forWritingAtPath: console)!
             process.standardOutput = out
             process.standardError = out

@@ -34,6 +34,9 @@ extern const int CLINUX_FALLOC_ZERO_RANGE;
 int clinux_fallocate(int fd, int mode, int64_t offset, int64_t length);
 /// O_DIRECT (only visible to C with _GNU_SOURCE).
 extern const int CLINUX_O_DIRECT;
+/// O_PATH (_GNU_SOURCE too): a descriptor that names a file without opening it for I/O; a
+/// FIFO or device found through it is never opened.
+extern const int CLINUX_O_PATH;
 
 /// epoll and eventfd without the packed struct epoll_event crossing into Swift.
 int clinux_epoll_create(void);
