@@ -91,7 +91,8 @@ extension Supervisor {
         let cgroup = cgroups.prepare(vm: name)
         try? FileManager.default.removeItem(atPath: paths.latencyFile(name))
         let launch = paths.vmmLaunch(name, baseDirectory: r.loaded.directory, cgroup: cgroup,
-                                     latencyProbe: (r.loaded.definition.realtime?.latencyProbeMicroseconds ?? 0) > 0)
+                                     latencyProbe: (r.loaded.definition.realtime?.latencyProbeMicroseconds ?? 0) > 0,
+                                     realtime: r.loaded.definition.realtime != nil)
         let pid: pid_t
         do {
             pid = try Processes.spawn([paths.vmm] + launch.arguments, environment: ["PATH=/usr/sbin:/usr/bin:/sbin:/bin"])
