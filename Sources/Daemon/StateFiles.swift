@@ -26,7 +26,9 @@ public struct DaemonPaths: Sendable {
     /// How rtvisord starts VM `name`'s VMM: the copied definition resolved against its original
     /// directory, no stdin console, console and logs to journald and the console socket, the
     /// exit report and (with a latency probe) the latency file in the VM's run directory.
-    public func vmmLaunch(_ name: String, baseDirectory: String, cgroup: String?, latencyProbe: Bool) -> VMMLaunch {
+    /// A real-time VM's VMM leaves its partition for the next one when the guest resets: the
+    /// lifecycle either starts that VMM or undoes the partition (`VMLifecycle.keptPartition`).
+    public func vmmLaunch(_ name: String, baseDirectory: String, cgroup: String?, latencyProbe: Bool, realtime: Bool = false) -> VMMLaunch {
         var launch = VMMLaunch(definition: definitionCopy(name))
         launch.baseDirectory = baseDirectory
         launch.consoleInput = false
@@ -36,6 +38,7 @@ public struct DaemonPaths: Sendable {
         launch.statusFile = statusFile(name)
         launch.cgroup = cgroup
         if latencyProbe { launch.latencyFile = latencyFile(name) }
+        launch.keepRealtimePartitionOnReset = realtime
         return launch
     }
 }

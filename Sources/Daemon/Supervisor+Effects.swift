@@ -101,7 +101,8 @@ extension Supervisor {
         let pid: pid_t
         do {
             pid = try Processes.spawnVMM(executable: paths.vmm, environment: environment, cgroup: cgroup) { joinItself in
-                paths.vmmLaunch(name, baseDirectory: r.loaded.directory, cgroup: joinItself ? cgroup : nil, latencyProbe: latencyProbe).arguments
+                paths.vmmLaunch(name, baseDirectory: r.loaded.directory, cgroup: joinItself ? cgroup : nil, latencyProbe: latencyProbe,
+                                realtime: definition.realtime != nil).arguments
             }
         } catch {
             return .spawnFailed(reason: "\(error)")

@@ -6,25 +6,25 @@ import Realtime
 /// everything else off them.
 extension Supervisor {
     /// Why `name` may not start with `rt` now, or nil: its CPUs must be online, not held by another
-    /// running real-time VM, and leave the host at least one housekeeping CPU.
+    /// real-time VM, and leave the host at least one housekeeping CPU.
     func admitRealtime(_ name: String, _ rt: RealtimeSettings) -> String? {
         let online = Set(HostCPUs().online)
         let offline = rt.cpus.filter { !online.contains($0) }
         if !offline.isEmpty { return PartitionError.offline(vm: name, cpus: offline).description }
         var reserved = Set(rt.cpus)
-        for (other, o) in records.sorted(by: { $0.key < $1.key }) where other != name && o.pid != nil {
-            guard let ort = o.current.realtime else { continue }
-            let overlap = ort.cpus.filter { rt.cpus.contains($0) }
+        for (other, o) in records.sorted(by: { $0.key < $1.key }) where other != name {
+            guard let held = o.realtimeCPUsHeld else { continue }
+            let overlap = held.filter { rt.cpus.contains($0) }
             if !overlap.isEmpty { return PartitionError.cpusTaken(vm: name, owner: other, cpus: overlap).description }
-            reserved.formUnion(ort.cpus)
+            reserved.formUnion(held)
         }
         if online.subtracting(reserved).isEmpty { return PartitionError.noHousekeepingCPU(vm: name, cpus: rt.cpus).description }
         return nil
     }
 
-    /// CPUs of running real-time VMs (other than `name`).
+    /// CPUs held by real-time VMs (other than `name`).
     func reservedRealtimeCPUs(excluding name: String? = nil) -> Set<Int> {
-        Set(records.filter { $0.key != name && $0.value.pid != nil }.compactMap { $0.value.current.realtime?.cpus }.joined())
+        Set(records.filter { $0.key != name }.compactMap { $0.value.realtimeCPUsHeld }.joined())
     }
 
     /// Keeps the daemon's threads and ordinary VMMs off real-time CPUs (all CPUs again once no
@@ -38,5 +38,13 @@ extension Supervisor {
         for pid in [getpid()] + ordinary {
             for tid in ThreadScheduling.threads(of: pid) { try? ThreadScheduling.setAffinity(housekeeping, tid: tid) }
         }
+    }
+}
+
+extension Supervisor.Record {
+    /// The real-time CPUs this VM holds: its running VMM's, or, between two VMMs of a guest
+    /// reboot, those of the partition kept for the next one (nobody else may take them then).
+    var realtimeCPUsHeld: [Int]? {
+        pid != nil ? current.realtime?.cpus : lifecycle.keptPartition?.realtime?.cpus
     }
 }

@@ -18,7 +18,7 @@ public actor Supervisor: VMControl {
 
         init(name: String, _ loaded: LoadedDefinition, daemonLeaving: Bool = false) {
             self.loaded = loaded
-            lifecycle = VMLifecycle(name: name, settings: loaded.definition.daemon, since: Date().timeIntervalSince1970, daemonLeaving: daemonLeaving)
+            lifecycle = VMLifecycle(name: name, definition: loaded.definition, since: Date().timeIntervalSince1970, daemonLeaving: daemonLeaving)
         }
 
         var state: VMStateName { lifecycle.stateName }
@@ -223,7 +223,7 @@ public actor Supervisor: VMControl {
         for name in plan.changed + plan.settingsChanged {
             let loaded = scan.definitions[name]!
             records[name]!.loaded = loaded
-            feed(name, .settingsChanged(loaded.definition.daemon))
+            feed(name, plan.changed.contains(name) ? .definitionChanged(loaded.definition) : .settingsChanged(loaded.definition.daemon))
             if records[name]!.pending { pending.append(name); reportPending(name) }
         }
         for name in plan.keptDespiteInvalidFile {

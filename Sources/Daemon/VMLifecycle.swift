@@ -32,6 +32,8 @@ public struct VMLifecycle: Equatable, Sendable {
 
     public let name: String
     public private(set) var phase: VMPhase = .stopped
+    /// The loaded definition: what the next VMM runs (a running VMM keeps its own, `process`).
+    public private(set) var definition: VMDefinition
     /// The loaded definition's daemon settings (stop timeout; the restart settings live in `tracker`).
     public private(set) var settings: DaemonSettings
     public private(set) var tracker: RestartTracker
@@ -48,11 +50,18 @@ public struct VMLifecycle: Equatable, Sendable {
     public private(set) var daemonLeaving: Bool
     /// The pending restart (`restarting`) is a throttled guest reboot, not a restart after a failure.
     public private(set) var restartIsReboot = false
+    /// The real-time partition the last VMM left in place when its guest reset, for the next VMM
+    /// to adopt (`--keep-realtime-partition-on-reset`): the definition it was built for. Set from
+    /// that VMM's exit until the next one is spawned (which takes it over), or until a `releaseRealtime`
+    /// effect undoes it: a stop, a start by hand, a removal, the daemon leaving, a failed spawn, or a
+    /// definition change (the new VMM builds its own). Its CPUs stay reserved meanwhile.
+    public private(set) var keptPartition: VMDefinition?
 
-    public init(name: String, settings: DaemonSettings, since: Double, daemonLeaving: Bool = false) {
+    public init(name: String, definition: VMDefinition, since: Double, daemonLeaving: Bool = false) {
         self.name = name
-        self.settings = settings
-        tracker = RestartTracker(settings: settings.restart)
+        self.definition = definition
+        settings = definition.daemon
+        tracker = RestartTracker(settings: definition.daemon.restart)
         self.since = since
         self.daemonLeaving = daemonLeaving
     }
@@ -91,18 +100,26 @@ public struct VMLifecycle: Equatable, Sendable {
             guard case let .paused(p) = phase else { return refuse(.conflict("VM \(name) is \(stateName.rawValue), not paused")) }
             return [.thaw(pid: p.pid)]
         case let .settingsChanged(new):
+            definition.daemon = new
             settings = new
             tracker.settings = new.restart
+            return []
+        case let .definitionChanged(new):
+            definition = new
+            settings = new.daemon
+            tracker.settings = new.daemon.restart
             return []
         case .definitionRemoved: return definitionRemoved()
         case .daemonShutdown:
             daemonLeaving = true
             if let p = process { return beginStop(p, force: false, intent: .stop) }
             if phase == .restarting { phase = .stopped; generation += 1 }
-            return []
+            return releaseKeptPartition()
         case .daemonDetach:
+            // A reboot waiting out its delay does not happen any more, nor does the next rtvisord
+            // know of it: the partition kept for it is undone.
             daemonLeaving = true
-            return []
+            return releaseKeptPartition()
 
         case let .processSpawned(process, cgroup): return spawned(process, cgroup: cgroup, now: now)
         case let .spawnFailed(reason): return spawnFailed(reason, now: now)
@@ -196,7 +213,7 @@ public struct VMLifecycle: Equatable, Sendable {
         case .restarting:
             phase = .stopped
             generation += 1
-            return [.publishStatus, reply("stop", "pending restart cancelled", state: .stopped)]
+            return releaseKeptPartition() + [.publishStatus, reply("stop", "pending restart cancelled", state: .stopped)]
         case .stopped, .failed, .starting:
             return refuse(.conflict("VM \(name) is not running (\(stateName.rawValue))"))
         }
@@ -219,20 +236,35 @@ public struct VMLifecycle: Equatable, Sendable {
         if let p = process { return beginStop(p, force: false, intent: .remove) }
         phase = .stopped
         generation += 1
-        return [.forgetVM, .removeVMDirectory,
+        return releaseKeptPartition() + [.forgetVM, .removeVMDirectory,
                 .journal(.init(.vmStopped, .notice, "VM \(name) removed (its definition is gone)", state: .stopped))]
     }
 
     // MARK: process start and end
 
+    /// A partition kept across a guest reset goes to the VMM spawned for that reboot, unless the
+    /// definition changed meanwhile; any other start builds its own.
     private mutating func beginSpawn(_ reason: SpawnReason) -> [VMEffect] {
+        var effects: [VMEffect] = []
+        if let kept = keptPartition, reason != .guestReboot || LoadedDefinition.machineDiffers(kept, definition) {
+            effects = releaseKeptPartition()
+        }
         phase = .starting(reason)
-        return [.spawn(reason)]
+        return effects + [.spawn(reason)]
+    }
+
+    /// Undoes the partition kept for the next VMM, if there is one.
+    private mutating func releaseKeptPartition() -> [VMEffect] {
+        guard keptPartition != nil else { return [] }
+        keptPartition = nil
+        return [.releaseRealtime]
     }
 
     private mutating func spawned(_ p: VMProcess, cgroup: String?, now: LifecycleTime) -> [VMEffect] {
         guard case let .starting(reason) = phase else { return [] }
         phase = .running(p)
+        // The new VMM adopts a kept partition; from now on its exit decides what becomes of it.
+        keptPartition = nil
         generation += 1
         since = now.wall
         self.cgroup = cgroup
@@ -253,7 +285,7 @@ public struct VMLifecycle: Equatable, Sendable {
         guard case let .starting(why) = phase else { return [] }
         phase = .failed
         lastExit = ExitInfo(status: nil, signal: nil, reason: reason, at: now.wall)
-        var effects: [VMEffect] = [
+        var effects: [VMEffect] = releaseKeptPartition() + [
             .journal(.init(.vmFailed, .error, "VM \(name) could not be started: \(reason)", state: .failed, exitReason: reason)),
             .publishStatus,
         ]
@@ -294,8 +326,14 @@ public struct VMLifecycle: Equatable, Sendable {
         let pid = p.pid
         let exitText = "\(outcome): \(reason)"
         var effects: [VMEffect] = [.removeRuntimeFiles]
-        // A VMM that died (kill -9, crash) could not undo its host changes.
-        if p.definition.realtime != nil { effects.append(.releaseRealtime) }
+        // A real-time VMM whose guest reset left its partition in place (rtvisord starts it with
+        // --keep-realtime-partition-on-reset): it is kept for the VMM this reboot starts. In every
+        // other case the partition is undone here: a VMM that stopped undid it already (this
+        // finds nothing), one that died (kill -9, crash) could not, and a reset during a requested
+        // stop or the daemon's shutdown starts no next VMM.
+        let handsOver = p.definition.realtime != nil && outcome.isGuestReboot && intent == nil && !daemonLeaving
+        if handsOver { keptPartition = p.definition } else if p.definition.realtime != nil { effects.append(.releaseRealtime) }
+        let keptNote = handsOver ? "; its real-time partition stays in place for the next VMM" : ""
 
         switch intent {
         case .remove:
@@ -317,13 +355,13 @@ public struct VMLifecycle: Equatable, Sendable {
                 restarts += 1
                 restartIsReboot = outcome.isGuestReboot
                 if outcome.isGuestReboot && delayMs == 0 {
-                    effects.append(.journal(.init(.vmStopped, .notice, "VM \(name): guest rebooted, starting it again", pid: pid, state: .running,
+                    effects.append(.journal(.init(.vmStopped, .notice, "VM \(name): guest rebooted, starting it again\(keptNote)", pid: pid, state: .running,
                                                   exitReason: reason)))
                     effects += beginSpawn(.guestReboot)
                 } else if outcome.isGuestReboot {
                     phase = .restarting
                     effects += [
-                        .journal(.init(.vmRestartScheduled, .warning, "VM \(name): guest rebooted, starting it again in \(delayMs) ms (\(why))",
+                        .journal(.init(.vmRestartScheduled, .warning, "VM \(name): guest rebooted, starting it again in \(delayMs) ms (\(why))\(keptNote)",
                                        pid: pid, state: .restarting, exitReason: reason, extra: ["RESTART_DELAY_MS": String(delayMs)])),
                         .scheduleRestart(afterMs: delayMs, generation: generation),
                     ]

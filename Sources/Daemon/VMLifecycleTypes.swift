@@ -121,8 +121,11 @@ public enum VMEvent: Equatable, Sendable {
     case rebootRequested
     case pauseRequested
     case resumeRequested
-    /// A reload changed the VM's definition: its daemon settings apply at once.
+    /// A reload changed the VM's daemon settings only: they apply at once.
     case settingsChanged(DaemonSettings)
+    /// A reload changed the VM's machine definition: its daemon settings apply at once, the rest
+    /// when the next VMM starts (a running one keeps its own: a pending change).
+    case definitionChanged(VMDefinition)
     /// A reload found the VM's definition gone.
     case definitionRemoved
     /// rtvisord stops: every guest is shut down.
@@ -190,7 +193,8 @@ public enum VMEffect: Equatable, Sendable, CustomStringConvertible {
     case writeStateFile
     /// The ended VMM's state.json, console socket and cgroup.
     case removeRuntimeFiles
-    /// Undo the host changes of a real-time VMM that may not have undone them itself.
+    /// Undo the host changes of a real-time VMM that may not have undone them itself, or that it
+    /// left for a next VMM that will not adopt them (`VMLifecycle.keptPartition`).
     case releaseRealtime
     /// Keep the daemon and ordinary VMMs off the CPUs of running real-time VMs.
     case applyHousekeepingAffinity

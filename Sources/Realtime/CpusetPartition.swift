@@ -61,35 +61,55 @@ public protocol RealtimePartition: AnyObject, Sendable {
 /// cgroup v1: a shield. `rtvisor-rt-VM` (the VM's CPUs, cpu_exclusive, no load balancing) holds the
 /// vCPU threads; every other movable task of the root cpuset moves to `rtvisor-housekeeping` (the
 /// remaining CPUs) for as long as any real-time VM runs, like `cset shield`. The state lives in the
-/// cpuset tree itself, so concurrent VMMs and the daemon see the same reservations.
+/// cpuset tree itself, so concurrent VMMs and the daemon see the same reservations; a partition
+/// handed over across a guest reset has no task and is told apart by its `PartitionState`.
 public struct CpusetV1: Sendable {
     public let root: String
     /// flock(2)ed around every change (VMM processes race on start and stop).
     public let lockPath: String
     public let host: HostCPUs
+    /// Where the partition states are (`PartitionState`): a handed-over partition is reserved.
+    public let stateDirectory: String
     public static let rtPrefix = "rtvisor-rt-"
     public static let housekeepingName = "rtvisor-housekeeping"
+    public static let defaultLockPath = "/run/rtvisor/cpuset.lock"
 
-    public init(root: String, lockPath: String = "/run/rtvisor/cpuset.lock", host: HostCPUs = HostCPUs()) {
-        self.root = root; self.lockPath = lockPath; self.host = host
+    public init(root: String, lockPath: String = defaultLockPath, host: HostCPUs = HostCPUs(),
+                stateDirectory: String = PartitionState.defaultDirectory) {
+        self.root = root; self.lockPath = lockPath; self.host = host; self.stateDirectory = stateDirectory
     }
 
     var housekeepingDir: String { root + "/" + Self.housekeepingName }
     func rtDir(_ vm: String) -> String { root + "/" + Self.rtPrefix + vm }
 
-    /// Real-time VMs with a cpuset now: name → CPUs, and whether any task is in it.
-    public func reservations() -> [(vm: String, cpus: [Int], busy: Bool)] {
+    /// A real-time VM's cpuset.
+    public struct Reservation: Sendable, Equatable {
+        public var vm: String
+        public var cpus: [Int]
+        /// A task is in it: a VMM runs the VM.
+        public var busy: Bool
+        /// Left by a VMM whose guest reset, for the next VMM of the VM (`PartitionState.handedOver`).
+        public var handedOver: Bool
+        /// Its CPUs are taken: nobody else may have them, or reclaim the set as a dead VMM's.
+        public var held: Bool { busy || handedOver }
+    }
+
+    /// Real-time VMs with a cpuset now.
+    public func reservations() -> [Reservation] {
         HostFiles.list(root).filter { $0.hasPrefix(Self.rtPrefix) && HostFiles.isDirectory(root + "/" + $0) }.map { name in
             let dir = root + "/" + name
+            let vm = String(name.dropFirst(Self.rtPrefix.count))
             let cpus = HostFiles.line(dir + "/cpuset.cpus").flatMap(CPUList.parse) ?? []
             let busy = !(HostFiles.read(dir + "/tasks") ?? "").trimmingASCIIWhitespace().isEmpty
-            return (String(name.dropFirst(Self.rtPrefix.count)), cpus, busy)
+            let handedOver = PartitionState.load(vm: vm, directory: stateDirectory)?.handedOver ?? false
+            return Reservation(vm: vm, cpus: cpus, busy: busy, handedOver: handedOver)
         }
     }
 
-    /// CPUs of the real-time VMs (other than `vm`) that have a task in their partition now.
-    public func busyCPUs(excluding vm: String? = nil) -> Set<Int> {
-        Set(reservations().filter { $0.busy && $0.vm != vm }.flatMap(\.cpus))
+    /// CPUs of the real-time VMs (other than `vm`) whose partition is held: a task runs in it, or
+    /// it waits for the next VMM of its VM.
+    public func heldCPUs(excluding vm: String? = nil) -> Set<Int> {
+        Set(reservations().filter { $0.held && $0.vm != vm }.flatMap(\.cpus))
     }
 
     public func acquire(vm: String, cpus: [Int]) throws(PartitionError) -> RealtimePartition {
@@ -100,7 +120,7 @@ public struct CpusetV1: Sendable {
         if !offline.isEmpty { throw .offline(vm: vm, cpus: offline) }
         var reserved = Set<Int>()
         for r in reservations() {
-            if !r.busy {
+            if !r.held {
                 // Left behind by a VMM that died: nobody runs there.
                 rmdir(rtDir(r.vm))
                 continue
@@ -166,7 +186,7 @@ public struct CpusetV1: Sendable {
         defer { lock.unlock() }
         let dir = rtDir(vm)
         removeGroup(dir)
-        let reserved = busyCPUs()
+        let reserved = heldCPUs()
         guard HostFiles.isDirectory(housekeepingDir) else { return }
         if reserved.isEmpty {
             for r in reservations() { rmdir(rtDir(r.vm)) }
@@ -255,9 +275,15 @@ struct FileLock {
     let fd: Int32
     init(path: String) {
         let dir = path.contains("/") ? String(path[..<path.lastIndex(of: "/")!]) : "."
-        mkdir(dir, 0o755)
+        makeDirectoryIfMissing(dir)
         fd = open(path, O_RDWR | O_CREAT | O_CLOEXEC, 0o600)
         if fd >= 0 { _ = try? retryInterrupted { flock(fd, LOCK_EX) } }
     }
     func unlock() { if fd >= 0 { close(fd) } }
+}
+
+/// mkdir only when the directory is missing: a VMM that undoes or hands over its partition itself
+/// (`--no-jail`) does so under its seccomp filter, which allows no mkdir (docs/sandbox.md).
+func makeDirectoryIfMissing(_ dir: String) {
+    if !HostFiles.isDirectory(dir) { mkdir(dir, 0o755) }
 }

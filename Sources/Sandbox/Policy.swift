@@ -160,6 +160,9 @@ public enum SeccompPolicy {
                   "memfd_create",
                   // real-time latency probe threads and the partition's undo
                   "sched_setaffinity", "sched_getaffinity", "sched_setscheduler", "sched_getscheduler", "sched_getparam", "munlockall",
+                  // a VMM that keeps root (--no-jail) undoes or hands over its real-time partition
+                  // itself: the cpuset and partition-state locks, and which IRQs still exist
+                  "flock", "access",
                   "eventfd2", "epoll_ctl",
             ].map { SyscallRule($0) }
             r += threadCreation()

@@ -27,10 +27,13 @@ public struct RunOptions: Sendable {
     public var latencyFile: String?
     /// Start-up steps are marked here (`--trace-startup`); logged at the boot marker.
     public var trace: StartupTrace
+    /// When the guest resets, leave a real-time VM's partition in place for the next VMM of the
+    /// VM, which the caller starts (`--keep-realtime-partition-on-reset`, docs/realtime.md).
+    public var keepRealtimePartitionOnReset: Bool
     public init(consoleInput: Bool = true, console: ConsoleOutput = ConsoleOutput(), notifyPath: NotifyPath = .exit, latencyFile: String? = nil,
-                trace: StartupTrace = StartupTrace(enabled: false)) {
+                trace: StartupTrace = StartupTrace(enabled: false), keepRealtimePartitionOnReset: Bool = false) {
         self.consoleInput = consoleInput; self.console = console; self.notifyPath = notifyPath; self.latencyFile = latencyFile
-        self.trace = trace
+        self.trace = trace; self.keepRealtimePartitionOnReset = keepRealtimePartitionOnReset
     }
 }
 
@@ -179,8 +182,8 @@ public final class Machine: @unchecked Sendable {
         vfioContainer?.close()
         realtime?.probe?.stop()
         realtime?.probe?.finish()
-        realtime?.release()
         let reason = stop.stopReason ?? .vmmError("all vCPU threads ended without a reason")
+        if reason == .reset && options.keepRealtimePartitionOnReset { realtime?.handOver() } else { realtime?.release() }
         if let steps = options.trace.finish() { logger.notice("\(steps) (no boot marker)") }
         let unhandled = exits.pio.unhandled.total + exits.mmio.unhandled.total
         if unhandled > 0 {

@@ -42,6 +42,8 @@ extension Machine {
     /// The real-time partition is undone by a privileged helper process (`--realtime-janitor`)
     /// once this VMM has dropped root: `run()` asks it through `release` at the end.
     public func handRealtimeReleaseToJanitor(_ release: @escaping @Sendable () throws -> String) { realtime?.releaseBroker = release }
+    /// Likewise, leaving the partition for the next VMM after a guest reset (`RealtimeSetup.handOver`).
+    public func handRealtimeHandOverToJanitor(_ handOver: @escaping @Sendable () throws -> String) { realtime?.handOverBroker = handOver }
     public var isRealtime: Bool { realtime != nil }
 }
 

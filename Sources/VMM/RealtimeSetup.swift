@@ -3,6 +3,9 @@ import KVM
 import Logging
 import Memory
 import Realtime
+#if canImport(Glibc)
+import Glibc
+#endif
 
 /// A real-time VM's host side, set up before any vCPU exists and undone when the VM ends:
 /// locked memory, the cpuset partition, IRQs steered away, exits disabled, and per-vCPU pinning
@@ -31,19 +34,38 @@ final class RealtimeSetup: @unchecked Sendable {
         if rt.lockMemory {
             do { try ThreadScheduling.lockAllMemory() } catch { throw VMMError.setup("real-time VM \(def.name): \(error)") }
         }
+        // The partition the previous VMM of this VM left across its guest's reset is taken over
+        // as it is: no cpuset is removed or recreated, no IRQ steered back and forth.
+        let hierarchy = CpusetHierarchy.detect()
+        self.hierarchy = hierarchy
+        var kept: PartitionState?
+        switch PartitionHandover.claim(vm: def.name, cpus: rt.cpus, moveIRQs: rt.moveIRQs, hierarchy: hierarchy) {
+        case .nothingLeft: break
+        case let .adopted(state): kept = state
+        case let .replaced(why): logger.notice("real-time VM \(def.name): the partition its previous VMM left is not the one asked for (\(why)): building a new one")
+        }
         // The partition: cgroup v1 shield or v2 threaded partition; without a usable cpuset the
         // VM still gets pinned FIFO vCPUs, and the log says what isolation it lacks.
         var partition: RealtimePartition?
         var reserved = Set(rt.cpus)
-        hierarchy = CpusetHierarchy.detect()
+        /// A failed start undoes what it took over too: nobody else would.
+        func abandon() {
+            partition?.release()
+            if kept != nil { PartitionState.undo(vm: def.name, hierarchy: hierarchy) }
+        }
         switch hierarchy {
         case let .v1(root)?:
             let v1 = CpusetV1(root: root, host: host)
-            do { partition = try v1.acquire(vm: def.name, cpus: rt.cpus) } catch { throw VMMError.setup("\(error)") }
-            reserved.formUnion(v1.busyCPUs())
+            do { partition = try kept != nil ? v1.adopt(vm: def.name, cpus: rt.cpus) : v1.acquire(vm: def.name, cpus: rt.cpus) } catch {
+                if kept != nil { _ = releaseRealtimePartition(vm: def.name, hierarchy: hierarchy) }
+                throw VMMError.setup("\(error)")
+            }
+            reserved.formUnion(v1.heldCPUs())
         case let .v2(mount)?:
             let hk = online.subtracting(reserved).sorted()
-            if hk.isEmpty { throw VMMError.setup(PartitionError.noHousekeepingCPU(vm: def.name, cpus: rt.cpus).description) }
+            if hk.isEmpty { abandon(); throw VMMError.setup(PartitionError.noHousekeepingCPU(vm: def.name, cpus: rt.cpus).description) }
+            // In the VMM's own cgroup, which outlives a VMM that leaves its partition: writing the
+            // same values again changes nothing.
             if let cg = CpusetV2.ownCgroup(mount: mount) {
                 do { partition = try CpusetV2(cgroup: cg).acquire(vm: def.name, cpus: rt.cpus, housekeeping: hk) }
                 catch { logger.warning("real-time VM \(def.name): no cpuset partition, vCPUs are pinned only: \(error)") }
@@ -54,23 +76,30 @@ final class RealtimeSetup: @unchecked Sendable {
         self.partition = partition
         housekeeping = online.subtracting(reserved).sorted()
         if housekeeping.isEmpty {
-            partition?.release()
+            abandon()
             throw VMMError.setup(PartitionError.noHousekeepingCPU(vm: def.name, cpus: rt.cpus).description)
         }
         do { try ThreadScheduling.setAffinity(housekeeping) } catch {
-            partition?.release()
+            abandon()
             throw VMMError.setup("real-time VM \(def.name): \(error)")
         }
+        if let kept {
+            logger.notice("real-time partition adopted from the previous VMM across the guest's reset (built by PID \(kept.builtBy), hand-over \(kept.handovers))")
+        }
         if let partition { logger.notice("real-time partition: \(partition.summary)") }
-        var irqs = IRQAffinity.Saved()
+        // On an adopted partition these moves find nothing to do unless an IRQ came or was
+        // steered back meanwhile; the values saved when it was built stay the ones to restore.
+        var irqs = kept?.irqs ?? IRQAffinity.Saved()
         if rt.moveIRQs {
-            irqs = IRQAffinity().move(off: Set(rt.cpus), housekeeping: housekeeping)
-            let unmovable = irqs.unmovable.isEmpty ? "" : ", not movable: \(irqs.unmovable.joined(separator: "; "))"
-            logger.notice("real-time CPUs \(CPUList.format(rt.cpus)): \(irqs.irqs.count) IRQs moved to CPUs \(CPUList.format(housekeeping))\(unmovable)")
+            let moved = IRQAffinity().move(off: Set(rt.cpus), housekeeping: housekeeping)
+            irqs = irqs.adding(moved)
+            let unmovable = moved.unmovable.isEmpty ? "" : ", not movable: \(moved.unmovable.joined(separator: "; "))"
+            logger.notice("real-time CPUs \(CPUList.format(rt.cpus)): \(moved.irqs.count) IRQs moved to CPUs \(CPUList.format(housekeeping))\(unmovable)")
         }
         let workqueues = CPUMaskFile.workqueues().move(off: Set(rt.cpus), housekeeping: housekeeping)
         if workqueues != nil { logger.notice("unbound kernel workqueues confined to CPUs \(CPUList.format(housekeeping))") }
-        PartitionState(vm: def.name, cpus: rt.cpus, irqs: irqs, workqueueMask: workqueues).save()
+        PartitionState(vm: def.name, cpus: rt.cpus, irqs: irqs, workqueueMask: kept?.workqueueMask ?? workqueues, moveIRQs: rt.moveIRQs,
+                       builtBy: kept?.builtBy ?? getpid(), handovers: kept?.handovers ?? 0).save()
         probe = rt.latencyProbeMicroseconds > 0
             ? WakeupLatencyProbe(vm: def.name, cpu: rt.cpus[0], vcpuPriority: rt.priority, periodMicroseconds: rt.latencyProbeMicroseconds,
                                  file: latencyFile, logger: logger)
@@ -111,6 +140,8 @@ final class RealtimeSetup: @unchecked Sendable {
     /// Set when a privileged helper process undoes the partition (the VMM dropped root): called
     /// at stop, it returns what was undone.
     nonisolated(unsafe) var releaseBroker: (@Sendable () throws -> String)?
+    /// Set with `releaseBroker`: the same helper leaves the partition for the next VMM.
+    nonisolated(unsafe) var handOverBroker: (@Sendable () throws -> String)?
     /// Once the VMM has dropped root, its threads' real-time placement (cpuset, CPU, SCHED_FIFO)
     /// is applied by the privileged janitor process on request (JailSetup in rtvisor-vmm).
     nonisolated(unsafe) var placementBroker: (@Sendable (_ tid: Int32, _ cpu: Int, _ priority: Int) throws -> Void)?
@@ -134,5 +165,22 @@ final class RealtimeSetup: @unchecked Sendable {
         partition?.release()
         PartitionState.undo(vm: vm, hierarchy: hierarchy)
         logger.notice("real-time partition of \(vm) released")
+    }
+
+    /// After every vCPU thread ended, when the guest reset and this VMM's caller starts the next
+    /// VMM of the VM (`--keep-realtime-partition-on-reset`): the partition stays as it is, marked
+    /// for that VMM to adopt. The caller undoes it if it starts none (rtvisord: a stop requested
+    /// meanwhile, a changed definition).
+    func handOver() {
+        if let handOverBroker {
+            do { let answer = try handOverBroker(); logger.notice("real-time partition of \(vm): \(answer) (the janitor)") }
+            catch { logger.error("real-time partition of \(vm): \(error); the janitor undoes it when this process exits") }
+            return
+        }
+        if PartitionState.handOver(vm: vm) {
+            logger.notice("real-time partition of \(vm) kept for the next VMM (guest reset)")
+        } else {
+            release()
+        }
     }
 }

@@ -50,6 +50,10 @@ public struct VMMLaunch: Codable, Equatable, Sendable {
     /// CLOCK_MONOTONIC (ns) when the caller started the process: the trace's first step is then
     /// exec and runtime start-up.
     public var traceOrigin: UInt64?
+    /// When the guest resets, leave a real-time VM's partition in place for the next VMM of the
+    /// VM, which the caller starts or, if it does not, undoes the partition (rtvisord, for
+    /// real-time VMs; docs/realtime.md).
+    public var keepRealtimePartitionOnReset = false
 
     public init(definition: String) { self.definition = definition }
 
@@ -60,6 +64,7 @@ public struct VMMLaunch: Codable, Equatable, Sendable {
         case logJournal = "log-journal", statusFile = "status-file", cgroup, latencyFile = "latency-file"
         case noJail = "no-jail", jailUID = "jail-uid", realtimeJanitor = "realtime-janitor"
         case traceStartup = "trace-startup", traceOrigin = "trace-origin-ns"
+        case keepRealtimePartitionOnReset = "keep-realtime-partition-on-reset"
         public var long: String { "--" + rawValue }
     }
 
@@ -84,6 +89,7 @@ public struct VMMLaunch: Codable, Equatable, Sendable {
         option(.jailUID, jailUID.map(String.init))
         flag(.traceStartup, traceStartup)
         option(.traceOrigin, traceOrigin.map(String.init))
+        flag(.keepRealtimePartitionOnReset, keepRealtimePartitionOnReset)
         return a
     }
 
@@ -154,6 +160,9 @@ public struct VMMLaunchArguments: ParsableArguments {
     @Option(name: .customLong(VMMLaunch.Flag.traceOrigin.rawValue), help: "With --trace-startup: CLOCK_MONOTONIC in ns when the caller started this process (the first step is then exec).")
     public var traceOriginNs: UInt64?
 
+    @Flag(name: .customLong(VMMLaunch.Flag.keepRealtimePartitionOnReset.rawValue), help: "When the guest resets, leave the real-time partition in place for the next VMM of this VM (the caller starts it, or undoes the partition).")
+    public var keepRealtimePartitionOnReset = false
+
     /// The VMM's real-time janitor mode (`RealtimeJanitorSpec`); started by the VMM itself.
     @Option(name: .customLong(VMMLaunch.Flag.realtimeJanitor.rawValue), help: .hidden)
     public var realtimeJanitor: String?
@@ -176,6 +185,7 @@ public struct VMMLaunchArguments: ParsableArguments {
         l.jailUID = jailUid
         l.traceStartup = traceStartup
         l.traceOrigin = traceOriginNs
+        l.keepRealtimePartitionOnReset = keepRealtimePartitionOnReset
         return l
     }
 }

@@ -25,6 +25,7 @@ enum JailSetup {
         if let grant = machine.realtimeGrant {
             let broker = try startJanitor(vm: machine.definition.name, grant: grant)
             machine.handRealtimeReleaseToJanitor { try broker.release() }
+            machine.handRealtimeHandOverToJanitor { try broker.handOver() }
             machine.setRealtimePlacementBroker { tid, cpu, priority in try broker.place(tid: tid, cpu: cpu, priority: priority) }
             // Locked memory beyond RLIMIT_MEMLOCK needs CAP_IPC_LOCK: raise the limit while root can
             // (CAP_SYS_RESOURCE); where it cannot, keep what is locked (guest RAM, everything
@@ -45,6 +46,14 @@ enum JailSetup {
             + notes.map { "; " + $0 }.joined()
     }
 
+    /// The janitor's requests besides placement ("TID CPU PRIORITY").
+    enum JanitorRequest {
+        /// Undo the partition now (the VM stopped).
+        static let release = "release"
+        /// Leave the partition for the next VMM of the VM (the guest reset; `--keep-realtime-partition-on-reset`).
+        static let handOver = "hand-over"
+    }
+
     /// The VMM's end of the janitor's socket: one request at a time, answered "ok" or an error.
     final class JanitorClient: @unchecked Sendable {
         let fd: Int32
@@ -58,8 +67,15 @@ enum JailSetup {
         /// At stop, after the vCPU threads ended: the partition undone before this process exits,
         /// so whoever starts the next real-time VM finds the CPUs free.
         func release() throws -> String {
-            let answer = try ask("release")
+            let answer = try ask(JanitorRequest.release)
             guard answer.hasPrefix("released") else { throw JailError(description: "real-time janitor: \(answer)") }
+            return answer
+        }
+        /// At the end after a guest reset, when the next VMM adopts the partition: the janitor
+        /// marks it handed over and then leaves it alone, whenever this process exits.
+        func handOver() throws -> String {
+            let answer = try ask(JanitorRequest.handOver)
+            guard answer.hasPrefix("kept") || answer.hasPrefix("released") else { throw JailError(description: "real-time janitor: \(answer)") }
             return answer
         }
         func ask(_ text: String) throws -> String {
@@ -101,20 +117,30 @@ enum JailSetup {
 
     /// The janitor's body (root, outside the jail): place the VMM's real-time threads when asked,
     /// only its own threads, only on its CPUs and up to its priority; when the VMM is gone, undo
-    /// its partition.
+    /// its partition, unless the VMM released it already or handed it over to the next VMM.
     static func runJanitor(spec: String) -> Never {
         guard let parsed = RealtimeJanitorSpec(encoded: spec) else {
             writeStderr("rtvisor-vmm: real-time janitor: bad specification \(spec)\n"); exit(2)
         }
         let vm = parsed.vm, vmmPid = parsed.vmmPID, maxPriority = parsed.maxPriority, cpus = Set(parsed.cpus), attachFile = parsed.attachFile ?? ""
         var buf = [UInt8](repeating: 0, count: 256)
-        var released = false
+        // Once the partition is undone or handed over, it is no longer this janitor's to undo.
+        var settled = false
+        func reply(_ text: String) {
+            var bytes = Array(text.utf8)
+            _ = bytes.withUnsafeMutableBytes { write(0, $0.baseAddress, $0.count) }
+        }
         while let n = try? retryInterrupted({ read(0, &buf, buf.count) }), n > 0 {
-            if buf[0..<n].elementsEqual("release".utf8) {
+            if buf[0..<n].elementsEqual(JanitorRequest.release.utf8) {
                 let done = releaseRealtimePartition(vm: vm)
-                released = true
-                var reply = Array("released: \(done ?? "nothing left to undo")".utf8)
-                _ = reply.withUnsafeMutableBytes { write(0, $0.baseAddress, $0.count) }
+                settled = true
+                reply("released: \(done ?? "nothing left to undo")")
+                continue
+            }
+            if buf[0..<n].elementsEqual(JanitorRequest.handOver.utf8) {
+                settled = true
+                if PartitionState.handOver(vm: vm) { reply("kept for the next VMM (guest reset)") }
+                else { reply("released (nothing to hand over): \(releaseRealtimePartition(vm: vm) ?? "nothing left to undo")") }
                 continue
             }
             let words = String(decoding: buf[0..<n], as: UTF8.self).split(separator: " ").compactMap { Int($0) }
@@ -133,10 +159,9 @@ enum JailSetup {
                     answer = "\(error)"
                 }
             }
-            var reply = Array(answer.utf8)
-            _ = reply.withUnsafeMutableBytes { write(0, $0.baseAddress, $0.count) }
+            reply(answer)
         }
-        if released { exit(0) }
+        if settled { exit(0) }
         // The VMM ended without asking (killed): its threads are gone, undo the partition now.
         usleep(100_000)
         if let done = releaseRealtimePartition(vm: vm) {

@@ -131,7 +131,8 @@ struct RtvisorVMM: ParsableCommand {
             var tap: (@Sendable (UInt8) -> Void)? = nil
             if let server { tap = { byte in server.tap(byte) } }
             machine = try Machine(definition: definition,
-                                  options: RunOptions(consoleInput: launch.consoleInput, console: ConsoleOutput(fd: consoleFD, tap: tap), notifyPath: launch.notify, latencyFile: launch.latencyFile, trace: trace),
+                                  options: RunOptions(consoleInput: launch.consoleInput, console: ConsoleOutput(fd: consoleFD, tap: tap), notifyPath: launch.notify, latencyFile: launch.latencyFile, trace: trace,
+                                                     keepRealtimePartitionOnReset: launch.keepRealtimePartitionOnReset),
                                   logger: logger, processStartedAt: started)
         } catch {
             writeStatus(VMMExitReport(status: .vmmError, reason: "\(error)"), to: launch.statusFile)

@@ -27,7 +27,7 @@ enum LifecycleFixture {
 
 /// A lifecycle under test with a clock that only moves when told to.
 struct TestVM {
-    var lifecycle = VMLifecycle(name: "web", settings: LifecycleFixture.settings, since: 0)
+    var lifecycle = VMLifecycle(name: "web", definition: LifecycleFixture.definition(), since: 0)
     var clock = LifecycleTime(wall: 1_700_000_000, monotonic: 100)
 
     /// Handles the event; returns the effects in words (`VMEffect.description`).

@@ -137,7 +137,8 @@ final class FakeTree {
         t.file("cpuset/cpuset.mems", "0\n")
         t.file("cpuset/cpuset.sched_load_balance", "1\n")
         t.file("cpuset/tasks", "100\n")
-        let v1 = CpusetV1(root: t.root + "/cpuset", lockPath: t.root + "/lock", host: HostCPUs(paths: HostPaths(sys: t.root + "/sys", proc: t.root + "/proc")))
+        let v1 = CpusetV1(root: t.root + "/cpuset", lockPath: t.root + "/lock", host: HostCPUs(paths: HostPaths(sys: t.root + "/sys", proc: t.root + "/proc")),
+                          stateDirectory: t.root + "/rt")
         return (t, v1)
     }
 

@@ -22,6 +22,7 @@ import VMMInterface
         l.jailUID = 1_600_000_123
         l.traceStartup = true
         l.traceOrigin = 123_456_789_000
+        l.keepRealtimePartitionOnReset = true
         return l
     }
 
@@ -37,7 +38,8 @@ import VMMInterface
     }
 
     @Test func eachSwitchAloneRoundTrips() throws {
-        let switches: [WritableKeyPath<VMMLaunch, Bool>] = [\.validateOnly, \.consoleInput, \.consoleJournal, \.logJournal, \.jail, \.traceStartup]
+        let switches: [WritableKeyPath<VMMLaunch, Bool>] = [\.validateOnly, \.consoleInput, \.consoleJournal, \.logJournal, \.jail, \.traceStartup,
+                                                             \.keepRealtimePartitionOnReset]
         for key in switches {
             var l = VMMLaunch(definition: "vm.json")
             l[keyPath: key].toggle()
