@@ -23,6 +23,7 @@ Everything started here is stopped at the end, also on errors and Ctrl-C.
 import argparse, http.client, json, os, random, re, secrets, select, shutil, signal, socket, statistics
 import queue, subprocess, sys, tempfile, threading, time
 
+sys.dont_write_bytecode = True  # no __pycache__ in the source tree
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 from bench_boot import finish, med, qemu_cmd, spawn_until  # noqa: E402
 from qemu_peer import EMULATING, qemu_cpu  # noqa: E402
