@@ -582,8 +582,15 @@ def load_bench(run, a, failures):
         failures.append(f"rtvisord exited during the run ({dmn.proc.returncode})")
         return res
     res["mem_after"] = (mem_kib(dmn.proc.pid), mem_kib(front1) if front1 else (0, 0))
-    res["vmm_rss"] = statistics.median(mem_kib(before[n][0])[0] for n in fleet)
-    res["vmm_pss"] = statistics.median(mem_kib(before[n][0])[1] for n in fleet)
+    vmm_mem = []
+    for n in fleet:
+        try:
+            vmm_mem.append(mem_kib(before[n][0]))
+        except OSError:  # ended: reported above
+            pass
+    if vmm_mem:
+        res["vmm_rss"] = statistics.median(m[0] for m in vmm_mem)
+        res["vmm_pss"] = statistics.median(m[1] for m in vmm_mem)
 
     # Anything rtvisord logged at error priority or worse (<0>–<3>) is a finding.
     errs = [line.rstrip() for line in open(dmn.log, errors="replace") if re.match(r"^<[0-3]>", line)]
