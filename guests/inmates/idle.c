@@ -69,6 +69,15 @@ void inmate_main(void)
 	bool ctrl = false, alt = false, e0 = false;
 
 	timer_init();
+	/* Only the LAPIC timer may interrupt. timer_init() falls back to PIT channel 0 in mode 0
+	 * when channel 2 looks absent, which also happens when the vCPU is descheduled for the
+	 * whole 10 ms window (a loaded host); channel 0's terminal count then raises IRQ 0 on an
+	 * 8259 nobody initialized (vector base 0, nothing masked), which arrives through LINT0
+	 * (ExtINT) as vector 0, a #DE, at the first `sti; hlt`. As latency.c does: mask both
+	 * 8259s and stop channel 0 (mode 0 with no count loaded waits). */
+	outb(0x21, 0xff);
+	outb(0xa1, 0xff);
+	outb(0x43, 0x30);
 	idt_setup();
 	timer_setup();
 	printk("IDLE_READY cmdline=\"%s\" heartbeat=%lus\n", cmdline(), heartbeat);
