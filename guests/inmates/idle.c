@@ -1,6 +1,6 @@
 /*
- * idle - a long-running inmate for the daemon's tests: prints a marker with its command
- * line, then sleeps in HLT woken by the LAPIC timer (10 Hz), prints a heartbeat every
+ * idle - a long-running inmate for the daemon's tests: prints IDLE_START at once, then a
+ * marker with its command line once its timer runs, then sleeps in HLT woken by the LAPIC timer (10 Hz), prints a heartbeat every
  * `idle.heartbeat=` seconds (default 5), and powers off cleanly when it sees Ctrl-Alt-Del
  * on the i8042 (scancode set 1: 1d, 38, e0 53), which is how rtvisord asks a guest to shut
  * down. `idle.seconds=N` powers off after N seconds (0 = never, the default).
@@ -68,6 +68,8 @@ void inmate_main(void)
 	u64 last = 0, beats = 0;
 	bool ctrl = false, alt = false, e0 = false;
 
+	/* First, before any work: the creation-rate benchmark's "the guest runs" marker. */
+	printk("IDLE_START\n");
 	timer_init();
 	/* Only the LAPIC timer may interrupt. timer_init() falls back to PIT channel 0 in mode 0
 	 * when channel 2 looks absent, which also happens when the vCPU is descheduled for the
