@@ -11,27 +11,20 @@ import Glibc
 /// Under systemd, rtvisord.service has `DevicePolicy=closed` with only /dev/kvm and /dev/net/tun
 /// allowed; the VMMs live in cgroups below the unit's, under the same device program. A denied
 /// device would end the VMM with a bare "Operation not permitted", so the daemon refuses the
-/// start itself and names the drop-in that allows it (docs/daemon.md, "Block devices and VFIO").
-/// access(2) asks the same device cgroup program that open(2) does (the kernel's
-/// inode_permission), without opening the device.
+/// start itself and names the drop-in that allows it (`DeniedDevice`). access(2) asks the same
+/// device cgroup program that open(2) does (the kernel's inode_permission), without opening the
+/// device. A disk is checked when its definition is loaded too (Config: a denied disk makes the
+/// definition invalid, with the same explanation); this check also covers VFIO, and a policy
+/// that changed since the definitions were read.
 public enum DeviceAccess {
     /// One device node a VM needs.
     public struct Node: Equatable, Sendable {
-        /// Where the definition names it ("$.disks[0].path", "$.passthrough[0].pci").
+        /// Where the definition names it ("$.disks[0].path", "$.passthrough[0].pci (…)").
         public var jsonPath: String
-        public var path: String
-        public var isBlock: Bool
-        public var major: UInt32
-        public var minor: UInt32
-        /// Opened for writing too (a disk that is not read-only; VFIO nodes always).
-        public var write: Bool
-        /// The drop-in of systemd/rtvisord.service.d that allows it.
-        public var dropIn: String
+        /// The node, and the access the VMM needs (a disk that is not read-only, VFIO: read-write).
+        public var device: DeniedDevice
 
-        public init(jsonPath: String, path: String, isBlock: Bool, major: UInt32, minor: UInt32, write: Bool, dropIn: String) {
-            self.jsonPath = jsonPath; self.path = path; self.isBlock = isBlock; self.major = major; self.minor = minor
-            self.write = write; self.dropIn = dropIn
-        }
+        public init(jsonPath: String, device: DeniedDevice) { self.jsonPath = jsonPath; self.device = device }
     }
 
     /// A device file's kind and number, from stat(2); nil for anything else (a regular file, a
@@ -43,27 +36,21 @@ public enum DeviceAccess {
         public init(isBlock: Bool, major: UInt32, minor: UInt32) { self.isBlock = isBlock; self.major = major; self.minor = minor }
     }
 
-    public static let blockDropIn = "block-devices.conf"
-    public static let vfioDropIn = "vfio.conf"
-
     /// The device nodes `definition` needs: its disks that are block devices, and for
     /// passthrough /dev/vfio/vfio and each device's IOMMU group node.
     public static func nodes(of definition: VMDefinition, deviceFile: (String) -> DeviceFile? = hostDeviceFile,
                              iommuGroup: (String) -> Int? = { PassthroughClaims.sysfsGroup($0) }) -> [Node] {
         var nodes: [Node] = []
+        func add(_ jsonPath: String, _ path: String, block: Bool, write: Bool) {
+            guard !nodes.contains(where: { $0.device.path == path }), let f = deviceFile(path), f.isBlock == block else { return }
+            nodes.append(Node(jsonPath: jsonPath, device: DeniedDevice(path: path, isBlock: block, major: f.major, minor: f.minor, write: write)))
+        }
         for (i, disk) in definition.disks.enumerated() {
-            guard let f = deviceFile(disk.path), f.isBlock else { continue }
-            nodes.append(Node(jsonPath: "$.disks[\(i)].path", path: disk.path, isBlock: true, major: f.major, minor: f.minor,
-                              write: !disk.readOnly, dropIn: blockDropIn))
+            add("$.disks[\(i)].path", disk.path, block: true, write: !disk.readOnly)
         }
-        var vfioPaths: [(String, String)] = []
-        if let first = definition.passthrough.first { vfioPaths.append(("$.passthrough[0].pci (\(first.pci))", "/dev/vfio/vfio")) }
+        if let first = definition.passthrough.first { add("$.passthrough[0].pci (\(first.pci))", "/dev/vfio/vfio", block: false, write: true) }
         for (i, device) in definition.passthrough.enumerated() {
-            if let group = iommuGroup(device.pci) { vfioPaths.append(("$.passthrough[\(i)].pci (\(device.pci))", "/dev/vfio/\(group)")) }
-        }
-        for (jsonPath, path) in vfioPaths where !nodes.contains(where: { $0.path == path }) {
-            guard let f = deviceFile(path), !f.isBlock else { continue }
-            nodes.append(Node(jsonPath: jsonPath, path: path, isBlock: false, major: f.major, minor: f.minor, write: true, dropIn: vfioDropIn))
+            if let group = iommuGroup(device.pci) { add("$.passthrough[\(i)].pci (\(device.pci))", "/dev/vfio/\(group)", block: false, write: true) }
         }
         return nodes
     }
@@ -75,21 +62,9 @@ public enum DeviceAccess {
                                iommuGroup: (String) -> Int? = { PassthroughClaims.sysfsGroup($0) },
                                access check: (String, Int32) -> Int32 = hostAccess) -> String? {
         for node in nodes(of: definition, deviceFile: deviceFile, iommuGroup: iommuGroup) {
-            let e = check(node.path, node.write ? R_OK | W_OK : R_OK)
-            if e == EPERM { return deniedMessage(node) }
+            if check(node.device.path, node.device.write ? R_OK | W_OK : R_OK) == EPERM { return "\(node.jsonPath): \(node.device)" }
         }
         return nil
-    }
-
-    static func deniedMessage(_ n: Node) -> String {
-        let kind = n.isBlock ? "block device" : "character device"
-        let dropIn = n.dropIn.hasSuffix(".conf") ? String(n.dropIn.dropLast(5)) : n.dropIn
-        return "\(n.jsonPath): \(n.path) is a \(kind) (\(n.major):\(n.minor)) that rtvisord's device policy denies "
-            + "(\(n.write ? "read-write" : "read") access: \(errnoMessage(EPERM))). rtvisord.service has DevicePolicy=closed "
-            + "(only /dev/kvm and /dev/net/tun); the drop-in \(n.dropIn) allows \(n.isBlock ? "block devices" : "VFIO"): "
-            + "scripts/install.sh --drop-in \(dropIn), or copy share/rtvisor/systemd/rtvisord.service.d/\(n.dropIn) of the install "
-            + "prefix to /etc/systemd/system/rtvisord.service.d/, then systemctl daemon-reload && systemctl restart rtvisord "
-            + "(guests keep running; docs/daemon.md, \"Block devices and VFIO\")"
     }
 
     /// stat(2) of a device file.
@@ -98,10 +73,7 @@ public enum DeviceAccess {
         guard stat(path, &st) == 0 else { return nil }
         let type = st.st_mode & S_IFMT
         guard type == S_IFBLK || type == S_IFCHR else { return nil }
-        // glibc's gnu_dev_major/minor, spelled out: major in bits 8–19 and 32–43, minor in 0–7 and 20–31 (and 44–63).
-        let dev = UInt64(st.st_rdev)
-        let major = UInt32(truncatingIfNeeded: ((dev >> 8) & 0xfff) | ((dev >> 32) & ~UInt64(0xfff)))
-        let minor = UInt32(truncatingIfNeeded: (dev & 0xff) | ((dev >> 12) & ~UInt64(0xff)))
+        let (major, minor) = DeniedDevice.split(UInt64(st.st_rdev))
         return DeviceFile(isBlock: type == S_IFBLK, major: major, minor: minor)
     }
 

@@ -27,10 +27,10 @@ import Testing
         let d = Self.definition(disks: [DiskSettings(path: "/var/lib/rtvisor/a.img"), DiskSettings(path: "/dev/loop3", readOnly: true)],
                                 passthrough: ["0000:03:00.0"])
         let nodes = DeviceAccess.nodes(of: d, deviceFile: Self.deviceFile, iommuGroup: { $0 == "0000:03:00.0" ? 12 : nil })
-        #expect(nodes.map(\.path) == ["/dev/loop3", "/dev/vfio/vfio", "/dev/vfio/12"])
+        #expect(nodes.map(\.device.path) == ["/dev/loop3", "/dev/vfio/vfio", "/dev/vfio/12"])
         #expect(nodes.map(\.jsonPath) == ["$.disks[1].path", "$.passthrough[0].pci (0000:03:00.0)", "$.passthrough[0].pci (0000:03:00.0)"])
-        #expect(nodes.map(\.write) == [false, true, true])
-        #expect(nodes.map(\.dropIn) == ["block-devices.conf", "vfio.conf", "vfio.conf"])
+        #expect(nodes.map(\.device.write) == [false, true, true])
+        #expect(nodes.map(\.device.dropIn) == ["block-devices.conf", "vfio.conf", "vfio.conf"])
     }
 
     @Test func aDeniedBlockDeviceIsRefusedWithTheDropInThatAllowsIt() throws {
@@ -39,7 +39,7 @@ import Testing
         let refusal = try #require(DeviceAccess.refusal(for: d, deviceFile: Self.deviceFile, iommuGroup: { _ in nil },
                                                         access: { asked.append(($0, $1)); return EPERM }))
         #expect(asked.map(\.0) == ["/dev/loop3"] && asked.map(\.1) == [R_OK | W_OK])
-        #expect(refusal.hasPrefix("$.disks[0].path: /dev/loop3 is a block device (7:3) that rtvisord's device policy denies"))
+        #expect(refusal.hasPrefix("$.disks[0].path: /dev/loop3 is a block device (7:3) that the device cgroup denies (read-write access"))
         for part in ["DevicePolicy=closed", "block-devices.conf", "scripts/install.sh --drop-in block-devices",
                      "/etc/systemd/system/rtvisord.service.d/", "systemctl daemon-reload && systemctl restart rtvisord"] {
             #expect(refusal.contains(part), "\(part) missing from: \(refusal)")
@@ -61,6 +61,15 @@ import Testing
         for e in [0, ENOENT, EACCES, EROFS] {
             #expect(DeviceAccess.refusal(for: d, deviceFile: Self.deviceFile, iommuGroup: { _ in nil }, access: { _, _ in e }) == nil, "errno \(e)")
         }
+    }
+
+    /// Device numbers as glibc's makedev encodes them, split back (large majors and minors too).
+    @Test func deviceNumbersSplitLikeGlibc() {
+        #expect(DeniedDevice.split(0x0703) == (7, 3))
+        // makedev(259, 0x12345): minor bits 8–31 go to 20–43.
+        #expect(DeniedDevice.split(0x1231_0345) == (259, 0x12345))
+        // makedev(0x1000, 1): major bits 12–31 go to 44–63.
+        #expect(DeniedDevice.split(0x1000_0000_0001) == (0x1000, 1))
     }
 
     /// The real stat(2): /dev/null is char 1:3 on every Linux; a regular file is no device.
