@@ -271,9 +271,8 @@ extension DaemonProcessTests {
     }
 
     /// Issue 16: SIGTERM (systemctl stop and restart alike) leaves the guests running and the
-    /// next rtvisord re-adopts them; only `rtvisorctl shutdown-guests` (rtvisor-guests.service's
-    /// stop, at host shutdown) stops them. Before, rtvisord asked systemctl list-jobs whether a
-    /// restart was queued and otherwise shut its guests down on SIGTERM.
+    /// next rtvisord re-adopts them; `rtvisorctl shutdown-guests` (rtvisor-guests.service's
+    /// stop, at host shutdown) stops them.
     @Test func sigtermLeavesGuestsRunningForTheNextDaemon() throws {
         let dir = try Self.shortTempDir()
         defer { try? FileManager.default.removeItem(atPath: dir) }
