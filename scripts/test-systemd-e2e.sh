@@ -1,9 +1,12 @@
 #!/usr/bin/env bash
 # End-to-end test of rtvisord under a real systemd 252 + journald: boots a Debian bookworm
 # container with systemd-nspawn (this host's PID 1 is not systemd), installs rtvisor into it
-# with scripts/install.sh, and checks the daemon as users run it: systemctl start/reload/
-# restart/stop, Type=notify status, the watchdog, journalctl fields, rtvisorctl, restart policy
-# after kill -9, re-adoption across a daemon restart, graceful guest shutdown.
+# with scripts/install.sh (prebuilt binaries, --root), and checks the daemon as users run it:
+# systemctl start/reload/restart/stop, Type=notify status, the watchdog, journalctl fields,
+# rtvisorctl, restart policy after kill -9, re-adoption across a daemon restart and stop, a
+# block device as a disk (refused under DevicePolicy=closed, allowed by the block-devices
+# drop-in), graceful guest shutdown by rtvisor-guests.service, and a container poweroff (host
+# shutdown: rtvisor-guests stops the guests before rtvisord stops); then install.sh --uninstall.
 #
 #   scripts/test-systemd-e2e.sh                 everything, including one minimal-Linux VM
 #   RTVISOR_SKIP_LINUX_BOOT=1 scripts/...       skip the Linux VM (1-3 minutes here)
@@ -11,8 +14,10 @@
 #
 # The rootfs (debootstrap, ~90 s, ~260 MB) is cached in ~/.cache/rtvisor/systemd-e2e, keyed by
 # its inputs; each run boots it through a tmpfs overlay, so the cache stays pristine.
-# Needs root, /dev/kvm and a Debian mirror; otherwise it says SKIP and why, and exits 0.
-# Kills only the nspawn process it started; removes the empty cgroups nspawn leaves behind.
+# Needs root, /dev/kvm and a Debian mirror; otherwise it says SKIP and why, and exits 0. The
+# block-device step needs a loop device (losetup on the host; it says SKIP without one).
+# Kills only the nspawn process it started; detaches only the loop device it set up; removes the
+# empty cgroups nspawn leaves behind.
 set -euo pipefail
 repo=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
 say() { printf '== %s\n' "$*"; }
@@ -71,11 +76,13 @@ for p in rtvisord rtvisorctl rtvisor-vmm; do
 	[ -x "$repo/.build-static/release/$p" ] || fail "build of $p"
 done
 say "static release build: $(el "$T")"
-# systemd-analyze verify on the host needs ExecStart to exist: check the unit with the build's path.
-verify_unit=$(mktemp -d)/rtvisord.service
-sed "s|/usr/local/bin/rtvisord|$repo/.build-static/release/rtvisord|" "$repo/systemd/rtvisord.service" >"$verify_unit"
-systemd-analyze verify "$verify_unit" || fail "systemd-analyze verify systemd/rtvisord.service"
-say "systemd-analyze verify systemd/rtvisord.service: OK"
+# systemd-analyze verify on the host needs ExecStart to exist: check the units with the build's path.
+verify_dir=$(mktemp -d)
+for u in rtvisord.service rtvisor-guests.service; do
+	sed "s|/usr/local/bin/|$repo/.build-static/release/|" "$repo/systemd/$u" >"$verify_dir/$u"
+done
+systemd-analyze verify "$verify_dir/rtvisord.service" "$verify_dir/rtvisor-guests.service" || fail "systemd-analyze verify systemd/*.service"
+say "systemd-analyze verify systemd/rtvisord.service systemd/rtvisor-guests.service: OK"
 
 # ---------- overlay root, install ----------
 work=$(mktemp -d /tmp/rtvisor-e2e.XXXXXX)
@@ -84,6 +91,7 @@ mkdir -p "$work/upper" "$work/ovl" "$work/root"
 mount -t overlay overlay -o "lowerdir=$rootfs,upperdir=$work/upper,workdir=$work/ovl" "$work/root"
 ROOT=$work/root
 NSPAWN=
+LOOP=
 cleanup() {
 	trap "" PIPE INT TERM HUP
 	set +e
@@ -96,14 +104,19 @@ cleanup() {
 	for d in /sys/fs/cgroup/unified /sys/fs/cgroup/systemd; do
 		for c in payload supervisor; do [ -d "$d/$c" ] && find "$d/$c" -depth -type d -exec rmdir {} \; 2>/dev/null; done
 	done
+	[ -n "$LOOP" ] && losetup -d "$LOOP"
 	umount "$ROOT" 2>/dev/null
 	umount "$work" 2>/dev/null
 	rmdir "$work" 2>/dev/null
-	rm -rf "$(dirname "$verify_unit")"
+	rm -rf "$verify_dir"
 }
 if [ "${KEEP:-0}" != 1 ]; then trap cleanup EXIT; trap 'exit 130' INT TERM HUP PIPE; fi
 
-"$repo/scripts/install.sh" --root "$ROOT" --bin-dir "$repo/.build-static/release" >/dev/null
+# A release as users get it (the executables and the example's inmate), installed without a compiler.
+mkdir "$work/release"
+cp "$repo/.build-static/release/"{rtvisord,rtvisorctl,rtvisor-vmm} "$repo/build/inmates/idle.elf" "$work/release/"
+"$repo/scripts/install.sh" --root "$ROOT" --binaries "$work/release" 2>"$work/install.log" || { cat "$work/install.log"; fail "install.sh --root"; }
+grep -q '^rtvisor:' "$ROOT/etc/group" || fail "install.sh did not create the group rtvisor (sysusers.d) in the container"
 # A faster watchdog than the shipped 30 s, so the test sees it being fed.
 mkdir -p "$ROOT/etc/systemd/system/rtvisord.service.d"
 printf '[Service]\nWatchdogSec=3s\n' >"$ROOT/etc/systemd/system/rtvisord.service.d/test.conf"
@@ -121,6 +134,19 @@ cat >"$ROOT/etc/rtvisor/vms/disk.json" <<'JSON'
 { "name": "disk", "memory_mib": 32, "kernel": "/var/lib/rtvisor/virtio-blk.elf",
   "cmdline": "blk.mode=write blk.sectors=64 blk.seed=7", "disks": [{ "path": "/var/lib/rtvisor/images/disk.img" }] }
 JSON
+# A block device as a disk: a loop device set up on the host (the container's own /dev has no
+# loop nodes: losetup inside finds a free number through /dev/loop-control but no /dev/loopN)
+# and bound into the container, backed by a file in this run's tmpfs.
+truncate -s 1M "$work/blk.img"
+LOOP=$(losetup --find --show "$work/blk.img" 2>"$work/losetup.log") || LOOP=
+if [ -n "$LOOP" ]; then
+	cat >"$ROOT/etc/rtvisor/vms/blockdisk.json" <<JSON
+{ "name": "blockdisk", "memory_mib": 32, "kernel": "/var/lib/rtvisor/virtio-blk.elf",
+  "cmdline": "blk.mode=write blk.sectors=64 blk.seed=9", "disks": [{ "path": "$LOOP" }] }
+JSON
+else
+	say "SKIP (block device step): no loop device: $(cat "$work/losetup.log")"
+fi
 linux=0
 guest=${RTVISOR_GUEST_LINUX:-${RTVISOR_CACHE:-$HOME/.cache/rtvisor}/guest-linux/current}
 if [ "${RTVISOR_SKIP_LINUX_BOOT:-0}" != 1 ] && [ -f "$guest/vmlinux" ] && [ -f "$guest/initramfs.cpio" ]; then
@@ -134,7 +160,7 @@ T=$(ts)
 SYSTEMD_NSPAWN_UNIFIED_HIERARCHY=1 systemd-nspawn -D "$ROOT" -M rtvisor-e2e -b \
 	--register=no --keep-unit --console=passive --private-network \
 	--capability=all --system-call-filter=bpf \
-	--bind=/dev/kvm --bind=/dev/net/tun >"$work/nspawn.log" 2>&1 &
+	--bind=/dev/kvm --bind=/dev/net/tun ${LOOP:+--bind="$LOOP"} >"$work/nspawn.log" 2>&1 &
 NSPAWN=$!
 LEADER=
 for _ in $(seq 100); do
@@ -179,8 +205,9 @@ vm_running() { [ "$(vm_field "$1" state)" = running ]; }
 step() { say "$*"; }
 
 # ---------- checks ----------
-step "systemd-analyze verify (inside, installed unit)"
-C systemd-analyze verify /etc/systemd/system/rtvisord.service || fail "systemd-analyze verify in the container"
+step "systemd-analyze verify (inside, installed units)"
+C systemd-analyze verify /usr/local/lib/systemd/system/rtvisord.service /usr/local/lib/systemd/system/rtvisor-guests.service \
+	|| fail "systemd-analyze verify in the container"
 
 step "systemctl start rtvisord"
 T=$(ts)
@@ -188,6 +215,9 @@ C systemctl start rtvisord || { J -u rtvisord | tail -30; fail "systemctl start"
 [ "$(C systemctl is-active rtvisord)" = active ] || fail "is-active after start"
 say "  active after $(el "$T"); StatusText: $(C systemctl show -P StatusText rtvisord)"
 C systemctl show -P StatusText rtvisord | grep -q "1 VM running" || fail "StatusText"
+[ "$(C systemctl is-active rtvisor-guests)" = active ] || fail "rtvisor-guests.service not pulled in by rtvisord (Wants=)"
+journal_has "r.get('RTVISOR_EVENT')=='guests-started'" -u rtvisord || fail "rtvisor-guests' ExecStart (rtvisorctl start-guests) did not reach the daemon"
+[ "$(C stat -c %G /run/rtvisor/api.sock)" = rtvisor ] || fail "api.sock not group rtvisor"
 
 step "guest console marker in journalctl -u rtvisord VM_NAME=example -o json"
 until_ok 15 journal_has "'IDLE_READY' in r.get('MESSAGE','') and r.get('VM_CONSOLE')=='serial'" -u rtvisord VM_NAME=example \
@@ -211,9 +241,11 @@ J -u rtvisord -o cat >"$work/journal.txt"; grep -m2 broken.json "$work/journal.t
 C rtvisorctl list --json | python3 -c '
 import json, sys
 d = json.load(sys.stdin)
-assert [v["name"] for v in d["vms"]] == ["disk", "example"], d
-assert [v["state"] for v in d["vms"]] == ["stopped", "running"], d
-assert {p["path"] for p in d["invalid_definitions"]} == {"$.memory_mib", "$.kernel"}, d["invalid_definitions"]' || fail "rtvisorctl list --json"
+vms = [v for v in d["vms"] if v["name"] != "blockdisk"]
+assert [v["name"] for v in vms] == ["disk", "example"], d
+assert [v["state"] for v in vms] == ["stopped", "running"], d
+broken = [p for p in d["invalid_definitions"] if p["file"] == "/etc/rtvisor/vms/broken.json"]
+assert {p["path"] for p in broken} == {"$.memory_mib", "$.kernel"}, d["invalid_definitions"]' || fail "rtvisorctl list --json"
 
 step "cgroup per VM under the delegated unit cgroup"
 EX_PID=$(vm_field example pid)
@@ -289,10 +321,59 @@ C rtvisorctl pause second >/dev/null
 C rtvisorctl resume second >/dev/null
 [ "$(vm_field second state)" = running ] || fail "state not running after resume"
 
-step "systemctl restart rtvisord: guests keep running and are re-adopted"
+# (After the kill -9 step: its exit reason needs the VMM to be the daemon's child, not re-adopted.)
+if [ -n "$LOOP" ]; then
+	step "a block device as disk under DevicePolicy=closed: the definition is refused, naming the drop-in"
+	C rtvisorctl list --json >"$work/list.json"
+	python3 - "$work/list.json" "$LOOP" <<'PY' || fail "blockdisk.json is not reported as denied by the device policy, with the drop-in"
+import json, sys
+d = json.load(open(sys.argv[1]))
+assert "blockdisk" not in [v["name"] for v in d["vms"]], d["vms"]
+[p] = [p for p in d["invalid_definitions"] if p["file"] == "/etc/rtvisor/vms/blockdisk.json"]
+assert p["path"] == "$.disks[0].path", p
+for part in (f"{sys.argv[2]} is a block device (7:", "the device cgroup denies (read-write access: Operation not permitted)",
+             "DevicePolicy=closed", "block-devices.conf", "scripts/install.sh --drop-in block-devices",
+             "systemctl daemon-reload && systemctl restart rtvisord"):
+    assert part in p["reason"], (part, p["reason"])
+print("  " + p["path"] + ": " + p["reason"])
+PY
+	journal_has "r.get('RTVISOR_EVENT')=='definition-invalid' and r.get('DEFINITION_FILE')=='/etc/rtvisor/vms/blockdisk.json' and 'block-devices.conf' in r.get('REASON','')" -u rtvisord \
+		|| fail "no definition-invalid event naming the drop-in"
+
+	step "the block-devices drop-in, daemon-reload and restart (guests keep running): the guest writes the loop device"
+	EX_PID=$(vm_field example pid)
+	C install -D -m 0644 /usr/local/share/rtvisor/systemd/rtvisord.service.d/block-devices.conf /etc/systemd/system/rtvisord.service.d/block-devices.conf
+	C systemctl daemon-reload
+	C systemctl restart rtvisord || fail "systemctl restart with the block-devices drop-in"
+	[ "$(vm_field example pid)" = "$EX_PID" ] || fail "example did not keep running across the restart"
+	C rtvisorctl start blockdisk >/dev/null || fail "rtvisorctl start blockdisk with the drop-in"
+	blk_done() { journal_has "'INMATE virtio-blk PASS' in r.get('MESSAGE','')" -u rtvisord VM_NAME=blockdisk; }
+	until_ok 20 blk_done || { J -u rtvisord VM_NAME=blockdisk -o cat | tail -20; fail "the guest could not write $LOOP"; }
+	# What the guest wrote is in the loop device's backing file on the host (the inmate's pattern).
+	python3 - "$work/blk.img" <<'PY' || fail "the backing file of $LOOP does not hold the guest's pattern"
+import struct, sys
+M = 0xffffffff
+def fmix32(x):
+    x ^= x >> 16; x = (x * 0x85ebca6b) & M; x ^= x >> 13; x = (x * 0xc2b2ae35) & M; x ^= x >> 16
+    return x
+data = open(sys.argv[1], "rb").read(64 * 512)
+for s in range(64):
+    for k in range(128):
+        want = fmix32(9 ^ ((s * 0x9E3779B1) & M) ^ ((k * 0x85EBCA77) & M))
+        got = struct.unpack_from("<I", data, s * 512 + k * 4)[0]
+        assert got == want, (s, k, hex(got), hex(want))
+PY
+	say "  $LOOP: refused without the drop-in; with it the guest wrote 64 sectors, found in the backing file on the host"
+fi
+
+step "systemctl restart rtvisord: guests keep running and are re-adopted; rtvisor-guests is not touched"
 OLD_MAIN=$(C systemctl show -P MainPID rtvisord)
 EX_PID=$(vm_field example pid); SE_PID=$(vm_field second pid)
+GUESTS_SINCE=$(C systemctl show -P ActiveEnterTimestampMonotonic rtvisor-guests)
 C systemctl restart rtvisord || fail "systemctl restart"
+[ "$(C systemctl show -P ActiveEnterTimestampMonotonic rtvisor-guests)" = "$GUESTS_SINCE" ] && [ "$(C systemctl is-active rtvisor-guests)" = active ] \
+	|| fail "restarting rtvisord restarted or stopped rtvisor-guests.service"
+if journal_has "r.get('RTVISOR_EVENT')=='guests-shutdown'" -u rtvisord; then fail "a daemon restart shut the guests down"; fi
 [ "$(C systemctl is-active rtvisord)" = active ] || fail "is-active after restart"
 NEW_MAIN=$(C systemctl show -P MainPID rtvisord)
 [ "$NEW_MAIN" != "$OLD_MAIN" ] || fail "MainPID unchanged"
@@ -358,10 +439,27 @@ if journal_has "r.get('RTVISOR_EVENT')=='api-front-ended'" -u rtvisord; then
 	J -u rtvisord | grep -i 'API front' | tail -5; fail "an API front process ended under the unit"
 fi
 
-step "systemctl stop rtvisord: guests shut down cleanly (Ctrl-Alt-Del), then the daemon exits"
+step "systemctl stop rtvisord: the daemon stops, the guests keep running (rtvisor-guests stays active)"
+EX_PID=$(vm_field example pid); SE_PID=$(vm_field second pid)
+LX_PID=; [ $linux = 1 ] && LX_PID=$(vm_field linux pid)
+C systemctl stop rtvisord || fail "systemctl stop rtvisord"
+[ "$(C systemctl is-active rtvisord)" = inactive ] || fail "rtvisord not inactive after stop"
+[ "$(C systemctl is-active rtvisor-guests)" = active ] || fail "stopping rtvisord stopped rtvisor-guests"
+for p in $EX_PID $SE_PID $LX_PID; do C kill -0 "$p" || fail "VMM $p did not survive systemctl stop rtvisord"; done
+journal_has "r.get('RTVISOR_EVENT')=='daemon-stopping' and 'keep running' in r.get('MESSAGE','')" -u rtvisord || fail "no daemon-stopping event"
+say "  VMMs $(echo $EX_PID $SE_PID $LX_PID) kept running without a daemon"
+
+step "systemctl start rtvisord: the same VMMs re-adopted"
+C systemctl start rtvisord || fail "systemctl start after stop"
+[ "$(vm_field example pid)" = "$EX_PID" ] && [ "$(vm_field second pid)" = "$SE_PID" ] || { C rtvisorctl list; fail "not re-adopted after stop/start"; }
+vm_running example && vm_running second || fail "guests not running after stop/start"
+
+step "systemctl stop rtvisor-guests (host shutdown's first step): every guest shut down cleanly (Ctrl-Alt-Del), the daemon stays"
 T=$(ts)
-C systemctl stop rtvisord || fail "systemctl stop"
-[ "$(C systemctl is-active rtvisord)" = inactive ] || fail "not inactive after stop"
+# Bounded by the definitions (the Linux VM's stop_timeout_s is 100), not by C's 120 s.
+timeout 300 nsenter -t "$LEADER" -m -u -i -n -p -C systemctl stop rtvisor-guests || { C journalctl -b -u rtvisor-guests --no-pager | tail; fail "systemctl stop rtvisor-guests"; }
+[ "$(C systemctl is-active rtvisor-guests)" = inactive ] || fail "rtvisor-guests not inactive after stop"
+[ "$(C systemctl is-active rtvisord)" = active ] || fail "rtvisord stopped with the guests"
 C pgrep -x rtvisor-vmm >/dev/null && { C ps -ef | grep rtvisor; fail "rtvisor-vmm processes left"; }
 for vm in example second; do
 	journal_has "'IDLE_CTRL_ALT_DEL' in r.get('MESSAGE','')" -u rtvisord VM_NAME=$vm || fail "$vm did not see Ctrl-Alt-Del"
@@ -376,8 +474,56 @@ if [ $linux = 1 ]; then
 	journal_has "r.get('RTVISOR_EVENT')=='vm-stopped' and r.get('VM_NAME')=='linux' and r.get('VM_EXIT_REASON')=='guest powered off'" -u rtvisord || { J -u rtvisord VM_NAME=linux | tail -20; fail "linux not powered off cleanly"; }
 	say "  Linux guest shut down through busybox init and powered off"
 fi
-say "  stopped in $(el "$T")"
-J -u rtvisord -o cat >"$work/journal.txt"; grep -E "stopped on request|all guests stopped" "$work/journal.txt" | sed 's/^/  /'
+journal_has "r.get('RTVISOR_EVENT')=='guests-shutdown'" -u rtvisord || fail "no guests-shutdown event"
+J -u rtvisor-guests -o cat >"$work/guests.txt"
+grep -q "every guest has ended" "$work/guests.txt" || { cat "$work/guests.txt"; fail "rtvisorctl shutdown-guests did not report every guest ended"; }
+say "  stopped in $(el "$T"); rtvisorctl shutdown-guests said:"
+grep -E "^(example|second|linux): " "$work/guests.txt" | sed 's/^/    /'
+
+step "systemctl start rtvisor-guests: the autostart guests come back"
+# The Linux VM (autostart) would boot again for minutes: its definition goes first.
+rm -f "$ROOT/etc/rtvisor/vms/linux.json"
+C systemctl reload rtvisord
+C systemctl start rtvisor-guests || fail "systemctl start rtvisor-guests"
+vm_running example && vm_running second || { C rtvisorctl list; fail "the autostart guests did not come back"; }
+[ "$(vm_field disk state)" = stopped ] || fail "a VM without autostart was started"
+EX_PID=$(vm_field example pid); SE_PID=$(vm_field second pid)
+
+if [ "${KEEP:-0}" = 1 ]; then
+	say "SKIP (host shutdown and uninstall): KEEP=1 keeps the container running"
+else
+	step "host shutdown (systemctl poweroff of the container): rtvisor-guests stops the guests before rtvisord stops"
+	since=$(C date +%s)
+	C systemctl poweroff || true
+	for _ in $(seq 1200); do kill -0 "$NSPAWN" 2>/dev/null || break; sleep 0.1; done
+	kill -0 "$NSPAWN" 2>/dev/null && fail "the container did not power off within 120 s"
+	wait "$NSPAWN" 2>/dev/null || true
+	NSPAWN=
+	# The container's persistent journal, read on the host: the order of what happened.
+	journalctl -D "$ROOT/var/log/journal" --no-pager -o json --since "@$since" >"$work/shutdown.json"
+	python3 - "$work/shutdown.json" <<'PY' || fail "host shutdown did not shut the guests down before rtvisord stopped"
+import json, sys
+rows = [json.loads(l) for l in open(sys.argv[1]) if l.strip()]
+def first(pred, what):
+    for i, r in enumerate(rows):
+        if pred(r): return i
+    sys.exit(f"not in the journal: {what}")
+asked = first(lambda r: r.get("RTVISOR_EVENT") == "guests-shutdown", "guests-shutdown")
+ends = [first(lambda r, vm=vm: r.get("RTVISOR_EVENT") == "vm-stopped" and r.get("VM_NAME") == vm
+              and r.get("VM_EXIT_REASON") == "guest powered off", f"{vm} powered off") for vm in ("example", "second")]
+cad = [first(lambda r, vm=vm: "IDLE_CTRL_ALT_DEL" in r.get("MESSAGE", "") and r.get("VM_NAME") == vm, f"{vm} Ctrl-Alt-Del") for vm in ("example", "second")]
+stopping = first(lambda r: r.get("RTVISOR_EVENT") == "daemon-stopping", "daemon-stopping")
+assert asked < min(cad) and max(ends) < stopping, (asked, cad, ends, stopping)
+assert rows[stopping]["MESSAGE"].startswith("rtvisord stopping (SIGTERM): 0 guest(s) keep running"), rows[stopping]["MESSAGE"]
+print("  guests-shutdown, Ctrl-Alt-Del, both powered off, then:", rows[stopping]["MESSAGE"])
+PY
+
+	step "install.sh --uninstall --root: nothing of rtvisor left in the container's root but your definitions"
+	"$repo/scripts/install.sh" --uninstall --root "$ROOT" 2>"$work/uninstall.log" || { cat "$work/uninstall.log"; fail "install.sh --uninstall --root"; }
+	left=$(cd "$ROOT" && find usr etc -path '*rtvisor*' ! -path 'etc/rtvisor' ! -path 'etc/rtvisor/vms' ! -path 'etc/rtvisor/vms/*' ! -path 'etc/systemd/system/rtvisord.service.d*' | sort)
+	[ -z "$left" ] || { echo "$left"; fail "install.sh --uninstall left files behind"; }
+	grep -q "kept /etc/rtvisor/vms/example.json (changed since it was installed)" "$work/uninstall.log" || { cat "$work/uninstall.log"; fail "uninstall did not report the changed example"; }
+fi
 
 say "ALL SYSTEMD E2E CHECKS PASSED in $(el "$T_ALL")"
 if [ "${KEEP:-0}" = 1 ]; then

@@ -64,5 +64,8 @@ export RTVISOR_INMATES=$inmates RTVISOR_GUEST_LINUX=$guest
 log "swift test"
 swift test --skip-build 2>&1
 
+log "scripts/install.sh into staging trees, and --uninstall"
+scripts/test-install.sh
+
 log "rtvisord end-to-end under systemd (systemd-nspawn)"
 scripts/test-systemd-e2e.sh

@@ -35,6 +35,8 @@ public struct APIResponse: Sendable, Equatable {
 ///     GET  /v1/rt-check                 [RealtimeCheck] (every VM with a realtime block)
 ///     GET  /v1/vms/{name}/rt-check      RealtimeCheck
 ///     GET  /v1/vms/{name}/latency       LatencySnapshot (realtime.latency_probe_us)
+///     POST /v1/guests/shutdown          GuestsResult (every guest asked to shut down; answers at once)
+///     POST /v1/guests/start             GuestsResult (every stopped autostart VM started)
 public struct APIRouter: Sendable {
     let control: any VMControl
     public static let maxBody = 1 << 20
@@ -71,6 +73,13 @@ public struct APIRouter: Sendable {
         case 3 where rest[0] == "vms" && rest[2] == "latency":
             guard request.method == "GET" else { return Self.methodNotAllowed("GET") }
             return await run { () async throws(ControlError) in try await control.latency(rest[1]) }
+        case 2 where rest[0] == "guests":
+            guard request.method == "POST" else { return Self.methodNotAllowed("POST") }
+            switch rest[1] {
+            case "shutdown": return await run { () async throws(ControlError) in try await control.shutdownGuests() }
+            case "start": return await run { () async throws(ControlError) in try await control.startGuests() }
+            default: return Self.error(404, "no such action: \(rest[1]) (shutdown, start)")
+            }
         case 2 where rest[0] == "vms":
             guard request.method == "GET" else { return Self.methodNotAllowed("GET") }
             return await run { () async throws(ControlError) in try await control.inspect(rest[1]) }

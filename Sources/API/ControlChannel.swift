@@ -14,7 +14,7 @@ import Glibc
 /// bodies, confined) to rtvisord (docs/sandbox.md). Names are validated again by the daemon
 /// (the Supervisor looks them up); bodies arrive decoded into their types.
 public enum ControlCall: Codable, Sendable, Equatable {
-    case list, info, reload
+    case list, info, reload, shutdownGuests, startGuests
     case inspect(name: String), start(name: String), reboot(name: String), pause(name: String), resume(name: String)
     case stop(name: String, force: Bool)
     case validate(ValidateRequest)
@@ -108,6 +108,8 @@ public enum ControlServer {
             case let .resume(name): return encoded(try await control.resume(name))
             case let .realtimeCheck(name): return encoded(try await control.realtimeCheck(name))
             case let .latency(name): return encoded(try await control.latency(name))
+            case .shutdownGuests: return encoded(try await control.shutdownGuests())
+            case .startGuests: return encoded(try await control.startGuests())
             }
         } catch {
             switch error {
@@ -204,4 +206,6 @@ public final class RemoteVMControl: VMControl, Sendable {
     public func resume(_ name: String) async throws(ControlError) -> ActionResult { try await call(.resume(name: name), as: ActionResult.self) }
     public func realtimeCheck(_ name: String?) async throws(ControlError) -> [RealtimeCheck] { try await call(.realtimeCheck(name: name), as: [RealtimeCheck].self) }
     public func latency(_ name: String) async throws(ControlError) -> LatencySnapshot { try await call(.latency(name: name), as: LatencySnapshot.self) }
+    public func shutdownGuests() async throws(ControlError) -> GuestsResult { try await call(.shutdownGuests, as: GuestsResult.self) }
+    public func startGuests() async throws(ControlError) -> GuestsResult { try await call(.startGuests, as: GuestsResult.self) }
 }

@@ -120,6 +120,19 @@ public struct ActionResult: Codable, Sendable, Equatable {
     }
 }
 
+/// `POST /v1/guests/shutdown` and `POST /v1/guests/start` (rtvisor-guests.service's stop and
+/// start): what was done to each VM the request concerned.
+public struct GuestsResult: Codable, Sendable, Equatable {
+    /// Shutdown: every VM that was running, paused, stopping or waiting to restart; start: every
+    /// autostart VM that was stopped.
+    public var vms: [ActionResult]
+    /// Shutdown: the longest any of those stops may take (its stop timeout plus the hard stop's
+    /// grace); by then the daemon has ended every VMM. 0 for start.
+    public var waitSeconds: Double
+    public init(vms: [ActionResult], waitSeconds: Double) { self.vms = vms; self.waitSeconds = waitSeconds }
+    enum CodingKeys: String, CodingKey { case vms, waitSeconds = "wait_s" }
+}
+
 /// `POST /v1/validate`: a definition's text, checked as if it were in `baseDirectory`.
 public struct ValidateRequest: Codable, Sendable, Equatable {
     public var definition: String

@@ -98,6 +98,12 @@ extension Validator {
         let type = st.st_mode & S_IFMT
         guard type == S_IFREG || type == S_IFBLK else { fail("\(at).path", "\(path): not a regular file or block device"); return nil }
         guard access(path, readOnly ? R_OK : R_OK | W_OK) == 0 else {
+            // A block device the device cgroup denies (rtvisord.service's DevicePolicy=closed):
+            // not a permission problem read_only would solve.
+            if errno == EPERM && type == S_IFBLK {
+                fail("\(at).path", "\(DeniedDevice(path: path, isBlock: true, rdev: UInt64(st.st_rdev), write: !readOnly))")
+                return nil
+            }
             fail("\(at).path", "\(path): not \(readOnly ? "readable" : "readable and writable"): \(Errno(rawValue: errno))"
                  + (readOnly ? "" : " (set \"read_only\": true for a read-only disk)"))
             return nil

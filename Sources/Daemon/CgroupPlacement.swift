@@ -40,14 +40,6 @@ public struct CgroupPlacement: Sendable {
         procSelfCgroup?.split(separator: "\n").first(where: { $0.hasPrefix("0::") }).map { String($0.dropFirst(3)) }
     }
 
-    /// The systemd unit this process runs in (the last `*.service` component of its cgroup).
-    public static func unitName(procSelfCgroup: String? = try? String(contentsOfFile: "/proc/self/cgroup", encoding: .utf8)) -> String? {
-        guard let text = procSelfCgroup,
-              let line = text.split(separator: "\n").first(where: { $0.hasPrefix("0::") }) ?? text.split(separator: "\n").first(where: { $0.contains("name=systemd:") })
-        else { return nil }
-        return line.split(separator: "/").last(where: { $0.hasSuffix(".service") }).map(String.init)
-    }
-
     /// Enables the VM controllers for the VM cgroups, once at start; returns what happened, for
     /// the journal.
     public func enableControllers() -> String {

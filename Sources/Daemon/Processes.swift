@@ -145,37 +145,3 @@ public enum Processes {
         return .signaled(status & 0x7f)
     }
 }
-
-/// Asks systemd whether the daemon is being restarted (a `restart` job is queued for its unit)
-/// rather than stopped: on restart the guests keep running and the next rtvisord re-adopts them.
-/// systemd sends the same SIGTERM for both, so the job list is the only place the difference shows.
-public enum SystemdJobs {
-    public static func restartPending(unit: String, systemctl: String = "/bin/systemctl") -> Bool {
-        guard access(systemctl, X_OK) == 0 else { return false }
-        var fds: [Int32] = [0, 0]
-        guard pipe(&fds) == 0 else { return false }
-        var pid: pid_t = 0
-        let argv = [systemctl, "list-jobs", "--no-legend", "--no-pager", "--plain", "--full"]
-        let cArgv = argv.map { strdup($0) } + [nil]
-        let cEnv: [UnsafeMutablePointer<CChar>?] = [strdup("PATH=/usr/sbin:/usr/bin:/sbin:/bin"), nil]
-        defer { cArgv.forEach { free($0) }; cEnv.forEach { free($0) } }
-        let devnull = open("/dev/null", O_WRONLY | O_CLOEXEC)
-        defer { if devnull >= 0 { close(devnull) } }
-        let r = cArgv.withUnsafeBufferPointer { a in cEnv.withUnsafeBufferPointer { e in cdaemon_spawn(&pid, systemctl, a.baseAddress, e.baseAddress, fds[1], devnull) } }
-        close(fds[1])
-        guard r == 0 else { close(fds[0]); return false }
-        let out = (try? readToEnd(fds[0], chunk: 4096)) ?? []
-        close(fds[0])
-        var st: Int32 = 0
-        _ = try? retryInterrupted { waitpid(pid, &st, 0) }
-        return jobListShowsRestart(String(decoding: out, as: UTF8.self), unit: unit)
-    }
-
-    /// `JOB UNIT TYPE STATE` lines; a restart's stop phase is listed with type `restart`.
-    public static func jobListShowsRestart(_ text: String, unit: String) -> Bool {
-        text.split(separator: "\n").contains { line in
-            let f = line.split(whereSeparator: { $0 == " " || $0 == "\t" })
-            return f.count >= 3 && f[1] == unit && f[2].hasSuffix("restart")
-        }
-    }
-}

@@ -65,7 +65,7 @@ extension Supervisor {
     }
 
     /// Prepares the VM's run directory, checks that its real-time CPUs and passthrough devices are
-    /// free, and starts rtvisor-vmm with the loaded definition. Returns what happened, for the lifecycle.
+    /// free and that the device policy lets it open its device nodes, and starts rtvisor-vmm with the loaded definition. Returns what happened, for the lifecycle.
     func spawnVMM(_ name: String, why: SpawnReason) -> VMEvent {
         guard let r = records[name] else { return .spawnFailed(reason: "no VM named \"\(name)\"") }
         let fm = FileManager.default
@@ -88,6 +88,8 @@ extension Supervisor {
                 return .spawnFailed(reason: refusal)
             }
         }
+        // A device the unit's DevicePolicy denies is refused here, with the drop-in that allows it.
+        if let refusal = DeviceAccess.refusal(for: r.loaded.definition) { return .spawnFailed(reason: refusal) }
         let definition = r.loaded.definition
         let limits = CgroupPlacement.Limits(memoryBytes: VMResourceLimits.memoryBytes(guestMiB: definition.memoryMiB),
                                             tasks: VMResourceLimits.tasks(vcpus: definition.vcpus, nets: definition.nets.count),

@@ -107,16 +107,20 @@ public actor Supervisor: VMControl {
         // VMs a previous rtvisord was running are not autostarted again: if one ended meanwhile,
         // its restart policy has decided (a guest that powered off stays off).
         let managedBefore = adoptRunning()
-        // Real-time VMs first: their partition is set up before ordinary guests load the host.
-        let order = records.keys.sorted { a, b in
-            let ra = records[a]!.loaded.definition.realtime != nil, rb = records[b]!.loaded.definition.realtime != nil
-            return ra != rb ? ra : a < b
-        }
-        for name in order where !managedBefore.contains(name) {
+        for name in startOrder where !managedBefore.contains(name) {
             guard let r = records[name], r.loaded.definition.daemon.autostart else { continue }
             feed(name, .autostart(addedByReload: false))
         }
         publishStatus()
+    }
+
+    /// The VMs in the order they are autostarted: real-time VMs first (their partition is set up
+    /// before ordinary guests load the host), then by name.
+    var startOrder: [String] {
+        records.keys.sorted { a, b in
+            let ra = records[a]!.loaded.definition.realtime != nil, rb = records[b]!.loaded.definition.realtime != nil
+            return ra != rb ? ra : a < b
+        }
     }
 
     /// Returns the names that had a state file (running under the previous rtvisord).
@@ -188,7 +192,8 @@ public actor Supervisor: VMControl {
 
     // MARK: daemon stop
 
-    /// Daemon stop: every guest is asked to shut down, then waited for (hard-stopped on timeout).
+    /// Foreground stop (SIGINT): every guest is asked to shut down, then waited for (hard-stopped
+    /// on timeout).
     public func shutdownAll() async {
         shuttingDown = true
         for name in records.keys.sorted() { feed(name, .daemonShutdown) }
@@ -200,7 +205,7 @@ public actor Supervisor: VMControl {
         publishStatus()
     }
 
-    /// Daemon restart: guests keep running; only in-memory state is dropped.
+    /// Daemon stop or restart (SIGTERM): guests keep running; only in-memory state is dropped.
     public func detachAll() -> Int {
         shuttingDown = true
         for name in records.keys.sorted() { feed(name, .daemonDetach) }

@@ -18,6 +18,12 @@ public protocol VMControl: Sendable {
     func realtimeCheck(_ name: String?) async throws(ControlError) -> [RealtimeCheck]
     /// The wake-up latency histogram of a real-time VM with a probe.
     func latency(_ name: String) async throws(ControlError) -> LatencySnapshot
+    /// Asks every guest to shut down (graceful stop; a reset in progress ends as a stop, a pending
+    /// restart is cancelled) and answers at once, with how long the stops may take
+    /// (rtvisor-guests.service's stop, at host shutdown).
+    func shutdownGuests() async throws(ControlError) -> GuestsResult
+    /// Starts every autostart VM that is stopped (rtvisor-guests.service's start).
+    func startGuests() async throws(ControlError) -> GuestsResult
 }
 
 public enum ControlError: Error, Equatable, Sendable, CustomStringConvertible {

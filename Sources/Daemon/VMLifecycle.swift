@@ -110,6 +110,7 @@ public struct VMLifecycle: Equatable, Sendable {
             tracker.settings = new.daemon.restart
             return []
         case .definitionRemoved: return definitionRemoved()
+        case .shutdownRequested: return shutdown()
         case .daemonShutdown:
             daemonLeaving = true
             if let p = process { return beginStop(p, force: false, intent: .stop) }
@@ -216,6 +217,27 @@ public struct VMLifecycle: Equatable, Sendable {
             return releaseKeptPartition() + [.publishStatus, reply("stop", "pending restart cancelled", state: .stopped)]
         case .stopped, .failed, .starting:
             return refuse(.conflict("VM \(name) is not running (\(stateName.rawValue))"))
+        }
+    }
+
+    /// Part of shutting every guest down: a graceful stop, except that a reset in progress ends
+    /// as a stop (at host shutdown a VM must not come back), and a VM that is not running is
+    /// left alone without an error (the request is for all of them).
+    private mutating func shutdown() -> [VMEffect] {
+        switch phase {
+        case let .running(p), let .paused(p):
+            return beginStop(p, force: false, intent: .stop)
+                + [reply("shutdown", "asked the guest to shut down (Ctrl-Alt-Del); hard stop after \(settings.stopTimeoutSeconds) s", state: .stopping)]
+        case let .stopping(p, intent):
+            // A reset's SIGTERM is already out: the VMM ends soon, and then stays stopped.
+            if intent == .reboot { phase = .stopping(p, .stop) }
+            return [reply("shutdown", intent == .reboot ? "was being reset: stays stopped" : "already stopping", state: .stopping)]
+        case .restarting:
+            phase = .stopped
+            generation += 1
+            return [.publishStatus, reply("shutdown", "pending restart cancelled", state: .stopped)]
+        case .stopped, .failed, .starting:
+            return []
         }
     }
 

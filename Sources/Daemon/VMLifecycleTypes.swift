@@ -128,9 +128,12 @@ public enum VMEvent: Equatable, Sendable {
     case definitionChanged(VMDefinition)
     /// A reload found the VM's definition gone.
     case definitionRemoved
-    /// rtvisord stops: every guest is shut down.
+    /// Every guest is shut down on request and the daemon stays (`rtvisorctl shutdown-guests`:
+    /// rtvisor-guests.service stopping, at host shutdown).
+    case shutdownRequested
+    /// rtvisord stops in the foreground (SIGINT): every guest is shut down.
     case daemonShutdown
-    /// rtvisord restarts: guests keep running for the next rtvisord to re-adopt.
+    /// rtvisord stops or restarts (SIGTERM): guests keep running for the next rtvisord to re-adopt.
     case daemonDetach
 
     // Results of effects the supervisor performed.

@@ -20,6 +20,10 @@ public enum LifecycleEvent: String, CaseIterable, Sendable {
     case vmConsoleSuppressed = "vm-console-suppressed"
     /// Host changes of a real-time VM undone by the daemon after its VMM ended.
     case vmRealtimeReleased = "vm-realtime-released"
+    /// Every guest asked to shut down on request (`rtvisorctl shutdown-guests`: rtvisor-guests.service stopping).
+    case guestsShutdown = "guests-shutdown"
+    /// The autostart VMs that were stopped started on request (`rtvisorctl start-guests`: rtvisor-guests.service starting).
+    case guestsStarted = "guests-started"
 
     public var messageID: String {
         switch self {
@@ -39,6 +43,8 @@ public enum LifecycleEvent: String, CaseIterable, Sendable {
         case .vmConsole: "78b000b79d4a45068ae0a6b24d0c4f43"
         case .vmConsoleSuppressed: "5c284978482c464fbedca8e7fcb1645f"
         case .vmRealtimeReleased: "bc0fa290b0234b34bebec63aafed23b3"
+        case .guestsShutdown: "8b850b145a4847dea6565c90b3e29e69"
+        case .guestsStarted: "5d8cb222db914bb4b502ede1205937df"
         }
     }
 }

@@ -74,6 +74,12 @@ final class FuzzControl: VMControl {
         return LatencySnapshot(name: "web", cpu: 1, priority: 51, periodMicroseconds: 1000, samples: 3, minNanoseconds: 1, meanNanoseconds: 2,
                                p50Nanoseconds: 2, p99Nanoseconds: 3, p9999Nanoseconds: 3, maxNanoseconds: 3, buckets: [[1, 1]], updatedAt: 0)
     }
+    func shutdownGuests() -> GuestsResult {
+        GuestsResult(vms: [ActionResult(name: "web", action: "shutdown", state: .stopping, message: "shutdown")], waitSeconds: 35)
+    }
+    func startGuests() -> GuestsResult {
+        GuestsResult(vms: [ActionResult(name: "db", action: "start", state: .running, message: "start")], waitSeconds: 0)
+    }
 }
 
 let router = APIRouter(control: FuzzControl())

@@ -15,10 +15,10 @@ import Glibc
 struct Rtvisorctl: ParsableCommand {
     static let configuration = CommandConfiguration(
         commandName: "rtvisorctl",
-        abstract: "Control rtvisord: list, inspect, start, stop, reboot, pause, resume, validate VMs; attach to a console.",
+        abstract: "Control rtvisord: list, inspect, start, stop, reboot, pause, resume, validate VMs; attach to a console; shut every guest down.",
         discussion: "Talks HTTP/JSON to rtvisord's socket (docs/api.yaml). Shell completion: rtvisorctl --generate-completion-script bash|zsh|fish.",
         subcommands: [List.self, Inspect.self, Start.self, Stop.self, Reboot.self, Pause.self, Resume.self, RtCheck.self, Latency.self,
-                      Validate.self, Reload.self, Console.self, Info.self])
+                      Validate.self, Reload.self, Console.self, Info.self, ShutdownGuests.self, StartGuests.self])
 }
 
 struct CommonOptions: ParsableArguments {
@@ -33,6 +33,15 @@ struct CommonOptions: ParsableArguments {
     /// Sends the request; prints JSON or hands the decoded value to `human`. Non-2xx: the
     /// error message on stderr and exit status 1.
     func call<T: Decodable>(_ method: String, _ target: String, body: [UInt8]? = nil, as: T.Type, human: (T) -> Void) throws {
+        let (value, text) = try fetch(method, target, body: body, as: T.self)
+        if json { print(text, terminator: text.hasSuffix("\n") ? "" : "\n"); return }
+        human(value)
+    }
+
+    /// Sends the request and decodes the answer; returns it with its JSON text. Unreachable
+    /// daemon: exit status 2; non-2xx or an undecodable answer: the message on stderr (and the
+    /// JSON on stdout with --json) and exit status 1.
+    func fetch<T: Decodable>(_ method: String, _ target: String, body: [UInt8]? = nil, as: T.Type) throws -> (T, String) {
         let r: UnixHTTPClient.Response
         do { r = try client.request(method, target, body: body) } catch {
             writeErr("rtvisorctl: \(error)\n")
@@ -44,8 +53,7 @@ struct CommonOptions: ParsableArguments {
             writeErr("rtvisorctl: \(msg) (HTTP \(r.status))\n")
             throw ExitCode(1)
         }
-        if json { print(r.text, terminator: r.text.hasSuffix("\n") ? "" : "\n"); return }
-        do { human(try JSONDecoder().decode(T.self, from: Data(r.body))) } catch {
+        do { return (try JSONDecoder().decode(T.self, from: Data(r.body)), r.text) } catch {
             writeErr("rtvisorctl: unexpected response: \(error)\n")
             throw ExitCode(1)
         }

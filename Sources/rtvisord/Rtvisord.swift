@@ -19,9 +19,10 @@ struct Rtvisord: ParsableCommand {
         abstract: "The rtvisor daemon: runs the VMs defined in /etc/rtvisor/vms, one rtvisor-vmm process each.",
         discussion: """
         Signals: SIGHUP re-reads the definitions (new VMs added, removed ones stopped, changed ones
-        pending until restarted); SIGTERM/SIGINT stop every guest gracefully and exit, except when
-        systemd is restarting the unit, where guests keep running and the next rtvisord re-adopts
-        them. Control API: HTTP/JSON on --api-socket (docs/api.yaml). See docs/daemon.md.
+        pending until restarted); SIGTERM exits and leaves the guests running (the next rtvisord
+        re-adopts them; `rtvisorctl shutdown-guests`, which rtvisor-guests.service runs at host
+        shutdown, stops them first); SIGINT (Ctrl-C in the foreground) stops every guest gracefully
+        and exits. Control API: HTTP/JSON on --api-socket (docs/api.yaml). See docs/daemon.md.
         """,
         version: version)
 
@@ -181,16 +182,17 @@ struct DaemonRun: Sendable {
                 logger.info("reload done: added [\(r.added.joined(separator: " "))], removed [\(r.removed.joined(separator: " "))], pending [\(r.pending.joined(separator: " "))]")
                 continue
             }
-            // SIGTERM / SIGINT
             notifier.notify(.stopping)
-            let unit = CgroupPlacement.unitName() ?? "rtvisord.service"
-            // Only under systemd (INVOCATION_ID is set for every unit it starts) can a restart be pending.
-            let underSystemd = ProcessInfo.processInfo.environment["INVOCATION_ID"] != nil
-            if sig == SIGTERM, underSystemd, await Processes.offThePool({ SystemdJobs.restartPending(unit: unit) }) {
+            // SIGTERM (systemctl stop or restart, the watchdog's restart, kill): the guests keep
+            // running, whatever comes next. Telling a stop from a restart is not rtvisord's job:
+            // shutting guests down is rtvisor-guests.service's (its ExecStop runs before rtvisord
+            // stops at host shutdown, and on `systemctl stop rtvisor-guests`).
+            if sig == SIGTERM {
                 let n = await supervisor.detachAll()
-                notifier.notify(.status("restarting: \(n) guests keep running"))
-                await event(.daemonStopping, "rtvisord restarting (\(unit) has a restart job): \(n) guest(s) keep running and will be re-adopted")
+                notifier.notify(.status("stopping: \(n) guests keep running"))
+                await event(.daemonStopping, "rtvisord stopping (SIGTERM): \(n) guest(s) keep running; the next rtvisord re-adopts them (rtvisorctl shutdown-guests stops them)")
             } else {
+                // SIGINT: Ctrl-C of a foreground run.
                 notifier.notify(.status("stopping all guests"))
                 await event(.daemonStopping, "rtvisord stopping (signal \(sig)): shutting down every guest")
                 await supervisor.shutdownAll()

@@ -62,6 +62,18 @@ actor FakeControl: VMControl {
         return LatencySnapshot(name: "web", cpu: 1, priority: 51, periodMicroseconds: 1000, samples: 3, minNanoseconds: 1, meanNanoseconds: 2,
                                p50Nanoseconds: 2, p99Nanoseconds: 3, p9999Nanoseconds: 3, maxNanoseconds: 3, buckets: [[1, 1], [2, 1], [3, 1]], updatedAt: 0)
     }
+    func shutdownGuests() -> GuestsResult {
+        calls.append("shutdown-guests")
+        let running = vms.keys.sorted().filter { vms[$0] == .running }
+        for name in running { vms[name] = .stopping }
+        return GuestsResult(vms: running.map { ActionResult(name: $0, action: "shutdown", state: .stopping, message: "asked") }, waitSeconds: 35)
+    }
+    func startGuests() -> GuestsResult {
+        calls.append("start-guests")
+        let stopped = vms.keys.sorted().filter { vms[$0] == .stopped }
+        for name in stopped { vms[name] = .running }
+        return GuestsResult(vms: stopped.map { ActionResult(name: $0, action: "start", state: .running, message: "started") }, waitSeconds: 0)
+    }
 }
 
 func decode<T: Decodable>(_ type: T.Type, _ r: APIResponse) throws -> T { try JSONDecoder().decode(T.self, from: Data(r.body)) }
@@ -141,6 +153,21 @@ func decode<T: Decodable>(_ type: T.Type, _ r: APIResponse) throws -> T { try JS
         #expect(await router.handle(APIRequest(method: "POST", target: "/v1/validate", body: Array("[]".utf8))).status == 400)
     }
 
+    @Test func guestsShutdownAndStartActOnEveryVM() async throws {
+        let fake = FakeControl()
+        let router = APIRouter(control: fake)
+        let down = await router.handle(APIRequest(method: "POST", target: "/v1/guests/shutdown"))
+        #expect(down.status == 200)
+        let result = try decode(GuestsResult.self, down)
+        #expect(result.vms.map(\.name) == ["web"] && result.waitSeconds == 35)
+        #expect(down.text.contains("\"wait_s\":35"))
+        let up = try decode(GuestsResult.self, await router.handle(APIRequest(method: "POST", target: "/v1/guests/start")))
+        #expect(up.vms.map(\.name) == ["db"])
+        #expect(await router.handle(APIRequest(method: "GET", target: "/v1/guests/shutdown")).status == 405)
+        #expect(await router.handle(APIRequest(method: "POST", target: "/v1/guests/explode")).status == 404)
+        #expect(await fake.calls == ["shutdown-guests", "start-guests"])
+    }
+
     @Test func reloadAndDaemonInfo() async throws {
         let router = APIRouter(control: FakeControl())
         #expect(try decode(ReloadResult.self, await router.handle(APIRequest(method: "POST", target: "/v1/reload"))).added == ["new"])
@@ -211,7 +238,7 @@ extension FakeControl {
         let documented = Set(yaml.split(separator: "\n").filter { $0.hasPrefix("  /v1/") }.map { String($0.dropFirst(2).dropLast()) })
         let routes: Set<String> = ["/v1/daemon", "/v1/vms", "/v1/vms/{name}", "/v1/vms/{name}/start", "/v1/vms/{name}/stop",
                                    "/v1/vms/{name}/reboot", "/v1/vms/{name}/pause", "/v1/vms/{name}/resume", "/v1/validate", "/v1/reload",
-                                   "/v1/rt-check", "/v1/vms/{name}/rt-check", "/v1/vms/{name}/latency"]
+                                   "/v1/rt-check", "/v1/vms/{name}/rt-check", "/v1/vms/{name}/latency", "/v1/guests/shutdown", "/v1/guests/start"]
         #expect(documented == routes)
         // And the router answers each of them (not 404).
         let router = APIRouter(control: FakeControl())

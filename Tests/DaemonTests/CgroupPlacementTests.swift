@@ -72,13 +72,6 @@ private func cgroupTree(_ files: [String: String]) throws -> String {
         #expect(HostFiles.exists(root + "/pids/rtvisor/other"))
     }
 
-    @Test func unitNameFromProcSelfCgroup() {
-        #expect(CgroupPlacement.unitName(procSelfCgroup: "0::/system.slice/rtvisord.service\n") == "rtvisord.service")
-        #expect(CgroupPlacement.unitName(procSelfCgroup: "0::/system.slice/rtvisord.service/vm-web\n") == "rtvisord.service")
-        #expect(CgroupPlacement.unitName(procSelfCgroup: "0::/user.slice/session-1.scope\n") == nil)
-        #expect(CgroupPlacement.unitName(procSelfCgroup: "12:name=systemd:/system.slice/x.service\n0::/\n") == nil)
-    }
-
     @Test func withoutAWritableCgroupVMsStayInTheDaemons() {
         let p = CgroupPlacement(procSelfCgroup: "0::/no/such/group\n", mountPoint: "/nonexistent")
         #expect(p.base == nil)

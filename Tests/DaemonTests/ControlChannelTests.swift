@@ -38,6 +38,8 @@ import Glibc
         APIRequest(method: "GET", target: "/v1/vms/db/rt-check"),
         APIRequest(method: "GET", target: "/v1/vms/web/latency"),
         APIRequest(method: "GET", target: "/v1/vms/db/latency"),
+        APIRequest(method: "POST", target: "/v1/guests/shutdown"),
+        APIRequest(method: "POST", target: "/v1/guests/start"),
         APIRequest(method: "DELETE", target: "/v1/vms"),
     ]
 
@@ -193,4 +195,6 @@ struct SlowControl: VMControl {
     func info() async throws(ControlError) -> DaemonInfo { throw .failed("no") }
     func realtimeCheck(_ name: String?) async throws(ControlError) -> [RealtimeCheck] { throw .failed("no") }
     func latency(_ name: String) async throws(ControlError) -> LatencySnapshot { throw .failed("no") }
+    func shutdownGuests() async throws(ControlError) -> GuestsResult { throw .failed("no") }
+    func startGuests() async throws(ControlError) -> GuestsResult { throw .failed("no") }
 }

@@ -86,6 +86,38 @@ import TestSupport
         await #expect(throws: ControlError.notFound("no VM named \"db\"")) { try await s.stop("db", force: false) }
     }
 
+    /// rtvisor-guests.service's stop and start: every guest asked at once, the daemon staying up;
+    /// then the autostart VMs back (the others stay stopped).
+    @Test func guestsAreShutDownTogetherAndAutostartVMsComeBack() async throws {
+        let f = try makeSupervisor()
+        let s = f.supervisor
+        let kernel = try makeKernel(in: f.definitions + "/..")
+        try write(definitionJSON(name: "db", kernel: kernel, extra: "\"autostart\": true, \"stop_timeout_s\": 2"), to: f.definitions + "/db.json")
+        await s.bootstrap()
+        #expect(await state(s, "db") == .running)
+        _ = try await s.start("web")
+        let down = await s.shutdownGuests()
+        #expect(down.vms == [
+            ActionResult(name: "db", action: "shutdown", state: .stopping, message: "asked the guest to shut down (Ctrl-Alt-Del); hard stop after 2 s"),
+            ActionResult(name: "web", action: "shutdown", state: .stopping, message: "asked the guest to shut down (Ctrl-Alt-Del); hard stop after 1 s"),
+        ])
+        // The longest stop timeout plus the SIGKILL grace.
+        #expect(down.waitSeconds == 7)
+        guard await waitFor("both stopped", {
+            let db = await state(s, "db"), web = await state(s, "web")
+            return db == .stopped && web == .stopped
+        }) else { return }
+        #expect(f.messages.all.contains("VM db stopped on request: killed by signal 10: rtvisor-vmm killed by signal 10"))
+        #expect(f.messages.all.contains("shutting down every guest on request: 2 stopping (at most 7 s)"))
+        // Nothing left to stop: nothing to wait for.
+        #expect(await s.shutdownGuests() == GuestsResult(vms: [], waitSeconds: 0))
+        let up = await s.startGuests()
+        #expect(up.vms.map(\.name) == ["db"] && up.vms.first?.state == .running)
+        #expect(await state(s, "web") == .stopped)
+        #expect(await s.startGuests().vms.isEmpty)
+        _ = try await s.stop("db", force: true)
+    }
+
     @Test func crashesAreRestartedUntilThePolicyGivesUp() async throws {
         let f = try makeSupervisor()
         let s = f.supervisor

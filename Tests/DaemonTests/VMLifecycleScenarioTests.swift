@@ -296,6 +296,20 @@ struct VMLifecycleScenarioTests {
         #expect(effects.contains("journal vm-stopped notice: VM web stopped on request: exit status 0: guest powered off"))
     }
 
+    @Test func aGuestShutdownKeepsTheRestartPolicyForVMsStartedAgain() {
+        var vm = Situation.stoppingForReboot.make()
+        vm.on(.shutdownRequested)
+        // The reset's VMM ends and the VM stays stopped, as shut down.
+        #expect(vm.on(.processExited(pid: 100, outcome: .exited(0), statusFile: Self.poweredOff)).contains(
+            "journal vm-stopped notice: VM web stopped on request: exit status 0: guest powered off"))
+        #expect(vm.situation == .stopped)
+        // Started again by hand, a crash is restarted per policy (unlike after a daemon shutdown).
+        vm.on(.startRequested)
+        vm.on(.processSpawned(F.process(200), cgroup: nil))
+        vm.on(.processExited(pid: 200, outcome: .signaled(9), statusFile: nil))
+        #expect(vm.situation == .restarting)
+    }
+
     @Test func anExitAfterDaemonShutdownIsLoggedAsSuch() {
         var vm = Situation.restarting.make()
         vm.on(.daemonShutdown)

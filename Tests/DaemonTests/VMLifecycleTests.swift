@@ -235,6 +235,24 @@ struct VMLifecycleMatrixTests {
         }
     }
 
+    @Test("every guest is shut down on request (rtvisor-guests.service stopping)", arguments: Situation.allCases)
+    func shutdownRequested(_ s: Situation) {
+        var vm = s.make()
+        let effects = vm.on(.shutdownRequested)
+        // The daemon stays: a VM started again afterwards keeps its restart policy.
+        #expect(!vm.lifecycle.daemonLeaving)
+        switch s {
+        case .running, .paused:
+            check(vm, effects, .stopping, Self.gracefulStop + ["reply shutdown stopping: asked the guest to shut down (Ctrl-Alt-Del); hard stop after 30 s"])
+        case .stopping, .stoppingForRemoval: check(vm, effects, s, ["reply shutdown stopping: already stopping"])
+        // A reset in progress (its SIGTERM already sent) ends as a stop: no VM comes back.
+        case .stoppingForReboot: check(vm, effects, .stopping, ["reply shutdown stopping: was being reset: stays stopped"])
+        case .restarting: check(vm, effects, .stopped, ["publish status", "reply shutdown stopped: pending restart cancelled"])
+        // Not running: nothing to do, and no error (the request is for every VM).
+        case .stopped, .failed, .starting: check(vm, effects, s, [])
+        }
+    }
+
     @Test("the daemon restarts (detaches)", arguments: Situation.allCases)
     func daemonDetach(_ s: Situation) {
         var vm = s.make()

@@ -137,7 +137,7 @@ struct DaemonProcessTests {
         return n > 0 ? String(decoding: buf[0..<n], as: UTF8.self) : ""
     }
 
-    @Test func daemonRestartsAKilledVMMAndStopsGuestsOnSIGTERM() throws {
+    @Test func daemonRestartsAKilledVMMAndShutdownGuestsStopsIt() throws {
         let dir = try Self.shortTempDir()
         let vms = dir + "/vms"
         try FileManager.default.createDirectory(atPath: vms, withIntermediateDirectories: true)
@@ -165,13 +165,19 @@ struct DaemonProcessTests {
         let (consoleStatus, console) = Self.run(ctl, ["console", "idle", "--timeout", "1"], env: env)
         #expect(consoleStatus == 0)
         #expect(console.contains("IDLE_READY"))
+        // rtvisor-guests.service's stop: every guest shut down, waited for; the daemon stays.
+        let (shutdownStatus, shutdown) = Self.run(ctl, ["shutdown-guests"], env: env)
+        #expect(shutdownStatus == 0, "\(shutdown)")
+        #expect(shutdown.contains("idle: asked the guest to shut down (Ctrl-Alt-Del); hard stop after 5 s"), "\(shutdown)")
+        #expect(shutdown.contains("idle: stopped (0: guest powered off)") && shutdown.hasSuffix("every guest has ended\n"), "\(shutdown)")
+        #expect(kill(second, 0) != 0, "the VMM outlived rtvisorctl shutdown-guests")
+        #expect(daemon.isRunning)
         kill(daemon.processIdentifier, SIGTERM)
         let deadline = Date().addingTimeInterval(20)
         while daemon.isRunning && Date() < deadline { usleep(50_000) }
         #expect(!daemon.isRunning, "rtvisord did not exit after SIGTERM")
         daemon.waitUntilExit()
         #expect(daemon.terminationStatus == 0)
-        #expect(kill(second, 0) != 0, "the VMM outlived the daemon's stop")
         let log = String(decoding: err.fileHandleForReading.readDataToEndOfFile(), as: UTF8.self)
         if !FileManager.default.fileExists(atPath: "/run/systemd/journal/socket") {
             // No journald here: the stderr fallback with <N> priorities.
@@ -253,13 +259,60 @@ extension DaemonProcessTests {
         #expect(pid() == vmm, "a second VMM was started instead of adopting PID \(vmm)")
         #expect(Processes.vmms(running: dir + "/run/vms/orphan/definition.json").map(\.pid) == [vmm])
         #expect(FileManager.default.fileExists(atPath: dir + "/run/vms/orphan/state.json"))
-        kill(second.processIdentifier, SIGTERM)
+        // SIGINT (Ctrl-C in the foreground) stops the guests, unlike SIGTERM.
+        kill(second.processIdentifier, SIGINT)
         second.waitUntilExit()
         // Its parent died: it may stay a zombie until init reaps it.
         #expect([nil, "Z", "X"].contains(Processes.stateLetter(of: vmm)), "the adopted VMM outlived the daemon's stop")
         if !FileManager.default.fileExists(atPath: "/run/systemd/journal/socket") {
             let log = String(decoding: err.fileHandleForReading.readDataToEndOfFile(), as: UTF8.self)
             #expect(log.contains("left no state file"), "\(log)")
+        }
+    }
+
+    /// Issue 16: SIGTERM (systemctl stop and restart alike) leaves the guests running and the
+    /// next rtvisord re-adopts them; `rtvisorctl shutdown-guests` (rtvisor-guests.service's
+    /// stop, at host shutdown) stops them.
+    @Test func sigtermLeavesGuestsRunningForTheNextDaemon() throws {
+        let dir = try Self.shortTempDir()
+        defer { try? FileManager.default.removeItem(atPath: dir) }
+        let vms = dir + "/vms"
+        try FileManager.default.createDirectory(atPath: vms, withIntermediateDirectories: true)
+        try VMM.definition(name: "kept", kernel: try Env.inmate("idle"), memoryMiB: 32, cmdline: "idle.heartbeat=0",
+                           extra: "\"autostart\": true, \"stop_timeout_s\": 5")
+            .write(toFile: vms + "/kept.json", atomically: true, encoding: .utf8)
+        let ctl = Self.binary("rtvisorctl")
+        let env = ["RTVISOR_API_SOCKET": dir + "/run/api.sock"]
+        func pid() -> Int32? {
+            let (status, out) = Self.run(ctl, ["list", "--json"], env: env)
+            guard status == 0, let d = try? JSONSerialization.jsonObject(with: Data(out.utf8)) as? [String: Any],
+                  let vm = (d["vms"] as? [[String: Any]])?.first(where: { $0["name"] as? String == "kept" }),
+                  vm["state"] as? String == "running" else { return nil }
+            return (vm["pid"] as? Int).map(Int32.init)
+        }
+        let (first, firstErr) = try Self.startDaemon(definitions: vms, runDirectory: dir + "/run")
+        defer { if first.isRunning { kill(first.processIdentifier, SIGKILL) } }
+        guard Self.waitFor(20, "kept running", { pid() != nil }) else { return }
+        let vmm = pid()!
+        defer { kill(vmm, SIGKILL) }
+        kill(first.processIdentifier, SIGTERM)
+        // Dead is enough (Foundation's waitUntilExit does not return for a child whose own child lives on).
+        guard Self.waitFor(20, "the first rtvisord gone", { [nil, "Z", "X"].contains(Processes.stateLetter(of: first.processIdentifier)) }) else { return }
+        #expect(![nil, "Z", "X"].contains(Processes.stateLetter(of: vmm)), "SIGTERM stopped the guest")
+        let (second, _) = try Self.startDaemon(definitions: vms, runDirectory: dir + "/run")
+        defer { if second.isRunning { kill(second.processIdentifier, SIGKILL) } }
+        guard Self.waitFor(20, "kept re-adopted", { pid() != nil }) else { return }
+        #expect(pid() == vmm, "the next rtvisord did not re-adopt PID \(vmm)")
+        let (status, out) = Self.run(ctl, ["shutdown-guests"], env: env)
+        #expect(status == 0, "\(out)")
+        #expect(out.contains("kept: stopped (0: guest powered off)"), "\(out)")
+        #expect([nil, "Z", "X"].contains(Processes.stateLetter(of: vmm)), "the guest outlived rtvisorctl shutdown-guests")
+        kill(second.processIdentifier, SIGTERM)
+        second.waitUntilExit()
+        // Read only now: the VMM inherited the first daemon's stderr and held the pipe open.
+        if !FileManager.default.fileExists(atPath: "/run/systemd/journal/socket") {
+            let log = String(decoding: firstErr.fileHandleForReading.readDataToEndOfFile(), as: UTF8.self)
+            #expect(log.contains("rtvisord stopping (SIGTERM): 1 guest(s) keep running"), "\(log.suffix(1500))")
         }
     }
 
