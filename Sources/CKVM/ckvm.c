@@ -164,3 +164,61 @@ void ckvm_routing_set_msi(struct ckvm_irq_routing *r, uint32_t index, uint32_t g
     e->u.msi.address_hi = (uint32_t)(address >> 32);
     e->u.msi.data = data;
 }
+
+struct ckvm_memory_regions {
+	pthread_t thread;
+	int vm_fd;
+	int count;
+	int failed;
+	int error;
+	struct kvm_userspace_memory_region regions[];
+};
+
+static void *memory_regions_thread(void *arg)
+{
+	struct ckvm_memory_regions *p = arg;
+	for (int i = 0; i < p->count; i++) {
+		int r;
+		do
+			r = ioctl(p->vm_fd, KVM_SET_USER_MEMORY_REGION, &p->regions[i]);
+		while (r < 0 && errno == EINTR);
+		if (r < 0) {
+			p->error = errno;
+			p->failed = i;
+			break;
+		}
+	}
+	return NULL;
+}
+
+struct ckvm_memory_regions *ckvm_memory_regions_start(int vm_fd, const struct kvm_userspace_memory_region *regions, int count)
+{
+	struct ckvm_memory_regions *p = calloc(1, sizeof(*p) + (size_t)count * sizeof(regions[0]));
+	if (!p)
+		return NULL;
+	p->vm_fd = vm_fd;
+	p->count = count;
+	p->failed = -1;
+	memcpy(p->regions, regions, (size_t)count * sizeof(regions[0]));
+	/* No signal reaches it: the VMM's SIGINT/SIGTERM thread and vCPU kicks stay elsewhere. */
+	sigset_t all, old;
+	sigfillset(&all);
+	pthread_sigmask(SIG_SETMASK, &all, &old);
+	int r = pthread_create(&p->thread, NULL, memory_regions_thread, p);
+	pthread_sigmask(SIG_SETMASK, &old, NULL);
+	if (r != 0) {
+		free(p);
+		errno = r;
+		return NULL;
+	}
+	return p;
+}
+
+int ckvm_memory_regions_wait(struct ckvm_memory_regions *p, int *failed)
+{
+	pthread_join(p->thread, NULL);
+	int error = p->error;
+	*failed = p->failed;
+	free(p);
+	return error;
+}

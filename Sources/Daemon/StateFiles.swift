@@ -1,4 +1,5 @@
 import Foundation
+import Posix
 import VMMInterface
 
 /// Where the daemon keeps things. `/run/rtvisor/vms/NAME/` holds, per VM: `definition.json`
@@ -67,7 +68,7 @@ public struct VMStateFile: Codable, Equatable, Sendable {
     public func write(to path: String) throws {
         let enc = JSONEncoder()
         enc.outputFormatting = [.sortedKeys]
-        try enc.encode(self).write(to: URL(fileURLWithPath: path), options: .atomic)
+        try HostFiles.replaceAtomically(path, with: Array(try enc.encode(self)))
     }
 
     public static func read(_ path: String) -> VMStateFile? {

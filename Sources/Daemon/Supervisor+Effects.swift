@@ -75,7 +75,7 @@ extension Supervisor {
             // Set-group-ID directory of group rtvisor: the VMM's console socket (mode 0660)
             // inherits the group, so members can attach.
             if let gid = accessGroup, chown(dir, getuid(), gid) == 0 { chmod(dir, 0o2750) }
-            try Data(r.loaded.contents).write(to: URL(fileURLWithPath: paths.definitionCopy(name)), options: .atomic)
+            try HostFiles.replaceAtomically(paths.definitionCopy(name), with: Array(r.loaded.contents))
         } catch {
             return .spawnFailed(reason: "cannot prepare \(dir): \(error)")
         }

@@ -61,6 +61,26 @@ public enum HostFiles {
         if n == bytes.count { rename(tmp, path) } else { unlink(tmp) }
     }
 
+    /// Writes `bytes` to `path.tmp` and renames it over `path`: readers (and a daemon restarted
+    /// after a crash) see the old file or the new one, never a partial one. No fsync: this is for
+    /// runtime state under /run, which a reboot discards anyway, and on a disk-backed /run an
+    /// fsync costs milliseconds of every VM start.
+    public static func replaceAtomically(_ path: String, with bytes: [UInt8], mode: mode_t = 0o644) throws(HostFileError) {
+        let tmp = path + ".tmp"
+        let fd = open(tmp, O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC | O_NOFOLLOW, mode)
+        guard fd >= 0 else { throw HostFileError(path: tmp, value: "\(bytes.count) bytes", errno: errno) }
+        do { try writeAll(fd, bytes) } catch {
+            close(fd); unlink(tmp)
+            throw HostFileError(path: tmp, value: "\(bytes.count) bytes", errno: error.rawValue)
+        }
+        close(fd)
+        guard rename(tmp, path) == 0 else {
+            let e = errno
+            unlink(tmp)
+            throw HostFileError(path: path, value: "\(bytes.count) bytes", errno: e)
+        }
+    }
+
     public static func exists(_ path: String) -> Bool { access(path, F_OK) == 0 }
 
     public static func isDirectory(_ path: String) -> Bool {

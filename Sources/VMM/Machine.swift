@@ -94,12 +94,12 @@ public final class Machine: @unchecked Sendable {
         var initialized = false
         defer { if !initialized { realtime?.release() } }
         self.system = system
-        let (vm, memory) = try MachinePhase.createVM(system, def, backing: realtime?.memoryBacking ?? MemoryBacking())
+        let (vm, memory, slots) = try MachinePhase.createVM(system, def, backing: realtime?.memoryBacking ?? MemoryBacking())
         self.vm = vm
         self.memory = memory
         let createdAt = monotonicNanoseconds()
         self.createdAt = createdAt
-        trace.mark("VM and memory")
+        trace.mark("VM and memory (slots started)")
 
         let stop = self.stop
         let name = def.name
@@ -142,6 +142,8 @@ public final class Machine: @unchecked Sendable {
         try realtime?.disableExits(system: system, vm: vm)
         vcpus = try MachinePhase.createVCPUs(system, vm: vm, def, entry: entry, hostEmulatesRing0: emulating, logger: logger)
         trace.mark("vCPUs")
+        try slots.wait()
+        trace.mark("memory slots (overlapped)")
         for vcpu in vcpus { stop.register(vcpu) }
         logger.info("VM \(def.name): \(def.vcpus) vCPU(s), \(def.memoryMiB) MiB, \(entry)")
         initialized = true

@@ -94,18 +94,22 @@ enum MachinePhase {
         try def.realtime.map { try RealtimeSetup(definition: def, settings: $0, latencyFile: latencyFile, logger: logger) }
     }
 
-    /// 4. The VM with its in-kernel irqchip and PIT, and guest RAM in memory slots.
-    static func createVM(_ system: KVMSystem, _ def: VMDefinition, backing: MemoryBacking) throws -> (vm: VirtualMachine, memory: GuestMemory) {
+    /// 4. The VM with its in-kernel irqchip and PIT, and guest RAM, whose memory slots are
+    /// registered on a thread of their own while the next phases run (`PendingMemoryRegions`:
+    /// the kernel's grace period for the first slot is the longest step of a start). The caller
+    /// waits for them before any vCPU runs.
+    static func createVM(_ system: KVMSystem, _ def: VMDefinition, backing: MemoryBacking) throws
+        -> (vm: VirtualMachine, memory: GuestMemory, slots: PendingMemoryRegions) {
         let vm = try system.createVM()
         try vm.setTSSAddress(GuestLayout.kvmTSS)
         try vm.setIdentityMapAddress(GuestLayout.kvmIdentityMap)
         try vm.createIRQChip()
         try vm.createPIT()
         let memory = try GuestMemory.standard(bytes: UInt64(def.memoryMiB) << 20, backing: backing)
-        for (slot, region) in memory.regions.enumerated() {
-            try vm.setUserMemoryRegion(slot: UInt32(slot), guestAddress: region.start.raw, size: region.size, hostAddress: region.hostAddress)
-        }
-        return (vm, memory)
+        let slots = try vm.setUserMemoryRegionsInBackground(memory.regions.enumerated().map { slot, region in
+            MemoryRegionSpec(slot: UInt32(slot), guestAddress: region.start.raw, size: region.size, hostAddress: region.hostAddress)
+        })
+        return (vm, memory, slots)
     }
 
     /// The platform devices and the two buses the vCPUs dispatch exits to.

@@ -130,6 +130,16 @@ int ckvm_install_kick_handler(int signo);
 int ckvm_block_signal(int signo, int block);
 int ckvm_set_thread_name(const char *name);
 
+// KVM_SET_USER_MEMORY_REGION for `count` regions on a thread of its own: the first memory slot
+// of a VM costs the kernel an SRCU grace period (5–9 ms on a nested host, whatever the size),
+// which the VMM overlaps with building devices, loading the guest and creating vCPUs. A plain
+// pthread (no Swift runtime, no seccomp start hook); it only issues those ioctls. Returns a
+// handle, or NULL with errno; ckvm_memory_regions_wait joins it and returns 0 or the errno of
+// the first failed region, with its index in *failed.
+struct ckvm_memory_regions;
+struct ckvm_memory_regions *ckvm_memory_regions_start(int vm_fd, const struct kvm_userspace_memory_region *regions, int count);
+int ckvm_memory_regions_wait(struct ckvm_memory_regions *pending, int *failed);
+
 // Device register access through an mmap'd BAR: volatile, so every load and store happens
 // (a plain Swift load/store may be folded by the optimiser).
 static inline uint32_t ckvm_mmio_read32(void *base, long off) { return *(volatile uint32_t *)((char *)base + off); }
