@@ -84,21 +84,10 @@ public enum Processes {
 
     /// Field 22 of /proc/PID/stat (start time in clock ticks since boot): with the pid it
     /// identifies a process across pid reuse.
-    public static func startTime(of pid: pid_t) -> UInt64? {
-        guard let s = try? String(contentsOfFile: "/proc/\(pid)/stat", encoding: .utf8),
-              let close = s.lastIndex(of: ")") else { return nil }
-        // After "pid (comm) ": state is field 3; start time is field 22.
-        let fields = s[s.index(after: close)...].split(separator: " ")
-        guard fields.count > 19 else { return nil }
-        return UInt64(fields[19])
-    }
+    public static func startTime(of pid: pid_t) -> UInt64? { ProcessIdentity.of(pid)?.startTime }
 
     /// The process state letter (R, S, D, T = stopped, Z = zombie, …).
-    public static func stateLetter(of pid: pid_t) -> Character? {
-        guard let s = try? String(contentsOfFile: "/proc/\(pid)/stat", encoding: .utf8),
-              let close = s.lastIndex(of: ")") else { return nil }
-        return s[s.index(after: close)...].split(separator: " ").first?.first
-    }
+    public static func stateLetter(of pid: pid_t) -> Character? { ProcessIdentity.stateLetter(of: pid) }
 
     /// rtvisor-vmm processes started with `definition` as their `--config` (their command line is
     /// the contract's `VMMLaunch`), found by reading /proc: a VMM is adopted even when the daemon

@@ -80,6 +80,19 @@ public struct CpusetV1: Sendable {
     }
 
     var housekeepingDir: String { root + "/" + Self.housekeepingName }
+    /// Who acquired `vm`'s cpuset ("PID START"), written under the lock with the cpuset: between
+    /// its creation and the vCPU threads joining it, the set has no task, and another VMM's
+    /// `acquire` would otherwise take it for a dead VMM's and remove it.
+    func holderFile(_ vm: String) -> String { Self.holderFile(vm, in: stateDirectory) }
+    static func holderFile(_ vm: String, in stateDirectory: String) -> String { stateDirectory + "/" + vm + ".holder" }
+
+    /// Records the calling process as the holder of `vm`'s cpuset (at `acquire`, and when a VMM
+    /// claims a partition its VM's previous VMM handed over).
+    static func recordHolder(vm: String, in stateDirectory: String) throws(HostFileError) {
+        guard let me = ProcessIdentity.current() else { return }
+        makeDirectoryIfMissing(stateDirectory)
+        try HostFiles.write(holderFile(vm, in: stateDirectory), me.description)
+    }
     func rtDir(_ vm: String) -> String { root + "/" + Self.rtPrefix + vm }
 
     /// A real-time VM's cpuset.
@@ -90,8 +103,10 @@ public struct CpusetV1: Sendable {
         public var busy: Bool
         /// Left by a VMM whose guest reset, for the next VMM of the VM (`PartitionState.handedOver`).
         public var handedOver: Bool
+        /// The VMM that acquired it still runs: its vCPU threads may not have joined yet.
+        public var holderRunning: Bool = false
         /// Its CPUs are taken: nobody else may have them, or reclaim the set as a dead VMM's.
-        public var held: Bool { busy || handedOver }
+        public var held: Bool { busy || handedOver || holderRunning }
     }
 
     /// Real-time VMs with a cpuset now.
@@ -102,7 +117,9 @@ public struct CpusetV1: Sendable {
             let cpus = HostFiles.line(dir + "/cpuset.cpus").flatMap(CPUList.parse) ?? []
             let busy = !(HostFiles.read(dir + "/tasks") ?? "").trimmingASCIIWhitespace().isEmpty
             let handedOver = PartitionState.load(vm: vm, directory: stateDirectory)?.handedOver ?? false
-            return Reservation(vm: vm, cpus: cpus, busy: busy, handedOver: handedOver)
+            var r = Reservation(vm: vm, cpus: cpus, busy: busy, handedOver: handedOver)
+            r.holderRunning = HostFiles.read(holderFile(vm)).flatMap(ProcessIdentity.parse)?.isRunning() ?? false
+            return r
         }
     }
 
@@ -142,6 +159,7 @@ public struct CpusetV1: Sendable {
             try HostFiles.write(housekeepingDir + "/cpuset.cpus", CPUList.format(housekeeping))
             let dir = rtDir(vm)
             mkdir(dir, 0o755)
+            try Self.recordHolder(vm: vm, in: stateDirectory)
             try HostFiles.write(dir + "/cpuset.mems", mems)
             try HostFiles.write(dir + "/cpuset.cpus", CPUList.format(cpus))
             var notes: [String] = []
@@ -186,6 +204,7 @@ public struct CpusetV1: Sendable {
         defer { lock.unlock() }
         let dir = rtDir(vm)
         removeGroup(dir)
+        unlink(holderFile(vm))
         let reserved = heldCPUs()
         guard HostFiles.isDirectory(housekeepingDir) else { return }
         if reserved.isEmpty {

@@ -41,6 +41,9 @@ public enum PartitionHandover {
                 }
                 if !HostFiles.isDirectory(v1.housekeepingDir) { return .failure(Mismatch("the housekeeping cpuset \(v1.housekeepingDir) is gone")) }
             }
+            // Held by this VMM from here on, before it stops being "handed over": a cpuset with
+            // no task yet is never free for another VMM's `acquire` to remove.
+            try? CpusetV1.recordHolder(vm: vm, in: stateDirectory)
             state.handedOver = false
             state.handovers += 1
             state.write(directory: stateDirectory)

@@ -169,8 +169,24 @@ final class FakeTree {
         let (t, v1) = fakeV1()
         _ = try v1.acquire(vm: "rt0", cpus: [3]) // never attached: no task in it, as after a crash
         #expect(v1.reservations().first?.busy == false)
+        // Its holder is gone (this pid with another start time: a reused pid is not the holder).
+        t.file("rt/rt0.holder", ProcessIdentity(pid: getpid(), startTime: 1).description)
+        #expect(v1.reservations().first?.held == false)
         _ = try v1.acquire(vm: "rt1", cpus: [3])
         #expect(t.read("cpuset/rtvisor-rt-rt1/cpuset.cpus") == "3")
+    }
+
+    @Test func v1KeepsAPartitionWhoseVMMRunsButWhoseVCPUsHaveNotJoinedYet() throws {
+        let (t, v1) = fakeV1()
+        _ = try v1.acquire(vm: "rt0", cpus: [3]) // this process holds it; no vCPU thread in it yet
+        #expect(t.read("rt/rt0.holder") == ProcessIdentity.current()?.description)
+        #expect(v1.reservations().first?.busy == false)
+        #expect(v1.reservations().first?.held == true)
+        // A second VMM starting at that moment neither removes it nor gets its CPU.
+        #expect(throws: PartitionError.cpusTaken(vm: "rt1", owner: "rt0", cpus: [3])) { try v1.acquire(vm: "rt1", cpus: [3]) }
+        #expect(t.read("cpuset/rtvisor-rt-rt0/cpuset.cpus") == "3")
+        v1.release(vm: "rt0")
+        #expect(t.read("rt/rt0.holder") == nil)
     }
 
     @Test func v2BuildsAThreadedPartition() throws {
