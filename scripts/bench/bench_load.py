@@ -787,7 +787,7 @@ def main():
             w(f"| SIGINT → rtvisord exited, {a.vms} guests stopped gracefully | {L['shutdown_s'] * 1000:.0f} ms |")
         w("")
         w(f"Checks: every API call 2xx; the {a.vms} VMMs have the same PID, start time and restart count at the "
-          f"end, and each console shows just its one ready line; the extra VM started and powered off cleanly "
+          f"end, and each console shows just its first and ready lines; the extra VM started and powered off cleanly "
           f"{a.cycles} times, a new VMM each time; the daemon and its API front kept their PIDs; rtvisord logged "
           f"no error; no VMM left after it stopped. Result: "
           f"{'**all passed**' if not failures else '**FAILED**'}. "
