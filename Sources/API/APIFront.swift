@@ -22,7 +22,7 @@ public enum APIFront {
     /// The front's uid and gid: just below the VMs' range (`JailPlan.uidBase`).
     public static let uid: UInt32 = JailPlan.uidBase - 1
     /// Its jail's mount point; no VM name starts with a dot.
-    public static let jailRoot = JailPlan.jailDirectory + "/.api"
+    public static let jailRoot = JailLocation.apiFrontRoot
     public static let program = "rtvisord-api"
     /// The request target that runs the seccomp test hook (test builds only, and only with
     /// RTVISOR_TEST_FORBIDDEN_SYSCALL=api).

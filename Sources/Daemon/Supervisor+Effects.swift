@@ -42,6 +42,8 @@ extension Supervisor {
             try? FileManager.default.removeItem(atPath: paths.stateFile(name))
             // The VMM's socket file outlives it; nobody listens any more.
             try? FileManager.default.removeItem(atPath: paths.consoleSocket(name))
+            // The VMM's jail mount point: an empty directory on the host once it has ended.
+            rmdir(JailLocation.root(vm: name))
             cgroups.remove(vm: name)
         case .releaseRealtime:
             if let done = releaseRealtimePartition(vm: name) {

@@ -14,7 +14,7 @@ public struct JailPlan: Equatable, Sendable {
         public var writable: Bool
         public init(_ path: String, writable: Bool = false) { self.path = path; self.writable = writable }
     }
-    /// The per-VM directory the tmpfs root is mounted on (`/run/rtvisor/jail/NAME`).
+    /// The directory the tmpfs root is mounted on (a VM's: `JailLocation.root(vm:)`).
     public var root: String
     public var visible: [Path]
     /// Chowned to the VM's uid before the switch (its run directory, the real-time cgroup files).
@@ -33,7 +33,6 @@ public struct JailPlan: Equatable, Sendable {
             && a.limits.map(\.name) == b.limits.map(\.name) && a.limits.map(\.value) == b.limits.map(\.value)
     }
 
-    public static let jailDirectory = "/run/rtvisor/jail"
     /// Per-VM uids/gids: `uidBase` + a hash of the name in a range of `uidRange` (no passwd entry
     /// is needed; `--jail-uid` overrides, e.g. to take ids from a site's allocation).
     public static let uidBase: UInt32 = 1_600_000_000

@@ -1,6 +1,7 @@
 import Config
 import Realtime
 import Sandbox
+import VMMInterface
 #if canImport(Glibc)
 import Glibc
 #endif
@@ -36,7 +37,7 @@ extension Machine {
         if let rt = realtime {
             if rt.settings.lockMemory { limits.append((Int32(__RLIMIT_MEMLOCK.rawValue), "RLIMIT_MEMLOCK", UInt64.max)) }
         }
-        return JailPlan(root: JailPlan.jailDirectory + "/" + def.name, visible: visible, owned: owned, uid: uid, gid: uid, limits: limits)
+        return JailPlan(root: JailLocation.root(vm: def.name), visible: visible, owned: owned, uid: uid, gid: uid, limits: limits)
     }
 
     /// The real-time partition is undone by a privileged helper process (`--realtime-janitor`)

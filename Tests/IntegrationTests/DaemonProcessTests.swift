@@ -170,6 +170,8 @@ struct DaemonProcessTests {
         #expect(shutdownStatus == 0, "\(shutdown)")
         #expect(shutdown.contains("idle: asked the guest to shut down (Ctrl-Alt-Del); hard stop after 5 s"), "\(shutdown)")
         #expect(shutdown.contains("idle: stopped (0: guest powered off)") && shutdown.hasSuffix("every guest has ended\n"), "\(shutdown)")
+        // Its jail mount point (an empty directory on the host) went with its other runtime files.
+        #expect(!FileManager.default.fileExists(atPath: JailLocation.root(vm: "idle")), "\(JailLocation.root(vm: "idle")) left behind")
         #expect(kill(second, 0) != 0, "the VMM outlived rtvisorctl shutdown-guests")
         #expect(daemon.isRunning)
         kill(daemon.processIdentifier, SIGTERM)
