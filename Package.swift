@@ -62,7 +62,7 @@ let package = Package(
         // sandbox.seccomp) and Sandbox (the filters) share, so neither depends on the other.
         .target(name: "SandboxMode"),
         // JSON VM definitions with strict validation.
-        .target(name: "Config", dependencies: ["Arch", "SandboxMode", .product(name: "SystemPackage", package: "swift-system")]),
+        .target(name: "Config", dependencies: ["Arch", "SandboxMode", "Posix", .product(name: "SystemPackage", package: "swift-system")]),
         // ---- sandbox (issue 7, docs/sandbox.md) ----
         // libseccomp (Debian libseccomp-dev) through a system library target.
         .systemLibrary(name: "CSeccomp", pkgConfig: "libseccomp", providers: [.apt(["libseccomp-dev"])]),

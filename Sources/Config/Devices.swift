@@ -1,3 +1,4 @@
+import Posix
 import SystemPackage
 #if canImport(Glibc)
 import Glibc
@@ -97,6 +98,7 @@ extension Validator {
         guard stat(path, &st) == 0 else { fail("\(at).path", "\(path): \(Errno(rawValue: errno))"); return nil }
         let type = st.st_mode & S_IFMT
         guard type == S_IFREG || type == S_IFBLK else { fail("\(at).path", "\(path): not a regular file or block device"); return nil }
+        if let refusal = guestFileRefusal(path, field: "\(at).path", allowing: [.regularFile, .blockDevice]) { fail("\(at).path", refusal); return nil }
         guard access(path, readOnly ? R_OK : R_OK | W_OK) == 0 else {
             // A block device the device cgroup denies (rtvisord.service's DevicePolicy=closed):
             // not a permission problem read_only would solve.

@@ -1,4 +1,5 @@
 import Arch
+import Posix
 import SystemPackage
 #if canImport(FoundationEssentials)
 import FoundationEssentials
@@ -89,8 +90,10 @@ public struct VMDefinition: Equatable, Sendable {
         return "unreadable"
     }
 
-    /// Validates JSON text; relative file paths are resolved against `baseDirectory`.
+    /// Validates JSON text; relative file paths are resolved against `baseDirectory` (itself made
+    /// absolute against the working directory: the VMM finds guest files from `/`, `GuestFile`).
     public static func parse(_ data: Data, file: String, baseDirectory: String, checkFiles: Bool = true) throws -> VMDefinition {
+        let baseDirectory = baseDirectory.hasPrefix("/") ? baseDirectory : FileManager.default.currentDirectoryPath + "/" + baseDirectory
         let root: JSONValue
         do {
             root = try JSONValue.parse(data)
@@ -211,9 +214,17 @@ struct Validator {
                 return nil
             }
             if (st.st_mode & S_IFMT) != S_IFREG { fail("$.\(key)", "\(path): not a regular file"); return nil }
+            if let refusal = guestFileRefusal(path, field: "$.\(key)", allowing: [.regularFile]) { fail("$.\(key)", refusal); return nil }
             if access(path, R_OK) != 0 { fail("$.\(key)", "\(path): not readable: \(Errno(rawValue: errno))"); return nil }
         }
         return path
+    }
+
+    /// What the VMM's own lookup of a guest file (`GuestFile`: root's symlinks only, no foreign
+    /// hard links; docs/sandbox.md) would refuse about `path`, so a definition that cannot start is
+    /// reported when it is validated or loaded, not only when its VMM starts.
+    func guestFileRefusal(_ path: String, field: String, allowing kinds: Set<GuestFile.Kind>) -> String? {
+        do { _ = try GuestFile.locate(path, field: field, allowing: kinds); return nil } catch { return "\(path): \(error.reason)" }
     }
 
     /// Unknown names that get a "did you mean" per definition: the API validates what a local

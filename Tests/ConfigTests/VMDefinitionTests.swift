@@ -3,6 +3,9 @@ import Foundation
 import Arch
 @testable import Config
 import TestSupport
+#if canImport(Glibc)
+import Glibc
+#endif
 
 /// A scratch directory with a kernel and an initrd, removed when the test ends.
 final class Workspace {
@@ -129,6 +132,8 @@ struct ValidDefinitionTests {
         let relative = String(repeating: "../", count: cwd.split(separator: "/").count) + String(ws.directory.dropFirst()) + "/rel.json"
         let def = try VMDefinition.load(path: relative)
         #expect(def.kernel.hasSuffix("/images/vmlinux"))
+        // Absolute: the VMM looks guest files up from "/" (GuestFile refuses relative paths).
+        #expect(def.kernel.hasPrefix("/"), "\(def.kernel)")
         #expect(FileManager.default.fileExists(atPath: def.kernel))
     }
 }
@@ -230,6 +235,21 @@ struct DefinitionIssueTests {
         let ws = try Workspace()
         let issue = try ws.issue(definition(["kernel": "\"../images\""]))
         #expect(issue == DefinitionIssue(file: ws.vmFile, path: "$.kernel", reason: ws.directory + "/vms/../images: not a regular file"))
+    }
+
+    /// The VMM (root under rtvisord) follows only root's symlinks to a guest file (docs/sandbox.md,
+    /// "Guest files"); validation says so too, instead of the VMM only at its start.
+    @Test func aKernelBehindAnotherUsersSymlinkIsRefusedWhenValidated() throws {
+        guard geteuid() == 0 else { print("SKIP aKernelBehindAnotherUsersSymlinkIsRefusedWhenValidated: needs root to give a symlink to another user"); return }
+        let ws = try Workspace()
+        let link = ws.directory + "/images/current"
+        #expect(symlink("vmlinux", link) == 0)
+        #expect(try ws.issues(definition(["kernel": "\"../images/current\""])) == [], "root's own symlink is followed")
+        #expect(lchown(link, 65534, 65534) == 0)
+        let issue = try ws.issue(definition(["kernel": "\"../images/current\""]))
+        #expect(issue.path == "$.kernel")
+        #expect(issue.reason.hasPrefix(ws.directory + "/vms/../images/current: the symlink "), "\(issue.reason)")
+        #expect(issue.reason.hasSuffix("is owned by uid 65534; only root's symlinks are followed"), "\(issue.reason)")
     }
 
     @Test func emptyStrings() throws {
