@@ -23,6 +23,10 @@
 
 int cdaemon_pidfd_open(pid_t pid) { return (int)syscall(SYS_pidfd_open, pid, 0); }
 
+/* The signals the daemon handles, reset to their default action in every child it starts. */
+static const int child_default_signals[] = { SIGHUP, SIGINT, SIGTERM, SIGCHLD, SIGUSR1, SIGUSR2, SIGPIPE };
+#define CHILD_DEFAULT_SIGNALS (sizeof(child_default_signals) / sizeof(child_default_signals[0]))
+
 int cdaemon_spawn(pid_t *pid, const char *path, char *const argv[], char *const envp[], int out_fd, int err_fd)
 {
 	return cdaemon_spawn_with_fds(pid, path, argv, envp, out_fd, err_fd, NULL, 0);
@@ -40,9 +44,8 @@ int cdaemon_spawn_with_fds(pid_t *pid, const char *path, char *const argv[], cha
 	posix_spawnattr_init(&attr);
 	sigemptyset(&empty);
 	sigemptyset(&defaults);
-	int sigs[] = { SIGHUP, SIGINT, SIGTERM, SIGCHLD, SIGUSR1, SIGUSR2, SIGPIPE };
-	for (size_t i = 0; i < sizeof(sigs) / sizeof(sigs[0]); i++)
-		sigaddset(&defaults, sigs[i]);
+	for (size_t i = 0; i < CHILD_DEFAULT_SIGNALS; i++)
+		sigaddset(&defaults, child_default_signals[i]);
 	posix_spawnattr_setsigmask(&attr, &empty);
 	posix_spawnattr_setsigdefault(&attr, &defaults);
 	posix_spawnattr_setflags(&attr, POSIX_SPAWN_SETSIGMASK | POSIX_SPAWN_SETSIGDEF | POSIX_SPAWN_SETSID);
@@ -93,9 +96,8 @@ int cdaemon_spawn_into_cgroup(pid_t *pid, const char *path, char *const argv[], 
 		/* The child of a multithreaded parent: async-signal-safe calls only. */
 		sigset_t empty;
 		sigemptyset(&empty);
-		int sigs[] = { SIGHUP, SIGINT, SIGTERM, SIGCHLD, SIGUSR1, SIGUSR2, SIGPIPE };
-		for (size_t i = 0; i < sizeof(sigs) / sizeof(sigs[0]); i++)
-			signal(sigs[i], SIG_DFL);
+		for (size_t i = 0; i < CHILD_DEFAULT_SIGNALS; i++)
+			signal(child_default_signals[i], SIG_DFL);
 		sigprocmask(SIG_SETMASK, &empty, NULL);
 		setsid();
 		int null = open("/dev/null", O_RDONLY);

@@ -17,33 +17,30 @@ public enum Processes {
     /// stdout/stderr inherited (the daemon's journal stream).
     public static func spawn(_ argv: [String], environment: [String]) throws(SpawnError) -> pid_t {
         var pid: pid_t = 0
+        let r = withCStrings(argv, environment) { a, e in cdaemon_spawn(&pid, argv[0], a, e, -1, -1) }
+        if r != 0 { throw SpawnError(errno: Errno(rawValue: r), path: argv[0]) }
+        return pid
+    }
+
+    /// `argv` and `environment` as the NULL-terminated C string arrays exec takes, for `body`.
+    static func withCStrings<R>(_ argv: [String], _ environment: [String],
+                                _ body: (UnsafePointer<UnsafeMutablePointer<CChar>?>?, UnsafePointer<UnsafeMutablePointer<CChar>?>?) -> R) -> R {
         let cArgv = argv.map { strdup($0) } + [nil]
         let cEnv = environment.map { strdup($0) } + [nil]
         defer { cArgv.forEach { free($0) }; cEnv.forEach { free($0) } }
-        let r = cArgv.withUnsafeBufferPointer { a in
-            cEnv.withUnsafeBufferPointer { e in
-                cdaemon_spawn(&pid, argv[0], a.baseAddress, e.baseAddress, -1, -1)
-            }
-        }
-        if r != 0 { throw SpawnError(errno: Errno(rawValue: r), path: argv[0]) }
-        return pid
+        return cArgv.withUnsafeBufferPointer { a in cEnv.withUnsafeBufferPointer { e in body(a.baseAddress, e.baseAddress) } }
     }
 
     /// `spawn` with `passing[i]` as descriptor 3 + i in the child (rtvisord's API front: its
     /// listening socket, control socket and report pipe); stdout/stderr inherited.
     public static func spawn(_ argv: [String], environment: [String], passing fds: [Int32]) throws(SpawnError) -> pid_t {
         var pid: pid_t = 0
-        let cArgv = argv.map { strdup($0) } + [nil]
-        let cEnv = environment.map { strdup($0) } + [nil]
-        defer { cArgv.forEach { free($0) }; cEnv.forEach { free($0) } }
         // Above every target (3 + i), so that no dup2 has itself as source.
         let high = fds.map { fcntl($0, F_DUPFD_CLOEXEC, 3 + Int32(fds.count)) }
         defer { high.forEach { if $0 >= 0 { close($0) } } }
         if let bad = high.firstIndex(where: { $0 < 0 }) { throw SpawnError(errno: Errno(rawValue: errno), path: "\(argv[0]) (descriptor \(fds[bad]))") }
-        let r = cArgv.withUnsafeBufferPointer { a in
-            cEnv.withUnsafeBufferPointer { e in
-                high.withUnsafeBufferPointer { f in cdaemon_spawn_with_fds(&pid, argv[0], a.baseAddress, e.baseAddress, -1, -1, f.baseAddress, Int32(f.count)) }
-            }
+        let r = withCStrings(argv, environment) { a, e in
+            high.withUnsafeBufferPointer { f in cdaemon_spawn_with_fds(&pid, argv[0], a, e, -1, -1, f.baseAddress, Int32(f.count)) }
         }
         if r != 0 { throw SpawnError(errno: Errno(rawValue: r), path: argv[0]) }
         return pid
@@ -59,13 +56,9 @@ public enum Processes {
             let dirFD = open(cgroup, O_RDONLY | O_DIRECTORY | O_CLOEXEC)
             if dirFD >= 0 {
                 defer { close(dirFD) }
-                let argv = [executable] + arguments(false)
                 var pid: pid_t = 0
-                let cArgv = argv.map { strdup($0) } + [nil]
-                let cEnv = environment.map { strdup($0) } + [nil]
-                defer { cArgv.forEach { free($0) }; cEnv.forEach { free($0) } }
-                let r = cArgv.withUnsafeBufferPointer { a in
-                    cEnv.withUnsafeBufferPointer { e in cdaemon_spawn_into_cgroup(&pid, executable, a.baseAddress, e.baseAddress, dirFD) }
+                let r = withCStrings([executable] + arguments(false), environment) { a, e in
+                    cdaemon_spawn_into_cgroup(&pid, executable, a, e, dirFD)
                 }
                 if r == 0 { return pid }
                 // > 0: the exec failed (the same error a normal spawn would give); < 0: clone3 did.

@@ -52,6 +52,24 @@ struct DaemonProcessTests {
         return (p.terminationStatus, String(decoding: data, as: UTF8.self))
     }
 
+    /// The VMs `rtvisorctl list --json` shows for the daemon at `env`'s API socket ([] when it
+    /// does not answer), and one of them by name.
+    static func listedVMs(env: [String: String]) -> [[String: Any]] {
+        let (status, out) = run(binary("rtvisorctl"), ["list", "--json"], env: env)
+        guard status == 0, let d = try? JSONSerialization.jsonObject(with: Data(out.utf8)) as? [String: Any] else { return [] }
+        return d["vms"] as? [[String: Any]] ?? []
+    }
+
+    static func listedVM(_ name: String, env: [String: String]) -> [String: Any]? {
+        listedVMs(env: env).first { $0["name"] as? String == name }
+    }
+
+    /// The PID of VM `name` while it is running, else nil.
+    static func runningPID(_ name: String, env: [String: String]) -> Int32? {
+        guard let vm = listedVM(name, env: env), vm["state"] as? String == "running" else { return nil }
+        return (vm["pid"] as? Int).map(Int32.init)
+    }
+
     @Test func sigusr1InjectsCtrlAltDelAndTheIdleGuestPowersOff() throws {
         let dir = try Self.shortTempDir()
         let def = try VMM.writeDefinition(VMM.definition(name: "idle", kernel: try Env.inmate("idle"), memoryMiB: 32, cmdline: "idle.heartbeat=0"), in: URL(fileURLWithPath: dir))
@@ -150,9 +168,7 @@ struct DaemonProcessTests {
         let ctl = Self.binary("rtvisorctl")
         let env = ["RTVISOR_API_SOCKET": dir + "/run/api.sock"]
         func state() -> (String, Int32)? {
-            let (status, out) = Self.run(ctl, ["list", "--json"], env: env)
-            guard status == 0, let d = try? JSONSerialization.jsonObject(with: Data(out.utf8)) as? [String: Any],
-                  let vm = (d["vms"] as? [[String: Any]])?.first(where: { $0["name"] as? String == "idle" }) else { return nil }
+            guard let vm = Self.listedVM("idle", env: env) else { return nil }
             return ((vm["state"] as? String) ?? "", Int32((vm["pid"] as? Int) ?? 0))
         }
         guard Self.waitFor(20, "idle running", { state()?.0 == "running" }) else { return }
@@ -238,15 +254,8 @@ extension DaemonProcessTests {
         try VMM.definition(name: "orphan", kernel: try Env.inmate("idle"), memoryMiB: 32, cmdline: "idle.heartbeat=0",
                            extra: "\"autostart\": true, \"stop_timeout_s\": 5")
             .write(toFile: vms + "/orphan.json", atomically: true, encoding: .utf8)
-        let ctl = Self.binary("rtvisorctl")
         let env = ["RTVISOR_API_SOCKET": dir + "/run/api.sock"]
-        func pid() -> Int32? {
-            let (status, out) = Self.run(ctl, ["list", "--json"], env: env)
-            guard status == 0, let d = try? JSONSerialization.jsonObject(with: Data(out.utf8)) as? [String: Any],
-                  let vm = (d["vms"] as? [[String: Any]])?.first(where: { $0["name"] as? String == "orphan" }),
-                  vm["state"] as? String == "running" else { return nil }
-            return (vm["pid"] as? Int).map(Int32.init)
-        }
+        func pid() -> Int32? { Self.runningPID("orphan", env: env) }
         let (first, _) = try Self.startDaemon(definitions: vms, runDirectory: dir + "/run")
         guard Self.waitFor(20, "orphan running", { pid() != nil }) else { kill(first.processIdentifier, SIGKILL); return }
         let vmm = pid()!
@@ -285,13 +294,7 @@ extension DaemonProcessTests {
             .write(toFile: vms + "/kept.json", atomically: true, encoding: .utf8)
         let ctl = Self.binary("rtvisorctl")
         let env = ["RTVISOR_API_SOCKET": dir + "/run/api.sock"]
-        func pid() -> Int32? {
-            let (status, out) = Self.run(ctl, ["list", "--json"], env: env)
-            guard status == 0, let d = try? JSONSerialization.jsonObject(with: Data(out.utf8)) as? [String: Any],
-                  let vm = (d["vms"] as? [[String: Any]])?.first(where: { $0["name"] as? String == "kept" }),
-                  vm["state"] as? String == "running" else { return nil }
-            return (vm["pid"] as? Int).map(Int32.init)
-        }
+        func pid() -> Int32? { Self.runningPID("kept", env: env) }
         let (first, firstErr) = try Self.startDaemon(definitions: vms, runDirectory: dir + "/run")
         defer { if first.isRunning { kill(first.processIdentifier, SIGKILL) } }
         guard Self.waitFor(20, "kept running", { pid() != nil }) else { return }

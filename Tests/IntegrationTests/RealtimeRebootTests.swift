@@ -104,11 +104,7 @@ extension RealtimePartitionTests {
         }
         let ctl = DaemonProcessTests.binary("rtvisorctl")
         let env = ["RTVISOR_API_SOCKET": dir + "/run/api.sock"]
-        func rtz() -> [String: Any]? {
-            let (status, out) = DaemonProcessTests.run(ctl, ["list", "--json"], env: env)
-            guard status == 0, let d = try? JSONSerialization.jsonObject(with: Data(out.utf8)) as? [String: Any] else { return nil }
-            return (d["vms"] as? [[String: Any]])?.first { $0["name"] as? String == "rtz" }
-        }
+        func rtz() -> [String: Any]? { DaemonProcessTests.listedVM("rtz", env: env) }
         func restarts() -> Int { rtz()?["restarts"] as? Int ?? 0 }
         var logText: String { (try? String(contentsOfFile: log, encoding: .utf8)) ?? "" }
 

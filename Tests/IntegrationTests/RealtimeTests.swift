@@ -231,12 +231,7 @@ struct RealtimePartitionTests {
         defer { if daemon.isRunning { kill(daemon.processIdentifier, SIGKILL) } }
         let ctl = DaemonProcessTests.binary("rtvisorctl")
         let env = ["RTVISOR_API_SOCKET": dir + "/run/api.sock"]
-        func vmsJSON() -> [[String: Any]] {
-            let (status, out) = DaemonProcessTests.run(ctl, ["list", "--json"], env: env)
-            guard status == 0, let d = try? JSONSerialization.jsonObject(with: Data(out.utf8)) as? [String: Any] else { return [] }
-            return d["vms"] as? [[String: Any]] ?? []
-        }
-        func vm(_ n: String) -> [String: Any]? { vmsJSON().first { $0["name"] as? String == n } }
+        func vm(_ n: String) -> [String: Any]? { DaemonProcessTests.listedVM(n, env: env) }
         guard DaemonProcessTests.waitFor(20, "rtx and plain running, rty failed", {
             vm("rtx")?["state"] as? String == "running" && vm("plain")?["state"] as? String == "running" && vm("rty")?["state"] as? String == "failed"
         }) else { return }

@@ -184,13 +184,10 @@ struct SeccompTests {
         daemon.standardOutput = FileHandle.nullDevice
         try daemon.run()
         defer { if daemon.isRunning { kill(daemon.processIdentifier, SIGKILL) } }
-        let ctl = DaemonProcessTests.binary("rtvisorctl")
         let env = ["RTVISOR_API_SOCKET": dir + "/run/api.sock"]
         var inspect: [String: Any] = [:]
         let failed = DaemonProcessTests.waitFor(30, "secd failed") {
-            let (status, out) = DaemonProcessTests.run(ctl, ["list", "--json"], env: env)
-            guard status == 0, let d = try? JSONSerialization.jsonObject(with: Data(out.utf8)) as? [String: Any],
-                  let vm = (d["vms"] as? [[String: Any]])?.first(where: { $0["name"] as? String == "secd" }) else { return false }
+            guard let vm = DaemonProcessTests.listedVM("secd", env: env) else { return false }
             inspect = vm
             return vm["state"] as? String == "failed"
         }

@@ -53,10 +53,7 @@ final class ChangeWatch {
         var v1: CpusetV1 { CpusetV1(root: cpusetRoot, lockPath: tree.root + "/cpuset.lock", host: HostCPUs(paths: paths), stateDirectory: states) }
         static let cpus = [2, 3]
         init() {
-            tree.file("sys/devices/system/cpu/online", "0-3\n")
-            tree.file("cpuset/cpuset.mems", "0\n")
-            tree.file("cpuset/cpuset.sched_load_balance", "1\n")
-            tree.file("cpuset/tasks", "100\n")
+            tree.cpusetV1Host()
             tree.file("proc/irq/24/smp_affinity_list", "0-3\n")
             tree.file("proc/irq/25/smp_affinity_list", "2\n")
             tree.file("proc/irq/default_smp_affinity", "f\n")

@@ -18,6 +18,13 @@ final class FakeTree {
         try! HostFiles.write(path, text)
     }
     func read(_ rel: String) -> String? { HostFiles.line(root + "/" + rel) }
+    /// A host with CPUs 0-3 online and a cgroup v1 cpuset root (under `cpuset/`) holding task 100.
+    func cpusetV1Host() {
+        file("sys/devices/system/cpu/online", "0-3\n")
+        file("cpuset/cpuset.mems", "0\n")
+        file("cpuset/cpuset.sched_load_balance", "1\n")
+        file("cpuset/tasks", "100\n")
+    }
     deinit { _ = system("rm -rf '\(root)'") }
 }
 
@@ -133,10 +140,7 @@ final class FakeTree {
 
     func fakeV1() -> (FakeTree, CpusetV1) {
         let t = FakeTree()
-        t.file("sys/devices/system/cpu/online", "0-3\n")
-        t.file("cpuset/cpuset.mems", "0\n")
-        t.file("cpuset/cpuset.sched_load_balance", "1\n")
-        t.file("cpuset/tasks", "100\n")
+        t.cpusetV1Host()
         let v1 = CpusetV1(root: t.root + "/cpuset", lockPath: t.root + "/lock", host: HostCPUs(paths: HostPaths(sys: t.root + "/sys", proc: t.root + "/proc")),
                           stateDirectory: t.root + "/rt")
         return (t, v1)
