@@ -29,7 +29,7 @@ let package = Package(
         .target(name: "KVM", dependencies: ["CKVM", "Arch", .product(name: "SystemPackage", package: "swift-system")]),
         // Guest RAM: mmap-backed regions, GuestAddress, bounds-checked access.
         // GuestLayout from Arch; swift-system for Errno only (error texts): Memory sits below Posix.
-        .target(name: "Memory", dependencies: ["Arch", .product(name: "SystemPackage", package: "swift-system")]),
+        .target(name: "Memory", dependencies: ["Arch", "Posix", .product(name: "SystemPackage", package: "swift-system")]),
         // x86 architecture data: CPUID feature table and policy, register layouts, and the one
         // guest-physical layout (GuestLayout) every other module reads.
         .target(name: "Arch"),
@@ -148,7 +148,7 @@ let package = Package(
         .testTarget(name: "VMMInterfaceTests", dependencies: ["VMMInterface", .product(name: "SystemPackage", package: "swift-system")]),
         // The VMM's logic that needs no /dev/kvm (exit dispatch).
         .testTarget(name: "VMMTests", dependencies: ["VMM", "KVM", "CKVM", "Devices", "Memory", "Arch"]),
-        .testTarget(name: "MemoryTests", dependencies: ["Memory", "Arch"]),
+        .testTarget(name: "MemoryTests", dependencies: ["Memory", "Arch", .product(name: "SystemPackage", package: "swift-system")]),
         .testTarget(name: "BootTests", dependencies: ["Boot", "Memory", "Arch", "TestSupport", .product(name: "SystemPackage", package: "swift-system")]),
         .testTarget(name: "DevicesTests", dependencies: ["Devices", "TestSupport"]),
         .testTarget(name: "ConfigTests", dependencies: ["Config", "Arch", "TestSupport"]),

@@ -1,5 +1,5 @@
 /// One CPUID leaf/subleaf as KVM hands it around (`struct kvm_cpuid_entry2`), free of C types.
-public struct CPUIDEntry: Equatable, Sendable {
+public struct CPUIDEntry: Equatable, Sendable, Codable {
     public var function: UInt32
     public var index: UInt32
     public var flags: UInt32

@@ -46,6 +46,25 @@ const unsigned long CKVM_GET_MP_STATE = KVM_GET_MP_STATE;
 const unsigned long CKVM_SET_MP_STATE = KVM_SET_MP_STATE;
 const unsigned long CKVM_TRANSLATE = KVM_TRANSLATE;
 
+const unsigned long CKVM_GET_FPU = KVM_GET_FPU;
+const unsigned long CKVM_GET_XSAVE = KVM_GET_XSAVE;
+const unsigned long CKVM_SET_XSAVE = KVM_SET_XSAVE;
+const unsigned long CKVM_GET_XCRS = KVM_GET_XCRS;
+const unsigned long CKVM_SET_XCRS = KVM_SET_XCRS;
+const unsigned long CKVM_GET_DEBUGREGS = KVM_GET_DEBUGREGS;
+const unsigned long CKVM_SET_DEBUGREGS = KVM_SET_DEBUGREGS;
+const unsigned long CKVM_GET_VCPU_EVENTS = KVM_GET_VCPU_EVENTS;
+const unsigned long CKVM_SET_VCPU_EVENTS = KVM_SET_VCPU_EVENTS;
+const unsigned long CKVM_GET_TSC_KHZ = KVM_GET_TSC_KHZ;
+const unsigned long CKVM_SET_TSC_KHZ = KVM_SET_TSC_KHZ;
+const unsigned long CKVM_KVMCLOCK_CTRL = KVM_KVMCLOCK_CTRL;
+const unsigned long CKVM_GET_IRQCHIP = KVM_GET_IRQCHIP;
+const unsigned long CKVM_SET_IRQCHIP = KVM_SET_IRQCHIP;
+const unsigned long CKVM_GET_PIT2 = KVM_GET_PIT2;
+const unsigned long CKVM_SET_PIT2 = KVM_SET_PIT2;
+const unsigned long CKVM_GET_CLOCK = KVM_GET_CLOCK;
+const unsigned long CKVM_SET_CLOCK = KVM_SET_CLOCK;
+
 const unsigned long CKVM_VFIO_GET_API_VERSION = VFIO_GET_API_VERSION;
 const unsigned long CKVM_VFIO_CHECK_EXTENSION = VFIO_CHECK_EXTENSION;
 const unsigned long CKVM_VFIO_SET_IOMMU = VFIO_SET_IOMMU;

@@ -115,3 +115,73 @@ int clinux_ofd_lock(int fd, long long start, int exclusive, int test_only) {
 	if (fcntl(fd, F_OFD_SETLK, &fl) == 0) return 0;
 	return (errno == EAGAIN || errno == EACCES) ? 1 : -errno;
 }
+
+#include <sys/socket.h>
+
+#define CLINUX_MAX_PASSED_FDS 8
+
+long clinux_send_with_fds(int fd, const void *buf, unsigned long len, const int *fds, int nfds)
+{
+	union { struct cmsghdr h; char buf[CMSG_SPACE(sizeof(int) * CLINUX_MAX_PASSED_FDS)]; } control;
+	unsigned long done = 0;
+	if (nfds < 0 || nfds > CLINUX_MAX_PASSED_FDS || (nfds > 0 && len == 0)) { errno = EINVAL; return -1; }
+	while (done < len) {
+		struct iovec iov = { .iov_base = (char *)buf + done, .iov_len = len - done };
+		struct msghdr mh;
+		ssize_t r;
+		memset(&mh, 0, sizeof(mh));
+		mh.msg_iov = &iov;
+		mh.msg_iovlen = 1;
+		if (done == 0 && nfds > 0) {
+			struct cmsghdr *c;
+			memset(&control, 0, sizeof(control));
+			mh.msg_control = control.buf;
+			mh.msg_controllen = CMSG_SPACE(sizeof(int) * nfds);
+			c = CMSG_FIRSTHDR(&mh);
+			c->cmsg_level = SOL_SOCKET;
+			c->cmsg_type = SCM_RIGHTS;
+			c->cmsg_len = CMSG_LEN(sizeof(int) * nfds);
+			memcpy(CMSG_DATA(c), fds, sizeof(int) * nfds);
+		}
+		do r = sendmsg(fd, &mh, MSG_NOSIGNAL);
+		while (r < 0 && errno == EINTR);
+		if (r < 0)
+			return -1;
+		done += (unsigned long)r;
+	}
+	return (long)done;
+}
+
+long clinux_recv_with_fds(int fd, void *buf, unsigned long len, int *fds, int max, int *nfds)
+{
+	union { struct cmsghdr h; char buf[CMSG_SPACE(sizeof(int) * CLINUX_MAX_PASSED_FDS)]; } control;
+	struct iovec iov = { .iov_base = buf, .iov_len = len };
+	struct msghdr mh;
+	struct cmsghdr *c;
+	ssize_t r;
+
+	memset(&mh, 0, sizeof(mh));
+	mh.msg_iov = &iov;
+	mh.msg_iovlen = 1;
+	mh.msg_control = control.buf;
+	mh.msg_controllen = sizeof(control.buf);
+	*nfds = 0;
+	do r = recvmsg(fd, &mh, MSG_CMSG_CLOEXEC);
+	while (r < 0 && errno == EINTR);
+	if (r < 0)
+		return -1;
+	for (c = CMSG_FIRSTHDR(&mh); c; c = CMSG_NXTHDR(&mh, c)) {
+		if (c->cmsg_level != SOL_SOCKET || c->cmsg_type != SCM_RIGHTS)
+			continue;
+		int n = (int)((c->cmsg_len - CMSG_LEN(0)) / sizeof(int));
+		for (int i = 0; i < n; i++) {
+			int passed;
+			memcpy(&passed, CMSG_DATA(c) + i * sizeof(int), sizeof(int));
+			if (*nfds < max)
+				fds[(*nfds)++] = passed;
+			else
+				close(passed); /* more than the caller takes: never leak them */
+		}
+	}
+	return r;
+}

@@ -74,6 +74,10 @@ public enum KVMCapability {
     public static let ioeventfd = Int32(KVM_CAP_IOEVENTFD)
     public static let maxVCPUs = Int32(KVM_CAP_MAX_VCPUS)
     public static let immediateExit = Int32(KVM_CAP_IMMEDIATE_EXIT)
+    public static let xsave = Int32(KVM_CAP_XSAVE)
+    public static let xcrs = Int32(KVM_CAP_XCRS)
+    public static let tscControl = Int32(KVM_CAP_TSC_CONTROL)
+    public static let adjustClock = Int32(KVM_CAP_ADJUST_CLOCK)
     /// Returns the KVM_X86_DISABLE_EXITS_* bits this host can disable.
     public static let x86DisableExits = Int32(KVM_CAP_X86_DISABLE_EXITS)
 }

@@ -1,4 +1,5 @@
 import Arch
+import Posix
 import SystemPackage
 #if canImport(Glibc)
 import Glibc
@@ -24,6 +25,8 @@ public enum GuestMemoryError: Error, Equatable, CustomStringConvertible {
     case lockFailed(bytes: UInt64, errno: Int32)
     case overlappingRegions
     case invalidSize(UInt64)
+    case imageTooShort(offset: UInt64)
+    case imageSize(expected: UInt64, actual: UInt64)
 
     public var description: String {
         switch self {
@@ -35,6 +38,8 @@ public enum GuestMemoryError: Error, Equatable, CustomStringConvertible {
             "cannot lock \(b / (1 << 20)) MiB of guest RAM: \(Errno(rawValue: e)) (needs CAP_IPC_LOCK or RLIMIT_MEMLOCK)"
         case .overlappingRegions: "guest RAM regions overlap"
         case let .invalidSize(s): "invalid guest RAM size \(s)"
+        case let .imageTooShort(o): "the memory file ends at \(o) bytes, inside guest RAM"
+        case let .imageSize(e, a): "the memory file has \(a) bytes, the VM's RAM is \(e)"
         }
     }
 }
@@ -86,6 +91,24 @@ public final class GuestMemoryRegion: @unchecked Sendable {
         self.hostAddress = UInt64(UInt(bitPattern: p))
     }
 
+    /// `size` bytes of `file` from `offset`, mapped MAP_PRIVATE (copy on write; docs/snapshot.md).
+    public init(start: GuestAddress, size: UInt64, file: FileDescriptor, offset: UInt64, backing: MemoryBacking = MemoryBacking()) throws {
+        guard size > 0, size % 4096 == 0, offset % 4096 == 0, !backing.hugePages else { throw GuestMemoryError.invalidSize(size) }
+        var flags = MAP_PRIVATE
+        if backing.populate || backing.lock { flags |= MAP_POPULATE }
+        let p = mmap(nil, Int(size), PROT_READ | PROT_WRITE, flags, file.rawValue, off_t(offset))
+        guard let p, p != MAP_FAILED else { throw GuestMemoryError.mmapFailed(bytes: size, errno: errno) }
+        if backing.lock && mlock(p, Int(size)) != 0 {
+            let e = errno
+            munmap(p, Int(size))
+            throw GuestMemoryError.lockFailed(bytes: size, errno: e)
+        }
+        self.base = p
+        self.start = start
+        self.size = size
+        self.hostAddress = UInt64(UInt(bitPattern: p))
+    }
+
     deinit { munmap(base, Int(size)) }
 
     public var end: UInt64 { start.raw + size }
@@ -115,13 +138,14 @@ public final class GuestMemory: @unchecked Sendable {
     /// RAM of `bytes` laid out around the 32-bit MMIO hole (`GuestLayout`, where PCI BARs, the
     /// LAPIC, the IOAPIC and platform devices live): low part below 3 GiB, rest above 4 GiB.
     public static func standard(bytes: UInt64, backing: MemoryBacking = MemoryBacking()) throws -> GuestMemory {
+        try GuestMemory(regions: try standardLayout(bytes: bytes).map { try GuestMemoryRegion(start: $0.start, size: $0.size, backing: backing) })
+    }
+
+    /// Where `standard` puts `bytes` of RAM: below the hole, then above 4 GiB.
+    static func standardLayout(bytes: UInt64) throws -> [(start: GuestAddress, size: UInt64)] {
         guard bytes >= 1 << 20, bytes % 4096 == 0 else { throw GuestMemoryError.invalidSize(bytes) }
         let low = min(bytes, GuestLayout.mmioHoleStart)
-        var regions = [try GuestMemoryRegion(start: GuestAddress(0), size: low, backing: backing)]
-        if bytes > low {
-            regions.append(try GuestMemoryRegion(start: GuestAddress(GuestLayout.mmioHoleEnd), size: bytes - low, backing: backing))
-        }
-        return try GuestMemory(regions: regions)
+        return bytes > low ? [(GuestAddress(0), low), (GuestAddress(GuestLayout.mmioHoleEnd), bytes - low)] : [(GuestAddress(0), low)]
     }
 
     public var totalSize: UInt64 { regions.reduce(0) { $0 + $1.size } }
@@ -217,5 +241,103 @@ public final class GuestMemory: @unchecked Sendable {
     public func readInteger<T: FixedWidthInteger>(_: T.Type = T.self, at address: GuestAddress) throws -> T {
         let p = try checkedPointer(address, MemoryLayout<T>.size)
         return T(littleEndian: p.loadUnaligned(as: T.self))
+    }
+}
+
+// MARK: memory images (snapshots, docs/snapshot.md)
+
+/// Guest RAM as one file: the regions one after another in guest-address order, no gaps.
+extension GuestMemory {
+    static let pageSize = 4096
+    /// lseek's whence values for sparse files (Linux; glibc hides them without _GNU_SOURCE).
+    static let seekData: Int32 = 3, seekHole: Int32 = 4
+
+    /// Writes every region into `fd` (an empty file) at its image offset, skipping pages that are
+    /// all zero, then sets the file's size: those pages are holes that take no disk space and read
+    /// back as zeros. Returns the bytes written.
+    public func writeImage(to fd: FileDescriptor) throws -> UInt64 {
+        var offset: UInt64 = 0
+        var written: UInt64 = 0
+        for region in regions {
+            let base = region.pointer(region.start.raw)
+            let pages = Int(region.size) / Self.pageSize
+            var page = 0
+            while page < pages {
+                // A run of non-zero pages goes out in one write.
+                guard !Self.isZero(base + page * Self.pageSize) else { page += 1; continue }
+                var end = page + 1
+                while end < pages && end - page < 512 && !Self.isZero(base + end * Self.pageSize) { end += 1 }
+                let bytes = UnsafeRawBufferPointer(start: base + page * Self.pageSize, count: (end - page) * Self.pageSize)
+                try writeFully(fd, bytes, at: Int64(offset) + Int64(page * Self.pageSize))
+                written += UInt64(bytes.count)
+                page = end
+            }
+            offset += region.size
+        }
+        try retryInterrupted { ftruncate(fd.rawValue, off_t(offset)) }
+        return written
+    }
+
+    /// Reads an image written by `writeImage` into these (fresh, zero) regions: only the file's
+    /// data extents (SEEK_DATA/Self.seekHole), holes stay untouched zero pages.
+    public func readImage(from fd: FileDescriptor) throws {
+        var offset: Int64 = 0
+        for region in regions {
+            let end = offset + Int64(region.size)
+            var position = offset
+            while position < end {
+                let data = lseek(fd.rawValue, off_t(position), Self.seekData)
+                if data < 0 {
+                    if errno == ENXIO { break } // no data after position: the rest is a hole
+                    throw Errno(rawValue: errno)
+                }
+                guard Int64(data) < end else { break }
+                let hole = min(Int64(max(lseek(fd.rawValue, off_t(data), Self.seekHole), off_t(data))), end)
+                let target = UnsafeMutableRawBufferPointer(start: region.pointer(region.start.raw + UInt64(Int64(data) - offset)),
+                                                           count: Int(hole - Int64(data)))
+                try readFully(fd, target, at: Int64(data))
+                position = hole
+            }
+            offset = end
+        }
+    }
+
+    private static func isZero(_ page: UnsafeRawPointer) -> Bool {
+        let words = page.assumingMemoryBound(to: UInt64.self)
+        var acc: UInt64 = 0
+        for i in 0..<(pageSize / 8) { acc |= words[i] }
+        return acc == 0
+    }
+
+    private func writeFully(_ fd: FileDescriptor, _ bytes: UnsafeRawBufferPointer, at offset: Int64) throws {
+        var done = 0
+        while done < bytes.count {
+            let n = try retryInterrupted { pwrite(fd.rawValue, bytes.baseAddress! + done, bytes.count - done, off_t(offset + Int64(done))) }
+            done += n
+        }
+    }
+
+    private func readFully(_ fd: FileDescriptor, _ bytes: UnsafeMutableRawBufferPointer, at offset: Int64) throws {
+        var done = 0
+        while done < bytes.count {
+            let n = try retryInterrupted { pread(fd.rawValue, bytes.baseAddress! + done, bytes.count - done, off_t(offset + Int64(done))) }
+            guard n > 0 else { throw GuestMemoryError.imageTooShort(offset: UInt64(offset) + UInt64(done)) }
+            done += n
+        }
+    }
+
+
+    /// RAM of `bytes` laid out as `standard`, each region mapped from `fd` (an image written by
+    /// `writeImage`) MAP_PRIVATE: pages come from the page cache on first touch, shared with every
+    /// other mapping of the file, and are copied only when the guest writes them.
+    public static func mappingImage(_ fd: FileDescriptor, bytes: UInt64, backing: MemoryBacking = MemoryBacking()) throws -> GuestMemory {
+        let layout = try standardLayout(bytes: bytes)
+        var offset: UInt64 = 0
+        var regions: [GuestMemoryRegion] = []
+        for (start, size) in layout {
+            regions.append(try GuestMemoryRegion(start: start, size: size, file: fd, offset: offset, backing: backing))
+            offset += size
+        }
+        return try GuestMemory(regions: regions)
     }
 }

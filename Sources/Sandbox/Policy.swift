@@ -122,6 +122,17 @@ public enum SeccompPolicy {
         }
     }
 
+    /// Reading the VM's state for a snapshot, from the control server's thread with the vCPUs
+    /// parked (docs/snapshot.md), and telling kvmclock about the pause.
+    static let snapshotIoctls: [(UInt, String)] = [
+        (CKVM_GET_MSR_INDEX_LIST, "KVM_GET_MSR_INDEX_LIST"), (CKVM_GET_IRQCHIP, "KVM_GET_IRQCHIP"), (CKVM_GET_PIT2, "KVM_GET_PIT2"),
+        (CKVM_GET_CLOCK, "KVM_GET_CLOCK"), (CKVM_GET_MP_STATE, "KVM_GET_MP_STATE"), (CKVM_GET_REGS, "KVM_GET_REGS"),
+        (CKVM_GET_SREGS, "KVM_GET_SREGS"), (CKVM_GET_XSAVE, "KVM_GET_XSAVE"), (CKVM_GET_FPU, "KVM_GET_FPU"),
+        (CKVM_GET_XCRS, "KVM_GET_XCRS"), (CKVM_GET_DEBUGREGS, "KVM_GET_DEBUGREGS"), (CKVM_GET_LAPIC, "KVM_GET_LAPIC"),
+        (CKVM_GET_TSC_KHZ, "KVM_GET_TSC_KHZ"), (CKVM_GET_MSRS, "KVM_GET_MSRS"), (CKVM_GET_VCPU_EVENTS, "KVM_GET_VCPU_EVENTS"),
+        (CKVM_GET_CPUID2, "KVM_GET_CPUID2"), (CKVM_CHECK_EXTENSION, "KVM_CHECK_EXTENSION"), (CKVM_KVMCLOCK_CTRL, "KVM_KVMCLOCK_CTRL"),
+    ]
+
     /// `passthrough`: the VM has VFIO devices (their ioctls join the vcpu and vmm lists).
     public static func rules(for kind: ThreadKind, pid: pid_t = getpid(), passthrough vfio: Bool = false) -> [SyscallRule] {
         let extra = vfio ? passthrough(kind) : []
@@ -149,13 +160,16 @@ public enum SeccompPolicy {
         case .vmm:
             r += [ioctl([(CKVM_IRQ_LINE, "KVM_IRQ_LINE"), (CKVM_IOEVENTFD, "KVM_IOEVENTFD"), (CKVM_SET_GSI_ROUTING, "KVM_SET_GSI_ROUTING"),
                          (CKVM_IRQFD, "KVM_IRQFD"),
-                         (UInt(TCGETS), "TCGETS"), (UInt(TCSETS), "TCSETS"), (UInt(TCSETSW), "TCSETSW"), (UInt(TCSETSF), "TCSETSF")] + extra)]
-            if vfio { r += ["pread64", "pwrite64"].map { SyscallRule($0) } }
+                         (UInt(TCGETS), "TCGETS"), (UInt(TCSETS), "TCSETS"), (UInt(TCSETSW), "TCSETSW"), (UInt(TCSETSF), "TCSETSF")] + snapshotIoctls + extra)]
+            // snapshots: the memory file (written at offsets, holes left) and the pause's waits
+            r += ["pread64", "pwrite64"].map { SyscallRule($0) }
             r += ["read", "readv", "writev", "close", "fstat", "newfstatat", "lseek", "fsync", "fdatasync",
                   // exit-status and latency files (temporary file + rename), real-time cgroup/IRQ files
                   "openat", "rename", "renameat", "unlink", "unlinkat", "rmdir", "getdents64", "fcntl", "ftruncate",
                   // console socket server and sigwait
                   "poll", "ppoll", "accept4", "recvfrom", "rt_sigtimedwait",
+                  // the control socket: its peer's uid, requests, the snapshot files passed with them (SCM_RIGHTS)
+                  "getsockopt", "recvmsg",
                   // journal entries too big for a datagram go through a sealed memfd
                   "memfd_create",
                   // real-time latency probe threads and the partition's undo

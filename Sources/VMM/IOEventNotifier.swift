@@ -3,6 +3,9 @@ import Logging
 import PCI
 import Posix
 import Synchronization
+#if canImport(Glibc)
+import Glibc
+#endif
 
 /// The ioeventfd alternative for virtio doorbells (`rtvisor-vmm --notify ioeventfd`): KVM
 /// completes the guest's notify write in the kernel and signals an eventfd; one thread waits
@@ -33,6 +36,13 @@ final class IOEventNotifier: NotifyOffload {
         try PosixThread(name: "ioeventfd") {
             while let me = weakSelf.value {
                 guard let events = try? me.epoll.wait(timeoutMilliseconds: 1000) else { return }
+                // Paused: the doorbells stay signalled (not drained) until resume.
+                guard me.beginServing() else {
+                    var pause = timespec(tv_sec: 0, tv_nsec: 1_000_000)
+                    nanosleep(&pause, nil)
+                    continue
+                }
+                defer { me.endServing() }
                 for (token, _) in events {
                     guard let bell = me.doorbells.withLock({ $0[token] }) else { continue }
                     bell.fd.drain()
@@ -41,6 +51,30 @@ final class IOEventNotifier: NotifyOffload {
             }
         }.detach()
     }
+
+    // MARK: pause (snapshots): no device work runs from this thread while paused.
+
+    private struct Serving { var paused = false; var busy = false }
+    private let serving = Mutex(Serving())
+
+    private func beginServing() -> Bool {
+        serving.withLock { s in
+            guard !s.paused else { return false }
+            s.busy = true
+            return true
+        }
+    }
+
+    private func endServing() { serving.withLock { $0.busy = false } }
+
+    /// Returns once the thread is between doorbells; it then serves none until `resume`.
+    func pause() {
+        serving.withLock { $0.paused = true }
+        var pause = timespec(tv_sec: 0, tv_nsec: 100_000)
+        while serving.withLock({ $0.busy }) { nanosleep(&pause, nil) }
+    }
+
+    func resume() { serving.withLock { $0.paused = false } }
 
     func attach(_ device: String, doorbells list: [(queue: Int, address: UInt64)], handler: @escaping @Sendable (Int) -> Void) {
         do { try startThread() } catch {

@@ -74,32 +74,68 @@ public final class Machine: @unchecked Sendable {
     public let processStartedAt: UInt64?
     /// The host side of a real-time VM (nil for an ordinary one).
     let realtime: RealtimeSetup?
+    // Snapshot and pause (Machine+Snapshot.swift).
+    let cmos: CMOSClock
+    let pciRoot: PciRoot
+    let ioNotifier: IOEventNotifier?
+    let pauseGate = VCPUPause()
+    let runControl = Mutex<VMMRunState>(.running)
+    let cpuTemplate: CPUTemplate
+    let diskBytes: [UInt64]
+    /// What KVM supports on this host (the CPUID tables are derived from it): a snapshot's digest.
+    let supportedCPUID: [CPUIDEntry]
+    /// Read once at start: inside the jail the VMM cannot look at the host's KVM module any more.
+    let hostEmulatesRing0: Bool
+    var cpuidDigest: String { SnapshotCodec.cpuidDigest(definition, supportedCPUID: supportedCPUID, hostEmulatesRing0: hostEmulatesRing0) }
 
+    /// Builds the VM from its definition, booting it or, with `restoring`, resuming a snapshot
+    /// of it (docs/snapshot.md): the same phases, with the guest's memory, registers and device
+    /// state read from the snapshot instead of a kernel being loaded.
     public init(definition def: VMDefinition, options: RunOptions = RunOptions(), logger: Logger,
-                processStartedAt: UInt64? = nil) throws {
+                processStartedAt: UInt64? = nil, restoring source: SnapshotSource? = nil) throws {
         self.definition = def
         self.options = options
         self.logger = logger
         self.processStartedAt = processStartedAt
         let emulating = KVMSystem.hostEmulatesRing0
+        self.hostEmulatesRing0 = emulating
 
         let trace = options.trace
         let system = try MachinePhase.checkHost(def)
         trace.mark("host checks")
-        let files = try MachinePhase.openGuestFiles(def, hostEmulatesRing0: emulating, logger: logger)
+        let files = try MachinePhase.openGuestFiles(def, hostEmulatesRing0: emulating, bootImages: source == nil, logger: logger)
         trace.mark("guest files")
+        let supported = try system.supportedCPUID()
+        self.supportedCPUID = supported
+        let template = def.cpu.policy.effectiveTemplate(hostEmulatesRing0: emulating)
+        self.cpuTemplate = template
+        self.diskBytes = files.disks.map(\.size)
+        let loaded = try source.map {
+            let l = try SnapshotReader.load($0, definition: def, cpuTemplate: template.rawValue,
+                                           cpuidDigest: SnapshotCodec.cpuidDigest(def, supportedCPUID: supported, hostEmulatesRing0: emulating))
+            try SnapshotReader.checkDisks(l.header, sizes: files.disks.map(\.size), directory: $0.directory)
+            return l
+        }
+        defer { try? loaded?.memoryFile.close() }
+        if loaded != nil { trace.mark("snapshot read") }
         let realtime = try MachinePhase.realtimeHostSide(def, latencyFile: options.latencyFile, logger: logger)
         trace.mark("real-time host side")
         self.realtime = realtime
         var initialized = false
         defer { if !initialized { realtime?.release() } }
         self.system = system
-        let (vm, memory, slots) = try MachinePhase.createVM(system, def, backing: realtime?.memoryBacking ?? MemoryBacking())
+        let backing = realtime?.memoryBacking ?? MemoryBacking()
+        let restoredMemory = try loaded.map { try SnapshotReader.memory($0, mode: source!.memory, backing: backing, directory: source!.directory) }
+        if loaded != nil { trace.mark("snapshot memory (\(source!.memory.rawValue))") }
+        let (vm, memory, slots) = try MachinePhase.createVM(system, def, memory: restoredMemory, backing: backing)
         self.vm = vm
         self.memory = memory
         let createdAt = monotonicNanoseconds()
         self.createdAt = createdAt
         trace.mark("VM and memory (slots started)")
+        if let loaded {
+            do { try vm.restoreState(loaded.state.vm, advanceClock: true) } catch { throw VMMError.setup("snapshot \(source!.directory): VM state: \(error)") }
+        }
 
         let stop = self.stop
         let name = def.name
@@ -133,19 +169,35 @@ public final class Machine: @unchecked Sendable {
         vfioContainer = pci.container
         serial = devices.serial
         keyboard = devices.keyboard
+        cmos = devices.cmos
+        pciRoot = pci.root
+        ioNotifier = devices.ioNotifier
         exits = ExitDispatch(pio: devices.pio, mmio: devices.mmio, memory: memory)
-
         trace.mark("devices")
-        let entry = try MachinePhase.loadGuest(files.boot, into: memory, vcpus: def.vcpus, pci: pci)
-        trace.mark("guest loaded")
+
+        let start: MachinePhase.VCPUStart
+        if let loaded {
+            do { try MachinePhase.restoreDevices(loaded.state.devices, into: devices) } catch { throw VMMError.setup("snapshot \(source!.directory): \(error)") }
+            start = .restore(loaded.state.vcpus)
+            trace.mark("device state restored")
+        } else {
+            start = .boot(try MachinePhase.loadGuest(files.boot!, into: memory, vcpus: def.vcpus, pci: pci))
+            trace.mark("guest loaded")
+        }
         // Exits are disabled per VM, before its vCPUs exist.
         try realtime?.disableExits(system: system, vm: vm)
-        vcpus = try MachinePhase.createVCPUs(system, vm: vm, def, entry: entry, hostEmulatesRing0: emulating, logger: logger)
-        trace.mark("vCPUs")
+        vcpus = try MachinePhase.createVCPUs(system, vm: vm, def, start: start, supported: supported, hostEmulatesRing0: emulating, logger: logger)
+        trace.mark(loaded == nil ? "vCPUs" : "vCPUs restored")
         try slots.wait()
         trace.mark("memory slots (overlapped)")
+        // Restored devices were left paused: their I/O (virtio-net's receive thread) may raise
+        // interrupts only now that the interrupt controllers and vCPUs are restored.
+        if loaded != nil { for d in pciDevices { d.resume() } }
         for vcpu in vcpus { stop.register(vcpu) }
-        logger.info("VM \(def.name): \(def.vcpus) vCPU(s), \(def.memoryMiB) MiB, \(entry)")
+        switch start {
+        case let .boot(entry): logger.info("VM \(def.name): \(def.vcpus) vCPU(s), \(def.memoryMiB) MiB, \(entry)")
+        case .restore: logger.info("VM \(def.name): \(def.vcpus) vCPU(s), \(def.memoryMiB) MiB, restored from \(source!.directory) (memory: \(source!.memory.rawValue))")
+        }
         initialized = true
         pciReleased = true
     }
@@ -267,7 +319,9 @@ public final class Machine: @unchecked Sendable {
             if countExits { exitCounts[ExitDispatch.label(exit), default: 0] += 1 }
             switch exits.handle(exit, on: vcpu) {
             case .resume: continue
-            case .resumeAfterKick: vcpu.clearImmediateExit()
+            case .resumeAfterKick:
+                pauseGate.parkIfRequested(stopping: { stop.isStopping })
+                vcpu.clearImmediateExit()
             case let .stop(reason): stop.request(reason)
             }
         }

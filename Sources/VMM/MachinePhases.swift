@@ -42,7 +42,8 @@ enum MachinePhase {
 
     /// What the guest files phase hands on: the boot images read, the disks opened and locked.
     struct GuestFiles {
-        let boot: BootImages
+        /// nil when restoring a snapshot: the guest is already in memory.
+        let boot: BootImages?
         let disks: [BlockImage]
     }
 
@@ -51,7 +52,7 @@ enum MachinePhase {
     /// root's symlinks, no FIFOs or devices opened, the kind each field allows), then read or
     /// kept open through that descriptor alone; nothing looks the paths up again, the jail
     /// included. A Linux command line gets the parameters its CPU template needs on this host.
-    static func openGuestFiles(_ def: VMDefinition, hostEmulatesRing0 emulating: Bool, logger: Logger) throws -> GuestFiles {
+    static func openGuestFiles(_ def: VMDefinition, hostEmulatesRing0 emulating: Bool, bootImages: Bool = true, logger: Logger) throws -> GuestFiles {
         func locate(_ path: String, _ field: String, _ kinds: Set<GuestFile.Kind>) throws -> GuestFile {
             let file: GuestFile
             do { file = try GuestFile.locate(path, field: field, allowing: kinds) } catch { throw VMMError.setup("\(error)") }
@@ -67,8 +68,6 @@ enum MachinePhase {
             defer { try? fd.close() }
             return try ImageFile.read(from: fd, path: path)
         }
-        let kernel = try read(def.kernel, "$.kernel")
-        let initrd = try def.initrd.map { try read($0, "$.initrd") }
         var disks: [BlockImage] = []
         for (i, disk) in def.disks.enumerated() {
             let field = "$.disks[\(i)].path"
@@ -76,6 +75,9 @@ enum MachinePhase {
             do { disks.append(try BlockImage(file: file, readOnly: disk.readOnly, directIO: disk.directIO)) }
             catch let e as BlockImageError { throw VMMError.setup("\(field): \(e)") }
         }
+        guard bootImages else { return GuestFiles(boot: nil, disks: disks) }
+        let kernel = try read(def.kernel, "$.kernel")
+        let initrd = try def.initrd.map { try read($0, "$.initrd") }
         var cmdline = def.cmdline
         if KernelLoader.looksLikeLinux(kernel) {
             let existing = Set(cmdline.split(separator: " ").map(String.init))
@@ -98,14 +100,15 @@ enum MachinePhase {
     /// registered on a thread of their own while the next phases run (`PendingMemoryRegions`:
     /// the kernel's grace period for the first slot is the longest step of a start). The caller
     /// waits for them before any vCPU runs.
-    static func createVM(_ system: KVMSystem, _ def: VMDefinition, backing: MemoryBacking) throws
+    /// `memory`: guest RAM already there (a restored snapshot's).
+    static func createVM(_ system: KVMSystem, _ def: VMDefinition, memory restored: GuestMemory? = nil, backing: MemoryBacking) throws
         -> (vm: VirtualMachine, memory: GuestMemory, slots: PendingMemoryRegions) {
         let vm = try system.createVM()
         try vm.setTSSAddress(GuestLayout.kvmTSS)
         try vm.setIdentityMapAddress(GuestLayout.kvmIdentityMap)
         try vm.createIRQChip()
         try vm.createPIT()
-        let memory = try GuestMemory.standard(bytes: UInt64(def.memoryMiB) << 20, backing: backing)
+        let memory = try restored ?? GuestMemory.standard(bytes: UInt64(def.memoryMiB) << 20, backing: backing)
         let slots = try vm.setUserMemoryRegionsInBackground(memory.regions.enumerated().map { slot, region in
             MemoryRegionSpec(slot: UInt32(slot), guestAddress: region.start.raw, size: region.size, hostAddress: region.hostAddress)
         })
@@ -117,6 +120,9 @@ enum MachinePhase {
         let pci: PciDevices.Built
         let serial: Serial8250
         let keyboard: I8042
+        let cmos: CMOSClock
+        /// The ioeventfd doorbell thread (`--notify ioeventfd`), paused with the vCPUs.
+        let ioNotifier: IOEventNotifier?
         let pio: Bus
         let mmio: Bus
     }
@@ -131,9 +137,10 @@ enum MachinePhase {
                                        notifyOffload: offload, logger: logger)
         let serial = Serial8250(interrupt: KVMInterruptLine(vm: vm, irq: GuestLayout.com1IRQ, logger: logger), output: { console.write($0) })
         let keyboard = I8042(irq: KVMInterruptLine(vm: vm, irq: GuestLayout.i8042IRQ, logger: logger), onRequest: onRequest)
+        let cmos = CMOSClock()
         let pio = try Bus(name: "pio", ranges: [
             .init(base: GuestLayout.i8042Port, length: GuestLayout.i8042PortCount, name: "i8042", device: keyboard),
-            .init(base: GuestLayout.cmosPort, length: GuestLayout.cmosPortCount, name: "cmos", device: CMOSClock()),
+            .init(base: GuestLayout.cmosPort, length: GuestLayout.cmosPortCount, name: "cmos", device: cmos),
             .init(base: GuestLayout.exitPort, length: 1, name: "exit-port", device: ExitPort(onRequest: onRequest)),
             .init(base: GuestLayout.com1Port, length: GuestLayout.com1PortCount, name: "com1", device: serial),
             .init(base: GuestLayout.pciConfigPort, length: GuestLayout.pciConfigPortCount, name: "pci-config", device: pci.root.configAccess),
@@ -146,7 +153,7 @@ enum MachinePhase {
             // rest of it up to the IOAPIC too, around the boot marker.
             .init(base: aboveMarker, length: GuestLayout.pciDecodeEnd - aboveMarker, name: "pci-bars-high", device: pci.root.barDecoder(base: aboveMarker)),
         ])
-        return Devices(pci: pci, serial: serial, keyboard: keyboard, pio: pio, mmio: mmio)
+        return Devices(pci: pci, serial: serial, keyboard: keyboard, cmos: cmos, ioNotifier: offload, pio: pio, mmio: mmio)
     }
 
     /// 6. The guest laid into memory (after PCI: the MP table lists its interrupt routing).
@@ -154,25 +161,52 @@ enum MachinePhase {
         try KernelLoader.load(images, into: memory, vcpus: vcpus, pciInterrupts: pci.interrupts)
     }
 
+    /// How the vCPUs start: at the loaded guest's entry point, or where a snapshot left them.
+    enum VCPUStart {
+        case boot(EntryState)
+        case restore([VCPUState])
+    }
+
+    /// 6'. A snapshot's device state into the devices just built from the same definition: the
+    /// platform devices, the PCI root, each virtio function (which re-routes its MSI-X vectors and
+    /// restarts its queues where they were).
+    static func restoreDevices(_ s: DeviceStates, into devices: Devices) throws {
+        let transports = devices.pci.transports
+        guard s.virtio.count == transports.count else {
+            throw VMMError.setup("the snapshot has \(s.virtio.count) virtio devices, the definition \(transports.count) (disks and NICs must match)")
+        }
+        devices.serial.restoreState(s.serial)
+        devices.keyboard.restoreState(s.keyboard)
+        devices.cmos.restoreState(s.cmos)
+        // The functions first: the root then decodes the BARs at their restored addresses.
+        // Each function stays paused until the vCPUs are restored too (`Machine.init`).
+        for (device, state) in zip(transports, s.virtio) { try device.restoreState(state) }
+        devices.pci.root.restoreState(s.pciRoot)
+    }
+
     /// 7. vCPUs: CPUID from the policy, boot MSRs, FPU, LAPIC LINT pins; registers on the BSP only,
-    /// APs wait for INIT/SIPI in the in-kernel LAPIC.
-    static func createVCPUs(_ system: KVMSystem, vm: VirtualMachine, _ def: VMDefinition, entry: EntryState,
+    /// APs wait for INIT/SIPI in the in-kernel LAPIC. Restored vCPUs get all of it from the snapshot.
+    static func createVCPUs(_ system: KVMSystem, vm: VirtualMachine, _ def: VMDefinition, start: VCPUStart, supported: [CPUIDEntry],
                             hostEmulatesRing0 emulating: Bool, logger: Logger) throws -> [VCPU] {
         let policy = def.cpu.policy
-        let supported = try system.supportedCPUID()
         let hidden = policy.hiddenFeatures(hostEmulatesRing0: emulating).map(\.name)
         logger.info("CPU template \(policy.effectiveTemplate(hostEmulatesRing0: emulating).rawValue), hidden features: \(hidden.isEmpty ? "none" : hidden.joined(separator: ","))")
         var vcpus: [VCPU] = []
         for id in 0..<def.vcpus {
             let vcpu = try vm.createVCPU(id: id)
-            try vcpu.setCPUID(policy.apply(to: supported, vcpuID: id, vcpuCount: def.vcpus, hostEmulatesRing0: emulating))
-            try vcpu.setMSRs(MSR.bootValues)
-            try vcpu.initFPU()
-            try vcpu.setupLocalInterrupts()
-            if id == 0 {
-                let (regs, sregs) = KernelLoader.registers(for: entry)
-                try vcpu.setSpecialRegisters(sregs)
-                try vcpu.setRegisters(regs)
+            switch start {
+            case let .restore(states):
+                do { try vcpu.restoreState(states[id], system: system) } catch { throw VMMError.setup("vCPU \(id): restoring its state: \(error)") }
+            case let .boot(entry):
+                try vcpu.setCPUID(policy.apply(to: supported, vcpuID: id, vcpuCount: def.vcpus, hostEmulatesRing0: emulating))
+                try vcpu.setMSRs(MSR.bootValues)
+                try vcpu.initFPU()
+                try vcpu.setupLocalInterrupts()
+                if id == 0 {
+                    let (regs, sregs) = KernelLoader.registers(for: entry)
+                    try vcpu.setSpecialRegisters(sregs)
+                    try vcpu.setRegisters(regs)
+                }
             }
             vcpus.append(vcpu)
         }

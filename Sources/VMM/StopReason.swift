@@ -13,6 +13,8 @@ public enum StopReason: Equatable, Sendable, CustomStringConvertible {
     case unexpectedExit(vcpu: Int, reason: UInt32)
     case vmmError(String)
     case signal(Int32)
+    /// Saved to a snapshot, then stopped on request.
+    case savedAndStopped
 
     /// The process exit status for this reason (the daemon↔VMM contract's).
     public var exitStatus: VMMExitStatus {
@@ -25,6 +27,7 @@ public enum StopReason: Equatable, Sendable, CustomStringConvertible {
         case .guestFailure: .guestFailure
         case .entryFailure, .unexpectedExit: .vcpuFailure
         case let .signal(s): .signal(s)
+        case .savedAndStopped: .savedAndStopped
         }
     }
 
@@ -47,6 +50,7 @@ public enum StopReason: Equatable, Sendable, CustomStringConvertible {
         case let .unexpectedExit(v, r): return "vCPU \(v): unexpected KVM exit reason \(r)"
         case let .vmmError(m): return "VMM error: \(m)"
         case let .signal(s): return "stopped by signal \(s)"
+        case .savedAndStopped: return "saved to a snapshot and stopped"
         }
     }
 }

@@ -15,6 +15,8 @@ public enum VMMExitStatus: Equatable, Hashable, Sendable, CustomStringConvertibl
     case guestFailure
     /// 7: a vCPU failed to enter the guest, or an exit the VMM does not handle.
     case vcpuFailure
+    /// 8: the VM was saved to a snapshot and stopped on request (`rtvisorctl snapshot --stop`).
+    case savedAndStopped
     /// 64: bad command-line arguments (swift-argument-parser's EX_USAGE).
     case usage
     /// 128 + N: stopped by signal N (as the shell reports it; a SIGSYS seccomp kill is 159).
@@ -31,6 +33,7 @@ public enum VMMExitStatus: Equatable, Hashable, Sendable, CustomStringConvertibl
         case 5: self = .internalError
         case 6: self = .guestFailure
         case 7: self = .vcpuFailure
+        case 8: self = .savedAndStopped
         case 64: self = .usage
         case 129...192: self = .signal(code - 128)
         default: self = .other(code)
@@ -46,6 +49,7 @@ public enum VMMExitStatus: Equatable, Hashable, Sendable, CustomStringConvertibl
         case .internalError: 5
         case .guestFailure: 6
         case .vcpuFailure: 7
+        case .savedAndStopped: 8
         case .usage: 64
         case let .signal(s): 128 + s
         case let .other(c): c
@@ -61,6 +65,7 @@ public enum VMMExitStatus: Equatable, Hashable, Sendable, CustomStringConvertibl
         case .internalError: "KVM internal error"
         case .guestFailure: "guest-reported failure"
         case .vcpuFailure: "vCPU entry failure or unexpected exit"
+        case .savedAndStopped: "saved to a snapshot and stopped"
         case .usage: "usage error"
         case let .signal(s): "signal \(s)"
         case let .other(c): "status \(c)"

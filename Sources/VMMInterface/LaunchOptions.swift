@@ -8,6 +8,15 @@ public enum NotifyPath: String, Codable, Sendable, CaseIterable, ExpressibleByAr
     case ioeventfd
 }
 
+/// How a restored VM gets its memory from the snapshot's memory file (docs/snapshot.md).
+public enum RestoreMemoryMode: String, Codable, Sendable, CaseIterable, ExpressibleByArgument {
+    /// Read into fresh anonymous memory: the restored VM owns all of it.
+    case copy
+    /// The file mapped MAP_PRIVATE: pages are read on first touch and shared (page cache) with
+    /// every other VM restored from the same file until written (copy on write). Clones use it.
+    case map
+}
+
 /// swift-log's level names, without making this module depend on swift-log.
 public enum VMMLogLevel: String, Codable, Sendable, CaseIterable, ExpressibleByArgument {
     case trace, debug, info, notice, warning, error, critical
@@ -54,6 +63,11 @@ public struct VMMLaunch: Codable, Equatable, Sendable {
     /// VM, which the caller starts or, if it does not, undoes the partition (rtvisord, for
     /// real-time VMs; docs/realtime.md).
     public var keepRealtimePartitionOnReset = false
+    /// Resume the VM saved in this snapshot directory instead of booting it (docs/snapshot.md).
+    public var restore: String?
+    public var restoreMemory: RestoreMemoryMode = .copy
+    /// Serve `VMMControl` (pause, resume, snapshot) on this unix socket.
+    public var controlSocket: String?
 
     public init(definition: String) { self.definition = definition }
 
@@ -65,6 +79,7 @@ public struct VMMLaunch: Codable, Equatable, Sendable {
         case noJail = "no-jail", jailUID = "jail-uid", realtimeJanitor = "realtime-janitor"
         case traceStartup = "trace-startup", traceOrigin = "trace-origin-ns"
         case keepRealtimePartitionOnReset = "keep-realtime-partition-on-reset"
+        case restore, restoreMemory = "restore-memory", controlSocket = "control-socket"
         public var long: String { "--" + rawValue }
     }
 
@@ -90,6 +105,9 @@ public struct VMMLaunch: Codable, Equatable, Sendable {
         flag(.traceStartup, traceStartup)
         option(.traceOrigin, traceOrigin.map(String.init))
         flag(.keepRealtimePartitionOnReset, keepRealtimePartitionOnReset)
+        option(.restore, restore)
+        if restoreMemory != .copy { option(.restoreMemory, restoreMemory.rawValue) }
+        option(.controlSocket, controlSocket)
         return a
     }
 
@@ -106,8 +124,8 @@ public struct VMMLaunch: Codable, Equatable, Sendable {
 public struct VMMLaunchArguments: ParsableArguments {
     public init() {}
 
-    @Option(name: .customLong(VMMLaunch.Flag.config.rawValue), help: "The VM definition (JSON).")
-    public var config: String
+    @Option(name: .customLong(VMMLaunch.Flag.config.rawValue), help: "The VM definition (JSON); with --restore, the snapshot's definition.json by default.")
+    public var config: String?
 
     @Flag(name: .customLong(VMMLaunch.Flag.check.rawValue), help: "Validate the definition and exit.")
     public var check = false
@@ -163,12 +181,25 @@ public struct VMMLaunchArguments: ParsableArguments {
     @Flag(name: .customLong(VMMLaunch.Flag.keepRealtimePartitionOnReset.rawValue), help: "When the guest resets, leave the real-time partition in place for the next VMM of this VM (the caller starts it, or undoes the partition).")
     public var keepRealtimePartitionOnReset = false
 
+    @Option(name: .customLong(VMMLaunch.Flag.restore.rawValue), help: "Resume the VM saved in this snapshot directory (docs/snapshot.md) instead of booting it.")
+    public var restore: String?
+
+    @Option(name: .customLong(VMMLaunch.Flag.restoreMemory.rawValue), help: "With --restore: copy (read guest memory into fresh memory, default) or map (map the memory file copy-on-write, shared with other VMs restored from it).")
+    public var restoreMemory: RestoreMemoryMode = .copy
+
+    @Option(name: .customLong(VMMLaunch.Flag.controlSocket.rawValue), help: "Serve the VMM control protocol (pause, resume, snapshot) on this unix socket (root only).")
+    public var controlSocket: String?
+
+    public mutating func validate() throws {
+        if config == nil && restore == nil && realtimeJanitor == nil { throw ValidationError("--config is required (or --restore DIR)") }
+    }
+
     /// The VMM's real-time janitor mode (`RealtimeJanitorSpec`); started by the VMM itself.
     @Option(name: .customLong(VMMLaunch.Flag.realtimeJanitor.rawValue), help: .hidden)
     public var realtimeJanitor: String?
 
     public var launch: VMMLaunch {
-        var l = VMMLaunch(definition: config)
+        var l = VMMLaunch(definition: config ?? restore.map { SnapshotLayout.definition(in: $0) } ?? "")
         l.validateOnly = check
         l.consoleInput = !noConsoleInput
         l.consoleLog = consoleLog
@@ -186,6 +217,9 @@ public struct VMMLaunchArguments: ParsableArguments {
         l.traceStartup = traceStartup
         l.traceOrigin = traceOriginNs
         l.keepRealtimePartitionOnReset = keepRealtimePartitionOnReset
+        l.restore = restore
+        l.restoreMemory = restoreMemory
+        l.controlSocket = controlSocket
         return l
     }
 }

@@ -12,7 +12,7 @@ import Foundation
 public enum VMMControl {
     /// The versions this build speaks, oldest first. A change that an older peer would
     /// misunderstand adds a version; a request a version lacks is refused by `Request.minimumVersion`.
-    public static let versions: ClosedRange<Int> = 1...1
+    public static let versions: ClosedRange<Int> = 1...2
 
     /// The highest version in both ranges, or nil: no common version.
     public static func negotiate(_ ours: ClosedRange<Int>, _ theirs: ClosedRange<Int>) -> Int? {
@@ -25,12 +25,26 @@ public enum VMMControl {
         case hello(minVersion: Int, maxVersion: Int)
         /// What the VMM runs (`Reply.description`).
         case describe
+        /// Stop the vCPUs (after their current exit) and the devices' I/O; answered by `Reply.runState`.
+        case pause
+        case resume
+        /// Save the VM (docs/snapshot.md) into the two files passed with this frame (SCM_RIGHTS:
+        /// the state file, then the memory file; both empty, opened for writing by the daemon:
+        /// the jailed VMM opens no path). The VM is paused for it, then `then` decides.
+        case snapshot(SnapshotRequest)
 
         /// The first version that has this request.
         public var minimumVersion: Int {
             switch self {
             case .hello, .describe: 1
+            case .pause, .resume, .snapshot: 2
             }
+        }
+
+        /// How many descriptors travel with the request's frame.
+        public var passedFiles: Int {
+            if case .snapshot = self { return 2 }
+            return 0
         }
     }
 
@@ -38,6 +52,8 @@ public enum VMMControl {
         /// The version chosen, and the VMM's own build.
         case hello(version: Int, vmmVersion: String)
         case description(VMMDescription)
+        case runState(VMMRunState)
+        case snapshotSaved(SnapshotSummary)
         /// The request was not carried out; the reason names what was wrong.
         case refused(String)
     }
@@ -84,5 +100,36 @@ public struct VMMDescription: Codable, Sendable, Equatable {
     public var memoryMiB: Int
     public init(vm: String, pid: Int32, vcpus: Int, memoryMiB: Int) {
         self.vm = vm; self.pid = pid; self.vcpus = vcpus; self.memoryMiB = memoryMiB
+    }
+}
+
+public enum VMMRunState: String, Codable, Sendable, Equatable {
+    case running, paused
+}
+
+public struct SnapshotRequest: Codable, Sendable, Equatable {
+    public enum After: String, Codable, Sendable, Equatable {
+        /// The VM goes on where it was (the default).
+        case resume
+        /// The VMM ends with `VMMExitStatus.savedAndStopped`.
+        case stop
+        /// The VM stays paused (a `resume` request continues it).
+        case stayPaused
+    }
+    public var then: After
+    /// The definition as the daemon has it (JSON), for the header's digest.
+    public var definitionJSON: [UInt8]
+    public init(then: After = .resume, definitionJSON: [UInt8]) { self.then = then; self.definitionJSON = definitionJSON }
+}
+
+public struct SnapshotSummary: Codable, Sendable, Equatable {
+    public var header: SnapshotHeader
+    public var stateBytes: Int
+    /// Guest memory bytes written (the rest of the memory file is holes: pages that were zero).
+    public var memoryDataBytes: UInt64
+    /// How long the vCPUs were stopped for it.
+    public var pausedMilliseconds: Double
+    public init(header: SnapshotHeader, stateBytes: Int, memoryDataBytes: UInt64, pausedMilliseconds: Double) {
+        self.header = header; self.stateBytes = stateBytes; self.memoryDataBytes = memoryDataBytes; self.pausedMilliseconds = pausedMilliseconds
     }
 }

@@ -124,6 +124,10 @@ struct RtvisorVMM: ParsableCommand {
             // In the daemon's mode the console goes to the socket and the journal, not stdout.
             if launch.consoleLog == nil && launch.consoleJournal { consoleFD = -1 }
         }
+        var control: ControlServer?
+        if let path = launch.controlSocket {
+            do { control = try ControlServer(socketPath: path, logger: logger) } catch { fail("\(definition.name): \(error)") }
+        }
         trace.mark("signals and console")
         stopForTest(at: "guest-files")
         let machine: Machine
@@ -133,7 +137,8 @@ struct RtvisorVMM: ParsableCommand {
             machine = try Machine(definition: definition,
                                   options: RunOptions(consoleInput: launch.consoleInput, console: ConsoleOutput(fd: consoleFD, tap: tap), notifyPath: launch.notify, latencyFile: launch.latencyFile, trace: trace,
                                                      keepRealtimePartitionOnReset: launch.keepRealtimePartitionOnReset),
-                                  logger: logger, processStartedAt: started)
+                                  logger: logger, processStartedAt: started,
+                                  restoring: launch.restore.map { SnapshotSource(directory: $0, memory: launch.restoreMemory) })
         } catch {
             writeStatus(VMMExitReport(status: .vmmError, reason: "\(error)"), to: launch.statusFile)
             fail("\(definition.name): \(error)")
@@ -155,6 +160,7 @@ struct RtvisorVMM: ParsableCommand {
             logger.info("jail: not entered (not running as root: there is no privilege to drop)")
         }
         server?.start()
+        control?.start(machine: machine)
         SignalForwarder.start(set: set, machine: machine)
         let reason = machine.run()
         server?.finish()

@@ -45,6 +45,26 @@ extern const unsigned long CKVM_GET_MP_STATE;
 extern const unsigned long CKVM_SET_MP_STATE;
 extern const unsigned long CKVM_TRANSLATE;
 
+// Saving and restoring a VM (docs/snapshot.md has the order).
+extern const unsigned long CKVM_GET_FPU;
+extern const unsigned long CKVM_GET_XSAVE;
+extern const unsigned long CKVM_SET_XSAVE;
+extern const unsigned long CKVM_GET_XCRS;
+extern const unsigned long CKVM_SET_XCRS;
+extern const unsigned long CKVM_GET_DEBUGREGS;
+extern const unsigned long CKVM_SET_DEBUGREGS;
+extern const unsigned long CKVM_GET_VCPU_EVENTS;
+extern const unsigned long CKVM_SET_VCPU_EVENTS;
+extern const unsigned long CKVM_GET_TSC_KHZ;
+extern const unsigned long CKVM_SET_TSC_KHZ;
+extern const unsigned long CKVM_KVMCLOCK_CTRL;
+extern const unsigned long CKVM_GET_IRQCHIP;
+extern const unsigned long CKVM_SET_IRQCHIP;
+extern const unsigned long CKVM_GET_PIT2;
+extern const unsigned long CKVM_SET_PIT2;
+extern const unsigned long CKVM_GET_CLOCK;
+extern const unsigned long CKVM_SET_CLOCK;
+
 // ---- fixed-size versions of flexible-array structs (same layout as the kernel's) -----------
 #define CKVM_MAX_CPUID_ENTRIES 256
 struct ckvm_cpuid2 {

@@ -75,4 +75,11 @@ int clinux_drop_privileges(unsigned uid, unsigned gid, char *step);
 int clinux_spawn_with_stdin(pid_t *pid, const char *path, char *const argv[], int stdin_fd);
 /// The calling thread's CapEff/CapPrm/CapBnd words (from capget / prctl) for checks.
 int clinux_capabilities(uint64_t *effective, uint64_t *permitted);
+// A stream socket's bytes with descriptors riding along (SCM_RIGHTS): the VMM control socket
+// passes the snapshot files this way. send: all of buf (the descriptors with its first byte),
+// bytes sent or -1/errno. recv: bytes received (0 at end), up to `max` descriptors into `fds`
+// (close-on-exec), their count in *nfds; -1/errno. Both retry EINTR.
+long clinux_send_with_fds(int fd, const void *buf, unsigned long len, const int *fds, int nfds);
+long clinux_recv_with_fds(int fd, void *buf, unsigned long len, int *fds, int max, int *nfds);
+
 #endif

@@ -1,0 +1,249 @@
+import Arch
+import CKVM
+import SystemPackage
+#if canImport(FoundationEssentials)
+import FoundationEssentials
+#else
+import Foundation
+#endif
+
+/// A KVM structure copied byte for byte. These are the kernel's UAPI layouts, which never change
+/// once released, so a snapshot keeps them as they are instead of re-modelling every field.
+/// Encoded as base64 in JSON.
+public struct KernelStructure: Codable, Sendable, Equatable {
+    public var bytes: [UInt8]
+    public init(bytes: [UInt8]) { self.bytes = bytes }
+
+    init<T>(_ value: T) {
+        var v = value
+        bytes = withUnsafeBytes(of: &v) { Array($0) }
+    }
+
+    /// The structure as `T`; throws when the saved size is not `T`'s (a snapshot of another layout).
+    func value<T>(as _: T.Type, zero: T, _ what: String) throws(SavedStateError) -> T {
+        guard bytes.count == MemoryLayout<T>.size else {
+            throw SavedStateError("\(what): \(bytes.count) bytes saved, this host's structure has \(MemoryLayout<T>.size)")
+        }
+        var v = zero
+        withUnsafeMutableBytes(of: &v) { $0.copyBytes(from: bytes) }
+        return v
+    }
+
+    public init(from decoder: any Decoder) throws {
+        let text = try decoder.singleValueContainer().decode(String.self)
+        guard let data = Data(base64Encoded: text) else {
+            throw DecodingError.dataCorrupted(.init(codingPath: decoder.codingPath, debugDescription: "not base64"))
+        }
+        bytes = Array(data)
+    }
+
+    public func encode(to encoder: any Encoder) throws {
+        var c = encoder.singleValueContainer()
+        try c.encode(Data(bytes).base64EncodedString())
+    }
+}
+
+public struct SavedStateError: Error, CustomStringConvertible, Equatable {
+    public let description: String
+    public init(_ description: String) { self.description = description }
+}
+
+/// One MSR as saved.
+public struct SavedMSR: Codable, Sendable, Equatable {
+    public var index: UInt32
+    public var value: UInt64
+    public init(index: UInt32, value: UInt64) { self.index = index; self.value = value }
+}
+
+/// Everything KVM holds for one vCPU. `capture` and `restore` encode the order the KVM API
+/// requires (docs/snapshot.md); the vCPU must not be running.
+public struct VCPUState: Codable, Sendable, Equatable {
+    public var id: Int
+    public var cpuid: [CPUIDEntry]
+    public var mpState: UInt32
+    public var regs: KernelStructure
+    public var sregs: KernelStructure
+    /// KVM_GET_XSAVE where the host has it, else the legacy FPU image.
+    public var xsave: KernelStructure?
+    public var fpu: KernelStructure?
+    public var xcrs: KernelStructure?
+    public var debugRegs: KernelStructure
+    public var lapic: KernelStructure
+    public var msrs: [SavedMSR]
+    public var events: KernelStructure
+    /// The guest's TSC rate; restored (scaled, where the host can) so its time runs at the same pace.
+    public var tscKHz: UInt32?
+}
+
+extension VCPU {
+    /// Saves this vCPU. The order is KVM's: MP state first (reading it accepts pending INIT/SIPI
+    /// into the LAPIC), the events last (the other reads may change pending-event state).
+    public func captureState(msrIndices: [UInt32], system: KVMSystem) throws -> VCPUState {
+        var mp = kvm_mp_state()
+        try IOCtl.call(fd, CKVM_GET_MP_STATE, "KVM_GET_MP_STATE", &mp)
+        var regs = kvm_regs()
+        try IOCtl.call(fd, CKVM_GET_REGS, "KVM_GET_REGS", &regs)
+        var sregs = kvm_sregs()
+        try IOCtl.call(fd, CKVM_GET_SREGS, "KVM_GET_SREGS", &sregs)
+        var xsave: KernelStructure? = nil, fpu: KernelStructure? = nil, xcrs: KernelStructure? = nil
+        if system.checkExtension(KVMCapability.xsave) > 0 {
+            var x = kvm_xsave()
+            try IOCtl.call(fd, CKVM_GET_XSAVE, "KVM_GET_XSAVE", &x)
+            xsave = KernelStructure(x)
+        } else {
+            var f = kvm_fpu()
+            try IOCtl.call(fd, CKVM_GET_FPU, "KVM_GET_FPU", &f)
+            fpu = KernelStructure(f)
+        }
+        if system.checkExtension(KVMCapability.xcrs) > 0 {
+            var x = kvm_xcrs()
+            try IOCtl.call(fd, CKVM_GET_XCRS, "KVM_GET_XCRS", &x)
+            xcrs = KernelStructure(x)
+        }
+        var debug = kvm_debugregs()
+        try IOCtl.call(fd, CKVM_GET_DEBUGREGS, "KVM_GET_DEBUGREGS", &debug)
+        var lapic = kvm_lapic_state()
+        try IOCtl.call(fd, CKVM_GET_LAPIC, "KVM_GET_LAPIC", &lapic)
+        let khz = try? IOCtl.call(fd, CKVM_GET_TSC_KHZ, "KVM_GET_TSC_KHZ", value: 0)
+        let msrs = try readMSRs(msrIndices)
+        var events = kvm_vcpu_events()
+        try IOCtl.call(fd, CKVM_GET_VCPU_EVENTS, "KVM_GET_VCPU_EVENTS", &events)
+        return VCPUState(id: id, cpuid: try cpuid(), mpState: mp.mp_state, regs: KernelStructure(regs), sregs: KernelStructure(sregs),
+                         xsave: xsave, fpu: fpu, xcrs: xcrs, debugRegs: KernelStructure(debug), lapic: KernelStructure(lapic),
+                         msrs: msrs, events: KernelStructure(events), tscKHz: khz.map { UInt32($0) })
+    }
+
+    /// Loads a saved state into this fresh vCPU. CPUID first (it decides which MSRs and XSAVE
+    /// components exist), TSC rate before the TSC; REGS before EVENTS (SET_REGS clears pending
+    /// exceptions, EVENTS restores them); SREGS before LAPIC (SREGS sets the APIC base); LAPIC
+    /// before MSRs (the TSC deadline MSR only takes with the LAPIC set up); EVENTS last.
+    public func restoreState(_ s: VCPUState, system: KVMSystem) throws {
+        try setCPUID(s.cpuid)
+        if let khz = s.tscKHz, system.checkExtension(KVMCapability.tscControl) > 0 {
+            let current = try? IOCtl.call(fd, CKVM_GET_TSC_KHZ, "KVM_GET_TSC_KHZ", value: 0)
+            if current.map(UInt32.init) != khz { try IOCtl.call(fd, CKVM_SET_TSC_KHZ, "KVM_SET_TSC_KHZ", value: UInt(khz)) }
+        }
+        var mp = kvm_mp_state()
+        mp.mp_state = s.mpState
+        try IOCtl.call(fd, CKVM_SET_MP_STATE, "KVM_SET_MP_STATE", &mp)
+        var regs = try s.regs.value(as: kvm_regs.self, zero: kvm_regs(), "vCPU \(id) registers")
+        try IOCtl.call(fd, CKVM_SET_REGS, "KVM_SET_REGS", &regs)
+        var sregs = try s.sregs.value(as: kvm_sregs.self, zero: kvm_sregs(), "vCPU \(id) special registers")
+        try IOCtl.call(fd, CKVM_SET_SREGS, "KVM_SET_SREGS", &sregs)
+        if let saved = s.xsave {
+            var x = try saved.value(as: kvm_xsave.self, zero: kvm_xsave(), "vCPU \(id) XSAVE area")
+            try IOCtl.call(fd, CKVM_SET_XSAVE, "KVM_SET_XSAVE", &x)
+        } else if let saved = s.fpu {
+            var f = try saved.value(as: kvm_fpu.self, zero: kvm_fpu(), "vCPU \(id) FPU")
+            try IOCtl.call(fd, CKVM_SET_FPU, "KVM_SET_FPU", &f)
+        }
+        if let saved = s.xcrs {
+            var x = try saved.value(as: kvm_xcrs.self, zero: kvm_xcrs(), "vCPU \(id) XCRs")
+            try IOCtl.call(fd, CKVM_SET_XCRS, "KVM_SET_XCRS", &x)
+        }
+        var debug = try s.debugRegs.value(as: kvm_debugregs.self, zero: kvm_debugregs(), "vCPU \(id) debug registers")
+        try IOCtl.call(fd, CKVM_SET_DEBUGREGS, "KVM_SET_DEBUGREGS", &debug)
+        var lapic = try s.lapic.value(as: kvm_lapic_state.self, zero: kvm_lapic_state(), "vCPU \(id) LAPIC")
+        try IOCtl.call(fd, CKVM_SET_LAPIC, "KVM_SET_LAPIC", &lapic)
+        try writeMSRs(s.msrs)
+        var events = try s.events.value(as: kvm_vcpu_events.self, zero: kvm_vcpu_events(), "vCPU \(id) pending events")
+        try IOCtl.call(fd, CKVM_SET_VCPU_EVENTS, "KVM_SET_VCPU_EVENTS", &events)
+    }
+
+    /// Reads every MSR of `indices` this vCPU has. KVM_GET_MSRS stops at the first MSR it cannot
+    /// read (one the list names but this CPU lacks): that one is left out and the rest read on.
+    func readMSRs(_ indices: [UInt32]) throws -> [SavedMSR] {
+        var saved: [SavedMSR] = []
+        var rest = indices[...]
+        while !rest.isEmpty {
+            let chunk = Array(rest.prefix(Int(CKVM_MAX_MSR_ENTRIES)))
+            var table = ckvm_msrs()
+            table.nmsrs = UInt32(chunk.count)
+            withUnsafeMutableBytes(of: &table.entries) { raw in
+                let e = raw.bindMemory(to: kvm_msr_entry.self)
+                for (i, index) in chunk.enumerated() { e[i] = kvm_msr_entry(); e[i].index = index }
+            }
+            let read = Int(try IOCtl.call(fd, CKVM_GET_MSRS, "KVM_GET_MSRS", &table))
+            withUnsafeBytes(of: &table.entries) { raw in
+                let e = raw.bindMemory(to: kvm_msr_entry.self)
+                for i in 0..<read { saved.append(SavedMSR(index: e[i].index, value: e[i].data)) }
+            }
+            rest = rest.dropFirst(read < chunk.count ? read + 1 : read)
+        }
+        return saved
+    }
+
+    /// Writes saved MSRs, the TSC before the TSC deadline (KVM arms the deadline against the TSC
+    /// it has then), in chunks of the shim's table.
+    func writeMSRs(_ msrs: [SavedMSR]) throws {
+        let deadline: UInt32 = 0x6E0
+        let ordered = msrs.filter { $0.index == MSR.tsc } + msrs.filter { $0.index != MSR.tsc && $0.index != deadline }
+            + msrs.filter { $0.index == deadline }
+        var rest = ordered[...]
+        while !rest.isEmpty {
+            let chunk = rest.prefix(Int(CKVM_MAX_MSR_ENTRIES))
+            try setMSRs(chunk.map { ($0.index, $0.value) })
+            rest = rest.dropFirst(chunk.count)
+        }
+    }
+
+    /// Tells the guest's kvmclock it was paused (PVCLOCK_GUEST_STOPPED), so its watchdogs do not
+    /// take the pause for a lock-up. Best effort: a guest without kvmclock refuses it.
+    public func notifyClockPaused() { _ = try? IOCtl.call(fd, CKVM_KVMCLOCK_CTRL, "KVM_KVMCLOCK_CTRL", value: 0) }
+}
+
+/// What KVM holds for the VM as a whole: the two PICs and the IOAPIC, the PIT, kvmclock.
+public struct VMState: Codable, Sendable, Equatable {
+    /// KVM_IRQCHIP_PIC_MASTER, _SLAVE, _IOAPIC, in that order.
+    public var irqchips: [KernelStructure]
+    public var pit: KernelStructure
+    public var clock: KernelStructure
+}
+
+extension VirtualMachine {
+    public func captureState() throws -> VMState {
+        var chips: [KernelStructure] = []
+        for id in UInt32(0)..<3 {
+            var chip = kvm_irqchip()
+            chip.chip_id = id
+            try IOCtl.call(fd, CKVM_GET_IRQCHIP, "KVM_GET_IRQCHIP(\(id))", &chip)
+            chips.append(KernelStructure(chip))
+        }
+        var pit = kvm_pit_state2()
+        try IOCtl.call(fd, CKVM_GET_PIT2, "KVM_GET_PIT2", &pit)
+        var clock = kvm_clock_data()
+        try IOCtl.call(fd, CKVM_GET_CLOCK, "KVM_GET_CLOCK", &clock)
+        return VMState(irqchips: chips, pit: KernelStructure(pit), clock: KernelStructure(clock))
+    }
+
+    /// Before the vCPUs are restored (their LAPICs route through these chips). With
+    /// `advanceClock`, kvmclock moves on by the wall-clock time since the capture where the host
+    /// records it (KVM_CLOCK_REALTIME): the guest does not live in the past.
+    public func restoreState(_ s: VMState, advanceClock: Bool) throws {
+        guard s.irqchips.count == 3 else { throw SavedStateError("VM: \(s.irqchips.count) interrupt controllers saved, expected 3") }
+        for (i, saved) in s.irqchips.enumerated() {
+            var chip = try saved.value(as: kvm_irqchip.self, zero: kvm_irqchip(), "interrupt controller \(i)")
+            guard chip.chip_id == UInt32(i) else { throw SavedStateError("interrupt controller \(i): saved as chip \(chip.chip_id)") }
+            try IOCtl.call(fd, CKVM_SET_IRQCHIP, "KVM_SET_IRQCHIP(\(i))", &chip)
+        }
+        var pit = try s.pit.value(as: kvm_pit_state2.self, zero: kvm_pit_state2(), "PIT")
+        try IOCtl.call(fd, CKVM_SET_PIT2, "KVM_SET_PIT2", &pit)
+        var clock = try s.clock.value(as: kvm_clock_data.self, zero: kvm_clock_data(), "kvmclock")
+        // Only KVM_CLOCK_REALTIME is accepted on input; the other flags describe a reading.
+        let realtime = UInt32(KVM_CLOCK_REALTIME)
+        clock.flags = advanceClock && clock.flags & realtime != 0 ? realtime : 0
+        try IOCtl.call(fd, CKVM_SET_CLOCK, "KVM_SET_CLOCK", &clock)
+    }
+}
+
+extension KVMSystem {
+    /// The MSRs KVM can save and restore for a vCPU (KVM_GET_MSR_INDEX_LIST), in the order it lists them.
+    public func msrIndexList() throws -> [UInt32] {
+        let list = UnsafeMutablePointer<ckvm_msr_list>.allocate(capacity: 1)
+        defer { list.deallocate() }
+        list.pointee.nmsrs = UInt32(CKVM_MAX_MSR_INDICES)
+        try IOCtl.call(fd, CKVM_GET_MSR_INDEX_LIST, "KVM_GET_MSR_INDEX_LIST", UnsafeMutableRawPointer(list))
+        let n = Int(list.pointee.nmsrs)
+        return withUnsafeBytes(of: &list.pointee.indices) { Array($0.bindMemory(to: UInt32.self).prefix(n)) }
+    }
+}
