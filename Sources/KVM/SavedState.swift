@@ -53,6 +53,16 @@ public struct SavedMSR: Codable, Sendable, Equatable {
     public var index: UInt32
     public var value: UInt64
     public init(index: UInt32, value: UInt64) { self.index = index; self.value = value }
+
+    static let asyncPageFaultEnable: UInt32 = 0x4B56_4D02
+    static let tscDeadline: UInt32 = 0x6E0
+
+    /// The order KVM accepts them in (`VCPU.writeMSRs`), otherwise as saved.
+    public static func restoreOrder(_ msrs: [SavedMSR]) -> [SavedMSR] {
+        let late = [asyncPageFaultEnable, tscDeadline]
+        return msrs.filter { $0.index == MSR.tsc } + msrs.filter { $0.index != MSR.tsc && !late.contains($0.index) }
+            + late.flatMap { index in msrs.filter { $0.index == index } }
+    }
 }
 
 /// Everything KVM holds for one vCPU. `capture` and `restore` encode the order the KVM API
@@ -173,13 +183,12 @@ extension VCPU {
         return saved
     }
 
-    /// Writes saved MSRs, the TSC before the TSC deadline (KVM arms the deadline against the TSC
-    /// it has then), in chunks of the shim's table.
+    /// Writes saved MSRs in the order KVM accepts them, in chunks of the shim's table: the TSC
+    /// first and the TSC deadline last (KVM arms the deadline against the TSC it has then), and
+    /// async page faults enabled after their interrupt vector is set (KVM refuses
+    /// MSR_KVM_ASYNC_PF_EN with interrupt delivery before MSR_KVM_ASYNC_PF_INT).
     func writeMSRs(_ msrs: [SavedMSR]) throws {
-        let deadline: UInt32 = 0x6E0
-        let ordered = msrs.filter { $0.index == MSR.tsc } + msrs.filter { $0.index != MSR.tsc && $0.index != deadline }
-            + msrs.filter { $0.index == deadline }
-        var rest = ordered[...]
+        var rest = SavedMSR.restoreOrder(msrs)[...]
         while !rest.isEmpty {
             let chunk = rest.prefix(Int(CKVM_MAX_MSR_ENTRIES))
             try setMSRs(chunk.map { ($0.index, $0.value) })

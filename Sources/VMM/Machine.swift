@@ -188,6 +188,9 @@ public final class Machine: @unchecked Sendable {
         }
         // Exits are disabled per VM, before its vCPUs exist.
         try realtime?.disableExits(system: system, vm: vm)
+        // Restored MSRs point into guest RAM (kvmclock, steal time, async page faults): KVM
+        // checks those addresses against the memory slots, which must exist by then.
+        if loaded != nil { try slots.wait() }
         vcpus = try MachinePhase.createVCPUs(system, vm: vm, def, start: start, supported: supported, hostEmulatesRing0: emulating, logger: logger)
         trace.mark(loaded == nil ? "vCPUs" : "vCPUs restored")
         try slots.wait()

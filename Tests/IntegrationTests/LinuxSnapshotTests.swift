@@ -1,4 +1,5 @@
 import Foundation
+import Posix
 import Testing
 import VMMInterface
 
@@ -66,7 +67,8 @@ struct GuestMemoryUsage: CustomStringConvertible {
     var rssKiB = 0, pssKiB = 0, sharedKiB = 0, privateDirtyKiB = 0
 
     init(pid: Int32, file: String) {
-        guard let smaps = try? String(contentsOfFile: "/proc/\(pid)/smaps", encoding: .utf8) else { return }
+        // Foundation reads /proc files by their size, which is 0: HostFiles reads to the end.
+        guard let smaps = HostFiles.read("/proc/\(pid)/smaps") else { return }
         var inMapping = false
         for line in smaps.split(separator: "\n") {
             let fields = line.split(separator: " ", omittingEmptySubsequences: true)

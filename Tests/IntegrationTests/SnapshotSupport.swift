@@ -14,6 +14,8 @@ final class RunningVMM: @unchecked Sendable {
 
     /// `prefix` wraps the VMM in another command (`ip netns exec NS`).
     init(arguments: [String], consoleInput: Bool = false, prefix: [String] = []) throws {
+        // Typing into a VMM that has just ended must fail, not kill the test process.
+        signal(SIGPIPE, SIG_IGN)
         let argv = prefix + [Env.vmmBinary] + arguments + (consoleInput ? [] : ["--no-console-input"])
         process.executableURL = URL(fileURLWithPath: argv[0])
         process.arguments = Array(argv.dropFirst())
@@ -34,7 +36,7 @@ final class RunningVMM: @unchecked Sendable {
     var stderr: String { String(decoding: err.get(), as: UTF8.self) }
 
     /// Types a line on the serial console (needs `consoleInput`).
-    func type(_ line: String) { stdin.fileHandleForWriting.write(Data((line + "\n").utf8)) }
+    func type(_ line: String) { try? stdin.fileHandleForWriting.write(contentsOf: Data((line + "\n").utf8)) }
 
     /// Waits until the console matches `predicate`; false at the timeout.
     @discardableResult

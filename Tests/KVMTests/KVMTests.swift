@@ -50,3 +50,10 @@ struct KVMIoctlTests {
         #expect((leaf1.ebx >> 16) & 0xFF == 2)
     }
 }
+
+@Suite struct SavedMSROrderTests {
+    @Test func theTSCComesFirstAsyncPageFaultsAfterTheirVectorAndTheDeadlineLast() {
+        let saved = [0x6E0, 0x4B56_4D02, 0x174, 0x10, 0x4B56_4D06, 0xC000_0080].map { SavedMSR(index: UInt32($0), value: 1) }
+        #expect(SavedMSR.restoreOrder(saved).map(\.index) == [0x10, 0x174, 0x4B56_4D06, 0xC000_0080, 0x4B56_4D02, 0x6E0])
+    }
+}
