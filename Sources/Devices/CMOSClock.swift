@@ -42,4 +42,17 @@ public final class CMOSClock: BusDevice {
         // Bit 7 of the index port is the NMI mask; only the register number matters here.
         if offset == 0 { index.withLock { $0 = UInt8(truncatingIfNeeded: value) & 0x7F } }
     }
+
+    // MARK: snapshot
+
+    /// The index register: all the clock keeps (the time is the host's, read live; NVRAM writes
+    /// are ignored).
+    public struct SavedState: Codable, Sendable, Equatable {
+        public var index: UInt8
+        public init(index: UInt8) { self.index = index }
+    }
+
+    public func saveState() -> SavedState { SavedState(index: index.withLock { $0 }) }
+
+    public func restoreState(_ saved: SavedState) { index.withLock { $0 = saved.index & 0x7F } }
 }

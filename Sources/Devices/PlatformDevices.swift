@@ -166,6 +166,46 @@ public final class I8042: BusDevice {
         irq?.setLevel(true)
         irq?.setLevel(false)
     }
+
+    // MARK: snapshot
+
+    /// The controller and keyboard state, for a snapshot of the VM.
+    public struct SavedState: Codable, Sendable, Equatable {
+        /// Bytes waiting to be read through port 0x60, oldest first.
+        public var output: [UInt8]
+        /// The configuration ("command") byte.
+        public var config: UInt8
+        public var lastWriteWasCommand: Bool
+        /// A controller command waiting for its data byte.
+        public var controllerCommand: UInt8?
+        /// A keyboard command waiting for its parameter.
+        public var keyboardCommand: UInt8?
+        public var scanCodeSet: UInt8
+
+        public init(output: [UInt8], config: UInt8, lastWriteWasCommand: Bool, controllerCommand: UInt8?,
+                    keyboardCommand: UInt8?, scanCodeSet: UInt8) {
+            self.output = output; self.config = config; self.lastWriteWasCommand = lastWriteWasCommand
+            self.controllerCommand = controllerCommand; self.keyboardCommand = keyboardCommand; self.scanCodeSet = scanCodeSet
+        }
+    }
+
+    public func saveState() -> SavedState {
+        state.withLock { s in
+            SavedState(output: s.output, config: s.config, lastWriteWasCommand: s.lastWriteWasCommand,
+                       controllerCommand: s.controllerCommand, keyboardCommand: s.keyboardCommand, scanCodeSet: s.scanCodeSet)
+        }
+    }
+
+    /// Takes over a saved controller. IRQ 1 is an edge, already delivered or pending in the
+    /// interrupt controller (restored on its own), so nothing is raised here. The output queue
+    /// is trimmed to the controller's 64 bytes (a snapshot file may be corrupt).
+    public func restoreState(_ saved: SavedState) {
+        state.withLock { s in
+            s = State(output: Array(saved.output.suffix(64)), config: saved.config,
+                      lastWriteWasCommand: saved.lastWriteWasCommand, controllerCommand: saved.controllerCommand,
+                      keyboardCommand: saved.keyboardCommand, scanCodeSet: saved.scanCodeSet)
+        }
+    }
 }
 
 /// The exit port (0xf4 by default, QEMU's isa-debug-exit convention): a byte written there ends

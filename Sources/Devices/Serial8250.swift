@@ -156,4 +156,53 @@ public final class Serial8250: BusDevice {
         if let edge { interrupt.setLevel(edge) }
         return accepted
     }
+
+    // MARK: snapshot
+
+    /// The UART's registers and unread input, for a snapshot of the VM.
+    public struct SavedState: Codable, Sendable, Equatable {
+        public var ier: UInt8
+        public var lcr: UInt8
+        public var mcr: UInt8
+        public var scr: UInt8
+        public var dll: UInt8
+        public var dlm: UInt8
+        public var fifoEnabled: Bool
+        public var threPending: Bool
+        public var overrun: Bool
+        /// Received bytes the guest has not read yet, oldest first.
+        public var rx: [UInt8]
+        /// The level the UART drives its interrupt line to.
+        public var lineHigh: Bool
+
+        public init(ier: UInt8 = 0, lcr: UInt8 = 0, mcr: UInt8 = 0x08, scr: UInt8 = 0, dll: UInt8 = 0x0C, dlm: UInt8 = 0,
+                    fifoEnabled: Bool = false, threPending: Bool = false, overrun: Bool = false, rx: [UInt8] = [],
+                    lineHigh: Bool = false) {
+            self.ier = ier; self.lcr = lcr; self.mcr = mcr; self.scr = scr; self.dll = dll; self.dlm = dlm
+            self.fifoEnabled = fifoEnabled; self.threPending = threPending; self.overrun = overrun
+            self.rx = rx; self.lineHigh = lineHigh
+        }
+    }
+
+    public func saveState() -> SavedState {
+        state.withLock { s in
+            SavedState(ier: s.ier, lcr: s.lcr, mcr: s.mcr, scr: s.scr, dll: s.dll, dlm: s.dlm,
+                       fifoEnabled: s.fifoEnabled, threPending: s.threPending, overrun: s.overrun,
+                       rx: Array(s.rx[s.rxHead...]), lineHigh: s.lineHigh)
+        }
+    }
+
+    /// Takes over a saved UART and drives the interrupt line to its saved level, so the device
+    /// and the interrupt controller (restored on its own) agree. Values a guest could not have
+    /// written are trimmed as the registers trim them (a snapshot file may be corrupt).
+    public func restoreState(_ saved: SavedState) {
+        let level: Bool = state.withLock { s in
+            s = State(ier: saved.ier & 0x0F, lcr: saved.lcr, mcr: saved.mcr & 0x1F, scr: saved.scr, dll: saved.dll,
+                      dlm: saved.dlm, fifoEnabled: saved.fifoEnabled, threPending: saved.threPending,
+                      overrun: saved.overrun, rx: Array(saved.rx.prefix(Self.rxCapacity)), rxHead: 0,
+                      lineHigh: saved.lineHigh)
+            return s.lineHigh
+        }
+        interrupt.setLevel(level)
+    }
 }

@@ -22,13 +22,18 @@ public final class MsixTable: Sendable {
     public let vectorCount: Int
     private let sink: any MsiVectorSink
 
-    struct Entry: Equatable {
-        var addressLow: UInt32 = 0
-        var addressHigh: UInt32 = 0
-        var data: UInt32 = 0
-        var control: UInt32 = 1 // masked at reset
-        var masked: Bool { control & 1 != 0 }
-        var message: MsiMessage { MsiMessage(address: UInt64(addressHigh) << 32 | UInt64(addressLow), data: data) }
+    /// One table entry as the guest wrote it.
+    public struct Entry: Codable, Equatable, Sendable {
+        public var addressLow: UInt32 = 0
+        public var addressHigh: UInt32 = 0
+        public var data: UInt32 = 0
+        public var control: UInt32 = 1 // masked at reset
+        public var masked: Bool { control & 1 != 0 }
+        public var message: MsiMessage { MsiMessage(address: UInt64(addressHigh) << 32 | UInt64(addressLow), data: data) }
+
+        public init(addressLow: UInt32 = 0, addressHigh: UInt32 = 0, data: UInt32 = 0, control: UInt32 = 1) {
+            self.addressLow = addressLow; self.addressHigh = addressHigh; self.data = data; self.control = control
+        }
     }
     struct State {
         var entries: [Entry]
@@ -149,6 +154,54 @@ public final class MsixTable: Sendable {
             s.enabled = false
             s.functionMasked = false
             update(&s)
+        }
+    }
+
+    // MARK: snapshot
+
+    /// The table, the pending bits and the capability's two control bits, for a snapshot.
+    public struct SavedState: Codable, Sendable, Equatable {
+        public var entries: [Entry]
+        public var pending: [Bool]
+        public var enabled: Bool
+        public var functionMasked: Bool
+
+        public init(entries: [Entry], pending: [Bool], enabled: Bool, functionMasked: Bool) {
+            self.entries = entries; self.pending = pending; self.enabled = enabled; self.functionMasked = functionMasked
+        }
+    }
+
+    /// A saved table that does not fit this function.
+    public struct RestoreError: Error, Equatable, CustomStringConvertible {
+        public let reason: String
+        public var description: String { reason }
+    }
+
+    public func saveState() -> SavedState {
+        state.withLock { SavedState(entries: $0.entries, pending: $0.pending, enabled: $0.enabled, functionMasked: $0.functionMasked) }
+    }
+
+    /// Takes over a saved table and tells the sink where every vector goes now (its message when
+    /// MSI-X is enabled and neither the function nor the vector is masked, else nil), so the
+    /// VMM rebuilds its routes from the table. Fires nothing: an interrupt in flight at the
+    /// snapshot is in the restored interrupt controller, and a pending bit stays pending.
+    public func restoreState(_ saved: SavedState) throws(RestoreError) {
+        guard saved.entries.count == vectorCount, saved.pending.count == vectorCount else {
+            throw RestoreError(reason: "MSI-X table of \(saved.entries.count) entries and \(saved.pending.count) pending bits, expected \(vectorCount)")
+        }
+        state.withLock { s in
+            // Reserved bits as the table's writes leave them.
+            s.entries = saved.entries.map { e in
+                Entry(addressLow: e.addressLow & ~3, addressHigh: e.addressHigh, data: e.data, control: e.control & 1)
+            }
+            s.pending = saved.pending
+            s.enabled = saved.enabled
+            s.functionMasked = saved.functionMasked
+            for v in 0..<vectorCount {
+                let live = s.enabled && !s.functionMasked && !s.entries[v].masked
+                s.routed[v] = live ? s.entries[v].message : nil
+                sink.route(vector: v, message: s.routed[v])
+            }
         }
     }
 

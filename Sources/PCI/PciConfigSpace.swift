@@ -1,6 +1,6 @@
 /// One base address register: what the device decodes and where the guest placed it.
-public struct PciBar: Equatable, Sendable {
-    public enum Kind: Equatable, Sendable { case memory32, memory64, io }
+public struct PciBar: Codable, Equatable, Sendable {
+    public enum Kind: String, Codable, Equatable, Sendable { case memory32, memory64, io }
     public var index: Int
     public var kind: Kind
     /// Power of two, at least 16 bytes (memory) or 4 bytes (I/O).
@@ -49,7 +49,8 @@ public enum PciRegister {
 
 /// The 256-byte configuration space of one PCI function: identity, BARs, capability list, and a
 /// per-byte write mask so the guest can only change what real hardware lets it change.
-public struct PciConfigSpace: Sendable {
+/// Codable for snapshots: a decoded one is only checked and applied by `restore(from:)`.
+public struct PciConfigSpace: Codable, Equatable, Sendable {
     public private(set) var bytes = [UInt8](repeating: 0, count: 256)
     private var writable = [UInt8](repeating: 0, count: 256)
     public private(set) var bars: [PciBar] = []
@@ -156,6 +157,37 @@ public struct PciConfigSpace: Sendable {
         guard let i = bars.firstIndex(where: { $0.index == index }) else { return }
         bars[i].address = address & ~(bars[i].size - 1)
         writeBarRegisters(bars[i])
+    }
+
+    // MARK: snapshot
+
+    /// A saved configuration space that does not fit the function being restored.
+    public struct RestoreError: Error, Equatable, CustomStringConvertible {
+        public let reason: String
+        public var description: String { reason }
+    }
+
+    /// Takes what the guest may have changed (the writable bytes and the BAR addresses) from
+    /// `saved`, the configuration space of a function built the same way. The layout (write mask,
+    /// capabilities, BARs) stays this one's; a saved space whose read-only bytes or BARs differ
+    /// is from another kind of device or a corrupt file, and is refused without changing anything.
+    public mutating func restore(from saved: PciConfigSpace) throws(RestoreError) {
+        guard saved.bytes.count == bytes.count else {
+            throw RestoreError(reason: "configuration space of \(saved.bytes.count) bytes, expected \(bytes.count)")
+        }
+        let barRegisters = PciRegister.bar0..<PciRegister.bar0 + 24
+        for i in bytes.indices where !barRegisters.contains(i) && bytes[i] & ~writable[i] != saved.bytes[i] & ~writable[i] {
+            throw RestoreError(reason: "configuration space differs at read-only offset 0x\(String(i, radix: 16)): "
+                               + "0x\(String(saved.bytes[i], radix: 16)), this device has 0x\(String(bytes[i], radix: 16))")
+        }
+        let layout = { (b: PciBar) in "BAR\(b.index) \(b.kind.rawValue) size 0x\(String(b.size, radix: 16))\(b.prefetchable ? " prefetchable" : "")" }
+        guard saved.bars.map(layout) == bars.map(layout) else {
+            throw RestoreError(reason: "BARs [\(saved.bars.map(layout).joined(separator: ", "))], this device has [\(bars.map(layout).joined(separator: ", "))]")
+        }
+        for i in bytes.indices where !barRegisters.contains(i) {
+            bytes[i] = (bytes[i] & ~writable[i]) | (saved.bytes[i] & writable[i])
+        }
+        for bar in saved.bars { setBarAddress(index: bar.index, address: bar.address) }
     }
 
     // MARK: BARs

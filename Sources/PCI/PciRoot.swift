@@ -43,7 +43,7 @@ public final class PciRoot: Sendable {
         }
         slots = [nil] + devices.map { Optional($0) } + Array(repeating: nil, count: 31 - devices.count)
         decoded = Mutex([])
-        for slot in 1..<32 { refresh(slot) }
+        refreshBarDecoding()
     }
 
     /// Slot numbers of the devices, in order (for the MP table's interrupt entries and logs).
@@ -92,6 +92,31 @@ public final class PciRoot: Sendable {
                 list.append((bar.address, bar.size, slot, bar.index))
             }
         }
+    }
+
+    // MARK: snapshot
+
+    /// The root bus's own state: CONFIG_ADDRESS (the host bridge has nothing writable, and each
+    /// device saves its own configuration space).
+    public struct SavedState: Codable, Sendable, Equatable {
+        public var configAddress: UInt32
+        public init(configAddress: UInt32) { self.configAddress = configAddress }
+    }
+
+    public func saveState() -> SavedState { SavedState(configAddress: configAddress.withLock { $0 }) }
+
+    /// Restores CONFIG_ADDRESS and decodes every device's BARs where its configuration space now
+    /// places them. Call it after restoring the devices: the root only learns of BAR moves from
+    /// configuration writes that pass through it, and a device's restore does not.
+    public func restoreState(_ saved: SavedState) {
+        configAddress.withLock { $0 = saved.configAddress }
+        refreshBarDecoding()
+    }
+
+    /// Re-reads every device's BARs and memory-decoding bit (after devices changed them without
+    /// a configuration write through the root, as a restore does).
+    public func refreshBarDecoding() {
+        for slot in 1..<32 { refresh(slot) }
     }
 
     // MARK: BAR access

@@ -43,15 +43,15 @@ public final class VirtioPciDevice: PciDevice {
         /// Device resets so far: an activation decided before a reset must not run after it.
         var resets: UInt64 = 0
     }
-    private let transport: Mutex<Transport>
+    let transport: Mutex<Transport>
     /// Held across the device's activation and reset (and the doorbells' attach and detach), so
     /// they never interleave when two vCPUs race DRIVER_OK against a reset. Not the transport's
     /// lock: the device calls back into the transport (interrupts, NEEDS_RESET) meanwhile.
-    private let lifecycle = Mutex(())
+    let lifecycle = Mutex(())
     /// MSI-X vector per queue (index = queue) and for configuration changes (last). A leaf lock:
     /// the interrupt path takes it while the device holds its own lock.
-    private let vectors: Mutex<[UInt16]>
-    private let isr = Atomic<UInt8>(0)
+    let vectors: Mutex<[UInt16]>
+    let isr = Atomic<UInt8>(0)
     let msixCapability: Int
     let pciConfigCapability: Int
 
@@ -311,39 +311,47 @@ public final class VirtioPciDevice: PciDevice {
             try device.activate(VirtioActivation(memory: memory, features: features, queues: queues,
                                                  interrupt: VirtioPciInterrupt(transport: self)))
             transport.withLock { $0.active = true }
-            if let notifyOffload {
-                let bar = transport.withLock { $0.config.bars.first { $0.index == 0 }?.address ?? 0 }
-                let device = self.device
-                let doorbells = queues.indices.filter { queues[$0].ready }.map { q in
-                    (queue: q, address: bar + Self.notifyOffset + UInt64(q) * UInt64(Self.notifyMultiplier))
-                }
-                notifyOffload.attach(name, doorbells: doorbells) { device.queueNotify($0) }
-            }
+            attachDoorbells(queues: queues)
         } catch {
             deviceNeedsReset(reason: "\(name): cannot start: \(error)")
         }
+    }
+
+    /// Hands the enabled queues' doorbells (at BAR0's current address) to the notify offload.
+    /// Runs under `lifecycle`.
+    func attachDoorbells(queues: [VirtQueue]) {
+        guard let notifyOffload else { return }
+        let bar = transport.withLock { $0.config.bars.first { $0.index == 0 }?.address ?? 0 }
+        let device = self.device
+        let doorbells = queues.indices.filter { queues[$0].ready }.map { q in
+            (queue: q, address: bar + Self.notifyOffset + UInt64(q) * UInt64(Self.notifyMultiplier))
+        }
+        notifyOffload.attach(name, doorbells: doorbells) { device.queueNotify($0) }
     }
 
     struct ActivationError: Error, CustomStringConvertible { let reason: String; var description: String { reason } }
 
     /// Device reset (status 0), also used when the VMM resets the machine.
     public func reset() {
-        lifecycle.withLock { _ in
-            notifyOffload?.detach(name)
-            device.reset()
-            transport.withLock { t in
-                t.resets &+= 1
-                t.status = 0
-                t.driverFeatures = 0
-                t.deviceFeatureSelect = 0
-                t.driverFeatureSelect = 0
-                t.queueSelect = 0
-                t.active = false
-                for i in t.queues.indices { t.queues[i].reset() }
-            }
-        }
+        lifecycle.withLock { _ in resetDevice() }
         vectors.withLock { v in for i in v.indices { v[i] = Self.noVector } }
         if isr.exchange(0, ordering: .acquiringAndReleasing) != 0 { intx?.setLevel(false) }
+    }
+
+    /// The device and transport part of a reset. Runs under `lifecycle`.
+    func resetDevice() {
+        notifyOffload?.detach(name)
+        device.reset()
+        transport.withLock { t in
+            t.resets &+= 1
+            t.status = 0
+            t.driverFeatures = 0
+            t.deviceFeatureSelect = 0
+            t.driverFeatureSelect = 0
+            t.queueSelect = 0
+            t.active = false
+            for i in t.queues.indices { t.queues[i].reset() }
+        }
     }
 
     // MARK: interrupts

@@ -168,8 +168,8 @@ public enum SeccompPolicy {
                   "openat", "rename", "renameat", "unlink", "unlinkat", "rmdir", "getdents64", "fcntl", "ftruncate",
                   // console socket server and sigwait
                   "poll", "ppoll", "accept4", "recvfrom", "rt_sigtimedwait",
-                  // the control socket: requests, and the snapshot files passed with them (SCM_RIGHTS)
-                  "recvmsg",
+                  // the control socket: its peer's uid, requests, the snapshot files passed with them (SCM_RIGHTS)
+                  "getsockopt", "recvmsg",
                   // journal entries too big for a datagram go through a sealed memfd
                   "memfd_create",
                   // real-time latency probe threads and the partition's undo

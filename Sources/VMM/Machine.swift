@@ -84,7 +84,9 @@ public final class Machine: @unchecked Sendable {
     let diskBytes: [UInt64]
     /// What KVM supports on this host (the CPUID tables are derived from it): a snapshot's digest.
     let supportedCPUID: [CPUIDEntry]
-    var cpuidDigest: String { SnapshotCodec.cpuidDigest(definition, supportedCPUID: supportedCPUID, hostEmulatesRing0: KVMSystem.hostEmulatesRing0) }
+    /// Read once at start: inside the jail the VMM cannot look at the host's KVM module any more.
+    let hostEmulatesRing0: Bool
+    var cpuidDigest: String { SnapshotCodec.cpuidDigest(definition, supportedCPUID: supportedCPUID, hostEmulatesRing0: hostEmulatesRing0) }
 
     /// Builds the VM from its definition, booting it or, with `restoring`, resuming a snapshot
     /// of it (docs/snapshot.md): the same phases, with the guest's memory, registers and device
@@ -96,6 +98,7 @@ public final class Machine: @unchecked Sendable {
         self.logger = logger
         self.processStartedAt = processStartedAt
         let emulating = KVMSystem.hostEmulatesRing0
+        self.hostEmulatesRing0 = emulating
 
         let trace = options.trace
         let system = try MachinePhase.checkHost(def)
@@ -187,6 +190,9 @@ public final class Machine: @unchecked Sendable {
         trace.mark(loaded == nil ? "vCPUs" : "vCPUs restored")
         try slots.wait()
         trace.mark("memory slots (overlapped)")
+        // Restored devices were left paused: their I/O (virtio-net's receive thread) may raise
+        // interrupts only now that the interrupt controllers and vCPUs are restored.
+        if loaded != nil { for d in pciDevices { d.resume() } }
         for vcpu in vcpus { stop.register(vcpu) }
         switch start {
         case let .boot(entry): logger.info("VM \(def.name): \(def.vcpus) vCPU(s), \(def.memoryMiB) MiB, \(entry)")

@@ -178,8 +178,10 @@ enum MachinePhase {
         devices.serial.restoreState(s.serial)
         devices.keyboard.restoreState(s.keyboard)
         devices.cmos.restoreState(s.cmos)
-        devices.pci.root.restoreState(s.pciRoot)
+        // The functions first: the root then decodes the BARs at their restored addresses.
+        // Each function stays paused until the vCPUs are restored too (`Machine.init`).
         for (device, state) in zip(transports, s.virtio) { try device.restoreState(state) }
+        devices.pci.root.restoreState(s.pciRoot)
     }
 
     /// 7. vCPUs: CPUID from the policy, boot MSRs, FPU, LAPIC LINT pins; registers on the BSP only,

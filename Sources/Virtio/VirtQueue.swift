@@ -32,6 +32,62 @@ public struct VirtQueue: Sendable {
     /// Back to the state after device reset (addresses and size as after power-on).
     public mutating func reset() { self = VirtQueue(maxSize: maxSize) }
 
+    /// A queue as saved in a snapshot: what the driver configured and where the device is.
+    public struct SavedState: Codable, Sendable, Equatable {
+        public var size: UInt16
+        public var ready: Bool
+        public var descriptorTable: UInt64
+        public var availableRing: UInt64
+        public var usedRing: UInt64
+        public var eventIndex: Bool
+        public var indirectDescriptors: Bool
+        public var nextAvailable: UInt16
+        public var nextUsed: UInt16
+        public var lastSignalledUsed: UInt16?
+
+        public init(size: UInt16, ready: Bool, descriptorTable: UInt64, availableRing: UInt64, usedRing: UInt64,
+                    eventIndex: Bool = false, indirectDescriptors: Bool = false, nextAvailable: UInt16 = 0,
+                    nextUsed: UInt16 = 0, lastSignalledUsed: UInt16? = nil) {
+            self.size = size; self.ready = ready
+            self.descriptorTable = descriptorTable; self.availableRing = availableRing; self.usedRing = usedRing
+            self.eventIndex = eventIndex; self.indirectDescriptors = indirectDescriptors
+            self.nextAvailable = nextAvailable; self.nextUsed = nextUsed; self.lastSignalledUsed = lastSignalledUsed
+        }
+    }
+
+    public func saveState() -> SavedState {
+        SavedState(size: size, ready: ready, descriptorTable: descriptorTable.raw, availableRing: availableRing.raw,
+                   usedRing: usedRing.raw, eventIndex: eventIndex, indirectDescriptors: indirectDescriptors,
+                   nextAvailable: nextAvailable, nextUsed: nextUsed, lastSignalledUsed: lastSignalledUsed)
+    }
+
+    /// A queue from a snapshot, indices included, for a device whose queues hold at most `maxSize`
+    /// entries. The size must be one the device could have run with (a power of two up to
+    /// `maxSize`): a snapshot file may be corrupt or hostile. Where the rings lie is checked
+    /// against guest memory by `validate(memory:)`, as for a queue the driver set up.
+    public init(restoring saved: SavedState, maxSize: UInt16) throws(VirtQueueError) {
+        self.init(maxSize: maxSize)
+        guard saved.size > 0, saved.size <= maxSize, saved.size & (saved.size - 1) == 0 else {
+            throw .invalidSize(saved.size, max: maxSize)
+        }
+        size = saved.size
+        ready = saved.ready
+        descriptorTable = GuestAddress(saved.descriptorTable)
+        availableRing = GuestAddress(saved.availableRing)
+        usedRing = GuestAddress(saved.usedRing)
+        eventIndex = saved.eventIndex
+        indirectDescriptors = saved.indirectDescriptors
+        nextAvailable = saved.nextAvailable
+        nextUsed = saved.nextUsed
+        lastSignalledUsed = saved.lastSignalledUsed
+    }
+
+    /// Makes the chain the last `pop` returned available again, for a device that stops before
+    /// using it (the RX thread's buffer waiting for a frame). Sound because the driver cannot
+    /// rewrite that avail slot meanwhile: the chain is still outstanding, so avail.idx stays less
+    /// than a queue size past it, and the slot is only reused one queue size later.
+    public mutating func rewindLastPop() { nextAvailable &-= 1 }
+
     /// Applies the negotiated ring features.
     public mutating func setFeatures(_ features: UInt64) {
         eventIndex = features & VirtioFeature.ringEventIndex != 0

@@ -44,6 +44,22 @@ public protocol VirtioDevice: AnyObject, Sendable {
     func queueNotify(_ queue: Int)
     /// The driver reset the device: drop queues and in-flight state, stop I/O threads.
     func reset()
+
+    // Snapshots: the VMM pauses every device, saves, and resumes (or, restoring, activates a
+    // fresh device with the saved queues while paused, then resumes it).
+
+    /// Stops touching guest memory and the queues: returns once no request is in flight and
+    /// I/O threads are stopped; notifications meanwhile are served on `resume()`. A chain the
+    /// device took but has not used is given back to the avail ring, so `queueStates()` is
+    /// complete. Idempotent; fine on a device never activated. `activate` while paused sets the
+    /// device up without starting its I/O.
+    func pause()
+    /// Undoes `pause()`: restarts I/O threads and serves notifications that came meanwhile.
+    /// Nothing to do on a device that was not paused.
+    func resume()
+    /// The queues of an activated device as they are now, indices included (index = queue index),
+    /// for a snapshot taken while paused; nil when the device is not activated.
+    func queueStates() -> [VirtQueue]?
 }
 
 /// Little-endian byte image of a device's configuration structure, with bounded field access.

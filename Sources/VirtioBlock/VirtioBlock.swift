@@ -56,7 +56,15 @@ public final class VirtioBlock: VirtioDevice {
     static let maxDiscardSectors: UInt32 = 1 << 22 // 2 GiB per segment
     static let maxDiscardSegments: UInt32 = 16
 
-    private let state = Mutex<ActiveQueue?>(nil)
+    /// The request queue while active; requests run under this lock, so taking it waits for the
+    /// one in flight.
+    private struct Requests {
+        var queue: ActiveQueue?
+        /// Paused for a snapshot: notifications are only noted, and served on resume.
+        var paused = false
+        var notifiedWhilePaused = false
+    }
+    private let state = Mutex(Requests())
     private let stats = Mutex(BlockStatistics())
     /// The driver did not negotiate VIRTIO_BLK_F_FLUSH: by the spec it may then assume every
     /// completed write is durable, so each write is synced before it completes (virtio 5.2.6.2).
@@ -95,17 +103,44 @@ public final class VirtioBlock: VirtioDevice {
     public func activate(_ a: VirtioActivation) throws {
         guard let q = a.queues.first, q.ready else { throw VirtQueueError.notReady }
         writeThrough.store(!image.readOnly && a.features & VirtioBlockProtocol.featureFlush == 0, ordering: .relaxed)
-        state.withLock { $0 = ActiveQueue(memory: a.memory, queue: q, interrupt: a.interrupt) }
+        state.withLock { $0.queue = ActiveQueue(memory: a.memory, queue: q, interrupt: a.interrupt) }
     }
 
-    public func reset() { state.withLock { $0 = nil } }
+    public func reset() {
+        state.withLock { s in
+            s.queue = nil
+            s.notifiedWhilePaused = false
+        }
+    }
 
     public func queueNotify(_ queue: Int) {
         guard queue == 0 else { return }
-        state.withLock { active in
-            active?.serveAvailable(index: 0, device: name, role: "request") { chain, memory in execute(chain, memory: memory) }
+        state.withLock { s in
+            if s.paused { s.notifiedWhilePaused = true; return }
+            serve(&s)
         }
     }
+
+    private func serve(_ s: inout Requests) {
+        s.queue?.serveAvailable(index: 0, device: name, role: "request") { chain, memory in execute(chain, memory: memory) }
+    }
+
+    /// Requests run synchronously on the notifying thread: once the lock is taken none is in
+    /// flight, and later notifications wait for `resume()`.
+    public func pause() { state.withLock { $0.paused = true } }
+
+    public func resume() {
+        state.withLock { s in
+            guard s.paused else { return }
+            s.paused = false
+            if s.notifiedWhilePaused {
+                s.notifiedWhilePaused = false
+                serve(&s)
+            }
+        }
+    }
+
+    public func queueStates() -> [VirtQueue]? { state.withLock { s in s.queue.map { [$0.queue] } } }
 
     /// Executes one request; returns the byte count written into the chain's writable buffers.
     /// Malformed requests are answered with an error status when there is a status byte to write;

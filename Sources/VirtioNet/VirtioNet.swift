@@ -44,10 +44,28 @@ public final class VirtioNet: VirtioDevice {
         /// One frame gathered from the chain's buffers.
         var scratch: [UInt8] = []
     }
-    private let rx = Mutex<ActiveQueue?>(nil)
-    private let tx = Mutex<Transmit?>(nil)
+    /// The transmit side; frames are sent under this lock, so taking it waits for the one in flight.
+    private struct TransmitState {
+        var active: Transmit?
+        /// Paused for a snapshot: notifications are only noted, and served on resume.
+        var paused = false
+        var notifiedWhilePaused = false
+    }
+    private struct Receive {
+        var queue: ActiveQueue
+        /// A chain the RX thread popped while the tap was empty, kept for the next frame (the
+        /// driver does not see it until it is used).
+        var pending: DescriptorChain? = nil
+    }
+    /// The receive thread, and whether it is held stopped for a snapshot.
+    private struct ReceiveControl {
+        var worker: RxWorker?
+        var paused = false
+    }
+    private let rx = Mutex<Receive?>(nil)
+    private let tx = Mutex(TransmitState())
     private let stats = Mutex(NetStatistics())
-    private let rxThread = Mutex<RxWorker?>(nil)
+    private let rxThread = Mutex(ReceiveControl())
     /// Receive threads running (tests: one while active, none after reset).
     fileprivate let rxThreadsRunning = ThreadCount()
     /// Host-side errors the guest did not cause (a failing tap), for the VMM's log.
@@ -95,27 +113,29 @@ public final class VirtioNet: VirtioDevice {
         // Activation and reset hold the worker's lock throughout, so they never interleave: an
         // active device has exactly one receive thread, a reset one none. (The RX thread never
         // takes this lock, so stopping it under the lock cannot deadlock.)
-        try rxThread.withLock { worker in
+        try rxThread.withLock { control in
             // Started again without a reset: the old thread goes first.
-            worker?.stop()
-            worker = nil
+            control.worker?.stop()
+            control.worker = nil
             if tap.supportsOffloads { try tap.setOffloads(offloads) }
-            rx.withLock { $0 = ActiveQueue(memory: a.memory, queue: a.queues[0], interrupt: a.interrupt) }
-            tx.withLock { $0 = Transmit(queue: ActiveQueue(memory: a.memory, queue: a.queues[1], interrupt: a.interrupt)) }
-            do { worker = try RxWorker(device: self) } catch {
+            rx.withLock { $0 = Receive(queue: ActiveQueue(memory: a.memory, queue: a.queues[0], interrupt: a.interrupt)) }
+            tx.withLock { $0.active = Transmit(queue: ActiveQueue(memory: a.memory, queue: a.queues[1], interrupt: a.interrupt)) }
+            // Paused (a restore): the thread starts on resume.
+            guard !control.paused else { return }
+            do { control.worker = try RxWorker(device: self) } catch {
                 rx.withLock { $0 = nil }
-                tx.withLock { $0 = nil }
+                tx.withLock { $0.active = nil }
                 throw error
             }
         }
     }
 
     public func reset() {
-        rxThread.withLock { worker in
-            worker?.stop()
-            worker = nil
+        rxThread.withLock { control in
+            control.worker?.stop()
+            control.worker = nil
             rx.withLock { $0 = nil }
-            tx.withLock { $0 = nil }
+            tx.withLock { $0.active = nil; $0.notifiedWhilePaused = false }
         }
         let failed = transmitErrors.withLock { e in defer { e = TransmitErrors() }; return e.total }
         if failed > 0 { onHostError("\(name): transmit: \(failed) frames dropped on tap write errors since the driver started") }
@@ -123,9 +143,57 @@ public final class VirtioNet: VirtioDevice {
 
     public func queueNotify(_ queue: Int) {
         switch queue {
-        case Self.rxQueue: rxThread.withLock { $0?.kick.signal() }
+        // Paused, there is no thread to kick; the one resume starts begins with a pass.
+        case Self.rxQueue: rxThread.withLock { $0.worker?.kick.signal() }
         case Self.txQueue: transmit()
         default: break
+        }
+    }
+
+    // MARK: pause and resume (snapshots)
+
+    public func pause() {
+        rxThread.withLock { control in
+            control.paused = true
+            control.worker?.stop()
+            control.worker = nil
+            // The chain the thread held for the next frame goes back to the avail ring (popped
+            // again after resume or restore), else the snapshot would lose that buffer. It is
+            // always the last one popped, and its avail slot cannot have been reused: see
+            // `VirtQueue.rewindLastPop()`.
+            rx.withLock { r in
+                if r?.pending != nil {
+                    r?.queue.queue.rewindLastPop()
+                    r?.pending = nil
+                }
+            }
+        }
+        // Waits for a transmission in flight on a vCPU thread.
+        tx.withLock { $0.paused = true }
+    }
+
+    public func resume() {
+        rxThread.withLock { control in
+            guard control.paused else { return }
+            control.paused = false
+            guard rx.withLock({ $0 != nil }), control.worker == nil else { return }
+            do { control.worker = try RxWorker(device: self) } catch {
+                // No thread, no receive: the driver resets the device, which starts one again.
+                onHostError("\(name): receive: cannot restart the receive thread: \(error)")
+                rx.withLock { $0?.queue.fail(device: name, role: "receive", error) }
+            }
+        }
+        let notified = tx.withLock { t in
+            defer { t.paused = false; t.notifiedWhilePaused = false }
+            return t.paused && t.notifiedWhilePaused
+        }
+        if notified { transmit() }
+    }
+
+    public func queueStates() -> [VirtQueue]? {
+        rxThread.withLock { _ in
+            guard let receive = rx.withLock({ $0?.queue.queue }), let transmit = tx.withLock({ $0.active?.queue.queue }) else { return nil }
+            return [receive, transmit]
         }
     }
 
@@ -133,9 +201,10 @@ public final class VirtioNet: VirtioDevice {
 
     private func transmit() {
         tx.withLock { state in
+            if state.paused { state.notifiedWhilePaused = true; return }
             // Taken out of the lock's storage (and put back), so the scratch frame has one owner.
-            guard var t = state.take() else { return }
-            defer { state = t }
+            guard var t = state.active.take() else { return }
+            defer { state.active = t }
             guard !t.queue.failed else { return }
             if t.scratch.isEmpty { t.scratch = [UInt8](repeating: 0, count: Self.maxFrame) }
             var frame = t.scratch
@@ -194,11 +263,15 @@ public final class VirtioNet: VirtioDevice {
     /// Moves frames from the tap into receive buffers until the tap is empty or the guest has no
     /// buffers. Returns false if the guest ran out of buffers (wait for a kick). Frames are read
     /// with one readv straight into the chain's buffers; a chain popped while the tap was empty is
-    /// kept in `pending` for the next frame (the driver does not see it until it is used).
-    fileprivate func receive(_ pending: inout DescriptorChain?) -> Bool {
+    /// kept in `pending` for the next frame.
+    fileprivate func receive() -> Bool {
         rx.withLock { state in
-            guard var s = state, !s.failed else { return false }
-            defer { state = s }
+            guard var r = state, !r.queue.failed else { return false }
+            defer { state = r }
+            var s = r.queue
+            defer { r.queue = s }
+            var pending = r.pending
+            defer { r.pending = pending }
             var completed = 0
             var haveBuffers = true
             do {
@@ -273,9 +346,8 @@ private final class RxWorker: Sendable {
         self.stopEvent = stopEvent
         running = device.rxThreadsRunning
         thread = try PosixThread(name: "\(device.name)-rx") { [weak device] in
-            var pending: DescriptorChain? = nil
             // Frames may already be queued, and the guest already has buffers: start with a pass.
-            _ = device?.receive(&pending)
+            _ = device?.receive()
             while true {
                 guard let events = try? epoll.wait() else { return }
                 for (token, _) in events {
@@ -286,7 +358,7 @@ private final class RxWorker: Sendable {
                     }
                 }
                 guard let device else { return }
-                _ = device.receive(&pending)
+                _ = device.receive()
             }
         }
         running.value.add(1, ordering: .acquiringAndReleasing)

@@ -130,5 +130,6 @@ final class LockedData: @unchecked Sendable {
     private var data = Data()
     private let lock = NSLock()
     func set(_ d: Data) { lock.lock(); data = d; lock.unlock() }
+    func append(_ d: Data) { lock.lock(); data.append(d); lock.unlock() }
     func get() -> Data { lock.lock(); defer { lock.unlock() }; return data }
 }

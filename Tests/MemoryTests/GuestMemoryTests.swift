@@ -1,6 +1,10 @@
 import Testing
 import Arch
 @testable import Memory
+import SystemPackage
+#if canImport(Glibc)
+import Glibc
+#endif
 
 private let MiB: UInt64 = 1 << 20
 private let GiB: UInt64 = 1 << 30
@@ -273,5 +277,45 @@ struct GuestMemoryBoundsTests {
         // Ordinary accesses still work there.
         try m.writeInteger(UInt32(0xABCD_EF01), at: GuestAddress(start + 0x1FFC))
         #expect(try m.readInteger(UInt32.self, at: GuestAddress(start + 0x1FFC)) == 0xABCD_EF01)
+    }
+}
+
+@Suite("Memory images")
+struct MemoryImageTests {
+    func scratchFile() throws -> FileDescriptor {
+        let path = "/tmp/rtvisor-memimage-\(getpid())-\(UInt32.random(in: 0...UInt32.max))"
+        let fd = try FileDescriptor.open(path, .readWrite, options: [.create, .exclusiveCreate], permissions: [.ownerReadWrite])
+        unlink(path)
+        return fd
+    }
+
+    @Test func zeroPagesBecomeHolesAndEverythingReadsBack() throws {
+        let memory = try GuestMemory.standard(bytes: 4 * MiB)
+        try memory.write([1, 2, 3], at: GuestAddress(0x1000))
+        try memory.write([UInt8](repeating: 0xAB, count: 8192), at: GuestAddress(2 * MiB + 4096))
+        try memory.writeInteger(UInt64(0x1122_3344_5566_7788), at: GuestAddress(4 * MiB - 8))
+        let fd = try scratchFile()
+        defer { try? fd.close() }
+        let written = try memory.writeImage(to: fd)
+        #expect(written == 4 * 4096, "only the four non-zero pages are written")
+        var st = stat()
+        #expect(fstat(fd.rawValue, &st) == 0)
+        #expect(UInt64(st.st_size) == 4 * MiB, "the file has the RAM's size")
+        #expect(UInt64(st.st_blocks) * 512 < 1 * MiB, "and holes where the zero pages were")
+
+        let copy = try GuestMemory.standard(bytes: 4 * MiB)
+        try copy.readImage(from: fd)
+        let mapped = try GuestMemory.mappingImage(fd, bytes: 4 * MiB)
+        for restored in [copy, mapped] {
+            #expect(try restored.read(3, at: GuestAddress(0x1000)) == [1, 2, 3])
+            #expect(try restored.read(8192, at: GuestAddress(2 * MiB + 4096)) == [UInt8](repeating: 0xAB, count: 8192))
+            #expect(try restored.readInteger(UInt64.self, at: GuestAddress(4 * MiB - 8)) == 0x1122_3344_5566_7788)
+            #expect(try restored.read(4096, at: GuestAddress(MiB)) == [UInt8](repeating: 0, count: 4096))
+        }
+        // Mapped memory is private: the guest's writes never reach the file.
+        try mapped.write([9], at: GuestAddress(0x1000))
+        let again = try GuestMemory.standard(bytes: 4 * MiB)
+        try again.readImage(from: fd)
+        #expect(try again.read(1, at: GuestAddress(0x1000)) == [1])
     }
 }

@@ -36,6 +36,10 @@ final class FakeDevice: VirtioDevice, @unchecked Sendable {
     }
     func queueNotify(_ queue: Int) { notified.append(queue) }
     func reset() { resets += 1; activation = nil }
+    // No I/O of its own: nothing to stop.
+    func pause() {}
+    func resume() {}
+    func queueStates() -> [VirtQueue]? { activation?.queues }
 }
 
 /// Drives the root bus the way a guest does: CF8/CFC and MMIO into the BAR window.
@@ -249,6 +253,9 @@ final class WorkerDevice: VirtioDevice {
     }
     func queueNotify(_ queue: Int) {}
     func reset() { workers.withLock { $0 = 0 } }
+    func pause() {}
+    func resume() {}
+    func queueStates() -> [VirtQueue]? { nil }
 }
 
 @Suite("virtio-pci transport")

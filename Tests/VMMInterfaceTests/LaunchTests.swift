@@ -23,6 +23,9 @@ import VMMInterface
         l.traceStartup = true
         l.traceOrigin = 123_456_789_000
         l.keepRealtimePartitionOnReset = true
+        l.restore = "/var/lib/rtvisor/snapshots/web/20261206T021500Z"
+        l.restoreMemory = .map
+        l.controlSocket = "/run/rtvisor/vms/web/control.sock"
         return l
     }
 
@@ -56,6 +59,12 @@ import VMMInterface
         for (a, b) in zip(set, unset) {
             #expect(String(describing: a.value) != String(describing: b.value), "field \(a.label ?? "?") keeps its default in `everything`")
         }
+    }
+
+    @Test func aRestoreWithoutConfigTakesTheSnapshotsDefinition() throws {
+        let l = try VMMLaunch.parse(["--restore", "/snap/a"])
+        #expect(l.definition == "/snap/a/definition.json" && l.restore == "/snap/a" && l.restoreMemory == .copy)
+        #expect(throws: (any Error).self) { try VMMLaunch.parse(["--no-console-input"]) }
     }
 
     @Test func theDaemonsFlagsAreTheDocumentedOnes() {

@@ -1,0 +1,145 @@
+import Foundation
+import KVM
+import Testing
+import VMMInterface
+
+/// Snapshot and restore of running guests (issue 18, docs/snapshot.md) on /dev/kvm: the ticker
+/// inmate counts its LAPIC timer's interrupts on every CPU and prints each tenth tick, so the
+/// console of the VM before the snapshot followed by the console of the restored VM must read
+/// as one uninterrupted count.
+@Suite(.enabled(if: Env.kvmAvailable, Env.noKVMReason), .serialized)
+struct SnapshotRestoreTests {
+    static let report = 10
+
+    struct Ticker {
+        let dir: URL
+        let definition: String
+        let control: String
+        let vm: RunningVMM
+    }
+
+    func startTicker(vcpus: Int, total: Int, extra: String = "") throws -> Ticker {
+        let dir = try VMM.tempDir()
+        let def = VMM.definition(name: "ticker", kernel: try Env.inmate("ticker"), vcpus: vcpus, memoryMiB: 16,
+                                 cmdline: "ticker.report=\(Self.report) ticker.total=\(total)", extra: extra)
+        let path = try VMM.writeDefinition(def, in: dir)
+        let control = dir.appendingPathComponent("control.sock").path
+        let vm = try RunningVMM(arguments: ["--config", path, "--control-socket", control])
+        return Ticker(dir: dir, definition: path, control: control, vm: vm)
+    }
+
+    /// The complete `TICK` lines of `cpu` in `console` (a line cut by the snapshot is completed
+    /// by the restored VM's console, which is why callers join the two first).
+    func counts(_ console: String, cpu: Int) -> [Int] {
+        var lines = console.split(separator: "\n", omittingEmptySubsequences: false)
+        if !console.hasSuffix("\n") { lines.removeLast() }
+        return tickCounts(lines.joined(separator: "\n"), cpu: cpu)
+    }
+
+    /// Every report of every CPU, in order, from the first to at least `total`: nothing restarted
+    /// from zero, nothing skipped, and the timer kept firing to the end.
+    func expectUninterruptedCount(_ console: String, cpus: Int, total: Int) {
+        for cpu in 0..<cpus {
+            let seen = counts(console, cpu: cpu)
+            let expected = Array(stride(from: Self.report, through: seen.last ?? 0, by: Self.report))
+            #expect(seen == expected, "CPU \(cpu): \(seen)")
+            #expect((seen.last ?? 0) >= (cpu == 0 ? total : Self.report * 2), "CPU \(cpu) stopped counting at \(seen.last ?? 0)")
+        }
+    }
+
+    func snapshotAfter(ticks: Int, of t: Ticker, vcpus: Int, into dir: String, then: SnapshotRequest.After) throws -> SnapshotSummary {
+        let reached = t.vm.waitForConsole(timeout: 60) { c in (0..<vcpus).allSatisfy { (tickCounts(c, cpu: $0).last ?? 0) >= ticks } }
+        #expect(reached, "console: \(t.vm.console)\nstderr: \(t.vm.stderr)")
+        let reply = try ControlClient.snapshot(try ControlClient.connect(t.control), into: dir, definition: t.definition, then: then)
+        guard case let .snapshotSaved(summary) = reply else { throw SnapshotTestError("snapshot: \(reply)\nstderr: \(t.vm.stderr)") }
+        return summary
+    }
+
+    @Test(arguments: [1, 2])
+    func aTickerSavedAndStoppedCountsOnFromWhereItWasWhenRestored(vcpus: Int) throws {
+        let total = 300
+        let t = try startTicker(vcpus: vcpus, total: total)
+        let snap = t.dir.appendingPathComponent("snap").path
+        let summary = try snapshotAfter(ticks: 40, of: t, vcpus: vcpus, into: snap, then: .stop)
+        #expect(t.vm.waitForExit(timeout: 30) == VMMExitStatus.savedAndStopped.code, "stderr: \(t.vm.stderr)")
+        #expect(summary.header.vcpus == vcpus && summary.header.memoryBytes == 16 << 20)
+        #expect(summary.memoryDataBytes < 16 << 20, "zero pages are left as holes")
+        #expect(!t.vm.console.contains("TICKER_DONE"))
+
+        let restored = try RunningVMM(arguments: ["--restore", snap])
+        #expect(restored.waitForExit(timeout: 90) == 0, "console: \(restored.console)\nstderr: \(restored.stderr)")
+        #expect(restored.console.contains("TICKER_DONE"))
+        #expect(!restored.console.contains("TICKER_START"), "the restored guest must not boot again")
+        expectUninterruptedCount(t.vm.console + restored.console, cpus: vcpus, total: total)
+    }
+
+    @Test func aSnapshotOfARunningVMLeavesItRunningAndItsMappedRestoreTakesConsoleInput() throws {
+        let total = 250
+        let t = try startTicker(vcpus: 1, total: total)
+        let snap = t.dir.appendingPathComponent("snap").path
+        _ = try snapshotAfter(ticks: 30, of: t, vcpus: 1, into: snap, then: .resume)
+        // The original goes on to the end, uninterrupted.
+        #expect(t.vm.waitForExit(timeout: 90) == 0, "stderr: \(t.vm.stderr)")
+        expectUninterruptedCount(t.vm.console, cpus: 1, total: total)
+
+        // The snapshot, mapped copy-on-write, resumes from its own point and answers the console.
+        let restored = try RunningVMM(arguments: ["--restore", snap, "--restore-memory", "map"], consoleInput: true)
+        #expect(restored.waitForConsole(timeout: 60) { tickCounts($0, cpu: 0).count >= 2 }, "stderr: \(restored.stderr)")
+        restored.type("still here")
+        #expect(restored.waitForConsole(timeout: 60) { $0.contains("ECHO still here") }, "console: \(restored.console)")
+        #expect(restored.waitForExit(timeout: 90) == 0, "stderr: \(restored.stderr)")
+        let first = counts(restored.console, cpu: 0).first ?? 0
+        #expect(first > 30 && first <= 50, "the restored count starts after the snapshot's point: \(counts(restored.console, cpu: 0))")
+    }
+
+    /// One good snapshot, then each way of spoiling it: every restore is refused with the reason
+    /// and runs no guest code.
+    @Test func damagedOrMismatchedSnapshotsAreRefusedWithTheirReason() throws {
+        let t = try startTicker(vcpus: 1, total: 0)
+        let good = t.dir.appendingPathComponent("good").path
+        _ = try snapshotAfter(ticks: 20, of: t, vcpus: 1, into: good, then: .stop)
+        #expect(t.vm.waitForExit(timeout: 30) == VMMExitStatus.savedAndStopped.code)
+        let fm = FileManager.default
+
+        func variant(_ name: String, _ spoil: (String) throws -> Void) throws -> String {
+            let dir = t.dir.appendingPathComponent(name).path
+            try fm.copyItem(atPath: good, toPath: dir)
+            try spoil(dir)
+            return dir
+        }
+        func edit(_ file: String, _ change: (inout [UInt8]) -> Void) throws {
+            var bytes = [UInt8](try Data(contentsOf: URL(fileURLWithPath: file)))
+            change(&bytes)
+            try Data(bytes).write(to: URL(fileURLWithPath: file))
+        }
+        func definition(_ dir: String, extra: String, vcpus: Int = 1) throws {
+            let def = VMM.definition(name: "ticker", kernel: try Env.inmate("ticker"), vcpus: vcpus, memoryMiB: 16,
+                                     cmdline: "ticker.report=\(Self.report) ticker.total=0", extra: extra)
+            try def.write(toFile: SnapshotLayout.definition(in: dir), atomically: true, encoding: .utf8)
+        }
+        let cases: [(String, String, (String) throws -> Void)] = [
+            ("corrupt", "checksum mismatch", { try edit(SnapshotLayout.state(in: $0)) { $0[$0.count / 2] ^= 0x40 } }),
+            ("truncated", "truncated", { try edit(SnapshotLayout.state(in: $0)) { $0.removeLast(100) } }),
+            ("version", "snapshot format version 99", { try edit(SnapshotLayout.state(in: $0)) { $0[8] = 99 } }),
+            ("not-a-snapshot", "no RTVSNAP magic", { try edit(SnapshotLayout.state(in: $0)) { $0[0] = 0x7F } }),
+            ("memory-size", "the memory file has", { dir in
+                let h = try FileHandle(forWritingTo: URL(fileURLWithPath: SnapshotLayout.memory(in: dir)))
+                try h.truncate(atOffset: 8 << 20)
+                try h.close()
+            }),
+            ("no-memory", "memory", { try fm.removeItem(atPath: SnapshotLayout.memory(in: $0)) }),
+            ("vcpus", "saved with 1 vCPUs, the definition has 2", { try definition($0, extra: "", vcpus: 2) }),
+            // The other template than the one `auto` chose on this host.
+            ("template", "CPU template", { try definition($0, extra: "\"cpu\": {\"template\": \"\(KVMSystem.hostEmulatesRing0 ? "host" : "emulating-kvm")\"}") }),
+            ("cpuid", "CPUID differs", { try definition($0, extra: "\"cpu\": {\"disable_features\": [\"tsc_deadline_timer\"]}") }),
+        ]
+        for (name, reason, spoil) in cases {
+            let dir = try variant(name, spoil)
+            let r = try RunningVMM(arguments: ["--restore", dir])
+            let status = r.waitForExit(timeout: 30)
+            #expect(status == VMMExitStatus.vmmError.code, "\(name): status \(String(describing: status))")
+            #expect(r.stderr.contains(reason), "\(name): expected '\(reason)' in: \(r.stderr)")
+            #expect(!r.console.contains("TICK"), "\(name): guest code ran")
+        }
+    }
+}
