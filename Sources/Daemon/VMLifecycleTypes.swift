@@ -46,6 +46,7 @@ public struct RestoreSource: Equatable, Sendable, CustomStringConvertible {
 public struct RestoringVMM: Equatable, Sendable {
     public var pid: pid_t
     public var source: RestoreSource
+    public init(pid: pid_t, source: RestoreSource) { self.pid = pid; self.source = source }
 }
 
 /// Why a VMM is spawned; its text appears in "VM NAME started (…)".
