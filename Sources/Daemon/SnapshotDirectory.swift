@@ -127,7 +127,7 @@ public enum SnapshotDirectory {
     /// A restore or clone runs the snapshot's definition as root, disks and all: the directory
     /// and its three files must be root's (or the daemon's) and writable by nobody else, so a
     /// member of the API group cannot have a VM started that writes a file of their choosing
-    /// (docs/snapshot.md, "Trust"). rtvisord's own snapshots are (mode 0700, files 0600).
+    /// (docs/daemon.md, "Snapshots, restore and clones"). rtvisord's own snapshots are (mode 0700, files 0600).
     public static func checkTrusted(_ directory: String, owners: Set<uid_t> = trustedOwners) throws(ControlError) {
         if let problem = pathProblem(directory, field: "the snapshot directory") { throw .conflict(problem) }
         func check(_ path: String, directory isDirectory: Bool) throws(ControlError) {
