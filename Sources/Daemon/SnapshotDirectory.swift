@@ -124,47 +124,93 @@ public enum SnapshotDirectory {
     /// Who may own a snapshot the daemon restores: root and the daemon's own uid.
     public static var trustedOwners: Set<uid_t> { [0, geteuid()] }
 
-    /// A restore or clone runs the snapshot's definition as root, disks and all: the directory
-    /// and its three files must be root's (or the daemon's) and writable by nobody else, so a
-    /// member of the API group cannot have a VM started that writes a file of their choosing
-    /// (docs/daemon.md, "Snapshots, restore and clones"). rtvisord's own snapshots are (mode 0700, files 0600).
-    public static func checkTrusted(_ directory: String, owners: Set<uid_t> = trustedOwners) throws(ControlError) {
-        if let problem = pathProblem(directory, field: "the snapshot directory") { throw .conflict(problem) }
-        func check(_ path: String, directory isDirectory: Bool) throws(ControlError) {
-            var st = stat()
-            guard lstat(path, &st) == 0 else {
-                let e = errno
-                if isDirectory && e == ENOENT { throw .notFound("no snapshot at \(path): No such file or directory") }
-                throw .conflict("\(path): \(errnoMessage(e))" + (isDirectory ? "" : " (not a complete snapshot)"))
-            }
-            let type = st.st_mode & S_IFMT
-            if type == S_IFLNK { throw .conflict("\(path) is a symbolic link: a snapshot is restored only from its real directory and files") }
-            guard type == (isDirectory ? S_IFDIR : S_IFREG) else { throw .conflict("\(path) is not a \(isDirectory ? "directory" : "regular file")") }
-            guard owners.contains(st.st_uid) else {
-                throw .conflict("\(path) belongs to uid \(st.st_uid): a snapshot is restored only from root's files (its definition decides which disks the VM writes)")
-            }
-            guard st.st_mode & 0o022 == 0 else {
-                throw .conflict("\(path) is writable by its group or others (mode \(String(st.st_mode & 0o7777, radix: 8))): a snapshot is restored only from files only root can change")
-            }
-        }
-        let trimmed = directory.hasSuffix("/") ? String(directory.dropLast()) : directory
-        try check(trimmed, directory: true)
-        for file in [SnapshotLayout.definition(in: trimmed), SnapshotLayout.state(in: trimmed), SnapshotLayout.memory(in: trimmed)] {
-            try check(file, directory: false)
-        }
+    /// A snapshot's files as a restore or clone reads them: the definition and the state file
+    /// whole, the memory file's size.
+    public struct Files: Sendable {
+        public let directory: String
+        public let definition: [UInt8]
+        public let state: [UInt8]
+        public let memoryBytes: UInt64
     }
 
-    /// Reads a snapshot's `definition.json` for a restore: relative paths made absolute against
-    /// the snapshot directory, renamed to `name` if given, validated with its files. Errors name
-    /// the file and JSON path.
-    public static func definition(in directory: String, renamedTo name: String?) throws(ControlError) -> (json: DefinitionJSON, definition: VMDefinition) {
-        let file = SnapshotLayout.definition(in: directory)
-        guard let data = FileManager.default.contents(atPath: file) else { throw .conflict("\(file): cannot read it: \(errnoMessage())") }
+    /// State files are small (registers and device state); anything this large is not one.
+    static let maxStateBytes = 256 << 20
+    /// Definitions are a few hundred bytes; the API takes at most 1 MiB of anything.
+    static let maxDefinitionBytes = 1 << 20
+
+    /// Reads a snapshot for a restore or clone, which runs its definition as root, disks and
+    /// all: the directory and its three files must be root's (or the daemon's) and writable by
+    /// nobody else, so a member of the API group cannot have a VM started that writes a file of
+    /// their choosing (docs/daemon.md, "Snapshots, restore and clones"). rtvisord's own snapshots
+    /// are (mode 0700, files 0600). The files are opened through one descriptor of the directory,
+    /// never following a symlink, and checked on the descriptors they are read from: a directory
+    /// swapped in after the check is not the one read.
+    public static func read(_ directory: String, owners: Set<uid_t> = trustedOwners) throws(ControlError) -> Files {
+        if let problem = pathProblem(directory, field: "the snapshot directory") { throw .conflict(problem) }
+        let trimmed = directory.hasSuffix("/") ? String(directory.dropLast()) : directory
+        let dirFD = open(trimmed, O_RDONLY | O_DIRECTORY | O_NOFOLLOW | O_CLOEXEC)
+        guard dirFD >= 0 else {
+            let e = errno
+            if e == ENOENT { throw .notFound("no snapshot at \(trimmed): No such file or directory") }
+            // O_DIRECTORY answers a symlink with ENOTDIR before O_NOFOLLOW's ELOOP.
+            var st = stat()
+            let link = e == ELOOP || (lstat(trimmed, &st) == 0 && st.st_mode & S_IFMT == S_IFLNK)
+            throw .conflict(link ? "\(trimmed) is a symbolic link: a snapshot is restored only from its real directory and files"
+                                 : e == ENOTDIR ? "\(trimmed) is not a directory" : "\(trimmed): \(errnoMessage(e))")
+        }
+        defer { close(dirFD) }
+        try check(dirFD, trimmed, directory: true, owners: owners)
+        func file(_ path: String, limit: Int?) throws(ControlError) -> (bytes: [UInt8], size: UInt64) {
+            let name = String(path.split(separator: "/").last!)
+            // O_NONBLOCK: a FIFO in a file's place must not hang the open.
+            let fd = openat(dirFD, name, O_RDONLY | O_NOFOLLOW | O_NONBLOCK | O_CLOEXEC)
+            guard fd >= 0 else {
+                let e = errno
+                throw .conflict(e == ELOOP ? "\(path) is a symbolic link: a snapshot is restored only from its real directory and files"
+                                          : "\(path): \(errnoMessage(e)) (not a complete snapshot)")
+            }
+            defer { close(fd) }
+            let size = try check(fd, path, directory: false, owners: owners)
+            guard let limit else { return ([], size) }
+            guard size <= UInt64(limit) else { throw .conflict("\(path): \(size) bytes is more than such a file holds (at most \(limit))") }
+            do { return (try readToEnd(fd), size) } catch { throw .conflict("\(path): \(error)") }
+        }
+        let definition = try file(SnapshotLayout.definition(in: trimmed), limit: maxDefinitionBytes).bytes
+        let state = try file(SnapshotLayout.state(in: trimmed), limit: maxStateBytes).bytes
+        let memory = try file(SnapshotLayout.memory(in: trimmed), limit: nil).size
+        return Files(directory: trimmed, definition: definition, state: state, memoryBytes: memory)
+    }
+
+    /// Type, owner and mode of an open snapshot directory or file; its size.
+    @discardableResult
+    static func check(_ fd: Int32, _ path: String, directory isDirectory: Bool, owners: Set<uid_t>) throws(ControlError) -> UInt64 {
+        var st = stat()
+        guard fstat(fd, &st) == 0 else { throw .conflict("\(path): \(errnoMessage())") }
+        guard st.st_mode & S_IFMT == (isDirectory ? S_IFDIR : S_IFREG) else { throw .conflict("\(path) is not a \(isDirectory ? "directory" : "regular file")") }
+        guard owners.contains(st.st_uid) else {
+            throw .conflict("\(path) belongs to uid \(st.st_uid): a snapshot is restored only from root's files (its definition decides which disks the VM writes)")
+        }
+        guard st.st_mode & 0o022 == 0 else {
+            throw .conflict("\(path) is writable by its group or others (mode \(String(st.st_mode & 0o7777, radix: 8))): a snapshot is restored only from files only root can change")
+        }
+        return UInt64(st.st_size)
+    }
+
+    /// The checks of `read` without the contents (tests, and a quick look).
+    public static func checkTrusted(_ directory: String, owners: Set<uid_t> = trustedOwners) throws(ControlError) {
+        _ = try read(directory, owners: owners)
+    }
+
+    /// The snapshot's definition for a restore: relative paths made absolute against the
+    /// snapshot directory, renamed to `name` if given, validated with its files. Errors name the
+    /// file and JSON path.
+    public static func definition(of files: Files, renamedTo name: String?) throws(ControlError) -> (json: DefinitionJSON, definition: VMDefinition) {
+        let file = SnapshotLayout.definition(in: files.directory)
         do {
-            var json = try DefinitionJSON(Array(data), file: file)
-            json.makePathsAbsolute(base: directory)
+            var json = try DefinitionJSON(files.definition, file: file)
+            json.makePathsAbsolute(base: files.directory)
             if let name { json.rename(to: name) }
-            return (json, try json.validated(base: directory))
+            return (json, try json.validated(base: files.directory))
         } catch let e as DefinitionError {
             throw .conflict(e.issues.map(\.description).joined(separator: "; "))
         } catch {
@@ -172,25 +218,15 @@ public enum SnapshotDirectory {
         }
     }
 
-    /// State files are small (registers and device state); anything this large is not one.
-    static let maxStateBytes = 256 << 20
-
     /// What the VMM would refuse first, checked here so nothing starts: a state file that is not
     /// whole (checksum, truncation, version), a vCPU count or memory size other than the
     /// definition's, a memory file of the wrong size, a disk whose size changed, passthrough.
-    public static func verify(_ directory: String, against definition: VMDefinition) throws(ControlError) -> SnapshotHeader {
-        let statePath = SnapshotLayout.state(in: directory)
-        let fd = open(statePath, O_RDONLY | O_CLOEXEC | O_NOFOLLOW)
-        guard fd >= 0 else { throw .conflict("\(statePath): \(errnoMessage())") }
-        defer { close(fd) }
-        var st = stat()
-        guard fstat(fd, &st) == 0, st.st_size <= maxStateBytes else {
-            throw .conflict("\(statePath): \(st.st_size) bytes is not a state file (at most \(maxStateBytes))")
-        }
-        let bytes: [UInt8]
-        do { bytes = try readToEnd(fd) } catch { throw .conflict("\(statePath): \(error)") }
+    public static func verify(_ files: Files, against definition: VMDefinition) throws(ControlError) -> SnapshotHeader {
+        let directory = files.directory
         let header: SnapshotHeader
-        do { header = try SnapshotStateFile.decode(bytes, file: statePath).header } catch { throw .conflict("snapshot \(directory): \(error)") }
+        do { header = try SnapshotStateFile.decode(files.state, file: SnapshotLayout.state(in: directory)).header } catch {
+            throw .conflict("snapshot \(directory): \(error)")
+        }
         func refuse(_ why: String) -> ControlError { .conflict("snapshot \(directory): \(why)") }
         guard definition.passthrough.isEmpty else { throw refuse("a VM with passthrough devices cannot be restored (their state lives in the host device)") }
         guard header.vcpus == definition.vcpus else { throw refuse("saved with \(header.vcpus) vCPUs, the definition has \(definition.vcpus)") }
@@ -198,14 +234,13 @@ public enum SnapshotDirectory {
         guard header.memoryBytes == ram else {
             throw refuse("saved with \(header.memoryBytes >> 20) MiB of memory, the definition has \(definition.memoryMiB) MiB")
         }
-        let memoryPath = SnapshotLayout.memory(in: directory)
-        guard stat(memoryPath, &st) == 0 else { throw refuse("\(memoryPath): \(errnoMessage())") }
-        guard UInt64(st.st_size) == ram else {
-            throw refuse("\(memoryPath) has \(st.st_size) bytes, the VM's memory is \(ram) (\(definition.memoryMiB) MiB): it is not this snapshot's memory file")
+        guard files.memoryBytes == ram else {
+            throw refuse("\(SnapshotLayout.memory(in: directory)) has \(files.memoryBytes) bytes, the VM's memory is \(ram) (\(definition.memoryMiB) MiB): it is not this snapshot's memory file")
         }
         guard header.diskBytes.count == definition.disks.count else {
             throw refuse("saved with \(header.diskBytes.count) disks, the definition has \(definition.disks.count)")
         }
+        var st = stat()
         for (i, (saved, disk)) in zip(header.diskBytes, definition.disks).enumerated() {
             guard stat(disk.path, &st) == 0 else { throw refuse("$.disks[\(i)].path \(disk.path): \(errnoMessage())") }
             // A block device's size is the VMM's to check (it opens it anyway).
@@ -214,5 +249,14 @@ public enum SnapshotDirectory {
             }
         }
         return header
+    }
+
+    /// `read`, `definition` and `verify`: everything a restore or clone checks before it installs
+    /// or starts anything.
+    public static func prepare(_ directory: String, renamedTo name: String?) throws(ControlError) -> (json: DefinitionJSON, definition: VMDefinition) {
+        let files = try read(directory)
+        let loaded = try definition(of: files, renamedTo: name)
+        _ = try verify(files, against: loaded.definition)
+        return loaded
     }
 }

@@ -31,12 +31,7 @@ extension Supervisor {
             if let problem = SnapshotDirectory.pathProblem(from, field: "from") { throw .conflict(problem) }
             let directory = from.hasSuffix("/") ? String(from.dropLast()) : from
             let prepared = await Processes.offThePool { () -> Result<(DefinitionJSON, VMDefinition), ControlError> in
-                do throws(ControlError) {
-                    try SnapshotDirectory.checkTrusted(directory)
-                    let loaded = try SnapshotDirectory.definition(in: directory, renamedTo: nil)
-                    _ = try SnapshotDirectory.verify(directory, against: loaded.definition)
-                    return .success(loaded)
-                } catch { return .failure(error) }
+                do throws(ControlError) { return .success(try SnapshotDirectory.prepare(directory, renamedTo: nil)) } catch { return .failure(error) }
             }
             origin = try prepared.get()
             snapshotDirectory = directory

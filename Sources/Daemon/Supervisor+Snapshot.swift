@@ -105,12 +105,9 @@ extension Supervisor {
         }
         let directory = request.directory.hasSuffix("/") ? String(request.directory.dropLast()) : request.directory
         let prepared = await Processes.offThePool { () -> Result<DefinitionJSON, ControlError> in
-            do throws(ControlError) {
-                try SnapshotDirectory.checkTrusted(directory)
-                let (json, definition) = try SnapshotDirectory.definition(in: directory, renamedTo: request.name)
-                _ = try SnapshotDirectory.verify(directory, against: definition)
-                return .success(json)
-            } catch { return .failure(error) }
+            do throws(ControlError) { return .success(try SnapshotDirectory.prepare(directory, renamedTo: request.name).json) } catch {
+                return .failure(error)
+            }
         }
         let json = try prepared.get()
         return try await startFromSnapshot(json, source: RestoreSource(directory: directory), mustBeNew: false)

@@ -1,4 +1,5 @@
 import APIModels
+import Config
 import Daemon
 import Foundation
 import Testing
@@ -137,52 +138,55 @@ func conflictMessage(_ body: () throws -> Void) -> String? {
 @Suite struct RestoreCheckTests {
     @Test func aGoodSnapshotPassesAndItsDefinitionIsRenamed() throws {
         let made = try SnapshotFixture.make(in: try makeTemporaryDirectory("restore"))
-        try SnapshotDirectory.checkTrusted(made.directory)
-        let (json, definition) = try SnapshotDirectory.definition(in: made.directory, renamedTo: "copy")
+        let files = try SnapshotDirectory.read(made.directory)
+        let (json, definition) = try SnapshotDirectory.definition(of: files, renamedTo: "copy")
         #expect(definition.name == "copy" && json.name == "copy" && definition.disks.map(\.path) == [made.disk])
-        #expect(try SnapshotDirectory.verify(made.directory, against: definition) == made.header)
+        #expect(try SnapshotDirectory.verify(files, against: definition) == made.header)
+        #expect(try SnapshotDirectory.prepare(made.directory, renamedTo: nil).definition.name == "web")
     }
 
     @Test func theDefinitionsErrorsNameFileAndField() throws {
         let made = try SnapshotFixture.make(in: try makeTemporaryDirectory("restore-def"))
         let file = SnapshotLayout.definition(in: made.directory)
-        #expect(conflictMessage { _ = try SnapshotDirectory.definition(in: made.directory, renamedTo: "bad name") }
+        func definition(renamedTo name: String?) throws { _ = try SnapshotDirectory.prepare(made.directory, renamedTo: name) }
+        #expect(conflictMessage { try definition(renamedTo: "bad name") }
             == "\(file): $.name: must be 1–64 characters of letters, digits, '-' and '_', got \"bad name\"")
         try write("{\"name\": \"web\", \"memory_mib\": 16, \"kernel\": \"\(made.kernel)\", \"vcpuz\": 1}", to: file)
-        #expect(conflictMessage { _ = try SnapshotDirectory.definition(in: made.directory, renamedTo: nil) } == "\(file): $.vcpuz: unknown key (did you mean \"vcpus\"?)")
+        #expect(conflictMessage { try definition(renamedTo: nil) } == "\(file): $.vcpuz: unknown key (did you mean \"vcpus\"?)")
         try write("{\"name\": ", to: file)
-        #expect(conflictMessage { _ = try SnapshotDirectory.definition(in: made.directory, renamedTo: nil) }?.hasPrefix("\(file): $: invalid JSON") == true)
+        #expect(conflictMessage { try definition(renamedTo: nil) }?.hasPrefix("\(file): $: invalid JSON") == true)
         try FileManager.default.removeItem(atPath: file)
-        #expect(conflictMessage { _ = try SnapshotDirectory.definition(in: made.directory, renamedTo: nil) }?.hasPrefix("\(file): cannot read it") == true)
+        #expect(conflictMessage { try definition(renamedTo: nil) } == "\(file): No such file or directory (not a complete snapshot)")
     }
 
     @Test func theStateFileAndSizesAreCheckedBeforeAnythingStarts() throws {
         let made = try SnapshotFixture.make(in: try makeTemporaryDirectory("restore-state"), vcpus: 2)
-        let (_, definition) = try SnapshotDirectory.definition(in: made.directory, renamedTo: nil)
+        let (_, definition) = try SnapshotDirectory.prepare(made.directory, renamedTo: nil)
+        func verify(_ d: VMDefinition) throws { _ = try SnapshotDirectory.verify(try SnapshotDirectory.read(made.directory), against: d) }
         var other = definition
         other.vcpus = 1
-        #expect(conflictMessage { _ = try SnapshotDirectory.verify(made.directory, against: other) } == "snapshot \(made.directory): saved with 2 vCPUs, the definition has 1")
+        #expect(conflictMessage { try verify(other) } == "snapshot \(made.directory): saved with 2 vCPUs, the definition has 1")
         other = definition
         other.memoryMiB = 32
-        #expect(conflictMessage { _ = try SnapshotDirectory.verify(made.directory, against: other) } == "snapshot \(made.directory): saved with 16 MiB of memory, the definition has 32 MiB")
+        #expect(conflictMessage { try verify(other) } == "snapshot \(made.directory): saved with 16 MiB of memory, the definition has 32 MiB")
         // A disk that grew.
         try Data(repeating: 0, count: 9000).write(to: URL(fileURLWithPath: made.disk))
-        #expect(conflictMessage { _ = try SnapshotDirectory.verify(made.directory, against: definition) }?.contains("$.disks[0] \(made.disk) has 9000 bytes, 8192 when the VM was saved") == true)
+        #expect(conflictMessage { try verify(definition) }?.contains("$.disks[0] \(made.disk) has 9000 bytes, 8192 when the VM was saved") == true)
         try Data(repeating: 0, count: 8192).write(to: URL(fileURLWithPath: made.disk))
         // A memory file of another size.
         try SnapshotFixture.writeSparse(SnapshotLayout.memory(in: made.directory), size: 8 << 20)
-        #expect(conflictMessage { _ = try SnapshotDirectory.verify(made.directory, against: definition) }?.contains("has 8388608 bytes, the VM's memory is 16777216") == true)
+        #expect(conflictMessage { try verify(definition) }?.contains("has 8388608 bytes, the VM's memory is 16777216") == true)
         try SnapshotFixture.writeSparse(SnapshotLayout.memory(in: made.directory), size: 16 << 20)
-        #expect(conflictMessage { _ = try SnapshotDirectory.verify(made.directory, against: definition) } == nil)
+        #expect(conflictMessage { try verify(definition) } == nil)
         // One altered byte in the machine state: the checksum.
         let state = SnapshotLayout.state(in: made.directory)
         let size = try #require(try FileManager.default.attributesOfItem(atPath: state)[.size] as? Int)
         try SnapshotFixture.flipByte(state, at: size - 8)
-        #expect(conflictMessage { _ = try SnapshotDirectory.verify(made.directory, against: definition) }?.contains("checksum mismatch") == true)
+        #expect(conflictMessage { try verify(definition) }?.contains("checksum mismatch") == true)
         // Cut short.
         let bytes = try Data(contentsOf: URL(fileURLWithPath: state))
         try bytes.prefix(bytes.count - 10).write(to: URL(fileURLWithPath: state))
-        #expect(conflictMessage { _ = try SnapshotDirectory.verify(made.directory, against: definition) }?.contains("truncated") == true)
+        #expect(conflictMessage { try verify(definition) }?.contains("truncated") == true)
     }
 
     /// A restore runs the snapshot's definition as root: only root's, unwritable snapshots.
@@ -206,5 +210,8 @@ func conflictMessage(_ body: () throws -> Void) -> String? {
         #expect(conflictMessage { try SnapshotDirectory.checkTrusted(dir) } == "\(memory) is a symbolic link: a snapshot is restored only from its real directory and files")
         try FileManager.default.removeItem(atPath: memory)
         #expect(conflictMessage { try SnapshotDirectory.checkTrusted(dir) } == "\(memory): No such file or directory (not a complete snapshot)")
+        // The directory itself a symlink to a good snapshot: refused too.
+        try FileManager.default.createSymbolicLink(atPath: dir + "-link", withDestinationPath: dir)
+        #expect(conflictMessage { try SnapshotDirectory.checkTrusted(dir + "-link") } == "\(dir)-link is a symbolic link: a snapshot is restored only from its real directory and files")
     }
 }
