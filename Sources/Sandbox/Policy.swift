@@ -177,7 +177,8 @@ public enum SeccompPolicy {
                   // a VMM that keeps root (--no-jail) undoes or hands over its real-time partition
                   // itself: the cpuset and partition-state locks, and which IRQs still exist
                   "flock", "access",
-                  "eventfd2", "epoll_ctl",
+                  // resuming after a snapshot restarts virtio-net's receive thread (its epoll and kick)
+                  "eventfd2", "epoll_create1", "epoll_ctl",
             ].map { SyscallRule($0) }
             r += threadCreation()
             r += journal

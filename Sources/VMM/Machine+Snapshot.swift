@@ -75,12 +75,15 @@ extension Machine {
             throw error
         }
         logger.notice("snapshot of \(definition.name): \(summary.stateBytes) bytes of state, \(summary.memoryDataBytes >> 20) MiB of \(memory.totalSize >> 20) MiB memory written, paused \(Int(summary.pausedMilliseconds)) ms")
-        if request.then == .stop {
-            resumeAfter = false
-            stop.request(.savedAndStopped)
-            pauseGate.resume()
-        }
+        // With `.stop` the VM stays paused: the caller answers its peer first, then calls
+        // `stopAfterSnapshot()` (stopping now would end the process before the answer is out).
         return summary
+    }
+
+    /// Ends the VM after `snapshot(then: .stop)`: the VMM exits with `savedAndStopped`.
+    public func stopAfterSnapshot() {
+        stop.request(.savedAndStopped)
+        pauseGate.resume()
     }
 
     /// KVM's state, then the devices'. Called with the VM paused.

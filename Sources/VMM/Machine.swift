@@ -79,6 +79,8 @@ public final class Machine: @unchecked Sendable {
     let pciRoot: PciRoot
     let ioNotifier: IOEventNotifier?
     let pauseGate = VCPUPause()
+    /// Restored devices are left paused until `run()` (see there).
+    let restored: Bool
     let runControl = Mutex<VMMRunState>(.running)
     let cpuTemplate: CPUTemplate
     let diskBytes: [UInt64]
@@ -190,9 +192,7 @@ public final class Machine: @unchecked Sendable {
         trace.mark(loaded == nil ? "vCPUs" : "vCPUs restored")
         try slots.wait()
         trace.mark("memory slots (overlapped)")
-        // Restored devices were left paused: their I/O (virtio-net's receive thread) may raise
-        // interrupts only now that the interrupt controllers and vCPUs are restored.
-        if loaded != nil { for d in pciDevices { d.resume() } }
+        restored = loaded != nil
         for vcpu in vcpus { stop.register(vcpu) }
         switch start {
         case let .boot(entry): logger.info("VM \(def.name): \(def.vcpus) vCPU(s), \(def.memoryMiB) MiB, \(entry)")
@@ -212,6 +212,10 @@ public final class Machine: @unchecked Sendable {
         ckvm_install_kick_handler(VCPU.kickSignal)
         let terminal = TerminalMode(rawInput: options.consoleInput)
         defer { terminal.restore() }
+        // Restored devices start their I/O (virtio-net's receive thread) only now: after the
+        // jail, which is entered single-threaded, and with the interrupt controllers and vCPUs
+        // restored, so nothing they raise is lost.
+        if restored { for d in pciDevices { d.resume() } }
         var threads: [PosixThread] = []
         for vcpu in vcpus {
             do {

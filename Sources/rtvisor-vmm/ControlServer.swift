@@ -74,7 +74,10 @@ final class ControlServer: @unchecked Sendable {
                 return
             }
             let reply = answer(request, files: files, version: &version, machine)
-            do { try connection.reply(reply, to: id) } catch { return }
+            let sent = (try? connection.reply(reply, to: id)) != nil
+            // A VM saved to be stopped ends once its peer has the answer (or is gone).
+            if case let .snapshot(s) = request, s.then == .stop, case .snapshotSaved = reply { machine.stopAfterSnapshot() }
+            if !sent { return }
         }
     }
 

@@ -12,9 +12,11 @@ final class RunningVMM: @unchecked Sendable {
     private let out = LockedData(), err = LockedData()
     private let stdin = Pipe()
 
-    init(arguments: [String], consoleInput: Bool = false) throws {
-        process.executableURL = URL(fileURLWithPath: Env.vmmBinary)
-        process.arguments = arguments + (consoleInput ? [] : ["--no-console-input"])
+    /// `prefix` wraps the VMM in another command (`ip netns exec NS`).
+    init(arguments: [String], consoleInput: Bool = false, prefix: [String] = []) throws {
+        let argv = prefix + [Env.vmmBinary] + arguments + (consoleInput ? [] : ["--no-console-input"])
+        process.executableURL = URL(fileURLWithPath: argv[0])
+        process.arguments = Array(argv.dropFirst())
         let o = Pipe(), e = Pipe()
         process.standardOutput = o
         process.standardError = e

@@ -50,7 +50,10 @@ struct SnapshotRestoreTests {
     func snapshotAfter(ticks: Int, of t: Ticker, vcpus: Int, into dir: String, then: SnapshotRequest.After) throws -> SnapshotSummary {
         let reached = t.vm.waitForConsole(timeout: 60) { c in (0..<vcpus).allSatisfy { (tickCounts(c, cpu: $0).last ?? 0) >= ticks } }
         #expect(reached, "console: \(t.vm.console)\nstderr: \(t.vm.stderr)")
-        let reply = try ControlClient.snapshot(try ControlClient.connect(t.control), into: dir, definition: t.definition, then: then)
+        let reply: VMMControl.Reply
+        do { reply = try ControlClient.snapshot(try ControlClient.connect(t.control), into: dir, definition: t.definition, then: then) } catch {
+            throw SnapshotTestError("snapshot: \(error)\nconsole: \(t.vm.console.suffix(500))\nstderr: \(t.vm.stderr)")
+        }
         guard case let .snapshotSaved(summary) = reply else { throw SnapshotTestError("snapshot: \(reply)\nstderr: \(t.vm.stderr)") }
         return summary
     }
@@ -141,5 +144,70 @@ struct SnapshotRestoreTests {
             #expect(r.stderr.contains(reason), "\(name): expected '\(reason)' in: \(r.stderr)")
             #expect(!r.console.contains("TICK"), "\(name): guest code ran")
         }
+    }
+}
+
+/// Virtio devices across a snapshot: their queues go on from the saved indices.
+@Suite(.enabled(if: Env.kvmAvailable, Env.noKVMReason), .serialized)
+struct SnapshotVirtioTests {
+    /// A guest writing and flushing sector after sector is saved between two requests and
+    /// stopped; the restored guest writes the rest, and the host finds every sector's pattern.
+    @Test func aDiskWriterSavedBetweenRequestsFinishesAfterRestoreAndItsDataVerifies() throws {
+        let dir = try VMM.tempDir()
+        let disk = try DiskImage(megabytes: 4, in: dir)
+        let sectors = 300, start = 16
+        let def = VMM.definition(name: "blksnap", kernel: try Env.inmate("virtio-blk"), memoryMiB: 16,
+                                 cmdline: "blk.mode=durable blk.start=\(start) blk.sectors=\(sectors) blk.seed=0x5eed",
+                                 extra: "\"disks\": [{\"path\": \"\(disk.path)\"}]")
+        let path = try VMM.writeDefinition(def, in: dir)
+        let control = dir.appendingPathComponent("control.sock").path
+        let vm = try RunningVMM(arguments: ["--config", path, "--control-socket", control])
+        #expect(vm.waitForConsole(timeout: 60) { $0.contains("ACK \(start + 20)\n") }, "console: \(vm.console)\nstderr: \(vm.stderr)")
+        let snap = dir.appendingPathComponent("snap").path
+        let reply = try ControlClient.snapshot(try ControlClient.connect(control), into: snap, definition: path, then: .stop)
+        guard case let .snapshotSaved(summary) = reply else { throw SnapshotTestError("snapshot: \(reply)") }
+        #expect(summary.header.diskBytes == [4 << 20])
+        #expect(vm.waitForExit(timeout: 30) == VMMExitStatus.savedAndStopped.code)
+        #expect(!vm.console.contains("INMATE virtio-blk OK"), "the snapshot must fall between two requests, not after the last")
+
+        let restored = try RunningVMM(arguments: ["--restore", snap])
+        #expect(restored.waitForExit(timeout: 120) == 0, "console: \(restored.console)\nstderr: \(restored.stderr)")
+        #expect(restored.console.contains("INMATE virtio-blk OK: durable: \(sectors) sectors acknowledged"))
+        let acks = (vm.console + restored.console).split(separator: "\n").compactMap { $0.hasPrefix("ACK ") ? Int($0.dropFirst(4)) : nil }
+        #expect(acks == Array(start..<(start + sectors)), "every sector acknowledged once, in order")
+        let data = try disk.sectors(UInt64(start), sectors)
+        for s in 0..<sectors {
+            #expect(Array(data[(s * 512)..<((s + 1) * 512)]) == blockPattern(seed: 0x5eed, sector: UInt64(start + s)), "sector \(start + s)")
+        }
+    }
+
+    /// A guest exchanging frames with the host through a tap is saved mid-exchange and stopped;
+    /// the restored guest receives the replies still to come and finishes the exchange.
+    @Test(.enabled(if: EchoNamespace.unavailableReason == nil, Comment(rawValue: EchoNamespace.unavailableReason ?? "")))
+    func aNetworkGuestSavedMidExchangeKeepsExchangingFramesAfterRestore() throws {
+        let frames = 1500
+        let ns = try EchoNamespace(echoArguments: ["--count", "\(frames)"])
+        defer { _ = ns.finish() }
+        let dir = try VMM.tempDir()
+        let def = VMM.definition(name: "netsnap", kernel: try Env.inmate("virtio-net"), memoryMiB: 16,
+                                 cmdline: "net.frames=\(frames) net.window=1 net.timeout_ms=30000",
+                                 extra: "\"nets\": [{\"tap\": \"\(ns.tap)\", \"mac\": \"02:00:00:aa:bb:07\"}]")
+        let path = try VMM.writeDefinition(def, in: dir)
+        let control = dir.appendingPathComponent("control.sock").path
+        let netns = [EchoNamespace.ip, "netns", "exec", ns.name]
+        let vm = try RunningVMM(arguments: ["--config", path, "--control-socket", control], prefix: netns)
+        #expect(vm.waitForConsole(timeout: 60) { $0.contains("MAC 02:00:00:aa:bb:07") }, "console: \(vm.console)\nstderr: \(vm.stderr)")
+        usleep(300_000)
+        let snap = dir.appendingPathComponent("snap").path
+        let reply = try ControlClient.snapshot(try ControlClient.connect(control), into: snap, definition: path, then: .stop)
+        guard case .snapshotSaved = reply else { throw SnapshotTestError("snapshot: \(reply)") }
+        #expect(vm.waitForExit(timeout: 30) == VMMExitStatus.savedAndStopped.code)
+        #expect(!vm.console.contains("INMATE virtio-net OK"), "the snapshot must fall inside the exchange: \(vm.console)")
+
+        let restored = try RunningVMM(arguments: ["--restore", snap], prefix: netns)
+        #expect(restored.waitForExit(timeout: 120) == 0, "console: \(restored.console)\nstderr: \(restored.stderr)")
+        #expect(restored.console.contains("INMATE virtio-net OK: sent \(frames) received \(frames)"), "console: \(restored.console)")
+        let echo = ns.finish()
+        #expect(echo.output.contains("good=\(frames) bad=0 echoed=\(frames)"), "echo: \(echo.output)")
     }
 }
