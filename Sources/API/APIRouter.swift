@@ -37,6 +37,10 @@ public struct APIResponse: Sendable, Equatable {
 ///     GET  /v1/vms/{name}/latency       LatencySnapshot (realtime.latency_probe_us)
 ///     POST /v1/guests/shutdown          GuestsResult (every guest asked to shut down; answers at once)
 ///     POST /v1/guests/start             GuestsResult (every stopped autostart VM started)
+///     POST /v1/vms/{name}/snapshot      SnapshotResult (SnapshotOptions body, optional)
+///     POST /v1/vms/{name}/clone         CloneResult (CloneRequest body)
+///     GET  /v1/snapshots[?vm=NAME]      SnapshotList
+///     POST /v1/snapshots/restore        RestoredVM (RestoreRequest body)
 public struct APIRouter: Sendable {
     let control: any VMControl
     public static let maxBody = 1 << 20
@@ -80,6 +84,19 @@ public struct APIRouter: Sendable {
             case "start": return await run { () async throws(ControlError) in try await control.startGuests() }
             default: return Self.error(404, "no such action: \(rest[1]) (shutdown, start)")
             }
+        case 1 where rest[0] == "snapshots":
+            guard request.method == "GET" else { return Self.methodNotAllowed("GET") }
+            let vm = query["vm"].flatMap { $0.isEmpty ? nil : $0 }
+            if let vm, !ClonePlan.isValidName(vm) { return Self.error(400, "vm must be a VM name, got \"\(vm)\"") }
+            return await run { () async throws(ControlError) in try await control.snapshots(vm: vm) }
+        case 2 where rest[0] == "snapshots" && rest[1] == "restore":
+            guard request.method == "POST" else { return Self.methodNotAllowed("POST") }
+            guard let req = try? JSONDecoder().decode(RestoreRequest.self, from: Data(request.body)) else {
+                return Self.error(400, "body must be a JSON object {\"directory\": \"/absolute/snapshot/directory\", \"name\"?: \"NEW\"}")
+            }
+            if let problem = SnapshotDirectory.pathProblem(req.directory, field: "directory") { return Self.error(400, problem) }
+            if let name = req.name, !ClonePlan.isValidName(name) { return Self.error(400, "name must be a VM name (1–64 letters, digits, '-' and '_'), got \"\(name)\"") }
+            return await run { () async throws(ControlError) in try await control.restore(req) }
         case 2 where rest[0] == "vms":
             guard request.method == "GET" else { return Self.methodNotAllowed("GET") }
             return await run { () async throws(ControlError) in try await control.inspect(rest[1]) }
@@ -100,7 +117,25 @@ public struct APIRouter: Sendable {
             case "reboot": return await run { () async throws(ControlError) in try await control.reboot(name) }
             case "pause": return await run { () async throws(ControlError) in try await control.pause(name) }
             case "resume": return await run { () async throws(ControlError) in try await control.resume(name) }
-            default: return Self.error(404, "no such action: \(rest[2]) (start, stop, reboot, pause, resume)")
+            case "snapshot":
+                var options = SnapshotOptions()
+                if !request.body.isEmpty {
+                    guard let o = try? JSONDecoder().decode(SnapshotOptions.self, from: Data(request.body)) else {
+                        return Self.error(400, "body must be a JSON object {\"to\"?: \"/absolute/new/directory\", \"stop\"?: true|false}")
+                    }
+                    options = o
+                }
+                if let to = options.to, let problem = SnapshotDirectory.pathProblem(to, field: "to") { return Self.error(400, problem) }
+                return await run { () async throws(ControlError) in try await control.snapshot(name, options) }
+            case "clone":
+                guard let req = try? JSONDecoder().decode(CloneRequest.self, from: Data(request.body)) else {
+                    return Self.error(400, "body must be a JSON object {\"count\": 1…64, \"prefix\"?: \"P\", \"from\"?: \"/snapshot/directory\"}")
+                }
+                guard CloneRequest.countRange.contains(req.count) else { return Self.error(400, "count must be 1–64, got \(req.count)") }
+                if let from = req.from, let problem = SnapshotDirectory.pathProblem(from, field: "from") { return Self.error(400, problem) }
+                do throws(ControlError) { _ = try ClonePlan.names(origin: name, prefix: req.prefix, count: req.count) } catch { return Self.error(400, error.description) }
+                return await run { () async throws(ControlError) in try await control.clone(name, req) }
+            default: return Self.error(404, "no such action: \(rest[2]) (start, stop, reboot, pause, resume, snapshot, clone)")
             }
         default:
             return Self.error(404, "no such endpoint: \(path)")

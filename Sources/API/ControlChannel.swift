@@ -20,6 +20,10 @@ public enum ControlCall: Codable, Sendable, Equatable {
     case validate(ValidateRequest)
     case realtimeCheck(name: String?)
     case latency(name: String)
+    case snapshot(name: String, options: SnapshotOptions)
+    case snapshots(vm: String?)
+    case restore(RestoreRequest)
+    case clone(name: String, request: CloneRequest)
 }
 
 /// rtvisord's end: answers the front's calls with the real `VMControl` (the Supervisor). One
@@ -110,6 +114,10 @@ public enum ControlServer {
             case let .latency(name): return encoded(try await control.latency(name))
             case .shutdownGuests: return encoded(try await control.shutdownGuests())
             case .startGuests: return encoded(try await control.startGuests())
+            case let .snapshot(name, options): return encoded(try await control.snapshot(name, options))
+            case let .snapshots(vm): return encoded(try await control.snapshots(vm: vm))
+            case let .restore(request): return encoded(try await control.restore(request))
+            case let .clone(name, request): return encoded(try await control.clone(name, request))
             }
         } catch {
             switch error {
@@ -208,4 +216,12 @@ public final class RemoteVMControl: VMControl, Sendable {
     public func latency(_ name: String) async throws(ControlError) -> LatencySnapshot { try await call(.latency(name: name), as: LatencySnapshot.self) }
     public func shutdownGuests() async throws(ControlError) -> GuestsResult { try await call(.shutdownGuests, as: GuestsResult.self) }
     public func startGuests() async throws(ControlError) -> GuestsResult { try await call(.startGuests, as: GuestsResult.self) }
+    public func snapshot(_ name: String, _ options: SnapshotOptions) async throws(ControlError) -> SnapshotResult {
+        try await call(.snapshot(name: name, options: options), as: SnapshotResult.self)
+    }
+    public func snapshots(vm: String?) async throws(ControlError) -> SnapshotList { try await call(.snapshots(vm: vm), as: SnapshotList.self) }
+    public func restore(_ request: RestoreRequest) async throws(ControlError) -> RestoredVM { try await call(.restore(request), as: RestoredVM.self) }
+    public func clone(_ name: String, _ request: CloneRequest) async throws(ControlError) -> CloneResult {
+        try await call(.clone(name: name, request: request), as: CloneResult.self)
+    }
 }

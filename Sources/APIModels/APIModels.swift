@@ -188,6 +188,8 @@ public enum APIPaths {
     public static let defaultSocket = "/run/rtvisor/api.sock"
     public static let defaultRunDirectory = "/run/rtvisor"
     public static let defaultDefinitions = "/etc/rtvisor/vms"
+    /// Disk images, snapshots (`snapshots/NAME/TIMESTAMP/`) and clones' disks (`clones/NAME/`).
+    public static let defaultStateDirectory = "/var/lib/rtvisor"
 }
 
 /// `GET /v1/vms/{name}/rt-check`, `GET /v1/rt-check`: what the host offers a real-time VM's CPUs.

@@ -4,7 +4,10 @@
 #include <fcntl.h>
 #include <signal.h>
 #include <spawn.h>
+#include <stdlib.h>
 #include <string.h>
+#include <linux/fs.h>
+#include <sys/ioctl.h>
 #include <sys/mman.h>
 #include <sys/socket.h>
 #include <sys/syscall.h>
@@ -313,3 +316,71 @@ ssize_t cdaemon_recv_with_fd(int fd, void *buf, size_t len, int *passed_fd)
 			memcpy(passed_fd, CMSG_DATA(c), sizeof(int));
 	return r;
 }
+
+int cdaemon_ficlone(int dst, int src) { return ioctl(dst, FICLONE, src); }
+
+/* read/write, for file pairs copy_file_range refuses (across file systems before 5.3, or of
+ * different types since 5.19). */
+static int copy_range_by_hand(int src, int dst, int64_t offset, int64_t left)
+{
+	enum { chunk = 1 << 20 };
+	char *buf = malloc(chunk);
+
+	if (!buf)
+		return -1;
+	while (left > 0) {
+		ssize_t n = pread(src, buf, left < chunk ? (size_t)left : chunk, offset);
+
+		if (n < 0 && errno == EINTR)
+			continue;
+		if (n <= 0) {
+			if (n == 0)
+				errno = EIO;
+			free(buf);
+			return -1;
+		}
+		for (ssize_t done = 0; done < n;) {
+			ssize_t w = pwrite(dst, buf + done, (size_t)(n - done), offset + done);
+
+			if (w < 0 && errno == EINTR)
+				continue;
+			if (w < 0) {
+				free(buf);
+				return -1;
+			}
+			done += w;
+		}
+		offset += n;
+		left -= n;
+	}
+	free(buf);
+	return 0;
+}
+
+int cdaemon_copy_range(int src, int dst, int64_t offset, int64_t length)
+{
+	loff_t in = offset, out = offset;
+	int64_t left = length;
+
+	while (left > 0) {
+		ssize_t n = copy_file_range(src, &in, dst, &out, (size_t)left, 0);
+
+		if (n < 0) {
+			if (errno == EINTR)
+				continue;
+			if (errno == EXDEV || errno == EINVAL || errno == ENOSYS || errno == EOPNOTSUPP)
+				return copy_range_by_hand(src, dst, (int64_t)in, left);
+			return -1;
+		}
+		if (n == 0) {
+			/* The source ended early (shrunk meanwhile). */
+			errno = EIO;
+			return -1;
+		}
+		left -= n;
+	}
+	return 0;
+}
+
+int64_t cdaemon_seek_data(int fd, int64_t offset) { return lseek(fd, offset, SEEK_DATA); }
+int64_t cdaemon_seek_hole(int fd, int64_t offset) { return lseek(fd, offset, SEEK_HOLE); }

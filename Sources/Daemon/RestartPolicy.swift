@@ -15,6 +15,10 @@ public enum ExitOutcome: Equatable, Sendable, CustomStringConvertible {
     public var isGuestReboot: Bool { self == .exited(VMMExitStatus.guestReset.code) }
     /// The guest powered off.
     public var isPowerOff: Bool { self == .exited(VMMExitStatus.guestPoweredOff.code) }
+    /// The VMM saved the VM to a snapshot and stopped, as asked (`rtvisorctl snapshot --stop`).
+    public var isSavedAndStopped: Bool { self == .exited(VMMExitStatus.savedAndStopped.code) }
+    /// Ended as someone meant it to: not a failure, whatever the policy.
+    public var isDeliberateStop: Bool { isPowerOff || isSavedAndStopped }
 
     public var description: String {
         switch self {
@@ -41,6 +45,8 @@ public enum RestartDecision: Equatable, Sendable {
 ///   a real machine's reset; it does not count as a failure. At once, unless the guest reboots in a
 ///   loop: then `RebootThrottle` delays it.
 /// - A power-off (`guestPoweredOff`) is restarted only under `always`.
+/// - A VM saved to a snapshot and stopped on request (`savedAndStopped`) stays stopped under every
+///   policy: the stop was asked for, like `rtvisorctl stop`.
 /// - Anything else is a failure: restarted under `on-failure` and `always`, with exponential
 ///   backoff (`backoff_ms`, doubling, capped at `backoff_max_ms`); more than `limit` automatic
 ///   restarts within `window_s` and the VM is left failed.
@@ -70,6 +76,7 @@ public struct RestartTracker: Equatable, Sendable {
             let (delayMs, reason) = reboots.decide(now: now)
             return .restart(delayMs: delayMs, reason: reason)
         }
+        if outcome.isSavedAndStopped { return .stay(reason: "saved to a snapshot and stopped on request") }
         let failed = !outcome.isPowerOff
         switch (settings.policy, failed) {
         case (.no, false), (.onFailure, false):

@@ -1,19 +1,28 @@
+import APIModels
 import Foundation
 import Posix
 import VMMInterface
 
 /// Where the daemon keeps things. `/run/rtvisor/vms/NAME/` holds, per VM: `definition.json`
 /// (the exact bytes the VMM runs), `state.json` (pid and start time, for re-adoption),
-/// `console.sock` (owned by the VMM) and `exit-status` (written by the VMM when it ends).
+/// `console.sock` and `control.sock` (owned by the VMM) and `exit-status` (written by the VMM
+/// when it ends). `/var/lib/rtvisor` (`state`) holds snapshots and clones' disks.
 public struct DaemonPaths: Sendable {
     public var definitions: String
     public var run: String
     public var vmm: String
     public var apiSocket: String
+    public var state: String
 
-    public init(definitions: String, run: String, vmm: String, apiSocket: String) {
-        self.definitions = definitions; self.run = run; self.vmm = vmm; self.apiSocket = apiSocket
+    public init(definitions: String, run: String, vmm: String, apiSocket: String, state: String = APIPaths.defaultStateDirectory) {
+        self.definitions = definitions; self.run = run; self.vmm = vmm; self.apiSocket = apiSocket; self.state = state
     }
+
+    /// `snapshots/NAME/TIMESTAMP/`: where `rtvisorctl snapshot` writes by default and what
+    /// `rtvisorctl snapshots` lists.
+    public var snapshots: String { state + "/snapshots" }
+    /// `clones/NAME/`: a clone's copies of its origin's writable disks.
+    public var clones: String { state + "/clones" }
 
     public var vmsDirectory: String { run + "/vms" }
     public func vmDirectory(_ name: String) -> String { vmsDirectory + "/" + name }
@@ -21,6 +30,8 @@ public struct DaemonPaths: Sendable {
     public func stateFile(_ name: String) -> String { vmDirectory(name) + "/state.json" }
     public func consoleSocket(_ name: String) -> String { vmDirectory(name) + "/console.sock" }
     public func statusFile(_ name: String) -> String { vmDirectory(name) + "/exit-status" }
+    /// The VMM's control socket (`VMMControl`: pause, resume, snapshot), mode 0600.
+    public func controlSocket(_ name: String) -> String { vmDirectory(name) + "/control.sock" }
     /// A real-time VM's wake-up latency histogram, written by its VMM.
     public func latencyFile(_ name: String) -> String { vmDirectory(name) + "/latency.json" }
 
@@ -29,7 +40,9 @@ public struct DaemonPaths: Sendable {
     /// exit report and (with a latency probe) the latency file in the VM's run directory.
     /// A real-time VM's VMM leaves its partition for the next one when the guest resets: the
     /// lifecycle either starts that VMM or undoes the partition (`VMLifecycle.keptPartition`).
-    public func vmmLaunch(_ name: String, baseDirectory: String, cgroup: String?, latencyProbe: Bool, realtime: Bool = false) -> VMMLaunch {
+    /// Every VMM serves its control socket; one started for a restore resumes the snapshot.
+    public func vmmLaunch(_ name: String, baseDirectory: String, cgroup: String?, latencyProbe: Bool, realtime: Bool = false,
+                          restore: RestoreSource? = nil) -> VMMLaunch {
         var launch = VMMLaunch(definition: definitionCopy(name))
         launch.baseDirectory = baseDirectory
         launch.consoleInput = false
@@ -40,6 +53,11 @@ public struct DaemonPaths: Sendable {
         launch.cgroup = cgroup
         if latencyProbe { launch.latencyFile = latencyFile(name) }
         launch.keepRealtimePartitionOnReset = realtime
+        launch.controlSocket = controlSocket(name)
+        if let restore {
+            launch.restore = restore.directory
+            launch.restoreMemory = restore.memory
+        }
         return launch
     }
 }

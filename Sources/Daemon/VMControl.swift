@@ -24,6 +24,14 @@ public protocol VMControl: Sendable {
     func shutdownGuests() async throws(ControlError) -> GuestsResult
     /// Starts every autostart VM that is stopped (rtvisor-guests.service's start).
     func startGuests() async throws(ControlError) -> GuestsResult
+    /// Saves a running VM into a new snapshot directory (docs/snapshot.md); it runs on, or stops.
+    func snapshot(_ name: String, _ options: SnapshotOptions) async throws(ControlError) -> SnapshotResult
+    /// The snapshots under the daemon's snapshot directory, of one VM or all.
+    func snapshots(vm: String?) async throws(ControlError) -> SnapshotList
+    /// Installs a snapshot's VM (renamed, if asked) as a defined VM and resumes it.
+    func restore(_ request: RestoreRequest) async throws(ControlError) -> RestoredVM
+    /// N running copies of a VM (snapshotted first) or of a snapshot.
+    func clone(_ name: String, _ request: CloneRequest) async throws(ControlError) -> CloneResult
 }
 
 public enum ControlError: Error, Equatable, Sendable, CustomStringConvertible {

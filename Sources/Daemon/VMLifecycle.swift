@@ -56,6 +56,11 @@ public struct VMLifecycle: Equatable, Sendable {
     /// effect undoes it: a stop, a start by hand, a removal, the daemon leaving, a failed spawn, or a
     /// definition change (the new VMM builds its own). Its CPUs stay reserved meanwhile.
     public private(set) var keptPartition: VMDefinition?
+    /// The VMM spawned to resume a snapshot, until it answers on its control socket
+    /// (`restoreConfirmed`). If it ends before, it refused the snapshot (wrong memory size,
+    /// corrupt state, another host's CPUID…): the VM is left failed with the VMM's reason, never
+    /// restarted (a restart would boot it, which nobody asked for).
+    public private(set) var restoring: RestoringVMM?
 
     public init(name: String, definition: VMDefinition, since: Double, daemonLeaving: Bool = false) {
         self.name = name
@@ -91,6 +96,12 @@ public struct VMLifecycle: Equatable, Sendable {
             guard phase == .stopped else { return [] }
             return beginSpawn(addedByReload ? .addedByReload : .autostart)
         case .startRequested: return start()
+        case let .restoreRequested(source): return restore(source)
+        case let .restoreConfirmed(pid):
+            guard let r = restoring, r.pid == pid, process?.pid == pid else { return [] }
+            restoring = nil
+            return [.journal(.init(.vmRestored, .notice, "VM \(name) resumed from snapshot \(r.source.directory) (rtvisor-vmm PID \(pid))",
+                                   pid: pid, state: stateName, extra: ["SNAPSHOT_DIRECTORY": r.source.directory]))]
         case let .stopRequested(force): return stop(force: force)
         case .rebootRequested: return reboot()
         case .pauseRequested:
@@ -201,6 +212,19 @@ public struct VMLifecycle: Equatable, Sendable {
         }
     }
 
+    /// Like a start by hand, but the VMM resumes `source` (the definition in force is the one the
+    /// restore or clone installed).
+    private mutating func restore(_ source: RestoreSource) -> [VMEffect] {
+        switch phase {
+        case .running, .paused, .stopping, .starting, .restarting:
+            return refuse(.conflict("VM \(name) is \(stateName.rawValue)"))
+        case .stopped, .failed:
+            tracker.reset()
+            generation += 1
+            return beginSpawn(.restoreRequested(source))
+        }
+    }
+
     private mutating func stop(force: Bool) -> [VMEffect] {
         switch phase {
         case let .running(p), let .paused(p):
@@ -300,6 +324,10 @@ public struct VMLifecycle: Equatable, Sendable {
         if p.definition.realtime != nil { effects.append(.applyHousekeepingAffinity) }
         effects.append(.publishStatus)
         if reason == .startRequested { effects.append(reply("start", "started, PID \(p.pid)")) }
+        if case let .restoreRequested(source) = reason {
+            restoring = RestoringVMM(pid: p.pid, source: source)
+            effects.append(reply("restore", "restoring from \(source.directory), PID \(p.pid)"))
+        }
         return effects
     }
 
@@ -311,7 +339,7 @@ public struct VMLifecycle: Equatable, Sendable {
             .journal(.init(.vmFailed, .error, "VM \(name) could not be started: \(reason)", state: .failed, exitReason: reason)),
             .publishStatus,
         ]
-        if why == .startRequested { effects.append(.reply(.failure(.failed(reason)))) }
+        if why.isRequest { effects.append(.reply(.failure(.failed(reason)))) }
         return effects
     }
 
@@ -348,6 +376,8 @@ public struct VMLifecycle: Equatable, Sendable {
         let pid = p.pid
         let exitText = "\(outcome): \(reason)"
         var effects: [VMEffect] = [.removeRuntimeFiles]
+        let refusedRestore = restoring.flatMap { $0.pid == p.pid ? $0.source : nil }
+        restoring = nil
         // A real-time VMM whose guest reset left its partition in place (rtvisord starts it with
         // --keep-realtime-partition-on-reset): it is kept for the VMM this reboot starts. In every
         // other case the partition is undone here: a VMM that stopped undid it already (this
@@ -368,6 +398,11 @@ public struct VMLifecycle: Equatable, Sendable {
             restarts += 1
             effects.append(.journal(.init(.vmStopped, .notice, "VM \(name) rebooting on request: \(exitText)", pid: pid, state: .running, exitReason: reason)))
             effects += beginSpawn(.rebootRequested)
+        case nil where refusedRestore != nil:
+            // The snapshot was never resumed: nothing ran that a restart could bring back.
+            phase = .failed
+            effects.append(.journal(.init(.vmFailed, .error, "VM \(name) could not be restored from \(refusedRestore!.directory): \(exitText)",
+                                          pid: pid, state: .failed, exitReason: reason)))
         case nil where daemonLeaving:
             effects.append(.journal(.init(.vmStopped, .notice, "VM \(name) ended during daemon shutdown: \(exitText)", pid: pid, state: .stopped,
                                           exitReason: reason)))
@@ -397,7 +432,7 @@ public struct VMLifecycle: Equatable, Sendable {
                     ]
                 }
             case let .stay(why):
-                let failed = !outcome.isPowerOff
+                let failed = !outcome.isDeliberateStop
                 phase = failed ? .failed : .stopped
                 effects.append(.journal(.init(failed ? .vmFailed : .vmStopped, failed ? .error : .notice,
                                               "VM \(name) \(failed ? "failed" : "stopped"): \(exitText) (\(why))",

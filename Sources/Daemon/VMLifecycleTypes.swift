@@ -33,6 +33,22 @@ public enum StopIntent: Equatable, Sendable {
     case remove
 }
 
+/// A snapshot a VMM is started to resume (`rtvisor-vmm --restore DIR`), and how it gets the
+/// guest's memory (clones map it, sharing the page cache).
+public struct RestoreSource: Equatable, Sendable, CustomStringConvertible {
+    public var directory: String
+    public var memory: RestoreMemoryMode
+    public init(directory: String, memory: RestoreMemoryMode = .copy) { self.directory = directory; self.memory = memory }
+    public var description: String { memory == .map ? "\(directory), memory mapped copy-on-write" : directory }
+}
+
+/// A VMM started to resume a snapshot, not yet confirmed (`VMLifecycle.restoring`).
+public struct RestoringVMM: Equatable, Sendable {
+    public var pid: pid_t
+    public var source: RestoreSource
+    public init(pid: pid_t, source: RestoreSource) { self.pid = pid; self.source = source }
+}
+
 /// Why a VMM is spawned; its text appears in "VM NAME started (…)".
 public enum SpawnReason: Equatable, Sendable, CustomStringConvertible {
     case autostart
@@ -41,6 +57,16 @@ public enum SpawnReason: Equatable, Sendable, CustomStringConvertible {
     case rebootRequested
     case guestReboot
     case restartPolicy(RestartPolicyKind)
+    /// Restore or clone by API request: the VMM resumes a snapshot instead of booting.
+    case restoreRequested(RestoreSource)
+
+    /// The reason answers an API request (its spawn's result is the reply).
+    var isRequest: Bool {
+        switch self {
+        case .startRequested, .restoreRequested: true
+        default: false
+        }
+    }
 
     public var description: String {
         switch self {
@@ -50,6 +76,7 @@ public enum SpawnReason: Equatable, Sendable, CustomStringConvertible {
         case .rebootRequested: "reboot requested"
         case .guestReboot: "guest reboot"
         case let .restartPolicy(policy): "restart policy \"\(policy.rawValue)\""
+        case let .restoreRequested(source): "restoring snapshot \(source)"
         }
     }
 }
@@ -119,6 +146,8 @@ public enum VMEvent: Equatable, Sendable {
     case startRequested
     case stopRequested(force: Bool)
     case rebootRequested
+    /// Start the VM from a snapshot (restore, clone): its VMM resumes it instead of booting.
+    case restoreRequested(RestoreSource)
     case pauseRequested
     case resumeRequested
     /// A reload changed the VM's daemon settings only: they apply at once.
@@ -143,6 +172,8 @@ public enum VMEvent: Equatable, Sendable {
     case freezeFailed(pid: pid_t, error: String)
     case thawed(pid: pid_t)
     case thawFailed(pid: pid_t, error: String)
+    /// The VMM started for a restore answered on its control socket: the snapshot is resumed.
+    case restoreConfirmed(pid: pid_t)
 
     // The outside world.
     /// A watched VMM ended. `statusFile` is what it wrote at exit, if anything.

@@ -24,6 +24,12 @@ public enum LifecycleEvent: String, CaseIterable, Sendable {
     case guestsShutdown = "guests-shutdown"
     /// The autostart VMs that were stopped started on request (`rtvisorctl start-guests`: rtvisor-guests.service starting).
     case guestsStarted = "guests-started"
+    /// A VM saved to a snapshot directory (`SNAPSHOT_DIRECTORY`; docs/snapshot.md).
+    case vmSnapshotSaved = "vm-snapshot-saved"
+    /// A VM resumed from a snapshot by a restore or a clone (`SNAPSHOT_DIRECTORY`).
+    case vmRestored = "vm-restored"
+    /// Clones made of a VM or snapshot (`VM_CLONES`, `SNAPSHOT_DIRECTORY`).
+    case vmCloned = "vm-cloned"
 
     public var messageID: String {
         switch self {
@@ -45,6 +51,9 @@ public enum LifecycleEvent: String, CaseIterable, Sendable {
         case .vmRealtimeReleased: "bc0fa290b0234b34bebec63aafed23b3"
         case .guestsShutdown: "8b850b145a4847dea6565c90b3e29e69"
         case .guestsStarted: "5d8cb222db914bb4b502ede1205937df"
+        case .vmSnapshotSaved: "f7f7f27472394bf4ba3b86228b48f7e9"
+        case .vmRestored: "15b5a400f86f4d90bfe7ea2e7f7fbf92"
+        case .vmCloned: "0d672b2f66f64813a6942182239043dc"
         }
     }
 }

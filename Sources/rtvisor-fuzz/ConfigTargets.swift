@@ -80,6 +80,21 @@ final class FuzzControl: VMControl {
     func startGuests() -> GuestsResult {
         GuestsResult(vms: [ActionResult(name: "db", action: "start", state: .running, message: "start")], waitSeconds: 0)
     }
+    func snapshot(_ name: String, _ options: SnapshotOptions) throws(ControlError) -> SnapshotResult {
+        _ = try act("snapshot", name, requires: .running, to: .running)
+        return SnapshotResult(name: name, snapshot: SnapshotInfo(directory: options.to ?? "/var/lib/rtvisor/snapshots/\(name)/x"), stateBytes: 1,
+                              memoryDataBytes: 0, pausedMilliseconds: 1, state: options.stop == true ? .stopped : .running)
+    }
+    func snapshots(vm: String?) -> SnapshotList { SnapshotList(root: "/var/lib/rtvisor/snapshots", snapshots: []) }
+    func restore(_ request: RestoreRequest) throws(ControlError) -> RestoredVM {
+        let name = request.name ?? "restored"
+        guard vms[name] == nil else { throw .conflict("VM \(name) is \(vms[name]!.rawValue)") }
+        return RestoredVM(name: name, pid: 43, definitionFile: "/etc/rtvisor/vms/\(name).json", directory: request.directory, message: "resumed")
+    }
+    func clone(_ name: String, _ request: CloneRequest) throws(ControlError) -> CloneResult {
+        guard vms[name] == .running || request.from != nil else { throw .conflict("VM \(name) is not running") }
+        return CloneResult(origin: name, snapshot: request.from ?? "/s", clones: [])
+    }
 }
 
 let router = APIRouter(control: FuzzControl())

@@ -15,10 +15,11 @@ import Glibc
 struct Rtvisorctl: ParsableCommand {
     static let configuration = CommandConfiguration(
         commandName: "rtvisorctl",
-        abstract: "Control rtvisord: list, inspect, start, stop, reboot, pause, resume, validate VMs; attach to a console; shut every guest down.",
+        abstract: "Control rtvisord: list, inspect, start, stop, reboot, pause, resume, validate VMs; snapshot, restore and clone them; attach to a console; shut every guest down.",
         discussion: "Talks HTTP/JSON to rtvisord's socket (docs/api.yaml). Shell completion: rtvisorctl --generate-completion-script bash|zsh|fish.",
         subcommands: [List.self, Inspect.self, Start.self, Stop.self, Reboot.self, Pause.self, Resume.self, RtCheck.self, Latency.self,
-                      Validate.self, Reload.self, Console.self, Info.self, ShutdownGuests.self, StartGuests.self])
+                      Validate.self, Reload.self, Console.self, Info.self, ShutdownGuests.self, StartGuests.self,
+                      Snapshot.self, Snapshots.self, Restore.self, Clone.self])
 }
 
 struct CommonOptions: ParsableArguments {
@@ -32,8 +33,9 @@ struct CommonOptions: ParsableArguments {
 
     /// Sends the request; prints JSON or hands the decoded value to `human`. Non-2xx: the
     /// error message on stderr and exit status 1.
-    func call<T: Decodable>(_ method: String, _ target: String, body: [UInt8]? = nil, as: T.Type, human: (T) -> Void) throws {
-        let (value, text) = try fetch(method, target, body: body, as: T.self)
+    func call<T: Decodable>(_ method: String, _ target: String, body: [UInt8]? = nil, as: T.Type, timeoutSeconds: Int = 30,
+                            human: (T) -> Void) throws {
+        let (value, text) = try fetch(method, target, body: body, as: T.self, timeoutSeconds: timeoutSeconds)
         if json { print(text, terminator: text.hasSuffix("\n") ? "" : "\n"); return }
         human(value)
     }
@@ -41,8 +43,10 @@ struct CommonOptions: ParsableArguments {
     /// Sends the request and decodes the answer; returns it with its JSON text. Unreachable
     /// daemon: exit status 2; non-2xx or an undecodable answer: the message on stderr (and the
     /// JSON on stdout with --json) and exit status 1.
-    func fetch<T: Decodable>(_ method: String, _ target: String, body: [UInt8]? = nil, as: T.Type) throws -> (T, String) {
+    func fetch<T: Decodable>(_ method: String, _ target: String, body: [UInt8]? = nil, as: T.Type, timeoutSeconds: Int = 30) throws -> (T, String) {
         let r: UnixHTTPClient.Response
+        var client = self.client
+        client.timeoutSeconds = timeoutSeconds
         do { r = try client.request(method, target, body: body) } catch {
             writeErr("rtvisorctl: \(error)\n")
             throw ExitCode(2)

@@ -32,6 +32,9 @@ struct Rtvisord: ParsableCommand {
     @Option(help: "Runtime state directory (per-VM state files, console sockets).")
     var runDirectory = APIPaths.defaultRunDirectory
 
+    @Option(help: "Persistent state: snapshots (STATE-DIRECTORY/snapshots) and clones' disks (STATE-DIRECTORY/clones).")
+    var stateDirectory = APIPaths.defaultStateDirectory
+
     @Option(help: "Control API socket (default: RUN-DIRECTORY/api.sock).")
     var apiSocket: String?
 
@@ -71,7 +74,7 @@ struct Rtvisord: ParsableCommand {
         let logger = Logger(label: "rtvisord")
         let notifier = SystemdNotifier(environment: ProcessInfo.processInfo.environment)
         let paths = DaemonPaths(definitions: definitions, run: runDirectory, vmm: vmm ?? Self.defaultVMM(),
-                                apiSocket: apiSocket ?? runDirectory + "/api.sock")
+                                apiSocket: apiSocket ?? runDirectory + "/api.sock", state: stateDirectory)
         let supervisor = Supervisor(paths: paths, logger: logger, version: Self.version, accessGroup: apiGroup) { status in
             notifier.notify(.status(status))
         }

@@ -74,6 +74,34 @@ actor FakeControl: VMControl {
         for name in stopped { vms[name] = .running }
         return GuestsResult(vms: stopped.map { ActionResult(name: $0, action: "start", state: .running, message: "started") }, waitSeconds: 0)
     }
+    func snapshot(_ name: String, _ options: SnapshotOptions) throws(ControlError) -> SnapshotResult {
+        calls.append("snapshot \(name) to=\(options.to ?? "-") stop=\(options.stop ?? false)")
+        guard let s = vms[name] else { throw .notFound("no VM named \"\(name)\"") }
+        guard s == .running else { throw .conflict("VM \(name) is \(s.rawValue), not running") }
+        if options.stop == true { vms[name] = .stopped }
+        return SnapshotResult(name: name, snapshot: SnapshotInfo(directory: options.to ?? "/var/lib/rtvisor/snapshots/\(name)/20261206T021500Z", vm: name,
+                                                                 vcpus: 1, memoryMiB: 32, bytesOnDisk: 4096, apparentBytes: 32 << 20),
+                              stateBytes: 9000, memoryDataBytes: 4096, pausedMilliseconds: 3, state: vms[name]!)
+    }
+    func snapshots(vm: String?) -> SnapshotList {
+        calls.append("snapshots \(vm ?? "*")")
+        return SnapshotList(root: "/var/lib/rtvisor/snapshots", snapshots: [
+            SnapshotInfo(directory: "/var/lib/rtvisor/snapshots/web/1", vm: "web", createdAt: 1, vcpus: 1, memoryMiB: 32, bytesOnDisk: 8192, apparentBytes: 1 << 25),
+            SnapshotInfo(directory: "/var/lib/rtvisor/snapshots/web/2", bytesOnDisk: 0, apparentBytes: 0, error: "state: checksum mismatch"),
+        ].filter { vm == nil || $0.directory.contains("/\(vm!)/") })
+    }
+    func restore(_ request: RestoreRequest) throws(ControlError) -> RestoredVM {
+        let name = request.name ?? "web"
+        calls.append("restore \(request.directory) as \(name)")
+        if let s = vms[name], s == .running { throw .conflict("VM \(name) is running") }
+        vms[name] = .running
+        return RestoredVM(name: name, pid: 43, definitionFile: "/etc/rtvisor/vms/\(name).json", directory: request.directory, message: "resumed")
+    }
+    func clone(_ name: String, _ request: CloneRequest) throws(ControlError) -> CloneResult {
+        calls.append("clone \(name) count=\(request.count) prefix=\(request.prefix ?? "-") from=\(request.from ?? "-")")
+        guard vms[name] != nil else { throw .notFound("no VM named \"\(name)\"") }
+        return CloneResult(origin: name, snapshot: request.from ?? "/s", clones: [])
+    }
 }
 
 func decode<T: Decodable>(_ type: T.Type, _ r: APIResponse) throws -> T { try JSONDecoder().decode(T.self, from: Data(r.body)) }
@@ -238,15 +266,84 @@ extension FakeControl {
         let documented = Set(yaml.split(separator: "\n").filter { $0.hasPrefix("  /v1/") }.map { String($0.dropFirst(2).dropLast()) })
         let routes: Set<String> = ["/v1/daemon", "/v1/vms", "/v1/vms/{name}", "/v1/vms/{name}/start", "/v1/vms/{name}/stop",
                                    "/v1/vms/{name}/reboot", "/v1/vms/{name}/pause", "/v1/vms/{name}/resume", "/v1/validate", "/v1/reload",
-                                   "/v1/rt-check", "/v1/vms/{name}/rt-check", "/v1/vms/{name}/latency", "/v1/guests/shutdown", "/v1/guests/start"]
+                                   "/v1/rt-check", "/v1/vms/{name}/rt-check", "/v1/vms/{name}/latency", "/v1/guests/shutdown", "/v1/guests/start",
+                                   "/v1/vms/{name}/snapshot", "/v1/vms/{name}/clone", "/v1/snapshots", "/v1/snapshots/restore"]
         #expect(documented == routes)
         // And the router answers each of them (not 404).
         let router = APIRouter(control: FakeControl())
         for route in routes {
             let path = route.replacingOccurrences(of: "{name}", with: "web")
-            let method = ["/v1/daemon", "/v1/vms", "/v1/vms/web", "/v1/rt-check", "/v1/vms/web/rt-check", "/v1/vms/web/latency"].contains(path) ? "GET" : "POST"
-            let body: [UInt8] = path == "/v1/validate" ? Array("{\"definition\": \"{}\"}".utf8) : []
+            let method = ["/v1/daemon", "/v1/vms", "/v1/vms/web", "/v1/rt-check", "/v1/vms/web/rt-check", "/v1/vms/web/latency", "/v1/snapshots"].contains(path) ? "GET" : "POST"
+            let bodies = ["/v1/validate": "{\"definition\": \"{}\"}", "/v1/vms/web/clone": "{\"count\": 1}", "/v1/snapshots/restore": "{\"directory\": \"/s\", \"name\": \"new\"}"]
+            let body = Array((bodies[path] ?? "").utf8)
             #expect(await router.handle(APIRequest(method: method, target: path, body: body)).status != 404, "\(method) \(path)")
         }
+    }
+
+    @Test func snapshotRoute() async throws {
+        let fake = FakeControl()
+        let router = APIRouter(control: fake)
+        let plain = await router.handle(APIRequest(method: "POST", target: "/v1/vms/web/snapshot"))
+        #expect(plain.status == 200)
+        let result = try decode(SnapshotResult.self, plain)
+        #expect(result.state == .running && result.snapshot.directory == "/var/lib/rtvisor/snapshots/web/20261206T021500Z")
+        #expect(plain.text.contains("\"paused_ms\":3") && plain.text.contains("\"bytes_on_disk\":4096") && plain.text.contains("\"memory_data_bytes\":4096"))
+        let stopped = await router.handle(APIRequest(method: "POST", target: "/v1/vms/web/snapshot", body: Array(#"{"to": "/srv/snap/one", "stop": true}"#.utf8)))
+        #expect(try decode(SnapshotResult.self, stopped).state == .stopped)
+        // Not running any more: the fake's conflict, as 409.
+        #expect(await router.handle(APIRequest(method: "POST", target: "/v1/vms/web/snapshot")).status == 409)
+        #expect(await router.handle(APIRequest(method: "POST", target: "/v1/vms/ghost/snapshot")).status == 404)
+        // Bad bodies never reach the daemon.
+        let relative = await router.handle(APIRequest(method: "POST", target: "/v1/vms/web/snapshot", body: Array(#"{"to": "snap"}"#.utf8)))
+        let relativeError = try decode(APIErrorBody.self, relative).error
+        #expect(relative.status == 400 && relativeError == "to must be an absolute path, got \"snap\"")
+        #expect(await router.handle(APIRequest(method: "POST", target: "/v1/vms/web/snapshot", body: Array("[1]".utf8))).status == 400)
+        #expect(await router.handle(APIRequest(method: "GET", target: "/v1/vms/web/snapshot")).status == 405)
+        #expect(await fake.calls == ["snapshot web to=- stop=false", "snapshot web to=/srv/snap/one stop=true", "snapshot web to=- stop=false", "snapshot ghost to=- stop=false"])
+    }
+
+    @Test func snapshotListRoute() async throws {
+        let fake = FakeControl()
+        let router = APIRouter(control: fake)
+        let all = await router.handle(APIRequest(method: "GET", target: "/v1/snapshots"))
+        #expect(all.status == 200)
+        let list = try decode(SnapshotList.self, all)
+        #expect(list.snapshots.count == 2 && list.snapshots[1].error == "state: checksum mismatch" && list.snapshots[1].vm == nil)
+        #expect(all.text.contains("\"apparent_bytes\":33554432") && all.text.contains("\"memory_mib\":32"))
+        #expect(await router.handle(APIRequest(method: "GET", target: "/v1/snapshots?vm=web")).status == 200)
+        #expect(await router.handle(APIRequest(method: "GET", target: "/v1/snapshots?vm=../etc")).status == 400)
+        #expect(await router.handle(APIRequest(method: "POST", target: "/v1/snapshots")).status == 405)
+        #expect(await fake.calls == ["snapshots *", "snapshots web"])
+    }
+
+    @Test func restoreRoute() async throws {
+        let fake = FakeControl()
+        let router = APIRouter(control: fake)
+        let ok = await router.handle(APIRequest(method: "POST", target: "/v1/snapshots/restore", body: Array(#"{"directory": "/s/one", "name": "copy"}"#.utf8)))
+        #expect(ok.status == 200)
+        #expect(try decode(RestoredVM.self, ok) == RestoredVM(name: "copy", pid: 43, definitionFile: "/etc/rtvisor/vms/copy.json", directory: "/s/one", message: "resumed"))
+        #expect(ok.text.contains("\"definition_file\""))
+        // "web" is running: 409.
+        #expect(await router.handle(APIRequest(method: "POST", target: "/v1/snapshots/restore", body: Array(#"{"directory": "/s/one"}"#.utf8))).status == 409)
+        for bad in [#"{"directory": "s/one"}"#, #"{"directory": "/s/../etc"}"#, #"{"directory": "/s", "name": "a b"}"#, #"{"name": "x"}"#, ""] {
+            #expect(await router.handle(APIRequest(method: "POST", target: "/v1/snapshots/restore", body: Array(bad.utf8))).status == 400, "\(bad)")
+        }
+        #expect(await router.handle(APIRequest(method: "GET", target: "/v1/snapshots/restore")).status == 405)
+        #expect(await fake.calls == ["restore /s/one as copy", "restore /s/one as web"])
+    }
+
+    @Test func cloneRoute() async throws {
+        let fake = FakeControl()
+        let router = APIRouter(control: fake)
+        let ok = await router.handle(APIRequest(method: "POST", target: "/v1/vms/web/clone", body: Array(#"{"count": 2, "prefix": "w"}"#.utf8)))
+        let cloned = try decode(CloneResult.self, ok)
+        #expect(ok.status == 200 && cloned.origin == "web")
+        #expect(await router.handle(APIRequest(method: "POST", target: "/v1/vms/web/clone", body: Array(#"{"count": 1, "from": "/s/one"}"#.utf8))).status == 200)
+        #expect(await router.handle(APIRequest(method: "POST", target: "/v1/vms/ghost/clone", body: Array(#"{"count": 1}"#.utf8))).status == 404)
+        for bad in [#"{"count": 0}"#, #"{"count": 65}"#, #"{"count": 1, "prefix": "a b"}"#, #"{"count": 1, "from": "rel"}"#, #"{"prefix": "w"}"#, ""] {
+            let r = await router.handle(APIRequest(method: "POST", target: "/v1/vms/web/clone", body: Array(bad.utf8)))
+            #expect(r.status == 400, "\(bad): \(r.text)")
+        }
+        #expect(await fake.calls == ["clone web count=2 prefix=w from=-", "clone web count=1 prefix=- from=/s/one", "clone ghost count=1 prefix=- from=-"])
     }
 }

@@ -197,4 +197,8 @@ struct SlowControl: VMControl {
     func latency(_ name: String) async throws(ControlError) -> LatencySnapshot { throw .failed("no") }
     func shutdownGuests() async throws(ControlError) -> GuestsResult { throw .failed("no") }
     func startGuests() async throws(ControlError) -> GuestsResult { throw .failed("no") }
+    func snapshot(_ name: String, _ options: SnapshotOptions) async throws(ControlError) -> SnapshotResult { throw .failed("no") }
+    func snapshots(vm: String?) async throws(ControlError) -> SnapshotList { throw .failed("no") }
+    func restore(_ request: RestoreRequest) async throws(ControlError) -> RestoredVM { throw .failed("no") }
+    func clone(_ name: String, _ request: CloneRequest) async throws(ControlError) -> CloneResult { throw .failed("no") }
 }

@@ -120,6 +120,9 @@ api = {
     "validate": P + b"/v1/validate\n" + valid,
     "validate-bad": P + b"/v1/validate\n" + json.dumps({"definition": "{\"name\": 1}", "base_directory": "/tmp"}).encode(),
     "wrong-method": b"\x05PATCH /v1/vms\n", "unknown-action": P + b"/v1/vms/web/explode",
+    "snapshot": P + b"/v1/vms/web/snapshot\n{\"to\": \"/srv/snap/one\", \"stop\": true}", "snapshots": G + b"/v1/snapshots?vm=web",
+    "restore": P + b"/v1/snapshots/restore\n{\"directory\": \"/srv/snap/one\", \"name\": \"copy\"}",
+    "clone": P + b"/v1/vms/web/clone\n{\"count\": 3, \"prefix\": \"w\", \"from\": \"/srv/snap/one\"}",
 }
 for name, data in api.items():
     write("api", name, data)

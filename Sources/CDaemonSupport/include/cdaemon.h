@@ -68,4 +68,15 @@ int cdaemon_accept(int fd);
 // systemd's notify protocols, for tests.
 int cdaemon_bind_datagram(const char *path);
 ssize_t cdaemon_recv_with_fd(int fd, void *buf, size_t len, int *passed_fd);
+
+// Disk copies for clones (docs/snapshot.md, "Clones"). ioctl(dst, FICLONE, src): `dst` shares
+// all of `src`'s extents (copy on write); 0, or -1/errno (EOPNOTSUPP, EXDEV, EINVAL where the
+// file system cannot). copy_file_range of [offset, offset + length) at the same offset in both
+// files, looping until done; 0, or -1/errno.
+int cdaemon_ficlone(int dst, int src);
+int cdaemon_copy_range(int src, int dst, int64_t offset, int64_t length);
+// lseek's SEEK_DATA and SEEK_HOLE (GNU extensions): the next data or hole offset at or after
+// `offset`; -1/errno (ENXIO: no data after it).
+int64_t cdaemon_seek_data(int fd, int64_t offset);
+int64_t cdaemon_seek_hole(int fd, int64_t offset);
 #endif

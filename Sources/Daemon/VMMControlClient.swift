@@ -1,0 +1,90 @@
+import CDaemonSupport
+import Foundation
+import Posix
+import SystemPackage
+import VMMInterface
+
+/// rtvisord's end of a VM's control socket (`VMMControl`, served by every VMM it starts with
+/// `--control-socket`). Blocking, with timeouts on every read and write so a VMM that stops
+/// answering gives an error instead of a stuck call: run it off the cooperative pool
+/// (`Processes.offThePool`).
+public struct VMMControlClient {
+    public struct ClientError: Error, CustomStringConvertible {
+        public let description: String
+    }
+
+    public let connection: VMMControlConnection
+    public let socketPath: String
+
+    /// Connects and says hello. `timeoutSeconds` bounds each read and write from here on.
+    public static func connect(_ socketPath: String, timeoutSeconds: Int) throws(ClientError) -> VMMControlClient {
+        let fd = cdaemon_connect_unix(socketPath)
+        guard fd >= 0 else {
+            let e = errno
+            let hint = e == ENOENT ? " (a VMM started before rtvisor served control sockets has none: restart the VM once)" : ""
+            throw ClientError(description: "cannot connect to the VMM's control socket \(socketPath): \(errnoMessage(e))\(hint)")
+        }
+        let client = VMMControlClient(connection: VMMControlConnection(socket: FileDescriptor(rawValue: fd)), socketPath: socketPath)
+        client.setTimeout(seconds: timeoutSeconds)
+        do { _ = try client.connection.hello() } catch { throw client.failure("hello", error) }
+        return client
+    }
+
+    public func setTimeout(seconds: Int) {
+        var tv = timeval(tv_sec: seconds, tv_usec: 0)
+        for option in [SO_RCVTIMEO, SO_SNDTIMEO] {
+            setsockopt(connection.socket.rawValue, SOL_SOCKET, option, &tv, socklen_t(MemoryLayout<timeval>.size))
+        }
+    }
+
+    func failure(_ what: String, _ error: any Error) -> ClientError {
+        if let e = error as? Errno, e == .resourceTemporarilyUnavailable {
+            return ClientError(description: "the VMM did not answer \(what) on \(socketPath) in time")
+        }
+        return ClientError(description: "\(what) on \(socketPath): \(error)")
+    }
+
+    /// Saves the VM into `state` and `memory` (passed to the VMM with the request).
+    public func snapshot(_ request: SnapshotRequest, state: FileDescriptor, memory: FileDescriptor) throws(ClientError) -> SnapshotSummary {
+        let reply: VMMControl.Reply
+        do { reply = try connection.call(.snapshot(request), files: [state, memory]) } catch { throw failure("snapshot", error) }
+        switch reply {
+        case let .snapshotSaved(summary): return summary
+        case let .refused(reason): throw ClientError(description: reason)
+        default: throw ClientError(description: "unexpected reply to snapshot: \(reply)")
+        }
+    }
+
+    public func resume() throws(ClientError) {
+        let reply: VMMControl.Reply
+        do { reply = try connection.call(.resume) } catch { throw failure("resume", error) }
+        switch reply {
+        case .runState(.running): return
+        case let .refused(reason): throw ClientError(description: "resume refused: \(reason)")
+        default: throw ClientError(description: "unexpected reply to resume: \(reply)")
+        }
+    }
+
+    /// Waits until a VMM just started answers on its control socket, which it does once its
+    /// machine is built (for a restore: the snapshot is in place) and it runs. nil then; else why
+    /// not: it ended first (`alive` said so, or the socket closed), or the time ran out.
+    public static func waitUntilServing(_ socketPath: String, timeoutSeconds: Double, alive: () -> Bool) -> String? {
+        let deadline = Date().addingTimeInterval(timeoutSeconds)
+        while Date() < deadline {
+            guard alive() else { return "the VMM ended before it served its control socket" }
+            let fd = cdaemon_connect_unix(socketPath)
+            guard fd >= 0 else {
+                // Not listening yet (ENOENT) or a stale file (ECONNREFUSED): the VMM is still starting.
+                usleep(5_000)
+                continue
+            }
+            let client = VMMControlClient(connection: VMMControlConnection(socket: FileDescriptor(rawValue: fd)), socketPath: socketPath)
+            // The VMM answers once its machine is built; until then hello waits in the socket.
+            client.setTimeout(seconds: max(1, Int(deadline.timeIntervalSinceNow.rounded(.up))))
+            do { _ = try client.connection.hello(); return nil } catch {
+                return alive() ? client.failure("hello", error).description : "the VMM ended before it served its control socket"
+            }
+        }
+        return "the VMM did not answer on \(socketPath) within \(Int(timeoutSeconds)) s"
+    }
+}
