@@ -118,7 +118,7 @@ let package = Package(
             .product(name: "Logging", package: "swift-log"),
         ]),
         .executableTarget(name: "rtvisord", dependencies: [
-            "Daemon", "API", "APIModels", "Journald", "SystemdNotify", "Config", "SandboxMode",
+            "Daemon", "API", "APIModels", "Journald", "SystemdNotify", "Config", "SandboxMode", "VMMInterface",
             .product(name: "ArgumentParser", package: "swift-argument-parser"),
             .product(name: "Logging", package: "swift-log"),
         ]),

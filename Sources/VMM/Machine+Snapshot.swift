@@ -109,10 +109,10 @@ enum SnapshotReader {
         guard def.passthrough.isEmpty else { throw VMMError.setup("snapshot \(dir): a VM with passthrough devices cannot be restored (docs/snapshot.md)") }
         let bytes: [UInt8]
         do {
-            let fd = try FileDescriptor.open(statePath, .readOnly, options: [.closeOnExec])
+            let fd = try openSnapshotFile(statePath, "snapshot state")
             defer { try? fd.close() }
             bytes = try readToEnd(fd.rawValue)
-        } catch { throw VMMError.setup("snapshot \(dir): \(statePath): \(error)") }
+        } catch let e as VMMError { throw e } catch { throw VMMError.setup("snapshot \(dir): \(statePath): \(error)") }
         let (header, body): (SnapshotHeader, ArraySlice<UInt8>)
         do { (header, body) = try SnapshotStateFile.decode(bytes, file: statePath) } catch { throw VMMError.setup("snapshot \(dir): \(error)") }
         func refuse(_ why: String) -> VMMError { VMMError.setup("snapshot \(dir): \(why)") }
@@ -126,8 +126,7 @@ enum SnapshotReader {
         let state = try SnapshotCodec.decode(body, file: statePath)
         guard state.vcpus.count == def.vcpus else { throw refuse("\(statePath): \(state.vcpus.count) vCPU states for \(def.vcpus) vCPUs") }
         let memoryPath = SnapshotLayout.memory(in: dir)
-        let memoryFile: FileDescriptor
-        do { memoryFile = try FileDescriptor.open(memoryPath, .readOnly, options: [.closeOnExec]) } catch { throw refuse("\(memoryPath): \(error)") }
+        let memoryFile = try openSnapshotFile(memoryPath, "snapshot memory")
         var st = stat()
         guard fstat(memoryFile.rawValue, &st) == 0, st.st_mode & S_IFMT == S_IFREG else {
             try? memoryFile.close()
@@ -138,6 +137,14 @@ enum SnapshotReader {
             throw refuse("\(memoryPath): \(GuestMemoryError.imageSize(expected: ram, actual: UInt64(st.st_size)))")
         }
         return Loaded(header: header, state: state, memoryFile: memoryFile)
+    }
+
+    /// A snapshot file found by the rules guest files follow (docs/sandbox.md: only root's
+    /// symlinks, a regular file) and opened through that one lookup.
+    static func openSnapshotFile(_ path: String, _ what: String) throws -> FileDescriptor {
+        do { return try GuestFile.locate(path, field: what, allowing: [.regularFile]).open(O_RDONLY) } catch {
+            throw VMMError.setup("\(error)")
+        }
     }
 
     /// Disks are the definition's, opened by the guest files phase: each must have the size it had.

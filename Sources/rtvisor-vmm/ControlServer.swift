@@ -60,6 +60,10 @@ final class ControlServer: @unchecked Sendable {
 
     private func serve(_ connection: VMMControlConnection, _ machine: Machine) {
         var version: Int? = nil
+        // A VM this connection paused (pause, or a snapshot that stays paused) is resumed when
+        // the connection ends: a peer that died mid-way must not leave the guest stopped.
+        var pausedHere = false
+        defer { if pausedHere && machine.runState == .paused { machine.resume() } }
         while true {
             let frame: (body: [UInt8], files: [FileDescriptor])?
             do { frame = try connection.receiveFrame() } catch {
@@ -74,6 +78,12 @@ final class ControlServer: @unchecked Sendable {
                 return
             }
             let reply = answer(request, files: files, version: &version, machine)
+            switch (request, reply) {
+            case (.pause, .runState(.paused)): pausedHere = true
+            case (.resume, _): pausedHere = false
+            case let (.snapshot(s), .snapshotSaved) where s.then == .stayPaused: pausedHere = true
+            default: break
+            }
             let sent = (try? connection.reply(reply, to: id)) != nil
             // A VM saved to be stopped ends once its peer has the answer (or is gone).
             if case let .snapshot(s) = request, s.then == .stop, case .snapshotSaved = reply { machine.stopAfterSnapshot() }

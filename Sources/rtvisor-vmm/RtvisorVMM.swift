@@ -138,7 +138,7 @@ struct RtvisorVMM: ParsableCommand {
                                   options: RunOptions(consoleInput: launch.consoleInput, console: ConsoleOutput(fd: consoleFD, tap: tap), notifyPath: launch.notify, latencyFile: launch.latencyFile, trace: trace,
                                                      keepRealtimePartitionOnReset: launch.keepRealtimePartitionOnReset),
                                   logger: logger, processStartedAt: started,
-                                  restoring: launch.restore.map { SnapshotSource(directory: $0, memory: launch.restoreMemory) })
+                                  restoring: launch.restore.map { SnapshotSource(directory: absolutePath($0), memory: launch.restoreMemory) })
         } catch {
             writeStatus(VMMExitReport(status: .vmmError, reason: "\(error)"), to: launch.statusFile)
             fail("\(definition.name): \(error)")
@@ -236,6 +236,14 @@ enum SignalForwarder {
 final class MachineBox: @unchecked Sendable {
     // Written once before the console thread starts, read by that thread afterwards.
     var machine: Machine?
+}
+
+/// `path` from the working directory (snapshot files are looked up by absolute paths only).
+func absolutePath(_ path: String) -> String {
+    guard !path.hasPrefix("/") else { return path }
+    var buf = [CChar](repeating: 0, count: Int(PATH_MAX))
+    guard getcwd(&buf, buf.count) != nil else { return path }
+    return String(decoding: buf.prefix { $0 != 0 }.map { UInt8(bitPattern: $0) }, as: UTF8.self) + "/" + path
 }
 
 func writeStderr(_ s: String) {

@@ -9,11 +9,13 @@ import Journald
 import Logging
 import SandboxMode
 import SystemdNotify
+import VMMInterface
 import Glibc
 
 @main
 struct Rtvisord: ParsableCommand {
-    static let version = "0.4.0"
+    /// One version for every binary (`RtvisorRelease`).
+    static let version = RtvisorRelease.version
     static let configuration = CommandConfiguration(
         commandName: "rtvisord",
         abstract: "The rtvisor daemon: runs the VMs defined in /etc/rtvisor/vms, one rtvisor-vmm process each.",

@@ -95,6 +95,27 @@ struct SnapshotRestoreTests {
         #expect(first > 30 && first <= 50, "the restored count starts after the snapshot's point: \(counts(restored.console, cpu: 0))")
     }
 
+    /// A VM paused by a control connection (a pause, or a snapshot that stays paused) runs on
+    /// when that connection ends, whatever its peer did or did not send.
+    @Test func aVMPausedByAConnectionResumesWhenTheConnectionEnds() throws {
+        let t = try startTicker(vcpus: 1, total: 0)
+        #expect(t.vm.waitForConsole(timeout: 60) { (tickCounts($0, cpu: 0).last ?? 0) >= 20 })
+        var connection: VMMControlConnection? = try ControlClient.connect(t.control)
+        let reply = try ControlClient.snapshot(connection!, into: t.dir.appendingPathComponent("snap").path, definition: t.definition, then: .stayPaused)
+        guard case .snapshotSaved = reply else { throw SnapshotTestError("snapshot: \(reply)") }
+        let paused = tickCounts(t.vm.console, cpu: 0).count
+        usleep(500_000)
+        #expect(tickCounts(t.vm.console, cpu: 0).count == paused, "a paused guest prints nothing")
+        connection = nil  // closes the socket
+        #expect(t.vm.waitForConsole(timeout: 30) { tickCounts($0, cpu: 0).count > paused + 2 }, "the guest runs on: \(t.vm.console.suffix(300))")
+        // And a pause followed by a resume on one connection leaves it running, too.
+        let c = try ControlClient.connect(t.control)
+        #expect(try c.call(.pause) == .runState(.paused))
+        #expect(try c.call(.resume) == .runState(.running))
+        kill(t.vm.process.processIdentifier, SIGTERM)
+        #expect(t.vm.waitForExit(timeout: 30) == 128 + SIGTERM)
+    }
+
     /// One good snapshot, then each way of spoiling it: every restore is refused with the reason
     /// and runs no guest code.
     @Test func damagedOrMismatchedSnapshotsAreRefusedWithTheirReason() throws {
