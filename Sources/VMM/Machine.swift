@@ -90,11 +90,13 @@ public final class Machine: @unchecked Sendable {
     let hostEmulatesRing0: Bool
     var cpuidDigest: String { SnapshotCodec.cpuidDigest(definition, supportedCPUID: supportedCPUID, hostEmulatesRing0: hostEmulatesRing0) }
 
-    /// Builds the VM from its definition, booting it or, with `restoring`, resuming a snapshot
-    /// of it (docs/snapshot.md): the same phases, with the guest's memory, registers and device
-    /// state read from the snapshot instead of a kernel being loaded.
+    /// Builds the VM from its definition (`MachineStart`): booting it, resuming a snapshot of it
+    /// (docs/snapshot.md), or empty for a live migration to fill (docs/migration.md). The same
+    /// phases each time; a resumed machine gets its memory, registers and device state from the
+    /// snapshot or the stream instead of a kernel being loaded.
     public init(definition def: VMDefinition, options: RunOptions = RunOptions(), logger: Logger,
-                processStartedAt: UInt64? = nil, restoring source: SnapshotSource? = nil) throws {
+                processStartedAt: UInt64? = nil, start: MachineStart = .boot) throws {
+        let source: SnapshotSource? = if case let .snapshot(s) = start { s } else { nil }
         self.definition = def
         self.options = options
         self.logger = logger
@@ -105,7 +107,7 @@ public final class Machine: @unchecked Sendable {
         let trace = options.trace
         let system = try MachinePhase.checkHost(def)
         trace.mark("host checks")
-        let files = try MachinePhase.openGuestFiles(def, hostEmulatesRing0: emulating, bootImages: source == nil, logger: logger)
+        let files = try MachinePhase.openGuestFiles(def, hostEmulatesRing0: emulating, bootImages: start.boots, logger: logger)
         trace.mark("guest files")
         let supported = try system.supportedCPUID()
         self.supportedCPUID = supported
@@ -135,9 +137,6 @@ public final class Machine: @unchecked Sendable {
         let createdAt = monotonicNanoseconds()
         self.createdAt = createdAt
         trace.mark("VM and memory (slots started)")
-        if let loaded {
-            do { try vm.restoreState(loaded.state.vm, advanceClock: true) } catch { throw VMMError.setup("snapshot \(source!.directory): VM state: \(error)") }
-        }
 
         let stop = self.stop
         let name = def.name
@@ -177,29 +176,29 @@ public final class Machine: @unchecked Sendable {
         exits = ExitDispatch(pio: devices.pio, mmio: devices.mmio, memory: memory)
         trace.mark("devices")
 
-        let start: MachinePhase.VCPUStart
-        if let loaded {
-            do { try MachinePhase.restoreDevices(loaded.state.devices, into: devices) } catch { throw VMMError.setup("snapshot \(source!.directory): \(error)") }
-            start = .restore(loaded.state.vcpus)
-            trace.mark("device state restored")
-        } else {
-            start = .boot(try MachinePhase.loadGuest(files.boot!, into: memory, vcpus: def.vcpus, pci: pci))
+        let vcpuStart: MachinePhase.VCPUStart
+        if start.boots {
+            vcpuStart = .boot(try MachinePhase.loadGuest(files.boot!, into: memory, vcpus: def.vcpus, pci: pci))
             trace.mark("guest loaded")
+        } else {
+            vcpuStart = .restoreLater
         }
         // Exits are disabled per VM, before its vCPUs exist.
         try realtime?.disableExits(system: system, vm: vm)
-        // Restored MSRs point into guest RAM (kvmclock, steal time, async page faults): KVM
-        // checks those addresses against the memory slots, which must exist by then.
-        if loaded != nil { try slots.wait() }
-        vcpus = try MachinePhase.createVCPUs(system, vm: vm, def, start: start, supported: supported, hostEmulatesRing0: emulating, logger: logger)
-        trace.mark(loaded == nil ? "vCPUs" : "vCPUs restored")
+        vcpus = try MachinePhase.createVCPUs(system, vm: vm, def, start: vcpuStart, supported: supported, hostEmulatesRing0: emulating, logger: logger)
+        trace.mark("vCPUs")
         try slots.wait()
         trace.mark("memory slots (overlapped)")
-        restored = loaded != nil
+        restored = !start.boots
         for vcpu in vcpus { stop.register(vcpu) }
-        switch start {
-        case let .boot(entry): logger.info("VM \(def.name): \(def.vcpus) vCPU(s), \(def.memoryMiB) MiB, \(entry)")
-        case .restore: logger.info("VM \(def.name): \(def.vcpus) vCPU(s), \(def.memoryMiB) MiB, restored from \(source!.directory) (memory: \(source!.memory.rawValue))")
+        if let loaded {
+            try applyState(loaded.state, from: "snapshot \(source!.directory)")
+            trace.mark("state restored")
+        }
+        switch (vcpuStart, start) {
+        case let (.boot(entry), _): logger.info("VM \(def.name): \(def.vcpus) vCPU(s), \(def.memoryMiB) MiB, \(entry)")
+        case let (_, .snapshot(s)): logger.info("VM \(def.name): \(def.vcpus) vCPU(s), \(def.memoryMiB) MiB, restored from \(s.directory) (memory: \(s.memory.rawValue))")
+        default: logger.info("VM \(def.name): \(def.vcpus) vCPU(s), \(def.memoryMiB) MiB, waiting for its memory and state (incoming migration)")
         }
         initialized = true
         pciReleased = true

@@ -164,25 +164,11 @@ enum MachinePhase {
     /// How the vCPUs start: at the loaded guest's entry point, or where a snapshot left them.
     enum VCPUStart {
         case boot(EntryState)
-        case restore([VCPUState])
+        /// Created bare: `Machine.applyState` loads them (a snapshot's or a migration's state).
+        case restoreLater
     }
 
-    /// 6'. A snapshot's device state into the devices just built from the same definition: the
-    /// platform devices, the PCI root, each virtio function (which re-routes its MSI-X vectors and
-    /// restarts its queues where they were).
-    static func restoreDevices(_ s: DeviceStates, into devices: Devices) throws {
-        let transports = devices.pci.transports
-        guard s.virtio.count == transports.count else {
-            throw VMMError.setup("the snapshot has \(s.virtio.count) virtio devices, the definition \(transports.count) (disks and NICs must match)")
-        }
-        devices.serial.restoreState(s.serial)
-        devices.keyboard.restoreState(s.keyboard)
-        devices.cmos.restoreState(s.cmos)
-        // The functions first: the root then decodes the BARs at their restored addresses.
-        // Each function stays paused until the vCPUs are restored too (`Machine.init`).
-        for (device, state) in zip(transports, s.virtio) { try device.restoreState(state) }
-        devices.pci.root.restoreState(s.pciRoot)
-    }
+
 
     /// 7. vCPUs: CPUID from the policy, boot MSRs, FPU, LAPIC LINT pins; registers on the BSP only,
     /// APs wait for INIT/SIPI in the in-kernel LAPIC. Restored vCPUs get all of it from the snapshot.
@@ -195,8 +181,8 @@ enum MachinePhase {
         for id in 0..<def.vcpus {
             let vcpu = try vm.createVCPU(id: id)
             switch start {
-            case let .restore(states):
-                do { try vcpu.restoreState(states[id], system: system) } catch { throw VMMError.setup("vCPU \(id): restoring its state: \(error)") }
+            case .restoreLater:
+                break
             case let .boot(entry):
                 try vcpu.setCPUID(policy.apply(to: supported, vcpuID: id, vcpuCount: def.vcpus, hostEmulatesRing0: emulating))
                 try vcpu.setMSRs(MSR.bootValues)

@@ -29,6 +29,18 @@ struct DeviceStates: Codable, Sendable {
     var virtio: [VirtioPciDevice.SavedState]
 }
 
+/// How a `Machine` comes to life.
+public enum MachineStart: Sendable {
+    /// The guest is loaded and starts at its entry point.
+    case boot
+    /// A snapshot is resumed (docs/snapshot.md).
+    case snapshot(SnapshotSource)
+    /// Memory and state arrive over a migration stream after the machine is built (docs/migration.md).
+    case incoming
+
+    var boots: Bool { if case .boot = self { true } else { false } }
+}
+
 /// Which snapshot a machine is restored from, and how its memory comes back.
 public struct SnapshotSource: Sendable {
     public var directory: String
@@ -56,6 +68,30 @@ enum SnapshotCodec {
 }
 
 extension Machine {
+    /// Loads a saved machine state into this machine, built from the same definition with bare
+    /// vCPUs (docs/snapshot.md has the order): the VM's interrupt controllers, PIT and clock;
+    /// every device model (the virtio functions before the PCI root, which then decodes their
+    /// BARs where they were; each function re-routes its MSI-X vectors and stays paused until
+    /// `run()`); then each vCPU. Guest RAM and its memory slots are in place already (restored
+    /// MSRs point into it). `what` names the source in errors.
+    func applyState(_ s: MachineState, from what: String) throws {
+        do { try vm.restoreState(s.vm, advanceClock: true) } catch { throw VMMError.setup("\(what): VM state: \(error)") }
+        guard s.devices.virtio.count == pciDevices.count else {
+            throw VMMError.setup("\(what): \(s.devices.virtio.count) virtio devices saved, the definition has \(pciDevices.count) (disks and NICs must match)")
+        }
+        guard s.vcpus.count == vcpus.count else { throw VMMError.setup("\(what): \(s.vcpus.count) vCPU states for \(vcpus.count) vCPUs") }
+        serial.restoreState(s.devices.serial)
+        keyboard.restoreState(s.devices.keyboard)
+        cmos.restoreState(s.devices.cmos)
+        do { for (device, state) in zip(pciDevices, s.devices.virtio) { try device.restoreState(state) } } catch {
+            throw VMMError.setup("\(what): \(error)")
+        }
+        pciRoot.restoreState(s.devices.pciRoot)
+        for (vcpu, state) in zip(vcpus, s.vcpus) {
+            do { try vcpu.restoreState(state, system: system) } catch { throw VMMError.setup("\(what): vCPU \(vcpu.id): restoring its state: \(error)") }
+        }
+    }
+
     /// Every device model's state; the VM is paused (no vCPU or device thread touches them).
     func deviceStates() -> DeviceStates {
         DeviceStates(serial: serial.saveState(), keyboard: keyboard.saveState(), cmos: cmos.saveState(),

@@ -138,7 +138,7 @@ struct RtvisorVMM: ParsableCommand {
                                   options: RunOptions(consoleInput: launch.consoleInput, console: ConsoleOutput(fd: consoleFD, tap: tap), notifyPath: launch.notify, latencyFile: launch.latencyFile, trace: trace,
                                                      keepRealtimePartitionOnReset: launch.keepRealtimePartitionOnReset),
                                   logger: logger, processStartedAt: started,
-                                  restoring: launch.restore.map { SnapshotSource(directory: absolutePath($0), memory: launch.restoreMemory) })
+                                  start: launch.restore.map { .snapshot(SnapshotSource(directory: absolutePath($0), memory: launch.restoreMemory)) } ?? .boot)
         } catch {
             writeStatus(VMMExitReport(status: .vmmError, reason: "\(error)"), to: launch.statusFile)
             fail("\(definition.name): \(error)")
