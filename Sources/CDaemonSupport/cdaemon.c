@@ -384,3 +384,43 @@ int cdaemon_copy_range(int src, int dst, int64_t offset, int64_t length)
 
 int64_t cdaemon_seek_data(int fd, int64_t offset) { return lseek(fd, offset, SEEK_DATA); }
 int64_t cdaemon_seek_hole(int fd, int64_t offset) { return lseek(fd, offset, SEEK_HOLE); }
+
+#include <netdb.h>
+#include <netinet/in.h>
+#include <netinet/tcp.h>
+
+/* TCP for live migration: a listening socket on host:port (host "" or "*": every address) and
+ * a client connected to host:port. -1 with errno (getaddrinfo failures: EHOSTUNREACH). */
+static int tcp_socket(const char *host, const char *port, int listening)
+{
+	struct addrinfo hints, *res, *ai;
+	int fd = -1, one = 1, saved = EHOSTUNREACH;
+
+	memset(&hints, 0, sizeof(hints));
+	hints.ai_socktype = SOCK_STREAM;
+	hints.ai_flags = listening ? AI_PASSIVE : 0;
+	if (getaddrinfo((host[0] && strcmp(host, "*")) ? host : NULL, port, &hints, &res) != 0) {
+		errno = EHOSTUNREACH;
+		return -1;
+	}
+	for (ai = res; ai; ai = ai->ai_next) {
+		fd = socket(ai->ai_family, ai->ai_socktype | SOCK_CLOEXEC, ai->ai_protocol);
+		if (fd < 0) { saved = errno; continue; }
+		setsockopt(fd, IPPROTO_TCP, TCP_NODELAY, &one, sizeof(one));
+		if (listening) {
+			setsockopt(fd, SOL_SOCKET, SO_REUSEADDR, &one, sizeof(one));
+			if (bind(fd, ai->ai_addr, ai->ai_addrlen) == 0 && listen(fd, 1) == 0) break;
+		} else if (connect(fd, ai->ai_addr, ai->ai_addrlen) == 0) {
+			break;
+		}
+		saved = errno;
+		close(fd);
+		fd = -1;
+	}
+	freeaddrinfo(res);
+	if (fd < 0) errno = saved;
+	return fd;
+}
+
+int cdaemon_listen_tcp(const char *host, const char *port) { return tcp_socket(host, port, 1); }
+int cdaemon_connect_tcp(const char *host, const char *port) { return tcp_socket(host, port, 0); }

@@ -64,6 +64,7 @@ const unsigned long CKVM_GET_PIT2 = KVM_GET_PIT2;
 const unsigned long CKVM_SET_PIT2 = KVM_SET_PIT2;
 const unsigned long CKVM_GET_CLOCK = KVM_GET_CLOCK;
 const unsigned long CKVM_SET_CLOCK = KVM_SET_CLOCK;
+const unsigned long CKVM_GET_DIRTY_LOG = KVM_GET_DIRTY_LOG;
 
 const unsigned long CKVM_VFIO_GET_API_VERSION = VFIO_GET_API_VERSION;
 const unsigned long CKVM_VFIO_CHECK_EXTENSION = VFIO_CHECK_EXTENSION;

@@ -31,10 +31,12 @@ public final class VirtualMachine: @unchecked Sendable {
         try IOCtl.call(fd, CKVM_CREATE_PIT2, "KVM_CREATE_PIT2", &config)
     }
 
-    public func setUserMemoryRegion(slot: UInt32, guestAddress: UInt64, size: UInt64, hostAddress: UInt64, readOnly: Bool = false) throws {
+    /// `logDirty`: KVM records the guest's writes to the slot for `dirtyLog(slot:pages:)`.
+    public func setUserMemoryRegion(slot: UInt32, guestAddress: UInt64, size: UInt64, hostAddress: UInt64, readOnly: Bool = false,
+                                    logDirty: Bool = false) throws {
         var region = kvm_userspace_memory_region()
         region.slot = slot
-        region.flags = readOnly ? UInt32(KVM_MEM_READONLY) : 0
+        region.flags = (readOnly ? UInt32(KVM_MEM_READONLY) : 0) | (logDirty ? UInt32(KVM_MEM_LOG_DIRTY_PAGES) : 0)
         region.guest_phys_addr = guestAddress
         region.memory_size = size
         region.userspace_addr = hostAddress
@@ -68,5 +70,18 @@ public final class VirtualMachine: @unchecked Sendable {
             try? vfd.close()
             throw error
         }
+    }
+
+    /// The slot's pages the guest wrote since the last call (or since dirty logging was turned
+    /// on), one bit per 4 KiB page, and clears them (KVM_GET_DIRTY_LOG).
+    public func dirtyLog(slot: UInt32, pages: Int) throws -> [UInt64] {
+        var bitmap = [UInt64](repeating: 0, count: (pages + 63) / 64)
+        try bitmap.withUnsafeMutableBytes { raw in
+            var log = kvm_dirty_log()
+            log.slot = slot
+            log.dirty_bitmap = raw.baseAddress
+            try IOCtl.call(fd, CKVM_GET_DIRTY_LOG, "KVM_GET_DIRTY_LOG", &log)
+        }
+        return bitmap
     }
 }

@@ -27,6 +27,7 @@ public enum GuestMemoryError: Error, Equatable, CustomStringConvertible {
     case invalidSize(UInt64)
     case imageTooShort(offset: UInt64)
     case imageSize(expected: UInt64, actual: UInt64)
+    case imageRange(offset: UInt64, length: UInt64)
 
     public var description: String {
         switch self {
@@ -40,6 +41,7 @@ public enum GuestMemoryError: Error, Equatable, CustomStringConvertible {
         case let .invalidSize(s): "invalid guest RAM size \(s)"
         case let .imageTooShort(o): "the memory file ends at \(o) bytes, inside guest RAM"
         case let .imageSize(e, a): "the memory file has \(a) bytes, the VM's RAM is \(e)"
+        case let .imageRange(o, l): "guest memory range at image offset \(o), \(l) bytes, is not whole pages inside one RAM region"
         }
     }
 }
@@ -126,6 +128,8 @@ public final class GuestMemoryRegion: @unchecked Sendable {
 /// address can never reach host memory outside the mappings.
 public final class GuestMemory: @unchecked Sendable {
     public let regions: [GuestMemoryRegion]
+    /// What this process writes into guest RAM, while a migration tracks it.
+    public let vmmDirty: VMMDirtyPages
 
     public init(regions: [GuestMemoryRegion]) throws {
         let sorted = regions.sorted { $0.start < $1.start }
@@ -133,6 +137,7 @@ public final class GuestMemory: @unchecked Sendable {
             throw GuestMemoryError.overlappingRegions
         }
         self.regions = sorted
+        self.vmmDirty = VMMDirtyPages(regions: sorted)
     }
 
     /// RAM of `bytes` laid out around the 32-bit MMIO hole (`GuestLayout`, where PCI BARs, the
@@ -169,8 +174,17 @@ public final class GuestMemory: @unchecked Sendable {
         return r.pointer(address.raw)
     }
 
+    /// `checkedPointer` for a range this process is about to write: marked for a migration.
+    private func writablePointer(_ address: GuestAddress, _ length: Int) throws -> UnsafeMutableRawPointer {
+        guard length >= 0, let i = regions.firstIndex(where: { $0.contains(address.raw, length: UInt64(length)) }) else {
+            throw GuestMemoryError.outOfRange(address: address.raw, length: UInt64(max(length, 0)))
+        }
+        vmmDirty.mark(region: i, address: address.raw, length: length)
+        return regions[i].pointer(address.raw)
+    }
+
     public func write(_ bytes: some Collection<UInt8>, at address: GuestAddress) throws {
-        let p = try checkedPointer(address, bytes.count)
+        let p = try writablePointer(address, bytes.count)
         // Arrays and slices copy in one go; other collections byte by byte.
         let copied: Void? = bytes.withContiguousStorageIfAvailable { buffer in
             if let base = buffer.baseAddress { p.copyMemory(from: base, byteCount: buffer.count) }
@@ -181,7 +195,7 @@ public final class GuestMemory: @unchecked Sendable {
     }
 
     public func write(_ bytes: UnsafeRawBufferPointer, at address: GuestAddress) throws {
-        let p = try checkedPointer(address, bytes.count)
+        let p = try writablePointer(address, bytes.count)
         if let src = bytes.baseAddress { p.copyMemory(from: src, byteCount: bytes.count) }
     }
 
@@ -197,7 +211,7 @@ public final class GuestMemory: @unchecked Sendable {
     }
 
     public func fill(_ value: UInt8, count: Int, at address: GuestAddress) throws {
-        let p = try checkedPointer(address, count)
+        let p = try writablePointer(address, count)
         memset(p, Int32(value), count)
     }
 
@@ -206,7 +220,7 @@ public final class GuestMemory: @unchecked Sendable {
     /// first; the pointer must not escape `body`.
     public func withUnsafeMutableBytes<R>(at address: GuestAddress, count: Int,
                                           _ body: (UnsafeMutableRawBufferPointer) throws -> R) throws -> R {
-        let p = try checkedPointer(address, count)
+        let p = try writablePointer(address, count)
         return try body(UnsafeMutableRawBufferPointer(start: p, count: count))
     }
 
@@ -226,15 +240,17 @@ public final class GuestMemory: @unchecked Sendable {
                                  _ body: (UnsafeBufferPointer<iovec>) throws -> R) throws -> R {
         var vectors: [iovec] = []
         vectors.reserveCapacity(segments.count)
+        // Marked as written: the same vectors serve reads into guest buffers (a migration then
+        // resends a page it did not need to, never misses one).
         for s in segments {
-            vectors.append(iovec(iov_base: try checkedPointer(s.address, s.length), iov_len: s.length))
+            vectors.append(iovec(iov_base: try writablePointer(s.address, s.length), iov_len: s.length))
         }
         return try vectors.withUnsafeBufferPointer { try body($0) }
     }
 
     /// Little-endian integer access (x86 guests are little-endian).
     public func writeInteger<T: FixedWidthInteger>(_ value: T, at address: GuestAddress) throws {
-        let p = try checkedPointer(address, MemoryLayout<T>.size)
+        let p = try writablePointer(address, MemoryLayout<T>.size)
         p.storeBytes(of: value.littleEndian, as: T.self)
     }
 
@@ -302,12 +318,6 @@ extension GuestMemory {
         }
     }
 
-    private static func isZero(_ page: UnsafeRawPointer) -> Bool {
-        let words = page.assumingMemoryBound(to: UInt64.self)
-        var acc: UInt64 = 0
-        for i in 0..<(pageSize / 8) { acc |= words[i] }
-        return acc == 0
-    }
 
     private func writeFully(_ fd: FileDescriptor, _ bytes: UnsafeRawBufferPointer, at offset: Int64) throws {
         var done = 0

@@ -115,15 +115,17 @@ public enum SeccompPolicy {
     /// interrupt enables (VFIO_DEVICE_SET_IRQS), BAR moves (the device's mmap'd BARs follow as KVM
     /// memory slots), function resets, and the device's config space and regions (pread/pwrite).
     static func passthrough(_ kind: ThreadKind) -> [(UInt, String)] {
+        let irqsAndReset = [(UInt(CSANDBOX_VFIO_DEVICE_SET_IRQS), "VFIO_DEVICE_SET_IRQS"), (CKVM_VFIO_DEVICE_RESET, "VFIO_DEVICE_RESET")]
         switch kind {
-        case .vcpu, .vmm: [(UInt(CSANDBOX_VFIO_DEVICE_SET_IRQS), "VFIO_DEVICE_SET_IRQS"), (CKVM_VFIO_DEVICE_RESET, "VFIO_DEVICE_RESET"),
-                           (CKVM_SET_USER_MEMORY_REGION, "KVM_SET_USER_MEMORY_REGION")]
-        case .io, .api: []
+        case .vcpu: return irqsAndReset + [(CKVM_SET_USER_MEMORY_REGION, "KVM_SET_USER_MEMORY_REGION")]
+        case .vmm: return irqsAndReset  // KVM_SET_USER_MEMORY_REGION is in every vmm filter (migration)
+        case .io, .api: return []
         }
     }
 
-    /// Reading the VM's state for a snapshot, from the control server's thread with the vCPUs
-    /// parked (docs/snapshot.md), and telling kvmclock about the pause.
+    /// Reading the VM's state for a snapshot or a migration, from the control server's thread
+    /// with the vCPUs parked (docs/snapshot.md), telling kvmclock about the pause, and a
+    /// migration's dirty log (docs/migration.md).
     static let snapshotIoctls: [(UInt, String)] = [
         (CKVM_GET_MSR_INDEX_LIST, "KVM_GET_MSR_INDEX_LIST"), (CKVM_GET_IRQCHIP, "KVM_GET_IRQCHIP"), (CKVM_GET_PIT2, "KVM_GET_PIT2"),
         (CKVM_GET_CLOCK, "KVM_GET_CLOCK"), (CKVM_GET_MP_STATE, "KVM_GET_MP_STATE"), (CKVM_GET_REGS, "KVM_GET_REGS"),
@@ -131,6 +133,8 @@ public enum SeccompPolicy {
         (CKVM_GET_XCRS, "KVM_GET_XCRS"), (CKVM_GET_DEBUGREGS, "KVM_GET_DEBUGREGS"), (CKVM_GET_LAPIC, "KVM_GET_LAPIC"),
         (CKVM_GET_TSC_KHZ, "KVM_GET_TSC_KHZ"), (CKVM_GET_MSRS, "KVM_GET_MSRS"), (CKVM_GET_VCPU_EVENTS, "KVM_GET_VCPU_EVENTS"),
         (CKVM_GET_CPUID2, "KVM_GET_CPUID2"), (CKVM_CHECK_EXTENSION, "KVM_CHECK_EXTENSION"), (CKVM_KVMCLOCK_CTRL, "KVM_KVMCLOCK_CTRL"),
+        // live migration: dirty logging turned on and off per memory slot, and read
+        (CKVM_SET_USER_MEMORY_REGION, "KVM_SET_USER_MEMORY_REGION"), (CKVM_GET_DIRTY_LOG, "KVM_GET_DIRTY_LOG"),
     ]
 
     /// `passthrough`: the VM has VFIO devices (their ioctls join the vcpu and vmm lists).

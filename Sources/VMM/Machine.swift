@@ -88,6 +88,8 @@ public final class Machine: @unchecked Sendable {
     let supportedCPUID: [CPUIDEntry]
     /// Read once at start: inside the jail the VMM cannot look at the host's KVM module any more.
     let hostEmulatesRing0: Bool
+    /// For migration streams and their logs.
+    let hostName = Machine.currentHostName
     var cpuidDigest: String { SnapshotCodec.cpuidDigest(definition, supportedCPUID: supportedCPUID, hostEmulatesRing0: hostEmulatesRing0) }
 
     /// Builds the VM from its definition (`MachineStart`): booting it, resuming a snapshot of it

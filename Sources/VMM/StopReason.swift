@@ -15,6 +15,8 @@ public enum StopReason: Equatable, Sendable, CustomStringConvertible {
     case signal(Int32)
     /// Saved to a snapshot, then stopped on request.
     case savedAndStopped
+    /// Moved to another VMM, which runs it now.
+    case migrated
 
     /// The process exit status for this reason (the daemon↔VMM contract's).
     public var exitStatus: VMMExitStatus {
@@ -28,6 +30,7 @@ public enum StopReason: Equatable, Sendable, CustomStringConvertible {
         case .entryFailure, .unexpectedExit: .vcpuFailure
         case let .signal(s): .signal(s)
         case .savedAndStopped: .savedAndStopped
+        case .migrated: .migrated
         }
     }
 
@@ -51,6 +54,7 @@ public enum StopReason: Equatable, Sendable, CustomStringConvertible {
         case let .vmmError(m): return "VMM error: \(m)"
         case let .signal(s): return "stopped by signal \(s)"
         case .savedAndStopped: return "saved to a snapshot and stopped"
+        case .migrated: return "migrated to another VMM"
         }
     }
 }

@@ -17,6 +17,8 @@ public enum VMMExitStatus: Equatable, Hashable, Sendable, CustomStringConvertibl
     case vcpuFailure
     /// 8: the VM was saved to a snapshot and stopped on request (`rtvisorctl snapshot --stop`).
     case savedAndStopped
+    /// 9: the VM moved to another VMM (live migration) and runs there.
+    case migrated
     /// 64: bad command-line arguments (swift-argument-parser's EX_USAGE).
     case usage
     /// 128 + N: stopped by signal N (as the shell reports it; a SIGSYS seccomp kill is 159).
@@ -34,6 +36,7 @@ public enum VMMExitStatus: Equatable, Hashable, Sendable, CustomStringConvertibl
         case 6: self = .guestFailure
         case 7: self = .vcpuFailure
         case 8: self = .savedAndStopped
+        case 9: self = .migrated
         case 64: self = .usage
         case 129...192: self = .signal(code - 128)
         default: self = .other(code)
@@ -50,6 +53,7 @@ public enum VMMExitStatus: Equatable, Hashable, Sendable, CustomStringConvertibl
         case .guestFailure: 6
         case .vcpuFailure: 7
         case .savedAndStopped: 8
+        case .migrated: 9
         case .usage: 64
         case let .signal(s): 128 + s
         case let .other(c): c
@@ -66,6 +70,7 @@ public enum VMMExitStatus: Equatable, Hashable, Sendable, CustomStringConvertibl
         case .guestFailure: "guest-reported failure"
         case .vcpuFailure: "vCPU entry failure or unexpected exit"
         case .savedAndStopped: "saved to a snapshot and stopped"
+        case .migrated: "migrated to another VMM"
         case .usage: "usage error"
         case let .signal(s): "signal \(s)"
         case let .other(c): "status \(c)"

@@ -68,6 +68,9 @@ public struct VMMLaunch: Codable, Equatable, Sendable {
     public var restoreMemory: RestoreMemoryMode = .copy
     /// Serve `VMMControl` (pause, resume, snapshot) on this unix socket.
     public var controlSocket: String?
+    /// Take the VM over from a live migration at this address (`unix:PATH`, `tcp:HOST:PORT`,
+    /// `fd:N` for an inherited connected socket); the definition comes with it.
+    public var incoming: String?
 
     public init(definition: String) { self.definition = definition }
 
@@ -79,7 +82,7 @@ public struct VMMLaunch: Codable, Equatable, Sendable {
         case noJail = "no-jail", jailUID = "jail-uid", realtimeJanitor = "realtime-janitor"
         case traceStartup = "trace-startup", traceOrigin = "trace-origin-ns"
         case keepRealtimePartitionOnReset = "keep-realtime-partition-on-reset"
-        case restore, restoreMemory = "restore-memory", controlSocket = "control-socket"
+        case restore, restoreMemory = "restore-memory", controlSocket = "control-socket", incoming
         public var long: String { "--" + rawValue }
     }
 
@@ -108,6 +111,7 @@ public struct VMMLaunch: Codable, Equatable, Sendable {
         option(.restore, restore)
         if restoreMemory != .copy { option(.restoreMemory, restoreMemory.rawValue) }
         option(.controlSocket, controlSocket)
+        option(.incoming, incoming)
         return a
     }
 
@@ -190,8 +194,13 @@ public struct VMMLaunchArguments: ParsableArguments {
     @Option(name: .customLong(VMMLaunch.Flag.controlSocket.rawValue), help: "Serve the VMM control protocol (pause, resume, snapshot) on this unix socket (root only).")
     public var controlSocket: String?
 
+    @Option(name: .customLong(VMMLaunch.Flag.incoming.rawValue), help: "Take the VM over from a live migration (docs/migration.md): unix:PATH or tcp:HOST:PORT to listen on, fd:N for a connected socket; the definition comes with it.")
+    public var incoming: String?
+
     public mutating func validate() throws {
-        if config == nil && restore == nil && realtimeJanitor == nil { throw ValidationError("--config is required (or --restore DIR)") }
+        if config == nil && restore == nil && incoming == nil && realtimeJanitor == nil {
+            throw ValidationError("--config is required (or --restore DIR, or --incoming ADDRESS)")
+        }
     }
 
     /// The VMM's real-time janitor mode (`RealtimeJanitorSpec`); started by the VMM itself.
@@ -200,6 +209,7 @@ public struct VMMLaunchArguments: ParsableArguments {
 
     public var launch: VMMLaunch {
         var l = VMMLaunch(definition: config ?? restore.map { SnapshotLayout.definition(in: $0) } ?? "")
+        l.incoming = incoming
         l.validateOnly = check
         l.consoleInput = !noConsoleInput
         l.consoleLog = consoleLog

@@ -12,7 +12,7 @@ import Foundation
 public enum VMMControl {
     /// The versions this build speaks, oldest first. A change that an older peer would
     /// misunderstand adds a version; a request a version lacks is refused by `Request.minimumVersion`.
-    public static let versions: ClosedRange<Int> = 1...2
+    public static let versions: ClosedRange<Int> = 1...3
 
     /// The highest version in both ranges, or nil: no common version.
     public static func negotiate(_ ours: ClosedRange<Int>, _ theirs: ClosedRange<Int>) -> Int? {
@@ -32,19 +32,26 @@ public enum VMMControl {
         /// the state file, then the memory file; both empty, opened for writing by the daemon:
         /// the jailed VMM opens no path). The VM is paused for it, then `then` decides.
         case snapshot(SnapshotRequest)
+        /// Move the VM live to the VMM at the other end of the stream socket passed with this
+        /// frame (docs/migration.md); answered when the target runs it or the move failed.
+        case migrate(MigrationRequest)
 
         /// The first version that has this request.
         public var minimumVersion: Int {
             switch self {
             case .hello, .describe: 1
             case .pause, .resume, .snapshot: 2
+            case .migrate: 3
             }
         }
 
         /// How many descriptors travel with the request's frame.
         public var passedFiles: Int {
-            if case .snapshot = self { return 2 }
-            return 0
+            switch self {
+            case .snapshot: return 2
+            case .migrate: return 1
+            default: return 0
+            }
         }
     }
 
@@ -54,6 +61,7 @@ public enum VMMControl {
         case description(VMMDescription)
         case runState(VMMRunState)
         case snapshotSaved(SnapshotSummary)
+        case migrated(MigrationReport)
         /// The request was not carried out; the reason names what was wrong.
         case refused(String)
     }
@@ -131,5 +139,36 @@ public struct SnapshotSummary: Codable, Sendable, Equatable {
     public var pausedMilliseconds: Double
     public init(header: SnapshotHeader, stateBytes: Int, memoryDataBytes: UInt64, pausedMilliseconds: Double) {
         self.header = header; self.stateBytes = stateBytes; self.memoryDataBytes = memoryDataBytes; self.pausedMilliseconds = pausedMilliseconds
+    }
+}
+
+public struct MigrationRequest: Codable, Sendable, Equatable {
+    /// The longest the guest may be paused for the last round (the estimate that ends pre-copy).
+    public var downtimeMilliseconds: Int
+    /// Pre-copy rounds at most; then the last round goes whatever its size (`force`) or the
+    /// migration is given up and the VM keeps running here.
+    public var maxRounds: Int
+    public var force: Bool
+    /// The definition as the daemon has it (JSON); it travels to the target.
+    public var definitionJSON: [UInt8]
+    public init(downtimeMilliseconds: Int = 300, maxRounds: Int = 30, force: Bool = true, definitionJSON: [UInt8]) {
+        self.downtimeMilliseconds = downtimeMilliseconds; self.maxRounds = maxRounds; self.force = force; self.definitionJSON = definitionJSON
+    }
+}
+
+public struct MigrationReport: Codable, Sendable, Equatable {
+    public struct Round: Codable, Sendable, Equatable {
+        public var pages: Int
+        public var bytes: UInt64
+        public var milliseconds: Double
+        public init(pages: Int, bytes: UInt64, milliseconds: Double) { self.pages = pages; self.bytes = bytes; self.milliseconds = milliseconds }
+    }
+    public var rounds: [Round]
+    public var totalBytes: UInt64
+    public var totalMilliseconds: Double
+    /// From the pause to the target's `running`.
+    public var downtimeMilliseconds: Double
+    public init(rounds: [Round], totalBytes: UInt64, totalMilliseconds: Double, downtimeMilliseconds: Double) {
+        self.rounds = rounds; self.totalBytes = totalBytes; self.totalMilliseconds = totalMilliseconds; self.downtimeMilliseconds = downtimeMilliseconds
     }
 }

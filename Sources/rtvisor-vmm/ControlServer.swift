@@ -87,6 +87,7 @@ final class ControlServer: @unchecked Sendable {
             let sent = (try? connection.reply(reply, to: id)) != nil
             // A VM saved to be stopped ends once its peer has the answer (or is gone).
             if case let .snapshot(s) = request, s.then == .stop, case .snapshotSaved = reply { machine.stopAfterSnapshot() }
+            if case .migrate = request, case .migrated = reply { machine.stopAfterMigration() }
             if !sent { return }
         }
     }
@@ -111,6 +112,11 @@ final class ControlServer: @unchecked Sendable {
         case .resume:
             machine.resume()
             return .runState(machine.runState)
+        case let .migrate(migration):
+            do { return .migrated(try machine.migrate(migration, over: files[0])) } catch {
+                logger.error("migration: \(error)")
+                return .refused("\(error)")
+            }
         case let .snapshot(snapshot):
             do { return .snapshotSaved(try machine.snapshot(snapshot, stateFile: files[0], memoryFile: files[1])) } catch {
                 logger.error("snapshot: \(error)")

@@ -59,8 +59,22 @@ struct RtvisorVMM: ParsableCommand {
         }
         trace.mark("cgroup and logging")
         let definition: VMDefinition
+        // A live migration's target reads the definition from the stream (docs/migration.md).
+        var incoming: IncomingMigration.Opened? = nil
         do {
-            definition = try loadDefinition(launch)
+            if let address = launch.incoming {
+                let opened = try IncomingMigration.open(address, logger: Logger(label: "rtvisor.vmm"))
+                incoming = opened
+                do {
+                    definition = try VMDefinition.parse(Data(opened.config.definitionJSON), file: "the definition from \(opened.config.sourceHost)",
+                                                        baseDirectory: "/")
+                } catch {
+                    try? opened.channel.send(.refused("\(error)"))
+                    throw error
+                }
+            } else {
+                definition = try loadDefinition(launch)
+            }
         } catch {
             fail("\(error)")
         }
@@ -138,10 +152,20 @@ struct RtvisorVMM: ParsableCommand {
                                   options: RunOptions(consoleInput: launch.consoleInput, console: ConsoleOutput(fd: consoleFD, tap: tap), notifyPath: launch.notify, latencyFile: launch.latencyFile, trace: trace,
                                                      keepRealtimePartitionOnReset: launch.keepRealtimePartitionOnReset),
                                   logger: logger, processStartedAt: started,
-                                  start: launch.restore.map { .snapshot(SnapshotSource(directory: absolutePath($0), memory: launch.restoreMemory)) } ?? .boot)
+                                  start: incoming != nil ? .incoming
+                                      : launch.restore.map { .snapshot(SnapshotSource(directory: absolutePath($0), memory: launch.restoreMemory)) } ?? .boot)
         } catch {
+            try? incoming?.channel.send(.refused("\(error)"))
             writeStatus(VMMExitReport(status: .vmmError, reason: "\(error)"), to: launch.statusFile)
             fail("\(definition.name): \(error)")
+        }
+        if let incoming {
+            if let refusal = machine.incomingRefusal(incoming.config.header) {
+                try? incoming.channel.send(.refused(refusal))
+                writeStatus(VMMExitReport(status: .vmmError, reason: "incoming migration refused: \(refusal)"), to: launch.statusFile)
+                fail("\(definition.name): incoming migration refused: \(refusal)")
+            }
+            do { try incoming.channel.send(.accepted) } catch { fail("\(definition.name): \(error)") }
         }
         machineBox.machine = machine
         stopForTest(at: "jail")
@@ -158,6 +182,13 @@ struct RtvisorVMM: ParsableCommand {
             }
         } else if launch.jail {
             logger.info("jail: not entered (not running as root: there is no privilege to drop)")
+        }
+        if let incoming {
+            // In the jail already: what comes over the network is parsed without root.
+            do { try machine.receiveMigration(incoming.channel) } catch {
+                writeStatus(VMMExitReport(status: .vmmError, reason: "incoming migration abandoned: \(error)"), to: launch.statusFile)
+                fail("\(definition.name): incoming migration abandoned, the VM is discarded here: \(error)")
+            }
         }
         server?.start()
         control?.start(machine: machine)

@@ -26,6 +26,7 @@ import VMMInterface
         l.restore = "/var/lib/rtvisor/snapshots/web/20261206T021500Z"
         l.restoreMemory = .map
         l.controlSocket = "/run/rtvisor/vms/web/control.sock"
+        l.incoming = "unix:/run/rtvisor/incoming/web.sock"
         return l
     }
 

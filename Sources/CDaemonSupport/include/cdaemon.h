@@ -79,4 +79,8 @@ int cdaemon_copy_range(int src, int dst, int64_t offset, int64_t length);
 // `offset`; -1/errno (ENXIO: no data after it).
 int64_t cdaemon_seek_data(int fd, int64_t offset);
 int64_t cdaemon_seek_hole(int fd, int64_t offset);
+// TCP streams for live migration: a listening socket (backlog 1; host "" or "*" for every
+// address) and a connected client, TCP_NODELAY, close-on-exec. -1/errno.
+int cdaemon_listen_tcp(const char *host, const char *port);
+int cdaemon_connect_tcp(const char *host, const char *port);
 #endif

@@ -64,6 +64,8 @@ extern const unsigned long CKVM_GET_PIT2;
 extern const unsigned long CKVM_SET_PIT2;
 extern const unsigned long CKVM_GET_CLOCK;
 extern const unsigned long CKVM_SET_CLOCK;
+// Live migration: the guest's writes per memory slot.
+extern const unsigned long CKVM_GET_DIRTY_LOG;
 
 // ---- fixed-size versions of flexible-array structs (same layout as the kernel's) -----------
 #define CKVM_MAX_CPUID_ENTRIES 256

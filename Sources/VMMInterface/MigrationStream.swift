@@ -1,0 +1,197 @@
+import Posix
+import SystemPackage
+#if canImport(FoundationEssentials)
+import FoundationEssentials
+#else
+import Foundation
+#endif
+#if canImport(Glibc)
+import Glibc
+#endif
+
+/// The live-migration stream between the VMM that runs a VM (source) and the one that takes it
+/// over (target), docs/migration.md. Framed: one byte of kind, a u32 LE length, the payload.
+///
+///     source                                   target
+///     hello, config (definition, header)  →
+///                                          ←   accepted | refused(reason)
+///     pages/zero … (rounds of dirty pages) →
+///     state (the machine state, paused)   →
+///                                          ←   ready | failed(reason)
+///     go                                  →
+///                                          ←   running
+///
+/// The target runs the guest only after `go`; the source ends only after `running`. Anything
+/// else (a refusal, a failure, a broken stream) before `go` leaves the source running and the
+/// target discarding what it got.
+public enum MigrationMessage: Equatable, Sendable {
+    case hello(version: Int, rtvisorVersion: String)
+    case config(MigrationConfig)
+    case accepted
+    case refused(String)
+    /// Whole pages of guest RAM at `offset` in its image (the regions one after another).
+    case pages(offset: UInt64, bytes: [UInt8])
+    /// `length` bytes of zero pages at `offset` (a page written back to all zeros).
+    case zero(offset: UInt64, length: UInt64)
+    /// The machine state (the VMM's `MachineState` as JSON), sent with the VM paused.
+    case state([UInt8])
+    case ready
+    case failed(String)
+    case go
+    case running
+    case abandon(String)
+
+    public static let version = 1
+    /// The largest payload either end accepts: a round of pages is sent in 1 MiB frames.
+    public static let maxPayload = 16 << 20
+    public static let pagesPerFrame = 256
+
+    var kind: UInt8 {
+        switch self {
+        case .hello: 1
+        case .config: 2
+        case .accepted: 3
+        case .refused: 4
+        case .pages: 5
+        case .zero: 6
+        case .state: 7
+        case .ready: 8
+        case .failed: 9
+        case .go: 10
+        case .running: 11
+        case .abandon: 12
+        }
+    }
+
+    public var name: String {
+        ["", "hello", "config", "accepted", "refused", "pages", "zero", "state", "ready", "failed", "go", "running", "abandon"][Int(kind)]
+    }
+
+    public func encoded() throws -> [UInt8] {
+        var payload: [UInt8]
+        switch self {
+        case let .hello(v, r): payload = Array(try JSONEncoder().encode(Hello(version: v, rtvisorVersion: r)))
+        case let .config(c): payload = Array(try JSONEncoder().encode(c))
+        case .accepted, .ready, .go, .running: payload = []
+        case let .refused(m), let .failed(m), let .abandon(m): payload = Array(m.utf8)
+        case let .pages(offset, bytes): payload = Self.le(offset) + bytes
+        case let .zero(offset, length): payload = Self.le(offset) + Self.le(length)
+        case let .state(body): payload = body
+        }
+        return [kind] + Self.le(UInt32(payload.count)) + payload
+    }
+
+    public static func decode(kind: UInt8, payload: [UInt8]) throws(MigrationStreamError) -> MigrationMessage {
+        func json<T: Decodable>(_ t: T.Type) throws(MigrationStreamError) -> T {
+            do { return try JSONDecoder().decode(T.self, from: Data(payload)) } catch { throw MigrationStreamError("a \(T.self) that cannot be read: \(error)") }
+        }
+        func text() -> String { String(decoding: payload, as: UTF8.self) }
+        switch kind {
+        case 1: let h = try json(Hello.self); return .hello(version: h.version, rtvisorVersion: h.rtvisorVersion)
+        case 2: return .config(try json(MigrationConfig.self))
+        case 3: return .accepted
+        case 4: return .refused(text())
+        case 5:
+            guard payload.count >= 8, (payload.count - 8) % 4096 == 0 else { throw MigrationStreamError("a pages frame of \(payload.count) bytes") }
+            return .pages(offset: load64(payload, 0), bytes: Array(payload[8...]))
+        case 6:
+            guard payload.count == 16 else { throw MigrationStreamError("a zero frame of \(payload.count) bytes") }
+            return .zero(offset: load64(payload, 0), length: load64(payload, 8))
+        case 7: return .state(payload)
+        case 8: return .ready
+        case 9: return .failed(text())
+        case 10: return .go
+        case 11: return .running
+        case 12: return .abandon(text())
+        default: throw MigrationStreamError("unknown frame kind \(kind)")
+        }
+    }
+
+    struct Hello: Codable { var version: Int; var rtvisorVersion: String }
+
+    static func le<T: FixedWidthInteger>(_ v: T) -> [UInt8] { (0..<MemoryLayout<T>.size).map { UInt8(truncatingIfNeeded: v >> (8 * $0)) } }
+    static func load64(_ b: [UInt8], _ at: Int) -> UInt64 { (0..<8).reduce(UInt64(0)) { $0 | UInt64(b[at + $1]) << (8 * UInt64($1)) } }
+}
+
+/// What the target needs to know before any memory moves: the definition (paths must resolve
+/// on the target) and what the guest saw (the snapshot header's fields: vCPUs, RAM, CPU template
+/// and CPUID digest, disk sizes).
+public struct MigrationConfig: Codable, Equatable, Sendable {
+    public var definitionJSON: [UInt8]
+    public var header: SnapshotHeader
+    public var sourceHost: String
+    public init(definitionJSON: [UInt8], header: SnapshotHeader, sourceHost: String) {
+        self.definitionJSON = definitionJSON; self.header = header; self.sourceHost = sourceHost
+    }
+}
+
+public struct MigrationStreamError: Error, CustomStringConvertible, Equatable {
+    public let description: String
+    public init(_ description: String) { self.description = description }
+}
+
+/// One end of a migration stream (blocking; one thread).
+public final class MigrationChannel {
+    public let socket: FileDescriptor
+    public private(set) var bytesSent: UInt64 = 0
+
+    public init(socket: FileDescriptor) { self.socket = socket }
+
+    public func send(_ message: MigrationMessage) throws {
+        let bytes = try message.encoded()
+        do { try writeAll(socket.rawValue, bytes) } catch { throw MigrationStreamError("sending \(message.name): \(error)") }
+        bytesSent += UInt64(bytes.count)
+    }
+
+    /// The next message; a closed stream or a malformed frame throws.
+    public func receive() throws -> MigrationMessage {
+        let head = try read(5, "a frame header")
+        let length = Int(UInt32(head[1]) | UInt32(head[2]) << 8 | UInt32(head[3]) << 16 | UInt32(head[4]) << 24)
+        guard length <= MigrationMessage.maxPayload else { throw MigrationStreamError("a frame of \(length) bytes (at most \(MigrationMessage.maxPayload))") }
+        return try MigrationMessage.decode(kind: head[0], payload: try read(length, "a frame"))
+    }
+
+    private func read(_ n: Int, _ what: String) throws -> [UInt8] {
+        var out = [UInt8](repeating: 0, count: n)
+        var got = 0
+        while got < n {
+            let r = try out.withUnsafeMutableBytes { raw in
+                Result { () throws(Errno) in try retryInterrupted { Glibc.read(socket.rawValue, raw.baseAddress! + got, n - got) } }
+            }.get()
+            guard r > 0 else { throw MigrationStreamError("the stream ended inside \(what) (\(got) of \(n) bytes)") }
+            got += r
+        }
+        return out
+    }
+}
+
+/// Where a migration stream is: `unix:PATH`, `tcp:HOST:PORT` (`tcp:[v6]:PORT` for IPv6
+/// literals), or `fd:N` (an inherited connected socket).
+public enum MigrationAddress: Equatable, Sendable, CustomStringConvertible {
+    case unix(String)
+    case tcp(host: String, port: String)
+    case fd(Int32)
+
+    public init(parsing s: String) throws(MigrationStreamError) {
+        if s.hasPrefix("unix:"), s.count > 5 { self = .unix(String(s.dropFirst(5))); return }
+        if s.hasPrefix("fd:"), let n = Int32(s.dropFirst(3)), n >= 0 { self = .fd(n); return }
+        if s.hasPrefix("tcp:") {
+            let rest = s.dropFirst(4)
+            if let colon = rest.lastIndex(of: ":"), let port = UInt16(rest[rest.index(after: colon)...]), port > 0 {
+                var host = String(rest[..<colon])
+                if host.hasPrefix("[") && host.hasSuffix("]") { host = String(host.dropFirst().dropLast()) }
+                self = .tcp(host: host, port: String(port))
+                return
+            }
+        }
+        throw MigrationStreamError("\(s): not a migration address (unix:PATH, tcp:HOST:PORT or fd:N)")
+    }
+
+    public var description: String {
+        switch self {
+        case let .unix(p): "unix:\(p)"
+        case let .tcp(h, p): h.contains(":") ? "tcp:[\(h)]:\(p)" : "tcp:\(h):\(p)"
+        case let .fd(n): "fd:\(n)"
+        }
+    }
+}
