@@ -161,7 +161,7 @@ let package = Package(
         .testTarget(name: "KVMTests", dependencies: ["KVM", "Memory", "Arch"]),
         .testTarget(name: "SandboxTests", dependencies: ["Sandbox", "SandboxMode", "Config", "VMMInterface", "CSeccomp", "CSandbox", "CKVM", "TestSupport"]),
         .testTarget(name: "IntegrationTests", dependencies: [
-            "VMM", "VMMInterface", "Realtime", "Posix", "APIModels", "Daemon", "KVM", "PCI", "Sandbox", "API", "TestSupport",
+            "VMM", "VMMInterface", "Realtime", "Posix", "APIModels", "Daemon", "KVM", "PCI", "Sandbox", "API", "TestSupport", "CDaemonSupport",
             .product(name: "Logging", package: "swift-log"),
             .product(name: "SystemPackage", package: "swift-system"),
         ]),

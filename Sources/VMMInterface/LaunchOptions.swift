@@ -71,6 +71,9 @@ public struct VMMLaunch: Codable, Equatable, Sendable {
     /// Take the VM over from a live migration at this address (`unix:PATH`, `tcp:HOST:PORT`,
     /// `fd:N` for an inherited connected socket); the definition comes with it.
     public var incoming: String?
+    /// With `incoming`: the stream's hello and configuration were read by the caller (rtvisord),
+    /// which saved the configuration (`MigrationConfig`, JSON) here; the definition is `definition`.
+    public var incomingConfig: String?
 
     public init(definition: String) { self.definition = definition }
 
@@ -83,6 +86,7 @@ public struct VMMLaunch: Codable, Equatable, Sendable {
         case traceStartup = "trace-startup", traceOrigin = "trace-origin-ns"
         case keepRealtimePartitionOnReset = "keep-realtime-partition-on-reset"
         case restore, restoreMemory = "restore-memory", controlSocket = "control-socket", incoming
+        case incomingConfig = "incoming-config"
         public var long: String { "--" + rawValue }
     }
 
@@ -112,6 +116,7 @@ public struct VMMLaunch: Codable, Equatable, Sendable {
         if restoreMemory != .copy { option(.restoreMemory, restoreMemory.rawValue) }
         option(.controlSocket, controlSocket)
         option(.incoming, incoming)
+        option(.incomingConfig, incomingConfig)
         return a
     }
 
@@ -197,7 +202,11 @@ public struct VMMLaunchArguments: ParsableArguments {
     @Option(name: .customLong(VMMLaunch.Flag.incoming.rawValue), help: "Take the VM over from a live migration (docs/migration.md): unix:PATH or tcp:HOST:PORT to listen on, fd:N for a connected socket; the definition comes with it.")
     public var incoming: String?
 
+    @Option(name: .customLong(VMMLaunch.Flag.incomingConfig.rawValue), help: "With --incoming and --config: the stream's hello and configuration were read by the caller, which saved the configuration (JSON) in this file.")
+    public var incomingConfig: String?
+
     public mutating func validate() throws {
+        if incomingConfig != nil && (incoming == nil || config == nil) { throw ValidationError("--incoming-config needs --incoming and --config") }
         if config == nil && restore == nil && incoming == nil && realtimeJanitor == nil {
             throw ValidationError("--config is required (or --restore DIR, or --incoming ADDRESS)")
         }
@@ -210,6 +219,7 @@ public struct VMMLaunchArguments: ParsableArguments {
     public var launch: VMMLaunch {
         var l = VMMLaunch(definition: config ?? restore.map { SnapshotLayout.definition(in: $0) } ?? "")
         l.incoming = incoming
+        l.incomingConfig = incomingConfig
         l.validateOnly = check
         l.consoleInput = !noConsoleInput
         l.consoleLog = consoleLog

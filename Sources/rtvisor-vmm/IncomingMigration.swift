@@ -3,6 +3,11 @@ import Logging
 import Posix
 import SystemPackage
 import VMMInterface
+#if canImport(FoundationEssentials)
+import FoundationEssentials
+#else
+import Foundation
+#endif
 #if canImport(Glibc)
 import Glibc
 #endif
@@ -15,7 +20,8 @@ enum IncomingMigration {
         let config: MigrationConfig
     }
 
-    static func open(_ address: String, logger: Logger) throws -> Opened {
+    /// `configFile`: rtvisord read the hello and the configuration already and saved the latter.
+    static func open(_ address: String, configFile: String?, logger: Logger) throws -> Opened {
         let parsed = try MigrationAddress(parsing: address)
         let socket: Int32
         switch parsed {
@@ -24,6 +30,13 @@ enum IncomingMigration {
         case let .tcp(host, port): socket = try acceptOne(cdaemon_listen_tcp(host, port), address, removing: nil, logger: logger)
         }
         let channel = MigrationChannel(socket: FileDescriptor(rawValue: socket))
+        if let configFile {
+            let fd = try FileDescriptor.open(configFile, .readOnly, options: [.closeOnExec])
+            defer { try? fd.close() }
+            let config = try JSONDecoder().decode(MigrationConfig.self, from: Data(try readToEnd(fd.rawValue)))
+            logger.notice("incoming migration of \(config.header.vm) from \(config.sourceHost) on \(address) (handed over by the caller)")
+            return Opened(channel: channel, config: config)
+        }
         guard case let .hello(version, sourceVersion) = try channel.receive() else { throw MigrationStreamError("the source did not start with hello") }
         guard version == MigrationMessage.version else {
             try? channel.send(.refused("migration protocol \(version); this VMM speaks \(MigrationMessage.version)"))

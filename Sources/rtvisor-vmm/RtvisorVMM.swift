@@ -63,11 +63,14 @@ struct RtvisorVMM: ParsableCommand {
         var incoming: IncomingMigration.Opened? = nil
         do {
             if let address = launch.incoming {
-                let opened = try IncomingMigration.open(address, logger: Logger(label: "rtvisor.vmm"))
+                let opened = try IncomingMigration.open(address, configFile: launch.incomingConfig, logger: Logger(label: "rtvisor.vmm"))
                 incoming = opened
                 do {
-                    definition = try VMDefinition.parse(Data(opened.config.definitionJSON), file: "the definition from \(opened.config.sourceHost)",
-                                                        baseDirectory: "/")
+                    // The caller's definition (rtvisord: renamed, disks mapped to this host's
+                    // paths) or the one that came with the VM.
+                    definition = launch.definition.isEmpty
+                        ? try VMDefinition.parse(Data(opened.config.definitionJSON), file: "the definition from \(opened.config.sourceHost)", baseDirectory: "/")
+                        : try loadDefinition(launch)
                 } catch {
                     try? opened.channel.send(.refused("\(error)"))
                     throw error

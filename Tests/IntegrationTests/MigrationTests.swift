@@ -1,3 +1,4 @@
+import CDaemonSupport
 import Foundation
 import Posix
 import SystemPackage
@@ -20,14 +21,15 @@ struct MigrationTests {
         let target: RunningVMM
     }
 
-    func start(steps: Int) throws -> Pair {
+    /// `tcpPort`: the target listens on 127.0.0.1 there instead of a unix socket.
+    func start(steps: Int, tcpPort: Int? = nil) throws -> Pair {
         let dir = try VMM.tempDir()
         let def = VMM.definition(name: "memw", kernel: try Env.inmate("memwriter"), memoryMiB: 32, cmdline: "memw.steps=\(steps)")
         let path = try VMM.writeDefinition(def, in: dir)
         let control = dir.appendingPathComponent("control.sock").path
-        let incoming = dir.appendingPathComponent("incoming.sock").path
+        let incoming = tcpPort.map { "tcp:127.0.0.1:\($0)" } ?? "unix:" + dir.appendingPathComponent("incoming.sock").path
         let source = try RunningVMM(arguments: ["--config", path, "--control-socket", control])
-        let target = try RunningVMM(arguments: ["--incoming", "unix:\(incoming)"])
+        let target = try RunningVMM(arguments: ["--incoming", incoming])
         return Pair(dir: dir, definition: path, control: control, incoming: incoming, source: source, target: target)
     }
 
@@ -38,13 +40,17 @@ struct MigrationTests {
         }
     }
 
-    func connectIncoming(_ path: String) throws -> FileDescriptor {
+    func connectIncoming(_ address: String) throws -> FileDescriptor {
         let deadline = Date().addingTimeInterval(10)
         while Date() < deadline {
-            if let fd = connectToUnixSocket(path) { return FileDescriptor(rawValue: fd) }
+            switch try MigrationAddress(parsing: address) {
+            case let .unix(path): if let fd = connectToUnixSocket(path) { return FileDescriptor(rawValue: fd) }
+            case let .tcp(host, port): let fd = cdaemon_connect_tcp(host, port); if fd >= 0 { return FileDescriptor(rawValue: fd) }
+            case .fd: break
+            }
             usleep(20_000)
         }
-        throw SnapshotTestError("the target's \(path) never came up")
+        throw SnapshotTestError("the target's \(address) never came up")
     }
 
     func migrate(_ p: Pair, over stream: FileDescriptor) throws -> VMMControl.Reply {
@@ -54,9 +60,10 @@ struct MigrationTests {
         return try control.call(.migrate(MigrationRequest(downtimeMilliseconds: 50, definitionJSON: definition)), files: [stream])
     }
 
-    @Test func aGuestWritingItsMemoryMovesMidRunAndVerifiesAllOfItOnTheTarget() throws {
+    @Test(arguments: [nil, 47000 + Int(getpid() % 1000)])
+    func aGuestWritingItsMemoryMovesMidRunAndVerifiesAllOfItOnTheTarget(tcpPort: Int?) throws {
         let total = 10240
-        let p = try start(steps: total)
+        let p = try start(steps: total, tcpPort: tcpPort)
         #expect(p.source.waitForConsole(timeout: 60) { self.steps($0).contains(2048) }, "source: \(p.source.console)\n\(p.source.stderr)")
         let reply = try migrate(p, over: try connectIncoming(p.incoming))
         guard case let .migrated(report) = reply else { throw SnapshotTestError("migrate: \(reply)\nsource: \(p.source.stderr)\ntarget: \(p.target.stderr)") }
@@ -81,12 +88,12 @@ struct MigrationTests {
                                  extra: "\"disks\": [{\"path\": \"\(disk)\"}]")
         let path = try VMM.writeDefinition(def, in: dir)
         let control = dir.appendingPathComponent("control.sock").path
-        let incoming = dir.appendingPathComponent("incoming.sock").path
+        let incoming = "unix:" + dir.appendingPathComponent("incoming.sock").path
         let source = try RunningVMM(arguments: ["--config", path, "--control-socket", control])
         defer { kill(source.process.processIdentifier, SIGKILL) }
         #expect(source.waitForConsole(timeout: 60) { $0.contains("MEMW_START") })
         // The source holds the disk's lock: the target on the same host cannot open it.
-        let target = try RunningVMM(arguments: ["--incoming", "unix:\(incoming)"])
+        let target = try RunningVMM(arguments: ["--incoming", incoming])
         let reply = try migrate(Pair(dir: dir, definition: path, control: control, incoming: incoming, source: source, target: target),
                                 over: try connectIncoming(incoming))
         guard case let .refused(reason) = reply else { throw SnapshotTestError("expected a refusal: \(reply)") }

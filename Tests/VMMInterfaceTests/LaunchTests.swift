@@ -27,6 +27,7 @@ import VMMInterface
         l.restoreMemory = .map
         l.controlSocket = "/run/rtvisor/vms/web/control.sock"
         l.incoming = "unix:/run/rtvisor/incoming/web.sock"
+        l.incomingConfig = "/run/rtvisor/incoming/web.json"
         return l
     }
 
