@@ -181,8 +181,9 @@ public enum SeccompPolicy {
                   // a VMM that keeps root (--no-jail) undoes or hands over its real-time partition
                   // itself: the cpuset and partition-state locks, and which IRQs still exist
                   "flock", "access",
-                  // resuming after a snapshot restarts virtio-net's receive thread (its epoll and kick)
-                  "eventfd2", "epoll_create1", "epoll_ctl",
+                  // resuming after a snapshot or a migration's pause restarts virtio-net's receive
+                  // thread from here: its epoll and kick, and (filters stack) what it then calls
+                  "eventfd2", "epoll_create1", "epoll_ctl", "epoll_wait", "epoll_pwait",
             ].map { SyscallRule($0) }
             r += threadCreation()
             r += journal

@@ -227,6 +227,17 @@ struct SnapshotVirtioTests {
         let vm = try RunningVMM(arguments: ["--config", path, "--control-socket", control], prefix: netns)
         #expect(vm.waitForConsole(timeout: 60) { $0.contains("MAC 02:00:00:aa:bb:07") }, "console: \(vm.console)\nstderr: \(vm.stderr)")
         usleep(300_000)
+        // A pause and resume restart the receive thread from the control thread (its filter,
+        // stacked under the thread's own, must let it wait on its epoll).
+        do {
+            let c = try ControlClient.connect(control)
+            #expect(try c.call(.pause) == .runState(.paused))
+            #expect(try c.call(.resume) == .runState(.running))
+        } catch {
+            usleep(300_000)
+            throw SnapshotTestError("pause/resume: \(error)\nstderr: \(vm.stderr.suffix(1500))")
+        }
+        usleep(100_000)
         let snap = dir.appendingPathComponent("snap").path
         let reply = try ControlClient.snapshot(try ControlClient.connect(control), into: snap, definition: path, then: .stop)
         guard case .snapshotSaved = reply else { throw SnapshotTestError("snapshot: \(reply)") }
