@@ -102,6 +102,28 @@ actor FakeControl: VMControl {
         guard vms[name] != nil else { throw .notFound("no VM named \"\(name)\"") }
         return CloneResult(origin: name, snapshot: request.from ?? "/s", clones: [])
     }
+    func migrate(_ name: String, _ request: MigrateRequest) throws(ControlError) -> MigrateResult {
+        calls.append("migrate \(name) to \(request.address) downtime=\(request.downtimeMilliseconds ?? 0) rounds=\(request.maxRounds ?? 0) force=\(request.force.map { "\($0)" } ?? "-")")
+        guard let s = vms[name] else { throw .notFound("no VM named \"\(name)\"") }
+        guard s == .running else { throw .conflict("VM \(name) is \(s.rawValue), not running") }
+        vms[name] = .migrated
+        return MigrateResult(name: name, sourceHost: "a", address: request.address, rounds: [MigrationRound(pages: 10, bytes: 40960, milliseconds: 1)],
+                             totalBytes: 41000, totalMilliseconds: 5, downtimeMilliseconds: 2, state: .migrated)
+    }
+    func receiveMigration(_ request: IncomingRequest) throws(ControlError) -> IncomingMigration {
+        calls.append("receive \(request.listen) as \(request.name ?? "-") map=\(request.diskMap?.sorted { $0.key < $1.key }.map { "\($0.key)=\($0.value)" }.joined(separator: ",") ?? "-")")
+        if let name = request.name, vms[name] == .running { throw .conflict("VM \(name) is running") }
+        return IncomingMigration(id: "1", listen: request.listen, phase: .listening, name: request.name)
+    }
+    func incomingMigrations() -> IncomingList {
+        calls.append("incoming")
+        return IncomingList(migrations: [IncomingMigration(id: "1", listen: "unix:/x", phase: .running, name: "moved", sourceHost: "a", pid: 7)])
+    }
+    func incomingMigration(_ id: String) throws(ControlError) -> IncomingMigration {
+        calls.append("incoming \(id)")
+        guard id == "1" else { throw .notFound("no incoming migration \(id)") }
+        return IncomingMigration(id: "1", listen: "unix:/x", phase: .failed, error: "refused")
+    }
 }
 
 func decode<T: Decodable>(_ type: T.Type, _ r: APIResponse) throws -> T { try JSONDecoder().decode(T.self, from: Data(r.body)) }
