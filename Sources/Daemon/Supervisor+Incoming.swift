@@ -35,6 +35,13 @@ extension Supervisor {
         }
         if let problem = DefinitionJSON.diskMapProblem(request.diskMap ?? [:]) { throw .conflict(problem) }
         let address = try Self.streamAddress(request.listen, field: "listen")
+        // Listening replaces the file at the path: only a socket (one left by an earlier listener) may be there.
+        if case let .unix(path) = address {
+            var st = stat()
+            if lstat(path, &st) == 0 && st.st_mode & S_IFMT != S_IFSOCK {
+                throw .conflict("listen: \(path) exists and is not a socket (rtvisord would replace it)")
+            }
+        }
         let listener: Int32
         switch address {
         case let .unix(path): listener = cdaemon_listen_unix(path, 1, 0o600)

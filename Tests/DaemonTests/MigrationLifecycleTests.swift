@@ -212,7 +212,10 @@ import VMMInterface
         guard case let .refused(reason) = try junk.receive() else { Issue.record("no refusal"); return }
         #expect(reason == "not a migration stream: it began with go, not hello")
         #expect(try await waitForEnd(f.supervisor, "2").error == reason)
-        // Checked at once: a bad name, a relative disk map.
+        // Checked at once: a bad name, a file that is not a socket (listening would replace it).
+        await #expect(throws: ControlError.conflict("listen: \(f.definitions)/twocpu.json exists and is not a socket (rtvisord would replace it)")) {
+            _ = try await f.supervisor.receiveMigration(IncomingRequest(listen: "unix:" + f.definitions + "/twocpu.json"))
+        }
         await #expect(throws: ControlError.conflict("name \"a b\" is not a VM name (1–64 letters, digits, '-' and '_')")) {
             _ = try await f.supervisor.receiveMigration(IncomingRequest(listen: "unix:" + f.base + "/x.sock", name: "a b"))
         }
