@@ -4,7 +4,7 @@
 #   scripts/fuzz.sh TARGET [SECONDS]       time-bounded run (default 60 s)
 #   scripts/fuzz.sh TARGET --runs N        until N inputs have run
 #   scripts/fuzz.sh all [SECONDS]          every target in turn, SECONDS each
-#   TARGET: virtqueue, blk, net, definition, api, control.  FUZZ_JOBS=N runs N workers.
+#   TARGET: virtqueue, blk, net, definition, api, control, stream.  FUZZ_JOBS=N runs N workers.
 #   FUZZ_TIMEOUT=S (default 10): seconds one input may take before libFuzzer calls it a hang;
 #   raise it for long niced runs on a busy machine (a starved process is not a hung one).
 #   FUZZ_RSS_MB=M (default 2048): libFuzzer's RSS limit. The net target's RSS grows by about
@@ -17,7 +17,7 @@
 # The full libFuzzer log of the last run is kept in .../fuzz/TARGET/last.log.
 set -euo pipefail
 repo=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
-targets="virtqueue blk net definition api control"
+targets="virtqueue blk net definition api control stream"
 target=${1:?usage: scripts/fuzz.sh TARGET|all [SECONDS | --runs N]  (TARGET: $targets)}
 shift
 if [ "$target" = all ]; then

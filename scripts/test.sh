@@ -51,7 +51,7 @@ scripts/test-virtio-inmates-qemu.sh "${net_args[@]}" "$inmates" >&2
 log "VFIO against a real vfio-pci driver (QEMU q35 + intel-iommu + edu, TCG)"
 scripts/test-vfio.sh >&2
 
-log "fuzzing virtqueue, blk, net, definition, api and control (libFuzzer + ASan, ${RTVISOR_FUZZ_SECONDS:-25} s each)"
+log "fuzzing virtqueue, blk, net, definition, api, control and stream (libFuzzer + ASan, ${RTVISOR_FUZZ_SECONDS:-25} s each)"
 scripts/fuzz.sh all "${RTVISOR_FUZZ_SECONDS:-25}" >&2
 
 if [ -e /dev/kvm ]; then

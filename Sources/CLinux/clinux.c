@@ -116,6 +116,17 @@ int clinux_ofd_lock(int fd, long long start, int exclusive, int test_only) {
 	return (errno == EAGAIN || errno == EACCES) ? 1 : -errno;
 }
 
+/* Drops every OFD lock this open file description holds (a migration hands the image over). */
+int clinux_ofd_unlock_all(int fd) {
+	struct flock fl;
+	memset(&fl, 0, sizeof fl);
+	fl.l_type = F_UNLCK;
+	fl.l_whence = SEEK_SET;
+	fl.l_start = 0;
+	fl.l_len = 0;
+	return fcntl(fd, F_OFD_SETLK, &fl) == 0 ? 0 : -errno;
+}
+
 #include <sys/socket.h>
 
 #define CLINUX_MAX_PASSED_FDS 8

@@ -30,8 +30,9 @@ extension GuestMemory {
     public func writeImage(at offset: UInt64, bytes: UnsafeRawBufferPointer?, zeroLength: UInt64 = 0) throws {
         let length = bytes.map { UInt64($0.count) } ?? zeroLength
         guard offset % 4096 == 0, length % 4096 == 0 else { throw GuestMemoryError.imageRange(offset: offset, length: length) }
-        for (r, start) in zip(regions, imageOffsets) where offset >= start && offset < start + r.size {
-            guard offset + length <= start + r.size else { break }
+        for (r, start) in zip(regions, imageOffsets) where offset >= start && offset - start < r.size {
+            // No `offset + length`: a hostile length would overflow it.
+            guard length <= r.size - (offset - start) else { break }
             let p = r.pointer(r.start.raw + (offset - start))
             if let bytes, let src = bytes.baseAddress { p.copyMemory(from: src, byteCount: bytes.count) } else { memset(p, 0, Int(length)) }
             return

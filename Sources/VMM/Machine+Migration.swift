@@ -50,9 +50,15 @@ extension Machine {
         resume()
         var goSent = false
         var pausedAt: UInt64? = nil
+        var disksReleased = false
         defer {
             tracker.stop()
-            // Anything short of `go` leaves the VM running here.
+            // Anything short of `go` leaves the VM running here, with its disks.
+            if !goSent && disksReleased {
+                for d in diskImages {
+                    do { try d.lock() } catch { logger.error("migration failed and disk \(d.path) cannot be locked again: \(error)") }
+                }
+            }
             if !goSent && pausedAt != nil { resume() }
         }
         var rounds: [MigrationReport.Round] = []
@@ -82,6 +88,9 @@ extension Machine {
                 logger.info("migration of \(definition.name): last round, \(pending) pages dirty before the pause, \(final.reduce(0) { $0 + $1.reduce(0) { $0 + $1.nonzeroBitCount } }) with it")
                 rounds.append(try round(final))
                 let state = try SnapshotCodec.encode(try captureState())
+                // Shared storage: the target takes the disks' locks when it runs the VM.
+                for d in diskImages { d.unlock() }
+                disksReleased = true
                 try channel.send(.state(state))
                 break
             }
@@ -232,6 +241,9 @@ extension Machine {
         }
         try channel.send(.ready)
         guard case .go = try channel.receive() else { throw MigrationError("the source did not say go") }
+        // The source let its disks go when it paused for the last round: they are this VMM's
+        // now. One that cannot be locked means someone else has it: the VM does not run here.
+        for d in diskImages { try d.lock() }
         try channel.send(.running)
         logger.notice("migration of \(definition.name) received: \(pages) pages; the VM runs here")
     }

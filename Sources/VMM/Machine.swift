@@ -10,6 +10,7 @@ import PCI
 import Posix
 import Realtime
 import VFIO
+import VirtioBlock
 import Sandbox
 import Synchronization
 import VMMInterface
@@ -84,6 +85,8 @@ public final class Machine: @unchecked Sendable {
     let runControl = Mutex<VMMRunState>(.running)
     let cpuTemplate: CPUTemplate
     let diskBytes: [UInt64]
+    /// The open disks: a migration hands their locks over (Machine+Migration.swift).
+    let diskImages: [BlockImage]
     /// What KVM supports on this host (the CPUID tables are derived from it): a snapshot's digest.
     let supportedCPUID: [CPUIDEntry]
     /// Read once at start: inside the jail the VMM cannot look at the host's KVM module any more.
@@ -109,13 +112,15 @@ public final class Machine: @unchecked Sendable {
         let trace = options.trace
         let system = try MachinePhase.checkHost(def)
         trace.mark("host checks")
-        let files = try MachinePhase.openGuestFiles(def, hostEmulatesRing0: emulating, bootImages: start.boots, logger: logger)
+        let incoming: Bool = if case .incoming = start { true } else { false }
+        let files = try MachinePhase.openGuestFiles(def, hostEmulatesRing0: emulating, bootImages: start.boots, lockDisks: !incoming, logger: logger)
         trace.mark("guest files")
         let supported = try system.supportedCPUID()
         self.supportedCPUID = supported
         let template = def.cpu.policy.effectiveTemplate(hostEmulatesRing0: emulating)
         self.cpuTemplate = template
         self.diskBytes = files.disks.map(\.size)
+        self.diskImages = files.disks
         let loaded = try source.map {
             let l = try SnapshotReader.load($0, definition: def, cpuTemplate: template.rawValue,
                                            cpuidDigest: SnapshotCodec.cpuidDigest(def, supportedCPUID: supported, hostEmulatesRing0: emulating))

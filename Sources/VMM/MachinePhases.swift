@@ -52,7 +52,9 @@ enum MachinePhase {
     /// root's symlinks, no FIFOs or devices opened, the kind each field allows), then read or
     /// kept open through that descriptor alone; nothing looks the paths up again, the jail
     /// included. A Linux command line gets the parameters its CPU template needs on this host.
-    static func openGuestFiles(_ def: VMDefinition, hostEmulatesRing0 emulating: Bool, bootImages: Bool = true, logger: Logger) throws -> GuestFiles {
+    /// `lockDisks: false` (a migration's target): the disks are locked when the VM moves here.
+    static func openGuestFiles(_ def: VMDefinition, hostEmulatesRing0 emulating: Bool, bootImages: Bool = true, lockDisks: Bool = true,
+                               logger: Logger) throws -> GuestFiles {
         func locate(_ path: String, _ field: String, _ kinds: Set<GuestFile.Kind>) throws -> GuestFile {
             let file: GuestFile
             do { file = try GuestFile.locate(path, field: field, allowing: kinds) } catch { throw VMMError.setup("\(error)") }
@@ -72,7 +74,7 @@ enum MachinePhase {
         for (i, disk) in def.disks.enumerated() {
             let field = "$.disks[\(i)].path"
             let file = try locate(disk.path, field, [.regularFile, .blockDevice])
-            do { disks.append(try BlockImage(file: file, readOnly: disk.readOnly, directIO: disk.directIO)) }
+            do { disks.append(try BlockImage(file: file, readOnly: disk.readOnly, directIO: disk.directIO, lockNow: lockDisks)) }
             catch let e as BlockImageError { throw VMMError.setup("\(field): \(e)") }
         }
         guard bootImages else { return GuestFiles(boot: nil, disks: disks) }

@@ -41,7 +41,9 @@ public final class BlockImage: Sendable {
 
     /// The disk of a file the VMM found under docs/sandbox.md's rules (`GuestFile`): opened through
     /// that descriptor with the disk's access mode, never through its path again.
-    public init(file: GuestFile, readOnly: Bool, directIO: Bool = false) throws {
+    /// `lockNow: false` (a live migration's target): the image is opened but not locked; the
+    /// source holds it until it hands the VM over, then this side takes it (`lock()`).
+    public init(file: GuestFile, readOnly: Bool, directIO: Bool = false, lockNow: Bool = true) throws {
         let path = file.path
         self.path = path
         self.readOnly = readOnly
@@ -72,16 +74,7 @@ public final class BlockImage: Sendable {
             } else {
                 throw BlockImageError(path: path, reason: "not a regular file or block device")
             }
-            if flock(raw, (readOnly ? LOCK_SH : LOCK_EX) | LOCK_NB) != 0 {
-                let e = errno
-                throw BlockImageError(path: path, reason: e == EWOULDBLOCK
-                    ? (readOnly ? "disk image is in use read-write by another process (another VM?)"
-                                : "disk image is in use by another process (another VM?); a writable image is exclusive")
-                    : "cannot lock disk image: \(errnoMessage(e))")
-            }
-            if let holder = QEMUImageLocks.take(fd: raw, readOnly: readOnly) {
-                throw BlockImageError(path: path, reason: holder)
-            }
+            if lockNow { try Self.lock(raw, path: path, readOnly: readOnly) }
             bytes -= bytes % Self.sectorSize
             guard bytes > 0 else { throw BlockImageError(path: path, reason: "disk image is smaller than one 512-byte sector") }
             self.size = bytes
@@ -90,6 +83,32 @@ public final class BlockImage: Sendable {
             try? fd.close()
             throw error
         }
+    }
+
+    /// Takes the image's locks (flock and QEMU's byte-range locks); throws who holds it.
+    static func lock(_ raw: Int32, path: String, readOnly: Bool) throws {
+        if flock(raw, (readOnly ? LOCK_SH : LOCK_EX) | LOCK_NB) != 0 {
+            let e = errno
+            throw BlockImageError(path: path, reason: e == EWOULDBLOCK
+                ? (readOnly ? "disk image is in use read-write by another process (another VM?)"
+                            : "disk image is in use by another process (another VM?); a writable image is exclusive")
+                : "cannot lock disk image: \(errnoMessage(e))")
+        }
+        if let holder = QEMUImageLocks.take(fd: raw, readOnly: readOnly) {
+            _ = clinux_ofd_unlock_all(raw)
+            _ = flock(raw, LOCK_UN)
+            throw BlockImageError(path: path, reason: holder)
+        }
+    }
+
+    /// Takes the locks of an image opened with `lockNow: false` (or released by `unlock()`).
+    public func lock() throws { try Self.lock(fd.rawValue, path: path, readOnly: readOnly) }
+
+    /// Lets the image go (a migration's source, once the VM is paused for the last round): the
+    /// target takes it when it runs the VM; the source takes it back if the migration fails.
+    public func unlock() {
+        _ = clinux_ofd_unlock_all(fd.rawValue)
+        _ = flock(fd.rawValue, LOCK_UN)
     }
 
     /// A disk image by path, found under the same rules (tests, the fuzzer). The VMM locates

@@ -5,6 +5,9 @@
 //   net         virtio-net transmit and receive paths over a socketpair "tap" (guest RAM)
 //   definition  VMDefinition.parse: any bytes give a definition or a DefinitionError
 //   api         APIRouter: route, query and JSON body decoding of a control API request
+//   control     rtvisord's side of the API front's control socket
+//   stream      a live-migration stream from another host (frames, pages into guest RAM) and
+//               a snapshot state file
 //
 // Two builds (scripts/fuzz.sh):
 // - libFuzzer: `-sanitize=fuzzer,address -D FUZZING`; the target comes from $RTVISOR_FUZZ_TARGET
@@ -16,7 +19,7 @@ import Glibc
 #endif
 
 enum FuzzTarget: String, CaseIterable {
-    case virtqueue, blk, net, definition, api, control
+    case virtqueue, blk, net, definition, api, control, stream
 
     /// Runs one input; returns a one-line summary (for replay). Crashes (precondition, ASan) are findings.
     func run(_ input: UnsafeRawBufferPointer) -> String {
@@ -27,6 +30,7 @@ enum FuzzTarget: String, CaseIterable {
         case .definition: fuzzDefinition(input)
         case .api: fuzzAPI(input)
         case .control: fuzzControl(input)
+        case .stream: fuzzStream(input)
         }
     }
 }

@@ -126,3 +126,15 @@ api = {
 }
 for name, data in api.items():
     write("api", name, data)
+
+
+# stream: migration frames (kind, u32 length, payload) and a state-file-like prefix.
+def frame(kind, payload=b""):
+    return struct.pack("<BI", kind, len(payload)) + payload
+
+hello = frame(1, json.dumps({"version": 1, "rtvisorVersion": "0.5.0"}).encode())
+write("stream", "hello-pages-zero", hello + frame(5, struct.pack("<Q", 4096) + bytes([0xAB]) * 4096)
+      + frame(6, struct.pack("<QQ", 8192, 4096)) + frame(10))
+write("stream", "page-past-ram", frame(5, struct.pack("<Q", (2 << 20) - 4096) + bytes(8192)))
+write("stream", "zero-huge-length", frame(6, struct.pack("<QQ", 4096, (1 << 64) - 4096)))
+write("stream", "state-file-prefix", b"RTVSNAP\0" + struct.pack("<IIQ", 1, 2, 0) + b"{}" + bytes(4))

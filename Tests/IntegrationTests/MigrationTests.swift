@@ -78,30 +78,62 @@ struct MigrationTests {
         #expect(!steps(p.target.console).isEmpty, "checks ran on the target")
     }
 
-    @Test func aTargetWhoseHostDiffersIsRefusedBeforeAnyMemoryMoves() throws {
+    @Test func aTargetThatCannotTakeTheVMRefusesItBeforeAnyMemoryMoves() throws {
         let dir = try VMM.tempDir()
-        // A target that cannot take the VM: it is running the real-time CPUs or, here, cannot
-        // open the guest's disk (the definition's disk does not exist on "this host").
         let disk = dir.appendingPathComponent("disk.img").path
         FileManager.default.createFile(atPath: disk, contents: Data(count: 1 << 20))
         let def = VMM.definition(name: "memw", kernel: try Env.inmate("memwriter"), memoryMiB: 32, cmdline: "memw.steps=0",
                                  extra: "\"disks\": [{\"path\": \"\(disk)\"}]")
         let path = try VMM.writeDefinition(def, in: dir)
+        // The target's own definition of the VM says 2 vCPUs: what the guest saw differs.
+        let other = try VMM.writeDefinition(VMM.definition(name: "memw", kernel: try Env.inmate("memwriter"), vcpus: 2, memoryMiB: 32,
+                                                           extra: "\"disks\": [{\"path\": \"\(disk)\"}]"), name: "other.json", in: dir)
         let control = dir.appendingPathComponent("control.sock").path
         let incoming = "unix:" + dir.appendingPathComponent("incoming.sock").path
         let source = try RunningVMM(arguments: ["--config", path, "--control-socket", control])
         defer { kill(source.process.processIdentifier, SIGKILL) }
         #expect(source.waitForConsole(timeout: 60) { $0.contains("MEMW_START") })
-        // The source holds the disk's lock: the target on the same host cannot open it.
-        let target = try RunningVMM(arguments: ["--incoming", incoming])
+        // The disk is shared storage: the target opens it without its lock (the source has it).
+        let target = try RunningVMM(arguments: ["--incoming", incoming, "--config", other])
         let reply = try migrate(Pair(dir: dir, definition: path, control: control, incoming: incoming, source: source, target: target),
                                 over: try connectIncoming(incoming))
         guard case let .refused(reason) = reply else { throw SnapshotTestError("expected a refusal: \(reply)") }
-        #expect(reason.contains("the target refused the VM") && reason.contains("disks[0]"), "\(reason)")
+        #expect(reason.contains("the target refused the VM: the VM has 1 vCPUs, the definition here 2"), "\(reason)")
         #expect(target.waitForExit(timeout: 30) == VMMExitStatus.vmmError.code)
         #expect(source.process.isRunning, "the source keeps running")
         let before = steps(source.console).count
         #expect(source.waitForConsole(timeout: 60) { self.steps($0).count > before }, "and keeps verifying its memory")
+    }
+
+    /// A guest writing its disk (storage both sides see: here the same file) moves between two
+    /// requests: the disk's locks go with the VM, the device's queue goes on from its indices
+    /// (the used ring the VMM wrote is among the pages it resends), every sector verifies.
+    @Test func aDiskWriterMovesWithItsDiskAndItsDataVerifies() throws {
+        let dir = try VMM.tempDir()
+        let disk = try DiskImage(megabytes: 4, in: dir)
+        let sectors = 400, start = 8
+        let def = VMM.definition(name: "blkmig", kernel: try Env.inmate("virtio-blk"), memoryMiB: 16,
+                                 cmdline: "blk.mode=durable blk.start=\(start) blk.sectors=\(sectors) blk.seed=0x77",
+                                 extra: "\"disks\": [{\"path\": \"\(disk.path)\"}]")
+        let path = try VMM.writeDefinition(def, in: dir)
+        let control = dir.appendingPathComponent("control.sock").path
+        let incoming = "unix:" + dir.appendingPathComponent("incoming.sock").path
+        let source = try RunningVMM(arguments: ["--config", path, "--control-socket", control])
+        let target = try RunningVMM(arguments: ["--incoming", incoming])
+        #expect(source.waitForConsole(timeout: 60) { $0.contains("ACK \(start + 30)\n") }, "\(source.console)\n\(source.stderr)")
+        let reply = try migrate(Pair(dir: dir, definition: path, control: control, incoming: incoming, source: source, target: target),
+                                over: try connectIncoming(incoming))
+        guard case .migrated = reply else { throw SnapshotTestError("migrate: \(reply)\n\(source.stderr)\n\(target.stderr)") }
+        #expect(source.waitForExit(timeout: 30) == VMMExitStatus.migrated.code)
+        #expect(!source.console.contains("INMATE virtio-blk OK"), "the move fell inside the writes")
+        #expect(target.waitForExit(timeout: 120) == 0, "target: \(target.console.suffix(1000))\n\(target.stderr)")
+        #expect(target.console.contains("INMATE virtio-blk OK: durable: \(sectors) sectors acknowledged"))
+        let acks = (source.console + target.console).split(separator: "\n").compactMap { $0.hasPrefix("ACK ") ? Int($0.dropFirst(4)) : nil }
+        #expect(acks == Array(start..<(start + sectors)), "every sector acknowledged once, in order")
+        let data = try disk.sectors(UInt64(start), sectors)
+        for s in 0..<sectors {
+            #expect(Array(data[(s * 512)..<((s + 1) * 512)]) == blockPattern(seed: 0x77, sector: UInt64(start + s)), "sector \(start + s)")
+        }
     }
 
     /// The stream is cut after a random number of bytes, twenty times: afterwards exactly one of

@@ -200,6 +200,14 @@ struct SnapshotVirtioTests {
         for s in 0..<sectors {
             #expect(Array(data[(s * 512)..<((s + 1) * 512)]) == blockPattern(seed: 0x5eed, sector: UInt64(start + s)), "sector \(start + s)")
         }
+
+        // A disk whose size changed since the snapshot is refused: the guest knows its size.
+        let h = try FileHandle(forWritingTo: URL(fileURLWithPath: disk.path))
+        try h.truncate(atOffset: 8 << 20)
+        try h.close()
+        let refused = try RunningVMM(arguments: ["--restore", snap])
+        #expect(refused.waitForExit(timeout: 30) == VMMExitStatus.vmmError.code)
+        #expect(refused.stderr.contains("$.disks[0] has \(8 << 20) bytes, \(4 << 20) when the VM was saved"), "\(refused.stderr)")
     }
 
     /// A guest exchanging frames with the host through a tap is saved mid-exchange and stopped;

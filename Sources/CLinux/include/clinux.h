@@ -22,6 +22,8 @@ int clinux_ioctl_ptr(int fd, unsigned long request, void *arg);
 /// One byte of an open file description lock (F_OFD_SETLK, or F_OFD_GETLK with `test_only`):
 /// 0 taken (or free, when testing), 1 another description holds a conflicting lock, -errno.
 int clinux_ofd_lock(int fd, long long start, int exclusive, int test_only);
+// Releases every OFD lock of fd's open file description: 0 or -errno.
+int clinux_ofd_unlock_all(int fd);
 int clinux_ioctl_val(int fd, unsigned long request, unsigned long arg);
 
 /// Opens a TAP device named `name` (empty: the kernel picks tapN) with IFF_NO_PI|IFF_VNET_HDR on
