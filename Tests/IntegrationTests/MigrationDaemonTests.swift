@@ -6,8 +6,8 @@ import VMMInterface
 /// Live migration through rtvisord and rtvisorctl (issue 19): two daemons on this host, each
 /// with its own definitions, run and state directories, stand for two hosts. The memwriter
 /// inmate (memw.steps=0: it writes its memory forever and verifies all of it every 1024 steps,
-/// printing `MEMW step=K ok`) moves from daemon A to daemon B mid-run. No disk: a same-host
-/// target cannot open a disk the source VMM holds locked (docs/migration.md).
+/// printing `MEMW step=K ok`) moves from daemon A to daemon B mid-run, with a disk image both
+/// see (its lock goes with the VM: docs/migration.md, "Disks").
 @Suite(.enabled(if: Env.kvmAvailable, Env.noKVMReason), .serialized)
 struct MigrationDaemonTests {
     typealias D = DaemonProcessTests
@@ -28,7 +28,11 @@ struct MigrationDaemonTests {
     /// A moves memw (restart policy always) to B as `moved`: A shows it migrated (exit 9, not
     /// restarted), B runs it, and its memory checks go on past the last one A showed.
     @Test func aRunningVMMovesToTheOtherDaemon() throws {
-        let a = try Daemon(definitions: [("memw", try Self.memwriter("memw", extra: "\"restart\": \"always\""))])
+        let shared = try D.shortTempDir()
+        defer { try? FileManager.default.removeItem(atPath: shared) }
+        let disk = shared + "/disk.img"
+        FileManager.default.createFile(atPath: disk, contents: Data(count: 1 << 20))
+        let a = try Daemon(definitions: [("memw", try Self.memwriter("memw", extra: "\"restart\": \"always\", \"disks\": [{\"path\": \"\(disk)\"}]"))])
         let b = try Daemon(definitions: [])
         guard a.waitRunning(["memw"]) else { Issue.record("memw did not start: \(a.log.suffix(2000))"); return }
         guard D.waitFor(60, "memw verifying", { Self.steps(a.console("memw")).contains(1024) }) else { return }
