@@ -41,6 +41,10 @@ public struct APIResponse: Sendable, Equatable {
 ///     POST /v1/vms/{name}/clone         CloneResult (CloneRequest body)
 ///     GET  /v1/snapshots[?vm=NAME]      SnapshotList
 ///     POST /v1/snapshots/restore        RestoredVM (RestoreRequest body)
+///     POST /v1/vms/{name}/migrate       MigrateResult (MigrateRequest body)
+///     POST /v1/migrations/incoming      IncomingMigration (IncomingRequest body; answers once listening)
+///     GET  /v1/migrations/incoming      IncomingList
+///     GET  /v1/migrations/incoming/{id} IncomingMigration
 public struct APIRouter: Sendable {
     let control: any VMControl
     public static let maxBody = 1 << 20
@@ -97,6 +101,17 @@ public struct APIRouter: Sendable {
             if let problem = SnapshotDirectory.pathProblem(req.directory, field: "directory") { return Self.error(400, problem) }
             if let name = req.name, !ClonePlan.isValidName(name) { return Self.error(400, "name must be a VM name (1–64 letters, digits, '-' and '_'), got \"\(name)\"") }
             return await run { () async throws(ControlError) in try await control.restore(req) }
+        case 2 where rest[0] == "migrations" && rest[1] == "incoming":
+            if request.method == "GET" { return await run { () async throws(ControlError) in try await control.incomingMigrations() } }
+            guard request.method == "POST" else { return Self.methodNotAllowed("GET, POST") }
+            guard let req = try? JSONDecoder().decode(IncomingRequest.self, from: Data(request.body)) else {
+                return Self.error(400, "body must be a JSON object {\"listen\": \"unix:PATH|tcp:HOST:PORT\", \"name\"?: \"NEW\", \"disk_map\"?: {\"/old\": \"/new\"}, \"timeout_s\"?: N}")
+            }
+            if let problem = Self.incomingProblem(req) { return Self.error(400, problem) }
+            return await run { () async throws(ControlError) in try await control.receiveMigration(req) }
+        case 3 where rest[0] == "migrations" && rest[1] == "incoming":
+            guard request.method == "GET" else { return Self.methodNotAllowed("GET") }
+            return await run { () async throws(ControlError) in try await control.incomingMigration(rest[2]) }
         case 2 where rest[0] == "vms":
             guard request.method == "GET" else { return Self.methodNotAllowed("GET") }
             return await run { () async throws(ControlError) in try await control.inspect(rest[1]) }
@@ -135,11 +150,33 @@ public struct APIRouter: Sendable {
                 if let from = req.from, let problem = SnapshotDirectory.pathProblem(from, field: "from") { return Self.error(400, problem) }
                 do throws(ControlError) { _ = try ClonePlan.names(origin: name, prefix: req.prefix, count: req.count) } catch { return Self.error(400, error.description) }
                 return await run { () async throws(ControlError) in try await control.clone(name, req) }
-            default: return Self.error(404, "no such action: \(rest[2]) (start, stop, reboot, pause, resume, snapshot, clone)")
+            case "migrate":
+                guard let req = try? JSONDecoder().decode(MigrateRequest.self, from: Data(request.body)) else {
+                    return Self.error(400, "body must be a JSON object {\"address\": \"unix:PATH|tcp:HOST:PORT\", \"downtime_ms\"?: N, \"max_rounds\"?: N, \"force\"?: true|false}")
+                }
+                if let problem = Self.migrateProblem(req) { return Self.error(400, problem) }
+                return await run { () async throws(ControlError) in try await control.migrate(name, req) }
+            default: return Self.error(404, "no such action: \(rest[2]) (start, stop, reboot, pause, resume, snapshot, clone, migrate)")
             }
         default:
             return Self.error(404, "no such endpoint: \(path)")
         }
+    }
+
+    /// What is wrong with a migrate request's fields, before the daemon sees it.
+    static func migrateProblem(_ r: MigrateRequest) -> String? {
+        do throws(ControlError) { _ = try Supervisor.streamAddress(r.address, field: "address") } catch { return error.description }
+        if let d = r.downtimeMilliseconds, !MigrateRequest.downtimeRange.contains(d) { return "downtime_ms must be 1–60000, got \(d)" }
+        if let n = r.maxRounds, !MigrateRequest.roundsRange.contains(n) { return "max_rounds must be 1–1000, got \(n)" }
+        return nil
+    }
+
+    static func incomingProblem(_ r: IncomingRequest) -> String? {
+        do throws(ControlError) { _ = try Supervisor.streamAddress(r.listen, field: "listen") } catch { return error.description }
+        if let name = r.name, !ClonePlan.isValidName(name) { return "name must be a VM name (1–64 letters, digits, '-' and '_'), got \"\(name)\"" }
+        if let problem = DefinitionJSON.diskMapProblem(r.diskMap ?? [:]) { return problem }
+        if let t = r.timeoutSeconds, !IncomingRequest.timeoutRange.contains(t) { return "timeout_s must be 1–86400, got \(t)" }
+        return nil
     }
 
     func run<T: Encodable>(_ body: () async throws(ControlError) -> T) async -> APIResponse {

@@ -24,6 +24,10 @@ public enum ControlCall: Codable, Sendable, Equatable {
     case snapshots(vm: String?)
     case restore(RestoreRequest)
     case clone(name: String, request: CloneRequest)
+    case migrate(name: String, request: MigrateRequest)
+    case receiveMigration(IncomingRequest)
+    case incomingMigrations
+    case incomingMigration(id: String)
 }
 
 /// rtvisord's end: answers the front's calls with the real `VMControl` (the Supervisor). One
@@ -118,6 +122,10 @@ public enum ControlServer {
             case let .snapshots(vm): return encoded(try await control.snapshots(vm: vm))
             case let .restore(request): return encoded(try await control.restore(request))
             case let .clone(name, request): return encoded(try await control.clone(name, request))
+            case let .migrate(name, request): return encoded(try await control.migrate(name, request))
+            case let .receiveMigration(request): return encoded(try await control.receiveMigration(request))
+            case .incomingMigrations: return encoded(try await control.incomingMigrations())
+            case let .incomingMigration(id): return encoded(try await control.incomingMigration(id))
             }
         } catch {
             switch error {
@@ -223,5 +231,15 @@ public final class RemoteVMControl: VMControl, Sendable {
     public func restore(_ request: RestoreRequest) async throws(ControlError) -> RestoredVM { try await call(.restore(request), as: RestoredVM.self) }
     public func clone(_ name: String, _ request: CloneRequest) async throws(ControlError) -> CloneResult {
         try await call(.clone(name: name, request: request), as: CloneResult.self)
+    }
+    public func migrate(_ name: String, _ request: MigrateRequest) async throws(ControlError) -> MigrateResult {
+        try await call(.migrate(name: name, request: request), as: MigrateResult.self)
+    }
+    public func receiveMigration(_ request: IncomingRequest) async throws(ControlError) -> IncomingMigration {
+        try await call(.receiveMigration(request), as: IncomingMigration.self)
+    }
+    public func incomingMigrations() async throws(ControlError) -> IncomingList { try await call(.incomingMigrations, as: IncomingList.self) }
+    public func incomingMigration(_ id: String) async throws(ControlError) -> IncomingMigration {
+        try await call(.incomingMigration(id: id), as: IncomingMigration.self)
     }
 }

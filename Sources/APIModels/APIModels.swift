@@ -18,6 +18,11 @@ public enum VMStateName: String, Codable, Sendable, CaseIterable {
     case restarting
     /// Ended unexpectedly and will not be restarted (policy `no`, or the restart limit was hit).
     case failed
+    /// Being received by live migration: its VMM takes the VM over from another host
+    /// (`rtvisorctl migrate-receive`); `running` once it runs here.
+    case incoming
+    /// Moved to another host by live migration (exit status 9): stopped here, never restarted.
+    case migrated
 }
 
 public struct ExitInfo: Codable, Sendable, Equatable {

@@ -79,6 +79,12 @@ struct cdaemon_clone_args {
 
 int cdaemon_spawn_into_cgroup(pid_t *pid, const char *path, char *const argv[], char *const envp[], int cgroup_fd)
 {
+	return cdaemon_spawn_into_cgroup_with_fds(pid, path, argv, envp, cgroup_fd, NULL, 0);
+}
+
+int cdaemon_spawn_into_cgroup_with_fds(pid_t *pid, const char *path, char *const argv[], char *const envp[], int cgroup_fd,
+				       const int *fds, int nfds)
+{
 	/* The child reports a failed exec through this pipe; a successful exec closes it. */
 	int report[2];
 	if (pipe2(report, O_CLOEXEC) != 0)
@@ -108,6 +114,11 @@ int cdaemon_spawn_into_cgroup(pid_t *pid, const char *path, char *const argv[], 
 			dup2(null, 0);
 			close(null);
 		}
+		/* As in cdaemon_spawn_with_fds: fds[i] becomes 3 + i without close-on-exec (the caller
+		 * keeps them above 2 + nfds, so no dup2 has its own target as source). */
+		for (int i = 0; i < nfds; i++)
+			if (dup2(fds[i], 3 + i) < 0)
+				_exit(127);
 		execve(path, argv, envp);
 		int e = errno;
 		(void)!write(report[1], &e, sizeof(e));

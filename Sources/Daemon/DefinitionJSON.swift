@@ -60,6 +60,29 @@ public struct DefinitionJSON: Equatable, Sendable {
         edit("disks", index) { $0["path"] = .string(path) }
     }
 
+    /// Each disk whose path is a key of `map` gets the value instead (`migrate-receive
+    /// --disk-map OLD=NEW`: the same storage under another path on this host). Returns the
+    /// indices of the disks changed.
+    @discardableResult
+    public mutating func mapDiskPaths(_ map: [String: String]) -> [Int] {
+        guard !map.isEmpty, case let .array(disks)? = fields["disks"] else { return [] }
+        var changed: [Int] = []
+        for (i, disk) in disks.enumerated() {
+            guard case let .object(d) = disk, case let .string(path)? = d["path"], let new = map[path] else { continue }
+            setDiskPath(i, new)
+            changed.append(i)
+        }
+        return changed
+    }
+
+    /// Why a disk map cannot be used, or nil: both sides of each pair must be absolute paths.
+    public static func diskMapProblem(_ map: [String: String]) -> String? {
+        for (old, new) in map.sorted(by: { $0.key < $1.key }) where !old.hasPrefix("/") || !new.hasPrefix("/") || new.contains("\0") {
+            return "disk_map: \"\(old)\" = \"\(new)\": both paths must be absolute"
+        }
+        return nil
+    }
+
     private mutating func edit(_ list: String, _ index: Int, _ change: (inout [String: JSONValue]) -> Void) {
         guard case var .array(items)? = fields[list], items.indices.contains(index), case var .object(item) = items[index] else { return }
         change(&item)

@@ -50,21 +50,29 @@ public enum Processes {
     /// afterwards waits for an RCU grace period under the kernel's global cgroup lock (10–30 ms
     /// on a nested host). Where the kernel cannot (no clone3, not a v2 directory), it starts the
     /// VMM normally and `arguments(true)` asks it to join the cgroup itself (`--cgroup`).
-    public static func spawnVMM(executable: String, environment: [String], cgroup: String?,
+    /// `passing[i]` becomes descriptor 3 + i in the VMM (an incoming migration's stream).
+    public static func spawnVMM(executable: String, environment: [String], cgroup: String?, passing fds: [Int32] = [],
                                 arguments: (_ joinItself: Bool) -> [String]) throws(SpawnError) -> pid_t {
+        // Above every target (3 + i), so that no dup2 in the child has itself as source.
+        let high = fds.map { fcntl($0, F_DUPFD_CLOEXEC, 3 + Int32(fds.count)) }
+        defer { high.forEach { if $0 >= 0 { close($0) } } }
+        if let bad = high.firstIndex(where: { $0 < 0 }) { throw SpawnError(errno: Errno(rawValue: errno), path: "\(executable) (descriptor \(fds[bad]))") }
         if let cgroup {
             let dirFD = open(cgroup, O_RDONLY | O_DIRECTORY | O_CLOEXEC)
             if dirFD >= 0 {
                 defer { close(dirFD) }
                 var pid: pid_t = 0
                 let r = withCStrings([executable] + arguments(false), environment) { a, e in
-                    cdaemon_spawn_into_cgroup(&pid, executable, a, e, dirFD)
+                    high.withUnsafeBufferPointer { f in
+                        cdaemon_spawn_into_cgroup_with_fds(&pid, executable, a, e, dirFD, f.baseAddress, Int32(f.count))
+                    }
                 }
                 if r == 0 { return pid }
                 // > 0: the exec failed (the same error a normal spawn would give); < 0: clone3 did.
                 if r > 0 { throw SpawnError(errno: Errno(rawValue: r), path: executable) }
             }
         }
+        if !high.isEmpty { return try spawn([executable] + arguments(cgroup != nil), environment: environment, passing: high) }
         return try spawn([executable] + arguments(cgroup != nil), environment: environment)
     }
 

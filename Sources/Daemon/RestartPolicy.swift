@@ -17,8 +17,10 @@ public enum ExitOutcome: Equatable, Sendable, CustomStringConvertible {
     public var isPowerOff: Bool { self == .exited(VMMExitStatus.guestPoweredOff.code) }
     /// The VMM saved the VM to a snapshot and stopped, as asked (`rtvisorctl snapshot --stop`).
     public var isSavedAndStopped: Bool { self == .exited(VMMExitStatus.savedAndStopped.code) }
+    /// The VM moved to another VMM by live migration and runs there (`rtvisorctl migrate`).
+    public var isMigrated: Bool { self == .exited(VMMExitStatus.migrated.code) }
     /// Ended as someone meant it to: not a failure, whatever the policy.
-    public var isDeliberateStop: Bool { isPowerOff || isSavedAndStopped }
+    public var isDeliberateStop: Bool { isPowerOff || isSavedAndStopped || isMigrated }
 
     public var description: String {
         switch self {
@@ -47,6 +49,8 @@ public enum RestartDecision: Equatable, Sendable {
 /// - A power-off (`guestPoweredOff`) is restarted only under `always`.
 /// - A VM saved to a snapshot and stopped on request (`savedAndStopped`) stays stopped under every
 ///   policy: the stop was asked for, like `rtvisorctl stop`.
+/// - A VM that moved to another VMM (`migrated`) stays stopped under every policy too: the
+///   guest runs on the target, and a restart here would run it twice.
 /// - Anything else is a failure: restarted under `on-failure` and `always`, with exponential
 ///   backoff (`backoff_ms`, doubling, capped at `backoff_max_ms`); more than `limit` automatic
 ///   restarts within `window_s` and the VM is left failed.
@@ -77,6 +81,8 @@ public struct RestartTracker: Equatable, Sendable {
             return .restart(delayMs: delayMs, reason: reason)
         }
         if outcome.isSavedAndStopped { return .stay(reason: "saved to a snapshot and stopped on request") }
+        // Starting it here again would run the guest twice (the target runs it).
+        if outcome.isMigrated { return .stay(reason: "migrated: it runs on the target") }
         let failed = !outcome.isPowerOff
         switch (settings.policy, failed) {
         case (.no, false), (.onFailure, false):

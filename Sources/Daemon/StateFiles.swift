@@ -34,6 +34,11 @@ public struct DaemonPaths: Sendable {
     public func controlSocket(_ name: String) -> String { vmDirectory(name) + "/control.sock" }
     /// A real-time VM's wake-up latency histogram, written by its VMM.
     public func latencyFile(_ name: String) -> String { vmDirectory(name) + "/latency.json" }
+    /// An incoming migration's `MigrationConfig` (JSON), read by rtvisord from the stream and
+    /// passed to the VMM with `--incoming-config`.
+    public func incomingConfig(_ name: String) -> String { vmDirectory(name) + "/incoming-config.json" }
+    /// The descriptor an incoming migration's stream has in the VMM (`--incoming fd:3`).
+    public static let incomingStreamFD: Int32 = 3
 
     /// How rtvisord starts VM `name`'s VMM: the copied definition resolved against its original
     /// directory, no stdin console, console and logs to journald and the console socket, the
@@ -42,7 +47,7 @@ public struct DaemonPaths: Sendable {
     /// lifecycle either starts that VMM or undoes the partition (`VMLifecycle.keptPartition`).
     /// Every VMM serves its control socket; one started for a restore resumes the snapshot.
     public func vmmLaunch(_ name: String, baseDirectory: String, cgroup: String?, latencyProbe: Bool, realtime: Bool = false,
-                          restore: RestoreSource? = nil) -> VMMLaunch {
+                          restore: RestoreSource? = nil, incoming: IncomingSource? = nil) -> VMMLaunch {
         var launch = VMMLaunch(definition: definitionCopy(name))
         launch.baseDirectory = baseDirectory
         launch.consoleInput = false
@@ -57,6 +62,10 @@ public struct DaemonPaths: Sendable {
         if let restore {
             launch.restore = restore.directory
             launch.restoreMemory = restore.memory
+        }
+        if let incoming {
+            launch.incoming = MigrationAddress.fd(Self.incomingStreamFD).description
+            launch.incomingConfig = incoming.configFile
         }
         return launch
     }

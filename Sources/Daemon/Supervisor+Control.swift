@@ -73,8 +73,10 @@ extension Supervisor {
         try answer(name, .pauseRequested)
     }
 
-    public func resume(_ name: String) throws(ControlError) -> ActionResult {
-        try answer(name, .resumeRequested)
+    public func resume(_ name: String) async throws(ControlError) -> ActionResult {
+        let r = try record(name)
+        if r.lifecycle.pausedByVMM, let pid = r.pid { return try await resumeThroughVMM(name, pid: pid) }
+        return try answer(name, .resumeRequested)
     }
 
     /// Feeds an API request into the VM's lifecycle; its reply is the answer.

@@ -43,6 +43,7 @@ extension Supervisor {
             // The VMM's socket file outlives it; nobody listens any more.
             try? FileManager.default.removeItem(atPath: paths.consoleSocket(name))
             try? FileManager.default.removeItem(atPath: paths.controlSocket(name))
+            try? FileManager.default.removeItem(atPath: paths.incomingConfig(name))
             // The VMM's jail mount point: an empty directory on the host once it has ended.
             rmdir(JailLocation.root(vm: name))
             cgroups.remove(vm: name)
@@ -103,15 +104,17 @@ extension Supervisor {
         try? FileManager.default.removeItem(atPath: paths.latencyFile(name))
         let latencyProbe = (definition.realtime?.latencyProbeMicroseconds ?? 0) > 0
         let environment = ["PATH=/usr/sbin:/usr/bin:/sbin:/bin"]
-        var restore: RestoreSource?
+        var restore: RestoreSource?, incoming: IncomingSource?
         if case let .restoreRequested(source) = why { restore = source }
+        if case let .incomingMigration(source) = why { incoming = source }
         // A socket file left by an earlier VMM of this VM must not answer for the new one.
         try? FileManager.default.removeItem(atPath: paths.controlSocket(name))
         let pid: pid_t
         do {
-            pid = try Processes.spawnVMM(executable: paths.vmm, environment: environment, cgroup: cgroup) { joinItself in
+            pid = try Processes.spawnVMM(executable: paths.vmm, environment: environment, cgroup: cgroup,
+                                         passing: incoming.map { [$0.socket] } ?? []) { joinItself in
                 paths.vmmLaunch(name, baseDirectory: r.loaded.directory, cgroup: joinItself ? cgroup : nil, latencyProbe: latencyProbe,
-                                realtime: definition.realtime != nil, restore: restore).arguments
+                                realtime: definition.realtime != nil, restore: restore, incoming: incoming).arguments
             }
         } catch {
             return .spawnFailed(reason: "\(error)")

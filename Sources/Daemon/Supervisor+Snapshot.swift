@@ -118,7 +118,7 @@ extension Supervisor {
     /// reason is the error, and the installation is undone).
     func startFromSnapshot(_ json: DefinitionJSON, source: RestoreSource, mustBeNew: Bool) async throws(ControlError) -> RestoredVM {
         guard let name = json.name else { throw .conflict("\(json.file): $.name: is required") }
-        let installed = try install(json, from: source.directory, mustBeNew: mustBeNew)
+        let installed = try install(json, from: "snapshot " + source.directory, mustBeNew: mustBeNew)
         do { _ = try answer(name, .restoreRequested(source)) } catch {
             undoInstall(installed)
             throw error
@@ -157,7 +157,10 @@ extension Supervisor {
     /// Writes the definition into the definitions directory (like `virsh define`) and loads it,
     /// as a reload would. An existing VM of that name must not be running and must have the same
     /// vCPUs and memory (the snapshot's); a clone's name must be new.
-    func install(_ json: DefinitionJSON, from directory: String, mustBeNew: Bool) throws(ControlError) -> InstalledDefinition {
+    /// `origin` is said in the log ("snapshot DIR"); `vmNoun` and `verb` in refusals ("the
+    /// snapshot's VM" has other vCPUs: "restore" it under another name).
+    func install(_ json: DefinitionJSON, from origin: String, mustBeNew: Bool, vmNoun: String = "the snapshot's VM",
+                 verb: String = "restore") throws(ControlError) -> InstalledDefinition {
         let name = json.name ?? ""
         let incoming: VMDefinition
         do { incoming = try json.validated(base: paths.definitions, checkFiles: false) } catch {
@@ -167,17 +170,17 @@ extension Supervisor {
         if let r = records[name] {
             if mustBeNew { throw .conflict("VM \(name) already exists (\(r.loaded.file))") }
             guard r.lifecycle.process == nil, r.state != .restarting else {
-                throw .conflict("VM \(name) is \(r.state.rawValue): stop it first, or restore under another name (--name)")
+                throw .conflict("VM \(name) is \(r.state.rawValue): stop it first, or \(verb) under another name (--name)")
             }
             let old = r.loaded.definition
             guard old.vcpus == incoming.vcpus, old.memoryMiB == incoming.memoryMiB else {
-                throw .conflict("VM \(name) is defined in \(r.loaded.file) with \(old.vcpus) vCPUs and \(old.memoryMiB) MiB, the snapshot's VM has \(incoming.vcpus) vCPUs and \(incoming.memoryMiB) MiB: restore it under another name (--name)")
+                throw .conflict("VM \(name) is defined in \(r.loaded.file) with \(old.vcpus) vCPUs and \(old.memoryMiB) MiB, \(vmNoun) has \(incoming.vcpus) vCPUs and \(incoming.memoryMiB) MiB: \(verb) it under another name (--name)")
             }
             (file, previous) = (r.loaded.file, r.loaded)
         } else {
             file = paths.definitions + "/" + name + ".json"
             if HostFiles.exists(file) {
-                throw .conflict("\(file) exists but defines no VM \(name) (it is invalid or names another VM): restore under another name (--name)")
+                throw .conflict("\(file) exists but defines no VM \(name) (it is invalid or names another VM): \(verb) under another name (--name)")
             }
             previous = nil
         }
@@ -197,7 +200,7 @@ extension Supervisor {
         } else {
             records[name] = Record(name: name, loaded, daemonLeaving: shuttingDown)
         }
-        logger.notice("VM \(name): definition installed in \(file) from snapshot \(directory) (it boots normally on its next start)")
+        logger.notice("VM \(name): definition installed in \(file) from \(origin) (it boots normally on its next start)")
         publishStatus()
         return InstalledDefinition(name: name, file: file, previous: previous)
     }

@@ -42,6 +42,11 @@ public actor Supervisor: VMControl {
     var invalid: [DefinitionIssue] = []
     /// Set by shutdownAll/detachAll; VMs a reload adds afterwards start with it too.
     var shuttingDown = false
+    /// VMs whose VMM is sending them to another host now (one migration at a time per VM).
+    var migrating: Set<String> = []
+    /// Incoming migrations by id (`migrate-receive`), kept after they end so a caller can look.
+    var incoming: [String: IncomingMigration] = [:]
+    var nextIncomingID = 1
 
     /// The group that may use the API and console sockets (`rtvisor`); nil or missing: root only.
     let accessGroup: gid_t?

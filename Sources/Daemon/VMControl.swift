@@ -32,6 +32,12 @@ public protocol VMControl: Sendable {
     func restore(_ request: RestoreRequest) async throws(ControlError) -> RestoredVM
     /// N running copies of a VM (snapshotted first) or of a snapshot.
     func clone(_ name: String, _ request: CloneRequest) async throws(ControlError) -> CloneResult
+    /// Moves a running VM live to the target listening at `request.address` (docs/migration.md).
+    func migrate(_ name: String, _ request: MigrateRequest) async throws(ControlError) -> MigrateResult
+    /// Listens for one VM sent by another host's `migrate`; answers once listening.
+    func receiveMigration(_ request: IncomingRequest) async throws(ControlError) -> IncomingMigration
+    func incomingMigrations() async throws(ControlError) -> IncomingList
+    func incomingMigration(_ id: String) async throws(ControlError) -> IncomingMigration
 }
 
 public enum ControlError: Error, Equatable, Sendable, CustomStringConvertible {

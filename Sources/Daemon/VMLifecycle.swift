@@ -61,6 +61,14 @@ public struct VMLifecycle: Equatable, Sendable {
     /// corrupt state, another host's CPUID…): the VM is left failed with the VMM's reason, never
     /// restarted (a restart would boot it, which nobody asked for).
     public private(set) var restoring: RestoringVMM?
+    /// The VMM spawned to take the VM over by live migration, until it serves its control socket
+    /// (`incomingConfirmed`; state `incoming`). If it ends before, the migration failed: the VM is
+    /// left failed with the VMM's reason and never restarted (the guest runs on the source).
+    public private(set) var receiving: IncomingVMM?
+    /// The running VMM keeps the guest paused after a migration of unknown outcome (state
+    /// `paused`): `resume` goes to its control socket, a stop is a hard one (a paused guest cannot
+    /// act on Ctrl-Alt-Del).
+    public private(set) var pausedByVMM = false
 
     public init(name: String, definition: VMDefinition, since: Double, daemonLeaving: Bool = false) {
         self.name = name
@@ -81,10 +89,10 @@ public struct VMLifecycle: Equatable, Sendable {
     /// The state the API and the journal show.
     public var stateName: VMStateName {
         switch phase {
-        case .stopped, .starting: .stopped
+        case .stopped, .starting: lastExit?.status == VMMExitStatus.migrated.code ? .migrated : .stopped
         case .failed: .failed
         case .restarting: .restarting
-        case .running: .running
+        case .running: receiving != nil ? .incoming : pausedByVMM ? .paused : .running
         case .paused: .paused
         case .stopping: .stopping
         }
@@ -102,10 +110,29 @@ public struct VMLifecycle: Equatable, Sendable {
             restoring = nil
             return [.journal(.init(.vmRestored, .notice, "VM \(name) resumed from snapshot \(r.source.directory) (rtvisor-vmm PID \(pid))",
                                    pid: pid, state: stateName, extra: ["SNAPSHOT_DIRECTORY": r.source.directory]))]
-        case let .stopRequested(force): return stop(force: force)
+        case let .incomingRequested(source): return receive(source)
+        case let .incomingConfirmed(pid):
+            guard let r = receiving, r.pid == pid, process?.pid == pid else { return [] }
+            receiving = nil
+            since = now.wall
+            return [.publishStatus]
+        case let .migrationOutcomeUnknown(pid):
+            guard case let .running(p) = phase, p.pid == pid else { return [] }
+            pausedByVMM = true
+            since = now.wall
+            return [.publishStatus]
+        case let .vmmResumed(pid):
+            guard case let .running(p) = phase, p.pid == pid, pausedByVMM else { return refuse(.conflict("VM \(name) is \(stateName.rawValue), not paused")) }
+            pausedByVMM = false
+            since = now.wall
+            return [.journal(.init(.vmResumed, .notice, "VM \(name) resumed (its VMM had kept it paused)", pid: pid, state: .running)),
+                    .publishStatus, reply("resume", "resumed")]
+        case let .stopRequested(force): return stop(force: force || pausedByVMM)
         case .rebootRequested: return reboot()
         case .pauseRequested:
-            guard case let .running(p) = phase else { return refuse(.conflict("VM \(name) is \(stateName.rawValue), not running")) }
+            guard case let .running(p) = phase, receiving == nil, !pausedByVMM else {
+                return refuse(.conflict("VM \(name) is \(stateName.rawValue), not running"))
+            }
             return [.freeze(pid: p.pid)]
         case .resumeRequested:
             guard case let .paused(p) = phase else { return refuse(.conflict("VM \(name) is \(stateName.rawValue), not paused")) }
@@ -225,6 +252,18 @@ public struct VMLifecycle: Equatable, Sendable {
         }
     }
 
+    /// Like a restore: the VMM takes the VM over from the stream `source` names.
+    private mutating func receive(_ source: IncomingSource) -> [VMEffect] {
+        switch phase {
+        case .running, .paused, .stopping, .starting, .restarting:
+            return refuse(.conflict("VM \(name) is \(stateName.rawValue)"))
+        case .stopped, .failed:
+            tracker.reset()
+            generation += 1
+            return beginSpawn(.incomingMigration(source))
+        }
+    }
+
     private mutating func stop(force: Bool) -> [VMEffect] {
         switch phase {
         case let .running(p), let .paused(p):
@@ -328,6 +367,10 @@ public struct VMLifecycle: Equatable, Sendable {
             restoring = RestoringVMM(pid: p.pid, source: source)
             effects.append(reply("restore", "restoring from \(source.directory), PID \(p.pid)"))
         }
+        if case let .incomingMigration(source) = reason {
+            receiving = IncomingVMM(pid: p.pid, sourceHost: source.sourceHost)
+            effects.append(reply("receive", "receiving from \(source.sourceHost), PID \(p.pid)", state: .incoming))
+        }
         return effects
     }
 
@@ -378,6 +421,9 @@ public struct VMLifecycle: Equatable, Sendable {
         var effects: [VMEffect] = [.removeRuntimeFiles]
         let refusedRestore = restoring.flatMap { $0.pid == p.pid ? $0.source : nil }
         restoring = nil
+        let failedIncoming = receiving.flatMap { $0.pid == p.pid ? $0.sourceHost : nil }
+        receiving = nil
+        pausedByVMM = false
         // A real-time VMM whose guest reset left its partition in place (rtvisord starts it with
         // --keep-realtime-partition-on-reset): it is kept for the VMM this reboot starts. In every
         // other case the partition is undone here: a VMM that stopped undid it already (this
@@ -402,6 +448,11 @@ public struct VMLifecycle: Equatable, Sendable {
             // The snapshot was never resumed: nothing ran that a restart could bring back.
             phase = .failed
             effects.append(.journal(.init(.vmFailed, .error, "VM \(name) could not be restored from \(refusedRestore!.directory): \(exitText)",
+                                          pid: pid, state: .failed, exitReason: reason)))
+        case nil where failedIncoming != nil:
+            // The guest never ran here (it runs on, or resumes on, the source): nothing to restart.
+            phase = .failed
+            effects.append(.journal(.init(.vmFailed, .error, "VM \(name) could not be received from \(failedIncoming!): \(exitText)",
                                           pid: pid, state: .failed, exitReason: reason)))
         case nil where daemonLeaving:
             effects.append(.journal(.init(.vmStopped, .notice, "VM \(name) ended during daemon shutdown: \(exitText)", pid: pid, state: .stopped,

@@ -49,6 +49,28 @@ public struct RestoringVMM: Equatable, Sendable {
     public init(pid: pid_t, source: RestoreSource) { self.pid = pid; self.source = source }
 }
 
+/// A VM arriving by live migration (`rtvisorctl migrate-receive`): rtvisord accepted the stream
+/// and read its hello and configuration; the VMM gets the connected socket (`--incoming fd:N`)
+/// and the configuration's file (`--incoming-config`).
+public struct IncomingSource: Equatable, Sendable, CustomStringConvertible {
+    /// rtvisord's descriptor of the accepted stream (passed to the VMM, then closed here).
+    public var socket: Int32
+    public var configFile: String
+    public var sourceHost: String
+    public init(socket: Int32, configFile: String, sourceHost: String) {
+        self.socket = socket; self.configFile = configFile; self.sourceHost = sourceHost
+    }
+    public var description: String { "incoming migration from \(sourceHost)" }
+}
+
+/// A VMM started to take a VM over by live migration, until it serves its control socket (it
+/// does once the guest runs here: `VMLifecycle.receiving`).
+public struct IncomingVMM: Equatable, Sendable {
+    public var pid: pid_t
+    public var sourceHost: String
+    public init(pid: pid_t, sourceHost: String) { self.pid = pid; self.sourceHost = sourceHost }
+}
+
 /// Why a VMM is spawned; its text appears in "VM NAME started (…)".
 public enum SpawnReason: Equatable, Sendable, CustomStringConvertible {
     case autostart
@@ -59,11 +81,13 @@ public enum SpawnReason: Equatable, Sendable, CustomStringConvertible {
     case restartPolicy(RestartPolicyKind)
     /// Restore or clone by API request: the VMM resumes a snapshot instead of booting.
     case restoreRequested(RestoreSource)
+    /// The VMM takes the VM over from a live migration instead of booting.
+    case incomingMigration(IncomingSource)
 
     /// The reason answers an API request (its spawn's result is the reply).
     var isRequest: Bool {
         switch self {
-        case .startRequested, .restoreRequested: true
+        case .startRequested, .restoreRequested, .incomingMigration: true
         default: false
         }
     }
@@ -77,6 +101,7 @@ public enum SpawnReason: Equatable, Sendable, CustomStringConvertible {
         case .guestReboot: "guest reboot"
         case let .restartPolicy(policy): "restart policy \"\(policy.rawValue)\""
         case let .restoreRequested(source): "restoring snapshot \(source)"
+        case let .incomingMigration(source): "\(source)"
         }
     }
 }
@@ -150,6 +175,9 @@ public enum VMEvent: Equatable, Sendable {
     case restoreRequested(RestoreSource)
     case pauseRequested
     case resumeRequested
+    /// Start the VM's VMM taking it over from a live migration (the definition in force is the
+    /// one `migrate-receive` installed).
+    case incomingRequested(IncomingSource)
     /// A reload changed the VM's daemon settings only: they apply at once.
     case settingsChanged(DaemonSettings)
     /// A reload changed the VM's machine definition: its daemon settings apply at once, the rest
@@ -174,6 +202,13 @@ public enum VMEvent: Equatable, Sendable {
     case thawFailed(pid: pid_t, error: String)
     /// The VMM started for a restore answered on its control socket: the snapshot is resumed.
     case restoreConfirmed(pid: pid_t)
+    /// The VMM started for an incoming migration answered on its control socket: the guest runs here.
+    case incomingConfirmed(pid: pid_t)
+    /// A migration of this VM ended without knowing whether the target runs it: its VMM keeps
+    /// the guest paused (docs/migration.md, "Exactly one VM running").
+    case migrationOutcomeUnknown(pid: pid_t)
+    /// The VMM resumed a guest it had kept paused (`migrationOutcomeUnknown`), on request.
+    case vmmResumed(pid: pid_t)
 
     // The outside world.
     /// A watched VMM ended. `statusFile` is what it wrote at exit, if anything.

@@ -55,6 +55,29 @@ public struct VMMControlClient {
         }
     }
 
+    /// How a `migrate` request ended.
+    public enum MigrationOutcome: Sendable {
+        /// The target runs the VM; this VMM ends with status `migrated`.
+        case moved(MigrationReport)
+        /// Not moved; the VM runs here as before.
+        case refused(String)
+        /// The target may or may not run the VM: this VMM keeps it paused (docs/migration.md).
+        case unknown(String)
+    }
+
+    /// Moves the VM over `stream` (a connected socket, passed to the VMM with the request).
+    public func migrate(_ request: MigrationRequest, stream: FileDescriptor) throws(ClientError) -> MigrationOutcome {
+        let reply: VMMControl.Reply
+        do { reply = try connection.call(.migrate(request), files: [stream]) } catch { throw failure("migrate", error) }
+        switch reply {
+        case let .migrated(report): return .moved(report)
+        // The VMM's wording for "go was sent, running did not come back" (Machine.migrate).
+        case let .refused(reason) where reason.contains("it may"): return .unknown(reason)
+        case let .refused(reason): return .refused(reason)
+        default: throw ClientError(description: "unexpected reply to migrate: \(reply)")
+        }
+    }
+
     public func resume() throws(ClientError) {
         let reply: VMMControl.Reply
         do { reply = try connection.call(.resume) } catch { throw failure("resume", error) }

@@ -30,6 +30,12 @@ public enum LifecycleEvent: String, CaseIterable, Sendable {
     case vmRestored = "vm-restored"
     /// Clones made of a VM or snapshot (`VM_CLONES`, `SNAPSHOT_DIRECTORY`).
     case vmCloned = "vm-cloned"
+    /// A VM moved to another host by live migration (`MIGRATION_SOURCE_HOST`, `MIGRATION_DESTINATION`).
+    case vmMigrated = "vm-migrated"
+    /// A live migration that did not move the VM (refused, failed, or of unknown outcome: `MIGRATION_OUTCOME`).
+    case vmMigrationFailed = "vm-migration-failed"
+    /// A VM received from another host runs here (`MIGRATION_SOURCE_HOST`, `MIGRATION_DESTINATION`).
+    case vmMigratedIn = "vm-migrated-in"
 
     public var messageID: String {
         switch self {
@@ -54,6 +60,9 @@ public enum LifecycleEvent: String, CaseIterable, Sendable {
         case .vmSnapshotSaved: "f7f7f27472394bf4ba3b86228b48f7e9"
         case .vmRestored: "15b5a400f86f4d90bfe7ea2e7f7fbf92"
         case .vmCloned: "0d672b2f66f64813a6942182239043dc"
+        case .vmMigrated: "5ad874c9f0c74f26a74d5b755fef66fd"
+        case .vmMigrationFailed: "87629455bfb149908eb2941b311d3c84"
+        case .vmMigratedIn: "c1b917aa691b4d028bfc97684ba5594b"
         }
     }
 }

@@ -95,6 +95,20 @@ final class FuzzControl: VMControl {
         guard vms[name] == .running || request.from != nil else { throw .conflict("VM \(name) is not running") }
         return CloneResult(origin: name, snapshot: request.from ?? "/s", clones: [])
     }
+    func migrate(_ name: String, _ request: MigrateRequest) throws(ControlError) -> MigrateResult {
+        _ = try act("migrate", name, requires: .running, to: .migrated)
+        return MigrateResult(name: name, sourceHost: "fuzz", address: request.address, rounds: [], totalBytes: 0, totalMilliseconds: 0,
+                             downtimeMilliseconds: 0, state: .migrated)
+    }
+    func receiveMigration(_ request: IncomingRequest) throws(ControlError) -> IncomingMigration {
+        if let name = request.name, vms[name] == .running { throw .conflict("VM \(name) is running") }
+        return IncomingMigration(id: "1", listen: request.listen, phase: .listening, name: request.name)
+    }
+    func incomingMigrations() -> IncomingList { IncomingList(migrations: []) }
+    func incomingMigration(_ id: String) throws(ControlError) -> IncomingMigration {
+        guard id == "1" else { throw .notFound("no incoming migration \(id)") }
+        return IncomingMigration(id: "1", listen: "unix:/x", phase: .listening)
+    }
 }
 
 let router = APIRouter(control: FuzzControl())

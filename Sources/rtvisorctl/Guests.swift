@@ -36,7 +36,7 @@ struct ShutdownGuests: ParsableCommand {
         var left: [VMSummary] = []
         while true {
             let (list, _) = try options.fetch("GET", "/v1/vms", as: VMList.self)
-            left = list.vms.filter { [.running, .paused, .stopping, .restarting].contains($0.state) }
+            left = list.vms.filter { [.running, .paused, .stopping, .restarting, .incoming].contains($0.state) }
             if left.isEmpty {
                 if !options.json {
                     for name in asked.vms.map(\.name) {

@@ -102,6 +102,28 @@ actor FakeControl: VMControl {
         guard vms[name] != nil else { throw .notFound("no VM named \"\(name)\"") }
         return CloneResult(origin: name, snapshot: request.from ?? "/s", clones: [])
     }
+    func migrate(_ name: String, _ request: MigrateRequest) throws(ControlError) -> MigrateResult {
+        calls.append("migrate \(name) to \(request.address) downtime=\(request.downtimeMilliseconds ?? 0) rounds=\(request.maxRounds ?? 0) force=\(request.force.map { "\($0)" } ?? "-")")
+        guard let s = vms[name] else { throw .notFound("no VM named \"\(name)\"") }
+        guard s == .running else { throw .conflict("VM \(name) is \(s.rawValue), not running") }
+        vms[name] = .migrated
+        return MigrateResult(name: name, sourceHost: "a", address: request.address, rounds: [MigrationRound(pages: 10, bytes: 40960, milliseconds: 1)],
+                             totalBytes: 41000, totalMilliseconds: 5, downtimeMilliseconds: 2, state: .migrated)
+    }
+    func receiveMigration(_ request: IncomingRequest) throws(ControlError) -> IncomingMigration {
+        calls.append("receive \(request.listen) as \(request.name ?? "-") map=\(request.diskMap?.sorted { $0.key < $1.key }.map { "\($0.key)=\($0.value)" }.joined(separator: ",") ?? "-")")
+        if let name = request.name, vms[name] == .running { throw .conflict("VM \(name) is running") }
+        return IncomingMigration(id: "1", listen: request.listen, phase: .listening, name: request.name)
+    }
+    func incomingMigrations() -> IncomingList {
+        calls.append("incoming")
+        return IncomingList(migrations: [IncomingMigration(id: "1", listen: "unix:/x", phase: .running, name: "moved", sourceHost: "a", pid: 7)])
+    }
+    func incomingMigration(_ id: String) throws(ControlError) -> IncomingMigration {
+        calls.append("incoming \(id)")
+        guard id == "1" else { throw .notFound("no incoming migration \(id)") }
+        return IncomingMigration(id: "1", listen: "unix:/x", phase: .failed, error: "refused")
+    }
 }
 
 func decode<T: Decodable>(_ type: T.Type, _ r: APIResponse) throws -> T { try JSONDecoder().decode(T.self, from: Data(r.body)) }
@@ -267,17 +289,58 @@ extension FakeControl {
         let routes: Set<String> = ["/v1/daemon", "/v1/vms", "/v1/vms/{name}", "/v1/vms/{name}/start", "/v1/vms/{name}/stop",
                                    "/v1/vms/{name}/reboot", "/v1/vms/{name}/pause", "/v1/vms/{name}/resume", "/v1/validate", "/v1/reload",
                                    "/v1/rt-check", "/v1/vms/{name}/rt-check", "/v1/vms/{name}/latency", "/v1/guests/shutdown", "/v1/guests/start",
-                                   "/v1/vms/{name}/snapshot", "/v1/vms/{name}/clone", "/v1/snapshots", "/v1/snapshots/restore"]
+                                   "/v1/vms/{name}/snapshot", "/v1/vms/{name}/clone", "/v1/snapshots", "/v1/snapshots/restore",
+                                   "/v1/vms/{name}/migrate", "/v1/migrations/incoming", "/v1/migrations/incoming/{id}"]
         #expect(documented == routes)
         // And the router answers each of them (not 404).
         let router = APIRouter(control: FakeControl())
         for route in routes {
-            let path = route.replacingOccurrences(of: "{name}", with: "web")
-            let method = ["/v1/daemon", "/v1/vms", "/v1/vms/web", "/v1/rt-check", "/v1/vms/web/rt-check", "/v1/vms/web/latency", "/v1/snapshots"].contains(path) ? "GET" : "POST"
-            let bodies = ["/v1/validate": "{\"definition\": \"{}\"}", "/v1/vms/web/clone": "{\"count\": 1}", "/v1/snapshots/restore": "{\"directory\": \"/s\", \"name\": \"new\"}"]
+            let path = route.replacingOccurrences(of: "{name}", with: "web").replacingOccurrences(of: "{id}", with: "1")
+            let method = ["/v1/daemon", "/v1/vms", "/v1/vms/web", "/v1/rt-check", "/v1/vms/web/rt-check", "/v1/vms/web/latency", "/v1/snapshots",
+                          "/v1/migrations/incoming/1"].contains(path) ? "GET" : "POST"
+            let bodies = ["/v1/validate": "{\"definition\": \"{}\"}", "/v1/vms/web/clone": "{\"count\": 1}", "/v1/snapshots/restore": "{\"directory\": \"/s\", \"name\": \"new\"}",
+                          "/v1/vms/web/migrate": "{\"address\": \"unix:/x\"}", "/v1/migrations/incoming": "{\"listen\": \"tcp:0.0.0.0:7010\"}"]
             let body = Array((bodies[path] ?? "").utf8)
             #expect(await router.handle(APIRequest(method: method, target: path, body: body)).status != 404, "\(method) \(path)")
         }
+    }
+
+    @Test func migrateRoutes() async throws {
+        let fake = FakeControl()
+        let router = APIRouter(control: fake)
+        func post(_ target: String, _ body: String) async -> APIResponse { await router.handle(APIRequest(method: "POST", target: target, body: Array(body.utf8))) }
+        let moved = await post("/v1/vms/web/migrate", #"{"address": "tcp:[::1]:7010", "downtime_ms": 50, "max_rounds": 5, "force": false}"#)
+        #expect(moved.status == 200 && moved.text.contains("\"state\":\"migrated\"") && moved.text.contains("\"downtime_ms\":2") && moved.text.contains("\"source_host\":\"a\""))
+        #expect(try decode(MigrateResult.self, moved).rounds == [MigrationRound(pages: 10, bytes: 40960, milliseconds: 1)])
+        #expect(await post("/v1/vms/web/migrate", #"{"address": "unix:/x"}"#).status == 409, "migrated: not running any more")
+        #expect(await post("/v1/vms/ghost/migrate", #"{"address": "unix:/x"}"#).status == 404)
+        // Bad requests never reach the daemon.
+        for (body, error) in [(#"{"address": "fd:3"}"#, "address: fd:N is rtvisor-vmm's; rtvisord takes unix:PATH or tcp:HOST:PORT"),
+                              (#"{"address": "unix:rel.sock"}"#, "address: unix:PATH needs an absolute path, got \"rel.sock\""),
+                              (#"{"address": "host:1"}"#, "address: host:1: not a migration address (unix:PATH, tcp:HOST:PORT or fd:N)"),
+                              (#"{"address": "unix:/x", "downtime_ms": 0}"#, "downtime_ms must be 1–60000, got 0"),
+                              (#"{"address": "unix:/x", "max_rounds": 5000}"#, "max_rounds must be 1–1000, got 5000")] {
+            let r = await post("/v1/vms/web/migrate", body)
+            #expect(r.status == 400 && (try? decode(APIErrorBody.self, r).error) == error, "\(body): \(r.text)")
+        }
+        #expect(await post("/v1/vms/web/migrate", "").status == 400)
+        #expect(await router.handle(APIRequest(method: "GET", target: "/v1/vms/web/migrate")).status == 405)
+
+        let listening = await post("/v1/migrations/incoming", #"{"listen": "unix:/run/in.sock", "name": "moved", "disk_map": {"/a/r.img": "/b/r.img"}}"#)
+        #expect(try listening.status == 200 && decode(IncomingMigration.self, listening).phase == .listening)
+        for body in [#"{"listen": "unix:/x", "name": "a/b"}"#, #"{"listen": "unix:/x", "disk_map": {"r.img": "/b"}}"#, #"{"listen": "fd:4"}"#,
+                     #"{"listen": "unix:/x", "timeout_s": 0}"#, #"{"name": "x"}"#] {
+            #expect(await post("/v1/migrations/incoming", body).status == 400, "\(body)")
+        }
+        let list = await router.handle(APIRequest(method: "GET", target: "/v1/migrations/incoming"))
+        #expect(try decode(IncomingList.self, list).migrations.first?.name == "moved" && list.text.contains("\"source_host\":\"a\""))
+        let one = await router.handle(APIRequest(method: "GET", target: "/v1/migrations/incoming/1"))
+        #expect(try decode(IncomingMigration.self, one).error == "refused")
+        #expect(await router.handle(APIRequest(method: "GET", target: "/v1/migrations/incoming/9")).status == 404)
+        #expect(await router.handle(APIRequest(method: "DELETE", target: "/v1/migrations/incoming")).status == 405)
+        #expect(await fake.calls == ["migrate web to tcp:[::1]:7010 downtime=50 rounds=5 force=false", "migrate web to unix:/x downtime=0 rounds=0 force=-",
+                                     "migrate ghost to unix:/x downtime=0 rounds=0 force=-", "receive unix:/run/in.sock as moved map=/a/r.img=/b/r.img",
+                                     "incoming", "incoming 1", "incoming 9"])
     }
 
     @Test func snapshotRoute() async throws {

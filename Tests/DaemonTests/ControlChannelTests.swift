@@ -201,4 +201,8 @@ struct SlowControl: VMControl {
     func snapshots(vm: String?) async throws(ControlError) -> SnapshotList { throw .failed("no") }
     func restore(_ request: RestoreRequest) async throws(ControlError) -> RestoredVM { throw .failed("no") }
     func clone(_ name: String, _ request: CloneRequest) async throws(ControlError) -> CloneResult { throw .failed("no") }
+    func migrate(_ name: String, _ request: MigrateRequest) async throws(ControlError) -> MigrateResult { throw .failed("no") }
+    func receiveMigration(_ request: IncomingRequest) async throws(ControlError) -> IncomingMigration { throw .failed("no") }
+    func incomingMigrations() async throws(ControlError) -> IncomingList { throw .failed("no") }
+    func incomingMigration(_ id: String) async throws(ControlError) -> IncomingMigration { throw .failed("no") }
 }

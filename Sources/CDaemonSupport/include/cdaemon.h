@@ -23,6 +23,9 @@ int cdaemon_spawn_with_fds(pid_t *pid, const char *path, char *const argv[], cha
 /// failed; a negative errno when the child could not be created there (no clone3, not a cgroup
 /// v2 directory: the caller then spawns normally). glibc 2.36 has no posix_spawn for it.
 int cdaemon_spawn_into_cgroup(pid_t *pid, const char *path, char *const argv[], char *const envp[], int cgroup_fd);
+/// The same, with fds[i] as descriptor 3 + i in the child (an incoming migration's stream).
+int cdaemon_spawn_into_cgroup_with_fds(pid_t *pid, const char *path, char *const argv[], char *const envp[], int cgroup_fd,
+				       const int *fds, int nfds);
 
 // Sends `data` as one datagram to the unix socket at `path` (abstract when it starts with '@').
 // Returns bytes sent or -1/errno. Used for $NOTIFY_SOCKET and the journal socket.

@@ -1,0 +1,96 @@
+import Foundation
+import Testing
+import TestSupport
+import VMMInterface
+
+/// Live migration through rtvisord and rtvisorctl (issue 19): two daemons on this host, each
+/// with its own definitions, run and state directories, stand for two hosts. The memwriter
+/// inmate (memw.steps=0: it writes its memory forever and verifies all of it every 1024 steps,
+/// printing `MEMW step=K ok`) moves from daemon A to daemon B mid-run, with a disk image both
+/// see (its lock goes with the VM: docs/migration.md, "Disks").
+@Suite(.enabled(if: Env.kvmAvailable, Env.noKVMReason), .serialized)
+struct MigrationDaemonTests {
+    typealias D = DaemonProcessTests
+    typealias Daemon = SnapshotDaemonTests.Daemon
+
+    static func memwriter(_ name: String, vcpus: Int = 1, autostart: Bool = true, extra: String = "") throws -> String {
+        VMM.definition(name: name, kernel: try Env.inmate("memwriter"), vcpus: vcpus, memoryMiB: 32, cmdline: "memw.steps=0",
+                       extra: "\"autostart\": \(autostart), \"stop_timeout_s\": 2" + (extra.isEmpty ? "" : ", " + extra))
+    }
+
+    static func steps(_ console: String) -> [Int] {
+        console.split(separator: "\n").compactMap { line in
+            guard line.hasPrefix("MEMW step=") else { return nil }
+            return Int(line.dropFirst(10).prefix { $0.isNumber })
+        }
+    }
+
+    /// A moves memw (restart policy always) to B as `moved`: A shows it migrated (exit 9, not
+    /// restarted), B runs it, and its memory checks go on past the last one A showed.
+    @Test func aRunningVMMovesToTheOtherDaemon() throws {
+        let shared = try D.shortTempDir()
+        defer { try? FileManager.default.removeItem(atPath: shared) }
+        let disk = shared + "/disk.img"
+        FileManager.default.createFile(atPath: disk, contents: Data(count: 1 << 20))
+        let a = try Daemon(definitions: [("memw", try Self.memwriter("memw", extra: "\"restart\": \"always\", \"disks\": [{\"path\": \"\(disk)\"}]"))])
+        let b = try Daemon(definitions: [])
+        guard a.waitRunning(["memw"]) else { Issue.record("memw did not start: \(a.log.suffix(2000))"); return }
+        guard D.waitFor(60, "memw verifying", { Self.steps(a.console("memw")).contains(1024) }) else { return }
+
+        let listen = "unix:" + b.dir + "/in.sock"
+        let (rs, received) = b.ctl(["migrate-receive", "--listen", listen, "--name", "moved"])
+        #expect(rs == 0 && received.contains("incoming migration 1: listening on \(listen) (as moved)"), "\(received)\n\(b.log.suffix(2000))")
+        let lastOnA = Self.steps(a.console("memw")).last ?? 0
+        let (ms, moved) = a.ctl(["migrate", "memw", listen])
+        #expect(ms == 0 && moved.contains("memw: migrated from ") && moved.contains(" to \(listen) [migrated]"),
+                "\(moved)\nA: \(a.log.suffix(3000))\nB: \(b.log.suffix(3000))")
+
+        // A: migrated, exit status 9, not restarted although its policy is "always".
+        usleep(1_500_000)
+        let vm = a.vm("memw")
+        #expect(vm?["state"] as? String == "migrated" && vm?["restarts"] as? Int == 0 && vm?["pid"] == nil, "\(String(describing: vm))")
+        #expect((vm?["last_exit"] as? [String: Any])?["status"] as? Int == 9, "\(String(describing: vm))")
+        // One journal event on each side with both hosts' names (here: stderr's fallback format).
+        #expect(a.log.contains("RTVISOR_EVENT=vm-migrated") && a.log.contains("MIGRATION_DESTINATION=\(listen)"), "\(a.log.suffix(3000))")
+        #expect(b.log.contains("RTVISOR_EVENT=vm-migrated-in") && b.log.contains("MIGRATION_SOURCE_HOST="), "\(b.log.suffix(3000))")
+
+        // B: running as `moved`, verifying its whole memory on from where A was.
+        #expect(b.waitRunning(["moved"], seconds: 30), "\(b.log.suffix(3000))")
+        #expect(FileManager.default.fileExists(atPath: b.vms + "/moved.json"))
+        guard D.waitFor(60, "moved verifying", { (Self.steps(b.console("moved")).last ?? 0) > lastOnA + 1024 }) else {
+            Issue.record("moved: \(b.console("moved").suffix(1000))"); return
+        }
+        let console = b.console("moved")
+        let seen = Self.steps(console)
+        #expect(!console.contains("MEMW_START") && !console.contains("FAIL"), "the target must not boot the guest: \(console.prefix(500))")
+        #expect(seen.first! > lastOnA && seen == Array(stride(from: seen.first!, through: seen.last!, by: 1024)), "\(lastOnA) then \(seen)")
+        let (_, table) = b.ctl(["list"])
+        #expect(table.contains("moved") && table.contains("running"), "\(table)")
+    }
+
+    /// B cannot take the VM (its definition of `moved` has 2 vCPUs): the refusal reaches A's
+    /// caller and memw runs on at A. A name that runs at B is refused before B even listens.
+    @Test func aTargetThatCannotTakeTheVMRefusesItAndTheSourceRunsOn() throws {
+        let a = try Daemon(definitions: [("memw", try Self.memwriter("memw"))])
+        let b = try Daemon(definitions: [("moved", try Self.memwriter("moved", vcpus: 2, autostart: false)), ("busy", try Self.memwriter("busy"))])
+        guard a.waitRunning(["memw"]), b.waitRunning(["busy"]) else { Issue.record("\(a.log.suffix(2000))\n\(b.log.suffix(2000))"); return }
+        guard D.waitFor(60, "memw verifying", { !Self.steps(a.console("memw")).isEmpty }) else { return }
+
+        let (bs, busy) = b.ctl(["migrate-receive", "--listen", "unix:" + b.dir + "/busy.sock", "--name", "busy"])
+        #expect(bs == 1 && busy.contains("VM busy is running: stop it first, or receive under another name (--name)") && busy.contains("HTTP 409"), "\(busy)")
+
+        let listen = "unix:" + b.dir + "/in.sock"
+        let (rs, received) = b.ctl(["migrate-receive", "--listen", listen, "--name", "moved"])
+        #expect(rs == 0, "\(received)")
+        let (ms, refused) = a.ctl(["migrate", "memw", listen])
+        #expect(ms == 1 && refused.contains("VM memw was not migrated (it runs on here): the target refused the VM")
+                    && refused.contains("with 2 vCPUs and 32 MiB, the incoming VM has 1 vCPUs and 32 MiB"), "\(refused)\n\(b.log.suffix(2000))")
+        #expect(a.state("memw") == "running")
+        let before = Self.steps(a.console("memw")).last ?? 0
+        #expect(D.waitFor(60, "memw verifying on", { (Self.steps(a.console("memw")).last ?? 0) > before }))
+        // B's definition is as it was, and nothing of the VM runs there.
+        #expect(b.state("moved") == "stopped")
+        #expect((try? String(contentsOfFile: b.vms + "/moved.json", encoding: .utf8))?.contains("\"vcpus\": 2") == true)
+        #expect(a.log.contains("RTVISOR_EVENT=vm-migration-failed"))
+    }
+}
