@@ -68,6 +68,8 @@ public final class GuestMemoryRegion: @unchecked Sendable {
     public let size: UInt64
     /// Host virtual address of the mapping; handed to KVM_SET_USER_MEMORY_REGION.
     public let hostAddress: UInt64
+    /// Anonymous memory (false: a file mapped copy-on-write).
+    public let isAnonymous: Bool
     private let base: UnsafeMutableRawPointer
 
     public init(start: GuestAddress, size: UInt64, backing: MemoryBacking = MemoryBacking()) throws {
@@ -88,6 +90,7 @@ public final class GuestMemoryRegion: @unchecked Sendable {
             throw GuestMemoryError.lockFailed(bytes: size, errno: e)
         }
         self.base = p
+        self.isAnonymous = true
         self.start = start
         self.size = size
         self.hostAddress = UInt64(UInt(bitPattern: p))
@@ -106,6 +109,7 @@ public final class GuestMemoryRegion: @unchecked Sendable {
             throw GuestMemoryError.lockFailed(bytes: size, errno: e)
         }
         self.base = p
+        self.isAnonymous = false
         self.start = start
         self.size = size
         self.hostAddress = UInt64(UInt(bitPattern: p))
@@ -130,6 +134,8 @@ public final class GuestMemory: @unchecked Sendable {
     public let regions: [GuestMemoryRegion]
     /// What this process writes into guest RAM, while a migration tracks it.
     public let vmmDirty: VMMDirtyPages
+    /// Which pages were ever touched (snapshots and migrations skip the others).
+    public let touched = TouchedPages()
 
     public init(regions: [GuestMemoryRegion]) throws {
         let sorted = regions.sorted { $0.start < $1.start }
@@ -277,12 +283,17 @@ extension GuestMemory {
         for region in regions {
             let base = region.pointer(region.start.raw)
             let pages = Int(region.size) / Self.pageSize
+            let mayHoldData = touched.bitmap(of: region)
+            func holdsData(_ page: Int) -> Bool {
+                if let bits = mayHoldData, bits[page / 64] >> UInt64(page % 64) & 1 == 0 { return false }
+                return !Self.isZero(base + page * Self.pageSize)
+            }
             var page = 0
             while page < pages {
                 // A run of non-zero pages goes out in one write.
-                guard !Self.isZero(base + page * Self.pageSize) else { page += 1; continue }
+                guard holdsData(page) else { page += 1; continue }
                 var end = page + 1
-                while end < pages && end - page < 512 && !Self.isZero(base + end * Self.pageSize) { end += 1 }
+                while end < pages && end - page < 512 && holdsData(end) { end += 1 }
                 let bytes = UnsafeRawBufferPointer(start: base + page * Self.pageSize, count: (end - page) * Self.pageSize)
                 try writeFully(fd, bytes, at: Int64(offset) + Int64(page * Self.pageSize))
                 written += UInt64(bytes.count)

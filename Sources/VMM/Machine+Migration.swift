@@ -129,6 +129,8 @@ extension Machine {
         var count = 0
         for (region, offset) in zip(memory.regions.indices, memory.imageOffsets) {
             let pages = Int(memory.regions[region].size / 4096)
+            // Round 0 skips pages never touched (zero, and reading them would fault them in).
+            let touched = dirty == nil ? memory.touched.bitmap(of: memory.regions[region]) : nil
             var batch: [UInt8] = []
             var batchStart = 0
             func flush() throws {
@@ -139,6 +141,7 @@ extension Machine {
             for page in 0..<pages {
                 let isDirty = dirty.map { $0[region][page / 64] >> UInt64(page % 64) & 1 != 0 }
                 if isDirty == false { try flush(); continue }
+                if let touched, touched[page / 64] >> UInt64(page % 64) & 1 == 0 { try flush(); continue }
                 let zero = memory.isZeroImagePage(region: region, page: page)
                 if zero {
                     try flush()

@@ -318,4 +318,15 @@ struct MemoryImageTests {
         try again.readImage(from: fd)
         #expect(try again.read(1, at: GuestAddress(0x1000)) == [1])
     }
+
+    @Test func onlyPagesEverTouchedMayHoldDataAndAFileMappingIsReadWhole() throws {
+        let memory = try GuestMemory.standard(bytes: 4 * MiB)
+        try memory.write([7], at: GuestAddress(3 * 4096 + 5))
+        let bits = try #require(memory.touched.bitmap(of: memory.regions[0]), "/proc/self/pagemap is readable here")
+        #expect(bits.reduce(0) { $0 + $1.nonzeroBitCount } == 1 && bits[0] == 1 << 3, "only page 3 was touched")
+        let fd = try scratchFile()
+        defer { try? fd.close() }
+        #expect(try memory.writeImage(to: fd) == 4096)
+        #expect(memory.touched.bitmap(of: try GuestMemory.mappingImage(fd, bytes: 4 * MiB).regions[0]) == nil)
+    }
 }
