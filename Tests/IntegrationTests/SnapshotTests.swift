@@ -155,6 +155,7 @@ struct SnapshotRestoreTests {
             ("vcpus", "saved with 1 vCPUs, the definition has 2", { try definition($0, extra: "", vcpus: 2) }),
             // The other template than the one `auto` chose on this host.
             ("template", "CPU template", { try definition($0, extra: "\"cpu\": {\"template\": \"\(KVMSystem.hostEmulatesRing0 ? "host" : "emulating-kvm")\"}") }),
+            ("passthrough", "a VM with passthrough devices cannot be restored", { try definition($0, extra: "\"passthrough\": [{\"pci\": \"0000:00:1f.7\"}]") }),
             ("cpuid", "CPUID differs", { try definition($0, extra: "\"cpu\": {\"disable_features\": [\"tsc_deadline_timer\"]}") }),
         ]
         for (name, reason, spoil) in cases {
