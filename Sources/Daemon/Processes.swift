@@ -17,7 +17,7 @@ public enum Processes {
     /// stdout/stderr inherited (the daemon's journal stream).
     public static func spawn(_ argv: [String], environment: [String]) throws(SpawnError) -> pid_t {
         var pid: pid_t = 0
-        let r = withCStrings(argv, environment) { a, e in cdaemon_spawn(&pid, argv[0], a, e, -1, -1) }
+        let r = retryingTextFileBusy { withCStrings(argv, environment) { a, e in cdaemon_spawn(&pid, argv[0], a, e, -1, -1) } }
         if r != 0 { throw SpawnError(errno: Errno(rawValue: r), path: argv[0]) }
         return pid
     }
@@ -39,11 +39,28 @@ public enum Processes {
         let high = fds.map { fcntl($0, F_DUPFD_CLOEXEC, 3 + Int32(fds.count)) }
         defer { high.forEach { if $0 >= 0 { close($0) } } }
         if let bad = high.firstIndex(where: { $0 < 0 }) { throw SpawnError(errno: Errno(rawValue: errno), path: "\(argv[0]) (descriptor \(fds[bad]))") }
-        let r = withCStrings(argv, environment) { a, e in
-            high.withUnsafeBufferPointer { f in cdaemon_spawn_with_fds(&pid, argv[0], a, e, -1, -1, f.baseAddress, Int32(f.count)) }
+        let r = retryingTextFileBusy {
+            withCStrings(argv, environment) { a, e in
+                high.withUnsafeBufferPointer { f in cdaemon_spawn_with_fds(&pid, argv[0], a, e, -1, -1, f.baseAddress, Int32(f.count)) }
+            }
         }
         if r != 0 { throw SpawnError(errno: Errno(rawValue: r), path: argv[0]) }
         return pid
+    }
+
+    /// Runs a spawn (0 or an errno) again while the executable is still open for writing
+    /// somewhere (ETXTBSY): a binary being replaced (an install), or a file written by this
+    /// process a moment ago whose descriptor a concurrent fork still holds. Up to about 1 s.
+    static func retryingTextFileBusy(_ spawn: () -> Int32) -> Int32 {
+        var r = spawn()
+        var tries = 0
+        while r == ETXTBSY && tries < 50 {
+            var pause = timespec(tv_sec: 0, tv_nsec: 20_000_000)
+            nanosleep(&pause, nil)
+            r = spawn()
+            tries += 1
+        }
+        return r
     }
 
     /// Starts a VMM in its VM cgroup (v2) from the start, with `CLONE_INTO_CGROUP`: joining it
@@ -62,9 +79,11 @@ public enum Processes {
             if dirFD >= 0 {
                 defer { close(dirFD) }
                 var pid: pid_t = 0
-                let r = withCStrings([executable] + arguments(false), environment) { a, e in
-                    high.withUnsafeBufferPointer { f in
-                        cdaemon_spawn_into_cgroup_with_fds(&pid, executable, a, e, dirFD, f.baseAddress, Int32(f.count))
+                let r = retryingTextFileBusy {
+                    withCStrings([executable] + arguments(false), environment) { a, e in
+                        high.withUnsafeBufferPointer { f in
+                            cdaemon_spawn_into_cgroup_with_fds(&pid, executable, a, e, dirFD, f.baseAddress, Int32(f.count))
+                        }
                     }
                 }
                 if r == 0 { return pid }

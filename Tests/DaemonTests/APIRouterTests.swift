@@ -234,10 +234,17 @@ extension FakeControl {
     /// Blocking socket I/O on its own thread, so the cooperative pool stays free for the server.
     func exchange(_ path: String, _ request: String) async throws -> String {
         for _ in 0..<500 where !FileManager.default.fileExists(atPath: path) { try await Task.sleep(for: .milliseconds(10)) }
-        return await withCheckedContinuation { c in
-            let t = Thread { c.resume(returning: unixSocketExchange(path, request) ?? "connect failed: \(errno)") }
-            t.start()
+        // The socket file exists from bind(); connections are refused until listen() (a loaded
+        // machine can put time between the two).
+        for _ in 0..<500 {
+            let answer = await withCheckedContinuation { c in
+                let t = Thread { c.resume(returning: unixSocketExchange(path, request) ?? "connect failed: \(errno)") }
+                t.start()
+            }
+            if answer != "connect failed: \(ECONNREFUSED)" { return answer }
+            try await Task.sleep(for: .milliseconds(10))
         }
+        return "connect failed: \(ECONNREFUSED)"
     }
 
     @Test func servesRequestsOnAUnixSocketWithMode0660() async throws {
