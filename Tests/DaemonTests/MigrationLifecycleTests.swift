@@ -144,7 +144,7 @@ import VMMInterface
               echo "1 incoming migration abandoned: fake" > "$status"
               exit 1
             fi
-            exec sleep 300
+            exec sleep 3600
             """, to: script)
         chmod(script, 0o755)
         let paths = DaemonPaths(definitions: definitions, run: base + "/run", vmm: script, apiSocket: base + "/run/api.sock", state: base + "/state")

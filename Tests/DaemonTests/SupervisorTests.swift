@@ -42,7 +42,7 @@ import TestSupport
         try write(definitionJSON(name: "crashy", kernel: kernel, extra: "\"restart\": {\"policy\": \"on-failure\", \"limit\": 1, \"backoff_ms\": 20}"),
                   to: definitions + "/crashy.json")
         let script = dir + "/fake-vmm"
-        try write("#!/bin/sh\ncase \"$2\" in */crashy/*) exit 7;; esac\nexec sleep 300\n", to: script)
+        try write("#!/bin/sh\ncase \"$2\" in */crashy/*) exit 7;; esac\nexec sleep 3600\n", to: script)
         chmod(script, 0o755)
         let messages = Messages()
         let logger = Logger(label: "supervisor-test") { _ in Capture(messages: messages) }
