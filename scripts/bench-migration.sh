@@ -4,7 +4,7 @@
 # 1024 steps. Total time, downtime (and the pause as the guest saw it: to the target running),
 # bytes and rounds vs guest RAM and dirty rate; the guest must go on verifying on the target (a
 # FAIL stops the benchmark). Appends to docs/benchmarks.md. Needs root and /dev/kvm.
-#   scripts/bench-migration.sh [--runs N] [--quick] [--sizes 32,256] [--rates 1,4,0] [--tcp] [--no-out] [--bin-dir DIR] [--keep]
+#   scripts/bench-migration.sh [--runs N] [--quick] [--sizes 32,256] [--rates 1,2,0] [--tcp] [--no-out] [--bin-dir DIR] [--keep]
 # --runs: alternating runs per configuration (3). --quick: 32 MiB only, rates 1 and unpaced.
 # --sizes / --rates: guest RAM (MiB) and pages per ms asked of the guest (0 = unpaced).
 # --tcp: the stream over tcp:127.0.0.1 (default: a unix socket). --no-out: print, append nothing.
