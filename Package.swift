@@ -29,7 +29,7 @@ let package = Package(
         .target(name: "KVM", dependencies: ["CKVM", "Arch", .product(name: "SystemPackage", package: "swift-system")]),
         // Guest RAM: mmap-backed regions, GuestAddress, bounds-checked access.
         // GuestLayout from Arch; swift-system for Errno only (error texts): Memory sits below Posix.
-        .target(name: "Memory", dependencies: ["Arch", "Posix", .product(name: "SystemPackage", package: "swift-system")]),
+        .target(name: "Memory", dependencies: ["Arch", "Posix", "CLinux", .product(name: "SystemPackage", package: "swift-system")]),
         // x86 architecture data: CPUID feature table and policy, register layouts, and the one
         // guest-physical layout (GuestLayout) every other module reads.
         .target(name: "Arch"),

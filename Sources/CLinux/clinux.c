@@ -5,6 +5,7 @@
 #include <linux/fs.h>
 #include <string.h>
 #include <sys/ioctl.h>
+#include <sys/mman.h>
 #include <sys/prctl.h>
 #include <sys/epoll.h>
 #include <sys/eventfd.h>
@@ -129,7 +130,7 @@ int clinux_ofd_unlock_all(int fd) {
 
 #include <sys/socket.h>
 
-#define CLINUX_MAX_PASSED_FDS 8
+#define CLINUX_MAX_PASSED_FDS 64
 
 long clinux_send_with_fds(int fd, const void *buf, unsigned long len, const int *fds, int nfds)
 {
@@ -195,4 +196,12 @@ long clinux_recv_with_fds(int fd, void *buf, unsigned long len, int *fds, int ma
 		}
 	}
 	return r;
+}
+
+int clinux_memfd(const char *name, int huge_2mb)
+{
+	unsigned flags = MFD_CLOEXEC;
+	if (huge_2mb)
+		flags |= MFD_HUGETLB | (21U << 26); /* MFD_HUGE_2MB */
+	return memfd_create(name, flags);
 }

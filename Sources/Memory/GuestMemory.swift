@@ -1,4 +1,5 @@
 import Arch
+import CLinux
 import Posix
 import SystemPackage
 #if canImport(Glibc)
@@ -58,39 +59,69 @@ public struct MemoryBacking: Equatable, Sendable {
         self.populate = populate; self.hugePages = hugePages; self.lock = lock
     }
     public static let hugePageSize: UInt64 = 2 << 20
-    /// MAP_HUGE_2MB: log2(2 MiB) << MAP_HUGE_SHIFT (26).
-    static let mapHuge2MB: Int32 = 21 << 26
 }
 
-/// One contiguous guest-physical RAM range backed by an anonymous host mapping.
+/// One contiguous guest-physical RAM range. Fresh RAM is a memfd mapped shared, so another
+/// process (the next rtvisor-vmm of a same-host upgrade, docs/migration.md) can map the same
+/// pages from the descriptor without a copy; a snapshot restored by mapping is its memory file
+/// mapped copy-on-write.
 public final class GuestMemoryRegion: @unchecked Sendable {
     public let start: GuestAddress
     public let size: UInt64
     /// Host virtual address of the mapping; handed to KVM_SET_USER_MEMORY_REGION.
     public let hostAddress: UInt64
-    /// Anonymous memory (false: a file mapped copy-on-write).
-    public let isAnonymous: Bool
+    /// The memfd behind the mapping (nil: a file mapped copy-on-write). Its allocated pages are
+    /// the pages the guest or the VMM ever wrote (`TouchedPages`).
+    public let sharedFile: FileDescriptor?
     private let base: UnsafeMutableRawPointer
 
-    public init(start: GuestAddress, size: UInt64, backing: MemoryBacking = MemoryBacking()) throws {
+    /// Holds only what was written to it (untouched pages are zero); false for a copy-on-write
+    /// file mapping, whose untouched pages hold the file's data.
+    public var isAnonymous: Bool { sharedFile != nil }
+
+    /// Fresh, zeroed RAM: a new memfd of `size` bytes.
+    public convenience init(start: GuestAddress, size: UInt64, backing: MemoryBacking = MemoryBacking()) throws {
         guard size > 0, size % 4096 == 0 else { throw GuestMemoryError.invalidSize(size) }
         if backing.hugePages && size % MemoryBacking.hugePageSize != 0 { throw GuestMemoryError.invalidSize(size) }
-        // Populated or locked RAM is committed up front, so it must not be NORESERVE.
-        var flags = MAP_PRIVATE | MAP_ANONYMOUS
-        if backing.populate || backing.lock { flags |= MAP_POPULATE } else { flags |= MAP_NORESERVE }
-        if backing.hugePages { flags |= MAP_HUGETLB | MemoryBacking.mapHuge2MB }
-        let p = mmap(nil, Int(size), PROT_READ | PROT_WRITE, flags, -1, 0)
-        guard let p, p != MAP_FAILED else {
+        let raw = clinux_memfd("rtvisor-guest-ram", backing.hugePages ? 1 : 0)
+        guard raw >= 0 else {
             throw backing.hugePages ? GuestMemoryError.hugePagesUnavailable(bytes: size, errno: errno)
                                     : GuestMemoryError.mmapFailed(bytes: size, errno: errno)
+        }
+        let file = FileDescriptor(rawValue: raw)
+        guard ftruncate(raw, off_t(size)) == 0 else {
+            let e = errno
+            try? file.close()
+            throw backing.hugePages ? GuestMemoryError.hugePagesUnavailable(bytes: size, errno: e) : GuestMemoryError.mmapFailed(bytes: size, errno: e)
+        }
+        try self.init(start: start, size: size, sharedFile: file, backing: backing)
+    }
+
+    /// RAM another process handed over (`sharedFile`, a memfd of exactly `size` bytes): mapped
+    /// shared, so both see the same pages. Takes ownership of the descriptor, also on a throw.
+    public init(start: GuestAddress, size: UInt64, sharedFile file: FileDescriptor, backing: MemoryBacking = MemoryBacking()) throws {
+        var st = stat()
+        guard size > 0, size % 4096 == 0, fstat(file.rawValue, &st) == 0, UInt64(st.st_size) == size else {
+            try? file.close()
+            throw GuestMemoryError.invalidSize(size)
+        }
+        // Populated or locked RAM is faulted in up front; MAP_HUGETLB comes from the memfd itself.
+        var flags = MAP_SHARED
+        if backing.populate || backing.lock { flags |= MAP_POPULATE }
+        let p = mmap(nil, Int(size), PROT_READ | PROT_WRITE, flags, file.rawValue, 0)
+        guard let p, p != MAP_FAILED else {
+            let e = errno
+            try? file.close()
+            throw backing.hugePages ? GuestMemoryError.hugePagesUnavailable(bytes: size, errno: e) : GuestMemoryError.mmapFailed(bytes: size, errno: e)
         }
         if backing.lock && mlock(p, Int(size)) != 0 {
             let e = errno
             munmap(p, Int(size))
+            try? file.close()
             throw GuestMemoryError.lockFailed(bytes: size, errno: e)
         }
         self.base = p
-        self.isAnonymous = true
+        self.sharedFile = file
         self.start = start
         self.size = size
         self.hostAddress = UInt64(UInt(bitPattern: p))
@@ -109,13 +140,16 @@ public final class GuestMemoryRegion: @unchecked Sendable {
             throw GuestMemoryError.lockFailed(bytes: size, errno: e)
         }
         self.base = p
-        self.isAnonymous = false
+        self.sharedFile = nil
         self.start = start
         self.size = size
         self.hostAddress = UInt64(UInt(bitPattern: p))
     }
 
-    deinit { munmap(base, Int(size)) }
+    deinit {
+        munmap(base, Int(size))
+        try? sharedFile?.close()
+    }
 
     public var end: UInt64 { start.raw + size }
 
@@ -150,6 +184,28 @@ public final class GuestMemory: @unchecked Sendable {
     /// LAPIC, the IOAPIC and platform devices live): low part below 3 GiB, rest above 4 GiB.
     public static func standard(bytes: UInt64, backing: MemoryBacking = MemoryBacking()) throws -> GuestMemory {
         try GuestMemory(regions: try standardLayout(bytes: bytes).map { try GuestMemoryRegion(start: $0.start, size: $0.size, backing: backing) })
+    }
+
+    /// RAM of `bytes` laid out as `standard`, each region the memfd another process handed over
+    /// (`sharedFiles`, in region order: `GuestMemory.sharedFiles` of that process). Takes
+    /// ownership of the descriptors.
+    public static func adopting(_ sharedFiles: [FileDescriptor], bytes: UInt64, backing: MemoryBacking = MemoryBacking()) throws -> GuestMemory {
+        var files = sharedFiles[...]
+        defer { for f in files { try? f.close() } }
+        let layout = try standardLayout(bytes: bytes)
+        guard files.count == layout.count else { throw GuestMemoryError.invalidSize(bytes) }
+        var regions: [GuestMemoryRegion] = []
+        for (start, size) in layout {
+            regions.append(try GuestMemoryRegion(start: start, size: size, sharedFile: files.removeFirst(), backing: backing))
+        }
+        return try GuestMemory(regions: regions)
+    }
+
+    /// The memfd of every region, or nil when one is a copy-on-write file mapping (a snapshot
+    /// restored by mapping): only then can another process take this RAM over without a copy.
+    public var sharedFiles: [FileDescriptor]? {
+        let files = regions.compactMap(\.sharedFile)
+        return files.count == regions.count ? files : nil
     }
 
     /// Where `standard` puts `bytes` of RAM: below the hole, then above 4 GiB.

@@ -30,29 +30,37 @@ extension Machine {
         guard runState == .running else { throw MigrationError("VM \(definition.name) is paused: resume it first") }
         let channel = MigrationChannel(socket: socket)
         let started = monotonicNanoseconds()
+        // A same-host upgrade passes RAM (when it is memfds) and taps as descriptors.
+        let handover = request.handover == true ? try handoverFiles(socket) : nil
         try channel.send(.hello(version: MigrationMessage.version, rtvisorVersion: RtvisorRelease.version))
         let header = SnapshotHeader(vm: definition.name, createdAt: Date().timeIntervalSince1970, vcpus: definition.vcpus,
                                     memoryBytes: memory.totalSize, cpuTemplate: cpuTemplate.rawValue, cpuidDigest: cpuidDigest,
                                     definitionDigest: ContentDigest.fnv1a(request.definitionJSON), diskBytes: diskBytes)
-        try channel.send(.config(MigrationConfig(definitionJSON: request.definitionJSON, header: header, sourceHost: hostName)))
+        try channel.send(.config(MigrationConfig(definitionJSON: request.definitionJSON, header: header, sourceHost: hostName,
+                                                 handover: handover != nil ? true : nil)))
+        if let handover { try channel.send(.handover(handover.manifest), files: handover.files) }
         switch try channel.receive() {
         case .accepted: break
         case let .refused(reason): throw MigrationError("the target refused the VM: \(reason)")
         case let other: throw MigrationError("the target answered \(other.name) to the configuration")
         }
+        // Memory that went over as memfds is the target's too: nothing to copy, nothing to track.
+        let memoryShared = handover.map { $0.manifest.memoryRegions > 0 } ?? false
 
         // Dirty logging is turned on with the vCPUs out of the guest: on the development host's
         // nested KVM, turning it on under running vCPUs logged 1 of some 800 pages the guest
         // wrote (measured; docs/migration.md); paused for the memory-slot update, every write is.
         let tracker = DirtyTracker(vm: vm, memory: memory)
-        try pause()
-        do { try tracker.start() } catch { resume(); throw error }
-        resume()
+        if !memoryShared {
+            try pause()
+            do { try tracker.start() } catch { resume(); throw error }
+            resume()
+        }
         var goSent = false
         var pausedAt: UInt64? = nil
         var disksReleased = false
         defer {
-            tracker.stop()
+            if !memoryShared { tracker.stop() }
             // Anything short of `go` leaves the VM running here, with its disks.
             if !goSent && disksReleased {
                 for d in diskImages {
@@ -61,16 +69,30 @@ extension Machine {
             }
             if !goSent && pausedAt != nil { resume() }
         }
+        /// Paused: the machine state goes, the disks' locks are let go (shared storage, or this
+        /// host: the target takes them when it runs the VM).
+        func sendState() throws {
+            let state = try SnapshotCodec.encode(try captureState())
+            for d in diskImages { d.unlock() }
+            disksReleased = true
+            try channel.send(.state(state))
+        }
         var rounds: [MigrationReport.Round] = []
         func round(_ dirty: [[UInt64]]?) throws -> MigrationReport.Round {
             let t0 = monotonicNanoseconds()
             let (pages, bytes) = try sendPages(dirty, over: channel)
             return MigrationReport.Round(pages: pages, bytes: bytes, milliseconds: Double(monotonicNanoseconds() - t0) / 1e6)
         }
-        // Round 0: every page that is not zero (the target's RAM starts zeroed).
-        rounds.append(try round(nil))
-        logger.info("migration of \(definition.name): round 0, \(rounds[0].pages) pages in \(Int(rounds[0].milliseconds)) ms")
-        while true {
+        if memoryShared {
+            pausedAt = monotonicNanoseconds()
+            try pause()
+            try sendState()
+        } else {
+            // Round 0: every page that is not zero (the target's RAM starts zeroed).
+            rounds.append(try round(nil))
+            logger.info("migration of \(definition.name): round 0, \(rounds[0].pages) pages in \(Int(rounds[0].milliseconds)) ms")
+        }
+        while !memoryShared {
             let last = rounds[rounds.count - 1]
             let dirty = try tracker.collect()
             let pending = dirty.reduce(0) { $0 + $1.reduce(0) { $0 + $1.nonzeroBitCount } }
@@ -87,11 +109,7 @@ extension Machine {
                 let final = try tracker.merge(dirty, try tracker.collect())
                 logger.info("migration of \(definition.name): last round, \(pending) pages dirty before the pause, \(final.reduce(0) { $0 + $1.reduce(0) { $0 + $1.nonzeroBitCount } }) with it")
                 rounds.append(try round(final))
-                let state = try SnapshotCodec.encode(try captureState())
-                // Shared storage: the target takes the disks' locks when it runs the VM.
-                for d in diskImages { d.unlock() }
-                disksReleased = true
-                try channel.send(.state(state))
+                try sendState()
                 break
             }
             rounds.append(try round(dirty))
@@ -110,10 +128,25 @@ extension Machine {
             throw MigrationError("the target did not confirm that it runs the VM (\(error)): it may; this VMM keeps it paused (docs/migration.md: resolving an unknown outcome)", outcomeUnknown: true)
         }
         let now = monotonicNanoseconds()
-        let report = MigrationReport(rounds: rounds, totalBytes: channel.bytesSent, totalMilliseconds: Double(now - started) / 1e6,
+        let report = MigrationReport(rounds: rounds, memoryHandedOver: memoryShared, totalBytes: channel.bytesSent, totalMilliseconds: Double(now - started) / 1e6,
                                      downtimeMilliseconds: Double(now - (pausedAt ?? now)) / 1e6)
         logger.notice("migration of \(definition.name) complete: \(rounds.count) rounds, \(report.totalBytes >> 20) MiB, \(Int(report.totalMilliseconds)) ms, downtime \(Self.ms(UInt64(report.downtimeMilliseconds * 1e6))) ms")
         return report
+    }
+
+    /// What a same-host upgrade passes: guest RAM's memfds (none when a region is a
+    /// copy-on-write file mapping: then its pages are copied) and the taps. Only a Unix socket
+    /// carries descriptors.
+    func handoverFiles(_ socket: FileDescriptor) throws -> (manifest: MigrationHandover, files: [FileDescriptor]) {
+        var domain: Int32 = 0
+        var length = socklen_t(MemoryLayout<Int32>.size)
+        guard getsockopt(socket.rawValue, SOL_SOCKET, SO_DOMAIN, &domain, &length) == 0, domain == AF_UNIX else {
+            throw MigrationError("a handover (same-host upgrade) needs a Unix stream socket: descriptors cannot travel over TCP")
+        }
+        let ram = memory.sharedFiles ?? []
+        if ram.isEmpty { logger.notice("migration of \(definition.name): guest RAM is a mapped snapshot file, its pages are copied") }
+        let manifest = MigrationHandover(memoryRegions: ram.count, taps: taps.map { .init(name: $0.name, supportsOffloads: $0.supportsOffloads) })
+        return (manifest, ram + taps.map(\.fd))
     }
 
     /// Ends this VMM after a migration (the target runs the VM): exit status `migrated`.

@@ -11,6 +11,7 @@ import Posix
 import Realtime
 import VFIO
 import VirtioBlock
+import VirtioNet
 import Sandbox
 import Synchronization
 import VMMInterface
@@ -87,6 +88,8 @@ public final class Machine: @unchecked Sendable {
     let diskBytes: [UInt64]
     /// The open disks: a migration hands their locks over (Machine+Migration.swift).
     let diskImages: [BlockImage]
+    /// The NICs' taps, in the definition's order: a same-host upgrade passes them on.
+    let taps: [Tap]
     /// What KVM supports on this host (the CPUID tables are derived from it): a snapshot's digest.
     let supportedCPUID: [CPUIDEntry]
     /// Read once at start: inside the jail the VMM cannot look at the host's KVM module any more.
@@ -113,6 +116,7 @@ public final class Machine: @unchecked Sendable {
         let system = try MachinePhase.checkHost(def)
         trace.mark("host checks")
         let incoming: Bool = if case .incoming = start { true } else { false }
+        let handedOver: HandedOver? = if case let .incoming(h) = start { h } else { nil }
         let files = try MachinePhase.openGuestFiles(def, hostEmulatesRing0: emulating, bootImages: start.boots, lockDisks: !incoming, logger: logger)
         trace.mark("guest files")
         let supported = try system.supportedCPUID()
@@ -137,6 +141,7 @@ public final class Machine: @unchecked Sendable {
         self.system = system
         let backing = realtime?.memoryBacking ?? MemoryBacking()
         let restoredMemory = try loaded.map { try SnapshotReader.memory($0, mode: source!.memory, backing: backing, directory: source!.directory) }
+            ?? handedOver?.memory.map { try GuestMemory.adopting($0, bytes: UInt64(def.memoryMiB) << 20, backing: backing) }
         if loaded != nil { trace.mark("snapshot memory (\(source!.memory.rawValue))") }
         let (vm, memory, slots) = try MachinePhase.createVM(system, def, memory: restoredMemory, backing: backing)
         self.vm = vm
@@ -148,7 +153,7 @@ public final class Machine: @unchecked Sendable {
         let stop = self.stop
         let name = def.name
         let devices = try MachinePhase.buildDevices(
-            def, disks: files.disks, vm: vm, memory: memory, notifyPath: options.notifyPath, console: options.console,
+            def, disks: files.disks, taps: handedOver?.taps, vm: vm, memory: memory, notifyPath: options.notifyPath, console: options.console,
             onRequest: { req in
                 switch req {
                 case .powerOff: stop.request(.powerOff)
@@ -180,6 +185,7 @@ public final class Machine: @unchecked Sendable {
         cmos = devices.cmos
         pciRoot = pci.root
         ioNotifier = devices.ioNotifier
+        taps = pci.taps
         exits = ExitDispatch(pio: devices.pio, mmio: devices.mmio, memory: memory)
         trace.mark("devices")
 

@@ -3,6 +3,8 @@ import Config
 import Devices
 import KVM
 import PCI
+import SystemPackage
+import VirtioNet
 import VMMInterface
 #if canImport(FoundationEssentials)
 import FoundationEssentials
@@ -35,10 +37,34 @@ public enum MachineStart: Sendable {
     case boot
     /// A snapshot is resumed (docs/snapshot.md).
     case snapshot(SnapshotSource)
-    /// Memory and state arrive over a migration stream after the machine is built (docs/migration.md).
-    case incoming
+    /// Memory and state arrive over a migration stream after the machine is built (docs/migration.md);
+    /// in a same-host upgrade the old VMM handed over its RAM and taps first.
+    case incoming(HandedOver?)
 
     var boots: Bool { if case .boot = self { true } else { false } }
+}
+
+/// What a same-host upgrade's old VMM passed over (docs/migration.md): guest RAM's memfds, or
+/// nil when its memory is not shareable (then the pages follow), and its open taps, in the
+/// definition's order of NICs. The new machine maps and uses them; the guest is not touched
+/// until the old VMM says `go`.
+public struct HandedOver: @unchecked Sendable {
+    public var memory: [FileDescriptor]?
+    public var taps: [Tap]
+    public init(memory: [FileDescriptor]?, taps: [Tap]) { self.memory = memory; self.taps = taps }
+
+    /// The descriptors of a `handover` frame as its manifest names them; owns them from here
+    /// (closed on a throw).
+    public init(_ manifest: MigrationHandover, files: [FileDescriptor]) throws {
+        guard files.count == manifest.descriptors else {
+            for f in files { try? f.close() }
+            throw MigrationStreamError("the handover names \(manifest.descriptors) descriptors, \(files.count) came")
+        }
+        memory = manifest.memoryRegions > 0 ? Array(files.prefix(manifest.memoryRegions)) : nil
+        taps = zip(manifest.taps, files.dropFirst(manifest.memoryRegions)).map {
+            Tap(adopting: $1, name: $0.name, supportsOffloads: $0.supportsOffloads)
+        }
+    }
 }
 
 /// Which snapshot a machine is restored from, and how its memory comes back.

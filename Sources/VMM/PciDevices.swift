@@ -15,6 +15,8 @@ enum PciDevices {
     struct Built {
         let root: PciRoot
         let transports: [VirtioPciDevice]
+        /// The NICs' taps, in the definition's order.
+        let taps: [Tap]
         /// Host functions passed through with VFIO, and their container (DMA map of guest RAM).
         let passthrough: [VfioPciDevice]
         let container: VFIOContainer?
@@ -23,16 +25,27 @@ enum PciDevices {
     }
 
     /// `disks` are the definition's disks in order, opened by the guest files phase.
-    static func build(definition def: VMDefinition, disks: [BlockImage], vm: VirtualMachine, memory: GuestMemory, router: MsiRouter,
+    /// `handedTaps`: taps opened by another VMM of this VM (a same-host upgrade), one per NIC.
+    static func build(definition def: VMDefinition, disks: [BlockImage], taps handedTaps: [Tap]?, vm: VirtualMachine, memory: GuestMemory, router: MsiRouter,
                       notifyOffload: (any NotifyOffload)?, logger: Logger) throws -> Built {
         var devices: [any VirtioDevice] = []
         for (i, (disk, image)) in zip(def.disks, disks).enumerated() {
             devices.append(VirtioBlock(name: "blk\(i)", image: image, settings: BlockDeviceSettings(serial: disk.serial)))
             logger.info("blk\(i): \(disk.path), \(image.sectors) sectors\(disk.readOnly ? ", read-only" : "")\(disk.directIO ? ", O_DIRECT" : "")")
         }
+        if let handedTaps, handedTaps.count != def.nets.count {
+            throw VMMError.setup("\(handedTaps.count) taps were handed over for \(def.nets.count) NICs")
+        }
+        var taps: [Tap] = []
         for (i, net) in def.nets.enumerated() {
             let tap: Tap
-            do { tap = try Tap(name: net.tap) } catch let e as TapError { throw VMMError.setup("$.nets[\(i)].tap: \(e)") }
+            if let handedTaps {
+                tap = handedTaps[i]
+                guard net.tap.isEmpty || tap.name == net.tap else { throw VMMError.setup("$.nets[\(i)].tap: \(net.tap), but the tap handed over is \(tap.name)") }
+            } else {
+                do { tap = try Tap(name: net.tap) } catch let e as TapError { throw VMMError.setup("$.nets[\(i)].tap: \(e)") }
+            }
+            taps.append(tap)
             let log = logger
             devices.append(VirtioNet(name: "net\(i)", tap: tap, mac: net.mac, onHostError: { log.warning("\($0)") }))
             logger.info("net\(i): tap \(tap.name), MAC \(NetSettings.format(net.mac))\(tap.supportsOffloads ? ", offloads" : "")")
@@ -57,7 +70,7 @@ enum PciDevices {
         }
         do {
             let root = try PciRoot(devices: transports + passthrough, windowBase: GuestLayout.pciWindowBase, windowSize: GuestLayout.pciWindowSize)
-            return Built(root: root, transports: transports, passthrough: passthrough, container: container, interrupts: interrupts)
+            return Built(root: root, transports: transports, taps: taps, passthrough: passthrough, container: container, interrupts: interrupts)
         } catch {
             for d in passthrough { d.stop() }
             container?.close()

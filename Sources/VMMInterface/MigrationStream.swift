@@ -14,6 +14,7 @@ import Glibc
 ///
 ///     source                                   target
 ///     hello, config (definition, header)  →
+///     [handover + descriptors]            →    (same-host upgrade only)
 ///                                          ←   accepted | refused(reason)
 ///     pages/zero … (rounds of dirty pages) →
 ///     state (the machine state, paused)   →
@@ -21,6 +22,8 @@ import Glibc
 ///     go                                  →
 ///                                          ←   running
 ///
+/// A same-host upgrade (`MigrationConfig.handover`) passes guest RAM's memfds and the taps over
+/// the Unix socket instead: no pages follow when the memory went over that way.
 /// The target runs the guest only after `go`; the source ends only after `running`. Anything
 /// else (a refusal, a failure, a broken stream) before `go` leaves the source running and the
 /// target discarding what it got.
@@ -40,6 +43,8 @@ public enum MigrationMessage: Equatable, Sendable {
     case go
     case running
     case abandon(String)
+    /// Same host: descriptors (guest RAM's memfds, then the taps) ride along with this frame.
+    case handover(MigrationHandover)
 
     public static let version = 1
     /// The largest payload either end accepts: a round of pages is sent in 1 MiB frames.
@@ -60,11 +65,12 @@ public enum MigrationMessage: Equatable, Sendable {
         case .go: 10
         case .running: 11
         case .abandon: 12
+        case .handover: 13
         }
     }
 
     public var name: String {
-        ["", "hello", "config", "accepted", "refused", "pages", "zero", "state", "ready", "failed", "go", "running", "abandon"][Int(kind)]
+        ["", "hello", "config", "accepted", "refused", "pages", "zero", "state", "ready", "failed", "go", "running", "abandon", "handover"][Int(kind)]
     }
 
     public func encoded() throws -> [UInt8] {
@@ -77,6 +83,7 @@ public enum MigrationMessage: Equatable, Sendable {
         case let .pages(offset, bytes): payload = Self.le(offset) + bytes
         case let .zero(offset, length): payload = Self.le(offset) + Self.le(length)
         case let .state(body): payload = body
+        case let .handover(h): payload = Array(try JSONEncoder().encode(h))
         }
         return [kind] + Self.le(UInt32(payload.count)) + payload
     }
@@ -103,6 +110,7 @@ public enum MigrationMessage: Equatable, Sendable {
         case 10: return .go
         case 11: return .running
         case 12: return .abandon(text())
+        case 13: return .handover(try json(MigrationHandover.self))
         default: throw MigrationStreamError("unknown frame kind \(kind)")
         }
     }
@@ -120,9 +128,26 @@ public struct MigrationConfig: Codable, Equatable, Sendable {
     public var definitionJSON: [UInt8]
     public var header: SnapshotHeader
     public var sourceHost: String
-    public init(definitionJSON: [UInt8], header: SnapshotHeader, sourceHost: String) {
-        self.definitionJSON = definitionJSON; self.header = header; self.sourceHost = sourceHost
+    /// A same-host upgrade: a `handover` frame follows this one (absent: false).
+    public var handover: Bool?
+    public init(definitionJSON: [UInt8], header: SnapshotHeader, sourceHost: String, handover: Bool? = nil) {
+        self.definitionJSON = definitionJSON; self.header = header; self.sourceHost = sourceHost; self.handover = handover
     }
+}
+
+/// What a same-host upgrade's `handover` frame passes, in the order of its descriptors: one memfd
+/// per guest RAM region when `memory` (else the pages follow as in any migration), then one
+/// descriptor per tap, in the definition's order of NICs.
+public struct MigrationHandover: Codable, Equatable, Sendable {
+    public struct HandedTap: Codable, Equatable, Sendable {
+        public var name: String
+        public var supportsOffloads: Bool
+        public init(name: String, supportsOffloads: Bool) { self.name = name; self.supportsOffloads = supportsOffloads }
+    }
+    public var memoryRegions: Int
+    public var taps: [HandedTap]
+    public init(memoryRegions: Int, taps: [HandedTap]) { self.memoryRegions = memoryRegions; self.taps = taps }
+    public var descriptors: Int { memoryRegions + taps.count }
 }
 
 public struct MigrationStreamError: Error, CustomStringConvertible, Equatable {
@@ -134,21 +159,51 @@ public struct MigrationStreamError: Error, CustomStringConvertible, Equatable {
 public final class MigrationChannel {
     public let socket: FileDescriptor
     public private(set) var bytesSent: UInt64 = 0
+    /// Descriptors that came with the last frame, until `takeFiles` or the next `receive`.
+    private var receivedFiles: [FileDescriptor] = []
 
     public init(socket: FileDescriptor) { self.socket = socket }
 
-    public func send(_ message: MigrationMessage) throws {
+    deinit { for f in receivedFiles { try? f.close() } }
+
+    /// `files` ride along with the frame's first byte (a Unix socket: a `handover`).
+    public func send(_ message: MigrationMessage, files: [FileDescriptor] = []) throws {
         let bytes = try message.encoded()
-        do { try writeAll(socket.rawValue, bytes) } catch { throw MigrationStreamError("sending \(message.name): \(error)") }
+        do {
+            if files.isEmpty { try writeAll(socket.rawValue, bytes) } else { try PassedFiles.send(socket, bytes, files: files) }
+        } catch { throw MigrationStreamError("sending \(message.name): \(error)") }
         bytesSent += UInt64(bytes.count)
     }
 
-    /// The next message; a closed stream or a malformed frame throws.
+    /// The descriptors that came with the frame `receive` returned last; the caller owns them.
+    public func takeFiles() -> [FileDescriptor] {
+        defer { receivedFiles = [] }
+        return receivedFiles
+    }
+
+    /// The next message; a closed stream or a malformed frame throws. Descriptors passed with
+    /// it wait for `takeFiles`; those nobody takes are closed by the next call.
     public func receive() throws -> MigrationMessage {
-        let head = try read(5, "a frame header")
+        for f in takeFiles() { try? f.close() }
+        let head = try readHeader()
         let length = Int(UInt32(head[1]) | UInt32(head[2]) << 8 | UInt32(head[3]) << 16 | UInt32(head[4]) << 24)
         guard length <= MigrationMessage.maxPayload else { throw MigrationStreamError("a frame of \(length) bytes (at most \(MigrationMessage.maxPayload))") }
         return try MigrationMessage.decode(kind: head[0], payload: try read(length, "a frame"))
+    }
+
+    /// The 5-byte frame header, through recvmsg: descriptors travel with a frame's first byte.
+    private func readHeader() throws -> [UInt8] {
+        var head: [UInt8] = []
+        while head.count < 5 {
+            let got: (bytes: [UInt8], files: [FileDescriptor])
+            do { got = try PassedFiles.receive(socket, maximum: 5 - head.count) } catch {
+                throw MigrationStreamError("reading a frame header: \(error)")
+            }
+            receivedFiles += got.files
+            guard !got.bytes.isEmpty else { throw MigrationStreamError("the stream ended inside a frame header (\(head.count) of 5 bytes)") }
+            head += got.bytes
+        }
+        return head
     }
 
     private func read(_ n: Int, _ what: String) throws -> [UInt8] {

@@ -151,8 +151,12 @@ public struct MigrationRequest: Codable, Sendable, Equatable {
     public var force: Bool
     /// The definition as the daemon has it (JSON); it travels to the target.
     public var definitionJSON: [UInt8]
-    public init(downtimeMilliseconds: Int = 300, maxRounds: Int = 30, force: Bool = true, definitionJSON: [UInt8]) {
+    /// A same-host upgrade: guest RAM (when it is memfd-backed) and the taps are passed to the
+    /// target as descriptors over the Unix stream socket, nothing copied (absent: false).
+    public var handover: Bool?
+    public init(downtimeMilliseconds: Int = 300, maxRounds: Int = 30, force: Bool = true, definitionJSON: [UInt8], handover: Bool = false) {
         self.downtimeMilliseconds = downtimeMilliseconds; self.maxRounds = maxRounds; self.force = force; self.definitionJSON = definitionJSON
+        self.handover = handover ? true : nil
     }
 }
 
@@ -164,11 +168,13 @@ public struct MigrationReport: Codable, Sendable, Equatable {
         public init(pages: Int, bytes: UInt64, milliseconds: Double) { self.pages = pages; self.bytes = bytes; self.milliseconds = milliseconds }
     }
     public var rounds: [Round]
+    /// Guest RAM went over as descriptors (a same-host upgrade): no rounds of pages.
+    public var memoryHandedOver: Bool?
     public var totalBytes: UInt64
     public var totalMilliseconds: Double
     /// From the pause to the target's `running`.
     public var downtimeMilliseconds: Double
-    public init(rounds: [Round], totalBytes: UInt64, totalMilliseconds: Double, downtimeMilliseconds: Double) {
-        self.rounds = rounds; self.totalBytes = totalBytes; self.totalMilliseconds = totalMilliseconds; self.downtimeMilliseconds = downtimeMilliseconds
+    public init(rounds: [Round], memoryHandedOver: Bool = false, totalBytes: UInt64, totalMilliseconds: Double, downtimeMilliseconds: Double) {
+        self.rounds = rounds; self.memoryHandedOver = memoryHandedOver ? true : nil; self.totalBytes = totalBytes; self.totalMilliseconds = totalMilliseconds; self.downtimeMilliseconds = downtimeMilliseconds
     }
 }

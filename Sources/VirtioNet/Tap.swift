@@ -55,12 +55,13 @@ public final class Tap: Sendable {
         }
     }
 
-    /// A stand-in for a TAP interface on any datagram descriptor (the fuzz target's socketpair):
-    /// no ioctls, no offloads. Takes ownership of `fd`.
-    package init(fd: FileDescriptor, name: String) {
+    /// A tap another process opened and set up (a same-host upgrade hands it over, docs/migration.md),
+    /// or a stand-in on any datagram descriptor (the fuzz target's socketpair): no ioctls here, so
+    /// the interface keeps running for its first owner. Takes ownership of `fd`.
+    public init(adopting fd: FileDescriptor, name: String, supportsOffloads: Bool = false) {
         self.fd = fd
         self.name = name
-        supportsOffloads = false
+        self.supportsOffloads = supportsOffloads
     }
 
     deinit { try? fd.close() }

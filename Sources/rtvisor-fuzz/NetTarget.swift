@@ -26,7 +26,7 @@ let tapPair: (device: Tap, peer: Int32) = {
         setsockopt(fd, SOL_SOCKET, SO_SNDBUF, &size, socklen_t(MemoryLayout<Int32>.size))
         setsockopt(fd, SOL_SOCKET, SO_RCVBUF, &size, socklen_t(MemoryLayout<Int32>.size))
     }
-    return (Tap(fd: FileDescriptor(rawValue: fds[0]), name: "fuzz"), fds[1])
+    return (Tap(adopting: FileDescriptor(rawValue: fds[0]), name: "fuzz"), fds[1])
 }()
 
 nonisolated(unsafe) var drainBuffer = [UInt8](repeating: 0, count: 70000)

@@ -2,6 +2,7 @@ import CDaemonSupport
 import Logging
 import Posix
 import SystemPackage
+import VMM
 import VMMInterface
 #if canImport(FoundationEssentials)
 import FoundationEssentials
@@ -18,6 +19,8 @@ enum IncomingMigration {
     struct Opened {
         let channel: MigrationChannel
         let config: MigrationConfig
+        /// A same-host upgrade's RAM and taps.
+        var handedOver: HandedOver? = nil
     }
 
     /// `configFile`: rtvisord read the hello and the configuration already and saved the latter.
@@ -43,8 +46,20 @@ enum IncomingMigration {
             throw MigrationStreamError("migration protocol \(version) from rtvisor \(sourceVersion); this VMM speaks \(MigrationMessage.version)")
         }
         guard case let .config(config) = try channel.receive() else { throw MigrationStreamError("the source sent no configuration") }
-        logger.notice("incoming migration of \(config.header.vm) from \(config.sourceHost) (rtvisor \(sourceVersion)) on \(address)")
-        return Opened(channel: channel, config: config)
+        logger.notice("incoming migration of \(config.header.vm) from \(config.sourceHost) (rtvisor \(sourceVersion)) on \(address)\(config.handover == true ? ", a same-host handover" : "")")
+        guard config.handover == true else { return Opened(channel: channel, config: config) }
+        do {
+            return Opened(channel: channel, config: config, handedOver: try receiveHandover(channel))
+        } catch {
+            try? channel.send(.refused("\(error)"))
+            throw error
+        }
+    }
+
+    /// The `handover` frame that follows a same-host upgrade's configuration, with its descriptors.
+    static func receiveHandover(_ channel: MigrationChannel) throws -> HandedOver {
+        guard case let .handover(manifest) = try channel.receive() else { throw MigrationStreamError("a same-host handover without its handover frame") }
+        return try HandedOver(manifest, files: channel.takeFiles())
     }
 
     private static func acceptOne(_ listener: Int32, _ address: String, removing path: String?, logger: Logger) throws -> Int32 {

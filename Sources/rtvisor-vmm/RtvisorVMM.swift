@@ -155,7 +155,7 @@ struct RtvisorVMM: ParsableCommand {
                                   options: RunOptions(consoleInput: launch.consoleInput, console: ConsoleOutput(fd: consoleFD, tap: tap), notifyPath: launch.notify, latencyFile: launch.latencyFile, trace: trace,
                                                      keepRealtimePartitionOnReset: launch.keepRealtimePartitionOnReset),
                                   logger: logger, processStartedAt: started,
-                                  start: incoming != nil ? .incoming
+                                  start: incoming != nil ? .incoming(incoming?.handedOver)
                                       : launch.restore.map { .snapshot(SnapshotSource(directory: absolutePath($0), memory: launch.restoreMemory)) } ?? .boot)
         } catch {
             try? incoming?.channel.send(.refused("\(error)"))

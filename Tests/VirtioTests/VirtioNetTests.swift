@@ -18,7 +18,7 @@ final class FakeTap {
     init() {
         var fds: [Int32] = [0, 0]
         precondition(socketpair(AF_UNIX, Int32(SOCK_DGRAM.rawValue) | Int32(SOCK_NONBLOCK.rawValue) | Int32(SOCK_CLOEXEC.rawValue), 0, &fds) == 0)
-        tap = Tap(fd: FileDescriptor(rawValue: fds[0]), name: "fake")
+        tap = Tap(adopting: FileDescriptor(rawValue: fds[0]), name: "fake")
         peer = fds[1]
     }
     deinit { if peer >= 0 { close(peer) } }

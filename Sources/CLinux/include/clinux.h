@@ -80,8 +80,10 @@ int clinux_capabilities(uint64_t *effective, uint64_t *permitted);
 // A stream socket's bytes with descriptors riding along (SCM_RIGHTS): the VMM control socket
 // passes the snapshot files this way. send: all of buf (the descriptors with its first byte),
 // bytes sent or -1/errno. recv: bytes received (0 at end), up to `max` descriptors into `fds`
-// (close-on-exec), their count in *nfds; -1/errno. Both retry EINTR.
+// (close-on-exec), their count in *nfds; -1/errno. Both retry EINTR. At most 64 descriptors.
 long clinux_send_with_fds(int fd, const void *buf, unsigned long len, const int *fds, int nfds);
 long clinux_recv_with_fds(int fd, void *buf, unsigned long len, int *fds, int max, int *nfds);
+/// memfd_create(name, MFD_CLOEXEC [| MFD_HUGETLB | MFD_HUGE_2MB]): guest RAM another process can map.
+int clinux_memfd(const char *name, int huge_2mb);
 
 #endif
