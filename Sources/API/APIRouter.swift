@@ -42,6 +42,7 @@ public struct APIResponse: Sendable, Equatable {
 ///     GET  /v1/snapshots[?vm=NAME]      SnapshotList
 ///     POST /v1/snapshots/restore        RestoredVM (RestoreRequest body)
 ///     POST /v1/vms/{name}/migrate       MigrateResult (MigrateRequest body)
+///     POST /v1/vms/{name}/upgrade       UpgradeResult (to a new rtvisor-vmm on this host)
 ///     POST /v1/migrations/incoming      IncomingMigration (IncomingRequest body; answers once listening)
 ///     GET  /v1/migrations/incoming      IncomingList
 ///     GET  /v1/migrations/incoming/{id} IncomingMigration
@@ -156,7 +157,9 @@ public struct APIRouter: Sendable {
                 }
                 if let problem = Self.migrateProblem(req) { return Self.error(400, problem) }
                 return await run { () async throws(ControlError) in try await control.migrate(name, req) }
-            default: return Self.error(404, "no such action: \(rest[2]) (start, stop, reboot, pause, resume, snapshot, clone, migrate)")
+            case "upgrade":
+                return await run { () async throws(ControlError) in try await control.upgrade(name) }
+            default: return Self.error(404, "no such action: \(rest[2]) (start, stop, reboot, pause, resume, snapshot, clone, migrate, upgrade)")
             }
         default:
             return Self.error(404, "no such endpoint: \(path)")

@@ -115,3 +115,32 @@ public struct IncomingList: Codable, Sendable, Equatable {
     public var migrations: [IncomingMigration]
     public init(migrations: [IncomingMigration]) { self.migrations = migrations }
 }
+
+/// The answer to `POST /v1/vms/{name}/upgrade`: the VM runs on under a new rtvisor-vmm (the
+/// binary installed now), its guest paused only for `downtime_ms`.
+public struct UpgradeResult: Codable, Sendable, Equatable {
+    public var name: String
+    public var oldPID: Int32
+    public var newPID: Int32
+    /// The rtvisor-vmm binary the VM runs under now.
+    public var vmm: String
+    /// Guest RAM went over as descriptors (false: the pages were copied, a VM whose memory is a
+    /// mapped snapshot file).
+    public var memoryHandedOver: Bool
+    public var totalBytes: UInt64
+    public var totalMilliseconds: Double
+    public var downtimeMilliseconds: Double
+    public var state: VMStateName
+
+    public init(name: String, oldPID: Int32, newPID: Int32, vmm: String, memoryHandedOver: Bool, totalBytes: UInt64,
+                totalMilliseconds: Double, downtimeMilliseconds: Double, state: VMStateName) {
+        self.name = name; self.oldPID = oldPID; self.newPID = newPID; self.vmm = vmm; self.memoryHandedOver = memoryHandedOver
+        self.totalBytes = totalBytes; self.totalMilliseconds = totalMilliseconds; self.downtimeMilliseconds = downtimeMilliseconds; self.state = state
+    }
+
+    enum CodingKeys: String, CodingKey {
+        case name, vmm, state
+        case oldPID = "old_pid", newPID = "new_pid", memoryHandedOver = "memory_handed_over", totalBytes = "total_bytes"
+        case totalMilliseconds = "total_ms", downtimeMilliseconds = "downtime_ms"
+    }
+}

@@ -37,6 +37,9 @@ public struct DaemonPaths: Sendable {
     /// An incoming migration's `MigrationConfig` (JSON), read by rtvisord from the stream and
     /// passed to the VMM with `--incoming-config`.
     public func incomingConfig(_ name: String) -> String { vmDirectory(name) + "/incoming-config.json" }
+    /// Where a same-host upgrade's new VMM serves its control and console sockets until it
+    /// takes the VM over; then they are renamed to the usual paths (`Supervisor.upgrade`).
+    public func upgradeSocket(_ path: String) -> String { path + ".upgrade" }
     /// The descriptor an incoming migration's stream has in the VMM (`--incoming fd:3`).
     public static let incomingStreamFD: Int32 = 3
 
@@ -46,8 +49,9 @@ public struct DaemonPaths: Sendable {
     /// A real-time VM's VMM leaves its partition for the next one when the guest resets: the
     /// lifecycle either starts that VMM or undoes the partition (`VMLifecycle.keptPartition`).
     /// Every VMM serves its control socket; one started for a restore resumes the snapshot.
+    /// `upgrade`: the new VMM of a same-host upgrade, taking the VM over on descriptor 3.
     public func vmmLaunch(_ name: String, baseDirectory: String, cgroup: String?, latencyProbe: Bool, realtime: Bool = false,
-                          restore: RestoreSource? = nil, incoming: IncomingSource? = nil) -> VMMLaunch {
+                          restore: RestoreSource? = nil, incoming: IncomingSource? = nil, upgrade: Bool = false) -> VMMLaunch {
         var launch = VMMLaunch(definition: definitionCopy(name))
         launch.baseDirectory = baseDirectory
         launch.consoleInput = false
@@ -66,6 +70,13 @@ public struct DaemonPaths: Sendable {
         if let incoming {
             launch.incoming = MigrationAddress.fd(Self.incomingStreamFD).description
             launch.incomingConfig = incoming.configFile
+        }
+        // A same-host upgrade: the old VMM sends hello and configuration itself, and keeps its
+        // sockets until the new one runs the guest.
+        if upgrade {
+            launch.incoming = MigrationAddress.fd(Self.incomingStreamFD).description
+            launch.controlSocket = upgradeSocket(controlSocket(name))
+            launch.consoleSocket = upgradeSocket(consoleSocket(name))
         }
         return launch
     }

@@ -62,6 +62,8 @@ extension Supervisor {
             records[name] = nil
         case .removeVMDirectory:
             try? FileManager.default.removeItem(atPath: paths.vmDirectory(name))
+        case .finishUpgrade:
+            finishUpgrade(name)
         case let .reply(answer):
             return answer
         }

@@ -93,6 +93,12 @@ extension Supervisor {
         let stream = FileDescriptor(rawValue: fd)
         // The VMM has its own copy once the request is sent; the target sees the stream end when it does.
         defer { try? stream.close() }
+        return sendVM(controlSocket: controlSocket, over: stream, request: request)
+    }
+
+    /// Blocking: has the VMM behind `controlSocket` send the VM over `stream` (connected).
+    nonisolated static func sendVM(controlSocket: String, over stream: FileDescriptor,
+                                   request: MigrationRequest) -> Result<VMMControlClient.MigrationOutcome, VMMControlClient.ClientError> {
         let client: VMMControlClient
         do { client = try VMMControlClient.connect(controlSocket, timeoutSeconds: 10) } catch {
             return .success(.refused("\(error)"))

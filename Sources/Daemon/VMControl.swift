@@ -34,6 +34,9 @@ public protocol VMControl: Sendable {
     func clone(_ name: String, _ request: CloneRequest) async throws(ControlError) -> CloneResult
     /// Moves a running VM live to the target listening at `request.address` (docs/migration.md).
     func migrate(_ name: String, _ request: MigrateRequest) async throws(ControlError) -> MigrateResult
+    /// Moves a running VM to a new rtvisor-vmm (the binary installed now) on this host, its RAM
+    /// and taps handed over as descriptors (docs/migration.md, "Upgrading the VMM").
+    func upgrade(_ name: String) async throws(ControlError) -> UpgradeResult
     /// Listens for one VM sent by another host's `migrate`; answers once listening.
     func receiveMigration(_ request: IncomingRequest) async throws(ControlError) -> IncomingMigration
     func incomingMigrations() async throws(ControlError) -> IncomingList

@@ -31,14 +31,14 @@ public struct VMLifecycle: Equatable, Sendable {
     public static let killGraceSeconds: Double = 5
 
     public let name: String
-    public private(set) var phase: VMPhase = .stopped
+    public internal(set) var phase: VMPhase = .stopped
     /// The loaded definition: what the next VMM runs (a running VMM keeps its own, `process`).
     public private(set) var definition: VMDefinition
     /// The loaded definition's daemon settings (stop timeout; the restart settings live in `tracker`).
     public private(set) var settings: DaemonSettings
     public private(set) var tracker: RestartTracker
     /// Bumped on every spawn, stop and exit: timers and escalations from an earlier generation do nothing.
-    public private(set) var generation = 0
+    public internal(set) var generation = 0
     /// Restarts since the VM was last started by hand (policy restarts, reboots).
     public private(set) var restarts = 0
     public private(set) var lastExit: ExitInfo?
@@ -69,6 +69,8 @@ public struct VMLifecycle: Equatable, Sendable {
     /// `paused`): `resume` goes to its control socket, a stop is a hard one (a paused guest cannot
     /// act on Ctrl-Alt-Del).
     public private(set) var pausedByVMM = false
+    /// A same-host upgrade in progress (VMLifecycle+Upgrade.swift). Set by its own file only.
+    public internal(set) var upgrading: UpgradingVMM?
 
     public init(name: String, definition: VMDefinition, since: Double, daemonLeaving: Bool = false) {
         self.name = name
@@ -127,6 +129,11 @@ public struct VMLifecycle: Equatable, Sendable {
             since = now.wall
             return [.journal(.init(.vmResumed, .notice, "VM \(name) resumed (its VMM had kept it paused)", pid: pid, state: .running)),
                     .publishStatus, reply("resume", "resumed")]
+        case let .upgradeStarted(pid, target): return upgradeStarted(pid: pid, target: target)
+        case let .upgradeConfirmed(targetPID): return upgradeConfirmed(targetPID)
+        case let .upgradeAbandoned(targetPID):
+            if upgrading?.target.pid == targetPID { upgrading = nil }
+            return []
         case let .stopRequested(force): return stop(force: force || pausedByVMM)
         case .rebootRequested: return reboot()
         case .pauseRequested:
@@ -183,6 +190,7 @@ public struct VMLifecycle: Equatable, Sendable {
         case let .processExited(pid, outcome, statusFile):
             // An exit report of an earlier process (or of none) changes nothing.
             guard let p = process, p.pid == pid else { return [] }
+            if let adopted = upgradeTakesOver(from: p, outcome: outcome) { return adopted }
             return ended(p, intent: intent, outcome: outcome, statusFile: statusFile, now: now)
         case let .restartTimerFired(timerGeneration):
             guard timerGeneration == generation, phase == .restarting, !daemonLeaving else { return [] }
@@ -424,6 +432,7 @@ public struct VMLifecycle: Equatable, Sendable {
         let failedIncoming = receiving.flatMap { $0.pid == p.pid ? $0.sourceHost : nil }
         receiving = nil
         pausedByVMM = false
+        upgrading = nil
         // A real-time VMM whose guest reset left its partition in place (rtvisord starts it with
         // --keep-realtime-partition-on-reset): it is kept for the VMM this reboot starts. In every
         // other case the partition is undone here: a VMM that stopped undid it already (this
@@ -518,5 +527,5 @@ public struct VMLifecycle: Equatable, Sendable {
         .reply(.success(ActionResult(name: name, action: action, state: state ?? stateName, message: message)))
     }
 
-    private func refuse(_ error: ControlError) -> [VMEffect] { [.reply(.failure(error))] }
+    func refuse(_ error: ControlError) -> [VMEffect] { [.reply(.failure(error))] }
 }

@@ -49,6 +49,14 @@ public struct RestoringVMM: Equatable, Sendable {
     public init(pid: pid_t, source: RestoreSource) { self.pid = pid; self.source = source }
 }
 
+/// A same-host upgrade under way (`VMLifecycle.upgrading`): the new VMM, and whether it is
+/// known to run the guest.
+public struct UpgradingVMM: Equatable, Sendable {
+    public var target: VMProcess
+    public var confirmed: Bool
+    public init(target: VMProcess, confirmed: Bool = false) { self.target = target; self.confirmed = confirmed }
+}
+
 /// A VM arriving by live migration (`rtvisorctl migrate-receive`): rtvisord accepted the stream
 /// and read its hello and configuration; the VMM gets the connected socket (`--incoming fd:N`)
 /// and the configuration's file (`--incoming-config`).
@@ -209,6 +217,13 @@ public enum VMEvent: Equatable, Sendable {
     case migrationOutcomeUnknown(pid: pid_t)
     /// The VMM resumed a guest it had kept paused (`migrationOutcomeUnknown`), on request.
     case vmmResumed(pid: pid_t)
+    /// A new VMM (`target`) was started to take the running VM over from VMM `pid` (a same-host
+    /// upgrade, docs/migration.md): it becomes the VM's process when `pid` ends `migrated`.
+    case upgradeStarted(pid: pid_t, target: VMProcess)
+    /// The new VMM is known to run the guest (the old one is ended by force if it has not ended).
+    case upgradeConfirmed(targetPID: pid_t)
+    /// The upgrade did not happen: the old VMM keeps the VM, the new one is gone.
+    case upgradeAbandoned(targetPID: pid_t)
 
     // The outside world.
     /// A watched VMM ended. `statusFile` is what it wrote at exit, if anything.
@@ -276,6 +291,9 @@ public enum VMEffect: Equatable, Sendable, CustomStringConvertible {
     case removeVMDirectory
     /// The answer to the control API request that caused the transition.
     case reply(Result<ActionResult, ControlError>)
+    /// A same-host upgrade's new VMM is the VM's process now: its sockets take the usual paths,
+    /// the old VMM's exit report goes.
+    case finishUpgrade(pid: pid_t)
 
     public var description: String {
         switch self {
@@ -295,6 +313,7 @@ public enum VMEffect: Equatable, Sendable, CustomStringConvertible {
         case .publishStatus: "publish status"
         case .forgetVM: "forget VM"
         case .removeVMDirectory: "remove VM directory"
+        case let .finishUpgrade(pid): "finish upgrade to \(pid)"
         case let .reply(.success(result)): "reply \(result.action) \(result.state.rawValue): \(result.message)"
         case let .reply(.failure(error)): "refuse \(error.kind): \(error)"
         }

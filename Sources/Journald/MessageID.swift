@@ -36,6 +36,8 @@ public enum LifecycleEvent: String, CaseIterable, Sendable {
     case vmMigrationFailed = "vm-migration-failed"
     /// A VM received from another host runs here (`MIGRATION_SOURCE_HOST`, `MIGRATION_DESTINATION`).
     case vmMigratedIn = "vm-migrated-in"
+    /// A running VM moved to a new rtvisor-vmm on this host, the guest running on (`VM_OLD_PID`).
+    case vmUpgraded = "vm-upgraded"
 
     public var messageID: String {
         switch self {
@@ -63,6 +65,7 @@ public enum LifecycleEvent: String, CaseIterable, Sendable {
         case .vmMigrated: "5ad874c9f0c74f26a74d5b755fef66fd"
         case .vmMigrationFailed: "87629455bfb149908eb2941b311d3c84"
         case .vmMigratedIn: "c1b917aa691b4d028bfc97684ba5594b"
+        case .vmUpgraded: "3e0d6f1b8a2c4f57b9d1c7a4e6f02b35"
         }
     }
 }

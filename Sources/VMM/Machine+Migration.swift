@@ -23,7 +23,9 @@ public struct MigrationError: Error, CustomStringConvertible {
 /// Live migration, source side (docs/migration.md): pre-copy rounds of dirty pages while the
 /// guest runs, then the last round and the machine state with it paused.
 extension Machine {
-    public func migrate(_ request: MigrationRequest, over socket: FileDescriptor) throws -> MigrationReport {
+    /// `consoleBacklog`: the console's recent output, taken paused and sent with the state.
+    public func migrate(_ request: MigrationRequest, over socket: FileDescriptor,
+                        consoleBacklog: (() -> [UInt8])? = nil) throws -> MigrationReport {
         guard passthrough.isEmpty else {
             throw MigrationError("VM \(definition.name) has passthrough devices: their state lives in the host device, which cannot move (docs/migration.md)")
         }
@@ -75,6 +77,7 @@ extension Machine {
             let state = try SnapshotCodec.encode(try captureState())
             for d in diskImages { d.unlock() }
             disksReleased = true
+            if let backlog = consoleBacklog?(), !backlog.isEmpty { try channel.send(.console(backlog)) }
             try channel.send(.state(state))
         }
         var rounds: [MigrationReport.Round] = []
@@ -253,8 +256,11 @@ extension Machine {
 
     /// Takes pages until the state comes, loads it, and runs nothing until the source says `go`.
     /// Throws (the VM is then discarded) on a broken stream, an `abandon`, or a bad frame.
-    public func receiveMigration(_ channel: MigrationChannel) throws {
+    /// Returns the console output the source sent, if any.
+    @discardableResult
+    public func receiveMigration(_ channel: MigrationChannel) throws -> [UInt8]? {
         var pages = 0
+        var console: [UInt8]? = nil
         receiving: while true {
             switch try channel.receive() {
             case let .pages(offset, bytes):
@@ -271,6 +277,7 @@ extension Machine {
                     throw error
                 }
                 break receiving
+            case let .console(bytes): console = bytes
             case let .abandon(reason): throw MigrationError("the source abandoned the migration: \(reason)")
             case let other: throw MigrationError("unexpected \(other.name) in the migration stream")
             }
@@ -282,5 +289,6 @@ extension Machine {
         for d in diskImages { try d.lock() }
         try channel.send(.running)
         logger.notice("migration of \(definition.name) received: \(pages) pages; the VM runs here")
+        return console
     }
 }

@@ -17,7 +17,7 @@ import Glibc
 ///     [handover + descriptors]            →    (same-host upgrade only)
 ///                                          ←   accepted | refused(reason)
 ///     pages/zero … (rounds of dirty pages) →
-///     state (the machine state, paused)   →
+///     [console] state (paused)            →
 ///                                          ←   ready | failed(reason)
 ///     go                                  →
 ///                                          ←   running
@@ -45,6 +45,9 @@ public enum MigrationMessage: Equatable, Sendable {
     case abandon(String)
     /// Same host: descriptors (guest RAM's memfds, then the taps) ride along with this frame.
     case handover(MigrationHandover)
+    /// The console's recent output (what `rtvisorctl console` shows first), sent paused before
+    /// the state: the VM's console history moves with it. Optional.
+    case console([UInt8])
 
     public static let version = 1
     /// The largest payload either end accepts: a round of pages is sent in 1 MiB frames.
@@ -66,11 +69,12 @@ public enum MigrationMessage: Equatable, Sendable {
         case .running: 11
         case .abandon: 12
         case .handover: 13
+        case .console: 14
         }
     }
 
     public var name: String {
-        ["", "hello", "config", "accepted", "refused", "pages", "zero", "state", "ready", "failed", "go", "running", "abandon", "handover"][Int(kind)]
+        ["", "hello", "config", "accepted", "refused", "pages", "zero", "state", "ready", "failed", "go", "running", "abandon", "handover", "console"][Int(kind)]
     }
 
     public func encoded() throws -> [UInt8] {
@@ -82,7 +86,7 @@ public enum MigrationMessage: Equatable, Sendable {
         case let .refused(m), let .failed(m), let .abandon(m): payload = Array(m.utf8)
         case let .pages(offset, bytes): payload = Self.le(offset) + bytes
         case let .zero(offset, length): payload = Self.le(offset) + Self.le(length)
-        case let .state(body): payload = body
+        case let .state(body), let .console(body): payload = body
         case let .handover(h): payload = Array(try JSONEncoder().encode(h))
         }
         return [kind] + Self.le(UInt32(payload.count)) + payload
@@ -111,6 +115,7 @@ public enum MigrationMessage: Equatable, Sendable {
         case 11: return .running
         case 12: return .abandon(text())
         case 13: return .handover(try json(MigrationHandover.self))
+        case 14: return .console(payload)
         default: throw MigrationStreamError("unknown frame kind \(kind)")
         }
     }

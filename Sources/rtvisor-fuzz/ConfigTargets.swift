@@ -95,6 +95,11 @@ final class FuzzControl: VMControl {
         guard vms[name] == .running || request.from != nil else { throw .conflict("VM \(name) is not running") }
         return CloneResult(origin: name, snapshot: request.from ?? "/s", clones: [])
     }
+    func upgrade(_ name: String) throws(ControlError) -> UpgradeResult {
+        _ = try act("upgrade", name, requires: .running, to: .running)
+        return UpgradeResult(name: name, oldPID: 1, newPID: 2, vmm: "/fuzz", memoryHandedOver: true, totalBytes: 0, totalMilliseconds: 0,
+                             downtimeMilliseconds: 0, state: .running)
+    }
     func migrate(_ name: String, _ request: MigrateRequest) throws(ControlError) -> MigrateResult {
         _ = try act("migrate", name, requires: .running, to: .migrated)
         return MigrateResult(name: name, sourceHost: "fuzz", address: request.address, rounds: [], totalBytes: 0, totalMilliseconds: 0,

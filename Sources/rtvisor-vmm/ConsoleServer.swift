@@ -74,6 +74,19 @@ final class ConsoleServer: @unchecked Sendable {
         }
     }
 
+    /// The backlog with everything printed so far (a migration's source, its vCPUs paused).
+    func currentBacklog() -> [UInt8] {
+        ioLock.withLock { _ in
+            drainPending()
+            return backlog
+        }
+    }
+
+    /// Starts the backlog with a migrated VM's console history (before `start`; not journaled again).
+    func seedBacklog(_ bytes: [UInt8]) {
+        ioLock.withLock { _ in backlog = Array(bytes.suffix(Self.backlogLimit)) }
+    }
+
     func start() {
         final class Box: @unchecked Sendable { let server: ConsoleServer; init(_ s: ConsoleServer) { server = s } }
         var thread = pthread_t()

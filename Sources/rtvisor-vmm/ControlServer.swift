@@ -17,8 +17,11 @@ final class ControlServer: @unchecked Sendable {
     private let listenFD: Int32
     private let ownerUID: uid_t
     private let logger: Logger
+    /// The console's recent output, which a migration takes along.
+    private let consoleBacklog: (@Sendable () -> [UInt8])?
 
-    init(socketPath: String, logger: Logger) throws(VMMSetupError) {
+    init(socketPath: String, logger: Logger, consoleBacklog: (@Sendable () -> [UInt8])?) throws(VMMSetupError) {
+        self.consoleBacklog = consoleBacklog
         listenFD = cdaemon_listen_unix(socketPath, 4, 0o600)
         if listenFD < 0 { throw VMMSetupError("--control-socket \(socketPath): \(errnoMessage())") }
         ownerUID = getuid()
@@ -113,7 +116,7 @@ final class ControlServer: @unchecked Sendable {
             machine.resume()
             return .runState(machine.runState)
         case let .migrate(migration):
-            do { return .migrated(try machine.migrate(migration, over: files[0])) } catch {
+            do { return .migrated(try machine.migrate(migration, over: files[0], consoleBacklog: consoleBacklog)) } catch {
                 logger.error("migration: \(error)")
                 return .refused("\(error)")
             }

@@ -143,7 +143,9 @@ struct RtvisorVMM: ParsableCommand {
         }
         var control: ControlServer?
         if let path = launch.controlSocket {
-            do { control = try ControlServer(socketPath: path, logger: logger) } catch { fail("\(definition.name): \(error)") }
+            var backlog: (@Sendable () -> [UInt8])? = nil
+            if let server { backlog = { server.currentBacklog() } }
+            do { control = try ControlServer(socketPath: path, logger: logger, consoleBacklog: backlog) } catch { fail("\(definition.name): \(error)") }
         }
         trace.mark("signals and console")
         stopForTest(at: "guest-files")
@@ -188,7 +190,9 @@ struct RtvisorVMM: ParsableCommand {
         }
         if let incoming {
             // In the jail already: what comes over the network is parsed without root.
-            do { try machine.receiveMigration(incoming.channel) } catch {
+            do {
+                if let backlog = try machine.receiveMigration(incoming.channel) { server?.seedBacklog(backlog) }
+            } catch {
                 writeStatus(VMMExitReport(status: .vmmError, reason: "incoming migration abandoned: \(error)"), to: launch.statusFile)
                 fail("\(definition.name): incoming migration abandoned, the VM is discarded here: \(error)")
             }

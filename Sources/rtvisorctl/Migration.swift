@@ -25,7 +25,7 @@ struct Migrate: ParsableCommand {
             """)
     @OptionGroup var options: CommonOptions
     @OptionGroup var vm: NameArgument
-    @Argument(help: "Where the target listens: unix:PATH or tcp:HOST:PORT.")
+    @Argument(help: "Where the target listens: unix:PATH or tcp:HOST:PORT; 'local': a new rtvisor-vmm on this host (as upgrade).")
     var address: String
     @Option(name: .customLong("downtime-ms"), help: "The longest the guest may be paused for the last round (ms).")
     var downtimeMs = 300
@@ -40,6 +40,7 @@ struct Migrate: ParsableCommand {
     }
 
     func run() throws {
+        if address == "local" { return try Upgrade.upgrade(vm.name, options) }
         let body = try jsonBody(MigrateRequest(address: address, downtimeMilliseconds: downtimeMs, maxRounds: maxRounds, force: !noForce))
         try options.call("POST", "/v1/vms/\(pathComponent(vm.name))/migrate", body: body, as: MigrateResult.self,
                          timeoutSeconds: migrationCommandTimeout) { r in
@@ -48,6 +49,27 @@ struct Migrate: ParsableCommand {
             for (i, round) in r.rounds.enumerated() {
                 print("  round \(i): \(round.pages) pages, \(mebibytes(round.bytes)) MiB, \(oneDecimal(round.milliseconds)) ms")
             }
+        }
+    }
+}
+
+struct Upgrade: ParsableCommand {
+    static let configuration = CommandConfiguration(
+        abstract: "Move a running VM to the rtvisor-vmm installed now, on this host, without stopping its guest.",
+        discussion: """
+            The way to update rtvisor without stopping guests: install the new binaries, then upgrade each running VM.             Guest RAM and the taps are handed to the new VMM as file descriptors (nothing is copied); the guest pauses             only while its state moves. Real-time VMs and VMs with passthrough devices are refused. On failure the VM             runs on under its old VMM. docs/migration.md.
+            """)
+    @OptionGroup var options: CommonOptions
+    @OptionGroup var vm: NameArgument
+
+    func run() throws { try Self.upgrade(vm.name, options) }
+
+    static func upgrade(_ name: String, _ options: CommonOptions) throws {
+        try options.call("POST", "/v1/vms/\(pathComponent(name))/upgrade", body: [], as: UpgradeResult.self,
+                         timeoutSeconds: migrationCommandTimeout) { r in
+            print("\(r.name): now under \(r.vmm), PID \(r.oldPID) → \(r.newPID) [\(r.state.rawValue)]")
+            let memory = r.memoryHandedOver ? "memory handed over" : "memory copied (\(mebibytes(r.totalBytes)) MiB)"
+            print("  \(memory), \(oneDecimal(r.totalMilliseconds)) ms in all, downtime \(oneDecimal(r.downtimeMilliseconds)) ms")
         }
     }
 }

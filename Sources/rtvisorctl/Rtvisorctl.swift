@@ -19,7 +19,7 @@ struct Rtvisorctl: ParsableCommand {
         discussion: "Talks HTTP/JSON to rtvisord's socket (docs/api.yaml). Shell completion: rtvisorctl --generate-completion-script bash|zsh|fish.",
         subcommands: [List.self, Inspect.self, Start.self, Stop.self, Reboot.self, Pause.self, Resume.self, RtCheck.self, Latency.self,
                       Validate.self, Reload.self, Console.self, Info.self, ShutdownGuests.self, StartGuests.self,
-                      Snapshot.self, Snapshots.self, Restore.self, Clone.self, Migrate.self, MigrateReceive.self])
+                      Snapshot.self, Snapshots.self, Restore.self, Clone.self, Migrate.self, MigrateReceive.self, Upgrade.self])
 }
 
 struct CommonOptions: ParsableArguments {

@@ -102,6 +102,13 @@ actor FakeControl: VMControl {
         guard vms[name] != nil else { throw .notFound("no VM named \"\(name)\"") }
         return CloneResult(origin: name, snapshot: request.from ?? "/s", clones: [])
     }
+    func upgrade(_ name: String) throws(ControlError) -> UpgradeResult {
+        calls.append("upgrade \(name)")
+        guard let s = vms[name] else { throw .notFound("no VM named \"\(name)\"") }
+        guard s == .running else { throw .conflict("VM \(name) is \(s.rawValue), not running") }
+        return UpgradeResult(name: name, oldPID: 10, newPID: 11, vmm: "/usr/libexec/rtvisor-vmm", memoryHandedOver: true, totalBytes: 900,
+                             totalMilliseconds: 12, downtimeMilliseconds: 3, state: .running)
+    }
     func migrate(_ name: String, _ request: MigrateRequest) throws(ControlError) -> MigrateResult {
         calls.append("migrate \(name) to \(request.address) downtime=\(request.downtimeMilliseconds ?? 0) rounds=\(request.maxRounds ?? 0) force=\(request.force.map { "\($0)" } ?? "-")")
         guard let s = vms[name] else { throw .notFound("no VM named \"\(name)\"") }
@@ -297,7 +304,7 @@ extension FakeControl {
                                    "/v1/vms/{name}/reboot", "/v1/vms/{name}/pause", "/v1/vms/{name}/resume", "/v1/validate", "/v1/reload",
                                    "/v1/rt-check", "/v1/vms/{name}/rt-check", "/v1/vms/{name}/latency", "/v1/guests/shutdown", "/v1/guests/start",
                                    "/v1/vms/{name}/snapshot", "/v1/vms/{name}/clone", "/v1/snapshots", "/v1/snapshots/restore",
-                                   "/v1/vms/{name}/migrate", "/v1/migrations/incoming", "/v1/migrations/incoming/{id}"]
+                                   "/v1/vms/{name}/migrate", "/v1/migrations/incoming", "/v1/migrations/incoming/{id}", "/v1/vms/{name}/upgrade"]
         #expect(documented == routes)
         // And the router answers each of them (not 404).
         let router = APIRouter(control: FakeControl())
@@ -316,6 +323,11 @@ extension FakeControl {
         let fake = FakeControl()
         let router = APIRouter(control: fake)
         func post(_ target: String, _ body: String) async -> APIResponse { await router.handle(APIRequest(method: "POST", target: target, body: Array(body.utf8))) }
+        // Upgrade first: web is migrated away below.
+        let upgraded = await post("/v1/vms/web/upgrade", "")
+        #expect(upgraded.status == 200 && upgraded.text.contains("\"old_pid\":10") && upgraded.text.contains("\"new_pid\":11")
+                && upgraded.text.contains("\"memory_handed_over\":true") && upgraded.text.contains("\"state\":\"running\""), "\(upgraded.text)")
+        #expect(await post("/v1/vms/ghost/upgrade", "").status == 404)
         let moved = await post("/v1/vms/web/migrate", #"{"address": "tcp:[::1]:7010", "downtime_ms": 50, "max_rounds": 5, "force": false}"#)
         #expect(moved.status == 200 && moved.text.contains("\"state\":\"migrated\"") && moved.text.contains("\"downtime_ms\":2") && moved.text.contains("\"source_host\":\"a\""))
         #expect(try decode(MigrateResult.self, moved).rounds == [MigrationRound(pages: 10, bytes: 40960, milliseconds: 1)])
@@ -333,6 +345,7 @@ extension FakeControl {
         #expect(await post("/v1/vms/web/migrate", "").status == 400)
         #expect(await router.handle(APIRequest(method: "GET", target: "/v1/vms/web/migrate")).status == 405)
 
+
         let listening = await post("/v1/migrations/incoming", #"{"listen": "unix:/run/in.sock", "name": "moved", "disk_map": {"/a/r.img": "/b/r.img"}}"#)
         #expect(try listening.status == 200 && decode(IncomingMigration.self, listening).phase == .listening)
         for body in [#"{"listen": "unix:/x", "name": "a/b"}"#, #"{"listen": "unix:/x", "disk_map": {"r.img": "/b"}}"#, #"{"listen": "fd:4"}"#,
@@ -345,7 +358,7 @@ extension FakeControl {
         #expect(try decode(IncomingMigration.self, one).error == "refused")
         #expect(await router.handle(APIRequest(method: "GET", target: "/v1/migrations/incoming/9")).status == 404)
         #expect(await router.handle(APIRequest(method: "DELETE", target: "/v1/migrations/incoming")).status == 405)
-        #expect(await fake.calls == ["migrate web to tcp:[::1]:7010 downtime=50 rounds=5 force=false", "migrate web to unix:/x downtime=0 rounds=0 force=-",
+        #expect(await fake.calls == ["upgrade web", "upgrade ghost", "migrate web to tcp:[::1]:7010 downtime=50 rounds=5 force=false", "migrate web to unix:/x downtime=0 rounds=0 force=-",
                                      "migrate ghost to unix:/x downtime=0 rounds=0 force=-", "receive unix:/run/in.sock as moved map=/a/r.img=/b/r.img",
                                      "incoming", "incoming 1", "incoming 9"])
     }

@@ -62,8 +62,9 @@ struct MigrationDaemonTests {
         }
         let console = b.console("moved")
         let seen = Self.steps(console)
-        #expect(!console.contains("MEMW_START") && !console.contains("FAIL"), "the target must not boot the guest: \(console.prefix(500))")
-        #expect(seen.first! > lastOnA && seen == Array(stride(from: seen.first!, through: seen.last!, by: 1024)), "\(lastOnA) then \(seen)")
+        // The console's history came along: one boot (on A), then every check in order.
+        #expect(console.components(separatedBy: "MEMW_START").count == 2 && !console.contains("FAIL"), "booted once, on A: \(console.prefix(500))")
+        #expect(seen.contains(lastOnA) && seen.last! > lastOnA && seen == Array(stride(from: seen.first!, through: seen.last!, by: 1024)), "\(lastOnA) then \(seen)")
         let (_, table) = b.ctl(["list"])
         #expect(table.contains("moved") && table.contains("running"), "\(table)")
     }
@@ -92,5 +93,47 @@ struct MigrationDaemonTests {
         #expect(b.state("moved") == "stopped")
         #expect((try? String(contentsOfFile: b.vms + "/moved.json", encoding: .utf8))?.contains("\"vcpus\": 2") == true)
         #expect(a.log.contains("RTVISOR_EVENT=vm-migration-failed"))
+    }
+
+    /// `rtvisorctl upgrade`: memw (with a disk, whose lock goes along) moves twice to a new
+    /// rtvisor-vmm under the same daemon; it stays running, under a new PID each time, its memory
+    /// checks go on, and the new VMM answers on the usual control socket (the second upgrade goes
+    /// through it). A paused VM is refused.
+    @Test func aRunningVMMovesToANewVMMAndRunsOnUnderTheSameDaemon() throws {
+        let shared = try D.shortTempDir()
+        defer { try? FileManager.default.removeItem(atPath: shared) }
+        let disk = shared + "/disk.img"
+        FileManager.default.createFile(atPath: disk, contents: Data(count: 1 << 20))
+        let a = try Daemon(definitions: [("memw", try Self.memwriter("memw", extra: "\"restart\": \"always\", \"disks\": [{\"path\": \"\(disk)\"}]"))])
+        guard a.waitRunning(["memw"]) else { Issue.record("memw did not start: \(a.log.suffix(2000))"); return }
+        guard D.waitFor(60, "memw verifying", { Self.steps(a.console("memw")).contains(1024) }) else { return }
+        var pids = [a.vm("memw")?["pid"] as? Int ?? 0]
+        for round in 1...2 {
+            let before = Self.steps(a.console("memw")).last ?? 0
+            let (status, out) = a.ctl(["upgrade", "memw"])
+            #expect(status == 0 && out.contains("memw: now under ") && out.contains("PID \(pids.last!) → ") && out.contains("[running]")
+                        && out.contains("memory handed over"), "round \(round): \(out)\n\(a.log.suffix(3000))")
+            let vm = a.vm("memw")
+            let pid = vm?["pid"] as? Int ?? 0
+            #expect(vm?["state"] as? String == "running" && pid != pids.last! && vm?["restarts"] as? Int == 0, "\(String(describing: vm))")
+            #expect(kill(pid_t(pids.last!), 0) != 0, "the old VMM is gone")
+            pids.append(pid)
+            #expect(D.waitFor(60, "memw verifying after upgrade \(round)", { (Self.steps(a.console("memw")).last ?? 0) > before + 1024 }))
+        }
+        let seen = Self.steps(a.console("memw"))
+        #expect(seen == Array(stride(from: 1024, through: seen.last!, by: 1024)), "every check once, in order: \(seen.suffix(20))")
+        #expect(!a.console("memw").contains("FAIL"))
+        #expect(a.log.contains("RTVISOR_EVENT=vm-upgraded") && a.log.contains("VM_OLD_PID=\(pids[0])"), "\(a.log.suffix(3000))")
+        // The new VMM serves the usual control socket: a snapshot goes through it.
+        let (ss, snap) = a.ctl(["snapshot", "memw", "--to", shared + "/snap"])
+        #expect(ss == 0, "\(snap)\n\(a.log.suffix(2000))")
+
+        #expect(a.ctl(["pause", "memw"]).0 == 0)
+        let (ps, paused) = a.ctl(["upgrade", "memw"])
+        #expect(ps == 1 && paused.contains("VM memw is paused, not running"), "\(paused)")
+        #expect(a.ctl(["resume", "memw"]).0 == 0)
+        let (stop, stopped) = a.ctl(["stop", "memw", "--force"])
+        #expect(stop == 0, "\(stopped)")
+        #expect(D.waitFor(20, "memw stopped", { a.state("memw") == "stopped" }))
     }
 }
