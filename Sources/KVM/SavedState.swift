@@ -29,17 +29,15 @@ public struct KernelStructure: Codable, Sendable, Equatable {
         return v
     }
 
+    /// Base64 in JSON, as `Data` is by default: decoding it as `Data` lets the decoder do the
+    /// base64 itself, under half the time of a `String` then `Data(base64Encoded:)` (measured).
     public init(from decoder: any Decoder) throws {
-        let text = try decoder.singleValueContainer().decode(String.self)
-        guard let data = Data(base64Encoded: text) else {
-            throw DecodingError.dataCorrupted(.init(codingPath: decoder.codingPath, debugDescription: "not base64"))
-        }
-        bytes = Array(data)
+        bytes = Array(try decoder.singleValueContainer().decode(Data.self))
     }
 
     public func encode(to encoder: any Encoder) throws {
         var c = encoder.singleValueContainer()
-        try c.encode(Data(bytes).base64EncodedString())
+        try c.encode(Data(bytes))
     }
 }
 

@@ -50,7 +50,7 @@ public final class StartupTrace: Sendable {
         }
     }
 
-    static func ms(_ ns: UInt64) -> String {
+    public static func ms(_ ns: UInt64) -> String {
         let hundredths = (ns + 5_000) / 10_000
         let frac = hundredths % 100
         return "\(hundredths / 100).\(frac < 10 ? "0" : "")\(frac)"

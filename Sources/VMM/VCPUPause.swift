@@ -23,12 +23,16 @@ final class VCPUPause: Sendable {
     /// Requests the pause and returns once all `vcpus` are parked or `abandon()` says to give up
     /// (the VM is stopping: its vCPU threads are gone or going). Kicks again every millisecond:
     /// a kick that lands between two KVM_RUNs is otherwise lost on a halted vCPU.
+    /// Polls every 20 µs: the pause is part of a migration's downtime, and a kicked vCPU parks
+    /// within tens of microseconds.
     func pause(_ vcpus: [VCPU], abandon: () -> Bool) -> Bool {
         state.withLock { $0.requested = true }
+        var polls = 0
         while state.withLock({ $0.parked }) < vcpus.count {
             if abandon() { return false }
-            for v in vcpus { v.kick() }
-            var pause = timespec(tv_sec: 0, tv_nsec: 1_000_000)
+            if polls % 50 == 0 { for v in vcpus { v.kick() } }
+            polls += 1
+            var pause = timespec(tv_sec: 0, tv_nsec: 20_000)
             nanosleep(&pause, nil)
         }
         return true

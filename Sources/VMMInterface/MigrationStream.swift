@@ -16,6 +16,7 @@ import Glibc
 ///     hello, config (definition, header)  →
 ///     [handover + descriptors]            →    (same-host upgrade only)
 ///                                          ←   accepted | refused(reason)
+///     preview (a state, guest running)    →
 ///     pages/zero … (rounds of dirty pages) →
 ///     [console] state (paused)            →
 ///                                          ←   ready | failed(reason)
@@ -45,6 +46,9 @@ public enum MigrationMessage: Equatable, Sendable {
     case abandon(String)
     /// Same host: descriptors (guest RAM's memfds, then the taps) ride along with this frame.
     case handover(MigrationHandover)
+    /// The machine state taken at the start, while the guest runs on: the target decodes it only
+    /// to have its decoder warm when the real `state` comes (it shortens the downtime).
+    case preview([UInt8])
     /// The console's recent output (what `rtvisorctl console` shows first), sent paused before
     /// the state: the VM's console history moves with it. Optional.
     case console([UInt8])
@@ -70,11 +74,12 @@ public enum MigrationMessage: Equatable, Sendable {
         case .abandon: 12
         case .handover: 13
         case .console: 14
+        case .preview: 15
         }
     }
 
     public var name: String {
-        ["", "hello", "config", "accepted", "refused", "pages", "zero", "state", "ready", "failed", "go", "running", "abandon", "handover", "console"][Int(kind)]
+        ["", "hello", "config", "accepted", "refused", "pages", "zero", "state", "ready", "failed", "go", "running", "abandon", "handover", "console", "preview"][Int(kind)]
     }
 
     public func encoded() throws -> [UInt8] {
@@ -86,7 +91,7 @@ public enum MigrationMessage: Equatable, Sendable {
         case let .refused(m), let .failed(m), let .abandon(m): payload = Array(m.utf8)
         case let .pages(offset, bytes): payload = Self.le(offset) + bytes
         case let .zero(offset, length): payload = Self.le(offset) + Self.le(length)
-        case let .state(body), let .console(body): payload = body
+        case let .state(body), let .console(body), let .preview(body): payload = body
         case let .handover(h): payload = Array(try JSONEncoder().encode(h))
         }
         return [kind] + Self.le(UInt32(payload.count)) + payload
@@ -116,6 +121,7 @@ public enum MigrationMessage: Equatable, Sendable {
         case 12: return .abandon(text())
         case 13: return .handover(try json(MigrationHandover.self))
         case 14: return .console(payload)
+        case 15: return .preview(payload)
         default: throw MigrationStreamError("unknown frame kind \(kind)")
         }
     }
