@@ -42,6 +42,7 @@ public struct APIResponse: Sendable, Equatable {
 ///     GET  /v1/snapshots[?vm=NAME]      SnapshotList
 ///     POST /v1/snapshots/restore        RestoredVM (RestoreRequest body)
 ///     POST /v1/vms/{name}/migrate       MigrateResult (MigrateRequest body)
+///     GET  /v1/vms/{name}/migration     MigrationStatus (a migration under way)
 ///     POST /v1/vms/{name}/upgrade       UpgradeResult (to a new rtvisor-vmm on this host)
 ///     POST /v1/migrations/incoming      IncomingMigration (IncomingRequest body; answers once listening)
 ///     GET  /v1/migrations/incoming      IncomingList
@@ -79,6 +80,9 @@ public struct APIRouter: Sendable {
         case 3 where rest[0] == "vms" && rest[2] == "rt-check":
             guard request.method == "GET" else { return Self.methodNotAllowed("GET") }
             return await run { () async throws(ControlError) in try await control.realtimeCheck(rest[1]).first! }
+        case 3 where rest[0] == "vms" && rest[2] == "migration":
+            guard request.method == "GET" else { return Self.methodNotAllowed("GET") }
+            return await run { () async throws(ControlError) in try await control.migrationStatus(rest[1]) }
         case 3 where rest[0] == "vms" && rest[2] == "latency":
             guard request.method == "GET" else { return Self.methodNotAllowed("GET") }
             return await run { () async throws(ControlError) in try await control.latency(rest[1]) }
@@ -153,7 +157,7 @@ public struct APIRouter: Sendable {
                 return await run { () async throws(ControlError) in try await control.clone(name, req) }
             case "migrate":
                 guard let req = try? JSONDecoder().decode(MigrateRequest.self, from: Data(request.body)) else {
-                    return Self.error(400, "body must be a JSON object {\"address\": \"unix:PATH|tcp:HOST:PORT\", \"downtime_ms\"?: N, \"max_rounds\"?: N, \"force\"?: true|false}")
+                    return Self.error(400, "body must be a JSON object {\"address\": \"unix:PATH|tcp:HOST:PORT\", \"downtime_ms\"?: N, \"max_rounds\"?: N, \"force\"?: true|false, \"timeout_s\"?: N, \"max_bandwidth_mib_s\"?: N}")
                 }
                 if let problem = Self.migrateProblem(req) { return Self.error(400, problem) }
                 return await run { () async throws(ControlError) in try await control.migrate(name, req) }
@@ -171,6 +175,8 @@ public struct APIRouter: Sendable {
         do throws(ControlError) { _ = try Supervisor.streamAddress(r.address, field: "address") } catch { return error.description }
         if let d = r.downtimeMilliseconds, !MigrateRequest.downtimeRange.contains(d) { return "downtime_ms must be 1–60000, got \(d)" }
         if let n = r.maxRounds, !MigrateRequest.roundsRange.contains(n) { return "max_rounds must be 1–1000, got \(n)" }
+        if let t = r.timeoutSeconds, !MigrateRequest.timeoutRange.contains(t) { return "timeout_s must be 1–86400, got \(t)" }
+        if let b = r.maxBandwidthMiBps, !MigrateRequest.bandwidthRange.contains(b) { return "max_bandwidth_mib_s must be 1–1000000, got \(b)" }
         return nil
     }
 

@@ -26,6 +26,7 @@ public enum ControlCall: Codable, Sendable, Equatable {
     case clone(name: String, request: CloneRequest)
     case migrate(name: String, request: MigrateRequest)
     case upgrade(name: String)
+    case migrationStatus(name: String)
     case receiveMigration(IncomingRequest)
     case incomingMigrations
     case incomingMigration(id: String)
@@ -125,6 +126,7 @@ public enum ControlServer {
             case let .clone(name, request): return encoded(try await control.clone(name, request))
             case let .migrate(name, request): return encoded(try await control.migrate(name, request))
             case let .upgrade(name): return encoded(try await control.upgrade(name))
+            case let .migrationStatus(name): return encoded(try await control.migrationStatus(name))
             case let .receiveMigration(request): return encoded(try await control.receiveMigration(request))
             case .incomingMigrations: return encoded(try await control.incomingMigrations())
             case let .incomingMigration(id): return encoded(try await control.incomingMigration(id))
@@ -238,6 +240,9 @@ public final class RemoteVMControl: VMControl, Sendable {
         try await call(.migrate(name: name, request: request), as: MigrateResult.self)
     }
     public func upgrade(_ name: String) async throws(ControlError) -> UpgradeResult { try await call(.upgrade(name: name), as: UpgradeResult.self) }
+    public func migrationStatus(_ name: String) async throws(ControlError) -> MigrationStatus {
+        try await call(.migrationStatus(name: name), as: MigrationStatus.self)
+    }
     public func receiveMigration(_ request: IncomingRequest) async throws(ControlError) -> IncomingMigration {
         try await call(.receiveMigration(request), as: IncomingMigration.self)
     }

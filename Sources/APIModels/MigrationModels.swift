@@ -12,15 +12,48 @@ public struct MigrateRequest: Codable, Sendable, Equatable {
     /// `force` is false: then the migration is given up and the VM keeps running here.
     public var maxRounds: Int?
     public var force: Bool?
+    /// Give up (the VM runs on here) if the last round has not begun within this many seconds.
+    public var timeoutSeconds: Int?
+    /// Send pages at this rate at most (MiB/s; default: as fast as the link takes them).
+    public var maxBandwidthMiBps: Int?
 
-    public init(address: String, downtimeMilliseconds: Int? = nil, maxRounds: Int? = nil, force: Bool? = nil) {
+    public init(address: String, downtimeMilliseconds: Int? = nil, maxRounds: Int? = nil, force: Bool? = nil, timeoutSeconds: Int? = nil,
+                maxBandwidthMiBps: Int? = nil) {
         self.address = address; self.downtimeMilliseconds = downtimeMilliseconds; self.maxRounds = maxRounds; self.force = force
+        self.timeoutSeconds = timeoutSeconds; self.maxBandwidthMiBps = maxBandwidthMiBps
     }
 
     public static let downtimeRange = 1...60_000
     public static let roundsRange = 1...1000
+    public static let timeoutRange = 1...86_400
+    public static let bandwidthRange = 1...1_000_000
 
-    enum CodingKeys: String, CodingKey { case address, force, downtimeMilliseconds = "downtime_ms", maxRounds = "max_rounds" }
+    enum CodingKeys: String, CodingKey {
+        case address, force, downtimeMilliseconds = "downtime_ms", maxRounds = "max_rounds", timeoutSeconds = "timeout_s"
+        case maxBandwidthMiBps = "max_bandwidth_mib_s"
+    }
+}
+
+/// `GET /v1/vms/{name}/migration`: a migration under way, as its VMM last reported it.
+public struct MigrationStatus: Codable, Sendable, Equatable {
+    public var name: String
+    public var address: String
+    /// `connecting`, then `pre-copy` once the first round is reported.
+    public var phase: String
+    public var round: Int?
+    public var dirtyPages: Int?
+    public var bytesSent: UInt64?
+    public var mebibytesPerSecond: Double?
+    public var expectedDowntimeMilliseconds: Double?
+    public var elapsedMilliseconds: Double?
+
+    public init(name: String, address: String, phase: String) { self.name = name; self.address = address; self.phase = phase }
+
+    enum CodingKeys: String, CodingKey {
+        case name, address, phase, round
+        case dirtyPages = "dirty_pages", bytesSent = "bytes_sent", mebibytesPerSecond = "mib_per_s"
+        case expectedDowntimeMilliseconds = "expected_downtime_ms", elapsedMilliseconds = "elapsed_ms"
+    }
 }
 
 /// One pre-copy round as the source VMM reported it.

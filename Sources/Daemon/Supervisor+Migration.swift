@@ -31,13 +31,20 @@ extension Supervisor {
         let address = try Self.streamAddress(request.address, field: "address")
         let definition = try runningDefinition(name).json.bytes
         let vmmRequest = MigrationRequest(downtimeMilliseconds: request.downtimeMilliseconds ?? 300, maxRounds: request.maxRounds ?? 30,
-                                          force: request.force ?? true, definitionJSON: definition)
+                                          force: request.force ?? true, definitionJSON: definition, timeoutSeconds: request.timeoutSeconds,
+                                          maxBandwidthMiBps: request.maxBandwidthMiBps)
         migrating.insert(name)
-        defer { migrating.remove(name) }
+        migrationProgress[name] = MigrationStatus(name: name, address: address.description, phase: "connecting")
+        defer {
+            migrating.remove(name)
+            migrationProgress[name] = nil
+        }
         let socket = paths.controlSocket(name), here = Self.hostName
         let fields = ["MIGRATION_SOURCE_HOST": here, "MIGRATION_DESTINATION": address.description]
         logger.notice("VM \(name): migrating to \(address)")
-        let outcome = await Processes.offThePool { Self.sendVM(controlSocket: socket, to: address, request: vmmRequest) }
+        let outcome = await Processes.offThePool {
+            Self.sendVM(controlSocket: socket, to: address, request: vmmRequest) { p in Task { await self.noteProgress(name, p) } }
+        }
         switch outcome {
         case let .success(.moved(report)):
             event(.vmMigrated, .notice,
@@ -81,8 +88,8 @@ extension Supervisor {
 
     /// Blocking: connects to the target and has the VMM send the VM over that stream. A failure
     /// before the request reached the VMM leaves the VM running untouched.
-    nonisolated static func sendVM(controlSocket: String, to address: MigrationAddress,
-                                   request: MigrationRequest) -> Result<VMMControlClient.MigrationOutcome, VMMControlClient.ClientError> {
+    nonisolated static func sendVM(controlSocket: String, to address: MigrationAddress, request: MigrationRequest,
+                                   progress: (@Sendable (MigrationProgress) -> Void)? = nil) -> Result<VMMControlClient.MigrationOutcome, VMMControlClient.ClientError> {
         let fd: Int32
         switch address {
         case let .unix(path): fd = cdaemon_connect_unix(path)
@@ -93,18 +100,36 @@ extension Supervisor {
         let stream = FileDescriptor(rawValue: fd)
         // The VMM has its own copy once the request is sent; the target sees the stream end when it does.
         defer { try? stream.close() }
-        return sendVM(controlSocket: controlSocket, over: stream, request: request)
+        return sendVM(controlSocket: controlSocket, over: stream, request: request, progress: progress)
     }
 
     /// Blocking: has the VMM behind `controlSocket` send the VM over `stream` (connected).
-    nonisolated static func sendVM(controlSocket: String, over stream: FileDescriptor,
-                                   request: MigrationRequest) -> Result<VMMControlClient.MigrationOutcome, VMMControlClient.ClientError> {
+    nonisolated static func sendVM(controlSocket: String, over stream: FileDescriptor, request: MigrationRequest,
+                                   progress: (@Sendable (MigrationProgress) -> Void)? = nil) -> Result<VMMControlClient.MigrationOutcome, VMMControlClient.ClientError> {
         let client: VMMControlClient
         do { client = try VMMControlClient.connect(controlSocket, timeoutSeconds: 10) } catch {
             return .success(.refused("\(error)"))
         }
         client.setTimeout(seconds: migrationTimeoutSeconds)
-        do { return .success(try client.migrate(request, stream: stream)) } catch { return .failure(error) }
+        do { return .success(try client.migrate(request, stream: stream, progress: progress)) } catch { return .failure(error) }
+    }
+
+    func noteProgress(_ name: String, _ p: MigrationProgress) {
+        guard migrationProgress[name] != nil else { return }
+        migrationProgress[name]?.phase = "pre-copy"
+        migrationProgress[name]?.round = p.round
+        migrationProgress[name]?.dirtyPages = p.dirtyPages
+        migrationProgress[name]?.bytesSent = p.bytesSent
+        migrationProgress[name]?.mebibytesPerSecond = p.mebibytesPerSecond
+        migrationProgress[name]?.expectedDowntimeMilliseconds = p.expectedDowntimeMilliseconds
+        migrationProgress[name]?.elapsedMilliseconds = p.elapsedMilliseconds
+    }
+
+    /// How the migration of VM `name` goes (`GET /v1/vms/{name}/migration`).
+    public func migrationStatus(_ name: String) throws(ControlError) -> MigrationStatus {
+        _ = try record(name)
+        guard let s = migrationProgress[name] else { throw .notFound("VM \(name) is not being migrated") }
+        return s
     }
 
     /// `resume` of a VM its VMM keeps paused after a migration of unknown outcome: through the

@@ -44,6 +44,8 @@ public actor Supervisor: VMControl {
     var shuttingDown = false
     /// VMs whose VMM is sending them to another host now (one migration at a time per VM).
     var migrating: Set<String> = []
+    /// The migrations under way, as their VMMs report them after each round.
+    var migrationProgress: [String: MigrationStatus] = [:]
     /// Incoming migrations by id (`migrate-receive`), kept after they end so a caller can look.
     var incoming: [String: IncomingMigration] = [:]
     var nextIncomingID = 1

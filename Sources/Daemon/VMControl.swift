@@ -37,6 +37,8 @@ public protocol VMControl: Sendable {
     /// Moves a running VM to a new rtvisor-vmm (the binary installed now) on this host, its RAM
     /// and taps handed over as descriptors (docs/migration.md, "Upgrading the VMM").
     func upgrade(_ name: String) async throws(ControlError) -> UpgradeResult
+    /// How the migration of a VM goes, as its VMM last reported it.
+    func migrationStatus(_ name: String) async throws(ControlError) -> MigrationStatus
     /// Listens for one VM sent by another host's `migrate`; answers once listening.
     func receiveMigration(_ request: IncomingRequest) async throws(ControlError) -> IncomingMigration
     func incomingMigrations() async throws(ControlError) -> IncomingList

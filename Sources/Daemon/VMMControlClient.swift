@@ -66,9 +66,15 @@ public struct VMMControlClient {
     }
 
     /// Moves the VM over `stream` (a connected socket, passed to the VMM with the request).
-    public func migrate(_ request: MigrationRequest, stream: FileDescriptor) throws(ClientError) -> MigrationOutcome {
+    /// `progress` hears of each pre-copy round (VMMs of control protocol 4).
+    public func migrate(_ request: MigrationRequest, stream: FileDescriptor,
+                        progress: ((MigrationProgress) -> Void)? = nil) throws(ClientError) -> MigrationOutcome {
         let reply: VMMControl.Reply
-        do { reply = try connection.call(.migrate(request), files: [stream]) } catch { throw failure("migrate", error) }
+        do {
+            reply = try connection.call(.migrate(request), files: [stream]) { interim in
+                if case let .migrationProgress(p) = interim { progress?(p) }
+            }
+        } catch { throw failure("migrate", error) }
         switch reply {
         case let .migrated(report): return .moved(report)
         // The VMM's wording for "go was sent, running did not come back" (Machine.migrate).

@@ -24,14 +24,20 @@ public struct MigrationError: Error, CustomStringConvertible {
 /// guest runs, then the last round and the machine state with it paused.
 extension Machine {
     /// `consoleBacklog`: the console's recent output, taken paused and sent with the state.
-    public func migrate(_ request: MigrationRequest, over socket: FileDescriptor,
-                        consoleBacklog: (() -> [UInt8])? = nil) throws -> MigrationReport {
+    /// `progress`: told after each pre-copy round.
+    public func migrate(_ request: MigrationRequest, over socket: FileDescriptor, consoleBacklog: (() -> [UInt8])? = nil,
+                        progress: ((MigrationProgress) -> Void)? = nil) throws -> MigrationReport {
         guard passthrough.isEmpty else {
             throw MigrationError("VM \(definition.name) has passthrough devices: their state lives in the host device, which cannot move (docs/migration.md)")
         }
         guard runState == .running else { throw MigrationError("VM \(definition.name) is paused: resume it first") }
         let channel = MigrationChannel(socket: socket)
         let started = monotonicNanoseconds()
+        /// Tells the target it is over (it discards what it got) and says why to the caller.
+        func abandon(_ reason: String) -> MigrationError {
+            try? channel.send(.abandon(reason))
+            return MigrationError(reason)
+        }
         // A same-host upgrade passes RAM (when it is memfds) and taps as descriptors.
         let handover = request.handover == true ? try handoverFiles(socket) : nil
         try channel.send(.hello(version: MigrationMessage.version, rtvisorVersion: RtvisorRelease.version))
@@ -99,10 +105,11 @@ extension Machine {
             try channel.send(.state(state))
             downtime.mark("send \(state.count >> 10) KiB")
         }
+        let pacer = request.maxBandwidthMiBps.map { BandwidthPacer(bytesPerSecond: Double($0) * 1_048_576) }
         var rounds: [MigrationReport.Round] = []
         func round(_ dirty: [[UInt64]]?) throws -> MigrationReport.Round {
             let t0 = monotonicNanoseconds()
-            let (pages, bytes) = try sendPages(dirty, over: channel)
+            let (pages, bytes) = try sendPages(dirty, over: channel, pacer: pacer)
             return MigrationReport.Round(pages: pages, bytes: bytes, milliseconds: Double(monotonicNanoseconds() - t0) / 1e6)
         }
         if memoryShared {
@@ -120,9 +127,16 @@ extension Machine {
             // Bytes per millisecond of the last round; what is dirty now would take this long.
             let rate = last.milliseconds > 0 ? Double(last.bytes) / last.milliseconds : Double.infinity
             let estimate = Double(pending * 4096) / max(rate, 1)
+            let elapsed = Double(monotonicNanoseconds() - started) / 1e6
+            progress?(MigrationProgress(round: rounds.count - 1, dirtyPages: pending, bytesSent: channel.bytesSent,
+                                        mebibytesPerSecond: rate * 1000 / 1_048_576, expectedDowntimeMilliseconds: estimate,
+                                        elapsedMilliseconds: elapsed))
+            if let timeout = request.timeoutSeconds, elapsed > Double(timeout) * 1000 {
+                throw abandon("\(rounds.count) rounds in \(Int(elapsed / 1000)) s and still \(pending) dirty pages: the timeout of \(timeout) s is over, given up, the VM keeps running here")
+            }
             if estimate <= Double(request.downtimeMilliseconds) || rounds.count > request.maxRounds {
                 guard estimate <= Double(request.downtimeMilliseconds) || request.force else {
-                    throw MigrationError("\(rounds.count) rounds and still \(pending) dirty pages (about \(Int(estimate)) ms to send, the limit is \(request.downtimeMilliseconds) ms): given up, the VM keeps running here")
+                    throw abandon("\(rounds.count) rounds and still \(pending) dirty pages (about \(Int(estimate)) ms to send, the limit is \(request.downtimeMilliseconds) ms): given up, the VM keeps running here")
                 }
                 // The last round: paused, everything dirty since, then the state.
                 try pauseForTheEnd()
@@ -181,7 +195,7 @@ extension Machine {
 
     /// Sends the pages of `dirty` (nil: every non-zero page) in frames of up to 1 MiB; a dirty
     /// page that is all zeros goes as a zero range. Returns pages and bytes sent.
-    func sendPages(_ dirty: [[UInt64]]?, over channel: MigrationChannel) throws -> (Int, UInt64) {
+    func sendPages(_ dirty: [[UInt64]]?, over channel: MigrationChannel, pacer: BandwidthPacer? = nil) throws -> (Int, UInt64) {
         let before = channel.bytesSent
         var count = 0
         for (region, offset) in zip(memory.regions.indices, memory.imageOffsets) {
@@ -193,6 +207,7 @@ extension Machine {
             func flush() throws {
                 guard !batch.isEmpty else { return }
                 try channel.send(.pages(offset: offset + UInt64(batchStart) * 4096, bytes: batch))
+                pacer?.sent(batch.count)
                 batch.removeAll(keepingCapacity: true)
             }
             for page in 0..<pages {
@@ -220,6 +235,25 @@ extension Machine {
         var buf = [CChar](repeating: 0, count: 256)
         guard gethostname(&buf, buf.count) == 0 else { return "unknown" }
         return String(decoding: buf.prefix { $0 != 0 }.map { UInt8(bitPattern: $0) }, as: UTF8.self)
+    }
+}
+
+/// `max_bandwidth`: after each frame of pages, sleeps as long as keeps the average since the
+/// start at the cap (the link is shared with everything else the host does).
+final class BandwidthPacer {
+    let bytesPerSecond: Double
+    private let started = monotonicNanoseconds()
+    private var bytes: Double = 0
+    init(bytesPerSecond: Double) { self.bytesPerSecond = bytesPerSecond }
+
+    func sent(_ n: Int) {
+        bytes += Double(n)
+        let due = bytes / bytesPerSecond * 1e9, elapsed = Double(monotonicNanoseconds() - started)
+        guard due > elapsed else { return }
+        let ns = Int(due - elapsed)
+        var ts = timespec(tv_sec: ns / 1_000_000_000, tv_nsec: ns % 1_000_000_000)
+        var left = timespec()
+        while nanosleep(&ts, &left) != 0 && errno == EINTR { ts = left }
     }
 }
 

@@ -12,7 +12,7 @@ import Foundation
 public enum VMMControl {
     /// The versions this build speaks, oldest first. A change that an older peer would
     /// misunderstand adds a version; a request a version lacks is refused by `Request.minimumVersion`.
-    public static let versions: ClosedRange<Int> = 1...3
+    public static let versions: ClosedRange<Int> = 1...4
 
     /// The highest version in both ranges, or nil: no common version.
     public static func negotiate(_ ours: ClosedRange<Int>, _ theirs: ClosedRange<Int>) -> Int? {
@@ -64,6 +64,12 @@ public enum VMMControl {
         case migrated(MigrationReport)
         /// The request was not carried out; the reason names what was wrong.
         case refused(String)
+        /// How a migration goes, after each round: interim replies to `migrate` (version 4), the
+        /// final reply follows.
+        case migrationProgress(MigrationProgress)
+
+        /// An interim reply: more replies to the same request follow.
+        public var isInterim: Bool { if case .migrationProgress = self { true } else { false } }
     }
 
     /// The VMM's answer to `hello` (a pure function, so both ends and the tests agree).
@@ -154,9 +160,35 @@ public struct MigrationRequest: Codable, Sendable, Equatable {
     /// A same-host upgrade: guest RAM (when it is memfd-backed) and the taps are passed to the
     /// target as descriptors over the Unix stream socket, nothing copied (absent: false).
     public var handover: Bool?
-    public init(downtimeMilliseconds: Int = 300, maxRounds: Int = 30, force: Bool = true, definitionJSON: [UInt8], handover: Bool = false) {
+    /// Give up (the VM runs on here) if the last round has not begun within this many seconds.
+    public var timeoutSeconds: Int?
+    /// Pages are sent at this rate at most (MiB/s; nil: as fast as the stream takes them).
+    public var maxBandwidthMiBps: Int?
+    public init(downtimeMilliseconds: Int = 300, maxRounds: Int = 30, force: Bool = true, definitionJSON: [UInt8], handover: Bool = false,
+                timeoutSeconds: Int? = nil, maxBandwidthMiBps: Int? = nil) {
+        self.maxBandwidthMiBps = maxBandwidthMiBps
         self.downtimeMilliseconds = downtimeMilliseconds; self.maxRounds = maxRounds; self.force = force; self.definitionJSON = definitionJSON
         self.handover = handover ? true : nil
+        self.timeoutSeconds = timeoutSeconds
+    }
+}
+
+/// A migration under way, after a round of pages (`Reply.migrationProgress`).
+public struct MigrationProgress: Codable, Sendable, Equatable {
+    /// Rounds sent so far (round 0 is the first full pass).
+    public var round: Int
+    /// Pages written since the last round was collected: the next round's size.
+    public var dirtyPages: Int
+    public var bytesSent: UInt64
+    /// Of the last round, MiB/s.
+    public var mebibytesPerSecond: Double
+    /// The pause the dirty pages would take to send at that rate.
+    public var expectedDowntimeMilliseconds: Double
+    public var elapsedMilliseconds: Double
+    public init(round: Int, dirtyPages: Int, bytesSent: UInt64, mebibytesPerSecond: Double, expectedDowntimeMilliseconds: Double,
+                elapsedMilliseconds: Double) {
+        self.round = round; self.dirtyPages = dirtyPages; self.bytesSent = bytesSent; self.mebibytesPerSecond = mebibytesPerSecond
+        self.expectedDowntimeMilliseconds = expectedDowntimeMilliseconds; self.elapsedMilliseconds = elapsedMilliseconds
     }
 }
 

@@ -44,18 +44,23 @@ public final class VMMControlConnection {
 
     /// Sends `request` (with its files) and waits for its reply. The first call of a connection
     /// should be `hello`.
-    public func call(_ request: VMMControl.Request, files passing: [FileDescriptor] = []) throws -> VMMControl.Reply {
+    /// `progress` gets the interim replies of a long request (`Reply.isInterim`, control protocol 4).
+    public func call(_ request: VMMControl.Request, files passing: [FileDescriptor] = [],
+                     progress: ((VMMControl.Reply) -> Void)? = nil) throws -> VMMControl.Reply {
         guard passing.count == request.passedFiles else {
             throw ControlFrame.ProtocolError(description: "\(request) passes \(request.passedFiles) files, \(passing.count) given")
         }
         let id = nextID
         nextID += 1
         try PassedFiles.send(socket, try VMMControl.frame(request, id: id), files: passing)
-        guard let (body, stray) = try receiveFrame() else { throw ControlFrame.ProtocolError(description: "the VMM closed the control socket") }
-        for f in stray { try? f.close() }
-        let (replyID, reply) = try VMMControl.reply(from: body)
-        guard replyID == id else { throw ControlFrame.ProtocolError(description: "reply \(replyID) to request \(id)") }
-        return reply
+        while true {
+            guard let (body, stray) = try receiveFrame() else { throw ControlFrame.ProtocolError(description: "the VMM closed the control socket") }
+            for f in stray { try? f.close() }
+            let (replyID, reply) = try VMMControl.reply(from: body)
+            guard replyID == id else { throw ControlFrame.ProtocolError(description: "reply \(replyID) to request \(id)") }
+            guard reply.isInterim else { return reply }
+            progress?(reply)
+        }
     }
 
     /// `hello` with this build's versions; returns the version agreed on.

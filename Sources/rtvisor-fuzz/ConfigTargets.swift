@@ -95,6 +95,10 @@ final class FuzzControl: VMControl {
         guard vms[name] == .running || request.from != nil else { throw .conflict("VM \(name) is not running") }
         return CloneResult(origin: name, snapshot: request.from ?? "/s", clones: [])
     }
+    func migrationStatus(_ name: String) throws(ControlError) -> MigrationStatus {
+        _ = try act("migration", name, requires: .running, to: .running)
+        return MigrationStatus(name: name, address: "unix:/fuzz", phase: "pre-copy")
+    }
     func upgrade(_ name: String) throws(ControlError) -> UpgradeResult {
         _ = try act("upgrade", name, requires: .running, to: .running)
         return UpgradeResult(name: name, oldPID: 1, newPID: 2, vmm: "/fuzz", memoryHandedOver: true, totalBytes: 0, totalMilliseconds: 0,

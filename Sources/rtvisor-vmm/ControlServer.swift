@@ -80,7 +80,7 @@ final class ControlServer: @unchecked Sendable {
                 logger.warning("control socket: \(error)")
                 return
             }
-            let reply = answer(request, files: files, version: &version, machine)
+            let reply = answer(request, id: id, files: files, version: &version, connection, machine)
             switch (request, reply) {
             case (.pause, .runState(.paused)): pausedHere = true
             case (.resume, _): pausedHere = false
@@ -95,7 +95,8 @@ final class ControlServer: @unchecked Sendable {
         }
     }
 
-    private func answer(_ request: VMMControl.Request, files: [FileDescriptor], version: inout Int?, _ machine: Machine) -> VMMControl.Reply {
+    private func answer(_ request: VMMControl.Request, id: UInt64, files: [FileDescriptor], version: inout Int?,
+                        _ connection: VMMControlConnection, _ machine: Machine) -> VMMControl.Reply {
         if case let .hello(low, high) = request {
             let reply = VMMControl.answerHello(minVersion: low, maxVersion: high, vmmVersion: RtvisorRelease.version)
             if case let .hello(v, _) = reply { version = v }
@@ -116,7 +117,9 @@ final class ControlServer: @unchecked Sendable {
             machine.resume()
             return .runState(machine.runState)
         case let .migrate(migration):
-            do { return .migrated(try machine.migrate(migration, over: files[0], consoleBacklog: consoleBacklog)) } catch {
+            // Version 4 peers hear how it goes after each round (interim replies to this request).
+            let report: ((MigrationProgress) -> Void)? = version >= 4 ? { p in try? connection.reply(.migrationProgress(p), to: id) } : nil
+            do { return .migrated(try machine.migrate(migration, over: files[0], consoleBacklog: consoleBacklog, progress: report)) } catch {
                 logger.error("migration: \(error)")
                 return .refused("\(error)")
             }

@@ -1,5 +1,7 @@
 import APIModels
 import ArgumentParser
+import Posix
+import Synchronization
 #if canImport(FoundationEssentials)
 import FoundationEssentials
 #else
@@ -33,15 +35,27 @@ struct Migrate: ParsableCommand {
     var maxRounds = 30
     @Flag(name: .customLong("no-force"), help: "After --max-rounds, give up (the VM runs on here) instead of forcing the last round.")
     var noForce = false
+    @Option(name: .customLong("timeout-s"), help: "Give up (the VM runs on here) if the last round has not begun after this many seconds.")
+    var timeoutS: Int?
+    @Option(name: .customLong("max-bandwidth"), help: "Send pages at this rate at most (MiB/s).")
+    var maxBandwidth: Int?
+    @Flag(help: "Print each round's progress on stderr (the default on a terminal).")
+    var progress = false
 
     func validate() throws {
         guard MigrateRequest.downtimeRange.contains(downtimeMs) else { throw ValidationError("--downtime-ms must be 1–60000") }
         guard MigrateRequest.roundsRange.contains(maxRounds) else { throw ValidationError("--max-rounds must be 1–1000") }
+        if let timeoutS, !MigrateRequest.timeoutRange.contains(timeoutS) { throw ValidationError("--timeout-s must be 1–86400") }
+        if let maxBandwidth, !MigrateRequest.bandwidthRange.contains(maxBandwidth) { throw ValidationError("--max-bandwidth must be 1–1000000 (MiB/s)") }
     }
 
     func run() throws {
         if address == "local" { return try Upgrade.upgrade(vm.name, options) }
-        let body = try jsonBody(MigrateRequest(address: address, downtimeMilliseconds: downtimeMs, maxRounds: maxRounds, force: !noForce))
+        let body = try jsonBody(MigrateRequest(address: address, downtimeMilliseconds: downtimeMs, maxRounds: maxRounds, force: !noForce,
+                                               timeoutSeconds: timeoutS, maxBandwidthMiBps: maxBandwidth))
+        let watcher = (progress || isatty(STDERR_FILENO) == 1) && !options.json ? MigrationWatcher(socket: options.socket, vm: vm.name) : nil
+        watcher?.start()
+        defer { watcher?.stop() }
         try options.call("POST", "/v1/vms/\(pathComponent(vm.name))/migrate", body: body, as: MigrateResult.self,
                          timeoutSeconds: migrationCommandTimeout) { r in
             print("\(r.name): migrated from \(r.sourceHost) to \(r.address) [\(r.state.rawValue)]")
@@ -51,6 +65,37 @@ struct Migrate: ParsableCommand {
             }
         }
     }
+}
+
+/// Polls `GET /v1/vms/NAME/migration` while `migrate` waits, and prints each new round on stderr.
+final class MigrationWatcher: @unchecked Sendable {
+    private let client: UnixHTTPClient
+    private let target: String
+    private let stopped = Mutex(false)
+
+    init(socket: String, vm: String) {
+        client = UnixHTTPClient(socketPath: socket, timeoutSeconds: 5)
+        target = "/v1/vms/\(pathComponent(vm))/migration"
+    }
+
+    func start() {
+        let thread = try? PosixThread(name: "progress") { [self] in
+            var lastRound = -1
+            while !stopped.withLock({ $0 }) {
+                usleep(300_000)
+                guard let r = try? client.request("GET", target), r.status == 200,
+                      let s = try? JSONDecoder().decode(MigrationStatus.self, from: Data(r.body)),
+                      let round = s.round, round != lastRound, !stopped.withLock({ $0 }) else { continue }
+                lastRound = round
+                writeErr("  round \(round): \(s.dirtyPages ?? 0) pages dirty, \(oneDecimal(s.mebibytesPerSecond ?? 0)) MiB/s, "
+                         + "expected downtime \(oneDecimal(s.expectedDowntimeMilliseconds ?? 0)) ms, \(mebibytes(s.bytesSent ?? 0)) MiB sent, "
+                         + "\(oneDecimal((s.elapsedMilliseconds ?? 0) / 1000)) s\n")
+            }
+        }
+        thread?.detach()
+    }
+
+    func stop() { stopped.withLock { $0 = true } }
 }
 
 struct Upgrade: ParsableCommand {

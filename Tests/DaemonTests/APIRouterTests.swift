@@ -102,6 +102,14 @@ actor FakeControl: VMControl {
         guard vms[name] != nil else { throw .notFound("no VM named \"\(name)\"") }
         return CloneResult(origin: name, snapshot: request.from ?? "/s", clones: [])
     }
+    func migrationStatus(_ name: String) throws(ControlError) -> MigrationStatus {
+        calls.append("migration \(name)")
+        guard vms[name] != nil else { throw .notFound("no VM named \"\(name)\"") }
+        var s = MigrationStatus(name: name, address: "tcp:b:7010", phase: "pre-copy")
+        s.round = 2
+        s.dirtyPages = 120
+        return s
+    }
     func upgrade(_ name: String) throws(ControlError) -> UpgradeResult {
         calls.append("upgrade \(name)")
         guard let s = vms[name] else { throw .notFound("no VM named \"\(name)\"") }
@@ -304,14 +312,15 @@ extension FakeControl {
                                    "/v1/vms/{name}/reboot", "/v1/vms/{name}/pause", "/v1/vms/{name}/resume", "/v1/validate", "/v1/reload",
                                    "/v1/rt-check", "/v1/vms/{name}/rt-check", "/v1/vms/{name}/latency", "/v1/guests/shutdown", "/v1/guests/start",
                                    "/v1/vms/{name}/snapshot", "/v1/vms/{name}/clone", "/v1/snapshots", "/v1/snapshots/restore",
-                                   "/v1/vms/{name}/migrate", "/v1/migrations/incoming", "/v1/migrations/incoming/{id}", "/v1/vms/{name}/upgrade"]
+                                   "/v1/vms/{name}/migrate", "/v1/migrations/incoming", "/v1/migrations/incoming/{id}", "/v1/vms/{name}/upgrade",
+                                   "/v1/vms/{name}/migration"]
         #expect(documented == routes)
         // And the router answers each of them (not 404).
         let router = APIRouter(control: FakeControl())
         for route in routes {
             let path = route.replacingOccurrences(of: "{name}", with: "web").replacingOccurrences(of: "{id}", with: "1")
             let method = ["/v1/daemon", "/v1/vms", "/v1/vms/web", "/v1/rt-check", "/v1/vms/web/rt-check", "/v1/vms/web/latency", "/v1/snapshots",
-                          "/v1/migrations/incoming/1"].contains(path) ? "GET" : "POST"
+                          "/v1/migrations/incoming/1", "/v1/vms/web/migration"].contains(path) ? "GET" : "POST"
             let bodies = ["/v1/validate": "{\"definition\": \"{}\"}", "/v1/vms/web/clone": "{\"count\": 1}", "/v1/snapshots/restore": "{\"directory\": \"/s\", \"name\": \"new\"}",
                           "/v1/vms/web/migrate": "{\"address\": \"unix:/x\"}", "/v1/migrations/incoming": "{\"listen\": \"tcp:0.0.0.0:7010\"}"]
             let body = Array((bodies[path] ?? "").utf8)
@@ -328,6 +337,8 @@ extension FakeControl {
         #expect(upgraded.status == 200 && upgraded.text.contains("\"old_pid\":10") && upgraded.text.contains("\"new_pid\":11")
                 && upgraded.text.contains("\"memory_handed_over\":true") && upgraded.text.contains("\"state\":\"running\""), "\(upgraded.text)")
         #expect(await post("/v1/vms/ghost/upgrade", "").status == 404)
+        let status = await router.handle(APIRequest(method: "GET", target: "/v1/vms/web/migration"))
+        #expect(status.status == 200 && status.text.contains("\"dirty_pages\":120") && status.text.contains("\"phase\":\"pre-copy\""), "\(status.text)")
         let moved = await post("/v1/vms/web/migrate", #"{"address": "tcp:[::1]:7010", "downtime_ms": 50, "max_rounds": 5, "force": false}"#)
         #expect(moved.status == 200 && moved.text.contains("\"state\":\"migrated\"") && moved.text.contains("\"downtime_ms\":2") && moved.text.contains("\"source_host\":\"a\""))
         #expect(try decode(MigrateResult.self, moved).rounds == [MigrationRound(pages: 10, bytes: 40960, milliseconds: 1)])
@@ -338,7 +349,9 @@ extension FakeControl {
                               (#"{"address": "unix:rel.sock"}"#, "address: unix:PATH needs an absolute path, got \"rel.sock\""),
                               (#"{"address": "host:1"}"#, "address: host:1: not a migration address (unix:PATH, tcp:HOST:PORT or fd:N)"),
                               (#"{"address": "unix:/x", "downtime_ms": 0}"#, "downtime_ms must be 1–60000, got 0"),
-                              (#"{"address": "unix:/x", "max_rounds": 5000}"#, "max_rounds must be 1–1000, got 5000")] {
+                              (#"{"address": "unix:/x", "max_rounds": 5000}"#, "max_rounds must be 1–1000, got 5000"),
+                              (#"{"address": "unix:/x", "timeout_s": 0}"#, "timeout_s must be 1–86400, got 0"),
+                              (#"{"address": "unix:/x", "max_bandwidth_mib_s": 0}"#, "max_bandwidth_mib_s must be 1–1000000, got 0")] {
             let r = await post("/v1/vms/web/migrate", body)
             #expect(r.status == 400 && (try? decode(APIErrorBody.self, r).error) == error, "\(body): \(r.text)")
         }
@@ -358,7 +371,7 @@ extension FakeControl {
         #expect(try decode(IncomingMigration.self, one).error == "refused")
         #expect(await router.handle(APIRequest(method: "GET", target: "/v1/migrations/incoming/9")).status == 404)
         #expect(await router.handle(APIRequest(method: "DELETE", target: "/v1/migrations/incoming")).status == 405)
-        #expect(await fake.calls == ["upgrade web", "upgrade ghost", "migrate web to tcp:[::1]:7010 downtime=50 rounds=5 force=false", "migrate web to unix:/x downtime=0 rounds=0 force=-",
+        #expect(await fake.calls == ["upgrade web", "upgrade ghost", "migration web", "migrate web to tcp:[::1]:7010 downtime=50 rounds=5 force=false", "migrate web to unix:/x downtime=0 rounds=0 force=-",
                                      "migrate ghost to unix:/x downtime=0 rounds=0 force=-", "receive unix:/run/in.sock as moved map=/a/r.img=/b/r.img",
                                      "incoming", "incoming 1", "incoming 9"])
     }

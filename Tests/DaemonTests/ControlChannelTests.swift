@@ -202,6 +202,7 @@ struct SlowControl: VMControl {
     func restore(_ request: RestoreRequest) async throws(ControlError) -> RestoredVM { throw .failed("no") }
     func clone(_ name: String, _ request: CloneRequest) async throws(ControlError) -> CloneResult { throw .failed("no") }
     func migrate(_ name: String, _ request: MigrateRequest) async throws(ControlError) -> MigrateResult { throw .failed("no") }
+    func migrationStatus(_ name: String) async throws(ControlError) -> MigrationStatus { throw .failed("no") }
     func upgrade(_ name: String) async throws(ControlError) -> UpgradeResult { throw .failed("no") }
     func receiveMigration(_ request: IncomingRequest) async throws(ControlError) -> IncomingMigration { throw .failed("no") }
     func incomingMigrations() async throws(ControlError) -> IncomingList { throw .failed("no") }

@@ -95,6 +95,26 @@ struct MigrationDaemonTests {
         #expect(a.log.contains("RTVISOR_EVENT=vm-migration-failed"))
     }
 
+    /// A migration capped at 2 MiB/s cannot keep up with memw: `migrate --progress` prints each
+    /// round (iteration, dirty pages, rate, expected downtime) and `--timeout-s` gives it up; memw
+    /// runs on at A, B's incoming migration failed and runs nothing.
+    @Test func aMigrationShowsItsProgressAndGivesUpAtItsTimeout() throws {
+        let a = try Daemon(definitions: [("memw", try Self.memwriter("memw"))])
+        let b = try Daemon(definitions: [])
+        guard a.waitRunning(["memw"]) else { Issue.record("\(a.log.suffix(2000))"); return }
+        guard D.waitFor(60, "memw verifying", { !Self.steps(a.console("memw")).isEmpty }) else { return }
+        let listen = "unix:" + b.dir + "/in.sock"
+        #expect(b.ctl(["migrate-receive", "--listen", listen]).0 == 0)
+        let (ms, out) = a.ctl(["migrate", "memw", listen, "--max-bandwidth", "2", "--timeout-s", "5", "--downtime-ms", "1",
+                               "--max-rounds", "1000", "--no-force", "--progress"])
+        #expect(ms == 1 && out.contains("the timeout of 5 s is over, given up, the VM keeps running here"), "\(out)\n\(a.log.suffix(2000))")
+        #expect(out.contains("  round 0: ") && out.contains("  round 1: ") && out.contains(" MiB/s, expected downtime "), "\(out)")
+        #expect(a.state("memw") == "running")
+        let before = Self.steps(a.console("memw")).last ?? 0
+        #expect(D.waitFor(60, "memw verifying on", { (Self.steps(a.console("memw")).last ?? 0) > before }))
+        #expect(D.waitFor(20, "B gave up", { b.state("memw") != "running" && b.state("memw") != "incoming" }))
+    }
+
     /// `rtvisorctl upgrade`: memw (with a disk, whose lock goes along) moves twice to a new
     /// rtvisor-vmm under the same daemon; it stays running, under a new PID each time, its memory
     /// checks go on, and the new VMM answers on the usual control socket (the second upgrade goes

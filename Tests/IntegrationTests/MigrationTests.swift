@@ -105,6 +105,34 @@ struct MigrationTests {
         #expect(source.waitForConsole(timeout: 60) { self.steps($0).count > before }, "and keeps verifying its memory")
     }
 
+    /// Capped at 2 MiB/s, the guest dirties memory faster than it is sent: the control
+    /// connection hears each round (iteration, dirty pages, rate, expected downtime), then the
+    /// timeout gives the migration up; the VM runs on here and the target discards what it got.
+    @Test func aMigrationThatCannotConvergeReportsItsRoundsAndGivesUpAtItsTimeout() throws {
+        let p = try start(steps: 0)
+        defer { kill(p.source.process.processIdentifier, SIGKILL) }
+        #expect(p.source.waitForConsole(timeout: 60) { self.steps($0).contains(1024) })
+        let stream = try connectIncoming(p.incoming)
+        let definition = try [UInt8](Data(contentsOf: URL(fileURLWithPath: p.definition)))
+        let control = try ControlClient.connect(p.control)
+        var rounds: [MigrationProgress] = []
+        let request = MigrationRequest(downtimeMilliseconds: 1, maxRounds: 1000, force: false, definitionJSON: definition,
+                                       timeoutSeconds: 3, maxBandwidthMiBps: 2)
+        let reply = try control.call(.migrate(request), files: [stream]) { interim in
+            if case let .migrationProgress(progress) = interim { rounds.append(progress) }
+        }
+        try? stream.close()
+        guard case let .refused(reason) = reply else { throw SnapshotTestError("expected the timeout: \(reply)") }
+        #expect(reason.contains("the timeout of 3 s is over, given up, the VM keeps running here"), "\(reason)")
+        #expect(rounds.count >= 2 && rounds.map(\.round) == Array(0..<rounds.count), "\(rounds)")
+        #expect(rounds.allSatisfy { $0.dirtyPages > 0 && $0.mebibytesPerSecond > 0 && $0.mebibytesPerSecond < 2.5 }, "\(rounds)")
+        #expect(rounds.last!.elapsedMilliseconds >= 3000 && rounds.last!.bytesSent > 0)
+        #expect(p.target.waitForExit(timeout: 30) == VMMExitStatus.vmmError.code)
+        #expect(p.target.stderr.contains("the source abandoned the migration"), "\(p.target.stderr)")
+        let before = steps(p.source.console).count
+        #expect(p.source.waitForConsole(timeout: 60) { self.steps($0).count > before }, "the source keeps verifying its memory")
+    }
+
     /// A guest writing its disk (storage both sides see: here the same file) moves between two
     /// requests: the disk's locks go with the VM, the device's queue goes on from its indices
     /// (the used ring the VMM wrote is among the pages it resends), every sector verifies.
