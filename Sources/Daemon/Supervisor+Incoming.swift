@@ -48,7 +48,7 @@ extension Supervisor {
         case let .tcp(host, port): listener = cdaemon_listen_tcp(host, port)
         case .fd: listener = -1
         }
-        guard listener >= 0 else { throw .failed("cannot listen on \(address): \(errnoMessage())") }
+        guard listener >= 0 else { throw .failed("cannot listen on \(address): \(errnoMessage())\(Self.socketHint(errno))") }
         let id = String(nextIncomingID)
         nextIncomingID += 1
         let entry = IncomingMigration(id: id, listen: address.description, phase: .listening, name: request.name)

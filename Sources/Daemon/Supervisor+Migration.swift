@@ -76,6 +76,11 @@ extension Supervisor {
         }
     }
 
+    /// What to do about a socket the unit does not allow (EAFNOSUPPORT: RestrictAddressFamilies=).
+    nonisolated static func socketHint(_ e: Int32) -> String {
+        e == EAFNOSUPPORT ? " (rtvisord.service allows Unix sockets only: the migration-tcp drop-in allows TCP, docs/migration.md)" : ""
+    }
+
     /// A stream address rtvisord connects to or listens on: unix or tcp (fd:N is the VMM's).
     /// The API's router checks requests with it too.
     public nonisolated static func streamAddress(_ text: String, field: String) throws(ControlError) -> MigrationAddress {
@@ -96,7 +101,7 @@ extension Supervisor {
         case let .tcp(host, port): fd = cdaemon_connect_tcp(host, port)
         case .fd: fd = -1
         }
-        guard fd >= 0 else { return .success(.refused("cannot connect to the target at \(address): \(errnoMessage())")) }
+        guard fd >= 0 else { return .success(.refused("cannot connect to the target at \(address): \(errnoMessage())\(socketHint(errno))")) }
         let stream = FileDescriptor(rawValue: fd)
         // The VMM has its own copy once the request is sent; the target sees the stream end when it does.
         defer { try? stream.close() }
