@@ -4,12 +4,13 @@
 # 1024 steps. Total time, downtime (and the pause as the guest saw it: to the target running),
 # bytes and rounds vs guest RAM and dirty rate; the guest must go on verifying on the target (a
 # FAIL stops the benchmark). Appends to docs/benchmarks.md. Needs root and /dev/kvm.
-#   scripts/bench-migration.sh [--runs N] [--quick] [--sizes 32,256] [--rates 1,2,0] [--tcp] [--no-out] [--bin-dir DIR] [--keep]
+#   scripts/bench-migration.sh [--runs N] [--quick] [--sizes 32,256] [--rates 1,2,0] [--tcp] [--upgrade] [--no-out] [--bin-dir DIR] [--keep]
 # --runs: alternating runs per configuration (3). --quick: 32 MiB only, rates 1 and unpaced.
 # --sizes / --rates: guest RAM (MiB) and pages per ms asked of the guest (0 = unpaced).
 # --tcp: the stream over tcp:127.0.0.1 (default: a unix socket). --no-out: print, append nothing.
 # --bin-dir: take rtvisor-vmm from DIR instead of building it (static release, as bench-boot.sh
-# builds it). --keep: keep the logs.
+# builds it). --keep: keep the logs. --upgrade: the same-host upgrade instead (memory handed over, not
+# copied), rtvisor vs QEMU with shared RAM and x-ignore-shared (scripts/bench/bench_upgrade.py).
 set -euo pipefail
 repo=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
 cd "$repo"
@@ -25,7 +26,7 @@ while [ $# -gt 0 ]; do
 	--no-out) out=() ;;
 	--bin-dir) bin_dir=$2; shift ;;
 	--bin-dir=*) bin_dir=${1#--bin-dir=} ;;
-	-h|--help) sed -n '2,12p' "$0"; exit 0 ;;
+	-h|--help) sed -n '2,14p' "$0"; exit 0 ;;
 	*) args+=("$1") ;;
 	esac
 	shift

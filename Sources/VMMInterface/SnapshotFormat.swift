@@ -59,7 +59,8 @@ public enum SnapshotStateFile {
     public static let magic: [UInt8] = Array("RTVSNAP".utf8) + [0]
     /// Bumped whenever the machine state's encoding changes in a way an older reader would
     /// misread; a file of another version is refused, never guessed at.
-    public static let formatVersion = 1
+    /// 2: a vCPU's CPUID table and MSRs packed (`VCPUState`).
+    public static let formatVersion = 2
     static let prefixLength = 8 + 4 + 4 + 8
 
     public static func encode(header: SnapshotHeader, body: [UInt8]) throws -> [UInt8] {

@@ -118,7 +118,7 @@ func conflictMessage(_ body: () throws -> Void) -> String? {
         #expect(all.map(\.directory) == [missing, root + "/web/20261206T021500Z", corrupt])
         let ok = all[1]
         #expect(ok.error == nil && ok.vm == "web" && ok.vcpus == 1 && ok.memoryMiB == 16 && ok.createdAt == 1_800_000_000)
-        #expect(ok.definitionDigest == good.header.definitionDigest && ok.rtvisorVersion == RtvisorRelease.version && ok.formatVersion == 1)
+        #expect(ok.definitionDigest == good.header.definitionDigest && ok.rtvisorVersion == RtvisorRelease.version && ok.formatVersion == SnapshotStateFile.formatVersion)
         // The sparse memory file: 16 MiB apparent, a page or so on disk.
         #expect(ok.apparentBytes > 16 << 20 && ok.bytesOnDisk < 1 << 20, "\(ok.bytesOnDisk) bytes on disk of \(ok.apparentBytes)")
         #expect(all[2].vm == nil && all[2].error?.contains("not an rtvisor snapshot state file (no RTVSNAP magic)") == true, "\(all[2])")

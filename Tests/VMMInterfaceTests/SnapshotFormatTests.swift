@@ -28,7 +28,7 @@ import VMMInterface
         #expect(try refusal { $0[$0.count - 10] ^= 1 }.contains("checksum mismatch"))
         #expect(try refusal { $0.removeLast(3) }.contains("truncated"))
         #expect(try refusal { $0 += [0, 0] }.contains("trailing garbage"))
-        #expect(try refusal { $0[8] = 2 }.contains("snapshot format version 2; this rtvisor"))
+        #expect(try refusal { $0[8] = 7 }.contains("snapshot format version 7; this rtvisor"))
         #expect(try refusal { $0[1] = 0 }.contains("not an rtvisor snapshot state file"))
         #expect(try refusal { $0 = Array($0.prefix(10)) }.contains("not an rtvisor snapshot state file"))
         #expect(try refusal { $0[14] = 0xFF }.contains("implausible lengths"))

@@ -73,7 +73,7 @@ class Guest:
     """A VMM process whose stdout is the guest's console, read by a thread of its own; each
     complete line is kept with the monotonic time it was read."""
 
-    def __init__(self, argv, log_path, who):
+    def __init__(self, argv, log_path, who, pass_fds=()):
         self.argv, self.log, self.who = argv, log_path, who
         self.lines = []  # (time, text)
         self.partial = b""
@@ -81,7 +81,7 @@ class Guest:
         self.cv = threading.Condition()
         with open(log_path, "wb") as err:
             self.p = subprocess.Popen(argv, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=err,
-                                      start_new_session=True)
+                                      start_new_session=True, pass_fds=pass_fds)
         PROCS.append(self.p)
         self.reader = threading.Thread(target=self._read, daemon=True)
         self.reader.start()
@@ -568,9 +568,8 @@ def render(res, a):
                  f"{res['window']} MiB window, against a stream of {bws or '–'} here. So pre-copy converges after few rounds "
                  f"in every configuration and the pause is short for both VMMs; a guest dirtying memory faster than the "
                  f"stream (bare-metal KVM, a larger window) is not tested here.\n")
-    o.append("- Not measured: the same-host upgrade (`rtvisorctl upgrade`, guest memory handed over as a descriptor, goal "
-             "≤ 10 ms of downtime for an inmate) is not built yet (docs/migration.md, \"Not here yet\"): guest memory is "
-             "anonymous memory, not a memfd a new VMM could be given.\n")
+    o.append("- The same-host upgrade (guest memory handed over as descriptors) is measured by "
+             "`scripts/bench-migration.sh --upgrade` (\"bench-migration --upgrade\" sections).\n")
     return "".join(o)
 
 
@@ -588,7 +587,11 @@ def main():
     ap.add_argument("--keep", action="store_true", help="keep the temporary directory (logs)")
     ap.add_argument("--results", help="also save the raw results here (pickle), after every run")
     ap.add_argument("--render", metavar="RESULTS", help="only print (and --out) the report of saved --results")
+    ap.add_argument("--upgrade", action="store_true", help="measure the same-host upgrade instead (bench_upgrade.py)")
     a = ap.parse_args()
+    if a.upgrade:
+        import bench_upgrade
+        return bench_upgrade.main(a)
     if a.render:
         with open(a.render, "rb") as f:
             res = pickle.load(f)
