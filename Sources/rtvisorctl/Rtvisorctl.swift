@@ -2,6 +2,7 @@ import APIModels
 import ArgumentParser
 import Config
 import Posix
+import VMMInterface
 #if canImport(FoundationEssentials)
 import FoundationEssentials
 #else
@@ -17,6 +18,7 @@ struct Rtvisorctl: ParsableCommand {
         commandName: "rtvisorctl",
         abstract: "Control rtvisord: list, inspect, start, stop, reboot, pause, resume, validate VMs; snapshot, restore, clone and migrate them; attach to a console; shut every guest down.",
         discussion: "Talks HTTP/JSON to rtvisord's socket (docs/api.yaml). Shell completion: rtvisorctl --generate-completion-script bash|zsh|fish.",
+        version: RtvisorRelease.version,
         subcommands: [List.self, Inspect.self, Start.self, Stop.self, Reboot.self, Pause.self, Resume.self, RtCheck.self, Latency.self,
                       Validate.self, Reload.self, Console.self, Info.self, ShutdownGuests.self, StartGuests.self,
                       Snapshot.self, Snapshots.self, Restore.self, Clone.self, Migrate.self, MigrateReceive.self])
