@@ -16,7 +16,7 @@ quick=0
 [ "${1:-}" = "--quick" ] && quick=1
 
 need=()
-for pkg in build-essential qemu-system-x86 qemu-utils iproute2 python3 libseccomp-dev; do
+for pkg in build-essential qemu-system-x86 qemu-utils iproute2 python3 python3-jsonschema libseccomp-dev; do
 	dpkg -s "$pkg" >/dev/null 2>&1 || need+=("$pkg")
 done
 if [ ${#need[@]} -gt 0 ]; then
@@ -36,6 +36,9 @@ log "building rtvisor"
 swift build --build-tests 2>&1 | grep -v '^\[' >&2
 log "checking Package.swift against the imports and docs/architecture.md"
 scripts/check-architecture.py >&2
+
+log "docs/vm-definition.schema.json against the examples and Tests/Definitions"
+scripts/test-schema.py >&2
 
 log "cross-checking the inmates under QEMU TCG"
 scripts/test-inmates-qemu.sh >&2
