@@ -128,6 +128,7 @@ CTL = {
         ("1", "The daemon refused or failed the request (the message and its code are on standard error; "
               "with \\fB\\-\\-json\\fR the API's error object on standard output), or a definition is invalid."),
         ("2", "The daemon could not be reached (not running, or no access to its socket)."),
+        ("3", "\\fBstatus\\fR: the daemon does not run (as \\fBsystemctl status\\fR)."),
         ("64", "Usage error: an unknown command or option, or a missing argument."),
     ]),
     "ENVIRONMENT": table([("RTVISOR_API_SOCKET", "The API socket, instead of /run/rtvisor/api.sock."),

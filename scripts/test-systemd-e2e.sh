@@ -356,6 +356,37 @@ C rtvisorctl pause second >/dev/null
 C rtvisorctl resume second >/dev/null
 [ "$(vm_field second state)" = running ] || fail "state not running after resume"
 
+step "CLI habits: status at a glance, one VM's log, idempotent start and stop, exit codes, error codes"
+C rtvisorctl status >"$work/status.txt" || { cat "$work/status.txt"; fail "rtvisorctl status"; }
+grep -q "^● rtvisord $(C rtvisorctl --version): active, PID $(C systemctl show -P MainPID rtvisord)" "$work/status.txt" \
+	&& grep -qE "^● second +running +PID $SE_PID" "$work/status.txt" && grep -q "broken.json" "$work/status.txt" \
+	|| { cat "$work/status.txt"; fail "rtvisorctl status"; }
+sed 's/^/  /' "$work/status.txt" | head -12
+C rtvisorctl logs second -n 10 >"$work/logs.txt" 2>&1 || { cat "$work/logs.txt"; fail "rtvisorctl logs second"; }
+grep -q "IDLE_HEARTBEAT" "$work/logs.txt" && ! grep -q "vm=example" "$work/logs.txt" || { cat "$work/logs.txt"; fail "rtvisorctl logs second: not second's journal"; }
+C rtvisorctl start second >"$work/again.txt" 2>&1 || { cat "$work/again.txt"; fail "starting a running VM must exit 0"; }
+grep -qx "second: already running \[running\]" "$work/again.txt" || { cat "$work/again.txt"; fail "no note for an idempotent start"; }
+[ "$(vm_field second pid)" = "$SE_PID" ] || fail "an idempotent start touched the VM"
+if [ "$(vm_field disk state)" = stopped ]; then
+	C rtvisorctl stop disk | grep -qx "disk: already stopped \[stopped\]" || fail "stopping a stopped VM must exit 0 with a note"
+fi
+set +e
+C rtvisorctl start nosuch >/dev/null 2>"$work/err.txt"; rc_missing=$?
+C rtvisorctl frobnicate >/dev/null 2>&1; rc_usage=$?
+C rtvisorctl --socket /nonexistent list >/dev/null 2>&1; rc_unreachable=$?
+set -e
+[ "$rc_missing" = 1 ] && grep -q '(not-found, HTTP 404)' "$work/err.txt" || { cat "$work/err.txt"; fail "unknown VM: exit $rc_missing"; }
+[ "$rc_usage" = 64 ] || fail "usage error: exit $rc_usage, not 64"
+[ "$rc_unreachable" = 2 ] || fail "unreachable daemon: exit $rc_unreachable, not 2"
+say "  exit 0 for start of a running VM (a note), 1 + code not-found for an unknown VM, 64 usage, 2 no daemon"
+# edit: an editor that breaks the definition changes nothing; one that fixes a field installs it.
+cp "$ROOT/etc/rtvisor/vms/disk.json" "$work/disk.before"
+C env EDITOR="sed -i s/32/4/" rtvisorctl edit disk >"$work/edit.txt" 2>&1 && { cat "$work/edit.txt"; fail "edit installed an invalid definition"; }
+grep -q '\$.memory_mib' "$work/edit.txt" && cmp -s "$work/disk.before" "$ROOT/etc/rtvisor/vms/disk.json" || { cat "$work/edit.txt"; fail "an invalid edit was not refused with its problem, or the file changed"; }
+C env EDITOR="sed -i s/blk.seed=7/blk.seed=8/" rtvisorctl edit disk >"$work/edit.txt" 2>&1 || { cat "$work/edit.txt"; fail "rtvisorctl edit disk"; }
+grep -q "blk.seed=8" "$ROOT/etc/rtvisor/vms/disk.json" && grep -q "disk: reloaded" "$work/edit.txt" || { cat "$work/edit.txt"; fail "edit did not install and reload"; }
+say "  rtvisorctl edit: an invalid copy refused (file untouched), a valid one installed and reloaded"
+
 # (After the kill -9 step: its exit reason needs the VMM to be the daemon's child, not re-adopted.)
 if [ -n "$LOOP" ]; then
 	step "a block device as disk under DevicePolicy=closed: the definition is refused, naming the drop-in"

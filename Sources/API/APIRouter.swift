@@ -214,7 +214,10 @@ public struct APIRouter: Sendable {
         return APIResponse(status: status, headers: [("Content-Type", "application/json")], body: body)
     }
 
-    public static func error(_ status: Int, _ message: String) -> APIResponse { json(status, APIErrorBody(error: message)) }
+    /// Every error answer carries its stable code next to the message (`APIErrorCode`).
+    public static func error(_ status: Int, _ message: String) -> APIResponse {
+        json(status, APIErrorBody(error: message, code: APIErrorCode(status: status)))
+    }
 
     static func methodNotAllowed(_ allow: String) -> APIResponse {
         var r = error(405, "method not allowed; use \(allow)")

@@ -167,6 +167,28 @@ func decode<T: Decodable>(_ type: T.Type, _ r: APIResponse) throws -> T { try JS
         #expect(await fake.calls == ["start db", "start db", "pause web", "resume web", "reboot ghost"])
     }
 
+    /// Scripts match `code`, never the message: every error answer has the code of its status.
+    @Test func everyErrorCarriesItsStableCode() async throws {
+        let router = APIRouter(control: FakeControl())
+        _ = await router.handle(APIRequest(method: "POST", target: "/v1/vms/db/start"))
+        let cases: [(APIRequest, Int, String)] = [
+            (APIRequest(method: "POST", target: "/v1/vms/db/start"), 409, "conflict"),
+            (APIRequest(method: "POST", target: "/v1/vms/web/resume"), 500, "failed"),
+            (APIRequest(method: "GET", target: "/v1/vms/nope"), 404, "not-found"),
+            (APIRequest(method: "POST", target: "/v1/vms/web/explode"), 404, "not-found"),
+            (APIRequest(method: "POST", target: "/v1/vms/web/stop", body: Array("force".utf8)), 400, "bad-request"),
+            (APIRequest(method: "DELETE", target: "/v1/vms"), 405, "method-not-allowed"),
+        ]
+        for (request, status, code) in cases {
+            let r = await router.handle(request)
+            let body = try decode(APIErrorBody.self, r)
+            #expect(r.status == status && body.code == code && !body.error.isEmpty, "\(request.method) \(request.target): \(r.status) \(r.text)")
+        }
+        #expect(APIRouter.error(403, "x").text.contains("\"code\":\"forbidden\""))
+        #expect(APIRouter.error(413, "x").text.contains("\"code\":\"too-large\""))
+        #expect(Set(APIErrorCode.allCases.map(\.rawValue)) == ["bad-request", "forbidden", "not-found", "method-not-allowed", "conflict", "too-large", "failed"])
+    }
+
     @Test func stopForceFromBodyOrQuery() async throws {
         let fake = FakeControl()
         let router = APIRouter(control: fake)
