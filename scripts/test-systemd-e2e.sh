@@ -221,7 +221,9 @@ C dpkg-query -W -f '${Conffiles}\n' rtvisor | grep -q /etc/rtvisor/vms/example.j
 [ "$(vm_field example state)" = stopped ] || fail "the shipped example is started (it must be disabled: autostart false)"
 C rtvisorctl --version | grep -qx "$(basename "$DEB" | cut -d_ -f2 | cut -d- -f1)" || fail "rtvisorctl --version is not the package's version"
 C rtvisorctl daemon --json | python3 -c "import json,sys; assert json.load(sys.stdin)['version'] == '$(C rtvisorctl --version)'" || fail "the API's daemon info lacks the version"
-C sh -c 'journalctl --list-catalog' | grep -q "rtvisord is ready" || fail "journalctl --list-catalog lacks rtvisor's catalog"
+# (through files: grep -q closing a long pipe early would SIGPIPE its writer under pipefail)
+C journalctl --list-catalog >"$work/catalog.txt" 2>&1 || true
+grep -q "rtvisord is ready" "$work/catalog.txt" || fail "journalctl --list-catalog lacks rtvisor's catalog"
 for page in rtvisord.8 rtvisorctl.1 rtvisor-vmm.1 rtvisor-vm.json.5; do
 	C test -s "/usr/share/man/man${page##*.}/$page.gz" || fail "no man page $page"
 done
@@ -284,7 +286,8 @@ C cat "/proc/$EX_PID/cmdline" | tr '\0' ' ' >"$work/ex-cmdline"
 grep -q -- '--cgroup /sys/fs/cgroup/system.slice/rtvisord.service/vm-example' "$work/ex-cmdline" \
 	|| { cat "$work/ex-cmdline"; fail "example's VMM was not told to join its cgroup (clone3 is ENOSYS under the unit)"; }
 # systemd 252 has no DelegateSubgroup=: rtvisord says why the VM cgroups get no controllers.
-J -u rtvisord | grep -q "without DelegateSubgroup=" || fail "rtvisord did not explain the missing cgroup v2 controllers"
+J -u rtvisord >"$work/journal.txt"
+grep -q "without DelegateSubgroup=" "$work/journal.txt" || fail "rtvisord did not explain the missing cgroup v2 controllers"
 
 step "the VMM under the unit is jailed: own uid, no capabilities, no_new_privs, no host /etc"
 C sh -c "grep -E '^(Uid|CapEff|CapPrm|CapBnd|NoNewPrivs|Seccomp):' /proc/$EX_PID/status" >"$work/jail.txt"
@@ -373,7 +376,7 @@ fi
 set +e
 C rtvisorctl start nosuch >/dev/null 2>"$work/err.txt"; rc_missing=$?
 C rtvisorctl frobnicate >/dev/null 2>&1; rc_usage=$?
-C rtvisorctl --socket /nonexistent list >/dev/null 2>&1; rc_unreachable=$?
+C rtvisorctl list --socket /nonexistent >/dev/null 2>&1; rc_unreachable=$?
 set -e
 [ "$rc_missing" = 1 ] && grep -q '(not-found, HTTP 404)' "$work/err.txt" || { cat "$work/err.txt"; fail "unknown VM: exit $rc_missing"; }
 [ "$rc_usage" = 64 ] || fail "usage error: exit $rc_usage, not 64"

@@ -47,9 +47,8 @@ struct Status: ParsableCommand {
         let width = l.vms.map(\.name.count).max() ?? 0
         for v in l.vms {
             let dot = [.running, .paused, .incoming].contains(v.state) ? "●" : v.state == .failed ? "×" : "○"
-            var line = "\(dot) \(v.name.padded(width))  \(v.state.rawValue.padded(10))"
-            if let pid = v.pid { line += " PID \(pid)" }
-            if v.since > 0 { line += ", since \(Self.ago(now - v.since))" }
+            var line = "\(dot) \(v.name.padded(width))  \(v.state.rawValue.padded(10)) "
+            line += [v.pid.map { "PID \($0)" }, v.since > 0 ? "since \(Self.ago(now - v.since))" : nil].compactMap { $0 }.joined(separator: ", ")
             if v.state != .running, let e = v.lastExit { line += "; last exit: \(exitText(e))" }
             if v.pendingChange { line += "; definition changed (applies on restart)" }
             if v.restarts > 0 { line += "; \(v.restarts) restart\(v.restarts == 1 ? "" : "s")" }
