@@ -187,6 +187,8 @@ public struct APIRouter: Sendable {
             case let .notFound(m): return Self.error(404, m)
             case let .conflict(m): return Self.error(409, m)
             case let .failed(m): return Self.error(500, m)
+            case let .invalidDefinition(m, problems):
+                return Self.json(409, APIErrorBody(error: m, code: .invalidDefinition, problems: problems))
             }
         }
     }

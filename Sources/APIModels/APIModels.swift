@@ -207,6 +207,8 @@ public enum APIErrorCode: String, Codable, Sendable, CaseIterable {
     case methodNotAllowed = "method-not-allowed"
     /// 409: the VM's state (or the daemon's) does not allow the action.
     case conflict
+    /// 409: a definition the request brings (a restore's) is invalid; `problems` lists each.
+    case invalidDefinition = "invalid-definition"
     /// 413: the request body is over 1 MiB.
     case tooLarge = "too-large"
     /// 500: the action was tried and failed (the message says why).

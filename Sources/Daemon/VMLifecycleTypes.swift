@@ -308,6 +308,7 @@ extension ControlError {
         case .notFound: "not found"
         case .conflict: "conflict"
         case .failed: "failed"
+        case .invalidDefinition: "invalid definition"
         }
     }
 }

@@ -93,6 +93,10 @@ actor FakeControl: VMControl {
     func restore(_ request: RestoreRequest) throws(ControlError) -> RestoredVM {
         let name = request.name ?? "web"
         calls.append("restore \(request.directory) as \(name)")
+        if request.directory == "/snapshots/bad" {
+            throw .invalidDefinition("/snapshots/bad/definition.json: $.vcpuz: unknown key",
+                                     [DefinitionProblem(file: "/snapshots/bad/definition.json", path: "$.vcpuz", reason: "unknown key")])
+        }
         if let s = vms[name], s == .running { throw .conflict("VM \(name) is running") }
         vms[name] = .running
         return RestoredVM(name: name, pid: 43, definitionFile: "/etc/rtvisor/vms/\(name).json", directory: request.directory, message: "resumed")
@@ -185,8 +189,14 @@ func decode<T: Decodable>(_ type: T.Type, _ r: APIResponse) throws -> T { try JS
             #expect(r.status == status && body.code == code && !body.error.isEmpty, "\(request.method) \(request.target): \(r.status) \(r.text)")
         }
         #expect(APIRouter.error(403, "x").text.contains("\"code\":\"forbidden\""))
+        // A restore's invalid definition: 409, code invalid-definition, every problem in `problems`.
+        let bad = await router.handle(APIRequest(method: "POST", target: "/v1/snapshots/restore", body: Array("{\"directory\": \"/snapshots/bad\"}".utf8)))
+        let badBody = try decode(APIErrorBody.self, bad)
+        #expect(bad.status == 409 && badBody.code == "invalid-definition"
+                && badBody.problems == [DefinitionProblem(file: "/snapshots/bad/definition.json", path: "$.vcpuz", reason: "unknown key")], "\(bad.text)")
         #expect(APIRouter.error(413, "x").text.contains("\"code\":\"too-large\""))
-        #expect(Set(APIErrorCode.allCases.map(\.rawValue)) == ["bad-request", "forbidden", "not-found", "method-not-allowed", "conflict", "too-large", "failed"])
+        #expect(Set(APIErrorCode.allCases.map(\.rawValue)) == ["bad-request", "forbidden", "not-found", "method-not-allowed", "conflict",
+                                                              "invalid-definition", "too-large", "failed"])
     }
 
     @Test func stopForceFromBodyOrQuery() async throws {
