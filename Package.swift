@@ -151,7 +151,7 @@ let package = Package(
         .testTarget(name: "MemoryTests", dependencies: ["Memory", "Arch", .product(name: "SystemPackage", package: "swift-system")]),
         .testTarget(name: "BootTests", dependencies: ["Boot", "Memory", "Arch", "TestSupport", .product(name: "SystemPackage", package: "swift-system")]),
         .testTarget(name: "DevicesTests", dependencies: ["Devices", "TestSupport"]),
-        .testTarget(name: "ConfigTests", dependencies: ["Config", "Arch", "TestSupport"]),
+        .testTarget(name: "ConfigTests", dependencies: ["Config", "Arch", "SandboxMode", "TestSupport"]),
         .testTarget(name: "PosixTests", dependencies: ["Posix", .product(name: "SystemPackage", package: "swift-system")]),
         .testTarget(name: "RealtimeTests", dependencies: ["Realtime", "Posix", "TestSupport"]),
         .testTarget(name: "VirtioTests", dependencies: ["Virtio", "VirtioBlock", "VirtioNet", "Memory", "Posix", "CLinux", "TestSupport",

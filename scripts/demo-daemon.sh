@@ -41,7 +41,7 @@ if [ $foreground = 0 ]; then
 	systemctl reload rtvisord
 	sleep 1
 	rtvisorctl list
-	log "console: rtvisorctl console idle (Ctrl-] detaches); logs: journalctl -u rtvisord -f"
+	log "console: rtvisorctl console idle (Ctrl-] detaches); logs: rtvisorctl logs idle -f"
 	exit 0
 fi
 
@@ -54,5 +54,6 @@ mkdir -p "$demo/vms" "$demo/run"
 definitions "$demo/vms" "$inmates" "$guest"
 log "rtvisord in the foreground (no systemd here). In another terminal:"
 log "  export RTVISOR_API_SOCKET=$demo/run/api.sock PATH=$repo/.build/debug:\$PATH"
-log "  rtvisorctl list; rtvisorctl console idle; rtvisorctl stop idle"
+log "  rtvisorctl status; rtvisorctl console idle; rtvisorctl stop idle"
+log "  rtvisorctl logs idle -f --log-file $demo/run/rtvisord.log   (no journald here)"
 exec .build/debug/rtvisord --definitions "$demo/vms" --run-directory "$demo/run" --vmm "$repo/.build/debug/rtvisor-vmm"

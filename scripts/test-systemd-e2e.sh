@@ -1,12 +1,15 @@
 #!/usr/bin/env bash
 # End-to-end test of rtvisord under a real systemd 252 + journald: boots a Debian bookworm
 # container with systemd-nspawn (this host's PID 1 is not systemd), installs rtvisor into it
-# with scripts/install.sh (prebuilt binaries, --root), and checks the daemon as users run it:
+# from its Debian package (scripts/build-deb.sh; `apt-get install ./rtvisor_*.deb`, whose postinst
+# enables and starts the units), and checks the daemon as users run it:
 # systemctl start/reload/restart/stop, Type=notify status, the watchdog, journalctl fields,
 # rtvisorctl, restart policy after kill -9, re-adoption across a daemon restart and stop, a
 # block device as a disk (refused under DevicePolicy=closed, allowed by the block-devices
 # drop-in), graceful guest shutdown by rtvisor-guests.service, and a container poweroff (host
-# shutdown: rtvisor-guests stops the guests before rtvisord stops); then install.sh --uninstall.
+# shutdown: rtvisor-guests stops the guests before rtvisord stops); then it boots the container
+# again (rtvisord comes up enabled), runs `apt-get purge rtvisor` and checks what is left: the
+# administrator's definitions, the disk images and the group, nothing else.
 #
 #   scripts/test-systemd-e2e.sh                 everything, including one minimal-Linux VM
 #   RTVISOR_SKIP_LINUX_BOOT=1 scripts/...       skip the Linux VM (1-3 minutes here)
@@ -67,19 +70,18 @@ if [ ! -x "$rootfs/lib/systemd/systemd" ]; then
 	say "debootstrap: $(el "$T")"
 fi
 
-# ---------- build ----------
-export PATH=/opt/swift/usr/bin:$PATH
+# ---------- build: the static executables (cached outside the clone), the .deb ----------
 T=$(ts)
 "$repo/scripts/build-inmates.sh" >/dev/null
-for p in rtvisord rtvisorctl rtvisor-vmm; do
-	swift build -c release --product "$p" --scratch-path "$repo/.build-static" -Xswiftc -static-executable 2>&1 | grep -v '^\[' >&2 || true
-	[ -x "$repo/.build-static/release/$p" ] || fail "build of $p"
-done
+static=$("$repo/scripts/build-static.sh" | tail -n 1) || fail "static release build"
 say "static release build: $(el "$T")"
+T=$(ts)
+DEB=$("$repo/scripts/build-deb.sh" --binaries "$static" --out "$repo/build/deb" | tail -n 1) || fail "scripts/build-deb.sh"
+say "$(basename "$DEB"): $(el "$T"); lintian: $(grep -cE '^[EW]:' "$repo/build/deb/lintian.txt" || true) errors and warnings (build/deb/lintian.txt)"
 # systemd-analyze verify on the host needs ExecStart to exist: check the units with the build's path.
 verify_dir=$(mktemp -d)
 for u in rtvisord.service rtvisor-guests.service; do
-	sed "s|/usr/local/bin/|$repo/.build-static/release/|" "$repo/systemd/$u" >"$verify_dir/$u"
+	sed "s|/usr/local/bin/|$static/|" "$repo/systemd/$u" >"$verify_dir/$u"
 done
 systemd-analyze verify "$verify_dir/rtvisord.service" "$verify_dir/rtvisor-guests.service" || fail "systemd-analyze verify systemd/*.service"
 say "systemd-analyze verify systemd/rtvisord.service systemd/rtvisor-guests.service: OK"
@@ -112,16 +114,12 @@ cleanup() {
 }
 if [ "${KEEP:-0}" != 1 ]; then trap cleanup EXIT; trap 'exit 130' INT TERM HUP PIPE; fi
 
-# A release as users get it (the executables and the example's inmate), installed without a compiler.
-mkdir "$work/release"
-cp "$repo/.build-static/release/"{rtvisord,rtvisorctl,rtvisor-vmm} "$repo/build/inmates/idle.elf" "$work/release/"
-"$repo/scripts/install.sh" --root "$ROOT" --binaries "$work/release" 2>"$work/install.log" || { cat "$work/install.log"; fail "install.sh --root"; }
-grep -q '^rtvisor:' "$ROOT/etc/group" || fail "install.sh did not create the group rtvisor (sysusers.d) in the container"
-# A faster watchdog than the shipped 30 s, so the test sees it being fed.
-mkdir -p "$ROOT/etc/systemd/system/rtvisord.service.d"
+# The package is installed once the container runs (its postinst starts rtvisord); what the
+# administrator puts in place first: a faster watchdog than the shipped 30 s, so the test sees it
+# being fed, and definitions beside the package's example: a broken one, a disk, a block device.
+cp "$DEB" "$ROOT/root/"
+mkdir -p "$ROOT/etc/systemd/system/rtvisord.service.d" "$ROOT/etc/rtvisor/vms"
 printf '[Service]\nWatchdogSec=3s\n' >"$ROOT/etc/systemd/system/rtvisord.service.d/test.conf"
-# The definitions: the installed example (autostart, on-failure) and a broken one.
-sed -i 's/"idle.heartbeat=60"/"idle.heartbeat=2 vm=example"/; s/"stop_timeout_s": 10/"stop_timeout_s": 5/' "$ROOT/etc/rtvisor/vms/example.json"
 cat >"$ROOT/etc/rtvisor/vms/broken.json" <<'JSON'
 { "name": "broken", "memory_mib": 4, "kernel": "/nonexistent/vmlinux", "autostart": true }
 JSON
@@ -156,29 +154,32 @@ if [ "${RTVISOR_SKIP_LINUX_BOOT:-0}" != 1 ] && [ -f "$guest/vmlinux" ] && [ -f "
 fi
 
 # ---------- boot ----------
-T=$(ts)
-SYSTEMD_NSPAWN_UNIFIED_HIERARCHY=1 systemd-nspawn -D "$ROOT" -M rtvisor-e2e -b \
-	--register=no --keep-unit --console=passive --private-network \
-	--capability=all --system-call-filter=bpf \
-	--bind=/dev/kvm --bind=/dev/net/tun ${LOOP:+--bind="$LOOP"} >"$work/nspawn.log" 2>&1 &
-NSPAWN=$!
-LEADER=
-for _ in $(seq 100); do
-	LEADER=$(ps -o pid= --ppid "$NSPAWN" | tr -d ' ' | head -1 || true)
-	[ -n "$LEADER" ] && [ "$(cat "/proc/$LEADER/comm" 2>/dev/null)" = systemd ] && break
-	kill -0 "$NSPAWN" 2>/dev/null || { cat "$work/nspawn.log"; fail "nspawn exited"; }
-	sleep 0.1
-done
-# Every command inside is bounded: a hang fails the test with the journal instead of stalling it.
 C() { timeout 120 nsenter -t "$LEADER" -m -u -i -n -p -C "$@"; }
-STATE=
-for _ in $(seq 300); do
-	STATE=$(C systemctl is-system-running --wait 2>/dev/null) && break
-	case "$STATE" in degraded) break ;; esac
-	sleep 0.1
-done
-[ "$STATE" = running ] || { C systemctl --failed --no-pager; fail "container state $STATE"; }
-say "container up (systemd $(C systemctl --version | head -1 | cut -d' ' -f2)): $(el "$T")"
+boot() {
+	local T; T=$(ts)
+	SYSTEMD_NSPAWN_UNIFIED_HIERARCHY=1 systemd-nspawn -D "$ROOT" -M rtvisor-e2e -b \
+		--register=no --keep-unit --console=passive --private-network \
+		--capability=all --system-call-filter=bpf \
+		--bind=/dev/kvm --bind=/dev/net/tun ${LOOP:+--bind="$LOOP"} >"$work/nspawn.log" 2>&1 &
+	NSPAWN=$!
+	LEADER=
+	for _ in $(seq 100); do
+		LEADER=$(ps -o pid= --ppid "$NSPAWN" | tr -d ' ' | head -1 || true)
+		[ -n "$LEADER" ] && [ "$(cat "/proc/$LEADER/comm" 2>/dev/null)" = systemd ] && break
+		kill -0 "$NSPAWN" 2>/dev/null || { cat "$work/nspawn.log"; fail "nspawn exited"; }
+		sleep 0.1
+	done
+	# Every command inside is bounded (C): a hang fails the test with the journal instead of stalling it.
+	local state=
+	for _ in $(seq 300); do
+		state=$(C systemctl is-system-running --wait 2>/dev/null) && break
+		case "$state" in degraded) break ;; esac
+		sleep 0.1
+	done
+	[ "$state" = running ] || { C systemctl --failed --no-pager; fail "container state $state"; }
+	say "container up (systemd $(C systemctl --version | head -1 | cut -d' ' -f2)): $(el "$T")"
+}
+boot
 
 # ---------- helpers ----------
 J() { C journalctl -b --no-pager "$@"; }
@@ -204,9 +205,37 @@ sys.exit(0 if any($pred for r in rows) else 1)"
 vm_running() { [ "$(vm_field "$1" state)" = running ]; }
 step() { say "$*"; }
 
+# ---------- install ----------
+step "apt-get install ./$(basename "$DEB") (no network: its dependencies are in the rootfs)"
+T=$(ts)
+C sh -c "cd /root && DEBIAN_FRONTEND=noninteractive apt-get install -y -q ./$(basename "$DEB")" >"$work/apt.log" 2>&1 \
+	|| { cat "$work/apt.log"; fail "apt-get install ./$(basename "$DEB")"; }
+say "  installed in $(el "$T")"
+grep -q '^rtvisor:' "$ROOT/etc/group" || fail "the package did not create the group rtvisor (sysusers.d)"
+[ "$(C stat -c %a /var/lib/rtvisor)" = 750 ] || fail "/var/lib/rtvisor not made by tmpfiles.d (0750)"
+for u in rtvisord rtvisor-guests; do
+	[ "$(C systemctl is-enabled $u)" = enabled ] || fail "$u.service not enabled by the postinst"
+done
+until_ok 10 C systemctl is-active --quiet rtvisord || { J -u rtvisord | tail; fail "the postinst did not start rtvisord"; }
+C dpkg-query -W -f '${Conffiles}\n' rtvisor | grep -q /etc/rtvisor/vms/example.json || fail "example.json is not a conffile"
+[ "$(vm_field example state)" = stopped ] || fail "the shipped example is started (it must be disabled: autostart false)"
+C rtvisorctl --version | grep -qx "$(basename "$DEB" | cut -d_ -f2 | cut -d- -f1)" || fail "rtvisorctl --version is not the package's version"
+C rtvisorctl daemon --json | python3 -c "import json,sys; assert json.load(sys.stdin)['version'] == '$(C rtvisorctl --version)'" || fail "the API's daemon info lacks the version"
+# (through files: grep -q closing a long pipe early would SIGPIPE its writer under pipefail)
+C journalctl --list-catalog >"$work/catalog.txt" 2>&1 || true
+grep -q "rtvisord is ready" "$work/catalog.txt" || fail "journalctl --list-catalog lacks rtvisor's catalog"
+for page in rtvisord.8 rtvisorctl.1 rtvisor-vmm.1 rtvisor-vm.json.5; do
+	C test -s "/usr/share/man/man${page##*.}/$page.gz" || fail "no man page $page"
+done
+say "  rtvisord enabled and running (0 VMs), the example installed as a conffile and not started"
+# The test's own settings: the example as the rest of the test wants it (autostart, a 2 s
+# heartbeat, a short stop timeout), applied by a restart of the daemon like an administrator's.
+C systemctl stop rtvisord
+sed -i 's/"idle.heartbeat=60"/"idle.heartbeat=2 vm=example"/; s/"stop_timeout_s": 10/"stop_timeout_s": 5/; s/"autostart": false/"autostart": true/' "$ROOT/etc/rtvisor/vms/example.json"
+
 # ---------- checks ----------
 step "systemd-analyze verify (inside, installed units)"
-C systemd-analyze verify /usr/local/lib/systemd/system/rtvisord.service /usr/local/lib/systemd/system/rtvisor-guests.service \
+C systemd-analyze verify /lib/systemd/system/rtvisord.service /lib/systemd/system/rtvisor-guests.service \
 	|| fail "systemd-analyze verify in the container"
 
 step "systemctl start rtvisord"
@@ -257,7 +286,8 @@ C cat "/proc/$EX_PID/cmdline" | tr '\0' ' ' >"$work/ex-cmdline"
 grep -q -- '--cgroup /sys/fs/cgroup/system.slice/rtvisord.service/vm-example' "$work/ex-cmdline" \
 	|| { cat "$work/ex-cmdline"; fail "example's VMM was not told to join its cgroup (clone3 is ENOSYS under the unit)"; }
 # systemd 252 has no DelegateSubgroup=: rtvisord says why the VM cgroups get no controllers.
-J -u rtvisord | grep -q "without DelegateSubgroup=" || fail "rtvisord did not explain the missing cgroup v2 controllers"
+J -u rtvisord >"$work/journal.txt"
+grep -q "without DelegateSubgroup=" "$work/journal.txt" || fail "rtvisord did not explain the missing cgroup v2 controllers"
 
 step "the VMM under the unit is jailed: own uid, no capabilities, no_new_privs, no host /etc"
 C sh -c "grep -E '^(Uid|CapEff|CapPrm|CapBnd|NoNewPrivs|Seccomp):' /proc/$EX_PID/status" >"$work/jail.txt"
@@ -329,6 +359,37 @@ C rtvisorctl pause second >/dev/null
 C rtvisorctl resume second >/dev/null
 [ "$(vm_field second state)" = running ] || fail "state not running after resume"
 
+step "CLI habits: status at a glance, one VM's log, idempotent start and stop, exit codes, error codes"
+C rtvisorctl status >"$work/status.txt" || { cat "$work/status.txt"; fail "rtvisorctl status"; }
+grep -q "^● rtvisord $(C rtvisorctl --version): active, PID $(C systemctl show -P MainPID rtvisord)" "$work/status.txt" \
+	&& grep -qE "^● second +running +PID $SE_PID" "$work/status.txt" && grep -q "broken.json" "$work/status.txt" \
+	|| { cat "$work/status.txt"; fail "rtvisorctl status"; }
+sed 's/^/  /' "$work/status.txt" | head -12
+C rtvisorctl logs second -n 10 >"$work/logs.txt" 2>&1 || { cat "$work/logs.txt"; fail "rtvisorctl logs second"; }
+grep -q "IDLE_HEARTBEAT" "$work/logs.txt" && ! grep -q "vm=example" "$work/logs.txt" || { cat "$work/logs.txt"; fail "rtvisorctl logs second: not second's journal"; }
+C rtvisorctl start second >"$work/again.txt" 2>&1 || { cat "$work/again.txt"; fail "starting a running VM must exit 0"; }
+grep -qx "second: already running \[running\]" "$work/again.txt" || { cat "$work/again.txt"; fail "no note for an idempotent start"; }
+[ "$(vm_field second pid)" = "$SE_PID" ] || fail "an idempotent start touched the VM"
+if [ "$(vm_field disk state)" = stopped ]; then
+	C rtvisorctl stop disk | grep -qx "disk: already stopped \[stopped\]" || fail "stopping a stopped VM must exit 0 with a note"
+fi
+set +e
+C rtvisorctl start nosuch >/dev/null 2>"$work/err.txt"; rc_missing=$?
+C rtvisorctl frobnicate >/dev/null 2>&1; rc_usage=$?
+C rtvisorctl list --socket /nonexistent >/dev/null 2>&1; rc_unreachable=$?
+set -e
+[ "$rc_missing" = 1 ] && grep -q '(not-found, HTTP 404)' "$work/err.txt" || { cat "$work/err.txt"; fail "unknown VM: exit $rc_missing"; }
+[ "$rc_usage" = 64 ] || fail "usage error: exit $rc_usage, not 64"
+[ "$rc_unreachable" = 2 ] || fail "unreachable daemon: exit $rc_unreachable, not 2"
+say "  exit 0 for start of a running VM (a note), 1 + code not-found for an unknown VM, 64 usage, 2 no daemon"
+# edit: an editor that breaks the definition changes nothing; one that fixes a field installs it.
+cp "$ROOT/etc/rtvisor/vms/disk.json" "$work/disk.before"
+C env EDITOR="sed -i s/32/4/" rtvisorctl edit disk >"$work/edit.txt" 2>&1 && { cat "$work/edit.txt"; fail "edit installed an invalid definition"; }
+grep -q '\$.memory_mib' "$work/edit.txt" && cmp -s "$work/disk.before" "$ROOT/etc/rtvisor/vms/disk.json" || { cat "$work/edit.txt"; fail "an invalid edit was not refused with its problem, or the file changed"; }
+C env EDITOR="sed -i s/blk.seed=7/blk.seed=8/" rtvisorctl edit disk >"$work/edit.txt" 2>&1 || { cat "$work/edit.txt"; fail "rtvisorctl edit disk"; }
+grep -q "blk.seed=8" "$ROOT/etc/rtvisor/vms/disk.json" && grep -q "disk: reloaded" "$work/edit.txt" || { cat "$work/edit.txt"; fail "edit did not install and reload"; }
+say "  rtvisorctl edit: an invalid copy refused (file untouched), a valid one installed and reloaded"
+
 # (After the kill -9 step: its exit reason needs the VMM to be the daemon's child, not re-adopted.)
 if [ -n "$LOOP" ]; then
 	step "a block device as disk under DevicePolicy=closed: the definition is refused, naming the drop-in"
@@ -350,7 +411,7 @@ PY
 
 	step "the block-devices drop-in, daemon-reload and restart (guests keep running): the guest writes the loop device"
 	EX_PID=$(vm_field example pid)
-	C install -D -m 0644 /usr/local/share/rtvisor/systemd/rtvisord.service.d/block-devices.conf /etc/systemd/system/rtvisord.service.d/block-devices.conf
+	C install -D -m 0644 /usr/share/rtvisor/systemd/rtvisord.service.d/block-devices.conf /etc/systemd/system/rtvisord.service.d/block-devices.conf
 	C systemctl daemon-reload
 	C systemctl restart rtvisord || fail "systemctl restart with the block-devices drop-in"
 	[ "$(vm_field example pid)" = "$EX_PID" ] || fail "example did not keep running across the restart"
@@ -374,6 +435,24 @@ PY
 	say "  $LOOP: refused without the drop-in; with it the guest wrote 64 sectors, found in the backing file on the host"
 fi
 
+step "rtvisorctl upgrade second: a new rtvisor-vmm takes the running guest over, its memory handed over, under the unit's sandbox"
+SE_OLD=$(vm_field second pid)
+C rtvisorctl upgrade second >"$work/upgrade.txt" 2>&1 || { cat "$work/upgrade.txt"; J -u rtvisord | tail -30; fail "rtvisorctl upgrade second"; }
+grep -q "memory handed over" "$work/upgrade.txt" || { cat "$work/upgrade.txt"; fail "the upgrade copied the memory"; }
+SE_NEW=$(vm_field second pid)
+[ -n "$SE_NEW" ] && [ "$SE_NEW" != "$SE_OLD" ] && vm_running second || { C rtvisorctl list; fail "second is not running under a new VMM after the upgrade"; }
+journal_has "r.get('RTVISOR_EVENT')=='vm-upgraded' and r.get('VM_OLD_PID')=='$SE_OLD'" -u rtvisord || fail "no vm-upgraded event"
+since=$(C date +%s)
+until_ok 10 journal_has "'IDLE_HEARTBEAT' in r.get('MESSAGE','') and r.get('_PID')=='$SE_NEW' and int(r['__REALTIME_TIMESTAMP']) >= ${since}000000" -u rtvisord VM_NAME=second \
+	|| fail "no heartbeat from the new VMM"
+say "  second: VMM $SE_OLD -> $SE_NEW ($(sed -n 2p "$work/upgrade.txt" | sed 's/^ *//'))"
+
+step "TCP migrations need the migration-tcp drop-in: refused under the shipped unit, naming it; installed for the restart below"
+if C rtvisorctl migrate-receive --listen tcp:127.0.0.1:7999 --timeout 2 >"$work/tcp.txt" 2>&1; then cat "$work/tcp.txt"; fail "rtvisord listened on TCP under RestrictAddressFamilies=AF_UNIX AF_NETLINK"; fi
+grep -q "migration-tcp drop-in" "$work/tcp.txt" || { cat "$work/tcp.txt"; fail "the TCP refusal does not name the drop-in"; }
+C install -D -m 0644 /usr/share/rtvisor/systemd/rtvisord.service.d/migration-tcp.conf /etc/systemd/system/rtvisord.service.d/migration-tcp.conf
+C systemctl daemon-reload
+
 step "systemctl restart rtvisord: guests keep running and are re-adopted; rtvisor-guests is not touched"
 OLD_MAIN=$(C systemctl show -P MainPID rtvisord)
 EX_PID=$(vm_field example pid); SE_PID=$(vm_field second pid)
@@ -390,6 +469,9 @@ vm_running example && vm_running second || fail "guests not running after restar
 journal_has "r.get('RTVISOR_EVENT')=='vm-adopted' and r.get('VM_NAME')=='second' and r.get('_PID')=='$NEW_MAIN'" -u rtvisord || fail "no vm-adopted event"
 C systemctl show -P StatusText rtvisord | grep -q "2 VMs running" || fail "StatusText after restart"
 say "  rtvisord $OLD_MAIN -> $NEW_MAIN; VMMs $EX_PID, $SE_PID kept running"
+C rtvisorctl migrate-receive --listen tcp:127.0.0.1:7999 --timeout 2 >"$work/tcp.txt" 2>&1 \
+	|| { cat "$work/tcp.txt"; fail "with the migration-tcp drop-in rtvisord cannot listen on TCP"; }
+say "  with the migration-tcp drop-in: $(cat "$work/tcp.txt")"
 # Console output after the restart still reaches the journal (the VMM sends it, not the daemon).
 since=$(C date +%s)
 until_ok 10 journal_has "'IDLE_HEARTBEAT' in r.get('MESSAGE','') and int(r['__REALTIME_TIMESTAMP']) >= ${since}000000" -u rtvisord VM_NAME=second || fail "no heartbeat after restart"
@@ -526,11 +608,25 @@ assert rows[stopping]["MESSAGE"].startswith("rtvisord stopping (SIGTERM): 0 gues
 print("  guests-shutdown, Ctrl-Alt-Del, both powered off, then:", rows[stopping]["MESSAGE"])
 PY
 
-	step "install.sh --uninstall --root: nothing of rtvisor left in the container's root but your definitions"
-	"$repo/scripts/install.sh" --uninstall --root "$ROOT" 2>"$work/uninstall.log" || { cat "$work/uninstall.log"; fail "install.sh --uninstall --root"; }
-	left=$(cd "$ROOT" && find usr etc -path '*rtvisor*' ! -path 'etc/rtvisor' ! -path 'etc/rtvisor/vms' ! -path 'etc/rtvisor/vms/*' ! -path 'etc/systemd/system/rtvisord.service.d*' | sort)
-	[ -z "$left" ] || { echo "$left"; fail "install.sh --uninstall left files behind"; }
-	grep -q "kept /etc/rtvisor/vms/example.json (changed since it was installed)" "$work/uninstall.log" || { cat "$work/uninstall.log"; fail "uninstall did not report the changed example"; }
+	step "boot again: rtvisord comes up enabled, the autostart guests with it"
+	boot
+	until_ok 20 vm_running example || { C rtvisorctl list; fail "example did not start at boot (rtvisord enabled by the package)"; }
+
+	step "apt-get purge rtvisor: what the package made goes; your definitions, images and the group stay"
+	C sh -c 'DEBIAN_FRONTEND=noninteractive apt-get purge -y -q rtvisor' >"$work/purge.log" 2>&1 || { cat "$work/purge.log"; fail "apt-get purge rtvisor"; }
+	C pgrep -x rtvisor-vmm >/dev/null && { C ps -ef | grep rtvisor; fail "rtvisor-vmm processes left after purge (prerm stops rtvisor-guests)"; }
+	journal_has "r.get('RTVISOR_EVENT')=='guests-shutdown'" -u rtvisord || fail "removal did not shut the guests down"
+	C dpkg -s rtvisor >/dev/null 2>&1 && fail "rtvisor still installed"
+	left=$(cd "$ROOT" && find usr lib etc var/lib run -path '*rtvisor*' 2>/dev/null | LC_ALL=C sort | tr '\n' ' ')
+	want="etc/rtvisor etc/rtvisor/vms etc/rtvisor/vms/blockdisk.json etc/rtvisor/vms/broken.json etc/rtvisor/vms/disk.json etc/rtvisor/vms/second.json"
+	[ -n "$LOOP" ] || want=${want/ etc\/rtvisor\/vms\/blockdisk.json/}
+	want="$want etc/systemd/system/rtvisord.service.d $(cd "$ROOT" && find etc/systemd/system/rtvisord.service.d var/lib/rtvisor | LC_ALL=C sort | tr '\n' ' ')"
+	[ "$left" = "$(echo $want | tr ' ' '\n' | LC_ALL=C sort -u | tr '\n' ' ')" ] || { echo "left: $left"; echo "want: $want"; fail "apt-get purge left other files"; }
+	grep -q '^rtvisor:' "$ROOT/etc/group" || fail "purge removed the group rtvisor (files may belong to it)"
+	grep -q "kept /etc/rtvisor/vms" "$work/purge.log" || { cat "$work/purge.log"; fail "purge did not say what it kept"; }
+	say "  left: your definitions (broken, disk, second$([ -n "$LOOP" ] && echo ", blockdisk")), /var/lib/rtvisor (images), the drop-ins you made, the group"
+	C systemctl poweroff || true
+	for _ in $(seq 1200); do kill -0 "$NSPAWN" 2>/dev/null || break; sleep 0.1; done
 fi
 
 say "ALL SYSTEMD E2E CHECKS PASSED in $(el "$T_ALL")"

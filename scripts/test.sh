@@ -5,8 +5,8 @@
 # /dev/kvm exists).
 #   scripts/test.sh            everything
 #   scripts/test.sh --quick    skip the minimal-Linux boots on /dev/kvm (minutes each here)
-# Last, the daemon's end-to-end test under a real systemd in systemd-nspawn
-# (scripts/test-systemd-e2e.sh; it reports SKIP without root or /dev/kvm).
+# Last, the daemon's end-to-end test under a real systemd in systemd-nspawn, installed from the
+# .deb (scripts/test-systemd-e2e.sh; it reports SKIP without root or /dev/kvm).
 set -euo pipefail
 repo=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
 cd "$repo"
@@ -16,7 +16,9 @@ quick=0
 [ "${1:-}" = "--quick" ] && quick=1
 
 need=()
-for pkg in build-essential qemu-system-x86 qemu-utils iproute2 python3 libseccomp-dev; do
+# (python3-jsonschema: the schema test; lintian, man-db, zsh, fish, bash-completion: the package's)
+for pkg in build-essential qemu-system-x86 qemu-utils iproute2 python3 python3-jsonschema libseccomp-dev \
+	lintian man-db groff-base zsh fish bash-completion; do
 	dpkg -s "$pkg" >/dev/null 2>&1 || need+=("$pkg")
 done
 if [ ${#need[@]} -gt 0 ]; then
@@ -36,6 +38,9 @@ log "building rtvisor"
 swift build --build-tests 2>&1 | grep -v '^\[' >&2
 log "checking Package.swift against the imports and docs/architecture.md"
 scripts/check-architecture.py >&2
+
+log "docs/vm-definition.schema.json against the examples and Tests/Definitions"
+scripts/test-schema.py >&2
 
 log "cross-checking the inmates under QEMU TCG"
 scripts/test-inmates-qemu.sh >&2
@@ -66,6 +71,9 @@ swift test --skip-build 2>&1
 
 log "scripts/install.sh into staging trees, and --uninstall"
 scripts/test-install.sh
+
+log "man pages and shell completions (the .deb's, from the debug build)"
+scripts/test-packaging.sh
 
 log "rtvisord end-to-end under systemd (systemd-nspawn)"
 scripts/test-systemd-e2e.sh

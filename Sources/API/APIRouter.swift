@@ -196,6 +196,8 @@ public struct APIRouter: Sendable {
             case let .notFound(m): return Self.error(404, m)
             case let .conflict(m): return Self.error(409, m)
             case let .failed(m): return Self.error(500, m)
+            case let .invalidDefinition(m, problems):
+                return Self.json(409, APIErrorBody(error: m, code: .invalidDefinition, problems: problems))
             }
         }
     }
@@ -223,7 +225,10 @@ public struct APIRouter: Sendable {
         return APIResponse(status: status, headers: [("Content-Type", "application/json")], body: body)
     }
 
-    public static func error(_ status: Int, _ message: String) -> APIResponse { json(status, APIErrorBody(error: message)) }
+    /// Every error answer carries its stable code next to the message (`APIErrorCode`).
+    public static func error(_ status: Int, _ message: String) -> APIResponse {
+        json(status, APIErrorBody(error: message, code: APIErrorCode(status: status)))
+    }
 
     static func methodNotAllowed(_ allow: String) -> APIResponse {
         var r = error(405, "method not allowed; use \(allow)")

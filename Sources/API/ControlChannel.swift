@@ -136,6 +136,9 @@ public enum ControlServer {
             case let .notFound(m): return (.notFound, Array(m.utf8))
             case let .conflict(m): return (.conflict, Array(m.utf8))
             case let .failed(m): return (.failed, Array(m.utf8))
+            case let .invalidDefinition(m, problems):
+                let body = (try? ControlFrame.encoder.encode(APIErrorBody(error: m, code: .invalidDefinition, problems: problems))).map { Array($0) }
+                return (.invalidDefinition, body ?? Array(m.utf8))
             }
         }
     }
@@ -211,6 +214,9 @@ public final class RemoteVMControl: VMControl, Sendable {
         case .notFound: throw .notFound(message)
         case .conflict: throw .conflict(message)
         case .failed: throw .failed(message)
+        case .invalidDefinition:
+            guard let e = try? JSONDecoder().decode(APIErrorBody.self, from: Data(body)) else { throw .conflict(message) }
+            throw .invalidDefinition(e.error, e.problems ?? [])
         }
     }
 

@@ -184,9 +184,47 @@ public struct DaemonInfo: Codable, Sendable, Equatable {
 }
 
 public struct APIErrorBody: Codable, Sendable, Equatable {
+    /// For people: may change wording between releases.
     public var error: String
+    /// For scripts: one of `APIErrorCode` (a string, so a newer daemon's code still decodes).
+    public var code: String?
     public var problems: [DefinitionProblem]?
-    public init(error: String, problems: [DefinitionProblem]? = nil) { self.error = error; self.problems = problems }
+    public init(error: String, code: APIErrorCode? = nil, problems: [DefinitionProblem]? = nil) {
+        self.error = error; self.code = code?.rawValue; self.problems = problems
+    }
+}
+
+/// The stable, machine-readable `code` of every API error (docs/api.yaml, Error): scripts match
+/// it, never the message. One per kind of failure, which the HTTP status also tells apart.
+public enum APIErrorCode: String, Codable, Sendable, CaseIterable {
+    /// 400: a malformed body, parameter or name.
+    case badRequest = "bad-request"
+    /// 403: the caller may not use the API (not root, not in the group).
+    case forbidden
+    /// 404: no such VM, snapshot, migration, endpoint or action.
+    case notFound = "not-found"
+    /// 405: the endpoint exists, the method does not (the Allow header lists the methods).
+    case methodNotAllowed = "method-not-allowed"
+    /// 409: the VM's state (or the daemon's) does not allow the action.
+    case conflict
+    /// 409: a definition the request brings (a restore's) is invalid; `problems` lists each.
+    case invalidDefinition = "invalid-definition"
+    /// 413: the request body is over 1 MiB.
+    case tooLarge = "too-large"
+    /// 500: the action was tried and failed (the message says why).
+    case failed
+
+    public init(status: Int) {
+        switch status {
+        case 403: self = .forbidden
+        case 404: self = .notFound
+        case 405: self = .methodNotAllowed
+        case 409: self = .conflict
+        case 413: self = .tooLarge
+        case 400..<500: self = .badRequest
+        default: self = .failed
+        }
+    }
 }
 
 public enum APIPaths {

@@ -46,6 +46,8 @@ public indirect enum JSONValue: Equatable, Sendable, Decodable {
         try JSONDecoder().decode(JSONValue.self, from: data)
     }
 
+    public var stringValue: String? { if case let .string(s) = self { s } else { nil } }
+
     /// How the value is described in an error message.
     public var kindDescription: String {
         switch self {

@@ -62,6 +62,8 @@ public struct VMDefinition: Equatable, Sendable {
                                                      "disks", "nets", "realtime", "sandbox", "passthrough"])
         .union(DaemonSettings.keys)
     public static let cpuKeys: Set<String> = ["template", "disable_features"]
+    /// Accepted and ignored: where an editor finds the definition's JSON Schema.
+    public static let schemaKey = "$schema"
 
     public init(name: String, vcpus: Int = 1, memoryMiB: Int = 128, kernel: String, initrd: String? = nil,
                 cmdline: String = "", cpu: CPUSettings = CPUSettings(), disks: [DiskSettings] = [], nets: [NetSettings] = []) {
@@ -129,8 +131,12 @@ struct Validator {
 
     mutating func definition(_ root: JSONValue) -> VMDefinition? {
         guard case let .object(o) = root else { fail("$", "must be a JSON object, got \(root.kindDescription)"); return nil }
-        for key in o.keys.sorted() where !VMDefinition.knownKeys.contains(key) {
+        for key in o.keys.sorted() where !VMDefinition.knownKeys.contains(key) && key != VMDefinition.schemaKey {
             fail("$.\(key)", "unknown key" + suggestion(key, VMDefinition.knownKeys))
+        }
+        // Editors find docs/vm-definition.schema.json through "$schema"; its value is theirs.
+        if let s = o[VMDefinition.schemaKey], s.stringValue == nil {
+            fail("$.\(VMDefinition.schemaKey)", "must be a string (the JSON Schema's URI or path), got \(s.kindDescription)")
         }
         let name = string(o, "name", required: true) ?? ""
         if case .string = o["name"] {

@@ -212,7 +212,7 @@ public enum SnapshotDirectory {
             if let name { json.rename(to: name) }
             return (json, try json.validated(base: files.directory))
         } catch let e as DefinitionError {
-            throw .conflict(e.issues.map(\.description).joined(separator: "; "))
+            throw .invalid(e)
         } catch {
             throw .conflict("\(file): \(error)")
         }

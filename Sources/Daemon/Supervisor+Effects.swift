@@ -105,7 +105,9 @@ extension Supervisor {
         let cgroup = placed?.directory
         try? FileManager.default.removeItem(atPath: paths.latencyFile(name))
         let latencyProbe = (definition.realtime?.latencyProbeMicroseconds ?? 0) > 0
+        // RTVISOR_LOG_FILE: without journald, the VMM's entries join the daemon's log file.
         let environment = ["PATH=/usr/sbin:/usr/bin:/sbin:/bin"]
+            + (getenv("RTVISOR_LOG_FILE").map { ["RTVISOR_LOG_FILE=" + String(cString: $0)] } ?? [])
         var restore: RestoreSource?, incoming: IncomingSource?
         if case let .restoreRequested(source) = why { restore = source }
         if case let .incomingMigration(source) = why { incoming = source }

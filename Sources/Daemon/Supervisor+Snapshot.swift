@@ -192,7 +192,7 @@ extension Supervisor {
         case let .success(l): loaded = l
         case let .failure(e):
             if let previous { try? HostFiles.replaceAtomically(file, with: previous.contents) } else { unlink(file) }
-            throw .conflict(e.issues.map(\.description).joined(separator: "; "))
+            throw .invalid(e)
         }
         if previous != nil {
             records[name]!.loaded = loaded

@@ -1,4 +1,5 @@
 import APIModels
+import Config
 
 /// What the control API can ask of the daemon (the Supervisor implements it; API tests use a
 /// fake; the API front process's `RemoteVMControl` forwards every call to rtvisord, so any call
@@ -52,10 +53,19 @@ public enum ControlError: Error, Equatable, Sendable, CustomStringConvertible {
     case conflict(String)
     /// The action was tried and failed (HTTP 500).
     case failed(String)
+    /// A definition the request brings (a restore's) is invalid: HTTP 409 with code
+    /// invalid-definition and each problem in the error's `problems` (docs/api.yaml).
+    case invalidDefinition(String, [DefinitionProblem])
 
     public var description: String {
         switch self {
-        case let .notFound(s), let .conflict(s), let .failed(s): s
+        case let .notFound(s), let .conflict(s), let .failed(s), let .invalidDefinition(s, _): s
         }
+    }
+
+    /// A `DefinitionError` as the answer: the problems listed, and in the message.
+    public static func invalid(_ e: DefinitionError) -> ControlError {
+        .invalidDefinition(e.issues.map(\.description).joined(separator: "; "),
+                           e.issues.map { DefinitionProblem(file: $0.file, path: $0.path, reason: $0.reason) })
     }
 }

@@ -237,7 +237,12 @@ public struct VMLifecycle: Equatable, Sendable {
 
     private mutating func start() -> [VMEffect] {
         switch phase {
-        case .running, .paused, .stopping, .starting:
+        // Idempotent, like systemctl start: the VM is where it was asked to be (exit 0, a note).
+        case .running:
+            return [reply("start", "already running")]
+        case .paused:
+            return [reply("start", "already running, paused (rtvisorctl resume continues it)")]
+        case .stopping, .starting:
             return refuse(.conflict("VM \(name) is \(stateName.rawValue)"))
         case .stopped, .failed, .restarting:
             // A start by hand forgets earlier failures, and outdates a pending restart timer.
@@ -286,7 +291,10 @@ public struct VMLifecycle: Equatable, Sendable {
             phase = .stopped
             generation += 1
             return releaseKeptPartition() + [.publishStatus, reply("stop", "pending restart cancelled", state: .stopped)]
-        case .stopped, .failed, .starting:
+        case .stopped, .failed:
+            // Idempotent, like systemctl stop: nothing runs, which is what was asked.
+            return [reply("stop", "already stopped")]
+        case .starting:
             return refuse(.conflict("VM \(name) is not running (\(stateName.rawValue))"))
         }
     }

@@ -327,6 +327,7 @@ extension ControlError {
         case .notFound: "not found"
         case .conflict: "conflict"
         case .failed: "failed"
+        case .invalidDefinition: "invalid definition"
         }
     }
 }

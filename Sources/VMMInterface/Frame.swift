@@ -76,7 +76,8 @@ public enum ControlFrame {
         }
     }
 
-    public enum Outcome: UInt8, Sendable { case result = 0, notFound = 1, conflict = 2, failed = 3 }
+    /// invalidDefinition: the body is the API's error JSON (message and problems).
+    public enum Outcome: UInt8, Sendable { case result = 0, notFound = 1, conflict = 2, failed = 3, invalidDefinition = 4 }
 
     /// Whole frames from several threads, one at a time. The first failed send (peer gone, or
     /// SO_SNDTIMEO: a peer that stopped reading) shuts the socket down: a frame cut short must

@@ -4,11 +4,6 @@ import FoundationEssentials
 import Foundation
 #endif
 
-/// rtvisor's release, as written into snapshots and reported over the control channel.
-public enum RtvisorRelease {
-    public static let version = "0.5.0"
-}
-
 /// A snapshot directory (docs/snapshot.md): the VM definition, editable like any other; the
 /// state file (header + machine state + checksum); guest memory as one sparse file.
 public enum SnapshotLayout {

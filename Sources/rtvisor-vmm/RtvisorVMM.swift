@@ -27,7 +27,8 @@ struct RtvisorVMM: ParsableCommand {
         (exit port), 7 vCPU entry failure or unexpected exit, 128+N stopped by signal N.
         See docs/exit-status.md. SIGUSR1 asks the guest to shut down (Ctrl-Alt-Del on the i8042);
         SIGINT/SIGTERM stop the VM at once.
-        """)
+        """,
+        version: RtvisorRelease.version)
 
     /// The flags are the daemon↔VMM contract's (`VMMLaunch`): rtvisord writes them with
     /// `VMMLaunch.arguments`, this parses them.

@@ -2,6 +2,7 @@ import APIModels
 import ArgumentParser
 import Config
 import Posix
+import VMMInterface
 #if canImport(FoundationEssentials)
 import FoundationEssentials
 #else
@@ -16,9 +17,15 @@ struct Rtvisorctl: ParsableCommand {
     static let configuration = CommandConfiguration(
         commandName: "rtvisorctl",
         abstract: "Control rtvisord: list, inspect, start, stop, reboot, pause, resume, validate VMs; snapshot, restore, clone and migrate them; attach to a console; shut every guest down.",
-        discussion: "Talks HTTP/JSON to rtvisord's socket (docs/api.yaml). Shell completion: rtvisorctl --generate-completion-script bash|zsh|fish.",
-        subcommands: [List.self, Inspect.self, Start.self, Stop.self, Reboot.self, Pause.self, Resume.self, RtCheck.self, Latency.self,
-                      Validate.self, Reload.self, Console.self, Info.self, ShutdownGuests.self, StartGuests.self,
+        discussion: """
+        Talks HTTP/JSON to rtvisord's socket (docs/api.yaml). Exit status: 0 success (a start of a \
+        running VM or a stop of a stopped one too, with a note), 1 refused or failed (the message \
+        and its code on stderr), 2 no daemon, 3 `status` of a daemon that does not run, 64 usage \
+        error. Shell completion: rtvisorctl --generate-completion-script bash|zsh|fish.
+        """,
+        version: RtvisorRelease.version,
+        subcommands: [Status.self, List.self, Inspect.self, Start.self, Stop.self, Reboot.self, Pause.self, Resume.self, RtCheck.self, Latency.self,
+                      Validate.self, Edit.self, Logs.self, Reload.self, Console.self, Info.self, ShutdownGuests.self, StartGuests.self,
                       Snapshot.self, Snapshots.self, Restore.self, Clone.self, Migrate.self, MigrateReceive.self, Upgrade.self])
 }
 
@@ -53,8 +60,9 @@ struct CommonOptions: ParsableArguments {
         }
         guard (200..<300).contains(r.status) else {
             if json { print(r.text, terminator: r.text.hasSuffix("\n") ? "" : "\n") }
-            let msg = (try? JSONDecoder().decode(APIErrorBody.self, from: Data(r.body)))?.error ?? r.text
-            writeErr("rtvisorctl: \(msg) (HTTP \(r.status))\n")
+            let body = try? JSONDecoder().decode(APIErrorBody.self, from: Data(r.body))
+            writeErr("rtvisorctl: \(body?.error ?? r.text) (\(body?.code.map { "\($0), " } ?? "")HTTP \(r.status))\n")
+            for p in body?.problems ?? [] { writeErr("  \(p)\n") }
             throw ExitCode(1)
         }
         do { return (try JSONDecoder().decode(T.self, from: Data(r.body)), r.text) } catch {

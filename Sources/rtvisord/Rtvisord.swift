@@ -92,7 +92,14 @@ struct Rtvisord: ParsableCommand {
     }
 
     /// journald (native protocol) as identifier rtvisord, for the daemon and its API front.
+    /// Without journald (containers, a development machine) the entries also go to
+    /// RUN-DIRECTORY/rtvisord.log, and so do the VMMs' (they inherit RTVISOR_LOG_FILE), for
+    /// `rtvisorctl logs`.
     func bootstrapLogging() {
+        if !apiFront, JournalSocket() == nil, getenv(JournalSink.logFileVariable) == nil {
+            mkdir(runDirectory, 0o755)
+            setenv(JournalSink.logFileVariable, runDirectory + "/rtvisord.log", 1)
+        }
         let sink = JournalSink()
         let level = Logger.Level(rawValue: logLevel) ?? .info
         LoggingSystem.bootstrap { label in

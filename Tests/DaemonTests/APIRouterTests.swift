@@ -93,6 +93,10 @@ actor FakeControl: VMControl {
     func restore(_ request: RestoreRequest) throws(ControlError) -> RestoredVM {
         let name = request.name ?? "web"
         calls.append("restore \(request.directory) as \(name)")
+        if request.directory == "/snapshots/bad" {
+            throw .invalidDefinition("/snapshots/bad/definition.json: $.vcpuz: unknown key",
+                                     [DefinitionProblem(file: "/snapshots/bad/definition.json", path: "$.vcpuz", reason: "unknown key")])
+        }
         if let s = vms[name], s == .running { throw .conflict("VM \(name) is running") }
         vms[name] = .running
         return RestoredVM(name: name, pid: 43, definitionFile: "/etc/rtvisor/vms/\(name).json", directory: request.directory, message: "resumed")
@@ -180,6 +184,34 @@ func decode<T: Decodable>(_ type: T.Type, _ r: APIResponse) throws -> T { try JS
         #expect(await router.handle(APIRequest(method: "POST", target: "/v1/vms/ghost/reboot")).status == 404)
         #expect(await router.handle(APIRequest(method: "POST", target: "/v1/vms/web/explode")).status == 404)
         #expect(await fake.calls == ["start db", "start db", "pause web", "resume web", "reboot ghost"])
+    }
+
+    /// Scripts match `code`, never the message: every error answer has the code of its status.
+    @Test func everyErrorCarriesItsStableCode() async throws {
+        let router = APIRouter(control: FakeControl())
+        _ = await router.handle(APIRequest(method: "POST", target: "/v1/vms/db/start"))
+        let cases: [(APIRequest, Int, String)] = [
+            (APIRequest(method: "POST", target: "/v1/vms/db/start"), 409, "conflict"),
+            (APIRequest(method: "POST", target: "/v1/vms/web/resume"), 500, "failed"),
+            (APIRequest(method: "GET", target: "/v1/vms/nope"), 404, "not-found"),
+            (APIRequest(method: "POST", target: "/v1/vms/web/explode"), 404, "not-found"),
+            (APIRequest(method: "POST", target: "/v1/vms/web/stop", body: Array("force".utf8)), 400, "bad-request"),
+            (APIRequest(method: "DELETE", target: "/v1/vms"), 405, "method-not-allowed"),
+        ]
+        for (request, status, code) in cases {
+            let r = await router.handle(request)
+            let body = try decode(APIErrorBody.self, r)
+            #expect(r.status == status && body.code == code && !body.error.isEmpty, "\(request.method) \(request.target): \(r.status) \(r.text)")
+        }
+        #expect(APIRouter.error(403, "x").text.contains("\"code\":\"forbidden\""))
+        // A restore's invalid definition: 409, code invalid-definition, every problem in `problems`.
+        let bad = await router.handle(APIRequest(method: "POST", target: "/v1/snapshots/restore", body: Array("{\"directory\": \"/snapshots/bad\"}".utf8)))
+        let badBody = try decode(APIErrorBody.self, bad)
+        #expect(bad.status == 409 && badBody.code == "invalid-definition"
+                && badBody.problems == [DefinitionProblem(file: "/snapshots/bad/definition.json", path: "$.vcpuz", reason: "unknown key")], "\(bad.text)")
+        #expect(APIRouter.error(413, "x").text.contains("\"code\":\"too-large\""))
+        #expect(Set(APIErrorCode.allCases.map(\.rawValue)) == ["bad-request", "forbidden", "not-found", "method-not-allowed", "conflict",
+                                                              "invalid-definition", "too-large", "failed"])
     }
 
     @Test func stopForceFromBodyOrQuery() async throws {

@@ -41,6 +41,8 @@ import Glibc
         APIRequest(method: "POST", target: "/v1/guests/shutdown"),
         APIRequest(method: "POST", target: "/v1/guests/start"),
         APIRequest(method: "DELETE", target: "/v1/vms"),
+        // invalid-definition with its problems crosses the socket intact.
+        APIRequest(method: "POST", target: "/v1/snapshots/restore", body: Array("{\"directory\": \"/snapshots/bad\"}".utf8)),
     ]
 
     @Test func theRouterAnswersTheSameThroughTheControlSocket() async throws {

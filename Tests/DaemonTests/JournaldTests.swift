@@ -81,6 +81,29 @@ import TestSupport
         #expect(JournalSink.stderrLine(e) == "<3>boot failed VM_NAME=db\n")
     }
 
+    /// A foreground rtvisord on a terminal: time, level, VM, message, not the field dump.
+    @Test func aTerminalGetsTimeLevelVMAndMessage() {
+        var e = JournalEntry(message: "boot\nfailed", priority: .warning, fields: ["VM_NAME": "db", "RTVISOR_EVENT": "vm-failed"])
+        e.append("CODE_LINE", "9")
+        let line = JournalSink.terminalLine(e, at: (seconds: 1_700_000_000, milliseconds: 7))
+        #expect(line.hasSuffix(".007 warning [db] boot failed\n"), "\(line)")
+        #expect(line.count == "12:34:56.007 warning [db] boot failed\n".count, "\(line)")
+        let daemon = JournalSink.terminalLine(JournalEntry(message: "ready", priority: .info, fields: [:]), at: (0, 999))
+        #expect(daemon.hasSuffix(".999 info    ready\n"), "\(daemon)")
+    }
+
+    /// Without journald the entries go to RTVISOR_LOG_FILE, time-stamped, one a line, for
+    /// `rtvisorctl logs`; with journald the file is not even opened.
+    @Test func withoutJournaldEntriesGoToTheLogFile() throws {
+        let dir = try makeTemporaryDirectory("rtvisor-logfile")
+        defer { try? FileManager.default.removeItem(atPath: dir) }
+        let sink = JournalSink(socket: nil, terminal: false, logFile: dir + "/rtvisord.log")
+        sink.write(JournalEntry(message: "started", priority: .notice, fields: ["VM_NAME": "web"]))
+        let text = try String(contentsOfFile: dir + "/rtvisord.log", encoding: .utf8)
+        #expect(text.hasSuffix("Z <5>started VM_NAME=web\n") && text.split(separator: "\n").count == 1, "\(text)")
+        #expect(JournalSink.timestamp((1_700_000_000, 42)) == "2023-11-14T22:13:20.042Z")
+    }
+
     @Test func messageIDsAreFixedDistinct128BitHex() {
         let ids = LifecycleEvent.allCases.map(\.messageID)
         #expect(Set(ids).count == ids.count)

@@ -153,6 +153,11 @@ func conflictMessage(_ body: () throws -> Void) -> String? {
             == "\(file): $.name: must be 1–64 characters of letters, digits, '-' and '_', got \"bad name\"")
         try write("{\"name\": \"web\", \"memory_mib\": 16, \"kernel\": \"\(made.kernel)\", \"vcpuz\": 1}", to: file)
         #expect(conflictMessage { try definition(renamedTo: nil) } == "\(file): $.vcpuz: unknown key (did you mean \"vcpus\"?)")
+        // The problems travel as data too (the API's Error.problems).
+        #expect(throws: ControlError.invalidDefinition("\(file): $.vcpuz: unknown key (did you mean \"vcpus\"?)",
+                                                       [DefinitionProblem(file: file, path: "$.vcpuz", reason: "unknown key (did you mean \"vcpus\"?)")])) {
+            try definition(renamedTo: nil)
+        }
         try write("{\"name\": ", to: file)
         #expect(conflictMessage { try definition(renamedTo: nil) }?.hasPrefix("\(file): $: invalid JSON") == true)
         try FileManager.default.removeItem(atPath: file)

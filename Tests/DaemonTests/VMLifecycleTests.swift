@@ -39,8 +39,9 @@ struct VMLifecycleMatrixTests {
         let effects = vm.on(.startRequested)
         switch s {
         case .stopped, .failed, .restarting: check(vm, effects, .starting, ["spawn (start requested)"])
-        case .running: check(vm, effects, .running, ["refuse conflict: VM web is running"])
-        case .paused: check(vm, effects, .paused, ["refuse conflict: VM web is paused"])
+        // Idempotent: success with a note, nothing done (rtvisorctl exits 0).
+        case .running: check(vm, effects, .running, ["reply start running: already running"])
+        case .paused: check(vm, effects, .paused, ["reply start paused: already running, paused (rtvisorctl resume continues it)"])
         case .stopping, .stoppingForReboot, .stoppingForRemoval: check(vm, effects, s, ["refuse conflict: VM web is stopping"])
         // Never seen from outside (a spawn resolves within the same actor turn); refused anyway.
         case .starting: check(vm, effects, .starting, ["refuse conflict: VM web is stopped"])
@@ -57,8 +58,9 @@ struct VMLifecycleMatrixTests {
         case .stopping, .stoppingForReboot, .stoppingForRemoval:
             check(vm, effects, s, ["reply stop stopping: already stopping"])
         case .restarting: check(vm, effects, .stopped, ["publish status", "reply stop stopped: pending restart cancelled"])
-        case .stopped, .starting: check(vm, effects, s, ["refuse conflict: VM web is not running (stopped)"])
-        case .failed: check(vm, effects, .failed, ["refuse conflict: VM web is not running (failed)"])
+        case .stopped: check(vm, effects, .stopped, ["reply stop stopped: already stopped"])
+        case .starting: check(vm, effects, s, ["refuse conflict: VM web is not running (stopped)"])
+        case .failed: check(vm, effects, .failed, ["reply stop failed: already stopped"])
         }
     }
 
@@ -72,8 +74,9 @@ struct VMLifecycleMatrixTests {
         case .stopping, .stoppingForReboot, .stoppingForRemoval:
             check(vm, effects, s, ["SIGTERM to 100", "reply stop stopping: already stopping; sent SIGTERM"])
         case .restarting: check(vm, effects, .stopped, ["publish status", "reply stop stopped: pending restart cancelled"])
-        case .stopped, .starting: check(vm, effects, s, ["refuse conflict: VM web is not running (stopped)"])
-        case .failed: check(vm, effects, .failed, ["refuse conflict: VM web is not running (failed)"])
+        case .stopped: check(vm, effects, .stopped, ["reply stop stopped: already stopped"])
+        case .starting: check(vm, effects, s, ["refuse conflict: VM web is not running (stopped)"])
+        case .failed: check(vm, effects, .failed, ["reply stop failed: already stopped"])
         }
     }
 
