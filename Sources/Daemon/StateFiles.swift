@@ -37,9 +37,12 @@ public struct DaemonPaths: Sendable {
     /// An incoming migration's `MigrationConfig` (JSON), read by rtvisord from the stream and
     /// passed to the VMM with `--incoming-config`.
     public func incomingConfig(_ name: String) -> String { vmDirectory(name) + "/incoming-config.json" }
-    /// Where a same-host upgrade's new VMM serves its control and console sockets until it
-    /// takes the VM over; then they are renamed to the usual paths (`Supervisor.upgrade`).
-    public func upgradeSocket(_ path: String) -> String { path + ".upgrade" }
+    /// Where a same-host upgrade's new VMM keeps its control and console sockets and its exit
+    /// report until it takes the VM over (the old VMM has the usual ones, its exit report owned
+    /// by its jail's uid); then they are renamed to the usual paths (`Supervisor.upgrade`).
+    public func upgradePath(_ path: String) -> String { path + ".upgrade" }
+    /// The files a same-host upgrade's new VMM has at `upgradePath`s.
+    public func upgradeFiles(_ name: String) -> [String] { [controlSocket(name), consoleSocket(name), statusFile(name)] }
     /// The descriptor an incoming migration's stream has in the VMM (`--incoming fd:3`).
     public static let incomingStreamFD: Int32 = 3
 
@@ -75,8 +78,9 @@ public struct DaemonPaths: Sendable {
         // sockets until the new one runs the guest.
         if upgrade {
             launch.incoming = MigrationAddress.fd(Self.incomingStreamFD).description
-            launch.controlSocket = upgradeSocket(controlSocket(name))
-            launch.consoleSocket = upgradeSocket(consoleSocket(name))
+            launch.controlSocket = upgradePath(controlSocket(name))
+            launch.consoleSocket = upgradePath(consoleSocket(name))
+            launch.statusFile = upgradePath(statusFile(name))
         }
         return launch
     }

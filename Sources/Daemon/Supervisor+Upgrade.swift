@@ -40,7 +40,7 @@ extension Supervisor {
         let pid: pid_t
         do {
             defer { close(pair[1]) }
-            for path in [paths.controlSocket(name), paths.consoleSocket(name)] { try? FileManager.default.removeItem(atPath: paths.upgradeSocket(path)) }
+            for path in paths.upgradeFiles(name) { try? FileManager.default.removeItem(atPath: paths.upgradePath(path)) }
             pid = try Processes.spawnVMM(executable: paths.vmm, environment: ["PATH=/usr/sbin:/usr/bin:/sbin:/bin"], cgroup: cgroup,
                                          passing: [pair[1]]) { joinItself in
                 paths.vmmLaunch(name, baseDirectory: r.loaded.directory, cgroup: joinItself ? cgroup : nil, latencyProbe: false, upgrade: true).arguments
@@ -80,7 +80,7 @@ extension Supervisor {
     /// paused, is ended); gone, it does not (the old one resumes).
     func resolveUpgrade(_ name: String, old: VMProcess, target pid: pid_t, reason: String, started: UInt64) async throws(ControlError) -> UpgradeResult {
         let startTime = Processes.startTime(of: pid) ?? 0
-        let socket = paths.upgradeSocket(paths.controlSocket(name))
+        let socket = paths.upgradePath(paths.controlSocket(name))
         let problem = await Processes.offThePool {
             VMMControlClient.waitUntilServing(socket, timeoutSeconds: Self.upgradeResolveSeconds) { Processes.isAlive(pid, startTime: startTime) }
         }
@@ -104,22 +104,24 @@ extension Supervisor {
         throw .failed("VM \(name) was not upgraded (it runs on under PID \(old.pid)): \(reason)")
     }
 
-    /// Ends the new VMM of an upgrade that did not happen, reaps it, removes its sockets.
+    /// Ends the new VMM of an upgrade that did not happen, reaps it, removes its files.
     func discardUpgradeTarget(_ name: String, _ pid: pid_t) async {
         Processes.signal(pid, SIGKILL)
         _ = await Processes.offThePool { Processes.waitForExit(pid: pid, isChild: true) }
         feed(name, .upgradeAbandoned(targetPID: pid))
-        for path in [paths.controlSocket(name), paths.consoleSocket(name)] { try? FileManager.default.removeItem(atPath: paths.upgradeSocket(path)) }
+        for path in paths.upgradeFiles(name) { try? FileManager.default.removeItem(atPath: paths.upgradePath(path)) }
     }
 
-    /// The new VMM is the VM's process: its sockets take the usual paths (rename replaces the old
-    /// VMM's files atomically), and the old VMM's exit report (`migrated`) goes.
+    /// The new VMM is the VM's process: its sockets and exit report take the usual paths (rename
+    /// replaces the old VMM's files atomically, its `migrated` report with them). The new VMM's
+    /// jail holds its exit report by the file, not the path, so it writes to it there still.
     func finishUpgrade(_ name: String) {
-        for path in [paths.controlSocket(name), paths.consoleSocket(name)] {
-            if rename(paths.upgradeSocket(path), path) != 0 && errno != ENOENT {
-                logger.warning("VM \(name): cannot move \(paths.upgradeSocket(path)) to \(path): \(errnoMessage())")
+        for path in paths.upgradeFiles(name) {
+            if rename(paths.upgradePath(path), path) != 0 {
+                if errno != ENOENT { logger.warning("VM \(name): cannot move \(paths.upgradePath(path)) to \(path): \(errnoMessage())") }
+                // No report of the new VMM (no seccomp report file): the old one's must not speak for it.
+                if path == paths.statusFile(name) { try? FileManager.default.removeItem(atPath: path) }
             }
         }
-        try? FileManager.default.removeItem(atPath: paths.statusFile(name))
     }
 }

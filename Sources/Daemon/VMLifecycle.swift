@@ -106,13 +106,13 @@ public struct VMLifecycle: Equatable, Sendable {
             guard phase == .stopped else { return [] }
             return beginSpawn(addedByReload ? .addedByReload : .autostart)
         case .startRequested: return start()
-        case let .restoreRequested(source): return restore(source)
+        case let .restoreRequested(source): return spawnResuming(.restoreRequested(source))
         case let .restoreConfirmed(pid):
             guard let r = restoring, r.pid == pid, process?.pid == pid else { return [] }
             restoring = nil
             return [.journal(.init(.vmRestored, .notice, "VM \(name) resumed from snapshot \(r.source.directory) (rtvisor-vmm PID \(pid))",
                                    pid: pid, state: stateName, extra: ["SNAPSHOT_DIRECTORY": r.source.directory]))]
-        case let .incomingRequested(source): return receive(source)
+        case let .incomingRequested(source): return spawnResuming(.incomingMigration(source))
         case let .incomingConfirmed(pid):
             guard let r = receiving, r.pid == pid, process?.pid == pid else { return [] }
             receiving = nil
@@ -254,26 +254,16 @@ public struct VMLifecycle: Equatable, Sendable {
 
     /// Like a start by hand, but the VMM resumes `source` (the definition in force is the one the
     /// restore or clone installed).
-    private mutating func restore(_ source: RestoreSource) -> [VMEffect] {
+    /// A restore, or (`incomingMigration`) a VMM taking the VM over from a migration stream: a
+    /// spawn for a VM that runs no VMM, with a fresh restart history.
+    private mutating func spawnResuming(_ reason: SpawnReason) -> [VMEffect] {
         switch phase {
         case .running, .paused, .stopping, .starting, .restarting:
             return refuse(.conflict("VM \(name) is \(stateName.rawValue)"))
         case .stopped, .failed:
             tracker.reset()
             generation += 1
-            return beginSpawn(.restoreRequested(source))
-        }
-    }
-
-    /// Like a restore: the VMM takes the VM over from the stream `source` names.
-    private mutating func receive(_ source: IncomingSource) -> [VMEffect] {
-        switch phase {
-        case .running, .paused, .stopping, .starting, .restarting:
-            return refuse(.conflict("VM \(name) is \(stateName.rawValue)"))
-        case .stopped, .failed:
-            tracker.reset()
-            generation += 1
-            return beginSpawn(.incomingMigration(source))
+            return beginSpawn(reason)
         }
     }
 

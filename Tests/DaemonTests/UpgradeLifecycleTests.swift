@@ -59,3 +59,18 @@ import VMMInterface
         #expect(vm.on(.upgradeStarted(pid: 100, target: LifecycleFixture.process(300))).first == "refuse conflict: VM web is running and being upgraded: it cannot be upgraded now")
     }
 }
+
+/// The new VMM of an upgrade takes the stream on fd 3 and keeps its sockets and exit report
+/// apart from the old VMM's until it runs the guest.
+@Suite struct UpgradeLaunchTests {
+    @Test func theNewVMMHasItsOwnSocketsAndReportUntilItTakesOver() {
+        let paths = DaemonPaths(definitions: "/etc/rtvisor/vms", run: "/run/rtvisor", vmm: "/usr/bin/rtvisor-vmm", apiSocket: "/run/rtvisor/api.sock")
+        let launch = paths.vmmLaunch("web", baseDirectory: "/etc/rtvisor/vms", cgroup: nil, latencyProbe: false, upgrade: true)
+        #expect(launch.incoming == "fd:3" && launch.incomingConfig == nil)
+        #expect(launch.controlSocket == "/run/rtvisor/vms/web/control.sock.upgrade")
+        #expect(launch.consoleSocket == "/run/rtvisor/vms/web/console.sock.upgrade")
+        #expect(launch.statusFile == "/run/rtvisor/vms/web/exit-status.upgrade")
+        #expect(paths.upgradeFiles("web").map(paths.upgradePath) == [launch.controlSocket, launch.consoleSocket, launch.statusFile])
+        #expect(launch.definition == paths.definitionCopy("web"), "the definition the old VMM runs")
+    }
+}

@@ -377,20 +377,7 @@ class Bench:
             before = source.wait_steps(LINES_BEFORE, 120)
             sq = QMP(qs)
             sq.cmd("migrate-set-parameters", **{"downtime-limit": DOWNTIME_MS, "max-bandwidth": QEMU_BANDWIDTH})
-            t0 = time.monotonic()
-            sq.cmd("migrate", uri=addr)
-            deadline = t0 + 600
-            last = None
-            while True:
-                r = sq.cmd("query-migrate")
-                if r.get("status") == "active":
-                    last = r
-                if r.get("status") in ("completed", "failed", "cancelled"):
-                    break
-                if time.monotonic() > deadline:
-                    raise Failure(f"QEMU migrate: not completed within 600 s: {r}")
-                time.sleep(0.005)
-            wall = time.monotonic() - t0
+            r, last, wall = qemu_migrate(sq, addr)
             if r["status"] != "completed":
                 raise Failure(f"QEMU migrate: {r}\nsource log:\n{source.stderr_tail()}\ntarget log:\n{target.stderr_tail()}")
             stop = sq.event("STOP")
@@ -408,11 +395,32 @@ class Bench:
                     "mbps": ram.get("mbps") / 8.388608 if ram.get("mbps") else None,
                     "wall": wall * 1000, "first_step_after": after[0][1]}
         finally:
-            for q in (sq, tq):
-                if q:
-                    q.close()
-            source.stop()
-            target.stop()
+            close_all((sq, tq), (source, target))
+
+
+def qemu_migrate(sq, addr, timeout=600):
+    """QMP `migrate` to `addr`, then `query-migrate` until it ends: (the last reply, the last
+    `active` one, the wall time in seconds)."""
+    t0 = time.monotonic()
+    sq.cmd("migrate", uri=addr)
+    last = None
+    while True:
+        r = sq.cmd("query-migrate")
+        if r.get("status") == "active":
+            last = r
+        if r.get("status") in ("completed", "failed", "cancelled"):
+            return r, last, time.monotonic() - t0
+        if time.monotonic() > t0 + timeout:
+            raise Failure(f"QEMU migrate: not completed within {timeout} s: {r}")
+        time.sleep(0.005)
+
+
+def close_all(qmps, guests):
+    for q in qmps:
+        if q:
+            q.close()
+    for g in guests:
+        g.stop()
 
 
 def order(i):
@@ -539,7 +547,7 @@ def render(res, a):
                  f"{res['window']} MiB window and its code): rtvisor's total {r0['total']:.0f} → {r1['total']:.0f} ms, stream "
                  f"{mib_(r0['bytes'])} → {mib_(r1['bytes'])} MiB; QEMU's {q0['total']:.0f} → {q1['total']:.0f} ms, "
                  f"{mib_(q0['bytes'])} → {mib_(q1['bytes'])} MiB. rtvisor skips the pages the guest never touched "
-                 f"(`/proc/self/pagemap`, docs/snapshot.md); QEMU reads every page of RAM to find the zero ones and sends a "
+                 f"(the holes of its memfd-backed RAM, docs/snapshot.md); QEMU reads every page of RAM to find the zero ones and sends a "
                  f"small header for each, so its time and stream grow with the RAM size, not with what the guest wrote.\n")
     rs = [x for k, x in s.items() if k[2] == "r" and x.get("last_ms") is not None]
     if rs:

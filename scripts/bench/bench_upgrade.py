@@ -84,16 +84,7 @@ def qemu(b, mib):
             q.cmd("migrate-set-capabilities", capabilities=[{"capability": "x-ignore-shared", "state": True}])
         tq.cmd("migrate-incoming", uri=addr)
         sq.cmd("migrate-set-parameters", **{"downtime-limit": bm.DOWNTIME_MS, "max-bandwidth": bm.QEMU_BANDWIDTH})
-        t0 = time.monotonic()
-        sq.cmd("migrate", uri=addr)
-        while True:
-            r = sq.cmd("query-migrate")
-            if r.get("status") in ("completed", "failed", "cancelled"):
-                break
-            if time.monotonic() > t0 + 120:
-                raise bm.Failure(f"QEMU migrate: not completed within 120 s: {r}")
-            time.sleep(0.005)
-        wall = time.monotonic() - t0
+        r, _, wall = bm.qemu_migrate(sq, addr, timeout=120)
         if r["status"] != "completed":
             raise bm.Failure(f"QEMU migrate: {r}\nsource log:\n{source.stderr_tail()}\ntarget log:\n{target.stderr_tail()}")
         stop, resume = sq.event("STOP"), tq.wait_event("RESUME", 60)
@@ -105,11 +96,7 @@ def qemu(b, mib):
                 "seen": (bm.stamp(resume) - bm.stamp(stop)) * 1000 if stop else None,
                 "bytes": r["ram"]["transferred"], "wall": wall * 1000}
     finally:
-        for q in (sq, tq):
-            if q:
-                q.close()
-        source.stop()
-        target.stop()
+        bm.close_all((sq, tq), (source, target))
         try:
             os.unlink(shared)
         except OSError:
