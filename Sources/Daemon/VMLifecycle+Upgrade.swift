@@ -26,8 +26,9 @@ extension VMLifecycle {
         return [.signal(pid: old.pid, .kill)]
     }
 
-    /// The effects of the new VMM taking over when `old` ended with `outcome`, or nil: no upgrade
-    /// took place, the exit is an ordinary one.
+    /// The effects of the new VMM taking over when `old` ended with `outcome` (its exit report
+    /// read in: a re-adopted VMM's status is known only from it), or nil: no upgrade took place,
+    /// the exit is an ordinary one.
     mutating func upgradeTakesOver(from old: VMProcess, outcome: ExitOutcome) -> [VMEffect]? {
         guard let u = upgrading else { return nil }
         let migrated: Bool = if case .exited(VMMExitStatus.migrated.code) = outcome { true } else { false }

@@ -190,7 +190,7 @@ public struct VMLifecycle: Equatable, Sendable {
         case let .processExited(pid, outcome, statusFile):
             // An exit report of an earlier process (or of none) changes nothing.
             guard let p = process, p.pid == pid else { return [] }
-            if let adopted = upgradeTakesOver(from: p, outcome: outcome) { return adopted }
+            if let adopted = upgradeTakesOver(from: p, outcome: Self.explain(outcome, statusFile: statusFile).0) { return adopted }
             return ended(p, intent: intent, outcome: outcome, statusFile: statusFile, now: now)
         case let .restartTimerFired(timerGeneration):
             guard timerGeneration == generation, phase == .restarting, !daemonLeaving else { return [] }

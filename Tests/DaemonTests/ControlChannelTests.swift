@@ -74,10 +74,12 @@ import Glibc
     /// Replies come back in completion order, not call order: each is matched by its id.
     @Test func repliesOvertakingEachOtherReachTheirCalls() async throws {
         let (daemonEnd, frontEnd) = try Self.pair()
-        let served = Task { await ControlServer.serve(daemonEnd, control: SlowControl()) }
+        // "slow-…" answers once every "fast-…" call was answered (or after 10 s: a server that
+        // answers in order never gets there), the rest at once: the later calls finish first.
+        let fastAnswered = FastAnswers(expected: 4)
+        let served = Task { await ControlServer.serve(daemonEnd, control: SlowControl(fastAnswered: fastAnswered)) }
         let remote = RemoteVMControl(fd: frontEnd) { _ in }
         let order = CompletionOrder()
-        // "slow-…" answers after 2 s, the rest at once: the later calls finish first.
         let names = (0..<8).map { $0 % 2 == 0 ? "slow-\($0)" : "fast-\($0)" }
         await withTaskGroup(of: Void.self) { group in
             for (i, name) in names.enumerated() {
@@ -176,14 +178,33 @@ enum DaemonTestsWait {
 final class CompletionOrder: Sendable { let names = Mutex<[String]>([]) }
 
 /// Answers `inspect` for any name: "slow-…" after 2 s (a margin for a loaded machine), "huge" with a 5 MB command line.
+/// How many "fast-…" calls `SlowControl` answered; its "slow-…" calls wait for `expected`.
+final class FastAnswers: Sendable {
+    let expected: Int
+    let count = Mutex(0)
+    init(expected: Int) { self.expected = expected }
+}
+
 struct SlowControl: VMControl {
+    /// nil: "slow-…" calls answer after 2 s.
+    var fastAnswered: FastAnswers? = nil
     func detail(_ name: String, cmdline: String = "") -> VMDetail {
         VMDetail(summary: VMSummary(name: name, state: .running, pid: 1, autostart: false, restartPolicy: "no", restarts: 0, pendingChange: false,
                                     definitionFile: "/x.json", since: 0, lastExit: nil),
                  vcpus: 1, memoryMiB: 32, kernel: "/k", initrd: nil, cmdline: cmdline, consoleSocket: "/c", cgroup: nil, stopTimeoutSeconds: 30)
     }
     func inspect(_ name: String) async throws(ControlError) -> VMDetail {
-        if name.hasPrefix("slow-") { try? await Task.sleep(for: .seconds(2)) }
+        if name.hasPrefix("slow-") {
+            if let fastAnswered {
+                let deadline = ContinuousClock.now + .seconds(10)
+                while fastAnswered.count.withLock({ $0 }) < fastAnswered.expected && ContinuousClock.now < deadline {
+                    try? await Task.sleep(for: .milliseconds(10))
+                }
+            } else {
+                try? await Task.sleep(for: .seconds(2))
+            }
+        }
+        if name.hasPrefix("fast-") { fastAnswered?.count.withLock { $0 += 1 } }
         return detail(name, cmdline: name == "huge" ? String(repeating: "x", count: 5 << 20) : "")
     }
     func list() async throws(ControlError) -> VMList { VMList(vms: [], invalidDefinitions: []) }

@@ -22,6 +22,15 @@ import VMMInterface
         #expect(vm.situation == .stopped && after.contains("remove runtime files"), "\(after)")
     }
 
+    /// A VMM re-adopted after a daemon restart is not rtvisord's child: its exit status is known
+    /// only from its exit report.
+    @Test func aReadoptedOldVMMHandsOverByItsExitReport() {
+        var vm = Situation.running.make()
+        vm.on(.upgradeStarted(pid: 100, target: LifecycleFixture.process(200)))
+        let effects = vm.on(.processExited(pid: 100, outcome: .unknown, statusFile: Self.report))
+        #expect(effects.first == "finish upgrade to 200" && vm.lifecycle.process?.pid == 200, "\(effects)")
+    }
+
     @Test func anOldVMMThatDiesOtherwiseEndsTheVMAsUsualAndTheUpgradeWithIt() {
         var vm = Situation.running.make()
         vm.on(.upgradeStarted(pid: 100, target: LifecycleFixture.process(200)))
