@@ -138,10 +138,14 @@ extension Machine {
                 guard estimate <= Double(request.downtimeMilliseconds) || request.force else {
                     throw abandon("\(rounds.count) rounds and still \(pending) dirty pages (about \(Int(estimate)) ms to send, the limit is \(request.downtimeMilliseconds) ms): given up, the VM keeps running here")
                 }
-                // The last round: paused, everything dirty since, then the state.
+                // What is dirty now goes while the guest runs on; then the last round, paused:
+                // what was written meanwhile, and the state. Pausing right after collecting the
+                // dirty log took ~1 ms more half of the time here (the vCPU busy with the
+                // re-protected pages: measured 0.13 vs 1.1 ms); after a live round it does not.
+                rounds.append(try round(dirty))
                 try pauseForTheEnd()
-                let final = try tracker.merge(dirty, try tracker.collect())
-                logger.info("migration of \(definition.name): last round, \(pending) pages dirty before the pause, \(final.reduce(0) { $0 + $1.reduce(0) { $0 + $1.nonzeroBitCount } }) with it")
+                let final = try tracker.collect()
+                logger.info("migration of \(definition.name): last round, \(pending) pages sent live before the pause, \(final.reduce(0) { $0 + $1.reduce(0) { $0 + $1.nonzeroBitCount } }) with it")
                 rounds.append(try round(final))
                 downtime.mark("last round")
                 try sendState()
