@@ -30,7 +30,7 @@ import argparse, json, os, pickle, re, secrets, shutil, signal, socket, subproce
 sys.dont_write_bytecode = True  # no __pycache__ in the source tree
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 from bench_boot import med, qemu_cmd  # noqa: E402
-from qemu_peer import EMULATING, qemu_cpu  # noqa: E402
+from qemu_peer import EMULATING, QMP, QMPError, qemu_cpu  # noqa: E402
 import snapshot_client  # noqa: E402
 
 SIZES = (32, 256, 1024)
@@ -166,66 +166,6 @@ class Guest:
         self.reader.join(timeout=5)
         try:
             self.p.stdout.close()
-        except OSError:
-            pass
-
-
-class QMP:
-    """A QMP client keeping whole event messages (with their timestamps)."""
-
-    def __init__(self, path, timeout=30):
-        deadline = time.monotonic() + timeout
-        while True:
-            try:
-                self.s = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
-                self.s.connect(path)
-                break
-            except (FileNotFoundError, ConnectionRefusedError):
-                self.s.close()
-                if time.monotonic() > deadline:
-                    raise Failure(f"QMP socket {path}: not up within {timeout} s")
-                time.sleep(0.005)
-        self.s.settimeout(timeout)
-        self.f = self.s.makefile("rb")
-        self.events = []
-        self.f.readline()  # greeting
-        self.cmd("qmp_capabilities")
-
-    def _next(self):
-        line = self.f.readline()
-        if not line:
-            raise Failure("QMP connection closed")
-        return json.loads(line)
-
-    def cmd(self, name, **arguments):
-        self.s.sendall(json.dumps({"execute": name, "arguments": arguments}).encode() + b"\n")
-        while True:
-            m = self._next()
-            if "event" in m:
-                self.events.append(m)
-            elif "error" in m:
-                raise Failure(f"QMP {name}: {m['error']}")
-            elif "return" in m:
-                return m["return"]
-
-    def wait_event(self, name, timeout):
-        self.s.settimeout(timeout)
-        try:
-            while True:
-                for m in self.events:
-                    if m["event"] == name:
-                        return m
-                self.events.append(self._next())
-        except socket.timeout:
-            raise Failure(f"QMP: no {name} event within {timeout} s")
-
-    def event(self, name):
-        return next((m for m in self.events if m["event"] == name), None)
-
-    def close(self):
-        try:
-            self.f.close()
-            self.s.close()
         except OSError:
             pass
 
@@ -463,7 +403,7 @@ def run(b, a, res):
                     except VerificationFailed:
                         raise
                     except Exception as e:  # noqa: BLE001 - one failed run is reported, the others go on
-                        msg = f"run {i + 1}, {mib} MiB, rate {rate}, {'rtvisor' if who == 'r' else 'QEMU'}: {e if isinstance(e, Failure) else repr(e)}"
+                        msg = f"run {i + 1}, {mib} MiB, rate {rate}, {'rtvisor' if who == 'r' else 'QEMU'}: {e if isinstance(e, (Failure, QMPError)) else repr(e)}"
                         log("ERROR " + msg)
                         res["errors"].append(msg.splitlines()[0][:400])
                         continue

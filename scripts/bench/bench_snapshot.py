@@ -26,12 +26,12 @@ is written at spawn. QEMU loads the UART's state from the migration stream, whic
 received before (a line typed at spawn is lost), so the line is written once QMP reports the VM
 running (query-status, or its RESUME event): each VMM gets the earliest moment it accepts input.
 """
-import argparse, json, os, pickle, re, secrets, select, shutil, signal, socket, subprocess, sys, tempfile, time
+import argparse, json, os, pickle, re, secrets, select, shutil, signal, subprocess, sys, tempfile, time
 
 sys.dont_write_bytecode = True  # no __pycache__ in the source tree
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 from bench_boot import LINUX_EXTRA, med, qemu_cmd  # noqa: E402
-from qemu_peer import EMULATING, qemu_cpu  # noqa: E402
+from qemu_peer import EMULATING, QMP, QMPError, qemu_cpu  # noqa: E402
 import snapshot_client  # noqa: E402
 
 # As Tests/IntegrationTests/LinuxGuestTests.swift, plus the console-command check.
@@ -170,63 +170,6 @@ def wait_all(guests, markers, timeout):
 
 def wait_for(g, marker, timeout):
     return wait_all([g], [marker], timeout)[0]
-
-
-class QMP:
-    """A QMP client on QEMU's unix socket (events kept until asked for)."""
-
-    def __init__(self, path, timeout=30):
-        deadline = time.monotonic() + timeout
-        while True:
-            try:
-                self.s = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
-                self.s.connect(path)
-                break
-            except (FileNotFoundError, ConnectionRefusedError):
-                self.s.close()
-                if time.monotonic() > deadline:
-                    raise Failure(f"QMP socket {path}: not up within {timeout}s")
-                time.sleep(0.001)
-        self.s.settimeout(timeout)
-        self.f = self.s.makefile("rb")
-        self.events = []
-        self.f.readline()  # greeting
-        self.cmd("qmp_capabilities")
-
-    def _next(self):
-        line = self.f.readline()
-        if not line:
-            raise Failure("QMP connection closed")
-        return json.loads(line)
-
-    def cmd(self, name, **arguments):
-        self.s.sendall(json.dumps({"execute": name, "arguments": arguments}).encode() + b"\n")
-        while True:
-            m = self._next()
-            if "event" in m:
-                self.events.append(m["event"])
-            elif "error" in m:
-                raise Failure(f"QMP {name}: {m['error']}")
-            elif "return" in m:
-                return m["return"]
-
-    def wait_event(self, name):
-        while name not in self.events:
-            m = self._next()
-            if "event" in m:
-                self.events.append(m["event"])
-        self.events.remove(name)
-
-    def wait_running(self):
-        if not self.cmd("query-status")["running"]:
-            self.wait_event("RESUME")
-
-    def close(self):
-        try:
-            self.f.close()
-            self.s.close()
-        except OSError:
-            pass
 
 
 # ---------------------------------------------------------------------------------------------
@@ -614,7 +557,7 @@ def run(b, a):
             try:
                 qsnap, lx["q_info"] = b.qemu_save(lq, "RTVISOR_CONSOLE_READY", 1.0, timeout=1800)
                 log(f"linux: QEMU boot {lx['q_info']['boot']:.0f} s")
-            except Failure as e:
+            except (Failure, QMPError) as e:
                 lx["q_error"] = str(e).splitlines()[0][:300]
                 log(f"linux: QEMU: {e}")
         lt = {k: [] for k in ("r_copy", "r_map", "r_copy_cold", "r_map_cold", "q", "q_cold")}
@@ -632,7 +575,7 @@ def run(b, a):
                         lt["q"].append(1000 * b.restore("q", qsnap, LINUX_ANSWER, line=LINUX_COMMAND, argv=lq, timeout=600))
                         evict(qsnap)
                         lt["q_cold"].append(1000 * b.restore("q", qsnap, LINUX_ANSWER, line=LINUX_COMMAND, argv=lq, timeout=600))
-                    except Failure as e:
+                    except (Failure, QMPError) as e:
                         lx["q_error"] = "restore: " + str(e).splitlines()[0][:300]
                         log(f"linux: QEMU restore: {e}")
                         qsnap = None

@@ -14,13 +14,13 @@ capability on both, so no RAM is sent); the pause is the source's `STOP` to the 
 The guest is the memwriter inmate, as in bench_migration: three verified `MEMW step=` lines on
 the source, the move, two more on the target, the steps of both consoles one sequence.
 """
-import json, os, socket, subprocess, sys, time
+import os, socket, subprocess, sys, time
 
 sys.dont_write_bytecode = True
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 import bench_migration as bm  # noqa: E402
 from bench_boot import med, qemu_cmd  # noqa: E402
-from qemu_peer import EMULATING, qemu_cpu  # noqa: E402
+from qemu_peer import EMULATING, QMP, qemu_cpu  # noqa: E402
 import snapshot_client  # noqa: E402
 
 RATE = 1  # pages per ms asked of the guest
@@ -77,9 +77,9 @@ def qemu(b, mib):
     target = bm.Guest(argv + ["-qmp", f"unix:{qt},server=on,wait=off", "-incoming", "defer"], b.fresh("qtarget.log"), "QEMU target")
     sq = tq = None
     try:
-        tq = bm.QMP(qt)
+        tq = QMP(qt)
         before = source.wait_steps(bm.LINES_BEFORE, 120)
-        sq = bm.QMP(qs)
+        sq = QMP(qs)
         for q in (sq, tq):
             q.cmd("migrate-set-capabilities", capabilities=[{"capability": "x-ignore-shared", "state": True}])
         tq.cmd("migrate-incoming", uri=addr)

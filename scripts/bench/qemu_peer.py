@@ -1,7 +1,7 @@
 """The QEMU peer's -cpu argument, found by trying it on this host rather than by its CPU vendor:
 `-cpu host` aborts on some hosts (AMD EPYC under a nested KVM: "failed to set MSR 0x10a",
 IA32_ARCH_CAPABILITIES), where `host,-arch-capabilities` works."""
-import os, subprocess, time
+import json, os, socket, subprocess, time
 
 EMULATING = os.path.exists("/sys/module/kvm_pvm")
 # The features rtvisor's emulating-kvm template hides, as QEMU -cpu flags (docs/cpu-templates.md).
@@ -32,3 +32,73 @@ def qemu_cpu():
     if _cpu is None:
         _cpu = next((c + HIDDEN for c in ("host", "host,-arch-capabilities") if starts(c + HIDDEN)), "host,-arch-capabilities" + HIDDEN)
     return _cpu
+
+
+class QMPError(Exception):
+    pass
+
+
+class QMP:
+    """A QMP client on QEMU's unix socket; events are kept (whole, with their timestamps) until
+    asked for."""
+
+    def __init__(self, path, timeout=30):
+        deadline = time.monotonic() + timeout
+        while True:
+            try:
+                self.s = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+                self.s.connect(path)
+                break
+            except (FileNotFoundError, ConnectionRefusedError):
+                self.s.close()
+                if time.monotonic() > deadline:
+                    raise QMPError(f"QMP socket {path}: not up within {timeout} s")
+                time.sleep(0.001)
+        self.s.settimeout(timeout)
+        self.f = self.s.makefile("rb")
+        self.events = []
+        self.f.readline()  # greeting
+        self.cmd("qmp_capabilities")
+
+    def _next(self):
+        line = self.f.readline()
+        if not line:
+            raise QMPError("QMP connection closed")
+        return json.loads(line)
+
+    def cmd(self, name, **arguments):
+        self.s.sendall(json.dumps({"execute": name, "arguments": arguments}).encode() + b"\n")
+        while True:
+            m = self._next()
+            if "event" in m:
+                self.events.append(m)
+            elif "error" in m:
+                raise QMPError(f"QMP {name}: {m['error']}")
+            elif "return" in m:
+                return m["return"]
+
+    def wait_event(self, name, timeout=30):
+        """The first `name` event (kept: asking again returns it again)."""
+        self.s.settimeout(timeout)
+        try:
+            while True:
+                for m in self.events:
+                    if m["event"] == name:
+                        return m
+                self.events.append(self._next())
+        except socket.timeout:
+            raise QMPError(f"QMP: no {name} event within {timeout} s")
+
+    def event(self, name):
+        return next((m for m in self.events if m["event"] == name), None)
+
+    def wait_running(self):
+        if not self.cmd("query-status")["running"]:
+            self.wait_event("RESUME")
+
+    def close(self):
+        try:
+            self.f.close()
+            self.s.close()
+        except OSError:
+            pass
