@@ -1,0 +1,44 @@
+import APIModels
+
+/// The daemon's recent lifecycle events, for `GET /v1/events` and `rtvisorctl events`/`--wait`:
+/// a bounded ring (the journal keeps the history; this is for whoever watches now), each event
+/// numbered so that a watcher asks for what came after the last it saw and misses nothing
+/// while it reconnects or repeats its long poll. Pure data: the Supervisor owns one and wakes
+/// its long-polling callers.
+public struct EventLog: Sendable {
+    /// Enough for a burst (every VM of a large host starting at once) between two polls of a
+    /// watcher; a slower one is told how many it missed.
+    public static let defaultCapacity = 1000
+    /// The longest a long poll may wait for an event: a follower whose client went away is
+    /// noticed within this time, and the API front's control-call slot is given back.
+    public static let maxWaitSeconds = 30
+
+    public let capacity: Int
+    /// Oldest first; at most `capacity`.
+    public private(set) var events: [DaemonEvent] = []
+    /// The newest sequence number handed out (0: none yet).
+    public private(set) var lastSeq: UInt64 = 0
+
+    public init(capacity: Int = defaultCapacity) { self.capacity = max(1, capacity) }
+
+    /// Numbers the event and keeps it, dropping the oldest beyond the capacity.
+    @discardableResult
+    public mutating func append(time: Double, kind: String, vm: String?, pid: Int32?, state: VMStateName?, message: String,
+                                reason: String?, fields: [String: String]) -> DaemonEvent {
+        lastSeq += 1
+        let e = DaemonEvent(seq: lastSeq, time: time, kind: kind, vm: vm, pid: pid, state: state, message: message, reason: reason, fields: fields)
+        if events.count == capacity { events.removeFirst() }
+        events.append(e)
+        return e
+    }
+
+    /// The events after `seq` (of one VM, if `vm` is given), oldest first. `next` is the newest
+    /// sequence number, so a caller that repeats with it sees each event once.
+    public func after(_ seq: UInt64, vm: String? = nil) -> EventBatch {
+        let oldest = events.first?.seq ?? lastSeq + 1
+        // Numbers seq+1 … oldest-1 were handed out and are gone.
+        let missed = oldest > seq + 1 ? oldest - seq - 1 : 0
+        let newer = events.drop { $0.seq <= seq }.filter { vm == nil || $0.vm == vm }
+        return EventBatch(events: Array(newer), next: max(seq, lastSeq), missed: missed)
+    }
+}
