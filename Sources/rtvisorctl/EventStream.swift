@@ -40,6 +40,8 @@ extension UnixHTTPClient {
                 line.append(b)
             }
         }
+        // A chunked stream ends with its empty last chunk; EOF before it: the daemon went away.
+        if decoder.chunked && !decoder.ended { throw ClientError(description: "rtvisord closed the event stream (did it stop?)") }
         return nil
     }
 }

@@ -55,28 +55,26 @@ enum WaitTarget {
     func await(_ options: CommonOptions, _ name: String, seconds: Int) throws {
         let tty = isatty(STDERR_FILENO) == 1
         let start = monotonicSeconds()
-        var lastState = ""
-        defer { if tty && !lastState.isEmpty { writeErr("\n") } }
+        // The progress line is rewritten in place; whatever ends the wait replaces it.
+        let clear = tty ? "\r\u{1B}[K" : ""
         while true {
             let (detail, _) = try options.fetch("GET", "/v1/vms/\(pathComponent(name))", as: VMDetail.self)
             let s = detail.summary
-            let elapsed = Int(monotonicSeconds() - start)
-            if tty {
-                lastState = s.state.rawValue
-                writeErr("\r\u{1B}[K\(name): \(s.state.rawValue), waiting for \(goal) (\(elapsed) s)")
-            }
+            let elapsed = monotonicSeconds() - start
             switch verdict(s) {
-            case .reached: return
+            case .reached:
+                let tenths = Int(elapsed * 10)
+                if tty { writeErr("\(clear)\(name): \(goal)\(s.pid.map { " (PID \($0))" } ?? "") after \(tenths / 10).\(tenths % 10) s\n") }
+                return
             case let .failed(why):
-                writeErr("\(tty ? "\n" : "")rtvisorctl: \(name) did not get \(goal): \(why)\n")
-                lastState = ""
+                writeErr("\(clear)rtvisorctl: \(name) did not get \(goal): \(why)\n")
                 throw ExitCode(1)
             case .waiting:
-                if elapsed >= seconds {
-                    writeErr("\(tty ? "\n" : "")rtvisorctl: \(name) is still \(s.state.rawValue) after \(seconds) s (waiting for \(goal))\n")
-                    lastState = ""
+                if elapsed >= Double(seconds) {
+                    writeErr("\(clear)rtvisorctl: \(name) is still \(s.state.rawValue) after \(seconds) s (waiting for \(goal))\n")
                     throw ExitCode(1)
                 }
+                if tty { writeErr("\(clear)\(name): \(s.state.rawValue), waiting for \(goal) (\(Int(elapsed)) s)") }
                 usleep(200_000)
             }
         }
