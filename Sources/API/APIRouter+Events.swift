@@ -25,12 +25,23 @@ extension APIRouter {
         guard ["0", "1", "true", "false", ""].contains(followValue) else { return Self.error(400, "follow must be 1 or 0, got \"\(followValue)\"") }
         let follow = followValue == "1" || followValue == "true"
 
-        // The first answer comes at once (a bad vm is a 404, not a stream that stays empty).
-        let first: EventBatch
-        do { first = try await control.events(after: follow ? since : (since ?? 0), vm: vm, waitSeconds: 0) } catch { return Self.failure(error) }
-        let body = Self.lines(first.events)
-        guard follow else { return APIResponse(status: 200, headers: [Self.ndjson], body: body) }
-        let cursor = Cursor(first.next)
+        // What there is comes at once (a bad vm is a 404, not a stream that stays empty), in as
+        // many answers as it takes.
+        var body: [UInt8] = []
+        var next: UInt64?
+        do {
+            var batch = try await control.events(after: follow ? since : (since ?? 0), vm: vm, waitSeconds: 0)
+            body = Self.lines(batch.events)
+            while batch.more {
+                batch = try await control.events(after: batch.next, vm: vm, waitSeconds: 0)
+                body += Self.lines(batch.events)
+            }
+            next = batch.next
+        } catch {
+            return Self.failure(error)
+        }
+        guard follow, let next else { return APIResponse(status: 200, headers: [Self.ndjson], body: body) }
+        let cursor = Cursor(next)
         let control = self.control
         let stream = ResponseStream {
             while !Task.isCancelled {

@@ -37,6 +37,10 @@ public struct EventBatch: Codable, Sendable, Equatable {
     /// Events newer than the one asked after that had already left the ring (it keeps the last
     /// `EventLog.capacity`): the caller missed them.
     public var missed: UInt64
+    /// The answer stopped at its size limit: ask again after `next` for the rest.
+    public var more: Bool
 
-    public init(events: [DaemonEvent], next: UInt64, missed: UInt64) { self.events = events; self.next = next; self.missed = missed }
+    public init(events: [DaemonEvent], next: UInt64, missed: UInt64, more: Bool = false) {
+        self.events = events; self.next = next; self.missed = missed; self.more = more
+    }
 }

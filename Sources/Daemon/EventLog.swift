@@ -32,13 +32,22 @@ public struct EventLog: Sendable {
         return e
     }
 
-    /// The events after `seq` (of one VM, if `vm` is given), oldest first. `next` is the newest
-    /// sequence number, so a caller that repeats with it sees each event once.
-    public func after(_ seq: UInt64, vm: String? = nil) -> EventBatch {
+    /// Events in one answer at most: a batch must fit a control-socket frame (4 MiB) whatever the
+    /// messages say; a caller asks again for the rest (`EventBatch.more`).
+    public static let batchLimit = 250
+
+    /// The events after `seq` (of one VM, if `vm` is given), oldest first, at most `limit`. `next`
+    /// is the newest sequence number looked at, so a caller that repeats with it sees each event
+    /// once.
+    public func after(_ seq: UInt64, vm: String? = nil, limit: Int = batchLimit) -> EventBatch {
         let oldest = events.first?.seq ?? lastSeq + 1
         // Numbers seq+1 … oldest-1 were handed out and are gone.
         let missed = oldest > seq + 1 ? oldest - seq - 1 : 0
-        let newer = events.drop { $0.seq <= seq }.filter { vm == nil || $0.vm == vm }
-        return EventBatch(events: Array(newer), next: max(seq, lastSeq), missed: missed)
+        var found: [DaemonEvent] = []
+        for e in events where e.seq > seq && (vm == nil || e.vm == vm) {
+            if found.count == limit { return EventBatch(events: found, next: found.last!.seq, missed: missed, more: true) }
+            found.append(e)
+        }
+        return EventBatch(events: found, next: max(seq, lastSeq), missed: missed, more: false)
     }
 }

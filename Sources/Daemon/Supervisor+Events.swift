@@ -22,24 +22,34 @@ extension Supervisor {
         return batch
     }
 
+    /// A long poll waiting, and the timer that ends its wait at the deadline.
+    struct EventWaiter {
+        let continuation: CheckedContinuation<Void, Never>
+        var timer: Task<Void, Never>?
+    }
+
     /// Returns after the next event, or at the deadline.
     func nextEvent(orUntil deadline: ContinuousClock.Instant) async {
         let id = nextEventWaiter
         nextEventWaiter += 1
         await withCheckedContinuation { (c: CheckedContinuation<Void, Never>) in
-            eventWaiters[id] = c
-            Task { [weak self] in
-                try? await Task.sleep(until: deadline, clock: .continuous)
+            eventWaiters[id] = EventWaiter(continuation: c)
+            eventWaiters[id]?.timer = Task { [weak self] in
+                // Cancelled when an event wakes the poll first: no sleeping task per event.
+                guard (try? await Task.sleep(until: deadline, clock: .continuous)) != nil else { return }
                 await self?.wakeEventWaiter(id)
             }
         }
     }
 
-    func wakeEventWaiter(_ id: UInt64) { eventWaiters.removeValue(forKey: id)?.resume() }
+    func wakeEventWaiter(_ id: UInt64) { eventWaiters.removeValue(forKey: id)?.continuation.resume() }
 
     func wakeEventWaiters() {
         let waiters = eventWaiters.values
         eventWaiters = [:]
-        for w in waiters { w.resume() }
+        for w in waiters {
+            w.timer?.cancel()
+            w.continuation.resume()
+        }
     }
 }

@@ -51,7 +51,7 @@ public actor Supervisor: VMControl {
     var nextIncomingID = 1
     /// The recent lifecycle events (`GET /v1/events`), and the long polls waiting for the next.
     var eventLog = EventLog()
-    var eventWaiters: [UInt64: CheckedContinuation<Void, Never>] = [:]
+    var eventWaiters: [UInt64: EventWaiter] = [:]
     var nextEventWaiter: UInt64 = 1
 
     /// The group that may use the API and console sockets (`rtvisor`); nil or missing: root only.

@@ -47,7 +47,8 @@ actor FakeControl: VMControl {
     func events(after: UInt64?, vm: String?, waitSeconds: Int) async throws(ControlError) -> EventBatch {
         calls.append("events after=\(after.map(String.init) ?? "now") vm=\(vm ?? "*") wait=\(waitSeconds)")
         if let vm, vms[vm] == nil { throw .notFound("no VM named \"\(vm)\"") }
-        let batch = eventLog.after(after ?? eventLog.lastSeq, vm: vm)
+        // Two at a time: the router must ask again while the daemon says there is more.
+        let batch = eventLog.after(after ?? eventLog.lastSeq, vm: vm, limit: 2)
         // A long poll with nothing to say takes a moment, as the daemon's would (up to its wait).
         if batch.events.isEmpty && waitSeconds > 0 { try? await Task.sleep(for: .milliseconds(50)) }
         return batch

@@ -44,6 +44,18 @@ import Glibc
     }
 }
 
+extension EventLogTests {
+    @Test func aLargeBacklogComesInBatchesThatEachFitAFrame() {
+        let l = log((1...7).map { ("vm-started", "vm\($0)") })
+        let first = l.after(0, limit: 3)
+        #expect(first.events.map(\.seq) == [1, 2, 3] && first.next == 3 && first.more)
+        let second = l.after(first.next, limit: 3)
+        #expect(second.events.map(\.seq) == [4, 5, 6] && second.more)
+        let last = l.after(second.next, limit: 3)
+        #expect(last.events.map(\.seq) == [7] && last.next == 7 && !last.more)
+    }
+}
+
 /// GET /v1/events through the router: NDJSON lines, since, vm, follow.
 @Suite struct EventRouteTests {
     func lines(_ r: APIResponse) throws -> [DaemonEvent] {
@@ -58,7 +70,8 @@ import Glibc
         let router = APIRouter(control: fake)
         let all = await router.handle(APIRequest(method: "GET", target: "/v1/events"))
         #expect(all.status == 200 && all.headers.contains { $0 == ("Content-Type", "application/x-ndjson") })
-        #expect(try lines(all).map(\.seq) == [1, 2, 3])
+        #expect(try lines(all).map(\.seq) == [1, 2, 3], "in two answers of the daemon")
+        #expect(await fake.calls == ["events after=0 vm=* wait=0", "events after=2 vm=* wait=0"])
         #expect(all.text.hasPrefix("{\"fields\":{},\"kind\":\"vm-started\",\"message\":\"VM web: vm-started\",\"pid\":42,\"seq\":1,"))
         #expect(try lines(await router.handle(APIRequest(method: "GET", target: "/v1/events?since=1"))).map(\.seq) == [2, 3])
         #expect(try lines(await router.handle(APIRequest(method: "GET", target: "/v1/events?vm=web"))).map(\.kind) == ["vm-started", "vm-stopped"])
