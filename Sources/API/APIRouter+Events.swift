@@ -12,6 +12,7 @@ extension APIRouter {
     /// within this time of its last event.
     static let followPollSeconds = 10
     static let ndjson = ("Content-Type", "application/x-ndjson")
+    public static let missedHeader = "Rtvisor-Events-Missed"
 
     func events(_ query: [String: String]) async -> APIResponse {
         var since: UInt64?
@@ -29,8 +30,11 @@ extension APIRouter {
         // many answers as it takes.
         var body: [UInt8] = []
         var next: UInt64?
+        var headers = [Self.ndjson]
         do {
             var batch = try await control.events(after: follow ? since : (since ?? 0), vm: vm, waitSeconds: 0)
+            // A `since` older than the ring: say how many are gone (the journal has them).
+            if batch.missed > 0 { headers.append((Self.missedHeader, String(batch.missed))) }
             body = Self.lines(batch.events)
             while batch.more {
                 batch = try await control.events(after: batch.next, vm: vm, waitSeconds: 0)
@@ -40,7 +44,7 @@ extension APIRouter {
         } catch {
             return Self.failure(error)
         }
-        guard follow, let next else { return APIResponse(status: 200, headers: [Self.ndjson], body: body) }
+        guard follow, let next else { return APIResponse(status: 200, headers: headers, body: body) }
         let cursor = Cursor(next)
         let control = self.control
         let stream = ResponseStream {
@@ -53,7 +57,7 @@ extension APIRouter {
             }
             return nil
         }
-        return APIResponse(status: 200, headers: [Self.ndjson], body: body, stream: stream)
+        return APIResponse(status: 200, headers: headers, body: body, stream: stream)
     }
 
     static func lines(_ events: [DaemonEvent]) -> [UInt8] {

@@ -39,7 +39,10 @@ public struct EventLog: Sendable {
     /// The events after `seq` (of one VM, if `vm` is given), oldest first, at most `limit`. `next`
     /// is the newest sequence number looked at, so a caller that repeats with it sees each event
     /// once.
-    public func after(_ seq: UInt64, vm: String? = nil, limit: Int = batchLimit) -> EventBatch {
+    public func after(_ asked: UInt64, vm: String? = nil, limit: Int = batchLimit) -> EventBatch {
+        // A number this rtvisord never handed out comes from an earlier one (the numbering starts
+        // again at 1): everything here is new to that caller, who reconnected after a restart.
+        let seq = asked > lastSeq ? 0 : asked
         let oldest = events.first?.seq ?? lastSeq + 1
         // Numbers seq+1 … oldest-1 were handed out and are gone.
         let missed = oldest > seq + 1 ? oldest - seq - 1 : 0

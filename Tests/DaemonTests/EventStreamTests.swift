@@ -45,6 +45,12 @@ import Glibc
 }
 
 extension EventLogTests {
+    @Test func aSequenceNumberFromAnEarlierDaemonGetsEverythingKeptNow() {
+        let l = log([("vm-adopted", "web"), ("vm-adopted", "db")])
+        #expect(l.after(500).events.map(\.seq) == [1, 2])
+        #expect(l.after(500).next == 2)
+    }
+
     @Test func aLargeBacklogComesInBatchesThatEachFitAFrame() {
         let l = log((1...7).map { ("vm-started", "vm\($0)") })
         let first = l.after(0, limit: 3)
@@ -76,6 +82,17 @@ extension EventLogTests {
         #expect(try lines(await router.handle(APIRequest(method: "GET", target: "/v1/events?since=1"))).map(\.seq) == [2, 3])
         #expect(try lines(await router.handle(APIRequest(method: "GET", target: "/v1/events?vm=web"))).map(\.kind) == ["vm-started", "vm-stopped"])
         #expect(await router.handle(APIRequest(method: "GET", target: "/v1/events?since=3")).body.isEmpty)
+    }
+
+    @Test func aSinceOlderThanTheRingSaysHowManyAreGone() async throws {
+        let fake = FakeControl()
+        for i in 1...6 { await fake.addEvent("vm-started", vm: i % 2 == 0 ? "web" : "db") }
+        let router = APIRouter(control: fake)
+        let r = await router.handle(APIRequest(method: "GET", target: "/v1/events?since=0"))
+        // The fake keeps 4: 1 and 2 are gone.
+        #expect(try lines(r).map(\.seq) == [3, 4, 5, 6])
+        #expect(r.headers.contains { $0 == ("Rtvisor-Events-Missed", "2") })
+        #expect(!(await router.handle(APIRequest(method: "GET", target: "/v1/events?since=2")).headers.contains { $0.0 == "Rtvisor-Events-Missed" }))
     }
 
     @Test func badQueriesAreRefusedBeforeAnyStream() async {
