@@ -213,6 +213,11 @@ public final class HTTPServer: Sendable {
         try await outbound.write(.head(HTTPResponseHead(version: h.version, status: HTTPResponseStatus(statusCode: response.status), headers: headers)))
         if !response.body.isEmpty { try await outbound.write(.body(.byteBuffer(ByteBuffer(bytes: response.body)))) }
         logger.debug("\(h.method.rawValue) \(h.uri) → \(response.status), following")
+        // The client going away, as a wait that can be cancelled (a future's cannot): once the
+        // stream has ended, nothing waits for the client to close (the connection is closed as
+        // after any answer).
+        let (closed, closing) = AsyncStream<Void>.makeStream()
+        channel.closeFuture.whenComplete { _ in closing.finish() }
         try await withThrowingTaskGroup(of: Void.self) { tasks in
             tasks.addTask {
                 while let part = await stream.next() {
@@ -220,7 +225,7 @@ public final class HTTPServer: Sendable {
                 }
                 try await outbound.write(.end(nil))
             }
-            tasks.addTask { try? await channel.closeFuture.get() }
+            tasks.addTask { for await _ in closed {} }
             _ = try await tasks.next()
             tasks.cancelAll()
         }

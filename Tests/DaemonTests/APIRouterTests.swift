@@ -39,6 +39,8 @@ actor FakeControl: VMControl {
     func stop(_ name: String, force: Bool) throws(ControlError) -> ActionResult { try act(force ? "stop-force" : "stop", name, requires: .running, to: .stopping) }
     func reboot(_ name: String) throws(ControlError) -> ActionResult { try act("reboot", name, requires: .running, to: .running) }
     func reset(_ name: String) throws(ControlError) -> ActionResult { try act("reset", name, requires: .running, to: .running) }
+    /// The VM's definition goes (a follower of its events is then refused).
+    func remove(_ name: String) { vms[name] = nil }
     /// The events the tests add; a wait answers at once (tests add what a follower should see first).
     var eventLog = EventLog(capacity: 4)
     func addEvent(_ kind: String, vm: String) {

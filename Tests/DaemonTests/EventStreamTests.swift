@@ -146,7 +146,7 @@ extension EventLogTests {
         let server = HTTPServer(router: APIRouter(control: fake), logger: Logger(label: "test"), limits: limits)
         let task = Task { try await server.run(socketPath: path, groupName: nil) }
         defer { task.cancel() }
-        for _ in 0..<500 where connectToUnixSocket(path).map({ close($0) }) == nil { try await Task.sleep(for: .milliseconds(10)) }
+        try await waitUntilServing(path)
 
         let follow = "GET /v1/events?follow=1&since=0 HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n"
         let first = try #require(connectToUnixSocket(path, receiveTimeoutSeconds: 5))
@@ -187,6 +187,41 @@ extension EventLogTests {
 func send(_ fd: Int32, _ text: String) {
     let bytes = Array(text.utf8)
     _ = bytes.withUnsafeBytes { write(fd, $0.baseAddress, $0.count) }
+}
+
+extension EventFollowServerTests {
+    @Test func aStreamTheDaemonEndsIsClosedWithItsLastChunk() async throws {
+        let path = try makeTemporaryDirectory("rtvisord-events") + "/api.sock"
+        let fake = FakeControl()
+        await fake.addEvent("vm-started", vm: "web")
+        let server = HTTPServer(router: APIRouter(control: fake), logger: Logger(label: "test"))
+        let task = Task { try await server.run(socketPath: path, groupName: nil) }
+        defer { task.cancel() }
+        try await waitUntilServing(path)
+        let fd = try #require(connectToUnixSocket(path, receiveTimeoutSeconds: 5))
+        defer { close(fd) }
+        send(fd, "GET /v1/events?follow=1&since=0&vm=web HTTP/1.1\r\nHost: x\r\n\r\n")
+        #expect(await offThePool { readAtLeast(fd, containing: "vm-started") }.hasPrefix("HTTP/1.1 200 OK\r\n"))
+        // The daemon refuses the next long poll (the VM is gone): the last chunk, then EOF, while
+        // this client keeps its end open.
+        await fake.remove("web")
+        let started = ContinuousClock.now
+        let rest = await offThePool { readUntilEnd(fd) }
+        #expect(rest.hasSuffix("0\r\n\r\n"), "\(rest)")
+        #expect(ContinuousClock.now - started < .seconds(4), "closed by the server, not by a timeout")
+        task.cancel()
+        _ = await task.result
+        await server.shutdown()
+    }
+}
+
+/// Returns once the server at `path` accepts a connection (one, closed at once: a loop that kept
+/// connecting while the server had no pool thread to accept would fill its backlog and block).
+func waitUntilServing(_ path: String) async throws {
+    for _ in 0..<500 {
+        if let fd = connectToUnixSocket(path) { close(fd); return }
+        try await Task.sleep(for: .milliseconds(10))
+    }
 }
 
 /// Blocking reads on a thread of their own.
