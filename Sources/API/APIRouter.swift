@@ -41,7 +41,7 @@ public struct ResponseStream: Sendable {
 ///     GET  /v1/vms/{name}               VMDetail
 ///     POST /v1/vms/{name}/start         ActionResult
 ///     POST /v1/vms/{name}/stop          ActionResult (body {"force": true} or ?force=true)
-///     POST /v1/vms/{name}/reboot|pause|resume
+///     POST /v1/vms/{name}/reboot|reset|pause|resume
 ///     POST /v1/validate                 ValidateResult (ValidateRequest body)
 ///     POST /v1/reload                   ReloadResult
 ///     GET  /v1/rt-check                 [RealtimeCheck] (every VM with a realtime block)
