@@ -137,6 +137,26 @@ extension Supervisor {
         return s
     }
 
+    /// After a daemon restart: a re-adopted VMM that keeps its guest paused (a migration of unknown
+    /// outcome, which the previous rtvisord knew of) is `paused` again, so `resume` goes to its
+    /// control socket. Asked through the socket, off the actor; VMMs stopped with SIGSTOP are
+    /// `paused` already and cannot answer.
+    func recoverPausesKeptByVMMs() async {
+        let running = records.compactMap { name, r -> (String, pid_t)? in
+            guard case let .running(p) = r.lifecycle.phase, !r.lifecycle.pausedByVMM else { return nil }
+            return (name, p.pid)
+        }
+        for (name, pid) in running {
+            let socket = paths.controlSocket(name)
+            let state = await Processes.offThePool { try? VMMControlClient.connect(socket, timeoutSeconds: 2).describe().runState }
+            guard state == .paused, case let .running(p)? = records[name]?.lifecycle.phase, p.pid == pid else { continue }
+            feed(name, .migrationOutcomeUnknown(pid: pid))
+            event(.vmMigrationFailed, .critical,
+                  "VM \(name) is kept PAUSED by its VMM (PID \(pid)): a migration of unknown outcome before rtvisord restarted. If the target runs it, `rtvisorctl stop --force \(name)` here; if not, `rtvisorctl resume \(name)`",
+                  vm: name, pid: pid, state: .paused, extra: ["MIGRATION_OUTCOME": "unknown"])
+        }
+    }
+
     /// `resume` of a VM its VMM keeps paused after a migration of unknown outcome: through the
     /// control socket (no SIGSTOP is involved).
     func resumeThroughVMM(_ name: String, pid: pid_t) async throws(ControlError) -> ActionResult {

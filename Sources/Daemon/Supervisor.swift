@@ -123,6 +123,7 @@ public actor Supervisor: VMControl {
         // VMs a previous rtvisord was running are not autostarted again: if one ended meanwhile,
         // its restart policy has decided (a guest that powered off stays off).
         let managedBefore = adoptRunning()
+        Task { await recoverPausesKeptByVMMs() }
         for name in startOrder where !managedBefore.contains(name) {
             guard let r = records[name], r.loaded.definition.daemon.autostart else { continue }
             feed(name, .autostart(addedByReload: false))

@@ -66,6 +66,13 @@ public struct VMMControlClient {
     }
 
     /// Moves the VM over `stream` (a connected socket, passed to the VMM with the request).
+    public func describe() throws(ClientError) -> VMMDescription {
+        let reply: VMMControl.Reply
+        do { reply = try connection.call(.describe) } catch { throw failure("describe", error) }
+        guard case let .description(d) = reply else { throw ClientError(description: "unexpected reply to describe: \(reply)") }
+        return d
+    }
+
     /// `progress` hears of each pre-copy round (VMMs of control protocol 4).
     public func migrate(_ request: MigrationRequest, stream: FileDescriptor,
                         progress: ((MigrationProgress) -> Void)? = nil) throws(ClientError) -> MigrationOutcome {

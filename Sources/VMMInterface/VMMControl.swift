@@ -112,8 +112,10 @@ public struct VMMDescription: Codable, Sendable, Equatable {
     public var pid: Int32
     public var vcpus: Int
     public var memoryMiB: Int
-    public init(vm: String, pid: Int32, vcpus: Int, memoryMiB: Int) {
-        self.vm = vm; self.pid = pid; self.vcpus = vcpus; self.memoryMiB = memoryMiB
+    /// Whether the VMM holds the guest paused (a migration of unknown outcome); nil from older VMMs.
+    public var runState: VMMRunState?
+    public init(vm: String, pid: Int32, vcpus: Int, memoryMiB: Int, runState: VMMRunState? = nil) {
+        self.vm = vm; self.pid = pid; self.vcpus = vcpus; self.memoryMiB = memoryMiB; self.runState = runState
     }
 }
 

@@ -109,7 +109,7 @@ final class ControlServer: @unchecked Sendable {
         case .hello: return .refused("hello twice")
         case .describe:
             let def = machine.definition
-            return .description(VMMDescription(vm: def.name, pid: getpid(), vcpus: def.vcpus, memoryMiB: def.memoryMiB))
+            return .description(VMMDescription(vm: def.name, pid: getpid(), vcpus: def.vcpus, memoryMiB: def.memoryMiB, runState: machine.runState))
         case .pause:
             do { try machine.pause() } catch { return .refused("\(error)") }
             return .runState(machine.runState)

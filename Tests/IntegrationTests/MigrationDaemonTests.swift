@@ -1,4 +1,6 @@
+import CDaemonSupport
 import Foundation
+import SystemPackage
 import Testing
 import TestSupport
 import VMMInterface
@@ -155,5 +157,46 @@ struct MigrationDaemonTests {
         let (stop, stopped) = a.ctl(["stop", "memw", "--force"])
         #expect(stop == 0, "\(stopped)")
         #expect(D.waitFor(20, "memw stopped", { a.state("memw") == "stopped" }))
+    }
+
+    /// A target that takes the VM up to `go` and vanishes without `running`: the source keeps the
+    /// guest paused (outcome unknown). A daemon restart re-adopts the VMM as paused, so `resume`
+    /// still reaches the VMM (its control socket, not SIGCONT) and the guest goes on.
+    @Test func aPauseKeptAfterAnUnknownOutcomeSurvivesADaemonRestart() throws {
+        let a = try Daemon(definitions: [("memw", try Self.memwriter("memw"))])
+        guard a.waitRunning(["memw"]) else { Issue.record("\(a.log.suffix(2000))"); return }
+        guard D.waitFor(60, "memw verifying", { !Self.steps(a.console("memw")).isEmpty }) else { return }
+        let path = a.dir + "/vanish.sock"
+        let listener = cdaemon_listen_unix(path, 1, 0o600)
+        #expect(listener >= 0)
+        let target = Thread {
+            let fd = accept(listener, nil, nil)
+            guard fd >= 0 else { return }
+            let channel = MigrationChannel(socket: FileDescriptor(rawValue: fd))
+            defer { close(fd) }
+            while let m = try? channel.receive() {
+                switch m {
+                case .config: try? channel.send(.accepted)
+                case .state: try? channel.send(.ready)
+                case .go: return  // gone before `running`
+                default: continue
+                }
+            }
+        }
+        target.start()
+        defer { close(listener) }
+        let (ms, out) = a.ctl(["migrate", "memw", "unix:" + path])
+        #expect(ms == 1 && out.contains("migration outcome unknown"), "\(out)")
+        #expect(a.state("memw") == "paused")
+        let pid = a.vm("memw")?["pid"] as? Int
+        a.detach()
+
+        let b = try Daemon(definitions: [], reusing: a.dir)
+        #expect(D.waitFor(20, "memw re-adopted, paused", { b.state("memw") == "paused" }), "\(b.log.suffix(2000))")
+        #expect(b.vm("memw")?["pid"] as? Int == pid)
+        #expect(b.log.contains("kept PAUSED by its VMM"), "\(b.log.suffix(2000))")
+        let before = Self.steps(b.console("memw")).last ?? 0
+        #expect(b.ctl(["resume", "memw"]).0 == 0)
+        #expect(D.waitFor(60, "memw verifying again", { (Self.steps(b.console("memw")).last ?? 0) > before }))
     }
 }

@@ -20,8 +20,12 @@ struct SnapshotDaemonTests {
         var state: String { dir + "/state" }
         var env: [String: String] { ["RTVISOR_API_SOCKET": dir + "/run/api.sock"] }
 
-        init(definitions: [(name: String, json: String)]) throws {
-            dir = try D.shortTempDir()
+        /// The directory stays when the daemon detaches (`detach`): a next daemon takes it over.
+        private var keepDirectory = false
+
+        /// `reusing`: the directory of a daemon that detached (its VMMs are re-adopted).
+        init(definitions: [(name: String, json: String)], reusing existing: String? = nil) throws {
+            dir = try existing ?? D.shortTempDir()
             try FileManager.default.createDirectory(atPath: dir + "/vms", withIntermediateDirectories: true)
             for d in definitions { try d.json.write(toFile: vms + "/\(d.name).json", atomically: true, encoding: .utf8) }
             process.executableURL = URL(fileURLWithPath: D.binary("rtvisord"))
@@ -56,9 +60,17 @@ struct SnapshotDaemonTests {
             if process.isRunning { kill(process.processIdentifier, SIGKILL) }
         }
 
+        /// SIGTERM: the daemon ends and its guests keep running, for the next one to re-adopt.
+        func detach() {
+            keepDirectory = true
+            kill(process.processIdentifier, SIGTERM)
+            let deadline = Date().addingTimeInterval(30)
+            while process.isRunning && Date() < deadline { usleep(50_000) }
+        }
+
         deinit {
             stop()
-            try? FileManager.default.removeItem(atPath: dir)
+            if !keepDirectory { try? FileManager.default.removeItem(atPath: dir) }
         }
     }
 
