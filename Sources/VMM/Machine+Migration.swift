@@ -172,6 +172,7 @@ extension Machine {
         logger.info("migration of \(definition.name): downtime (ms): \(downtime.steps.map { "\($0.name) \(StartupTrace.ms($0.nanoseconds))" }.joined(separator: ", "))")
         let report = MigrationReport(rounds: rounds, memoryHandedOver: memoryShared, totalBytes: channel.bytesSent, totalMilliseconds: Double(now - started) / 1e6,
                                      downtimeMilliseconds: Double(now - (pausedAt ?? now)) / 1e6)
+        logger.notice("migration of \(definition.name): paused at monotonic \(pausedAt ?? 0) ns")
         logger.notice("migration of \(definition.name) complete: \(rounds.count) rounds, \(report.totalBytes >> 20) MiB, \(Int(report.totalMilliseconds)) ms, downtime \(Self.ms(UInt64(report.downtimeMilliseconds * 1e6))) ms")
         return report
     }

@@ -231,6 +231,7 @@ public final class Machine: @unchecked Sendable {
         // jail, which is entered single-threaded, and with the interrupt controllers and vCPUs
         // restored, so nothing they raise is lost.
         if restored { for d in pciDevices { d.resume() } }
+        options.trace.mark("devices resumed")
         var threads: [PosixThread] = []
         for vcpu in vcpus {
             do {
@@ -313,7 +314,15 @@ public final class Machine: @unchecked Sendable {
         }
         while !sandboxGate.load(ordering: .acquiring) { sched_yield() }
         vcpu.bindToCurrentThread()
-        if vcpu.id == 0 { options.trace.mark("vCPU 0's filter and first KVM_RUN") }
+        if vcpu.id == 0 {
+            options.trace.mark("vCPU 0's filter and first KVM_RUN")
+            // When a moved guest really runs again: with the source's "paused at" (same host, the
+            // same monotonic clock) it gives the pause the guest saw (scripts/bench-migration.sh).
+            if restored {
+                let now = monotonicNanoseconds()  // before the log line's own cost
+                logger.notice("vCPU 0 enters the guest at monotonic \(now) ns")
+            }
+        }
         // Exit counts by kind and address, logged at debug level when the vCPU ends: where a
         // guest's exits go is the first question of any performance investigation.
         var exitCounts: [String: Int] = [:]

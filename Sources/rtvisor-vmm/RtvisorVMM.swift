@@ -190,17 +190,25 @@ struct RtvisorVMM: ParsableCommand {
             logger.info("jail: not entered (not running as root: there is no privilege to drop)")
         }
         if let incoming {
+            // The console's and the signals' threads start first: thread creations are part of
+            // a migration's downtime when they come after `go`. The control socket is served
+            // only once the guest runs here (rtvisord takes that as the sign).
+            server?.start()
+            SignalForwarder.start(set: set, machine: machine)
             // In the jail already: what comes over the network is parsed without root.
             do {
                 if let backlog = try machine.receiveMigration(incoming.channel) { server?.seedBacklog(backlog) }
+                trace.mark("migration received")
             } catch {
                 writeStatus(VMMExitReport(status: .vmmError, reason: "incoming migration abandoned: \(error)"), to: launch.statusFile)
                 fail("\(definition.name): incoming migration abandoned, the VM is discarded here: \(error)")
             }
+        } else {
+            server?.start()
+            SignalForwarder.start(set: set, machine: machine)
         }
-        server?.start()
         control?.start(machine: machine)
-        SignalForwarder.start(set: set, machine: machine)
+        trace.mark("control server")
         let reason = machine.run()
         server?.finish()
         writeStatus(reason.exitReport, to: launch.statusFile)
