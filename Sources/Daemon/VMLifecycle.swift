@@ -135,8 +135,7 @@ public struct VMLifecycle: Equatable, Sendable {
             if upgrading?.target.pid == targetPID { upgrading = nil }
             return []
         case let .stopRequested(force): return stop(force: force || pausedByVMM)
-        case .rebootRequested: return reboot(hard: pausedByVMM)
-        case .resetRequested: return reboot(hard: true)
+        case .rebootRequested: return reboot()
         case .pauseRequested:
             guard case let .running(p) = phase, receiving == nil, !pausedByVMM else {
                 return refuse(.conflict("VM \(name) is \(stateName.rawValue), not running"))
@@ -311,20 +310,15 @@ public struct VMLifecycle: Equatable, Sendable {
         }
     }
 
-    /// `reboot` asks the guest, like `stop` (Ctrl-Alt-Del, a hard stop after the stop timeout), and
-    /// starts a new VMM once it has ended; `reset` (hard) stops the VMM at once (SIGTERM). Either
-    /// way the new VMM runs the current definition, so a pending change applies.
-    private mutating func reboot(hard: Bool) -> [VMEffect] {
-        let action = hard ? "reset" : "reboot"
+    private mutating func reboot() -> [VMEffect] {
         switch phase {
         case let .running(p), let .paused(p):
-            let message = hard ? "resetting: the VMM is stopped and started again with the current definition"
-                : "asked the guest to shut down (Ctrl-Alt-Del); started again with the current definition once it has (hard stop after \(settings.stopTimeoutSeconds) s)"
-            return beginStop(p, force: hard, intent: .reboot) + [reply(action, message, state: .stopping)]
+            return beginStop(p, force: true, intent: .reboot)
+                + [reply("reboot", "resetting: the VMM is stopped and started again with the current definition", state: .stopping)]
         case .stopping:
             return refuse(.conflict("VM \(name) is stopping"))
         case .stopped, .failed, .restarting, .starting:
-            // Nothing to reboot: a reboot of a VM that is not running is a start.
+            // Nothing to reset: a reboot of a VM that is not running is a start.
             return start()
         }
     }
