@@ -133,7 +133,11 @@ extension RealtimePartitionTests {
         let (stopStatus, stopOut) = DaemonProcessTests.run(ctl, ["stop", "rtz"], env: env)
         #expect(stopStatus == 0, "\(stopOut)")
         guard DaemonProcessTests.waitFor(20, "rtz stopped", { rtz()?["state"] as? String == "stopped" }) else { Issue.record("\(logText.suffix(3000))"); return }
-        #expect(logText.components(separatedBy: "real-time host changes undone").count - 1 == 1, "\(logText.suffix(3000))")
+        // Undone once: by the VMM the stop ended (its own release), or, when the stop came between
+        // two VMMs of a reboot, by rtvisord for the partition kept for the next one.
+        let byDaemon = logText.components(separatedBy: "real-time host changes undone").count - 1
+        let byVMM = logText.components(separatedBy: "real-time partition of rtz released").count - 1
+        #expect(byDaemon + byVMM == 1, "\(logText.suffix(3000))")
         #expect(PartitionState.load(vm: "rtz") == nil)
         let after = HostSnapshot.take()
         #expect(after.matches(before), "host not restored:\nbefore \(before)\nafter  \(after)")
