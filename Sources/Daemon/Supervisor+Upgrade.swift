@@ -40,7 +40,7 @@ extension Supervisor {
         let pid: pid_t
         do {
             defer { close(pair[1]) }
-            for path in paths.upgradeFiles(name) { try? FileManager.default.removeItem(atPath: paths.upgradePath(path)) }
+            removeUpgradeFiles(name)
             pid = try Processes.spawnVMM(executable: paths.vmm, environment: ["PATH=/usr/sbin:/usr/bin:/sbin:/bin"], cgroup: cgroup,
                                          passing: [pair[1]]) { joinItself in
                 paths.vmmLaunch(name, baseDirectory: r.loaded.directory, cgroup: joinItself ? cgroup : nil, latencyProbe: false, upgrade: true).arguments
@@ -109,6 +109,11 @@ extension Supervisor {
         Processes.signal(pid, SIGKILL)
         _ = await Processes.offThePool { Processes.waitForExit(pid: pid, isChild: true) }
         feed(name, .upgradeAbandoned(targetPID: pid))
+        removeUpgradeFiles(name)
+    }
+
+    /// A new VMM's files (`DaemonPaths.upgradeFiles`), left by an earlier attempt or by one that did not take over.
+    func removeUpgradeFiles(_ name: String) {
         for path in paths.upgradeFiles(name) { try? FileManager.default.removeItem(atPath: paths.upgradePath(path)) }
     }
 
