@@ -476,7 +476,7 @@ say "  with the migration-tcp drop-in: $(cat "$work/tcp.txt")"
 since=$(C date +%s)
 until_ok 10 journal_has "'IDLE_HEARTBEAT' in r.get('MESSAGE','') and int(r['__REALTIME_TIMESTAMP']) >= ${since}000000" -u rtvisord VM_NAME=second || fail "no heartbeat after restart"
 
-step "a changed definition is pending until the VM restarts; rtvisorctl reboot applies it"
+step "a changed definition is pending until the VM restarts; rtvisorctl reset applies it"
 sed -i 's/"memory_mib": 32/"memory_mib": 48/' "$ROOT/etc/rtvisor/vms/second.json"
 C systemctl reload rtvisord
 second_pending() { [ "$(vm_field second pending_change)" = True ]; }
@@ -484,10 +484,10 @@ until_ok 10 second_pending || { C rtvisorctl list --json; fail "second not pendi
 journal_has "r.get('RTVISOR_EVENT')=='definition-pending' and r.get('VM_NAME')=='second'" -u rtvisord || fail "no definition-pending event"
 [ "$(vm_field second pid)" = "$SE_PID" ] || fail "a definition change restarted the VM"
 C rtvisorctl inspect second | grep -q "Memory: *32 MiB" || fail "inspect should show the running definition (32 MiB)"
-C rtvisorctl reboot second >/dev/null
-until_ok 10 restarted_with_new_pid second "$SE_PID" || { C rtvisorctl list; fail "reboot"; }
-[ "$(vm_field second pending_change)" = False ] || fail "still pending after reboot"
-C rtvisorctl inspect second | grep -q "Memory: *48 MiB" || fail "reboot did not apply the new definition"
+C rtvisorctl reset second >/dev/null
+until_ok 10 restarted_with_new_pid second "$SE_PID" || { C rtvisorctl list; fail "reset"; }
+[ "$(vm_field second pending_change)" = False ] || fail "still pending after reset"
+C rtvisorctl inspect second | grep -q "Memory: *48 MiB" || fail "reset did not apply the new definition"
 
 step "validate through the API"
 C rtvisorctl validate /etc/rtvisor/vms/broken.json >"$work/validate.out" 2>&1 && fail "validate accepted broken.json"

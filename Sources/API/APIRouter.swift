@@ -14,11 +14,23 @@ public struct APIResponse: Sendable, Equatable {
     public var status: Int
     public var headers: [(String, String)]
     public var body: [UInt8]
-    public init(status: Int, headers: [(String, String)] = [], body: [UInt8]) { self.status = status; self.headers = headers; self.body = body }
+    /// A body that goes on after `body` (`GET /v1/events?follow=1`): the server sends each part
+    /// as it comes, until `next` returns nil or the client goes away.
+    public var stream: ResponseStream?
+    public init(status: Int, headers: [(String, String)] = [], body: [UInt8], stream: ResponseStream? = nil) {
+        self.status = status; self.headers = headers; self.body = body; self.stream = stream
+    }
     public var text: String { String(decoding: body, as: UTF8.self) }
     public static func == (a: Self, b: Self) -> Bool {
         a.status == b.status && a.body == b.body && a.headers.map { $0.0 + ":" + $0.1 } == b.headers.map { $0.0 + ":" + $0.1 }
+            && (a.stream == nil) == (b.stream == nil)
     }
+}
+
+/// The rest of a streamed response body, part by part; nil: the stream has ended.
+public struct ResponseStream: Sendable {
+    public let next: @Sendable () async -> [UInt8]?
+    public init(next: @escaping @Sendable () async -> [UInt8]?) { self.next = next }
 }
 
 /// The control API's routes (docs/api.yaml), independent of the transport: the HTTP server
@@ -29,7 +41,7 @@ public struct APIResponse: Sendable, Equatable {
 ///     GET  /v1/vms/{name}               VMDetail
 ///     POST /v1/vms/{name}/start         ActionResult
 ///     POST /v1/vms/{name}/stop          ActionResult (body {"force": true} or ?force=true)
-///     POST /v1/vms/{name}/reboot|pause|resume
+///     POST /v1/vms/{name}/reboot|reset|pause|resume
 ///     POST /v1/validate                 ValidateResult (ValidateRequest body)
 ///     POST /v1/reload                   ReloadResult
 ///     GET  /v1/rt-check                 [RealtimeCheck] (every VM with a realtime block)
@@ -47,6 +59,7 @@ public struct APIResponse: Sendable, Equatable {
 ///     POST /v1/migrations/incoming      IncomingMigration (IncomingRequest body; answers once listening)
 ///     GET  /v1/migrations/incoming      IncomingList
 ///     GET  /v1/migrations/incoming/{id} IncomingMigration
+///     GET  /v1/events[?since=SEQ][&vm=NAME][&follow=1]   DaemonEvent lines (NDJSON); follow: streamed
 public struct APIRouter: Sendable {
     let control: any VMControl
     public static let maxBody = 1 << 20
@@ -93,6 +106,9 @@ public struct APIRouter: Sendable {
             case "start": return await run { () async throws(ControlError) in try await control.startGuests() }
             default: return Self.error(404, "no such action: \(rest[1]) (shutdown, start)")
             }
+        case 1 where rest[0] == "events":
+            guard request.method == "GET" else { return Self.methodNotAllowed("GET") }
+            return await events(query)
         case 1 where rest[0] == "snapshots":
             guard request.method == "GET" else { return Self.methodNotAllowed("GET") }
             let vm = query["vm"].flatMap { $0.isEmpty ? nil : $0 }
@@ -135,6 +151,7 @@ public struct APIRouter: Sendable {
                 }
                 return await run { () async throws(ControlError) in try await control.stop(name, force: force) }
             case "reboot": return await run { () async throws(ControlError) in try await control.reboot(name) }
+            case "reset": return await run { () async throws(ControlError) in try await control.reset(name) }
             case "pause": return await run { () async throws(ControlError) in try await control.pause(name) }
             case "resume": return await run { () async throws(ControlError) in try await control.resume(name) }
             case "snapshot":
@@ -163,7 +180,7 @@ public struct APIRouter: Sendable {
                 return await run { () async throws(ControlError) in try await control.migrate(name, req) }
             case "upgrade":
                 return await run { () async throws(ControlError) in try await control.upgrade(name) }
-            default: return Self.error(404, "no such action: \(rest[2]) (start, stop, reboot, pause, resume, snapshot, clone, migrate, upgrade)")
+            default: return Self.error(404, "no such action: \(rest[2]) (start, stop, reboot, reset, pause, resume, snapshot, clone, migrate, upgrade)")
             }
         default:
             return Self.error(404, "no such endpoint: \(path)")

@@ -127,3 +127,18 @@ final class RequestDeadlineHandler: ChannelDuplexHandler, RemovableChannelHandle
 
     func handlerRemoved(context: ChannelHandlerContext) { deadline?.cancel(); deadline = nil }
 }
+
+/// The event followers being served (`HTTPServer.Limits.maxFollowers`).
+final class FollowerSlots: Sendable {
+    let limit: Int
+    let inUse = Mutex(0)
+    init(limit: Int) { self.limit = limit }
+    func acquire() -> Bool {
+        inUse.withLock { n in
+            guard n < limit else { return false }
+            n += 1
+            return true
+        }
+    }
+    func release() { inUse.withLock { $0 -= 1 } }
+}

@@ -15,7 +15,7 @@ import Glibc
 /// (the Supervisor looks them up); bodies arrive decoded into their types.
 public enum ControlCall: Codable, Sendable, Equatable {
     case list, info, reload, shutdownGuests, startGuests
-    case inspect(name: String), start(name: String), reboot(name: String), pause(name: String), resume(name: String)
+    case inspect(name: String), start(name: String), reboot(name: String), reset(name: String), pause(name: String), resume(name: String)
     case stop(name: String, force: Bool)
     case validate(ValidateRequest)
     case realtimeCheck(name: String?)
@@ -30,6 +30,8 @@ public enum ControlCall: Codable, Sendable, Equatable {
     case receiveMigration(IncomingRequest)
     case incomingMigrations
     case incomingMigration(id: String)
+    /// A long poll (`VMControl.events`): the front repeats it to follow the event stream.
+    case events(after: UInt64?, vm: String?, waitSeconds: Int)
 }
 
 /// rtvisord's end: answers the front's calls with the real `VMControl` (the Supervisor). One
@@ -114,6 +116,7 @@ public enum ControlServer {
             case let .start(name): return encoded(try await control.start(name))
             case let .stop(name, force): return encoded(try await control.stop(name, force: force))
             case let .reboot(name): return encoded(try await control.reboot(name))
+            case let .reset(name): return encoded(try await control.reset(name))
             case let .pause(name): return encoded(try await control.pause(name))
             case let .resume(name): return encoded(try await control.resume(name))
             case let .realtimeCheck(name): return encoded(try await control.realtimeCheck(name))
@@ -130,6 +133,7 @@ public enum ControlServer {
             case let .receiveMigration(request): return encoded(try await control.receiveMigration(request))
             case .incomingMigrations: return encoded(try await control.incomingMigrations())
             case let .incomingMigration(id): return encoded(try await control.incomingMigration(id))
+            case let .events(after, vm, wait): return encoded(try await control.events(after: after, vm: vm, waitSeconds: wait))
             }
         } catch {
             switch error {
@@ -228,6 +232,7 @@ public final class RemoteVMControl: VMControl, Sendable {
     public func start(_ name: String) async throws(ControlError) -> ActionResult { try await call(.start(name: name), as: ActionResult.self) }
     public func stop(_ name: String, force: Bool) async throws(ControlError) -> ActionResult { try await call(.stop(name: name, force: force), as: ActionResult.self) }
     public func reboot(_ name: String) async throws(ControlError) -> ActionResult { try await call(.reboot(name: name), as: ActionResult.self) }
+    public func reset(_ name: String) async throws(ControlError) -> ActionResult { try await call(.reset(name: name), as: ActionResult.self) }
     public func pause(_ name: String) async throws(ControlError) -> ActionResult { try await call(.pause(name: name), as: ActionResult.self) }
     public func resume(_ name: String) async throws(ControlError) -> ActionResult { try await call(.resume(name: name), as: ActionResult.self) }
     public func realtimeCheck(_ name: String?) async throws(ControlError) -> [RealtimeCheck] { try await call(.realtimeCheck(name: name), as: [RealtimeCheck].self) }
@@ -255,5 +260,8 @@ public final class RemoteVMControl: VMControl, Sendable {
     public func incomingMigrations() async throws(ControlError) -> IncomingList { try await call(.incomingMigrations, as: IncomingList.self) }
     public func incomingMigration(_ id: String) async throws(ControlError) -> IncomingMigration {
         try await call(.incomingMigration(id: id), as: IncomingMigration.self)
+    }
+    public func events(after: UInt64?, vm: String?, waitSeconds: Int) async throws(ControlError) -> EventBatch {
+        try await call(.events(after: after, vm: vm, waitSeconds: waitSeconds), as: EventBatch.self)
     }
 }

@@ -20,6 +20,7 @@ public final class HTTPServer: Sendable {
     let logger: Logger
     let group: MultiThreadedEventLoopGroup
     let limits: Limits
+    let followers: FollowerSlots
 
     /// How many connections, and for how long without a request.
     public struct Limits: Sendable {
@@ -34,6 +35,11 @@ public final class HTTPServer: Sendable {
         public var requestTimeout: Duration = .seconds(10)
         /// Between a response and the next request's head.
         public var idleTimeout: Duration = .seconds(30)
+        /// Event followers (`GET /v1/events?follow=1`) at once, all peers together. Each keeps a
+        /// long poll to the daemon in flight, and the daemon answers at most
+        /// `ControlServer.maxCallsInFlight` (32) calls of the front at a time: half of them stay
+        /// free for everything else.
+        public var maxFollowers = 16
         public init() {}
         public init(maxConnections: Int, reservedForRoot: Int, perUser: Int, requestTimeout: Duration, idleTimeout: Duration) {
             self.maxConnections = maxConnections; self.reservedForRoot = reservedForRoot; self.perUser = perUser
@@ -43,6 +49,7 @@ public final class HTTPServer: Sendable {
 
     public init(router: APIRouter, logger: Logger, limits: Limits = Limits()) {
         self.router = router; self.logger = logger; self.limits = limits
+        followers = FollowerSlots(limit: limits.maxFollowers)
         group = MultiThreadedEventLoopGroup(numberOfThreads: 1)
     }
 
@@ -162,6 +169,10 @@ public final class HTTPServer: Sendable {
                         let response = if let refusal { APIRouter.error(403, refusal) }
                             else if tooLarge { APIRouter.error(413, "request body over \(APIRouter.maxBody) bytes") }
                             else { await handle(APIRequest(method: h.method.rawValue, target: h.uri, body: body), hook: requestHook) }
+                        if let stream = response.stream {
+                            try await follow(stream, response, h, connection.channel, outbound)
+                            return
+                        }
                         var headers = HTTPHeaders(response.headers)
                         headers.add(name: "Content-Length", value: String(response.body.count))
                         let keepAlive = h.isKeepAlive
@@ -178,6 +189,45 @@ public final class HTTPServer: Sendable {
             }
         } catch {
             logger.debug("API connection ended: \(error)")
+        }
+    }
+
+    /// A streamed answer: the head and the first part at once, then each part as it comes, until
+    /// the stream ends or the client goes away (the channel closes: the stream is cancelled, and
+    /// its long poll, which cannot be, ends by its own deadline). No Content-Length, so HTTP/1.1
+    /// clients get it chunked; then the connection closes.
+    func follow(_ stream: ResponseStream, _ response: APIResponse, _ h: HTTPRequestHead, _ channel: Channel,
+                _ outbound: NIOAsyncChannelOutboundWriter<HTTPServerResponsePart>) async throws {
+        guard followers.acquire() else {
+            let refusal = APIRouter.error(503, "too many event followers (\(limits.maxFollowers)); try again later")
+            let headers: HTTPHeaders = ["Content-Type": "application/json", "Content-Length": String(refusal.body.count), "Connection": "close", "Retry-After": "1"]
+            try await outbound.write(.head(HTTPResponseHead(version: h.version, status: .serviceUnavailable, headers: headers)))
+            try await outbound.write(.body(.byteBuffer(ByteBuffer(bytes: refusal.body))))
+            try await outbound.write(.end(nil))
+            return
+        }
+        defer { followers.release() }
+        var headers = HTTPHeaders(response.headers)
+        headers.add(name: "Connection", value: "close")
+        headers.add(name: "Cache-Control", value: "no-cache")
+        try await outbound.write(.head(HTTPResponseHead(version: h.version, status: HTTPResponseStatus(statusCode: response.status), headers: headers)))
+        if !response.body.isEmpty { try await outbound.write(.body(.byteBuffer(ByteBuffer(bytes: response.body)))) }
+        logger.debug("\(h.method.rawValue) \(h.uri) → \(response.status), following")
+        // The client going away, as a wait that can be cancelled (a future's cannot): once the
+        // stream has ended, nothing waits for the client to close (the connection is closed as
+        // after any answer).
+        let (closed, closing) = AsyncStream<Void>.makeStream()
+        channel.closeFuture.whenComplete { _ in closing.finish() }
+        try await withThrowingTaskGroup(of: Void.self) { tasks in
+            tasks.addTask {
+                while let part = await stream.next() {
+                    try await outbound.write(.body(.byteBuffer(ByteBuffer(bytes: part))))
+                }
+                try await outbound.write(.end(nil))
+            }
+            tasks.addTask { for await _ in closed {} }
+            _ = try await tasks.next()
+            tasks.cancelAll()
         }
     }
 

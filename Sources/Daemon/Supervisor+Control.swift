@@ -69,6 +69,10 @@ extension Supervisor {
         try answer(name, .rebootRequested)
     }
 
+    public func reset(_ name: String) throws(ControlError) -> ActionResult {
+        try answer(name, .resetRequested)
+    }
+
     public func pause(_ name: String) throws(ControlError) -> ActionResult {
         try answer(name, .pauseRequested)
     }

@@ -49,6 +49,10 @@ public actor Supervisor: VMControl {
     /// Incoming migrations by id (`migrate-receive`), kept after they end so a caller can look.
     var incoming: [String: IncomingMigration] = [:]
     var nextIncomingID = 1
+    /// The recent lifecycle events (`GET /v1/events`), and the long polls waiting for the next.
+    var eventLog = EventLog()
+    var eventWaiters: [UInt64: EventWaiter] = [:]
+    var nextEventWaiter: UInt64 = 1
 
     /// The group that may use the API and console sockets (`rtvisor`); nil or missing: root only.
     let accessGroup: gid_t?
@@ -61,18 +65,23 @@ public actor Supervisor: VMControl {
 
     // MARK: events
 
-    /// One log entry per lifecycle event, with MESSAGE_ID and the VM_* fields.
+    /// One log entry per lifecycle event, with MESSAGE_ID and the VM_* fields, and the same
+    /// event in the ring that `GET /v1/events` serves: both are built from one `DaemonEvent`.
     func event(_ e: LifecycleEvent, _ level: Logger.Level, _ message: String, vm: String? = nil, pid: pid_t? = nil,
                state: VMStateName? = nil, exitReason: String? = nil, extra: [String: String] = [:],
                file: String = #fileID, function: String = #function, line: UInt = #line) {
-        var md: Logger.Metadata = ["MESSAGE_ID": .string(e.messageID), "RTVISOR_EVENT": .string(e.rawValue)]
-        if let vm { md["VM_NAME"] = .string(vm) }
-        if let pid { md["VM_PID"] = .string(String(pid)) }
-        if let state { md["VM_STATE"] = .string(state.rawValue) }
-        if let exitReason { md["VM_EXIT_REASON"] = .string(exitReason) }
-        if let exitReason, let syscall = VMMExitReport.seccompSyscall(in: exitReason) { md["VM_SECCOMP_SYSCALL"] = .string(syscall) }
-        for (k, v) in extra { md[k] = .string(v) }
+        var fields = extra
+        if let exitReason, let syscall = VMMExitReport.seccompSyscall(in: exitReason) { fields["VM_SECCOMP_SYSCALL"] = syscall }
+        let recorded = eventLog.append(time: Date().timeIntervalSince1970, kind: e.rawValue, vm: vm, pid: pid, state: state,
+                                       message: message, reason: exitReason, fields: fields)
+        var md: Logger.Metadata = ["MESSAGE_ID": .string(e.messageID), "RTVISOR_EVENT": .string(recorded.kind)]
+        if let vm = recorded.vm { md["VM_NAME"] = .string(vm) }
+        if let pid = recorded.pid { md["VM_PID"] = .string(String(pid)) }
+        if let state = recorded.state { md["VM_STATE"] = .string(state.rawValue) }
+        if let reason = recorded.reason { md["VM_EXIT_REASON"] = .string(reason) }
+        for (k, v) in recorded.fields { md[k] = .string(v) }
         logger.log(level: level, "\(message)", metadata: md, source: nil, file: file, function: function, line: line)
+        wakeEventWaiters()
     }
 
     func reportInvalid(_ issues: [DefinitionIssue]) {

@@ -9,7 +9,10 @@ public protocol VMControl: Sendable {
     func inspect(_ name: String) async throws(ControlError) -> VMDetail
     func start(_ name: String) async throws(ControlError) -> ActionResult
     func stop(_ name: String, force: Bool) async throws(ControlError) -> ActionResult
+    /// The guest's graceful reboot: Ctrl-Alt-Del, and a new VMM once the guest has shut down.
     func reboot(_ name: String) async throws(ControlError) -> ActionResult
+    /// The hard reset: the VMM is stopped at once (SIGTERM) and a new one started.
+    func reset(_ name: String) async throws(ControlError) -> ActionResult
     func pause(_ name: String) async throws(ControlError) -> ActionResult
     func resume(_ name: String) async throws(ControlError) -> ActionResult
     func validate(_ request: ValidateRequest) async throws(ControlError) -> ValidateResult
@@ -44,6 +47,9 @@ public protocol VMControl: Sendable {
     func receiveMigration(_ request: IncomingRequest) async throws(ControlError) -> IncomingMigration
     func incomingMigrations() async throws(ControlError) -> IncomingList
     func incomingMigration(_ id: String) async throws(ControlError) -> IncomingMigration
+    /// The lifecycle events after sequence number `after` (nil: from now on), of one VM or all; if
+    /// there are none yet, waits up to `waitSeconds` (at most `EventLog.maxWaitSeconds`) for one.
+    func events(after: UInt64?, vm: String?, waitSeconds: Int) async throws(ControlError) -> EventBatch
 }
 
 public enum ControlError: Error, Equatable, Sendable, CustomStringConvertible {

@@ -135,7 +135,8 @@ public struct VMLifecycle: Equatable, Sendable {
             if upgrading?.target.pid == targetPID { upgrading = nil }
             return []
         case let .stopRequested(force): return stop(force: force || pausedByVMM)
-        case .rebootRequested: return reboot()
+        case .rebootRequested: return reboot(hard: pausedByVMM)
+        case .resetRequested: return reboot(hard: true)
         case .pauseRequested:
             guard case let .running(p) = phase, receiving == nil, !pausedByVMM else {
                 return refuse(.conflict("VM \(name) is \(stateName.rawValue), not running"))
@@ -310,15 +311,20 @@ public struct VMLifecycle: Equatable, Sendable {
         }
     }
 
-    private mutating func reboot() -> [VMEffect] {
+    /// `reboot` asks the guest, like `stop` (Ctrl-Alt-Del, a hard stop after the stop timeout), and
+    /// starts a new VMM once it has ended; `reset` (hard) stops the VMM at once (SIGTERM). Either
+    /// way the new VMM runs the current definition, so a pending change applies.
+    private mutating func reboot(hard: Bool) -> [VMEffect] {
+        let action = hard ? "reset" : "reboot"
         switch phase {
         case let .running(p), let .paused(p):
-            return beginStop(p, force: true, intent: .reboot)
-                + [reply("reboot", "resetting: the VMM is stopped and started again with the current definition", state: .stopping)]
+            let message = hard ? "resetting: the VMM is stopped and started again with the current definition"
+                : "asked the guest to shut down (Ctrl-Alt-Del); started again with the current definition once it has (hard stop after \(settings.stopTimeoutSeconds) s)"
+            return beginStop(p, force: hard, intent: .reboot) + [reply(action, message, state: .stopping)]
         case .stopping:
             return refuse(.conflict("VM \(name) is stopping"))
         case .stopped, .failed, .restarting, .starting:
-            // Nothing to reset: a reboot of a VM that is not running is a start.
+            // Nothing to reboot: a reboot of a VM that is not running is a start.
             return start()
         }
     }

@@ -178,7 +178,10 @@ public enum VMEvent: Equatable, Sendable {
     case autostart(addedByReload: Bool)
     case startRequested
     case stopRequested(force: Bool)
+    /// The guest's graceful reboot (`rtvisorctl reboot`): Ctrl-Alt-Del, then a new VMM.
     case rebootRequested
+    /// The hard one (`rtvisorctl reset`): SIGTERM to the VMM, then a new VMM.
+    case resetRequested
     /// Start the VM from a snapshot (restore, clone): its VMM resumes it instead of booting.
     case restoreRequested(RestoreSource)
     case pauseRequested

@@ -58,6 +58,13 @@ final class FuzzControl: VMControl {
         return ActionResult(name: name, action: action, state: to, message: action)
     }
     func start(_ name: String) throws(ControlError) -> ActionResult { try act("start", name, requires: .stopped, to: .running) }
+    func reset(_ name: String) throws(ControlError) -> ActionResult { try act("reset", name, requires: .running, to: .running) }
+    /// A fixed event, never a wait: a fuzz iteration must not sleep.
+    func events(after: UInt64?, vm: String?, waitSeconds: Int) throws(ControlError) -> EventBatch {
+        if let vm, vms[vm] == nil { throw .notFound("no VM named \"\(vm)\"") }
+        let e = DaemonEvent(seq: 1, time: 0, kind: "vm-started", vm: "web", pid: 42, state: .running, message: "VM web started", reason: nil, fields: [:])
+        return EventBatch(events: (after ?? 1) < 1 && (vm == nil || vm == "web") ? [e] : [], next: 1, missed: 0)
+    }
     func stop(_ name: String, force: Bool) throws(ControlError) -> ActionResult { try act(force ? "stop-force" : "stop", name, requires: .running, to: .stopping) }
     func reboot(_ name: String) throws(ControlError) -> ActionResult { try act("reboot", name, requires: .running, to: .running) }
     func pause(_ name: String) throws(ControlError) -> ActionResult { try act("pause", name, requires: .running, to: .paused) }
@@ -160,7 +167,14 @@ func fuzzAPI(_ input: UnsafeRawBufferPointer) -> String {
     done.wait()
     let r = box.response!
     precondition([200, 400, 404, 405, 409, 500].contains(r.status), "status \(r.status)")
-    precondition((try? JSONSerialization.jsonObject(with: Data(r.body))) != nil, "body is not JSON: \(r.text)")
+    if r.headers.contains(where: { $0 == ("Content-Type", "application/x-ndjson") }) {
+        // GET /v1/events: one JSON object per line (none is fine).
+        for line in r.body.split(separator: 0x0A) {
+            precondition((try? JSONSerialization.jsonObject(with: Data(line))) != nil, "an event line is not JSON: \(r.text)")
+        }
+    } else {
+        precondition((try? JSONSerialization.jsonObject(with: Data(r.body))) != nil, "body is not JSON: \(r.text)")
+    }
     return "\(request.method) \(request.target) → \(r.status) \(r.text.prefix(120))"
 }
 

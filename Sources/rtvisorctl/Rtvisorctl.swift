@@ -16,7 +16,7 @@ import Glibc
 struct Rtvisorctl: ParsableCommand {
     static let configuration = CommandConfiguration(
         commandName: "rtvisorctl",
-        abstract: "Control rtvisord: list, inspect, start, stop, reboot, pause, resume, validate VMs; snapshot, restore, clone and migrate them; attach to a console; shut every guest down.",
+        abstract: "Control rtvisord: list, inspect, start, stop, reboot, reset, pause, resume, validate VMs; follow their events; snapshot, restore, clone and migrate them; attach to a console; shut every guest down.",
         discussion: """
         Talks HTTP/JSON to rtvisord's socket (docs/api.yaml). Exit status: 0 success (a start of a \
         running VM or a stop of a stopped one too, with a note), 1 refused or failed (the message \
@@ -24,9 +24,9 @@ struct Rtvisorctl: ParsableCommand {
         error. Shell completion: rtvisorctl --generate-completion-script bash|zsh|fish.
         """,
         version: RtvisorRelease.version,
-        subcommands: [Status.self, List.self, Inspect.self, Start.self, Stop.self, Reboot.self, Pause.self, Resume.self, RtCheck.self, Latency.self,
+        subcommands: [Status.self, List.self, Inspect.self, Start.self, Stop.self, Reboot.self, Reset.self, Pause.self, Resume.self, RtCheck.self, Latency.self,
                       Validate.self, Edit.self, Logs.self, Reload.self, Console.self, Info.self, ShutdownGuests.self, StartGuests.self,
-                      Snapshot.self, Snapshots.self, Restore.self, Clone.self, Migrate.self, MigrateReceive.self, Upgrade.self])
+                      Snapshot.self, Snapshots.self, Restore.self, Clone.self, Migrate.self, MigrateReceive.self, Upgrade.self, Events.self])
 }
 
 struct CommonOptions: ParsableArguments {
@@ -156,23 +156,48 @@ struct Inspect: ParsableCommand {
 }
 
 struct ActionCommand {
-    static func run(_ options: CommonOptions, _ name: String, _ action: String, body: [UInt8]? = nil) throws {
+    /// POSTs the action; with `--wait`, then polls until the VM reaches what `target` says (told
+    /// the VM as it was before, for its PID and stop timeout).
+    static func run(_ options: CommonOptions, _ name: String, _ action: String, body: [UInt8]? = nil,
+                    wait: WaitOptions? = nil, target: (VMDetail) -> WaitTarget = { _ in .running }) throws {
+        var before: VMDetail?
+        if wait?.wait == true { before = try options.fetch("GET", "/v1/vms/\(pathComponent(name))", as: VMDetail.self).0 }
         try options.call("POST", "/v1/vms/\(pathComponent(name))/\(action)", body: body, as: ActionResult.self) { r in
             print("\(r.name): \(r.message) [\(r.state.rawValue)]")
         }
+        guard let wait, let before else { return }
+        let goal = target(before)
+        var seconds = wait.timeout ?? 120
+        if case .stopped = goal, wait.timeout == nil { seconds = max(seconds, before.stopTimeoutSeconds + 15) }
+        try goal.await(options, name, seconds: seconds)
     }
 }
 
-/// `start`, `reboot`, `pause` and `resume`: a bodiless POST to /v1/vms/NAME/ACTION, one command
-/// told apart only by its action's name and help text (`stop` has its `--force`).
+/// `pause` and `resume`: a bodiless POST to /v1/vms/NAME/ACTION, one command told apart only by
+/// its action's name and help text.
 protocol PlainAction {
     static var name: String { get }
     static var abstract: String { get }
 }
 
-enum StartAction: PlainAction { static let name = "start", abstract = "Start a VM." }
-enum RebootAction: PlainAction {
-    static let name = "reboot", abstract = "Reset a VM: its VMM is stopped and started again (with a pending definition change applied)."
+/// `start`, `reboot` and `reset`: the same, with `--wait` for the VM to run (again).
+protocol WaitingAction: PlainAction {
+    static func target(_ before: VMDetail) -> WaitTarget
+}
+
+enum StartAction: WaitingAction {
+    static let name = "start", abstract = "Start a VM."
+    static func target(_ before: VMDetail) -> WaitTarget { .running }
+}
+enum RebootAction: WaitingAction {
+    static let name = "reboot"
+    static let abstract = "Reboot a VM gracefully: Ctrl-Alt-Del to the guest, and once it has shut down (hard stop after its stop timeout) a new VMM with the current definition."
+    static func target(_ before: VMDetail) -> WaitTarget { .restarted(oldPID: before.summary.pid) }
+}
+enum ResetAction: WaitingAction {
+    static let name = "reset"
+    static let abstract = "Reset a VM hard: its VMM is stopped at once (SIGTERM) and a new one started with the current definition."
+    static func target(_ before: VMDetail) -> WaitTarget { .restarted(oldPID: before.summary.pid) }
 }
 enum PauseAction: PlainAction { static let name = "pause", abstract = "Pause a VM (its VMM process is stopped with SIGSTOP)." }
 enum ResumeAction: PlainAction { static let name = "resume", abstract = "Resume a paused VM." }
@@ -184,8 +209,17 @@ struct PlainActionCommand<Action: PlainAction>: ParsableCommand {
     func run() throws { try ActionCommand.run(options, vm.name, Action.name) }
 }
 
-typealias Start = PlainActionCommand<StartAction>
-typealias Reboot = PlainActionCommand<RebootAction>
+struct WaitingActionCommand<Action: WaitingAction>: ParsableCommand {
+    static var configuration: CommandConfiguration { CommandConfiguration(commandName: Action.name, abstract: Action.abstract) }
+    @OptionGroup var options: CommonOptions
+    @OptionGroup var vm: NameArgument
+    @OptionGroup var wait: WaitOptions
+    func run() throws { try ActionCommand.run(options, vm.name, Action.name, wait: wait, target: Action.target) }
+}
+
+typealias Start = WaitingActionCommand<StartAction>
+typealias Reboot = WaitingActionCommand<RebootAction>
+typealias Reset = WaitingActionCommand<ResetAction>
 typealias Pause = PlainActionCommand<PauseAction>
 typealias Resume = PlainActionCommand<ResumeAction>
 
@@ -195,7 +229,10 @@ struct Stop: ParsableCommand {
     @OptionGroup var vm: NameArgument
     @Flag(help: "Stop at once (the VMM stops the vCPUs) instead of asking the guest.")
     var force = false
-    func run() throws { try ActionCommand.run(options, vm.name, "stop", body: Array("{\"force\":\(force)}".utf8)) }
+    @OptionGroup var wait: WaitOptions
+    func run() throws {
+        try ActionCommand.run(options, vm.name, "stop", body: Array("{\"force\":\(force)}".utf8), wait: wait) { _ in .stopped }
+    }
 }
 
 struct Validate: ParsableCommand {

@@ -38,6 +38,23 @@ actor FakeControl: VMControl {
     func start(_ name: String) throws(ControlError) -> ActionResult { try act("start", name, requires: .stopped, to: .running) }
     func stop(_ name: String, force: Bool) throws(ControlError) -> ActionResult { try act(force ? "stop-force" : "stop", name, requires: .running, to: .stopping) }
     func reboot(_ name: String) throws(ControlError) -> ActionResult { try act("reboot", name, requires: .running, to: .running) }
+    func reset(_ name: String) throws(ControlError) -> ActionResult { try act("reset", name, requires: .running, to: .running) }
+    /// The VM's definition goes (a follower of its events is then refused).
+    func remove(_ name: String) { vms[name] = nil }
+    /// The events the tests add; a wait answers at once (tests add what a follower should see first).
+    var eventLog = EventLog(capacity: 4)
+    func addEvent(_ kind: String, vm: String) {
+        eventLog.append(time: 1000, kind: kind, vm: vm, pid: 42, state: .running, message: "VM \(vm): \(kind)", reason: nil, fields: [:])
+    }
+    func events(after: UInt64?, vm: String?, waitSeconds: Int) async throws(ControlError) -> EventBatch {
+        calls.append("events after=\(after.map(String.init) ?? "now") vm=\(vm ?? "*") wait=\(waitSeconds)")
+        if let vm, vms[vm] == nil { throw .notFound("no VM named \"\(vm)\"") }
+        // Two at a time: the router must ask again while the daemon says there is more.
+        let batch = eventLog.after(after ?? eventLog.lastSeq, vm: vm, limit: 2)
+        // A long poll with nothing to say takes a moment, as the daemon's would (up to its wait).
+        if batch.events.isEmpty && waitSeconds > 0 { try? await Task.sleep(for: .milliseconds(50)) }
+        return batch
+    }
     func pause(_ name: String) throws(ControlError) -> ActionResult { try act("pause", name, requires: .running, to: .paused) }
     func resume(_ name: String) throws(ControlError) -> ActionResult {
         calls.append("resume \(name)")
@@ -341,18 +358,18 @@ extension FakeControl {
         let yaml = try String(contentsOf: root.appendingPathComponent("docs/api.yaml"), encoding: .utf8)
         let documented = Set(yaml.split(separator: "\n").filter { $0.hasPrefix("  /v1/") }.map { String($0.dropFirst(2).dropLast()) })
         let routes: Set<String> = ["/v1/daemon", "/v1/vms", "/v1/vms/{name}", "/v1/vms/{name}/start", "/v1/vms/{name}/stop",
-                                   "/v1/vms/{name}/reboot", "/v1/vms/{name}/pause", "/v1/vms/{name}/resume", "/v1/validate", "/v1/reload",
+                                   "/v1/vms/{name}/reboot", "/v1/vms/{name}/reset", "/v1/vms/{name}/pause", "/v1/vms/{name}/resume", "/v1/validate", "/v1/reload",
                                    "/v1/rt-check", "/v1/vms/{name}/rt-check", "/v1/vms/{name}/latency", "/v1/guests/shutdown", "/v1/guests/start",
                                    "/v1/vms/{name}/snapshot", "/v1/vms/{name}/clone", "/v1/snapshots", "/v1/snapshots/restore",
                                    "/v1/vms/{name}/migrate", "/v1/migrations/incoming", "/v1/migrations/incoming/{id}", "/v1/vms/{name}/upgrade",
-                                   "/v1/vms/{name}/migration"]
+                                   "/v1/vms/{name}/migration", "/v1/events"]
         #expect(documented == routes)
         // And the router answers each of them (not 404).
         let router = APIRouter(control: FakeControl())
         for route in routes {
             let path = route.replacingOccurrences(of: "{name}", with: "web").replacingOccurrences(of: "{id}", with: "1")
             let method = ["/v1/daemon", "/v1/vms", "/v1/vms/web", "/v1/rt-check", "/v1/vms/web/rt-check", "/v1/vms/web/latency", "/v1/snapshots",
-                          "/v1/migrations/incoming/1", "/v1/vms/web/migration"].contains(path) ? "GET" : "POST"
+                          "/v1/migrations/incoming/1", "/v1/vms/web/migration", "/v1/events"].contains(path) ? "GET" : "POST"
             let bodies = ["/v1/validate": "{\"definition\": \"{}\"}", "/v1/vms/web/clone": "{\"count\": 1}", "/v1/snapshots/restore": "{\"directory\": \"/s\", \"name\": \"new\"}",
                           "/v1/vms/web/migrate": "{\"address\": \"unix:/x\"}", "/v1/migrations/incoming": "{\"listen\": \"tcp:0.0.0.0:7010\"}"]
             let body = Array((bodies[path] ?? "").utf8)

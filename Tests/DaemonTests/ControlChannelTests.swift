@@ -32,6 +32,11 @@ import Glibc
         APIRequest(method: "POST", target: "/v1/vms/db/pause"),
         APIRequest(method: "POST", target: "/v1/vms/web/resume"),
         APIRequest(method: "POST", target: "/v1/vms/web/reboot"),
+        APIRequest(method: "POST", target: "/v1/vms/web/reset"),
+        // The event stream's one-shot form and its long poll's errors cross the socket too.
+        APIRequest(method: "GET", target: "/v1/events"),
+        APIRequest(method: "GET", target: "/v1/events?since=0&vm=web"),
+        APIRequest(method: "GET", target: "/v1/events?vm=ghost"),
         APIRequest(method: "POST", target: "/v1/reload"),
         APIRequest(method: "POST", target: "/v1/validate", body: Array(#"{"definition": "{\"name\": \"a b\"}"}"#.utf8)),
         APIRequest(method: "GET", target: "/v1/rt-check"),
@@ -211,6 +216,8 @@ struct SlowControl: VMControl {
     func start(_ name: String) async throws(ControlError) -> ActionResult { throw .failed("no") }
     func stop(_ name: String, force: Bool) async throws(ControlError) -> ActionResult { throw .failed("no") }
     func reboot(_ name: String) async throws(ControlError) -> ActionResult { throw .failed("no") }
+    func reset(_ name: String) async throws(ControlError) -> ActionResult { throw .failed("no") }
+    func events(after: UInt64?, vm: String?, waitSeconds: Int) async throws(ControlError) -> EventBatch { throw .failed("no") }
     func pause(_ name: String) async throws(ControlError) -> ActionResult { throw .failed("no") }
     func resume(_ name: String) async throws(ControlError) -> ActionResult { throw .failed("no") }
     func validate(_ request: ValidateRequest) async throws(ControlError) -> ValidateResult { throw .failed("no") }

@@ -80,19 +80,31 @@ struct VMLifecycleMatrixTests {
         }
     }
 
-    @Test("reboot", arguments: Situation.allCases)
-    func reboot(_ s: Situation) {
+    /// `reboot` asks the guest (like a graceful stop), `reset` stops the VMM at once; both start a
+    /// new VMM when the old one has ended, and both start a VM that is not running.
+    @Test("reboot (graceful) and reset (hard)", arguments: Situation.allCases, [false, true])
+    func reboot(_ s: Situation, hard: Bool) {
         var vm = s.make()
-        let effects = vm.on(.rebootRequested)
+        let effects = vm.on(hard ? .resetRequested : .rebootRequested)
         switch s {
         case .running, .paused:
-            check(vm, effects, .stoppingForReboot,
-                  Self.hardStop + ["reply reboot stopping: resetting: the VMM is stopped and started again with the current definition"])
+            check(vm, effects, .stoppingForReboot, hard
+                  ? Self.hardStop + ["reply reset stopping: resetting: the VMM is stopped and started again with the current definition"]
+                  : Self.gracefulStop + ["reply reboot stopping: asked the guest to shut down (Ctrl-Alt-Del); started again with the current definition once it has (hard stop after 30 s)"])
         case .stopping, .stoppingForReboot, .stoppingForRemoval: check(vm, effects, s, ["refuse conflict: VM web is stopping"])
-        // Nothing to reset: a start (whose reply comes with the spawn's result).
+        // Nothing to reboot: a start (whose reply comes with the spawn's result).
         case .stopped, .failed, .restarting: check(vm, effects, .starting, ["spawn (start requested)"])
         case .starting: check(vm, effects, .starting, ["refuse conflict: VM web is stopped"])
         }
+    }
+
+    @Test func aGracefulRebootStartsTheVMAgainOnceTheGuestHasPoweredOff() {
+        var vm = Situation.running.make()
+        vm.on(.rebootRequested)
+        let off = VMMExitReport(status: VMMExitStatus(code: 0), reason: "guest powered off")
+        let effects = vm.on(.processExited(pid: 100, outcome: .exited(0), statusFile: off))
+        #expect(effects.contains("journal vm-stopped notice: VM web rebooting on request: exit status 0: guest powered off"), "\(effects)")
+        #expect(effects.contains("spawn (reboot requested)"))
     }
 
     @Test("pause and its result", arguments: Situation.allCases)

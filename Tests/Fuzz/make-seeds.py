@@ -114,7 +114,8 @@ valid = json.dumps({"definition": json.dumps(defs["hello"]), "file": "hello.json
 api = {
     "daemon": G + b"/v1/daemon", "list": G + b"/v1/vms", "inspect": G + b"/v1/vms/web", "inspect-missing": G + b"/v1/vms/nope",
     "start": P + b"/v1/vms/db/start", "stop-query": P + b"/v1/vms/web/stop?force=true&x=1",
-    "stop-body": P + b"/v1/vms/web/stop\n{\"force\": true}", "reboot": P + b"/v1/vms/web/reboot", "pause": P + b"/v1/vms/web/pause",
+    "stop-body": P + b"/v1/vms/web/stop\n{\"force\": true}", "reboot": P + b"/v1/vms/web/reboot", "reset": P + b"/v1/vms/web/reset",
+    "events": G + b"/v1/events?since=0&vm=web", "events-follow": G + b"/v1/events?follow=1", "pause": P + b"/v1/vms/web/pause",
     "resume": P + b"/v1/vms/web/resume", "reload": P + b"/v1/reload", "rt-check": G + b"/v1/rt-check",
     "rt-check-vm": G + b"/v1/vms/web/rt-check", "latency": G + b"/v1/vms/web/latency",
     "validate": P + b"/v1/validate\n" + valid,
