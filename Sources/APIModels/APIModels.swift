@@ -53,18 +53,21 @@ public struct VMSummary: Codable, Sendable, Equatable {
     /// Unix time of the last state change.
     public var since: Double
     public var lastExit: ExitInfo?
+    /// Unix time the running VMM's guest wrote the boot marker (the `vm-guest-ready` event); nil
+    /// before, for a guest that never writes it, and for a VMM this rtvisord re-adopted.
+    public var guestReadyAt: Double?
 
     public init(name: String, state: VMStateName, pid: Int32?, autostart: Bool, restartPolicy: String, restarts: Int,
-                pendingChange: Bool, definitionFile: String, since: Double, lastExit: ExitInfo?) {
+                pendingChange: Bool, definitionFile: String, since: Double, lastExit: ExitInfo?, guestReadyAt: Double? = nil) {
         self.name = name; self.state = state; self.pid = pid; self.autostart = autostart
         self.restartPolicy = restartPolicy; self.restarts = restarts; self.pendingChange = pendingChange
-        self.definitionFile = definitionFile; self.since = since; self.lastExit = lastExit
+        self.definitionFile = definitionFile; self.since = since; self.lastExit = lastExit; self.guestReadyAt = guestReadyAt
     }
 
     enum CodingKeys: String, CodingKey {
         case name, state, pid, autostart, restarts, since
         case restartPolicy = "restart_policy", pendingChange = "pending_change"
-        case definitionFile = "definition_file", lastExit = "last_exit"
+        case definitionFile = "definition_file", lastExit = "last_exit", guestReadyAt = "guest_ready_at"
     }
 }
 

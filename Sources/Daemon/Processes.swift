@@ -137,11 +137,27 @@ public enum Processes {
 
     /// Blocks until `pid` ends. Children are reaped and their status returned; for other
     /// processes (re-adopted after a daemon restart) the status is not available here.
-    public static func waitForExit(pid: pid_t, isChild: Bool) -> ExitOutcome {
+    /// `notices`: the VMM's notice socket (closed here), each message handed to `onNotice` while
+    /// the process runs.
+    public static func waitForExit(pid: pid_t, isChild: Bool, notices: Int32? = nil,
+                                   onNotice: (VMMNotice) -> Void = { _ in }) -> ExitOutcome {
         let fd = cdaemon_pidfd_open(pid)
+        var noticeFD = notices ?? -1
+        defer { if noticeFD >= 0 { close(noticeFD) } }
         if fd >= 0 {
-            var p = pollfd(fd: fd, events: Int16(POLLIN), revents: 0)
-            _ = try? retryInterrupted { poll(&p, 1, -1) }
+            // A VMM that closed its end (or a message that cannot be read) leaves the pidfd alone.
+            while true {
+                var p = [pollfd(fd: fd, events: Int16(POLLIN), revents: 0), pollfd(fd: noticeFD, events: Int16(POLLIN), revents: 0)]
+                _ = try? retryInterrupted { poll(&p, noticeFD >= 0 ? 2 : 1, -1) }
+                if p[0].revents != 0 { break }
+                guard noticeFD >= 0, p[1].revents != 0 else { continue }
+                if let message = receiveNotice(noticeFD) {
+                    if let notice = VMMNotice(decoding: message) { onNotice(notice) }
+                } else {
+                    close(noticeFD)
+                    noticeFD = -1
+                }
+            }
             close(fd)
         } else if !isChild {
             // No pidfd (kernel < 5.3): poll for the pid.
@@ -152,5 +168,17 @@ public enum Processes {
         guard (try? retryInterrupted { waitpid(pid, &status, 0) }) != nil else { return .unknown }
         if status & 0x7f == 0 { return .exited((status >> 8) & 0xff) }
         return .signaled(status & 0x7f)
+    }
+
+    /// One message of a notice socket (empty: none after all); nil when the VMM closed its end or the read failed.
+    static func receiveNotice(_ fd: Int32) -> [UInt8]? {
+        var buffer = [UInt8](repeating: 0, count: VMMNotice.maximumSize)
+        do {
+            let n = try retryInterrupted { buffer.withUnsafeMutableBytes { recv(fd, $0.baseAddress, $0.count, Int32(MSG_DONTWAIT)) } }
+            return n > 0 ? Array(buffer[0..<n]) : nil
+        } catch {
+            // Woken without a message after all: nothing to read yet, the socket stays.
+            return error == .resourceTemporarilyUnavailable ? [] : nil
+        }
     }
 }

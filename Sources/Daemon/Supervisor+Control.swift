@@ -9,7 +9,8 @@ extension Supervisor {
     func summary(_ r: Record) -> VMSummary {
         VMSummary(name: r.loaded.name, state: r.state, pid: r.pid, autostart: r.loaded.definition.daemon.autostart,
                   restartPolicy: r.loaded.definition.daemon.restart.policy.rawValue, restarts: r.lifecycle.restarts, pendingChange: r.pending,
-                  definitionFile: r.loaded.file, since: r.lifecycle.since, lastExit: r.lifecycle.lastExit)
+                  definitionFile: r.loaded.file, since: r.lifecycle.since, lastExit: r.lifecycle.lastExit,
+                  guestReadyAt: r.pid.flatMap { guestReadyAt[$0] })
     }
 
     public func list() -> VMList {

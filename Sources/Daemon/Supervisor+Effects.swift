@@ -15,7 +15,7 @@ extension Supervisor {
         case let .spawn(reason):
             return feed(name, spawnVMM(name, why: reason))
         case let .watch(pid, isChild):
-            watch(name: name, pid: pid, isChild: isChild)
+            watch(name: name, pid: pid, isChild: isChild, notices: noticeSockets.removeValue(forKey: pid))
         case let .signal(pid, signal):
             Processes.signal(pid, signal.number)
         case let .wakeIfStopped(pid):
@@ -113,16 +113,24 @@ extension Supervisor {
         if case let .incomingMigration(source) = why { incoming = source }
         // A socket file left by an earlier VMM of this VM must not answer for the new one.
         try? FileManager.default.removeItem(atPath: paths.controlSocket(name))
+        // The VMM's notices (guest ready, partition applied) come on a socket pair: the VMM's
+        // end is passed after an incoming migration's stream, ours is read by `watch`.
+        let notices = NoticeSocketPair()
+        var passing = incoming.map { [$0.socket] } ?? []
+        let noticeDescriptor = notices.map { p -> Int32 in passing.append(p.vmmEnd); return Int32(2 + passing.count) }
         let pid: pid_t
         do {
-            pid = try Processes.spawnVMM(executable: paths.vmm, environment: environment, cgroup: cgroup,
-                                         passing: incoming.map { [$0.socket] } ?? []) { joinItself in
-                paths.vmmLaunch(name, baseDirectory: r.loaded.directory, cgroup: joinItself ? cgroup : nil, latencyProbe: latencyProbe,
-                                realtime: definition.realtime != nil, restore: restore, incoming: incoming).arguments
+            pid = try Processes.spawnVMM(executable: paths.vmm, environment: environment, cgroup: cgroup, passing: passing) { joinItself in
+                var launch = paths.vmmLaunch(name, baseDirectory: r.loaded.directory, cgroup: joinItself ? cgroup : nil, latencyProbe: latencyProbe,
+                                             realtime: definition.realtime != nil, restore: restore, incoming: incoming)
+                launch.noticeDescriptor = noticeDescriptor
+                return launch.arguments
             }
         } catch {
+            notices?.closeBoth()
             return .spawnFailed(reason: "\(error)")
         }
+        if let notices { noticeSockets[pid] = notices.keepDaemonEnd() }
         return .processSpawned(VMProcess(pid: pid, startTime: Processes.startTime(of: pid) ?? 0, definition: r.loaded.definition), cgroup: cgroup)
     }
 
@@ -135,9 +143,12 @@ extension Supervisor {
         }
     }
 
-    nonisolated func watch(name: String, pid: pid_t, isChild: Bool) {
+    /// Waits for the VMM to end on a thread of its own, passing on its notices meanwhile.
+    nonisolated func watch(name: String, pid: pid_t, isChild: Bool, notices: Int32? = nil) {
         let thread = Thread { [self] in
-            let outcome = Processes.waitForExit(pid: pid, isChild: isChild)
+            let outcome = Processes.waitForExit(pid: pid, isChild: isChild, notices: notices) { notice in
+                Task { await self.vmmNoticed(notice, name: name, pid: pid) }
+            }
             Task { await self.processEnded(name: name, pid: pid, outcome: outcome) }
         }
         thread.name = "wait-\(name)"
@@ -145,6 +156,7 @@ extension Supervisor {
     }
 
     func processEnded(name: String, pid: pid_t, outcome: ExitOutcome) {
+        guestReadyAt[pid] = nil
         feed(name, .processExited(pid: pid, outcome: outcome, statusFile: exitStatusFile(name)))
     }
 

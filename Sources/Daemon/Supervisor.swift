@@ -53,6 +53,10 @@ public actor Supervisor: VMControl {
     var eventLog = EventLog()
     var eventWaiters: [UInt64: EventWaiter] = [:]
     var nextEventWaiter: UInt64 = 1
+    /// Our ends of the notice sockets of VMMs just spawned, until their `watch` takes them.
+    var noticeSockets: [pid_t: Int32] = [:]
+    /// When each running VMM's guest signalled ready (Unix time), by PID.
+    var guestReadyAt: [pid_t: Double] = [:]
 
     /// The group that may use the API and console sockets (`rtvisor`); nil or missing: root only.
     let accessGroup: gid_t?

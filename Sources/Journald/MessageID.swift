@@ -38,6 +38,10 @@ public enum LifecycleEvent: String, CaseIterable, Sendable {
     case vmMigratedIn = "vm-migrated-in"
     /// A running VM moved to a new rtvisor-vmm on this host, the guest running on (`VM_OLD_PID`).
     case vmUpgraded = "vm-upgraded"
+    /// The guest wrote the boot marker: it is up (`VM_GUEST_READY_MS` after VM creation).
+    case vmGuestReady = "vm-guest-ready"
+    /// A real-time VM's partition is in force (`VM_REALTIME_CPUS`, `VM_REALTIME_PRIORITY`).
+    case vmRealtimeApplied = "vm-realtime-applied"
 
     public var messageID: String {
         switch self {
@@ -66,6 +70,8 @@ public enum LifecycleEvent: String, CaseIterable, Sendable {
         case .vmMigrationFailed: "87629455bfb149908eb2941b311d3c84"
         case .vmMigratedIn: "c1b917aa691b4d028bfc97684ba5594b"
         case .vmUpgraded: "3e0d6f1b8a2c4f57b9d1c7a4e6f02b35"
+        case .vmGuestReady: "d58d0dd574ad487caae95d9aed7cf71a"
+        case .vmRealtimeApplied: "65e764cb44a44bf5b5be09a41a8d5b40"
         }
     }
 }

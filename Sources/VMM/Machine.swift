@@ -32,10 +32,12 @@ public struct RunOptions: Sendable {
     /// When the guest resets, leave a real-time VM's partition in place for the next VMM of the
     /// VM, which the caller starts (`--keep-realtime-partition-on-reset`, docs/realtime.md).
     public var keepRealtimePartitionOnReset: Bool
+    /// rtvisord's notice socket (`--notice-fd`): guest ready, real-time partition applied.
+    public var notices: VMMNoticeSender?
     public init(consoleInput: Bool = true, console: ConsoleOutput = ConsoleOutput(), notifyPath: NotifyPath = .exit, latencyFile: String? = nil,
-                trace: StartupTrace = StartupTrace(enabled: false), keepRealtimePartitionOnReset: Bool = false) {
+                trace: StartupTrace = StartupTrace(enabled: false), keepRealtimePartitionOnReset: Bool = false, notices: VMMNoticeSender? = nil) {
         self.consoleInput = consoleInput; self.console = console; self.notifyPath = notifyPath; self.latencyFile = latencyFile
-        self.trace = trace; self.keepRealtimePartitionOnReset = keepRealtimePartitionOnReset
+        self.trace = trace; self.keepRealtimePartitionOnReset = keepRealtimePartitionOnReset; self.notices = notices
     }
 }
 
@@ -136,6 +138,10 @@ public final class Machine: @unchecked Sendable {
         let realtime = try MachinePhase.realtimeHostSide(def, latencyFile: options.latencyFile, logger: logger)
         trace.mark("real-time host side")
         self.realtime = realtime
+        if let rt = def.realtime {
+            options.notices?.send(.realtimeApplied(cpus: rt.cpus, priority: rt.priority,
+                                                   summary: realtime?.partition?.summary ?? "vCPUs pinned, no cpuset partition"))
+        }
         var initialized = false
         defer { if !initialized { realtime?.release() } }
         self.system = system
@@ -152,6 +158,7 @@ public final class Machine: @unchecked Sendable {
 
         let stop = self.stop
         let name = def.name
+        let notices = options.notices
         let devices = try MachinePhase.buildDevices(
             def, disks: files.disks, taps: handedOver?.taps, vm: vm, memory: memory, notifyPath: options.notifyPath, console: options.console,
             onRequest: { req in
@@ -166,6 +173,7 @@ public final class Machine: @unchecked Sendable {
                 var line = "boot marker: guest \(name) signalled ready \(Self.ms(now - createdAt)) ms after VM creation"
                 if let processStartedAt { line += ", \(Self.ms(now - processStartedAt)) ms after process start" }
                 logger.notice("\(line)")
+                notices?.send(.guestReady(millisecondsAfterVMCreation: Double(now - createdAt) / 1e6))
                 if let steps = trace.finish() { logger.notice("\(steps)") }
             },
             logger: logger)

@@ -74,6 +74,9 @@ public struct VMMLaunch: Codable, Equatable, Sendable {
     /// With `incoming`: the stream's hello and configuration were read by the caller (rtvisord),
     /// which saved the configuration (`MigrationConfig`, JSON) here; the definition is `definition`.
     public var incomingConfig: String?
+    /// An inherited SOCK_SEQPACKET socket on which the VMM sends `VMMNotice`s (rtvisord's end
+    /// reads them: guest ready, real-time partition applied).
+    public var noticeDescriptor: Int32?
 
     public init(definition: String) { self.definition = definition }
 
@@ -86,7 +89,7 @@ public struct VMMLaunch: Codable, Equatable, Sendable {
         case traceStartup = "trace-startup", traceOrigin = "trace-origin-ns"
         case keepRealtimePartitionOnReset = "keep-realtime-partition-on-reset"
         case restore, restoreMemory = "restore-memory", controlSocket = "control-socket", incoming
-        case incomingConfig = "incoming-config"
+        case incomingConfig = "incoming-config", noticeFD = "notice-fd"
         public var long: String { "--" + rawValue }
     }
 
@@ -117,6 +120,7 @@ public struct VMMLaunch: Codable, Equatable, Sendable {
         option(.controlSocket, controlSocket)
         option(.incoming, incoming)
         option(.incomingConfig, incomingConfig)
+        option(.noticeFD, noticeDescriptor.map(String.init))
         return a
     }
 
@@ -205,6 +209,9 @@ public struct VMMLaunchArguments: ParsableArguments {
     @Option(name: .customLong(VMMLaunch.Flag.incomingConfig.rawValue), help: "With --incoming and --config: the stream's hello and configuration were read by the caller, which saved the configuration (JSON) in this file.")
     public var incomingConfig: String?
 
+    @Option(name: .customLong(VMMLaunch.Flag.noticeFD.rawValue), help: "An inherited socket (SOCK_SEQPACKET) to send notices on: guest ready, real-time partition applied (rtvisord's).")
+    public var noticeFd: Int32?
+
     public mutating func validate() throws {
         if incomingConfig != nil && (incoming == nil || config == nil) { throw ValidationError("--incoming-config needs --incoming and --config") }
         if config == nil && restore == nil && incoming == nil && realtimeJanitor == nil {
@@ -240,6 +247,7 @@ public struct VMMLaunchArguments: ParsableArguments {
         l.restore = restore
         l.restoreMemory = restoreMemory
         l.controlSocket = controlSocket
+        l.noticeDescriptor = noticeFd
         return l
     }
 }

@@ -150,13 +150,15 @@ struct RtvisorVMM: ParsableCommand {
         }
         trace.mark("signals and console")
         stopForTest(at: "guest-files")
+        // Not for the real-time janitor this VMM may start: the socket is rtvisord's and ours.
+        let notices = launch.noticeDescriptor.map { fd in _ = fcntl(fd, F_SETFD, FD_CLOEXEC); return VMMNoticeSender(descriptor: fd) }
         let machine: Machine
         do {
             var tap: (@Sendable (UInt8) -> Void)? = nil
             if let server { tap = { byte in server.tap(byte) } }
             machine = try Machine(definition: definition,
                                   options: RunOptions(consoleInput: launch.consoleInput, console: ConsoleOutput(fd: consoleFD, tap: tap), notifyPath: launch.notify, latencyFile: launch.latencyFile, trace: trace,
-                                                     keepRealtimePartitionOnReset: launch.keepRealtimePartitionOnReset),
+                                                     keepRealtimePartitionOnReset: launch.keepRealtimePartitionOnReset, notices: notices),
                                   logger: logger, processStartedAt: started,
                                   start: incoming != nil ? .incoming(incoming?.handedOver)
                                       : launch.restore.map { .snapshot(SnapshotSource(directory: absolutePath($0), memory: launch.restoreMemory)) } ?? .boot)

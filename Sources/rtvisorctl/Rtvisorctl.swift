@@ -149,6 +149,7 @@ struct Inspect: ParsableCommand {
                 ("Stop timeout", "\(d.stopTimeoutSeconds) s"), ("vCPUs", String(d.vcpus)), ("Memory", "\(d.memoryMiB) MiB"),
                 ("Kernel", d.kernel), ("Initrd", d.initrd ?? "-"), ("Command line", d.cmdline),
                 ("Console", d.consoleSocket), ("Cgroup", d.cgroup ?? "-"), ("Last exit", exitText(s.lastExit)),
+                ("Guest up", s.guestReadyAt != nil ? "yes (boot marker written)" : s.pid != nil ? "not signalled" : "-"),
             ]
             for (k, v) in rows { print("\((k + ":").padded(16)) \(v)") }
         }
@@ -161,12 +162,20 @@ struct ActionCommand {
     static func run(_ options: CommonOptions, _ name: String, _ action: String, body: [UInt8]? = nil,
                     wait: WaitOptions? = nil, target: (VMDetail) -> WaitTarget = { _ in .running }) throws {
         var before: VMDetail?
-        if wait?.wait == true { before = try options.fetch("GET", "/v1/vms/\(pathComponent(name))", as: VMDetail.self).0 }
+        let waiting = wait.map { $0.wait || $0.ready } ?? false
+        if waiting { before = try options.fetch("GET", "/v1/vms/\(pathComponent(name))", as: VMDetail.self).0 }
         try options.call("POST", "/v1/vms/\(pathComponent(name))/\(action)", body: body, as: ActionResult.self) { r in
             print("\(r.name): \(r.message) [\(r.state.rawValue)]")
         }
         guard let wait, let before else { return }
-        let goal = target(before)
+        var goal = target(before)
+        if wait.ready {
+            switch goal {
+            case .running: goal = .ready(after: nil)
+            case let .restarted(old): goal = .ready(after: old)
+            case .stopped, .ready: throw ValidationError("--ready waits for a guest to come up: start, reboot and reset take it")
+            }
+        }
         var seconds = wait.timeout ?? 120
         if case .stopped = goal, wait.timeout == nil { seconds = max(seconds, before.stopTimeoutSeconds + 15) }
         try goal.await(options, name, seconds: seconds)

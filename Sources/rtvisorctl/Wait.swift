@@ -12,6 +12,8 @@ import Glibc
 struct WaitOptions: ParsableArguments {
     @Flag(help: "Return only when the VM has reached the state (running; stopped; running under a new VMM for reboot and reset); exit status 1 if it fails or times out.")
     var wait = false
+    @Flag(help: "Wait (start, reboot, reset) until the guest signalled it is up (the boot marker, which rtvisor's minimal Linux and inmates write; implies --wait).")
+    var ready = false
     @Option(help: "With --wait: give up after this many seconds (default 120; for stop, the VM's stop timeout plus 15 s if that is longer).")
     var timeout: Int?
 }
@@ -24,6 +26,8 @@ enum WaitTarget {
     case stopped
     /// Running under a VMM other than this PID (nil: the VM was not running, any VMM will do).
     case restarted(oldPID: Int32?)
+    /// Running (under a VMM other than `after`, when given) with its guest up.
+    case ready(after: Int32?)
 
     enum Verdict: Equatable { case waiting, reached, failed(String) }
 
@@ -35,6 +39,7 @@ enum WaitTarget {
         case (.stopped, _): return .waiting
         case (.running, .running): return .reached
         case let (.restarted(old), .running): return s.pid != nil && s.pid != old ? .reached : .waiting
+        case let (.ready(old), .running): return s.pid != nil && s.pid != old && s.guestReadyAt != nil ? .reached : .waiting
         case (_, .failed): return .failed("failed\(why)")
         case (_, .stopped): return .failed("stopped\(why)")
         case (_, .migrated): return .failed("migrated to another host")
@@ -47,6 +52,7 @@ enum WaitTarget {
         case .running: "running"
         case .stopped: "stopped"
         case .restarted: "running again"
+        case .ready: "its guest up"
         }
     }
 

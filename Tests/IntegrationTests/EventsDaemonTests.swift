@@ -53,18 +53,21 @@ struct EventsDaemonTests {
         kill(old, SIGKILL)
         guard D.waitFor(20, "tick restarted", { (D.runningPID("tick", env: d.env) ?? old) != old }) else { Issue.record("\(d.log)"); return }
         let new = D.runningPID("tick", env: d.env)!
-        #expect(D.waitFor(10, "the follower saw the restart") { follower.events.contains { $0["kind"] as? String == "vm-started" } })
+        // The new VMM's guest writes the boot marker at once: the VMM tells rtvisord on its notice socket.
+        #expect(D.waitFor(10, "the follower saw the restarted guest up") { follower.events.contains { $0["kind"] as? String == "vm-guest-ready" } })
         let events = follower.events
         let kinds = events.compactMap { $0["kind"] as? String }
-        #expect(kinds == ["vm-failed", "vm-restart-scheduled", "vm-started"], "\(follower.text)")
-        if kinds.count == 3 {
+        #expect(kinds == ["vm-failed", "vm-restart-scheduled", "vm-started", "vm-guest-ready"], "\(follower.text)")
+        if kinds.count == 4 {
+            #expect(events[3]["pid"] as? Int == Int(new), "ready is the new VMM's guest")
+            #expect((events[3]["fields"] as? [String: String])?["VM_GUEST_READY_MS"] != nil)
             #expect(events[0]["pid"] as? Int == Int(old))
             #expect((events[0]["reason"] as? String)?.contains("killed by signal 9") == true, "\(events[0])")
             #expect(events[1]["state"] as? String == "restarting")
             #expect((events[1]["fields"] as? [String: String])?["RESTART_DELAY_MS"] == "200")
             #expect(events[2]["pid"] as? Int == Int(new) && events[2]["state"] as? String == "running")
             let seqs = events.compactMap { $0["seq"] as? Int }
-            #expect(seqs == seqs.sorted() && Set(seqs).count == 3)
+            #expect(seqs == seqs.sorted() && Set(seqs).count == 4)
         }
         #expect(follower.process.isRunning, "still following")
         follower.process.terminate()
@@ -98,6 +101,15 @@ struct EventsDaemonTests {
         #expect(reset == 0, "\(resetOut)")
         let third = D.runningPID("calm", env: d.env)
         #expect(third != nil && third != second, "reset --wait returned before a new VMM ran")
+
+        // --ready: back only once the new VMM's guest signalled it is up.
+        let (readied, readyOut) = d.ctl(["reset", "calm", "--ready", "--timeout", "30"])
+        #expect(readied == 0, "\(readyOut)")
+        let fourth = D.runningPID("calm", env: d.env)
+        #expect(fourth != nil && fourth != third)
+        let inspect = d.ctl(["inspect", "calm", "--json"]).1
+        #expect(inspect.contains("\"guest_ready_at\""), "reset --ready returned before the guest was up: \(inspect)")
+        #expect(d.ctl(["stop", "calm", "--ready"]).0 != 0, "--ready is refused for stop")
 
         let (stopped, stopOut) = d.ctl(["stop", "calm", "--wait", "--timeout", "30"])
         #expect(stopped == 0, "\(stopOut)")

@@ -130,6 +130,12 @@ extension RealtimePartitionTests {
             #expect(ThreadScheduling.affinity(tid: tid)?.contains(Self.rtCPU) == false, "rtvisord thread \(tid) may run on the RT CPU")
         }
 
+        // Each VMM told rtvisord when its partition was in force (an adopted one too).
+        let (_, events) = DaemonProcessTests.run(ctl, ["events", "--vm", "rtz", "--json"], env: env)
+        let applied = events.split(separator: "\n").filter { $0.contains("\"kind\":\"vm-realtime-applied\"") }
+        #expect(applied.count >= seen + 2, "\(events)")
+        #expect(applied.allSatisfy { $0.contains("\"VM_REALTIME_CPUS\":\"\(Self.rtCPU)\"") }, "\(events)")
+
         let (stopStatus, stopOut) = DaemonProcessTests.run(ctl, ["stop", "rtz"], env: env)
         #expect(stopStatus == 0, "\(stopOut)")
         guard DaemonProcessTests.waitFor(20, "rtz stopped", { rtz()?["state"] as? String == "stopped" }) else { Issue.record("\(logText.suffix(3000))"); return }

@@ -28,6 +28,7 @@ import VMMInterface
         l.controlSocket = "/run/rtvisor/vms/web/control.sock"
         l.incoming = "unix:/run/rtvisor/incoming/web.sock"
         l.incomingConfig = "/run/rtvisor/incoming/web.json"
+        l.noticeDescriptor = 4
         return l
     }
 
