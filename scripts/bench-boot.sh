@@ -22,8 +22,8 @@ done
 inmates=$(scripts/build-inmates.sh | tail -n 1)
 if [ $linux = 1 ]; then guest_args=(--guest "$(scripts/build-guest-kernel.sh | tail -n 1)"); fi
 # A static executable: no shared Swift runtime to map, which is most of a VMM's resident set.
-swift build -c release --product rtvisor-vmm --scratch-path .build-static -Xswiftc -static-executable 2>&1 | grep -v '^\[' >&2
+bin_dir=$(scripts/build-static.sh | tail -n 1)
 mkdir -p build
 gcc -O2 -Wall -o build/c-exit-loop scripts/bench/c-exit-loop.c
-python3 scripts/bench/bench_boot.py --vmm .build-static/release/rtvisor-vmm --c-loop build/c-exit-loop \
+python3 scripts/bench/bench_boot.py --vmm "$bin_dir/rtvisor-vmm" --c-loop build/c-exit-loop \
 	--inmates "$inmates" "${guest_args[@]}" --out docs/benchmarks.md "${args[@]}"

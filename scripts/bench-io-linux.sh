@@ -46,16 +46,9 @@ guest=$(scripts/build-guest-kernel.sh | tail -n 1)
 initrd=$(python3 scripts/bench/bench_linux_initramfs.py --guest "$guest" --check guests/linux/bench/bench.sh | tail -n 1)/initramfs.cpio
 vmm_args=()
 if [ $need_vmm = 1 ]; then
-	build_log=$(mktemp)
-	if ! swift build -c release --product rtvisor-vmm --scratch-path .build-static -Xswiftc -static-executable >"$build_log" 2>&1; then
-		grep -v '^\[' "$build_log" >&2 || :
-		rm -f "$build_log"
-		echo "bench-io-linux: swift build failed" >&2
-		exit 1
-	fi
-	grep -v '^\[' "$build_log" >&2 || :
-	rm -f "$build_log"
-	vmm_args=(--vmm .build-static/release/rtvisor-vmm)
+	# The one static build (scripts/build-static.sh, cached outside the clone).
+	bin_dir=$(scripts/build-static.sh | tail -n 1)
+	vmm_args=(--vmm "$bin_dir/rtvisor-vmm")
 fi
 # The driver stops its VMM and iperf3 server and deletes its network namespace (and with it the
 # tap) itself; this covers the driver being killed: whatever still runs in the namespace (only

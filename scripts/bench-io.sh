@@ -13,5 +13,6 @@ for pkg in build-essential qemu-system-x86 python3 iproute2; do
 	dpkg -s "$pkg" >/dev/null 2>&1 || { apt-get update -q; apt-get install -y -q "$pkg"; }
 done
 inmates=$(scripts/build-inmates.sh | tail -n 1)
-swift build -c release --product rtvisor-vmm --scratch-path .build-static -Xswiftc -static-executable 2>&1 | grep -v '^\[' >&2
-python3 scripts/bench/bench_io.py --vmm .build-static/release/rtvisor-vmm --inmates "$inmates" --out docs/benchmarks.md "$@"
+# The one static build (scripts/build-static.sh, cached outside the clone).
+bin_dir=$(scripts/build-static.sh | tail -n 1)
+python3 scripts/bench/bench_io.py --vmm "$bin_dir/rtvisor-vmm" --inmates "$inmates" --out docs/benchmarks.md "$@"

@@ -11,6 +11,6 @@ for pkg in build-essential python3; do
 	dpkg -s "$pkg" >/dev/null 2>&1 || { apt-get update -q; apt-get install -y -q "$pkg"; }
 done
 inmates=$(scripts/build-inmates.sh | tail -n 1)
-swift build -c release --product rtvisord 2>&1 | grep -v '^\[' >&2
-swift build -c release --product rtvisor-vmm 2>&1 | grep -v '^\[' >&2
-exec python3 scripts/bench/bench_rt_start.py --bin .build/release --inmates "$inmates" "$@"
+# The one static build (scripts/build-static.sh, cached outside the clone).
+bin_dir=$(scripts/build-static.sh | tail -n 1)
+exec python3 scripts/bench/bench_rt_start.py --bin "$bin_dir" --inmates "$inmates" "$@"
