@@ -19,7 +19,7 @@ import SandboxMode
     }
 
     static func examples() -> [String] {
-        ["examples/hello.json", "examples/inmate-smp.json", "examples/daemon/example.json"].map { repository + "/" + $0 }
+        ["examples/hello.json", "examples/inmate-smp.json", "examples/bridge.json", "examples/daemon/example.json"].map { repository + "/" + $0 }
     }
 
     /// Files are not looked at: the corpus names paths that exist nowhere.
