@@ -111,4 +111,20 @@ struct BridgeNetTests {
             #expect(ns.attribute("rtv-nobr-0", "mtu") == nil, "the tap outlived its VMM")
         }
     }
+
+    /// Under rtvisord (in the host's namespace): the VM fails to start, and its last exit (what
+    /// `rtvisorctl list`/`show` and the journal report) is the VMM's reason, naming the field.
+    @Test func underTheDaemonAMissingBridgeIsTheStartsError() throws {
+        let bridge = "rtv-nobr\(getpid() % 100_000)"
+        let def = VMM.definition(name: "nobridge", kernel: try Env.inmate("idle"), memoryMiB: 16, cmdline: "idle.heartbeat=0",
+                                 extra: "\"nets\": [{\"bridge\": \"\(bridge)\"}]")
+        let d = try SnapshotDaemonTests.Daemon(definitions: [("nobridge", def)])
+        defer { d.stop() }
+        #expect(DaemonProcessTests.waitFor(10, "daemon answers") { d.state("nobridge") == "stopped" })
+        _ = d.ctl(["start", "nobridge"])
+        #expect(DaemonProcessTests.waitFor(30, "the start failed") { d.state("nobridge") == "failed" }, "\(d.log)")
+        let exit = d.vm("nobridge")?["last_exit"] as? [String: Any]
+        #expect(exit?["status"] as? Int == 1)
+        #expect((exit?["reason"] as? String)?.contains("$.nets[0].bridge: \(bridge): no such bridge") == true, "\(exit ?? [:])\n\(d.log)")
+    }
 }
