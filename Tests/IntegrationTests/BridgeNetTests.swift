@@ -1,5 +1,6 @@
 import Foundation
 import Testing
+import VMMInterface
 
 /// A network namespace with a Linux bridge in it (made with `ip link add … type bridge`: test
 /// setup only; the VMM itself uses rtnetlink), for VMs whose `nets` name the bridge. Deleting the
@@ -46,6 +47,58 @@ struct BridgeNamespace {
     }
 
     func delete() { _ = try? EchoNamespace.sh([Self.ip, "netns", "del", name]) }
+}
+
+/// A reflector guest on `from`'s bridge (with a control socket) and an `--incoming` VMM in `to`
+/// waiting for it: the two moves of a bridged VM, a same-host upgrade (one namespace, the tap
+/// adopted) and a migration (another namespace: another host with its own bridge, its own tap).
+/// An echo guest on the bridge reaches the reflector before the move and after it.
+struct BridgedMove {
+    static let reflectorMAC = "02:00:00:aa:bd:02"
+    let name: String
+    /// The reflector's definition, control socket and `--incoming` address, its two VMMs.
+    let pair: MigrationTests.Pair
+    let echoDefinition: String
+    var source: RunningVMM { pair.source }
+    var target: RunningVMM { pair.target }
+
+    init(name: String, from: BridgeNamespace, to: BridgeNamespace) throws {
+        let inmate = try Env.inmate("virtio-net")
+        let dir = try VMM.tempDir()
+        self.name = name
+        // The bridge has the same name on both sides, as a migration expects.
+        let definition = try VMM.writeDefinition(VMM.definition(
+            name: name, kernel: inmate, memoryMiB: 16, cmdline: "net.mode=reflect net.frames=64 net.timeout_ms=60000",
+            extra: "\"nets\": [{\"bridge\": \"\(from.bridge)\", \"mac\": \"\(Self.reflectorMAC)\"}]"), in: dir)
+        echoDefinition = try VMM.writeDefinition(VMM.definition(
+            name: "echo", kernel: inmate, memoryMiB: 16, cmdline: "net.frames=32 net.peer=\(Self.reflectorMAC) net.timeout_ms=10000",
+            extra: "\"nets\": [{\"bridge\": \"\(from.bridge)\", \"mac\": \"02:00:00:aa:bd:01\"}]"), name: "echo.json", in: dir)
+        let control = dir.appendingPathComponent("control.sock").path
+        let incoming = "unix:" + dir.appendingPathComponent("incoming.sock").path
+        pair = MigrationTests.Pair(
+            dir: dir, definition: definition, control: control, incoming: incoming,
+            source: try RunningVMM(arguments: ["--config", definition, "--control-socket", control], prefix: from.prefix),
+            target: try RunningVMM(arguments: ["--incoming", incoming], prefix: to.prefix))
+        #expect(source.waitForConsole(timeout: 60) { $0.contains("virtio-net: reflecting") }, "console: \(source.console)\nstderr: \(source.stderr)")
+    }
+
+    /// 32 frames from an echo guest on `ns`'s bridge, every one answered by the reflector.
+    func exchange(in ns: BridgeNamespace) {
+        do {
+            let r = try VMM.run(config: echoDefinition, timeout: 60, prefix: ns.prefix)
+            #expect(r.console.contains("INMATE virtio-net OK: sent 32 received 32"), "console: \(r.console)\nstderr: \(r.stderr)")
+        } catch { Issue.record("echo guest: \(error)") }
+    }
+
+    /// Once moved: the source ended as migrated, the reflector's tap is a port of `ns`'s bridge,
+    /// and it answers a second exchange there before it ends.
+    func finish(in ns: BridgeNamespace) {
+        #expect(source.waitForExit(timeout: 30) == VMMExitStatus.migrated.code, "source: \(source.stderr)")
+        #expect(ns.master(of: "rtv-\(name)-0") == ns.bridge, "the tap is not on the bridge: \(target.stderr)")
+        exchange(in: ns)
+        #expect(target.waitForExit(timeout: 60) == 0, "console: \(target.console)\nstderr: \(target.stderr)")
+        #expect(target.console.contains("INMATE virtio-net OK: reflected 64"), "console: \(target.console)")
+    }
 }
 
 /// Issue 21: VMs on a host bridge. Two net inmates on one bridge exchange frames through their
@@ -126,5 +179,23 @@ struct BridgeNetTests {
         let exit = d.vm("nobridge")?["last_exit"] as? [String: Any]
         #expect(exit?["status"] as? Int == 1)
         #expect((exit?["reason"] as? String)?.contains("$.nets[0].bridge: \(bridge): no such bridge") == true, "\(exit ?? [:])\n\(d.log)")
+    }
+
+    /// A migration to another host (another network namespace with its own bridge of the same
+    /// name): the target VMM creates its own tap there and puts it on that bridge.
+    @Test func aGuestOnABridgeMigratesOntoTheOtherHostsBridge() throws {
+        let hostA = try BridgeNamespace(bridgeMTU: 1500)
+        defer { hostA.delete() }
+        let hostB = try BridgeNamespace(bridgeMTU: 1500)
+        defer { hostB.delete() }
+        let move = try BridgedMove(name: "reflmig", from: hostA, to: hostB)
+        move.exchange(in: hostA)
+        let stream = try MigrationTests().connectIncoming(move.pair.incoming)
+        defer { try? stream.close() }
+        let bytes = try [UInt8](Data(contentsOf: URL(fileURLWithPath: move.pair.definition)))
+        let reply = try ControlClient.connect(move.pair.control).call(.migrate(MigrationRequest(definitionJSON: bytes)), files: [stream])
+        guard case .migrated = reply else { throw SnapshotTestError("migrate: \(reply)\nsource: \(move.source.stderr)\ntarget: \(move.target.stderr)") }
+        move.finish(in: hostB)
+        #expect(hostA.attribute("rtv-reflmig-0", "mtu") == nil, "the source's tap outlived it")
     }
 }

@@ -88,31 +88,11 @@ struct UpgradeTests {
     func aGuestOnABridgeKeepsItsPortAcrossAnUpgrade() throws {
         let ns = try BridgeNamespace(bridgeMTU: 1500)
         defer { ns.delete() }
-        let inmate = try Env.inmate("virtio-net")
-        let dir = try VMM.tempDir()
-        let reflectorMAC = "02:00:00:aa:bd:02"
-        let def = VMM.definition(name: "reflup", kernel: inmate, memoryMiB: 16, cmdline: "net.mode=reflect net.frames=64 net.timeout_ms=60000",
-                                 extra: "\"nets\": [{\"bridge\": \"\(ns.bridge)\", \"mac\": \"\(reflectorMAC)\"}]")
-        let path = try VMM.writeDefinition(def, in: dir)
-        let control = dir.appendingPathComponent("control.sock").path
-        let incoming = "unix:" + dir.appendingPathComponent("incoming.sock").path
-        let source = try RunningVMM(arguments: ["--config", path, "--control-socket", control], prefix: ns.prefix)
-        let target = try RunningVMM(arguments: ["--incoming", incoming], prefix: ns.prefix)
-        #expect(source.waitForConsole(timeout: 60) { $0.contains("virtio-net: reflecting") }, "console: \(source.console)\nstderr: \(source.stderr)")
-        let echo = VMM.definition(name: "echoup", kernel: inmate, memoryMiB: 16, cmdline: "net.frames=32 net.peer=\(reflectorMAC) net.timeout_ms=10000",
-                                  extra: "\"nets\": [{\"bridge\": \"\(ns.bridge)\", \"mac\": \"02:00:00:aa:bd:01\"}]")
-        let echoPath = try VMM.writeDefinition(echo, name: "echo.json", in: dir)
-        let before = try VMM.run(config: echoPath, timeout: 60, prefix: ns.prefix)
-        #expect(before.console.contains("INMATE virtio-net OK: sent 32 received 32"), "console: \(before.console)\nstderr: \(before.stderr)")
-
-        let reply = try handOver(control: control, definition: path, incoming: incoming)
-        guard case .migrated = reply else { throw SnapshotTestError("upgrade: \(reply)\nsource: \(source.stderr)\ntarget: \(target.stderr)") }
-        #expect(source.waitForExit(timeout: 30) == VMMExitStatus.migrated.code)
-        #expect(ns.master(of: "rtv-reflup-0") == ns.bridge, "the adopted tap left the bridge")
-        let after = try VMM.run(config: echoPath, timeout: 60, prefix: ns.prefix)
-        #expect(after.console.contains("INMATE virtio-net OK: sent 32 received 32"), "console: \(after.console)\nstderr: \(after.stderr)")
-        #expect(target.waitForExit(timeout: 60) == 0, "console: \(target.console)\nstderr: \(target.stderr)")
-        #expect(target.console.contains("INMATE virtio-net OK: reflected 64"), "console: \(target.console)")
+        let move = try BridgedMove(name: "reflup", from: ns, to: ns)
+        move.exchange(in: ns)
+        let reply = try handOver(control: move.pair.control, definition: move.pair.definition, incoming: move.pair.incoming)
+        guard case .migrated = reply else { throw SnapshotTestError("upgrade: \(reply)\nsource: \(move.source.stderr)\ntarget: \(move.target.stderr)") }
+        move.finish(in: ns)
     }
 
     /// A VM restored from a snapshot by mapping its memory file (copy-on-write, no memfd) still
