@@ -48,6 +48,8 @@ let package = Package(
         .target(name: "VirtioBlock", dependencies: ["Virtio", "Memory", "Posix", "CLinux", .product(name: "SystemPackage", package: "swift-system")]),
         // virtio-net over a TAP interface, with its receive thread.
         .target(name: "VirtioNet", dependencies: ["Virtio", "Memory", "Posix", "CLinux", .product(name: "SystemPackage", package: "swift-system")]),
+        // The host's interfaces over rtnetlink: a VM's tap on a bridge, its MTU.
+        .target(name: "HostNetwork", dependencies: ["CLinux", "Posix"]),
         // PCI root bus (configuration mechanism #1, BAR window), MSI-X, and the virtio-pci transport.
         .target(name: "PCI", dependencies: ["Devices", "Virtio", "Memory"]),
         // VFIO passthrough: container/group/device handling behind a mockable kernel seam, host
@@ -81,7 +83,7 @@ let package = Package(
         ]),
         // Wires one VM: memory, vCPU threads, devices, lifecycle.
         .target(name: "VMM", dependencies: [
-            "CKVM", "KVM", "Memory", "Arch", "Boot", "Devices", "Config", "Posix", "Virtio", "VirtioBlock", "VirtioNet", "PCI", "Realtime", "VMMInterface", "Sandbox", "VFIO",
+            "CKVM", "KVM", "Memory", "Arch", "Boot", "Devices", "Config", "Posix", "Virtio", "VirtioBlock", "VirtioNet", "HostNetwork", "PCI", "Realtime", "VMMInterface", "Sandbox", "VFIO",
             .product(name: "Histogram", package: "hdrhistogram-swift"),
             .product(name: "Logging", package: "swift-log"),
             .product(name: "SystemPackage", package: "swift-system"),
@@ -156,6 +158,7 @@ let package = Package(
         .testTarget(name: "RealtimeTests", dependencies: ["Realtime", "Posix", "TestSupport"]),
         .testTarget(name: "VirtioTests", dependencies: ["Virtio", "VirtioBlock", "VirtioNet", "Memory", "Posix", "CLinux", "TestSupport",
                                                    .product(name: "SystemPackage", package: "swift-system")]),
+        .testTarget(name: "HostNetworkTests", dependencies: ["HostNetwork", "CLinux"]),
         .testTarget(name: "VFIOTests", dependencies: ["VFIO", "PCI", "CKVM", "TestSupport", .product(name: "SystemPackage", package: "swift-system")]),
         .testTarget(name: "PCITests", dependencies: ["PCI", "Virtio", "Devices", "Memory", "Posix", "TestSupport"]),
         .testTarget(name: "KVMTests", dependencies: ["KVM", "Memory", "Arch"]),

@@ -28,7 +28,7 @@ def definitions(kind):
     return sorted(glob.glob(os.path.join(repo, "Tests/Definitions", kind, "*.json")))
 
 accepted = definitions("valid") + definitions("beyond-schema") + [
-    os.path.join(repo, p) for p in ("examples/hello.json", "examples/inmate-smp.json", "examples/daemon/example.json")]
+    os.path.join(repo, p) for p in ("examples/hello.json", "examples/inmate-smp.json", "examples/bridge.json", "examples/daemon/example.json")]
 for f in accepted:
     errors = list(validator.iter_errors(json.load(open(f))))
     if errors:

@@ -3,6 +3,11 @@
 #include <fcntl.h>
 #include <linux/falloc.h>
 #include <linux/fs.h>
+#include <linux/if_link.h>
+#include <linux/netlink.h>
+#include <linux/rtnetlink.h>
+#include <sys/socket.h>
+#include <sys/time.h>
 #include <string.h>
 #include <sys/ioctl.h>
 #include <sys/mman.h>
@@ -204,4 +209,32 @@ int clinux_memfd(const char *name, int huge_2mb)
 	if (huge_2mb)
 		flags |= MFD_HUGETLB | (21U << 26); /* MFD_HUGE_2MB */
 	return memfd_create(name, flags);
+}
+
+const uint16_t CLINUX_RTM_NEWLINK = RTM_NEWLINK, CLINUX_RTM_GETLINK = RTM_GETLINK, CLINUX_RTM_SETLINK = RTM_SETLINK,
+    CLINUX_NLMSG_ERROR = NLMSG_ERROR;
+const uint16_t CLINUX_NLM_F_REQUEST = NLM_F_REQUEST, CLINUX_NLM_F_ACK = NLM_F_ACK;
+const uint16_t CLINUX_IFLA_IFNAME = IFLA_IFNAME, CLINUX_IFLA_MTU = IFLA_MTU, CLINUX_IFLA_MASTER = IFLA_MASTER,
+    CLINUX_IFLA_LINKINFO = IFLA_LINKINFO, CLINUX_IFLA_INFO_KIND = IFLA_INFO_KIND;
+const uint32_t CLINUX_IFF_UP = IFF_UP;
+
+long clinux_netlink_route_exchange(const void *request, unsigned long len, void *reply, unsigned long max)
+{
+    int fd = socket(AF_NETLINK, SOCK_RAW | SOCK_CLOEXEC, NETLINK_ROUTE);
+    if (fd < 0) return -1;
+    struct timeval timeout = { .tv_sec = 5 };
+    struct sockaddr_nl kernel = { .nl_family = AF_NETLINK };
+    long n = -1;
+    if (setsockopt(fd, SOL_SOCKET, SO_RCVTIMEO, &timeout, sizeof timeout) != 0) goto out;
+    do n = sendto(fd, request, len, 0, (struct sockaddr *)&kernel, sizeof kernel); while (n < 0 && errno == EINTR);
+    if (n < 0) goto out;
+    if ((unsigned long)n != len) { errno = EMSGSIZE; n = -1; goto out; }
+    // MSG_TRUNC: the datagram's real length, so a reply longer than `max` is an error, not cut.
+    do n = recv(fd, reply, max, MSG_TRUNC); while (n < 0 && errno == EINTR);
+    if (n > (long)max) { errno = EMSGSIZE; n = -1; }
+out:;
+    int saved = errno;
+    close(fd);
+    errno = saved;
+    return n;
 }

@@ -24,13 +24,42 @@ public struct DiskSettings: Equatable, Sendable {
 
 /// One virtio-net interface of a definition (`nets[]`), backed by a TAP device.
 public struct NetSettings: Equatable, Sendable {
-    /// Host interface name; created if it does not exist, attached to if it does.
+    /// Host interface name; created if it does not exist, attached to if it does. With a
+    /// `bridge` and no `tap` in the definition: `bridgeTapName`.
     public var tap: String
     public var mac: [UInt8]
+    /// An existing Linux bridge the VMM makes the tap a port of (and brings the tap up on).
+    public var bridge: String?
+    /// The tap's MTU, offered to the guest too (VIRTIO_NET_F_MTU). Without it a tap on a bridge
+    /// takes the bridge's MTU and the guest keeps its default.
+    public var mtu: Int?
 
-    public static let keys: Set<String> = ["tap", "mac"]
+    public static let keys: Set<String> = ["tap", "mac", "bridge", "mtu"]
+    /// The IPv4 minimum (RFC 791) to the largest a tap takes.
+    public static let mtuRange = 68...65535
 
-    public init(tap: String, mac: [UInt8]) { self.tap = tap; self.mac = mac }
+    public init(tap: String, mac: [UInt8], bridge: String? = nil, mtu: Int? = nil) {
+        self.tap = tap; self.mac = mac; self.bridge = bridge; self.mtu = mtu
+    }
+
+    /// The tap of interface `index` on a bridge when the definition names none: `rtv-VM-INDEX`
+    /// while that fits IFNAMSIZ (15 characters), else `rtv`, 8 hex digits of the VM name's hash,
+    /// `-INDEX`. Stable, so the host's view of a VM's ports survives restarts.
+    public static func bridgeTapName(vmName: String, index: Int) -> String {
+        let readable = "rtv-\(vmName)-\(index)"
+        if readable.utf8.count <= 15 { return readable }
+        var h: UInt32 = 0x811c_9dc5 // FNV-1a 32
+        for b in vmName.utf8 { h = (h ^ UInt32(b)) &* 0x0100_0193 }
+        let hex = String(h, radix: 16)
+        return "rtv" + String(repeating: "0", count: 8 - hex.count) + hex + "-\(index)"
+    }
+
+    /// An interface name as the kernel takes it: 1–15 bytes (IFNAMSIZ with the NUL), printable
+    /// ASCII without '/', ':' or spaces, not "." or "..".
+    public static func isInterfaceName(_ s: String) -> Bool {
+        !s.isEmpty && s.utf8.count <= 15 && s != "." && s != ".."
+            && s.unicodeScalars.allSatisfy { $0.isASCII && $0.value > 0x20 && $0.value < 0x7F && $0 != "/" && $0 != ":" }
+    }
 
     /// A locally administered unicast MAC derived from the VM name and interface index, so a VM
     /// keeps its address across restarts without one in the definition.
@@ -126,17 +155,16 @@ extension Validator {
             for key in o.keys.sorted() where !NetSettings.keys.contains(key) {
                 fail("\(at).\(key)", "unknown key" + suggestion(key, NetSettings.keys))
             }
-            var tap: String? = nil
-            if let v = o["tap"] {
-                // IFNAMSIZ is 16 with the NUL; '/' and whitespace are not allowed in interface names.
-                if case let .string(s) = v, !s.isEmpty, s.utf8.count <= 15, s != ".", s != "..",
-                   s.unicodeScalars.allSatisfy({ $0.isASCII && $0.value > 0x20 && $0.value < 0x7F && $0 != "/" && $0 != ":" }) {
-                    tap = s
-                } else {
-                    fail("\(at).tap", "must be an interface name of 1–15 printable ASCII characters without '/', ':' or spaces, got \(v.kindDescription)")
-                }
-            } else {
-                fail("\(at).tap", "is required")
+            let bridge = interfaceName(o, "bridge", at: at)
+            var tap = interfaceName(o, "tap", at: at)
+            if o["tap"] == nil {
+                if o["bridge"] == nil { fail("\(at).tap", "is required (or a \"bridge\" to put an interface of its own on)") }
+                else if bridge != nil { tap = NetSettings.bridgeTapName(vmName: vmName, index: i) }
+            }
+            var mtu: Int? = nil
+            if let v = o["mtu"] {
+                if case let .integer(n) = v, let m = Int(exactly: n), NetSettings.mtuRange.contains(m) { mtu = m }
+                else { fail("\(at).mtu", "must be an integer from \(NetSettings.mtuRange.lowerBound) to \(NetSettings.mtuRange.upperBound), got \(v.kindDescription)") }
             }
             var mac = NetSettings.stableMAC(vmName: vmName, index: i)
             if let v = o["mac"] {
@@ -149,13 +177,22 @@ extension Validator {
                 }
             }
             guard let tap else { continue }
+            if tap == bridge { fail("\(at).bridge", "\"\(tap)\" is the tap itself; name the bridge the tap joins"); continue }
             if let first = taps[tap] { fail("\(at).tap", "\"\(tap)\" is already used by $.nets[\(first)]"); continue }
             if let first = macs[mac] { fail("\(at).mac", "\(NetSettings.format(mac)) is already used by $.nets[\(first)]"); continue }
             taps[tap] = i
             macs[mac] = i
-            nets.append(NetSettings(tap: tap, mac: mac))
+            nets.append(NetSettings(tap: tap, mac: mac, bridge: bridge, mtu: mtu))
         }
         return nets
+    }
+
+    /// `o[key]` when it is an interface name (a tap's, a bridge's).
+    mutating func interfaceName(_ o: [String: JSONValue], _ key: String, at: String) -> String? {
+        guard let v = o[key] else { return nil }
+        if case let .string(s) = v, NetSettings.isInterfaceName(s) { return s }
+        fail("\(at).\(key)", "must be an interface name of 1–15 printable ASCII characters without '/', ':' or spaces, got \(v.kindDescription)")
+        return nil
     }
 
     mutating func bool(_ o: [String: JSONValue], _ key: String, at: String) -> Bool? {

@@ -39,16 +39,18 @@ enum PciDevices {
         var taps: [Tap] = []
         for (i, net) in def.nets.enumerated() {
             let tap: Tap
+            var setup = ""
             if let handedTaps {
+                // Already on its bridge with its MTU: the VMM that opened it set it up.
                 tap = handedTaps[i]
                 guard net.tap.isEmpty || tap.name == net.tap else { throw VMMError.setup("$.nets[\(i)].tap: \(net.tap), but the tap handed over is \(tap.name)") }
             } else {
-                do { tap = try Tap(name: net.tap) } catch let e as TapError { throw VMMError.setup("$.nets[\(i)].tap: \(e)") }
+                (tap, setup) = try openTap(net, index: i)
             }
             taps.append(tap)
             let log = logger
-            devices.append(VirtioNet(name: "net\(i)", tap: tap, mac: net.mac, onHostError: { log.warning("\($0)") }))
-            logger.info("net\(i): tap \(tap.name), MAC \(NetSettings.format(net.mac))\(tap.supportsOffloads ? ", offloads" : "")")
+            devices.append(VirtioNet(name: "net\(i)", tap: tap, mac: net.mac, mtu: net.mtu.map(UInt16.init), onHostError: { log.warning("\($0)") }))
+            logger.info("net\(i): tap \(tap.name)\(setup), MAC \(NetSettings.format(net.mac))\(tap.supportsOffloads ? ", offloads" : "")")
         }
         var transports: [VirtioPciDevice] = []
         var interrupts: [(slot: Int, ioapicPin: UInt8)] = []

@@ -8,6 +8,7 @@ import Virtio
 public enum VirtioNetFeature {
     public static let checksum: UInt64 = 1 << 0        // device handles partial checksums (TX)
     public static let guestChecksum: UInt64 = 1 << 1   // driver handles partial checksums (RX)
+    public static let mtu: UInt64 = 1 << 3             // config space carries the host side's MTU
     public static let mac: UInt64 = 1 << 5
     public static let guestTSO4: UInt64 = 1 << 7
     public static let guestTSO6: UInt64 = 1 << 8
@@ -71,7 +72,8 @@ public final class VirtioNet: VirtioDevice {
     /// Host-side errors the guest did not cause (a failing tap), for the VMM's log.
     private let onHostError: @Sendable (String) -> Void
 
-    public init(name: String, tap: Tap, mac: [UInt8], queueSize: UInt16 = 256,
+    /// `mtu`: offered to the guest (VIRTIO_NET_F_MTU) as the largest it should send.
+    public init(name: String, tap: Tap, mac: [UInt8], mtu: UInt16? = nil, queueSize: UInt16 = 256,
                 onHostError: @escaping @Sendable (String) -> Void = { _ in }) {
         precondition(mac.count == 6)
         self.name = name
@@ -85,12 +87,14 @@ public final class VirtioNet: VirtioDevice {
                 | VirtioNetFeature.hostTSO4 | VirtioNetFeature.hostTSO6
                 | VirtioNetFeature.guestTSO4 | VirtioNetFeature.guestTSO6
         }
+        if mtu != nil { features |= VirtioNetFeature.mtu }
         availableFeatures = features
-        // struct virtio_net_config: mac[6], status, max_virtqueue_pairs (5.1.4).
-        var c = VirtioConfigSpace(size: 10)
+        // struct virtio_net_config: mac[6], status, max_virtqueue_pairs, mtu (5.1.4).
+        var c = VirtioConfigSpace(size: mtu == nil ? 10 : 12)
         for (i, b) in mac.enumerated() { c.set(b, at: i) }
         c.set(UInt16(1), at: 6)   // VIRTIO_NET_S_LINK_UP
         c.set(UInt16(1), at: 8)
+        if let mtu { c.set(mtu, at: 10) }
         config = c
     }
 

@@ -84,11 +84,36 @@ struct DeviceDefinitionTests {
             ("[{\"tap\": \"t0\"}, {\"tap\": \"t0\"}]", "$.nets[1].tap", "already used by $.nets[0]"),
             ("[{\"tap\": \"t0\", \"mac\": \"02:00:00:00:00:01\"}, {\"tap\": \"t1\", \"mac\": \"02:00:00:00:00:01\"}]", "$.nets[1].mac", "already used"),
             ("[{\"tap\": \"t0\", \"macaddr\": \"02:00:00:00:00:01\"}]", "$.nets[0].macaddr", "unknown key"),
+            ("[{\"bridge\": \"br-with-a-long-name\"}]", "$.nets[0].bridge", "1–15"),
+            ("[{\"bridge\": 7}]", "$.nets[0].bridge", "interface name"),
+            ("[{\"tap\": \"br0\", \"bridge\": \"br0\"}]", "$.nets[0].bridge", "is the tap itself"),
+            ("[{\"bridge\": \"br0\", \"mtu\": 67}]", "$.nets[0].mtu", "from 68 to 65535"),
+            ("[{\"tap\": \"t0\", \"mtu\": 65536}]", "$.nets[0].mtu", "from 68 to 65535"),
+            ("[{\"tap\": \"t0\", \"mtu\": \"9000\"}]", "$.nets[0].mtu", "must be an integer"),
+            ("[{\"bridge\": \"br0\", \"tap\": \"rtv-vm-a-1\"}, {\"bridge\": \"br0\"}]", "$.nets[1].tap", "already used by $.nets[0]"),
         ]
         for (nets, path, reason) in cases {
             let all = w.issues(base("\"nets\": \(nets)"))
             #expect(all.contains { $0.path == path && $0.reason.contains(reason) }, "\(nets): \(all)")
         }
+    }
+
+    @Test func aBridgeWithoutATapGetsATapNamedAfterTheVM() throws {
+        let w = try Workspace()
+        let d = try w.load(base("""
+            "nets": [{"bridge": "br-plant"}, {"bridge": "br-plant", "tap": "mytap", "mtu": 9000}, {"tap": "solo", "mtu": 1400}]
+            """))
+        #expect(d.nets.map(\.tap) == ["rtv-vm-a-0", "mytap", "solo"])
+        #expect(d.nets.map(\.bridge) == ["br-plant", "br-plant", nil])
+        #expect(d.nets.map(\.mtu) == [nil, 9000, 1400])
+    }
+
+    @Test func bridgeTapNamesFitIFNAMSIZAndDifferPerVM() {
+        #expect(NetSettings.bridgeTapName(vmName: "plc", index: 2) == "rtv-plc-2")
+        let long = NetSettings.bridgeTapName(vmName: "a-rather-long-vm-name", index: 12)
+        #expect(long.utf8.count <= 15 && long.hasPrefix("rtv") && long.hasSuffix("-12"), "\(long)")
+        #expect(long != NetSettings.bridgeTapName(vmName: "a-rather-long-vm-nam3", index: 12))
+        #expect(NetSettings.isInterfaceName(long))
     }
 
     @Test func macFormatting() {

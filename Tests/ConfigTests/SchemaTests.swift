@@ -19,7 +19,7 @@ import SandboxMode
     }
 
     static func examples() -> [String] {
-        ["examples/hello.json", "examples/inmate-smp.json", "examples/daemon/example.json"].map { repository + "/" + $0 }
+        ["examples/hello.json", "examples/inmate-smp.json", "examples/bridge.json", "examples/daemon/example.json"].map { repository + "/" + $0 }
     }
 
     /// Files are not looked at: the corpus names paths that exist nowhere.
@@ -113,5 +113,6 @@ import SandboxMode
         #expect(Self.range(probe[1]) == RealtimeSettings.latencyProbeRange)
         #expect(try Self.object(p, "disks", "items", "properties", "serial")["pattern"] as? String == "^[ -~]{0,\(DiskSettings.serialMax)}$")
         #expect(try Self.object(p, "disks")["maxItems"] as? Int == VMDefinition.maxPciDevices)
+        #expect(Self.range(try Self.object(p, "nets", "items", "properties", "mtu")) == NetSettings.mtuRange)
     }
 }

@@ -81,6 +81,20 @@ struct UpgradeTests {
         #expect(echo.output.contains("good=\(frames) bad=0 echoed=\(frames)"), "echo: \(echo.output)")
     }
 
+    /// A VM whose tap the VMM made a port of a bridge (docs/networking.md) keeps it across an
+    /// upgrade: the new VMM adopts the open tap as it is, still on the bridge, and a second guest
+    /// on the bridge reaches it before and after.
+    @Test(.enabled(if: EchoNamespace.unavailableReason == nil, Comment(rawValue: EchoNamespace.unavailableReason ?? "")))
+    func aGuestOnABridgeKeepsItsPortAcrossAnUpgrade() throws {
+        let ns = try BridgeNamespace(bridgeMTU: 1500)
+        defer { ns.delete() }
+        let move = try BridgedMove(name: "reflup", from: ns, to: ns)
+        move.exchange(in: ns)
+        let reply = try handOver(control: move.pair.control, definition: move.pair.definition, incoming: move.pair.incoming)
+        guard case .migrated = reply else { throw SnapshotTestError("upgrade: \(reply)\nsource: \(move.source.stderr)\ntarget: \(move.target.stderr)") }
+        move.finish(in: ns)
+    }
+
     /// A VM restored from a snapshot by mapping its memory file (copy-on-write, no memfd) still
     /// moves: its pages are copied over the socket instead.
     @Test func aVMWhoseMemoryIsAMappedSnapshotIsCopiedInstead() throws {

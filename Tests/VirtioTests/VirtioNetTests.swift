@@ -152,3 +152,23 @@ struct VirtioNetTests {
         }
     }
 }
+
+/// `"mtu"` in a definition reaches the guest as VIRTIO_NET_F_MTU and the config space's `mtu`
+/// (virtio 1.x 5.1.4, after mac, status and max_virtqueue_pairs); without it neither exists.
+@Suite("virtio-net MTU")
+struct VirtioNetMTUTests {
+    @Test func anMTUIsOfferedInTheConfigSpace() {
+        let fake = FakeTap()
+        let device = VirtioNet(name: "net-mtu", tap: fake.tap, mac: [2, 0, 0, 0, 0, 1], mtu: 9000)
+        #expect(device.availableFeatures & VirtioNetFeature.mtu != 0)
+        #expect(device.readConfig(offset: 10, size: 2) == 9000)
+        #expect(device.readConfig(offset: 0, size: 1) == 2)
+    }
+
+    @Test func withoutOneTheFeatureAndFieldAreAbsent() {
+        let fake = FakeTap()
+        let device = VirtioNet(name: "net-plain", tap: fake.tap, mac: [2, 0, 0, 0, 0, 1])
+        #expect(device.availableFeatures & VirtioNetFeature.mtu == 0)
+        #expect(device.readConfig(offset: 10, size: 2) == 0)
+    }
+}

@@ -7,18 +7,23 @@
  * and expects scripts/net-echo.py on the host side of the tap to answer each
  * one (ethertype 0x88B6, pattern bytes inverted).  net.mode=bench: transmit
  * as fast as possible, then receive a flood from net-echo.py --flood.
+ * net.mode=reflect: answers net.frames echo test frames the way net-echo.py
+ * does, so two guests on one host bridge exchange frames (one in echo mode,
+ * optionally with net.peer=MAC for unicast, one in reflect mode).
  * Frame layout and bench protocol: docs/inmates.md.
  */
 #include "virtio.h"
 
 const char inmate_name[] = "virtio-net";
 
+#define VIRTIO_NET_F_MTU	3
 #define VIRTIO_NET_F_MAC	5
 #define VIRTIO_NET_F_STATUS	16
 #define VIRTIO_NET_S_LINK_UP	1
 
 #define CFG_MAC			0
 #define CFG_STATUS		6
+#define CFG_MTU			10
 
 #define ETH_TEST		0x88B5	/* guest -> host */
 #define ETH_REPLY		0x88B6	/* host -> guest */
@@ -44,6 +49,7 @@ static u8 *rxbuf, *txbuf;
 static u16 ntx;				/* transmit buffers */
 static u16 tx_free[VQ_MAX_SIZE], tx_nfree;
 static u8 mac[6];
+static u8 peer[6] = { 0xff, 0xff, 0xff, 0xff, 0xff, 0xff };	/* echo frames' destination */
 static u64 timeout_us;
 static bool msix_checked;
 
@@ -55,6 +61,30 @@ static bool flood_done, flood_any, flood_closed;
 
 static inline void put32(u8 *p, u32 v) { p[0] = v; p[1] = v >> 8; p[2] = v >> 16; p[3] = v >> 24; }
 static inline u32 get32(const u8 *p) { return p[0] | p[1] << 8 | p[2] << 16 | (u32)p[3] << 24; }
+
+static int hex_digit(char c)
+{
+	if (c >= '0' && c <= '9')
+		return c - '0';
+	if (c >= 'a' && c <= 'f')
+		return c - 'a' + 10;
+	if (c >= 'A' && c <= 'F')
+		return c - 'A' + 10;
+	return -1;
+}
+
+/* "02:00:00:aa:bb:02" into out[6]; false if it is not six hex octets. */
+static bool parse_mac(const char *s, u8 *out)
+{
+	for (int k = 0; k < 6; k++, s += 3) {
+		int hi = hex_digit(s[0]), lo = hi < 0 ? -1 : hex_digit(s[1]);
+
+		if (lo < 0 || s[2] != (k == 5 ? '\0' : ':'))
+			return false;
+		out[k] = (u8)(hi << 4 | lo);
+	}
+	return true;
+}
 
 static u32 frame_len(u32 seq)
 {
@@ -128,7 +158,7 @@ static void tx_send(u16 i, u32 len, bool split)
 
 static void eth_header(u8 *f, u16 type)
 {
-	memset(f, 0xff, 6);
+	memcpy(f, peer, 6);
 	memcpy(f + 6, mac, 6);
 	f[12] = type >> 8;
 	f[13] = type & 0xff;
@@ -226,7 +256,7 @@ static u32 rx_poll(u32 nframes)
 static void mode_echo(void)
 {
 	u64 nframes = cmdline_get_u64("net.frames", 32), window = cmdline_get_u64("net.window", 64);
-	u64 t0, limit, sent_bytes = 0;
+	u64 t0, limit, sent_bytes = 0, t_start = rdtsc();
 
 	if (nframes == 0 || nframes > MAX_FRAMES)
 		inmate_fail(EXIT_CONFIG, "net.frames=%lu out of range (1..%u)", nframes, MAX_FRAMES);
@@ -278,6 +308,8 @@ static void mode_echo(void)
 		}
 		cpu_relax();
 	}
+	/* With net.window=1 each frame is one round trip (a ping-pong). */
+	printk("virtio-net: %lu replies in %lu us, window %lu\n", received, tsc_to_us(rdtsc() - t_start), window);
 	/* All transmit buffers back (bounded). */
 	t0 = rdtsc();
 	while (tx_nfree < ntx) {
@@ -288,6 +320,67 @@ static void mode_echo(void)
 	if (ignored)
 		printk("virtio-net: ignored %lu unrelated frames\n", ignored);
 	printk("INMATE virtio-net OK: sent %lu received %lu\n", nframes, received);
+}
+
+/* Answers echo test frames (from a guest in echo mode on the same bridge) as
+ * scripts/net-echo.py does: to the sender, ethertype ETH_REPLY, every pattern
+ * byte inverted, the checksum recomputed.  Ends after net.frames answers. */
+static void mode_reflect(void)
+{
+	u64 nframes = cmdline_get_u64("net.frames", 32), reflected = 0, t0 = rdtsc();
+	u64 cookie;
+	u32 len;
+
+	printk("virtio-net: reflecting %lu frames\n", nframes);
+	while (reflected < nframes) {
+		const u8 *f;
+		u32 flen, plen;
+		u8 *r;
+		u16 i;
+
+		tx_reclaim();
+		if (!vq_get_used(rxq, &cookie, &len)) {
+			if (rdtsc() - t0 > us_to_tsc(timeout_us))
+				inmate_fail(EXIT_LOSS, "reflected %lu of %lu frames, then none for %lu ms (is the echo guest on the bridge?)",
+					    reflected, nframes, timeout_us / 1000);
+			cpu_relax();
+			continue;
+		}
+		t0 = rdtsc();
+		if (len < NET_HDR_LEN || len > BUF_SIZE)
+			inmate_fail(EXIT_TRANSPORT, "receive buffer %lu completed with length %u", cookie, len);
+		f = rxbuf + cookie * BUF_SIZE + NET_HDR_LEN;
+		flen = len - NET_HDR_LEN;
+		plen = flen >= FRAME_OVERHEAD ? get32(f + 22) : 0;
+		if (flen < FRAME_OVERHEAD || (f[12] << 8 | f[13]) != ETH_TEST || memcmp(f + 14, MAGIC_ECHO, 4) ||
+		    plen != flen - FRAME_OVERHEAD) {
+			ignored++;
+		} else {
+			i = tx_get();
+			r = tx_frame(i);
+			memcpy(r, f + 6, 6);
+			memcpy(r + 6, mac, 6);
+			r[12] = ETH_REPLY >> 8;
+			r[13] = ETH_REPLY & 0xff;
+			memcpy(r + 14, f + 14, HDR_PAYLOAD);
+			for (u32 k = 0; k < plen; k++)
+				r[26 + k] = f[26 + k] ^ 0xff;
+			put32(r + 26 + plen, fnv1a(FNV1A_INIT, r + 14, HDR_PAYLOAD + plen));
+			tx_send(i, flen, false);
+			reflected++;
+		}
+		rx_post((u16)cookie);
+		vq_kick(rxq);
+	}
+	t0 = rdtsc();
+	while (tx_nfree < ntx) {
+		tx_reclaim();
+		if (rdtsc() - t0 > us_to_tsc(timeout_us))
+			inmate_fail(EXIT_TIMEOUT, "transmit queue 1: %u buffers never completed", ntx - tx_nfree);
+	}
+	if (ignored)
+		printk("virtio-net: ignored %lu unrelated frames\n", ignored);
+	printk("INMATE virtio-net OK: reflected %lu\n", reflected);
 }
 
 static void mode_bench(void)
@@ -414,18 +507,21 @@ static void mode_bench(void)
 void inmate_main(void)
 {
 	static const u16 ids[][2] = { { 0x1af4, 0x1041 }, { 0x1af4, 0x1000 }, { 0, 0 } };
-	char mode[16] = "echo";
+	char mode[16] = "echo", peer_text[18];
 	bool calibrated;
 
 	cmdline_get("net.mode", mode, sizeof(mode));
-	if (strcmp(mode, "echo") && strcmp(mode, "bench"))
-		inmate_fail(EXIT_CONFIG, "unknown net.mode=%s (echo, bench)", mode);
+	if (strcmp(mode, "echo") && strcmp(mode, "bench") && strcmp(mode, "reflect"))
+		inmate_fail(EXIT_CONFIG, "unknown net.mode=%s (echo, bench, reflect)", mode);
+	if (cmdline_get("net.peer", peer_text, sizeof(peer_text)) && !parse_mac(peer_text, peer))
+		inmate_fail(EXIT_CONFIG, "net.peer=%s is not a MAC address like 02:00:00:aa:bb:02", peer_text);
 	timeout_us = cmdline_get_u64("net.timeout_ms", 5000) * 1000;
 	calibrated = timer_init();
 	printk("virtio-net: mode %s, TSC %lu kHz%s\n", mode, tsc_khz, calibrated ? "" : " (assumed)");
 
 	dma_pool_init(pool, sizeof(pool));
-	virtio_init(&dev, "virtio-net", ids, (1ULL << VIRTIO_NET_F_MAC) | (1ULL << VIRTIO_NET_F_STATUS));
+	virtio_init(&dev, "virtio-net", ids,
+		    (1ULL << VIRTIO_NET_F_MAC) | (1ULL << VIRTIO_NET_F_STATUS) | (1ULL << VIRTIO_NET_F_MTU));
 	if (!virtio_has(&dev, VIRTIO_NET_F_MAC))
 		inmate_fail(EXIT_FEATURE, "device does not offer VIRTIO_NET_F_MAC");
 	virtio_setup_msix(&dev);
@@ -440,6 +536,8 @@ void inmate_main(void)
 	for (int k = 0; k < 6; k++)
 		mac[k] = virtio_cfg8(&dev, CFG_MAC + k);
 	printk("virtio-net: MAC %02x:%02x:%02x:%02x:%02x:%02x\n", mac[0], mac[1], mac[2], mac[3], mac[4], mac[5]);
+	if (virtio_has(&dev, VIRTIO_NET_F_MTU))
+		printk("virtio-net: MTU %u\n", virtio_cfg16(&dev, CFG_MTU));
 	virtio_driver_ok(&dev);
 	/* The whole receive ring, one 2 KiB buffer (header + frame) each. */
 	for (u16 i = 0; i < rxq->size; i++)
@@ -453,6 +551,8 @@ void inmate_main(void)
 
 	if (!strcmp(mode, "bench"))
 		mode_bench();
+	else if (!strcmp(mode, "reflect"))
+		mode_reflect();
 	else
 		mode_echo();
 	printk("virtio-net: rx %lu buffers used, tx %lu frames, notifies rx %lu tx %lu, indirect %lu\n",

@@ -30,6 +30,18 @@ int clinux_ioctl_val(int fd, unsigned long request, unsigned long arg);
 /// the open /dev/net/tun descriptor `fd`; writes the final name to `out_name` (IFNAMSIZ bytes).
 int clinux_tun_attach(int fd, const char *name, char *out_name);
 
+/// rtnetlink (NETLINK_ROUTE), for taps on bridges (Sources/HostNetwork): message types, flags and
+/// link attributes from <linux/rtnetlink.h> and <linux/if_link.h>, whose enums Swift would import
+/// with varying types.
+extern const uint16_t CLINUX_RTM_NEWLINK, CLINUX_RTM_GETLINK, CLINUX_RTM_SETLINK, CLINUX_NLMSG_ERROR;
+extern const uint16_t CLINUX_NLM_F_REQUEST, CLINUX_NLM_F_ACK;
+extern const uint16_t CLINUX_IFLA_IFNAME, CLINUX_IFLA_MTU, CLINUX_IFLA_MASTER, CLINUX_IFLA_LINKINFO, CLINUX_IFLA_INFO_KIND;
+extern const uint32_t CLINUX_IFF_UP;
+/// Sends one request on a fresh NETLINK_ROUTE socket and receives one reply datagram into
+/// `reply` (at most `max` bytes): the reply's length, or -1 with errno (EMSGSIZE when it was
+/// longer than `max`). Retries EINTR; gives up after 5 s without an answer (EAGAIN).
+long clinux_netlink_route_exchange(const void *request, unsigned long len, void *reply, unsigned long max);
+
 /// fallocate(2) modes, as ints (macros in <linux/falloc.h>).
 extern const int CLINUX_FALLOC_PUNCH_HOLE_KEEP_SIZE;
 extern const int CLINUX_FALLOC_ZERO_RANGE;
