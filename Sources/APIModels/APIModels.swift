@@ -56,18 +56,24 @@ public struct VMSummary: Codable, Sendable, Equatable {
     /// Unix time the running VMM's guest wrote the boot marker (the `vm-guest-ready` event); nil
     /// before, for a guest that never writes it, and for a VMM this rtvisord re-adopted.
     public var guestReadyAt: Double?
+    /// Unix time the running VMM's vCPUs entered the guest: past its set-up, where a start can
+    /// still fail. `--wait` waits for it.
+    public var guestStartedAt: Double?
 
     public init(name: String, state: VMStateName, pid: Int32?, autostart: Bool, restartPolicy: String, restarts: Int,
-                pendingChange: Bool, definitionFile: String, since: Double, lastExit: ExitInfo?, guestReadyAt: Double? = nil) {
+                pendingChange: Bool, definitionFile: String, since: Double, lastExit: ExitInfo?, guestReadyAt: Double? = nil,
+                guestStartedAt: Double? = nil) {
         self.name = name; self.state = state; self.pid = pid; self.autostart = autostart
         self.restartPolicy = restartPolicy; self.restarts = restarts; self.pendingChange = pendingChange
         self.definitionFile = definitionFile; self.since = since; self.lastExit = lastExit; self.guestReadyAt = guestReadyAt
+        self.guestStartedAt = guestStartedAt
     }
 
     enum CodingKeys: String, CodingKey {
         case name, state, pid, autostart, restarts, since
         case restartPolicy = "restart_policy", pendingChange = "pending_change"
         case definitionFile = "definition_file", lastExit = "last_exit", guestReadyAt = "guest_ready_at"
+        case guestStartedAt = "guest_started_at"
     }
 }
 

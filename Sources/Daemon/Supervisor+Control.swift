@@ -10,7 +10,16 @@ extension Supervisor {
         VMSummary(name: r.loaded.name, state: r.state, pid: r.pid, autostart: r.loaded.definition.daemon.autostart,
                   restartPolicy: r.loaded.definition.daemon.restart.policy.rawValue, restarts: r.lifecycle.restarts, pendingChange: r.pending,
                   definitionFile: r.loaded.file, since: r.lifecycle.since, lastExit: r.lifecycle.lastExit,
-                  guestReadyAt: r.pid.flatMap { guestReadyAt[$0] })
+                  guestReadyAt: r.pid.flatMap { guestReadyAt[$0] }, guestStartedAt: guestStarted(r))
+    }
+
+    /// When the running VMM's vCPUs entered the guest. A VMM spawned without a notice socket
+    /// (re-adopted, or taken over by an upgrade or a migration) was past its set-up when it
+    /// became this VM's: its running state's start stands for it.
+    func guestStarted(_ r: Record) -> Double? {
+        guard let pid = r.pid, r.state == .running || r.state == .paused || r.state == .stopping else { return nil }
+        if let noticed = guestStartedAt[pid] { return noticed }
+        return r.lifecycle.since
     }
 
     public func list() -> VMList {

@@ -130,7 +130,10 @@ extension Supervisor {
             notices?.closeBoth()
             return .spawnFailed(reason: "\(error)")
         }
-        if let notices { noticeSockets[pid] = notices.keepDaemonEnd() }
+        if let notices {
+            noticeSockets[pid] = notices.keepDaemonEnd()
+            guestStartedAt[pid] = .some(nil)
+        }
         return .processSpawned(VMProcess(pid: pid, startTime: Processes.startTime(of: pid) ?? 0, definition: r.loaded.definition), cgroup: cgroup)
     }
 
@@ -157,6 +160,7 @@ extension Supervisor {
 
     func processEnded(name: String, pid: pid_t, outcome: ExitOutcome) {
         guestReadyAt[pid] = nil
+        guestStartedAt[pid] = nil
         feed(name, .processExited(pid: pid, outcome: outcome, statusFile: exitStatusFile(name)))
     }
 

@@ -10,6 +10,8 @@ extension Supervisor {
         // A notice that arrives after its VMM was replaced speaks of a process that is gone.
         guard records[name]?.pid == pid else { return }
         switch notice {
+        case .guestStarted:
+            guestStartedAt[pid] = Date().timeIntervalSince1970
         case let .guestReady(ms):
             guestReadyAt[pid] = Date().timeIntervalSince1970
             event(.vmGuestReady, .notice, "VM \(name): the guest is up (boot marker \(String(format: "%.1f", ms)) ms after VM creation)",

@@ -57,6 +57,8 @@ public actor Supervisor: VMControl {
     var noticeSockets: [pid_t: Int32] = [:]
     /// When each running VMM's guest signalled ready (Unix time), by PID.
     var guestReadyAt: [pid_t: Double] = [:]
+    /// VMMs spawned with a notice socket, and when their vCPUs entered the guest (nil: not yet).
+    var guestStartedAt: [pid_t: Double?] = [:]
 
     /// The group that may use the API and console sockets (`rtvisor`); nil or missing: root only.
     let accessGroup: gid_t?

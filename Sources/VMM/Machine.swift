@@ -324,6 +324,7 @@ public final class Machine: @unchecked Sendable {
         vcpu.bindToCurrentThread()
         if vcpu.id == 0 {
             options.trace.mark("vCPU 0's filter and first KVM_RUN")
+            options.notices?.send(.guestStarted)
             // When a moved guest really runs again: with the source's "paused at" (same host, the
             // same monotonic clock) it gives the pause the guest saw (scripts/bench-migration.sh).
             if restored {

@@ -13,6 +13,8 @@ import Posix
 /// pair, one JSON message per notice. The control socket cannot carry these: it answers one
 /// request at a time and rtvisord only connects to ask.
 public enum VMMNotice: Codable, Sendable, Equatable {
+    /// vCPU 0 entered the guest: the VM is past its set-up, which is where a start can still fail.
+    case guestStarted
     /// The guest wrote the boot marker (`GuestLayout.bootMarker`): it is up.
     case guestReady(millisecondsAfterVMCreation: Double)
     /// The VM's real-time partition is in force: its vCPUs run on `cpus` at SCHED_FIFO `priority`.

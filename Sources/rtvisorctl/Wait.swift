@@ -37,8 +37,10 @@ enum WaitTarget {
         switch (self, s.state) {
         case (.stopped, .stopped), (.stopped, .failed), (.stopped, .migrated): return .reached
         case (.stopped, _): return .waiting
-        case (.running, .running): return .reached
-        case let (.restarted(old), .running): return s.pid != nil && s.pid != old ? .reached : .waiting
+        // Running means the guest runs: a VMM that fails in its set-up (a missing bridge, a
+        // locked image) is `running` for those few milliseconds but never started the guest.
+        case (.running, .running): return s.guestStartedAt != nil ? .reached : .waiting
+        case let (.restarted(old), .running): return s.pid != nil && s.pid != old && s.guestStartedAt != nil ? .reached : .waiting
         case let (.ready(old), .running): return s.pid != nil && s.pid != old && s.guestReadyAt != nil ? .reached : .waiting
         case (_, .failed): return .failed("failed\(why)")
         case (_, .stopped): return .failed("stopped\(why)")

@@ -14,6 +14,7 @@ extension SupervisorTests {
             #!/bin/sh
             while [ $# -gt 0 ]; do [ "$1" = --notice-fd ] && fd=$2; shift; done
             [ -n "$fd" ] || exit 3
+            eval 'printf "%s" "{\\"guestStarted\\":{}}" >&'$fd
             eval 'printf "%s" "{\\"guestReady\\":{\\"millisecondsAfterVMCreation\\":12.5}}" >&'$fd
             exec sleep 3600
 
@@ -36,6 +37,7 @@ extension SupervisorTests {
         #expect(event.fields["VM_GUEST_READY_MS"] == "12.500")
         #expect(event.message == "VM web: the guest is up (boot marker 12.5 ms after VM creation)")
         #expect(await s.list().vms.first { $0.name == "web" }?.guestReadyAt != nil)
+        #expect(await s.list().vms.first { $0.name == "web" }?.guestStartedAt != nil, "the guestStarted notice came first")
 
         // A new VMM's guest is not up until it says so again.
         _ = try await s.stop("web", force: true)

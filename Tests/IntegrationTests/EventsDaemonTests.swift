@@ -88,6 +88,7 @@ struct EventsDaemonTests {
         let (started, startOut) = d.ctl(["start", "calm", "--wait", "--timeout", "30"])
         #expect(started == 0, "\(startOut)")
         #expect(d.state("calm") == "running", "start --wait returned before the VM ran")
+        #expect(d.ctl(["inspect", "calm", "--json"]).1.contains("\"guest_started_at\""), "start --wait returned before the guest ran")
         let first = D.runningPID("calm", env: d.env)
 
         // Graceful reboot: the idle guest powers off on Ctrl-Alt-Del, and a new VMM runs it.
