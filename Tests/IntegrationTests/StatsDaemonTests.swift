@@ -25,7 +25,9 @@ struct StatsDaemonTests {
 
     @Test func diskAndNICCountersGrowBetweenTwoReads() throws {
         let frames = 3000
-        let ns = try EchoNamespace(echoArguments: ["--count", "\(frames)"])
+        // The echo's idle timeout ends it soon after the daemon has stopped the VM (SIGINT does
+        // not reach it: the test runner's blocked signal mask is inherited).
+        let ns = try EchoNamespace(echoArguments: ["--count", "\(frames)", "--timeout", "10"])
         defer { _ = ns.finish() }
         let dir = try VMM.tempDir()
         let disk = try DiskImage(megabytes: 8, in: dir)
@@ -81,6 +83,19 @@ struct StatsDaemonTests {
         let all = Self.get(d, "/v1/stats", as: StatsList.self)
         #expect(all?.vms.map(\.name) == ["disk", "net"])
         #expect(all?.vms.first?.disks.first?.writeOps ?? 0 >= disk2.disks.first?.writeOps ?? 0)
+
+        // rtvisorctl: the same numbers for people and scripts.
+        let (status, human) = d.ctl(["stats", "disk"])
+        #expect(status == 0 && human.hasPrefix("disk: running, PID ") && human.contains("  disk data: ") && human.contains(" writes ("), "\(human)")
+        #expect(human.contains("  vCPU 0: CPU ") && human.contains("mmio "), "\(human)")
+        let (jsonStatus, json) = d.ctl(["stats", "net", "--json"])
+        #expect(jsonStatus == 0 && (try? JSONDecoder().decode(VMStats.self, from: Data(json.utf8)))?.nics.first?.tap == ns.tap, "\(json)")
+        let (topStatus, top) = d.ctl(["top", "--once", "--interval", "0.5", "--sort", "disk"])
+        let lines = top.split(separator: "\n").map(String.init)
+        #expect(topStatus == 0 && lines.count == 4 && lines[1].hasPrefix("NAME ") && lines[2].hasPrefix("disk ") && lines[3].hasPrefix("net "), "\(top)")
+        // Both VMs busy: a rate in every CPU% cell, and the disk's rate of disk writes.
+        #expect(lines.dropFirst(2).allSatisfy { !$0.split(separator: " ", omittingEmptySubsequences: true)[3].hasPrefix("-") }, "\(top)")
+        #expect(d.ctl(["top", "--sort", "size"]).0 == 64, "a bad --sort is a usage error")
         d.stop()
     }
 }
