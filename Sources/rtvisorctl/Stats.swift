@@ -54,7 +54,7 @@ struct Stats: ParsableCommand {
             out.append("  disk \(d.id): \(d.readOps) reads (\(byteText(d.readBytes))), \(d.writeOps) writes (\(byteText(d.writeBytes))), \(d.flushOps) flushes, \(d.errors) errors\(mean)")
         }
         for n in s.nics {
-            out.append("  NIC \(n.id) (tap \(n.tap)): rx \(n.rxFrames) frames (\(byteText(n.rxBytes))), tx \(n.txFrames) frames (\(byteText(n.txBytes))), drops rx \(n.rxDrops) tx \(n.txDrops)")
+            out.append("  NIC \(n.id) (tap \(n.tap)): rx \(n.rxFrames) frames (\(byteText(n.rxBytes))), tx \(n.txFrames) frames (\(byteText(n.txBytes))), drops rx \(n.rxDrops) tx \(n.txDrops)" + (n.tapDrops.map { ", at the tap \($0)" } ?? ""))
         }
         if let rt = s.realtime {
             var line = "  real-time: CPUs \(rt.cpus.map(String.init).joined(separator: ",")), SCHED_FIFO \(rt.priority)"
@@ -80,7 +80,8 @@ struct Top: ParsableCommand {
     @OptionGroup var options: CommonOptions
     @Option(help: "Seconds between two reads.")
     var interval: Double = 2
-    @Option(help: "Sort by: \(VMRates.Order.allCases.map(\.rawValue).joined(separator: ", ")) (busiest first; name: by name).")
+    @Option(help: "Sort by: \(VMRates.Order.allCases.map(\.rawValue).joined(separator: ", ")) (busiest first; name: by name).",
+            completion: .list(VMRates.Order.allCases.map(\.rawValue)))
     var sort: String = "cpu"
     @Option(help: "Stop after this many tables.")
     var iterations: Int?

@@ -35,7 +35,8 @@ import Glibc
             writeFile(cg + "/system.slice/rtvisord.service/vm-web/memory.current", "73400320\n")
             writeFile(cg + "/system.slice/rtvisord.service/vm-web/memory.max", "104857600\n")
         }
-        return (StatsCollector(procRoot: proc, cgroupRoot: cg, clockTicks: 100), ProcessIdentity(pid: 4242, startTime: 1000))
+        writeFile(root + "/net/tap-web/statistics/tx_dropped", "3\n")
+        return (StatsCollector(procRoot: proc, cgroupRoot: cg, netRoot: root + "/net", clockTicks: 100), ProcessIdentity(pid: 4242, startTime: 1000))
     }
 
     @Test func aRunningVMsProcessVCPUThreadsAndV1CgroupAreRead() throws {
@@ -119,7 +120,8 @@ import Glibc
                             VCPUStats(index: 1, cpuSeconds: 1, stealSeconds: 0, exits: ["io": 2])])
         #expect(s.disks == [DiskStats(id: "root", readOps: 10, writeOps: 5, flushOps: 1, readBytes: 40960, writeBytes: 2048, errors: 0, serviceSeconds: 0.003),
                             DiskStats(id: "1", readOps: 1, writeOps: 0, flushOps: 0, readBytes: 512, writeBytes: 0, errors: 1, serviceSeconds: 0)])
-        #expect(s.nics == [NICStats(id: "0", tap: "tap-web", rxFrames: 7, rxBytes: 700, txFrames: 8, txBytes: 800, rxDrops: 1, txDrops: 2)])
+        #expect(s.nics == [NICStats(id: "0", tap: "tap-web", rxFrames: 7, rxBytes: 700, txFrames: 8, txBytes: 800, rxDrops: 1, txDrops: 2,
+                                    tapDrops: 3)], "the tap's own drops from sysfs")
     }
 
     /// A version-4 VMM (re-adopted after a daemon upgrade) or one that does not answer in time:
