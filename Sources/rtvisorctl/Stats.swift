@@ -80,25 +80,21 @@ struct Top: ParsableCommand {
     @OptionGroup var options: CommonOptions
     @Option(help: "Seconds between two reads.")
     var interval: Double = 2
-    @Option(help: "Sort by: \(VMRates.Order.allCases.map(\.rawValue).joined(separator: ", ")) (busiest first; name: by name).",
-            completion: .list(VMRates.Order.allCases.map(\.rawValue)))
-    var sort: String = "cpu"
+    @Option(help: "Sort by this column, busiest first (name: by name).")
+    var sort: VMRates.Order = .cpu
     @Option(help: "Stop after this many tables.")
     var iterations: Int?
     @Flag(help: "One table (after one interval), then exit: --iterations 1.")
     var once = false
 
     func validate() throws {
-        guard VMRates.Order(rawValue: sort) != nil else {
-            throw ValidationError("--sort must be one of \(VMRates.Order.allCases.map(\.rawValue).joined(separator: ", ")), got \"\(sort)\"")
-        }
         guard interval >= 0.1 && interval <= 3600 else { throw ValidationError("--interval must be 0.1–3600 seconds, got \(interval)") }
         if let iterations, iterations < 1 { throw ValidationError("--iterations must be 1 or more, got \(iterations)") }
         if options.json { throw ValidationError("top has no --json: GET /v1/stats (rtvisorctl stats NAME --json) has the counters") }
     }
 
     func run() throws {
-        let order = VMRates.Order(rawValue: sort)!
+        let order = sort
         let limit = once ? 1 : iterations
         let redraw = isatty(STDOUT_FILENO) == 1
         var previous = try options.fetch("GET", "/v1/stats", as: StatsList.self).0
@@ -126,6 +122,9 @@ struct Top: ParsableCommand {
                 f(r.netFramesPerSecond, 0), b(r.netBytesPerSecond), String(r.restarts), r.uptimeSeconds.map { durationText($0) } ?? "-"]
     }
 }
+
+/// `--sort cpu`: parsed, listed in --help and completed by the argument parser.
+extension VMRates.Order: ExpressibleByArgument {}
 
 /// 1536 → "1.5 KiB".
 func byteText(_ n: UInt64) -> String {
