@@ -60,6 +60,8 @@ public struct ResponseStream: Sendable {
 ///     GET  /v1/migrations/incoming      IncomingList
 ///     GET  /v1/migrations/incoming/{id} IncomingMigration
 ///     GET  /v1/events[?since=SEQ][&vm=NAME][&follow=1]   DaemonEvent lines (NDJSON); follow: streamed
+///     GET  /v1/stats                    StatsList (every VM)
+///     GET  /v1/vms/{name}/stats         VMStats
 public struct APIRouter: Sendable {
     let control: any VMControl
     public static let maxBody = 1 << 20
@@ -96,6 +98,8 @@ public struct APIRouter: Sendable {
         case 3 where rest[0] == "vms" && rest[2] == "migration":
             guard request.method == "GET" else { return Self.methodNotAllowed("GET") }
             return await run { () async throws(ControlError) in try await control.migrationStatus(rest[1]) }
+        case 1 where rest[0] == "stats": return await stats(request.method, vm: nil)
+        case 3 where rest[0] == "vms" && rest[2] == "stats": return await stats(request.method, vm: rest[1])
         case 3 where rest[0] == "vms" && rest[2] == "latency":
             guard request.method == "GET" else { return Self.methodNotAllowed("GET") }
             return await run { () async throws(ControlError) in try await control.latency(rest[1]) }

@@ -252,6 +252,12 @@ struct RealtimePartitionTests {
         guard DaemonProcessTests.waitFor(10, "rtvisorctl latency rtx", { DaemonProcessTests.run(ctl, ["latency", "rtx"], env: env).0 == 0 }) else { return }
         let (_, latency) = DaemonProcessTests.run(ctl, ["latency", "rtx"], env: env)
         #expect(latency.contains("VM rtx: CPU \(Self.rtCPU), SCHED_FIFO 51, every 2000 µs") && latency.contains("P99.99 µs"), "\(latency)")
+        // Its statistics carry the partition and the probe's snapshot; its RAM is locked.
+        let (statsStatus, statsJSON) = DaemonProcessTests.run(ctl, ["stats", "rtx", "--json"], env: env)
+        let stats = try? JSONDecoder().decode(VMStats.self, from: Data(statsJSON.utf8))
+        #expect(statsStatus == 0 && stats?.realtime?.cpus == [Self.rtCPU] && stats?.realtime?.priority == 50
+                && (stats?.realtime?.latency?.samples ?? 0) > 0, "\(statsJSON)")
+        #expect((stats?.memory?.lockedBytes ?? 0) >= 32 << 20, "\(statsJSON)")
         let (plainStatus, plainCheck) = DaemonProcessTests.run(ctl, ["rt-check", "plain"], env: env)
         #expect(plainStatus != 0 && plainCheck.contains("VM plain has no realtime block"))
         // SIGINT stops the guests (SIGTERM would leave them running for the next rtvisord).
