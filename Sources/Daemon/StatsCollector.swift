@@ -55,8 +55,10 @@ public struct StatsCollector: Sendable {
         self.vmmCounters = vmmCounters
     }
 
-    public static func askVMM(_ controlSocket: String) -> VMMStatistics? {
-        try? VMMControlClient.connect(controlSocket, timeoutSeconds: vmmTimeoutSeconds).statistics()
+    public static func askVMM(_ controlSocket: String) -> VMMStatistics? { askVMM(controlSocket, timeoutSeconds: vmmTimeoutSeconds) }
+
+    public static func askVMM(_ controlSocket: String, timeoutSeconds: Int) -> VMMStatistics? {
+        try? VMMControlClient.connect(controlSocket, timeoutSeconds: timeoutSeconds).statistics()
     }
 
     /// One VM's statistics; sections that cannot be read (no VMM, a file gone) are absent.

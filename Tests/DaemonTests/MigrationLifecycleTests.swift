@@ -183,7 +183,9 @@ import VMMInterface
         let started = try await f.supervisor.receiveMigration(IncomingRequest(listen: "unix:" + listen, name: "moved"))
         #expect(started.phase == .listening && started.id == "1" && started.name == "moved")
         let channel = try send(f, to: listen)
-        let seen = try readToEnd(channel.socket.rawValue)
+        // Off the pool: the supervisor needs a pool thread to hand the stream on and close its copy.
+        let stream = channel.socket.rawValue
+        let seen = try await offThePool { Result { try readToEnd(stream) } }.get()
         #expect(String(decoding: seen, as: UTF8.self).hasPrefix("fake-vmm fd:3 {"), "\(String(decoding: seen, as: UTF8.self))")
         let ended = try await waitForEnd(f.supervisor, "1")
         #expect(ended.phase == .failed && ended.sourceHost == "hosta" && ended.name == "moved", "\(ended)")
@@ -199,7 +201,9 @@ import VMMInterface
         let listen = f.base + "/in.sock"
         _ = try await f.supervisor.receiveMigration(IncomingRequest(listen: "unix:" + listen, name: "twocpu"))
         let channel = try send(f, to: listen)
-        #expect(try channel.receive() == .refused("VM twocpu is defined in \(f.definitions)/twocpu.json with 2 vCPUs and 32 MiB, the incoming VM has 1 vCPUs and 32 MiB: receive it under another name (--name)"))
+        let stream = channel.socket.rawValue
+        let answer = try await offThePool { Result { try MigrationChannel(socket: FileDescriptor(rawValue: stream)).receive() } }.get()
+        #expect(answer == .refused("VM twocpu is defined in \(f.definitions)/twocpu.json with 2 vCPUs and 32 MiB, the incoming VM has 1 vCPUs and 32 MiB: receive it under another name (--name)"))
         let ended = try await waitForEnd(f.supervisor, "1")
         #expect(ended.phase == .failed)
         #expect(try String(contentsOfFile: f.definitions + "/twocpu.json", encoding: .utf8).contains("\"vcpus\": 2"))
@@ -209,7 +213,8 @@ import VMMInterface
         let fd = try #require(connectToUnixSocket(other))
         let junk = MigrationChannel(socket: FileDescriptor(rawValue: fd))
         try junk.send(.go)
-        guard case let .refused(reason) = try junk.receive() else { Issue.record("no refusal"); return }
+        let junkAnswer = try await offThePool { Result { try MigrationChannel(socket: FileDescriptor(rawValue: fd)).receive() } }.get()
+        guard case let .refused(reason) = junkAnswer else { Issue.record("no refusal"); return }
         #expect(reason == "not a migration stream: it began with go, not hello")
         #expect(try await waitForEnd(f.supervisor, "2").error == reason)
         // Checked at once: a bad name, a file that is not a socket (listening would replace it).
