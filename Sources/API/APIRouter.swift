@@ -33,6 +33,12 @@ public struct ResponseStream: Sendable {
     public init(next: @escaping @Sendable () async -> [UInt8]?) { self.next = next }
 }
 
+/// What answers a listener's requests: the whole API (`APIRouter`, api.sock) or only its
+/// read-only part (`MetricsRouter`, metrics.sock and the metrics TCP listener).
+public protocol RequestHandling: Sendable {
+    func handle(_ request: APIRequest) async -> APIResponse
+}
+
 /// The control API's routes (docs/api.yaml), independent of the transport: the HTTP server
 /// hands it method, target and body; tests call it directly.
 ///
@@ -60,7 +66,8 @@ public struct ResponseStream: Sendable {
 ///     GET  /v1/migrations/incoming      IncomingList
 ///     GET  /v1/migrations/incoming/{id} IncomingMigration
 ///     GET  /v1/events[?since=SEQ][&vm=NAME][&follow=1]   DaemonEvent lines (NDJSON); follow: streamed
-public struct APIRouter: Sendable {
+///     GET  /metrics                     Prometheus text exposition (APIRouter+Metrics.swift)
+public struct APIRouter: RequestHandling {
     let control: any VMControl
     public static let maxBody = 1 << 20
 
@@ -68,6 +75,10 @@ public struct APIRouter: Sendable {
 
     public func handle(_ request: APIRequest) async -> APIResponse {
         let (path, query) = Self.split(request.target)
+        if path == "/metrics" {
+            guard request.method == "GET" else { return Self.methodNotAllowed("GET") }
+            return await metrics()
+        }
         let parts = path.split(separator: "/", omittingEmptySubsequences: true).map(String.init)
         guard parts.first == "v1" else { return Self.error(404, "no such endpoint: \(path)") }
         let rest = Array(parts.dropFirst())

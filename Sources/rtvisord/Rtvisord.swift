@@ -52,6 +52,9 @@ struct Rtvisord: ParsableCommand {
     @Flag(help: "Validate every definition, print the problems and exit (status 1 if any).")
     var check = false
 
+    @Option(help: "rtvisord's own settings (JSON: the metrics TCP listener; docs/metrics.md). No file: the defaults.")
+    var settings = RtvisordSettings.defaultPath
+
     @Option(help: "Seccomp filter of the API front process: enforce, log (audit only: for finding a missing entry) or off.")
     var apiSeccomp: SeccompMode = .enforce
 
@@ -60,6 +63,8 @@ struct Rtvisord: ParsableCommand {
     var apiFront = false
     @Option(help: .hidden)
     var apiFrontAccess: String?
+    @Flag(name: .customLong(String(APIFront.metricsTCPFlag.dropFirst(2))), help: .hidden)
+    var apiFrontMetricsTCP = false
 
     func run() throws {
         if check { Self.checkDefinitions(definitions) }
@@ -74,6 +79,11 @@ struct Rtvisord: ParsableCommand {
 
         bootstrapLogging()
         let logger = Logger(label: "rtvisord")
+        let daemonSettings: RtvisordSettings
+        do { daemonSettings = try RtvisordSettings.load(path: settings) } catch {
+            logger.critical("\(error)")
+            Foundation.exit(1)
+        }
         let notifier = SystemdNotifier(environment: ProcessInfo.processInfo.environment)
         let paths = DaemonPaths(definitions: definitions, run: runDirectory, vmm: vmm ?? Self.defaultVMM(),
                                 apiSocket: apiSocket ?? runDirectory + "/api.sock", state: stateDirectory)
@@ -81,7 +91,7 @@ struct Rtvisord: ParsableCommand {
             notifier.notify(.status(status))
         }
         let daemon = DaemonRun(supervisor: supervisor, notifier: notifier, logger: logger, paths: paths, apiGroup: apiGroup,
-                               apiFrontArguments: ["--log-level", logLevel, "--api-seccomp", apiSeccomp.rawValue])
+                               metrics: daemonSettings.metrics, apiFrontArguments: ["--log-level", logLevel, "--api-seccomp", apiSeccomp.rawValue])
         let done = DispatchSemaphore(value: 0)
         Task {
             await daemon.run(signals: set)
@@ -113,7 +123,7 @@ struct Rtvisord: ParsableCommand {
     func runAPIFront() -> Never {
         // The daemon's signal mask is not taken over (posix_spawn cleared it): SIGTERM ends the
         // front; SIGHUP (`systemctl kill -s HUP` reaches every process of the unit) does not.
-        APIFront.closeInheritedDescriptors()
+        APIFront.closeInheritedDescriptors(metricsTCP: apiFrontMetricsTCP)
         signal(SIGPIPE, SIG_IGN)
         signal(SIGHUP, SIG_IGN)
         bootstrapLogging()
@@ -122,11 +132,11 @@ struct Rtvisord: ParsableCommand {
             logger.critical("--api-front needs --api-front-access UID:GID")
             Foundation.exit(2)
         }
-        do { try APIFront.confine(seccomp: apiSeccomp, logger: logger) } catch {
+        do { try APIFront.confine(seccomp: apiSeccomp, metricsTCP: apiFrontMetricsTCP, logger: logger) } catch {
             logger.critical("API front: \(error)")
             Foundation.exit(1)
         }
-        Task { await APIFront.serve(access: access, logger: logger) }
+        Task { await APIFront.serve(access: access, metricsTCP: apiFrontMetricsTCP, logger: logger) }
         // Parked for good (a futex wait: the filter allows it); serve() ends the process.
         DispatchSemaphore(value: 0).wait()
         Foundation.exit(1)
@@ -154,6 +164,7 @@ struct DaemonRun: Sendable {
     let logger: Logger
     let paths: DaemonPaths
     let apiGroup: String
+    let metrics: MetricsSettings
     let apiFrontArguments: [String]
 
     func run(signals: sigset_t) async {
@@ -162,17 +173,20 @@ struct DaemonRun: Sendable {
         // front accepts), and served by the confined front process (docs/sandbox.md).
         var api: Task<Void, Never>?
         var listening: Int32 = -1
+        var metricsSockets: [Int32] = []
         do {
             listening = try HTTPServer.bindListeningSocket(paths.apiSocket, groupName: apiGroup, logger: logger)
-            let front = APIFrontSupervisor(listeningSocket: listening, access: PeerAccess(groupName: apiGroup), control: supervisor,
-                                           logger: logger, arguments: apiFrontArguments)
+            metricsSockets = try bindMetricsListeners()
+            let front = APIFrontSupervisor(listeningSocket: listening, metricsSockets: metricsSockets, access: PeerAccess(groupName: apiGroup),
+                                           control: supervisor, logger: logger, arguments: apiFrontArguments)
             api = Task { await front.run() }
         } catch {
             logger.critical("control API on \(paths.apiSocket) failed: \(error)")
         }
         let status = await supervisor.statusText
         notifier.notify(.ready, .status(status))
-        await event(.daemonReady, "rtvisord \(Rtvisord.version) ready: \(status); API on \(paths.apiSocket)")
+        let tcp = metricsSockets.count > 1 ? " and http://\(MetricsListeners.endpoint((metrics.tcp.address, metrics.tcp.port)))/" : ""
+        await event(.daemonReady, "rtvisord \(Rtvisord.version) ready: \(status); API on \(paths.apiSocket), metrics and dashboard on \(paths.metricsSocket)\(tcp)")
 
         let watchdog = Task {
             guard let ns = notifier.watchdogPingIntervalNanoseconds else { return }
@@ -216,7 +230,21 @@ struct DaemonRun: Sendable {
         api?.cancel()
         await api?.value
         unlink(paths.apiSocket)
+        unlink(paths.metricsSocket)
         if listening >= 0 { close(listening) }
+        metricsSockets.forEach { close($0) }
+    }
+
+    /// metrics.sock, and the TCP listener when rtvisord.json enables it. A TCP listener that
+    /// cannot be bound (port taken) is logged and left out: the API and metrics.sock still run.
+    func bindMetricsListeners() throws -> [Int32] {
+        let tcp = metrics.tcp.enabled ? (address: metrics.tcp.address, port: metrics.tcp.port) : nil
+        do {
+            return try MetricsListeners.bind(socketPath: paths.metricsSocket, tcp: tcp, logger: logger)
+        } catch where tcp != nil {
+            logger.critical("\(error); serving the metrics on \(paths.metricsSocket) only")
+            return try MetricsListeners.bind(socketPath: paths.metricsSocket, tcp: nil, logger: logger)
+        }
     }
 
     func event(_ e: LifecycleEvent, _ message: String) async {
