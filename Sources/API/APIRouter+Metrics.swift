@@ -8,7 +8,7 @@ import VMMInterface
 extension APIRouter {
     func metrics() async -> APIResponse {
         do {
-            let stats = try await control.stats()
+            let stats = try await control.stats(nil)
             let text = PrometheusExposition.render(stats, version: RtvisorRelease.version)
             return APIResponse(status: 200, headers: [("Content-Type", PrometheusExposition.contentType)], body: Array(text.utf8))
         } catch {

@@ -66,6 +66,8 @@ public protocol RequestHandling: Sendable {
 ///     GET  /v1/migrations/incoming      IncomingList
 ///     GET  /v1/migrations/incoming/{id} IncomingMigration
 ///     GET  /v1/events[?since=SEQ][&vm=NAME][&follow=1]   DaemonEvent lines (NDJSON); follow: streamed
+///     GET  /v1/stats                    StatsList (every VM)
+///     GET  /v1/vms/{name}/stats         VMStats
 ///     GET  /metrics                     Prometheus text exposition (APIRouter+Metrics.swift)
 public struct APIRouter: RequestHandling {
     let control: any VMControl
@@ -107,6 +109,8 @@ public struct APIRouter: RequestHandling {
         case 3 where rest[0] == "vms" && rest[2] == "migration":
             guard request.method == "GET" else { return Self.methodNotAllowed("GET") }
             return await run { () async throws(ControlError) in try await control.migrationStatus(rest[1]) }
+        case 1 where rest[0] == "stats": return await stats(request.method, vm: nil)
+        case 3 where rest[0] == "vms" && rest[2] == "stats": return await stats(request.method, vm: rest[1])
         case 3 where rest[0] == "vms" && rest[2] == "latency":
             guard request.method == "GET" else { return Self.methodNotAllowed("GET") }
             return await run { () async throws(ControlError) in try await control.latency(rest[1]) }

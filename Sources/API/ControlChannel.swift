@@ -32,6 +32,8 @@ public enum ControlCall: Codable, Sendable, Equatable {
     case incomingMigration(id: String)
     /// A long poll (`VMControl.events`): the front repeats it to follow the event stream.
     case events(after: UInt64?, vm: String?, waitSeconds: Int)
+    /// `VMControl.stats`: one VM's statistics, or every VM's (name nil).
+    case stats(name: String?)
 }
 
 /// rtvisord's end: answers the front's calls with the real `VMControl` (the Supervisor). One
@@ -134,6 +136,7 @@ public enum ControlServer {
             case .incomingMigrations: return encoded(try await control.incomingMigrations())
             case let .incomingMigration(id): return encoded(try await control.incomingMigration(id))
             case let .events(after, vm, wait): return encoded(try await control.events(after: after, vm: vm, waitSeconds: wait))
+            case let .stats(name): return encoded(try await control.stats(name))
             }
         } catch {
             switch error {
@@ -264,4 +267,5 @@ public final class RemoteVMControl: VMControl, Sendable {
     public func events(after: UInt64?, vm: String?, waitSeconds: Int) async throws(ControlError) -> EventBatch {
         try await call(.events(after: after, vm: vm, waitSeconds: waitSeconds), as: EventBatch.self)
     }
+    public func stats(_ name: String?) async throws(ControlError) -> StatsList { try await call(.stats(name: name), as: StatsList.self) }
 }

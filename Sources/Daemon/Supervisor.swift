@@ -36,6 +36,8 @@ public actor Supervisor: VMControl {
     public let paths: DaemonPaths
     let logger: Logger
     let cgroups: CgroupPlacement
+    /// Reads what `stats` reports beyond the records (procfs, cgroupfs, the VMMs' counters).
+    let statsCollector = StatsCollector()
     let onStatus: @Sendable (String) -> Void
     let version: String
     var records: [String: Record] = [:]

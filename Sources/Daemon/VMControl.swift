@@ -50,6 +50,8 @@ public protocol VMControl: Sendable {
     /// The lifecycle events after sequence number `after` (nil: from now on), of one VM or all; if
     /// there are none yet, waits up to `waitSeconds` (at most `EventLog.maxWaitSeconds`) for one.
     func events(after: UInt64?, vm: String?, waitSeconds: Int) async throws(ControlError) -> EventBatch
+    /// Statistics of one VM (a list of one) or of all, read now (`StatsCollector`).
+    func stats(_ name: String?) async throws(ControlError) -> StatsList
 }
 
 public enum ControlError: Error, Equatable, Sendable, CustomStringConvertible {

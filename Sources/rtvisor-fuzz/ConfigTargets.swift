@@ -81,6 +81,13 @@ final class FuzzControl: VMControl {
         return LatencySnapshot(name: "web", cpu: 1, priority: 51, periodMicroseconds: 1000, samples: 3, minNanoseconds: 1, meanNanoseconds: 2,
                                p50Nanoseconds: 2, p99Nanoseconds: 3, p9999Nanoseconds: 3, maxNanoseconds: 3, buckets: [[1, 1]], updatedAt: 0)
     }
+    func stats(_ name: String?) throws(ControlError) -> StatsList {
+        if let name, vms[name] == nil { throw .notFound("no VM named \"\(name)\"") }
+        return StatsList(vms: (name.map { [$0] } ?? vms.keys.sorted()).map { n in
+            VMStats(name: n, state: vms[n]!, pid: vms[n] == .running ? 42 : nil, vmmStartedAt: nil, restarts: 0, vcpus: [], memory: nil,
+                    disks: [], nics: [], realtime: nil)
+        }, collectedAt: 0)
+    }
     func shutdownGuests() -> GuestsResult {
         GuestsResult(vms: [ActionResult(name: "web", action: "shutdown", state: .stopping, message: "shutdown")], waitSeconds: 35)
     }

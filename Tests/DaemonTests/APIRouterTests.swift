@@ -79,6 +79,17 @@ actor FakeControl: VMControl {
         return LatencySnapshot(name: "web", cpu: 1, priority: 51, periodMicroseconds: 1000, samples: 3, minNanoseconds: 1, meanNanoseconds: 2,
                                p50Nanoseconds: 2, p99Nanoseconds: 3, p9999Nanoseconds: 3, maxNanoseconds: 3, buckets: [[1, 1], [2, 1], [3, 1]], updatedAt: 0)
     }
+    func stats(_ name: String?) throws(ControlError) -> StatsList {
+        calls.append("stats \(name ?? "*")")
+        if let name, vms[name] == nil { throw .notFound("no VM named \"\(name)\"") }
+        let names = name.map { [$0] } ?? vms.keys.sorted()
+        return StatsList(vms: names.map { n in
+            VMStats(name: n, state: vms[n]!, pid: vms[n] == .running ? 42 : nil, vmmStartedAt: nil, restarts: 0,
+                    vcpus: [VCPUStats(index: 0, cpuSeconds: 1.5, stealSeconds: 0.25, exits: ["io": 7])],
+                    memory: MemoryStats(guestBytes: 32 << 20, residentBytes: nil, lockedBytes: nil, cgroupCurrentBytes: nil, cgroupMaxBytes: nil),
+                    disks: [], nics: [], realtime: nil)
+        }, collectedAt: 1000)
+    }
     func shutdownGuests() -> GuestsResult {
         calls.append("shutdown-guests")
         let running = vms.keys.sorted().filter { vms[$0] == .running }
@@ -353,6 +364,20 @@ extension FakeControl {
         #expect(await router.handle(APIRequest(method: "GET", target: "/v1/vms/db/latency")).status == 409)
     }
 
+    @Test func statsOfAllVMsAndOfOne() async throws {
+        let fake = FakeControl()
+        let router = APIRouter(control: fake)
+        let all = await router.handle(APIRequest(method: "GET", target: "/v1/stats"))
+        #expect(all.status == 200)
+        #expect(try decode(StatsList.self, all).vms.map(\.name) == ["db", "web"])
+        let one = await router.handle(APIRequest(method: "GET", target: "/v1/vms/web/stats"))
+        #expect(one.status == 200 && one.text.contains("\"cpu_s\":1.5") && one.text.contains("\"exits\":{\"io\":7}"), "\(one.text)")
+        #expect(try decode(VMStats.self, one).pid == 42)
+        #expect(await router.handle(APIRequest(method: "GET", target: "/v1/vms/ghost/stats")).status == 404)
+        #expect(await router.handle(APIRequest(method: "POST", target: "/v1/stats")).status == 405)
+        #expect(await fake.calls == ["stats *", "stats web", "stats ghost"])
+    }
+
     @Test func everyRouteIsDocumented() async throws {
         let root = URL(fileURLWithPath: #filePath).deletingLastPathComponent().deletingLastPathComponent().deletingLastPathComponent()
         let yaml = try String(contentsOf: root.appendingPathComponent("docs/api.yaml"), encoding: .utf8)
@@ -362,14 +387,15 @@ extension FakeControl {
                                    "/v1/rt-check", "/v1/vms/{name}/rt-check", "/v1/vms/{name}/latency", "/v1/guests/shutdown", "/v1/guests/start",
                                    "/v1/vms/{name}/snapshot", "/v1/vms/{name}/clone", "/v1/snapshots", "/v1/snapshots/restore",
                                    "/v1/vms/{name}/migrate", "/v1/migrations/incoming", "/v1/migrations/incoming/{id}", "/v1/vms/{name}/upgrade",
-                                   "/v1/vms/{name}/migration", "/v1/events"]
+                                   "/v1/vms/{name}/migration", "/v1/events",
+                                   "/v1/stats", "/v1/vms/{name}/stats"]
         #expect(documented == routes)
         // And the router answers each of them (not 404).
         let router = APIRouter(control: FakeControl())
         for route in routes {
             let path = route.replacingOccurrences(of: "{name}", with: "web").replacingOccurrences(of: "{id}", with: "1")
             let method = ["/v1/daemon", "/v1/vms", "/v1/vms/web", "/v1/rt-check", "/v1/vms/web/rt-check", "/v1/vms/web/latency", "/v1/snapshots",
-                          "/v1/migrations/incoming/1", "/v1/vms/web/migration", "/v1/events"].contains(path) ? "GET" : "POST"
+                          "/v1/migrations/incoming/1", "/v1/vms/web/migration", "/v1/events", "/v1/stats", "/v1/vms/web/stats"].contains(path) ? "GET" : "POST"
             let bodies = ["/v1/validate": "{\"definition\": \"{}\"}", "/v1/vms/web/clone": "{\"count\": 1}", "/v1/snapshots/restore": "{\"directory\": \"/s\", \"name\": \"new\"}",
                           "/v1/vms/web/migrate": "{\"address\": \"unix:/x\"}", "/v1/migrations/incoming": "{\"listen\": \"tcp:0.0.0.0:7010\"}"]
             let body = Array((bodies[path] ?? "").utf8)

@@ -43,6 +43,9 @@ import Glibc
         APIRequest(method: "GET", target: "/v1/vms/db/rt-check"),
         APIRequest(method: "GET", target: "/v1/vms/web/latency"),
         APIRequest(method: "GET", target: "/v1/vms/db/latency"),
+        APIRequest(method: "GET", target: "/v1/stats"),
+        APIRequest(method: "GET", target: "/v1/vms/web/stats"),
+        APIRequest(method: "GET", target: "/v1/vms/ghost/stats"),
         APIRequest(method: "POST", target: "/v1/guests/shutdown"),
         APIRequest(method: "POST", target: "/v1/guests/start"),
         APIRequest(method: "DELETE", target: "/v1/vms"),
@@ -225,6 +228,7 @@ struct SlowControl: VMControl {
     func info() async throws(ControlError) -> DaemonInfo { throw .failed("no") }
     func realtimeCheck(_ name: String?) async throws(ControlError) -> [RealtimeCheck] { throw .failed("no") }
     func latency(_ name: String) async throws(ControlError) -> LatencySnapshot { throw .failed("no") }
+    func stats(_ name: String?) async throws(ControlError) -> StatsList { throw .failed("no") }
     func shutdownGuests() async throws(ControlError) -> GuestsResult { throw .failed("no") }
     func startGuests() async throws(ControlError) -> GuestsResult { throw .failed("no") }
     func snapshot(_ name: String, _ options: SnapshotOptions) async throws(ControlError) -> SnapshotResult { throw .failed("no") }

@@ -1,0 +1,34 @@
+import APIModels
+import Foundation
+import Posix
+
+/// `stats`: the supervisor's part of the one aggregation. It takes a consistent picture of its
+/// records (`StatsTarget`s) and hands the reads to the `StatsCollector` off the actor, one VM
+/// per thread, so a slow file or VMM holds up neither the supervisor nor the other VMs.
+extension Supervisor {
+    public func stats(_ name: String?) async throws(ControlError) -> StatsList {
+        let names = name.map { [$0] } ?? records.keys.sorted()
+        var targets: [StatsTarget] = []
+        for n in names { targets.append(statsTarget(try record(n))) }
+        let collector = statsCollector
+        let collected = await withTaskGroup(of: (Int, VMStats).self) { group in
+            for (i, t) in targets.enumerated() {
+                group.addTask { (i, await Processes.offThePool { collector.collect(t) }) }
+            }
+            var out: [(Int, VMStats)] = []
+            for await r in group { out.append(r) }
+            return out.sorted { $0.0 < $1.0 }.map(\.1)
+        }
+        return StatsList(vms: collected, collectedAt: Date().timeIntervalSince1970)
+    }
+
+    func statsTarget(_ r: Record) -> StatsTarget {
+        let d = r.current
+        let process = r.lifecycle.process.map { ProcessIdentity(pid: $0.pid, startTime: $0.startTime) }
+        let probe = (d.realtime?.latencyProbeMicroseconds ?? 0) > 0
+        return StatsTarget(name: r.loaded.name, state: r.state, process: process, restarts: r.lifecycle.restarts,
+                           guestBytes: UInt64(d.memoryMiB) << 20,
+                           realtime: d.realtime.map { RealtimeStats(cpus: $0.cpus, priority: $0.priority, latency: nil) },
+                           latencyFile: probe ? paths.latencyFile(r.loaded.name) : nil)
+    }
+}
