@@ -45,7 +45,7 @@ public struct MetricsRouter: RequestHandling {
         return await api.handle(forwarded)
     }
 
-    static func withoutFollow(_ target: String) -> String {
+    public static func withoutFollow(_ target: String) -> String {
         let (path, query) = APIRouter.split(target)
         let kept = query.filter { $0.key != "follow" }.sorted { $0.key < $1.key }.map { "\($0.key)=\($0.value)" }
         return kept.isEmpty ? path : path + "?" + kept.joined(separator: "&")
