@@ -156,7 +156,7 @@ def check_page(dom):
         if "%" not in cpu:
             fail(f"{name}: no CPU rate on the page ({cpu!r})")
         number(cpu, "%")
-        if "resident of" not in vm["fields"].get("memory", ""):
+        if "resident, guest" not in vm["fields"].get("memory", ""):
             fail(f"{name}: no memory numbers ({vm['fields'].get('memory')!r})")
     disk = vms["disk"]["fields"].get("disk", "")
     if "/s read" not in disk or number(disk, "op/s") <= 0:
@@ -212,16 +212,19 @@ def main():
     browser = None
     try:
         base = f"http://127.0.0.1:{port}"
-        deadline = time.time() + 60
+        # Running, and the probe's first latency file written (the VMM writes it every second).
+        deadline, stats = time.time() + 60, None
         while True:
             try:
                 stats = json.load(urllib.request.urlopen(base + "/v1/stats", timeout=5))
-                if sorted(v["state"] for v in stats["vms"]) == ["running"] * 3:
+                rt = next((v for v in stats["vms"] if v["name"] == "rt"), {})
+                if sorted(v["state"] for v in stats["vms"]) == ["running"] * 3 and \
+                        ((rt.get("realtime") or {}).get("latency") or {}).get("samples", 0) > 0:
                     break
             except OSError:
                 pass
             if time.time() > deadline or daemon.poll() is not None:
-                fail(f"the three VMs did not run within 60 s; rtvisord's log: {run}/rtvisord.log")
+                fail(f"the three VMs did not run (or rt had no latency samples) within 60 s: {stats}")
             time.sleep(0.5)
 
         scrape(urllib.request.urlopen(base + "/metrics", timeout=10).read().decode(), "TCP listener")
@@ -252,7 +255,7 @@ def main():
         if second["events"] == 0:
             fail("the event list is empty (vm-started events expected)")
         for name, vm in vms.items():
-            log(f"page: {name} {vm['state']}: " + "; ".join(f"{k}={v}" for k, v in vm["fields"].items() if k != "state"))
+            log(f"page: {name} {vm['state']}: " + "; ".join(f"{k}={v}" for k, v in vm["fields"].items() if k not in ("state", "realtime", "histogram", "latency-plot")))
         log(f"page updated itself ({first['collectedAt']} -> {second['collectedAt']}), {second['events']} events")
 
         shot = browser.call("Page.captureScreenshot", format="png", captureBeyondViewport=True)
@@ -269,6 +272,11 @@ def main():
             fail(f"on a 390-pixel phone screen the page is {width} pixels wide")
         log(f"phone width 390: page {width} pixels wide, no horizontal scrolling")
         print("PASS: dashboard and /metrics against a running rtvisord")
+    except SystemExit:
+        # rtvisord's log (no journald here) outlives the work directory for a failure.
+        shutil.copy(f"{run}/rtvisord.log", "/tmp/test-dashboard-rtvisord.log")
+        print("rtvisord's log: /tmp/test-dashboard-rtvisord.log", file=sys.stderr)
+        raise
     finally:
         if browser:
             browser.close()

@@ -21,7 +21,7 @@ body { margin:0; font:14px/1.4 system-ui,-apple-system,"Segoe UI",sans-serif; ba
 header { display:flex; flex-wrap:wrap; gap:.5em 1.5em; align-items:baseline; padding:.8em 1em; border-bottom:1px solid #2d3640; }
 header h1 { font-size:1.2em; margin:0; }
 header span { color:var(--dim); }
-main { display:grid; grid-template-columns:repeat(auto-fill,minmax(320px,1fr)); gap:1em; padding:1em; }
+main { display:grid; grid-template-columns:repeat(auto-fill,minmax(320px,1fr)); gap:1em; padding:1em; align-items:start; }
 .vm { background:var(--card); border-radius:8px; padding:.8em 1em; border-left:4px solid var(--dim); }
 .vm[data-state=running] { border-left-color:var(--ok); }
 .vm[data-state=paused], .vm[data-state=stopping], .vm[data-state=restarting], .vm[data-state=incoming] { border-left-color:var(--warn); }
@@ -66,7 +66,7 @@ const sum = (xs, f) => xs.reduce((a, x) => a + (f(x) || 0), 0);
 
 function totals(vm) {
   return {
-    cpu: sum(vm.vcpus, v => v.cpu_s),
+    cpu: sum(vm.vcpus, v => v.cpu_s), steal: sum(vm.vcpus, v => v.steal_s),
     diskRead: sum(vm.disks, d => d.read_bytes), diskWrite: sum(vm.disks, d => d.write_bytes),
     diskOps: sum(vm.disks, d => d.read_ops + d.write_ops + d.flush_ops),
     rx: sum(vm.nics, n => n.rx_bytes), tx: sum(vm.nics, n => n.tx_bytes),
@@ -80,7 +80,7 @@ function rates(vm, at) {
   previous.set(vm.name, {at, totals: now});
   if (!before || before.totals.started !== now.started || at <= before.at) return null;
   const dt = at - before.at, r = {};
-  for (const k of ["cpu","diskRead","diskWrite","diskOps","rx","tx"]) r[k] = Math.max(0, now[k] - before.totals[k]) / dt;
+  for (const k of ["cpu","steal","diskRead","diskWrite","diskOps","rx","tx"]) r[k] = Math.max(0, now[k] - before.totals[k]) / dt;
   return r;
 }
 
@@ -113,12 +113,13 @@ function plot(values) {
   const svg = document.createElementNS("http://www.w3.org/2000/svg", "svg");
   svg.setAttribute("viewBox", "0 0 300 70"); svg.setAttribute("preserveAspectRatio", "none"); svg.setAttribute("data-field", "latency-plot");
   if (values.length < 2) return svg;
+  // 0 at the bottom, the largest p99 at 4/5 of the height.
   const max = Math.max(...values) || 1, step = 300 / (values.length - 1);
   const line = document.createElementNS(svg.namespaceURI, "polyline");
   line.setAttribute("class", "line");
-  line.setAttribute("points", values.map((v, i) => (i * step).toFixed(1) + "," + (62 - v / max * 58).toFixed(1)).join(" "));
+  line.setAttribute("points", values.map((v, i) => (i * step).toFixed(1) + "," + (58 - v / max * 46).toFixed(1)).join(" "));
   const t = document.createElementNS(svg.namespaceURI, "text");
-  t.setAttribute("x", 2); t.setAttribute("y", 10); t.textContent = "p99 over the last " + values.length + " s, max " + micro(max);
+  t.setAttribute("x", 2); t.setAttribute("y", 69); t.textContent = "p99 over the last " + values.length + " polls, highest " + micro(max);
   svg.append(line, t);
   return svg;
 }
@@ -128,8 +129,11 @@ function card(vm, r) {
   const h = el("h2", {}, vm.name); h.append(el("span", {class: "state", "data-field": "state"}, vm.state));
   const dl = el("dl");
   const cpus = vm.vcpus.length;
-  field(dl, "cpu", "CPU", r ? (r.cpu * 100).toFixed(1) + " % of " + cpus + " vCPU" + (cpus === 1 ? "" : "s") : (cpus ? "…" : "–"));
-  if (vm.memory) field(dl, "memory", "Memory", (vm.memory.resident_bytes != null ? bytes(vm.memory.resident_bytes) + " resident of " : "") + bytes(vm.memory.guest_bytes));
+  // vCPU threads' host CPU time per second: 100 % is one host CPU busy.
+  field(dl, "cpu", "CPU", r ? (r.cpu * 100).toFixed(1) + " % (" + cpus + " vCPU" + (cpus === 1 ? "" : "s") + ")" : (cpus ? "…" : "–"));
+  // Runnable but waiting for a host CPU (schedstat): a VM squeezed by its neighbours.
+  if (vm.vcpus.some(v => v.steal_s != null)) field(dl, "steal", "Waiting", r ? (r.steal * 100).toFixed(1) + " % of the time" : "…");
+  if (vm.memory) field(dl, "memory", "Memory", (vm.memory.resident_bytes != null ? bytes(vm.memory.resident_bytes) + " resident, " : "") + "guest " + bytes(vm.memory.guest_bytes));
   else field(dl, "memory", "Memory", "–");
   if (vm.disks.length) field(dl, "disk", "Disk", r ? bytes(r.diskRead) + "/s read, " + bytes(r.diskWrite) + "/s written, " + r.diskOps.toFixed(0) + " op/s" : "…");
   if (vm.nics.length) field(dl, "net", "Net", r ? bytes(r.rx) + "/s in, " + bytes(r.tx) + "/s out" : "…");
