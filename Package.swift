@@ -150,7 +150,7 @@ let package = Package(
         .testTarget(name: "MetricsTests", dependencies: ["Metrics", "APIModels", "VMMInterface"]),
         .testTarget(name: "VMMInterfaceTests", dependencies: ["VMMInterface", .product(name: "SystemPackage", package: "swift-system")]),
         // The VMM's logic that needs no /dev/kvm (exit dispatch).
-        .testTarget(name: "VMMTests", dependencies: ["VMM", "KVM", "CKVM", "Devices", "Memory", "Arch"]),
+        .testTarget(name: "VMMTests", dependencies: ["VMM", "KVM", "CKVM", "Devices", "Memory", "Arch", "VMMInterface"]),
         .testTarget(name: "MemoryTests", dependencies: ["Memory", "Arch", .product(name: "SystemPackage", package: "swift-system")]),
         .testTarget(name: "BootTests", dependencies: ["Boot", "Memory", "Arch", "TestSupport", .product(name: "SystemPackage", package: "swift-system")]),
         .testTarget(name: "DevicesTests", dependencies: ["Devices", "TestSupport"]),

@@ -15,10 +15,17 @@ public struct StatsTarget: Sendable, Equatable {
     public var realtime: RealtimeStats?
     /// A real-time VM's latency file (only with a probe).
     public var latencyFile: String?
+    /// The VMM's control socket, when its VMM can answer there (not while it is frozen).
+    public var controlSocket: String?
+    /// The definition's disks' ids and NICs' taps, in its order (the VMM counts by position).
+    public var diskIDs: [String]
+    public var nicTaps: [String]
     public init(name: String, state: VMStateName, process: ProcessIdentity?, restarts: Int, guestBytes: UInt64,
-                realtime: RealtimeStats? = nil, latencyFile: String? = nil) {
+                realtime: RealtimeStats? = nil, latencyFile: String? = nil, controlSocket: String? = nil,
+                diskIDs: [String] = [], nicTaps: [String] = []) {
         self.name = name; self.state = state; self.process = process; self.restarts = restarts; self.guestBytes = guestBytes
-        self.realtime = realtime; self.latencyFile = latencyFile
+        self.realtime = realtime; self.latencyFile = latencyFile; self.controlSocket = controlSocket
+        self.diskIDs = diskIDs; self.nicTaps = nicTaps
     }
 }
 
@@ -31,9 +38,21 @@ public struct StatsCollector: Sendable {
     public var cgroupRoot: String
     /// Clock ticks per second (`sysconf(_SC_CLK_TCK)`), for /proc/PID/stat's start time.
     public var clockTicks: Double
+    /// Asks a VMM for its counters over its control socket; nil when it cannot or will not
+    /// (gone, too old, not answering within `vmmTimeoutSeconds`).
+    public var vmmCounters: @Sendable (_ controlSocket: String) -> VMMStatistics?
 
-    public init(procRoot: String = "/proc", cgroupRoot: String = "/sys/fs/cgroup", clockTicks: Double = Double(sysconf(Int32(_SC_CLK_TCK)))) {
-        self.procRoot = procRoot; self.cgroupRoot = cgroupRoot; self.clockTicks = clockTicks
+    /// How long one VMM may take to answer: a VMM that does not answer costs a collection this
+    /// much, and only its own counters.
+    public static let vmmTimeoutSeconds = 1
+
+    public init(procRoot: String = "/proc", cgroupRoot: String = "/sys/fs/cgroup", clockTicks: Double = Double(sysconf(Int32(_SC_CLK_TCK))),
+                vmmCounters: @escaping @Sendable (_ controlSocket: String) -> VMMStatistics? = StatsCollector.askVMM) {
+        self.procRoot = procRoot; self.cgroupRoot = cgroupRoot; self.clockTicks = clockTicks; self.vmmCounters = vmmCounters
+    }
+
+    public static func askVMM(_ controlSocket: String) -> VMMStatistics? {
+        try? VMMControlClient.connect(controlSocket, timeoutSeconds: vmmTimeoutSeconds).statistics()
     }
 
     /// One VM's statistics; sections that cannot be read (no VMM, a file gone) are absent.
@@ -60,7 +79,26 @@ public struct StatsCollector: Sendable {
             stats.memory?.cgroupMaxBytes = usage.max
         }
         stats.vcpus = vcpuThreads(dir)
+        if let socket = t.controlSocket, let counters = vmmCounters(socket) { Self.merge(counters, into: &stats, target: t) }
         return stats
+    }
+
+    /// The VMM's counters into the statistics: exits into the vCPUs procfs found (a vCPU thread
+    /// procfs did not show is added), disks and NICs named from the definition.
+    public static func merge(_ c: VMMStatistics, into stats: inout VMStats, target t: StatsTarget) {
+        for v in c.vcpus {
+            if let i = stats.vcpus.firstIndex(where: { $0.index == v.index }) { stats.vcpus[i].exits = v.exits }
+            else { stats.vcpus.append(VCPUStats(index: v.index, cpuSeconds: nil, stealSeconds: nil, exits: v.exits)) }
+        }
+        stats.vcpus.sort { $0.index < $1.index }
+        stats.disks = c.disks.enumerated().map { i, d in
+            DiskStats(id: i < t.diskIDs.count ? t.diskIDs[i] : String(i), readOps: d.readOps, writeOps: d.writeOps, flushOps: d.flushOps,
+                      readBytes: d.readBytes, writeBytes: d.writeBytes, errors: d.errors, serviceSeconds: Double(d.serviceNanoseconds) / 1e9)
+        }
+        stats.nics = c.nics.enumerated().map { i, n in
+            NICStats(id: String(i), tap: i < t.nicTaps.count ? t.nicTaps[i] : "", rxFrames: n.rxFrames, rxBytes: n.rxBytes,
+                     txFrames: n.txFrames, txBytes: n.txBytes, rxDrops: n.rxDrops, txDrops: n.txDrops)
+        }
     }
 
     /// Unix time of the host's boot (`btime` of /proc/stat).

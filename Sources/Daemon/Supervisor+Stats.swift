@@ -26,9 +26,17 @@ extension Supervisor {
         let d = r.current
         let process = r.lifecycle.process.map { ProcessIdentity(pid: $0.pid, startTime: $0.startTime) }
         let probe = (d.realtime?.latencyProbeMicroseconds ?? 0) > 0
+        // A VMM paused by SIGSTOP cannot answer: asking would only cost the timeout.
+        let answers: Bool = switch r.lifecycle.phase {
+        case .running, .stopping: true
+        default: false
+        }
         return StatsTarget(name: r.loaded.name, state: r.state, process: process, restarts: r.lifecycle.restarts,
                            guestBytes: UInt64(d.memoryMiB) << 20,
                            realtime: d.realtime.map { RealtimeStats(cpus: $0.cpus, priority: $0.priority, latency: nil) },
-                           latencyFile: probe ? paths.latencyFile(r.loaded.name) : nil)
+                           latencyFile: probe ? paths.latencyFile(r.loaded.name) : nil,
+                           controlSocket: answers && process != nil ? paths.controlSocket(r.loaded.name) : nil,
+                           diskIDs: d.disks.enumerated().map { $0.element.serial.isEmpty ? String($0.offset) : $0.element.serial },
+                           nicTaps: d.nets.map(\.tap))
     }
 }

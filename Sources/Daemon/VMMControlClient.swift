@@ -15,6 +15,8 @@ public struct VMMControlClient {
 
     public let connection: VMMControlConnection
     public let socketPath: String
+    /// The control protocol version agreed by `hello` (0 before it).
+    public var version = 0
 
     /// Connects and says hello. `timeoutSeconds` bounds each read and write from here on.
     public static func connect(_ socketPath: String, timeoutSeconds: Int) throws(ClientError) -> VMMControlClient {
@@ -24,9 +26,9 @@ public struct VMMControlClient {
             let hint = e == ENOENT ? " (a VMM started before rtvisor served control sockets has none: restart the VM once)" : ""
             throw ClientError(description: "cannot connect to the VMM's control socket \(socketPath): \(errnoMessage(e))\(hint)")
         }
-        let client = VMMControlClient(connection: VMMControlConnection(socket: FileDescriptor(rawValue: fd)), socketPath: socketPath)
+        var client = VMMControlClient(connection: VMMControlConnection(socket: FileDescriptor(rawValue: fd)), socketPath: socketPath)
         client.setTimeout(seconds: timeoutSeconds)
-        do { _ = try client.connection.hello() } catch { throw client.failure("hello", error) }
+        do { client.version = try client.connection.hello() } catch { throw client.failure("hello", error) }
         return client
     }
 
@@ -88,6 +90,18 @@ public struct VMMControlClient {
         case let .refused(reason) where reason.contains("it may"): return .unknown(reason)
         case let .refused(reason): return .refused(reason)
         default: throw ClientError(description: "unexpected reply to migrate: \(reply)")
+        }
+    }
+
+    /// The VMM's counters; nil from a VMM older than control protocol 5, which has none to give.
+    public func statistics() throws(ClientError) -> VMMStatistics? {
+        guard version >= VMMControl.Request.statistics.minimumVersion else { return nil }
+        let reply: VMMControl.Reply
+        do { reply = try connection.call(.statistics) } catch { throw failure("statistics", error) }
+        switch reply {
+        case let .statistics(s): return s
+        case let .refused(reason): throw ClientError(description: "statistics refused: \(reason)")
+        default: throw ClientError(description: "unexpected reply to statistics: \(reply)")
         }
     }
 

@@ -59,6 +59,8 @@ public final class Machine: @unchecked Sendable {
     /// Port I/O and MMIO buses behind the vCPUs' exit dispatch.
     let exits: ExitDispatch
     let vcpus: [VCPU]
+    /// Exits by kind, one set per vCPU (by index), for `statistics()`.
+    let exitCounters: [ExitCounters]
     let serial: Serial8250
     /// virtio-pci devices (disks, NICs), reset when the VM stops so their I/O threads end.
     let pciDevices: [VirtioPciDevice]
@@ -198,6 +200,7 @@ public final class Machine: @unchecked Sendable {
         }
         // Exits are disabled per VM, before its vCPUs exist.
         try realtime?.disableExits(system: system, vm: vm)
+        exitCounters = (0..<def.vcpus).map { _ in ExitCounters() }
         vcpus = try MachinePhase.createVCPUs(system, vm: vm, def, start: vcpuStart, supported: supported, hostEmulatesRing0: emulating, logger: logger)
         trace.mark("vCPUs")
         try slots.wait()
@@ -327,6 +330,9 @@ public final class Machine: @unchecked Sendable {
         // guest's exits go is the first question of any performance investigation.
         var exitCounts: [String: Int] = [:]
         let countExits = logger.logLevel <= .debug
+        #if !RTVISOR_NO_EXIT_COUNTERS
+        let counters = exitCounters[vcpu.id]
+        #endif
         defer {
             if countExits {
                 let top = exitCounts.sorted { $0.value > $1.value }.prefix(8).map { "\($0.key) \($0.value)" }
@@ -344,6 +350,9 @@ public final class Machine: @unchecked Sendable {
                 stop.request(.vmmError("vCPU \(vcpu.id): \(error)"))
                 return
             }
+            #if !RTVISOR_NO_EXIT_COUNTERS
+            counters.count(exit)
+            #endif
             if countExits { exitCounts[ExitDispatch.label(exit), default: 0] += 1 }
             switch exits.handle(exit, on: vcpu) {
             case .resume: continue

@@ -12,7 +12,7 @@ import Foundation
 public enum VMMControl {
     /// The versions this build speaks, oldest first. A change that an older peer would
     /// misunderstand adds a version; a request a version lacks is refused by `Request.minimumVersion`.
-    public static let versions: ClosedRange<Int> = 1...4
+    public static let versions: ClosedRange<Int> = 1...5
 
     /// The highest version in both ranges, or nil: no common version.
     public static func negotiate(_ ours: ClosedRange<Int>, _ theirs: ClosedRange<Int>) -> Int? {
@@ -35,6 +35,9 @@ public enum VMMControl {
         /// Move the VM live to the VMM at the other end of the stream socket passed with this
         /// frame (docs/migration.md); answered when the target runs it or the move failed.
         case migrate(MigrationRequest)
+        /// The VMM's counters (`Reply.statistics`): exits per vCPU, disk and NIC traffic. Read
+        /// from atomics and the devices' counters: it neither pauses nor slows the guest.
+        case statistics
 
         /// The first version that has this request.
         public var minimumVersion: Int {
@@ -42,6 +45,7 @@ public enum VMMControl {
             case .hello, .describe: 1
             case .pause, .resume, .snapshot: 2
             case .migrate: 3
+            case .statistics: 5
             }
         }
 
@@ -67,6 +71,8 @@ public enum VMMControl {
         /// How a migration goes, after each round: interim replies to `migrate` (version 4), the
         /// final reply follows.
         case migrationProgress(MigrationProgress)
+        /// The answer to `statistics` (version 5).
+        case statistics(VMMStatistics)
 
         /// An interim reply: more replies to the same request follow.
         public var isInterim: Bool { if case .migrationProgress = self { true } else { false } }

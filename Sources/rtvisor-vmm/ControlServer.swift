@@ -9,7 +9,7 @@ import VMMInterface
 import Glibc
 #endif
 
-/// `--control-socket`: serves `VMMControl` (pause, resume, snapshot) to rtvisord or, for a VMM
+/// `--control-socket`: serves `VMMControl` (pause, resume, snapshot, migrate, statistics) to rtvisord or, for a VMM
 /// started by hand, its user. The socket is created before the jail (mode 0600: only its owner,
 /// root under rtvisord, may connect) and each peer's uid is checked again on accept. One
 /// connection at a time, one request at a time, on a thread of its own (the `vmm` filter).
@@ -116,6 +116,8 @@ final class ControlServer: @unchecked Sendable {
         case .resume:
             machine.resume()
             return .runState(machine.runState)
+        case .statistics:
+            return .statistics(machine.statistics())
         case let .migrate(migration):
             // Version 4 peers hear how it goes after each round (interim replies to this request).
             let report: ((MigrationProgress) -> Void)? = version >= 4 ? { p in try? connection.reply(.migrationProgress(p), to: id) } : nil

@@ -1,10 +1,14 @@
 import APIModels
+import CDaemonSupport
 import Daemon
 import Foundation
 import Posix
 import Testing
 import TestSupport
 import VMMInterface
+#if canImport(Glibc)
+import Glibc
+#endif
 
 /// The daemon's one aggregation of per-VM statistics, over a fake procfs and cgroupfs: what the
 /// supervisor knows plus what the VMM's process, its vCPU threads and its cgroup show.
@@ -93,5 +97,62 @@ import VMMInterface
         #expect(StatsCollector.memoryCgroup(nil) == nil)
         #expect(StatsCollector.memoryLimit("max") == nil && StatsCollector.memoryLimit("9223372036854771712") == nil)
         #expect(StatsCollector.memoryLimit("1073741824") == 1 << 30)
+    }
+}
+
+/// The VMM's own counters (control protocol 5) joined to what procfs showed.
+@Suite struct StatsCollectorVMMCountersTests {
+    static let counters = VMMStatistics(
+        vcpus: [.init(index: 0, exits: ["io": 100, "mmio": 4]), .init(index: 1, exits: ["io": 2])],
+        disks: [.init(readOps: 10, writeOps: 5, flushOps: 1, readBytes: 40960, writeBytes: 2048, errors: 0, serviceNanoseconds: 3_000_000),
+                .init(readOps: 1, writeOps: 0, flushOps: 0, readBytes: 512, writeBytes: 0, errors: 1, serviceNanoseconds: 0)],
+        nics: [.init(rxFrames: 7, rxBytes: 700, txFrames: 8, txBytes: 800, rxDrops: 1, txDrops: 2)])
+
+    @Test func countersAreAskedOnTheControlSocketAndNamedFromTheDefinition() throws {
+        var (collector, process) = try StatsCollectorTests.fakeHost(v1: true)
+        let asked = RecordedLines()
+        collector.vmmCounters = { socket in asked.append(socket); return Self.counters }
+        let s = collector.collect(StatsTarget(name: "web", state: .running, process: process, restarts: 0, guestBytes: 1 << 20,
+                                              controlSocket: "/run/rtvisor/vms/web/control.sock", diskIDs: ["root", "1"], nicTaps: ["tap-web"]))
+        #expect(asked.all == ["/run/rtvisor/vms/web/control.sock"])
+        #expect(s.vcpus == [VCPUStats(index: 0, cpuSeconds: 2.5, stealSeconds: 0.125, exits: ["io": 100, "mmio": 4]),
+                            VCPUStats(index: 1, cpuSeconds: 1, stealSeconds: 0, exits: ["io": 2])])
+        #expect(s.disks == [DiskStats(id: "root", readOps: 10, writeOps: 5, flushOps: 1, readBytes: 40960, writeBytes: 2048, errors: 0, serviceSeconds: 0.003),
+                            DiskStats(id: "1", readOps: 1, writeOps: 0, flushOps: 0, readBytes: 512, writeBytes: 0, errors: 1, serviceSeconds: 0)])
+        #expect(s.nics == [NICStats(id: "0", tap: "tap-web", rxFrames: 7, rxBytes: 700, txFrames: 8, txBytes: 800, rxDrops: 1, txDrops: 2)])
+    }
+
+    /// A version-4 VMM (re-adopted after a daemon upgrade) or one that does not answer in time:
+    /// the rest of its statistics, without counters (absent, not zero).
+    @Test func aVMMWithoutCountersLeavesThemAbsent() throws {
+        var (collector, process) = try StatsCollectorTests.fakeHost(v1: true)
+        collector.vmmCounters = { _ in nil }
+        let s = collector.collect(StatsTarget(name: "web", state: .running, process: process, restarts: 0, guestBytes: 1 << 20,
+                                              controlSocket: "/x/control.sock", diskIDs: ["0"], nicTaps: ["t"]))
+        #expect(s.disks.isEmpty && s.nics.isEmpty && s.vcpus.allSatisfy { $0.exits.isEmpty } && s.vcpus.count == 2)
+        #expect(s.memory?.residentBytes != nil)
+    }
+
+    /// No control socket (no VMM, or one frozen by SIGSTOP): nobody is asked.
+    @Test func aFrozenVMMIsNotAsked() throws {
+        var (collector, process) = try StatsCollectorTests.fakeHost(v1: true)
+        let asked = RecordedLines()
+        collector.vmmCounters = { socket in asked.append(socket); return Self.counters }
+        _ = collector.collect(StatsTarget(name: "web", state: .paused, process: process, restarts: 0, guestBytes: 1 << 20))
+        #expect(asked.all.isEmpty)
+    }
+
+    /// A real VMM that does not answer: the collection gives up after the timeout, not later.
+    @Test func aSilentVMMCostsOnlyTheTimeout() throws {
+        let dir = try makeTemporaryDirectory("rtvisor-stats-silent")
+        let socket = dir + "/control.sock"
+        // Listens but never accepts: hello waits in the backlog.
+        let fd = cdaemon_listen_unix(socket, 4, 0o600)
+        #expect(fd >= 0)
+        defer { close(fd) }
+        let started = ContinuousClock.now
+        #expect(StatsCollector.askVMM(socket) == nil)
+        let took = ContinuousClock.now - started
+        #expect(took < .seconds(StatsCollector.vmmTimeoutSeconds + 2), "gave up after \(took)")
     }
 }

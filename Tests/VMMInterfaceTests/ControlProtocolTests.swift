@@ -1,3 +1,4 @@
+import Foundation
 import Testing
 import VMMInterface
 
@@ -21,7 +22,7 @@ import VMMInterface
         #expect(VMMControl.answerHello(minVersion: 2, maxVersion: 1, vmmVersion: "x") == .refused("hello: empty version range 2…1"))
     }
 
-    @Test(arguments: [VMMControl.Request.hello(minVersion: 1, maxVersion: 1), .describe])
+    @Test(arguments: [VMMControl.Request.hello(minVersion: 1, maxVersion: 1), .describe, .statistics])
     func requestsRoundTripThroughFrames(_ request: VMMControl.Request) throws {
         let frame = try VMMControl.frame(request, id: 7)
         let body = Array(frame[4...])
@@ -35,11 +36,32 @@ import VMMInterface
         VMMControl.Reply.hello(version: 1, vmmVersion: "0.1"),
         .description(VMMDescription(vm: "web", pid: 4242, vcpus: 2, memoryMiB: 256)),
         .refused("no"),
+        .statistics(VMMStatistics(vcpus: [.init(index: 0, exits: ["io": 12, "mmio": 3]), .init(index: 1, exits: [:])],
+                                  disks: [.init(readOps: 1, writeOps: 2, flushOps: 3, readBytes: 512, writeBytes: 1024, errors: 0, serviceNanoseconds: 99)],
+                                  nics: [.init(rxFrames: 5, rxBytes: 300, txFrames: 6, txBytes: 400, rxDrops: 1, txDrops: 0)])),
     ])
     func repliesRoundTripThroughFrames(_ reply: VMMControl.Reply) throws {
         let frame = try VMMControl.frame(reply, id: UInt64.max)
         let (id, decoded) = try VMMControl.reply(from: Array(frame[4...]))
         #expect(id == UInt64.max && decoded == reply)
+    }
+
+    /// Statistics came with version 5: a version-4 VMM (one that outlived a daemon upgrade) is
+    /// still spoken to, and is not asked for them.
+    @Test func statisticsNeedVersion5AndAVersion4VMMStillTalks() {
+        #expect(VMMControl.versions.upperBound == 5)
+        #expect(VMMControl.Request.statistics.minimumVersion == 5)
+        #expect(VMMControl.negotiate(VMMControl.versions, 1...4) == 4)
+        #expect(VMMControl.Request.statistics.passedFiles == 0)
+    }
+
+    /// The JSON the daemon reads: each counter under its own key, exit kinds by their raw names.
+    @Test func statisticsCodeAsJSON() throws {
+        let s = VMMStatistics(vcpus: [.init(index: 0, exits: [VMExitKind.io.rawValue: 7, VMExitKind.systemEvent.rawValue: 1])], disks: [], nics: [])
+        let text = String(decoding: try JSONEncoder().encode(s), as: UTF8.self)
+        #expect(text.contains("\"system-event\":1") && text.contains("\"io\":7"), "\(text)")
+        #expect(try JSONDecoder().decode(VMMStatistics.self, from: Data(text.utf8)) == s)
+        #expect(VMExitKind.allCases.count == Set(VMExitKind.allCases.map(\.rawValue)).count)
     }
 
     @Test func aBodyThatIsNoRequestIsAProtocolError() {
