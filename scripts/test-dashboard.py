@@ -5,7 +5,7 @@ metrics TCP listener enabled by rtvisord.json, and the page in headless Chromium
 the DevTools protocol. Checks, from the DOM, that the page lists the three VMs with their
 states and numbers that change between polls; that /metrics on the TCP listener, metrics.sock
 and api.sock parses with prometheus_client; that metrics.sock refuses a mutating call. Writes
-the screenshot (docs/img/dashboard.png by default).
+the screenshots (docs/img/dashboard.png by default, and dashboard-phone.png at 390 pixels).
 
   scripts/test-dashboard.py --bin-dir .build/debug --inmates DIR [--screenshot PATH]
 """
@@ -212,14 +212,16 @@ def main():
     browser = None
     try:
         base = f"http://127.0.0.1:{port}"
-        # Running, and the probe's first latency file written (the VMM writes it every second).
+        # Running, the probe's first latency file written (the VMM writes it every second), and
+        # the disk inmate past its device set-up, reading.
         deadline, stats = time.time() + 60, None
         while True:
             try:
                 stats = json.load(urllib.request.urlopen(base + "/v1/stats", timeout=5))
-                rt = next((v for v in stats["vms"] if v["name"] == "rt"), {})
+                vm = {v["name"]: v for v in stats["vms"]}
                 if sorted(v["state"] for v in stats["vms"]) == ["running"] * 3 and \
-                        ((rt.get("realtime") or {}).get("latency") or {}).get("samples", 0) > 0:
+                        ((vm["rt"].get("realtime") or {}).get("latency") or {}).get("samples", 0) > 0 and \
+                        sum(d["read_ops"] for d in vm["disk"]["disks"]) > 0:
                     break
             except OSError:
                 pass
@@ -271,6 +273,10 @@ def main():
         if width > 390:
             fail(f"on a 390-pixel phone screen the page is {width} pixels wide")
         log(f"phone width 390: page {width} pixels wide, no horizontal scrolling")
+        phone = os.path.splitext(args.screenshot)[0] + "-phone.png"
+        with open(phone, "wb") as f:
+            f.write(base64.b64decode(browser.call("Page.captureScreenshot", format="png")["data"]))
+        log(f"screenshot: {phone}")
         print("PASS: dashboard and /metrics against a running rtvisord")
     except SystemExit:
         # rtvisord's log (no journald here) outlives the work directory for a failure.

@@ -74,6 +74,9 @@ swift test --skip-build --skip IntegrationTests 2>&1
 log "swift test: /dev/kvm integration tests"
 swift test --skip-build --filter IntegrationTests 2>&1
 
+log "the dashboard in headless Chromium and /metrics on every listener, against a real rtvisord (about 30 s)"
+scripts/test-dashboard.sh --screenshot "${TMPDIR:-/tmp}/rtvisor-dashboard.png"
+
 log "scripts/install.sh into staging trees, and --uninstall"
 scripts/test-install.sh
 
