@@ -23,13 +23,14 @@ struct SnapshotDaemonTests {
         /// The directory stays when the daemon detaches (`detach`): a next daemon takes it over.
         private var keepDirectory = false
 
-        /// `reusing`: the directory of a daemon that detached (its VMMs are re-adopted).
-        init(definitions: [(name: String, json: String)], reusing existing: String? = nil) throws {
+        /// `reusing`: the directory of a daemon that detached (its VMMs are re-adopted);
+        /// `arguments`: more of rtvisord's options.
+        init(definitions: [(name: String, json: String)], reusing existing: String? = nil, arguments: [String] = []) throws {
             dir = try existing ?? D.shortTempDir()
             try FileManager.default.createDirectory(atPath: dir + "/vms", withIntermediateDirectories: true)
             for d in definitions { try d.json.write(toFile: vms + "/\(d.name).json", atomically: true, encoding: .utf8) }
             process.executableURL = URL(fileURLWithPath: D.binary("rtvisord"))
-            process.arguments = ["--definitions", vms, "--run-directory", dir + "/run", "--vmm", Env.vmmBinary, "--state-directory", state]
+            process.arguments = ["--definitions", vms, "--run-directory", dir + "/run", "--vmm", Env.vmmBinary, "--state-directory", state] + arguments
             FileManager.default.createFile(atPath: dir + "/daemon.log", contents: nil)
             process.standardError = FileHandle(forWritingAtPath: dir + "/daemon.log")
             process.standardOutput = FileHandle.nullDevice

@@ -1,0 +1,78 @@
+import Foundation
+import Testing
+import TestSupport
+#if canImport(Glibc)
+import Glibc
+#endif
+
+/// The metrics listeners of a real rtvisord (docs/metrics.md): metrics.sock serves any local
+/// user read-only, the TCP listener rtvisord.json enables serves the same, neither lets a
+/// request change a VM, and api.sock still refuses a stranger. The front runs under its
+/// seccomp filter (enforce) throughout: a forbidden syscall would have ended it.
+@Suite(.enabled(if: Env.kvmAvailable, Env.noKVMReason), .serialized)
+struct MetricsDaemonTests {
+    typealias D = DaemonProcessTests
+    typealias Daemon = SnapshotDaemonTests.Daemon
+
+    /// A TCP port nothing listens on now (the kernel's pick, through Python: no socket
+    /// structures in Swift here).
+    static func freePort() throws -> Int {
+        let (_, out) = D.run("/usr/bin/python3", ["-c", "import socket; s = socket.socket(); s.bind(('127.0.0.1', 0)); print(s.getsockname()[1])"])
+        return try #require(Int(out.trimmingCharacters(in: .whitespacesAndNewlines)))
+    }
+
+    /// curl's status line and body; `as nobody`: run as uid/gid 65534 without groups (setpriv).
+    static func curl(_ args: [String], asNobody: Bool = false) -> (status: Int, body: String) {
+        let tool = asNobody ? "/usr/bin/setpriv" : "/usr/bin/curl"
+        let prefix = asNobody ? ["--reuid=65534", "--regid=65534", "--clear-groups", "/usr/bin/curl"] : []
+        let (_, out) = D.run(tool, prefix + ["-s", "-w", "\n%{http_code}"] + args)
+        let lines = out.split(separator: "\n", omittingEmptySubsequences: false)
+        return (Int(lines.last ?? "") ?? 0, lines.dropLast().joined(separator: "\n"))
+    }
+
+    @Test func anyLocalUserAndTheTCPListenerReadMetricsButChangeNothing() throws {
+        let port = try Self.freePort()
+        let settingsDir = try D.shortTempDir()
+        try "{\"metrics\": {\"tcp\": {\"enabled\": true, \"port\": \(port)}}}".write(toFile: settingsDir + "/rtvisord.json", atomically: true, encoding: .utf8)
+        let d = try Daemon(definitions: [("idle", try EventsDaemonTests.idle("idle", extra: "\"autostart\": true"))],
+                           arguments: ["--settings", settingsDir + "/rtvisord.json"])
+        defer { d.stop() }
+        guard d.waitRunning(["idle"]) else { Issue.record("idle not running: \(d.log)"); return }
+        // Others may reach the socket: the test's directory is private by default.
+        chmod(d.dir, 0o711)
+        let metricsSocket = d.dir + "/run/metrics.sock"
+        var st = stat()
+        #expect(stat(metricsSocket, &st) == 0 && st.st_mode & 0o777 == 0o666, "mode \(String(st.st_mode & 0o777, radix: 8))")
+
+        let running = "rtvisor_vm_state{vm=\"idle\",state=\"running\"} 1"
+        let tcp = Self.curl(["http://127.0.0.1:\(port)/metrics"])
+        #expect(tcp.status == 200 && tcp.body.contains(running), "\(tcp)")
+        let unix = Self.curl(["--unix-socket", metricsSocket, "http://localhost/metrics"], asNobody: true)
+        #expect(unix.status == 200 && unix.body.contains(running), "\(unix)")
+        let page = Self.curl(["--unix-socket", metricsSocket, "http://localhost/"], asNobody: true)
+        #expect(page.status == 200 && page.body.hasPrefix("<!doctype html>"))
+        // api.sock: the same stranger cannot even connect (mode 0660; curl's status 000), root
+        // gets /metrics there too.
+        #expect(Self.curl(["--unix-socket", d.dir + "/run/api.sock", "http://localhost/metrics"], asNobody: true).status == 0)
+        #expect(Self.curl(["--unix-socket", d.dir + "/run/api.sock", "http://localhost/metrics"]).body.contains(running))
+
+        for args in [["-X", "POST", "http://127.0.0.1:\(port)/v1/vms/idle/stop"], ["-X", "POST", "--unix-socket", metricsSocket, "http://localhost/v1/vms/idle/stop"],
+                     ["http://127.0.0.1:\(port)/v1/vms/idle"], ["-X", "POST", "http://127.0.0.1:\(port)/metrics"]] {
+            let r = Self.curl(args)
+            #expect([404, 405].contains(r.status), "\(args): \(r)")
+        }
+        usleep(300_000)
+        #expect(d.state("idle") == "running")
+        // The front was never replaced (a seccomp kill would have been logged and counted).
+        #expect(!d.log.contains("API front process"), "\(d.log)")
+    }
+
+    @Test func aBadSettingsFileStopsRtvisordWithThePathAndReason() throws {
+        let dir = try D.shortTempDir()
+        try "{\"metrics\": {\"tcp\": {\"port\": 0}}}".write(toFile: dir + "/rtvisord.json", atomically: true, encoding: .utf8)
+        let (status, out) = D.run(D.binary("rtvisord"), ["--definitions", dir, "--run-directory", dir + "/run", "--settings", dir + "/rtvisord.json"])
+        #expect(status == 1)
+        let log = out + ((try? String(contentsOfFile: dir + "/run/rtvisord.log", encoding: .utf8)) ?? "")
+        #expect(log.contains("\(dir)/rtvisord.json: $.metrics.tcp.port: must be an integer from 1 to 65535, got 0"), "\(log)")
+    }
+}
