@@ -18,12 +18,13 @@ import Glibc
 /// rtvisord over a socketpair; rtvisord restarts it when it dies, and logs a seccomp kill's syscall.
 public enum APIFront {
     /// Descriptors rtvisord passes: the bound listening socket, the control socket, the report
-    /// pipe, metrics.sock's listening socket and, when the settings enable it, the metrics TCP
-    /// listener (bound by rtvisord, so the front's filter needs no `socket`/`bind` for AF_INET).
+    /// pipe, then the read-only metrics listeners from `firstMetricsFD` on (metrics.sock and,
+    /// when rtvisord.json enables it, the TCP listener: bound by rtvisord, so the front's filter
+    /// needs no `socket`/`bind` for AF_INET).
     public static let listenFD: Int32 = 3, controlFD: Int32 = 4, reportFD: Int32 = 5
-    public static let metricsFD: Int32 = 6, metricsTCPFD: Int32 = 7
-    /// The flag that tells the front it got `metricsTCPFD`.
-    public static let metricsTCPFlag = "--api-front-metrics-tcp"
+    public static let firstMetricsFD: Int32 = 6
+    /// The option that tells the front how many metrics listeners it got.
+    public static let metricsListenersOption = "--api-front-metrics-listeners"
     /// The front's uid and gid: just below the VMs' range (`JailPlan.uidBase`).
     public static let uid: UInt32 = JailPlan.uidBase - 1
     /// Its jail's mount point; no VM name starts with a dot.
@@ -47,14 +48,16 @@ public enum APIFront {
     }
 
     /// The descriptors rtvisord passed.
-    public static func passedDescriptors(metricsTCP: Bool) -> [Int32] {
-        [listenFD, controlFD, reportFD, metricsFD] + (metricsTCP ? [metricsTCPFD] : [])
+    public static func passedDescriptors(metricsListeners: Int) -> [Int32] {
+        [listenFD, controlFD, reportFD] + metricsDescriptors(metricsListeners)
     }
+
+    static func metricsDescriptors(_ count: Int) -> [Int32] { (0..<Int32(count)).map { firstMetricsFD + $0 } }
 
     /// Closes every descriptor above those rtvisord passed (anything else inherited by
     /// accident). Called first thing in the front, before anything opens its own.
-    public static func closeInheritedDescriptors(metricsTCP: Bool) {
-        let last = passedDescriptors(metricsTCP: metricsTCP).max()!
+    public static func closeInheritedDescriptors(metricsListeners: Int) {
+        let last = passedDescriptors(metricsListeners: metricsListeners).max()!
         for entry in HostFiles.list("/proc/self/fd") {
             if let fd = Int32(entry), fd > last { close(fd) }
         }
@@ -62,10 +65,10 @@ public enum APIFront {
 
     /// In the front process, while it has one thread: the jail (when started as root) and the
     /// seccomp filter every later thread inherits.
-    public static func confine(seccomp: SeccompMode, metricsTCP: Bool, logger: Logger) throws {
+    public static func confine(seccomp: SeccompMode, metricsListeners: Int, logger: Logger) throws {
         // The first candidate for the OOM killer (it is restartable; a VMM holds guest RAM).
         try? HostFiles.write("/proc/self/oom_score_adj", "1000")
-        for fd in passedDescriptors(metricsTCP: metricsTCP) {
+        for fd in passedDescriptors(metricsListeners: metricsListeners) {
             guard fcntl(fd, F_SETFD, FD_CLOEXEC) == 0 else { throw SandboxError("descriptor \(fd) from rtvisord: \(errnoMessage())") }
         }
         if geteuid() == 0 {
@@ -85,7 +88,7 @@ public enum APIFront {
 
     /// Serves the inherited listening sockets (api.sock; metrics.sock and the metrics TCP
     /// listener read-only) until rtvisord closes the control socket.
-    public static func serve(access: PeerAccess, metricsTCP: Bool, logger: Logger) async -> Never {
+    public static func serve(access: PeerAccess, metricsListeners: Int, logger: Logger) async -> Never {
         let control = RemoteVMControl(fd: FileDescriptor(rawValue: controlFD)) { reason in
             logger.debug("API front exits: \(reason)")
             _exit(0)
@@ -93,7 +96,6 @@ public enum APIFront {
         let router = APIRouter(control: control)
         let api = HTTPServer(router: router, logger: logger)
         let metrics = HTTPServer(router: MetricsRouter(api: router), logger: logger)
-        let listeners: [(String, Int32)] = [("metrics.sock", metricsFD)] + (metricsTCP ? [("the metrics TCP listener", metricsTCPFD)] : [])
         await withTaskGroup(of: Void.self) { tasks in
             tasks.addTask {
                 do {
@@ -105,10 +107,10 @@ public enum APIFront {
                     logger.error("API front: serving the API socket failed: \(error)")
                 }
             }
-            for (what, fd) in listeners {
+            for fd in metricsDescriptors(metricsListeners) {
                 tasks.addTask {
                     do { try await metrics.run(listeningSocket: fd, access: access, everyoneAllowed: true) } catch {
-                        logger.error("API front: serving \(what) failed: \(error)")
+                        logger.error("API front: serving the metrics listener (descriptor \(fd)) failed: \(error)")
                     }
                 }
             }
@@ -123,7 +125,7 @@ public enum APIFront {
 /// seccomp kill is logged with the syscall). `run` returns when cancelled, the front stopped.
 public final class APIFrontSupervisor: Sendable {
     let listeningSocket: Int32
-    /// metrics.sock's listening socket, then the metrics TCP listener's when it is enabled.
+    /// metrics.sock's listening socket and the metrics TCP listener's, those that are bound.
     let metricsSockets: [Int32]
     let access: PeerAccess
     let control: any VMControl
@@ -132,7 +134,6 @@ public final class APIFrontSupervisor: Sendable {
 
     /// `arguments`: rtvisord's own options for the front (log level, seccomp mode).
     public init(listeningSocket: Int32, metricsSockets: [Int32], access: PeerAccess, control: any VMControl, logger: Logger, arguments: [String]) {
-        precondition((1...2).contains(metricsSockets.count), "metrics.sock, and the TCP listener when enabled")
         self.listeningSocket = listeningSocket; self.metricsSockets = metricsSockets
         self.access = access; self.control = control; self.logger = logger
         self.arguments = arguments
@@ -199,7 +200,7 @@ public final class APIFrontSupervisor: Sendable {
         var timeout = timeval(tv_sec: 5, tv_usec: 0)
         setsockopt(pair[0], SOL_SOCKET, SO_SNDTIMEO, &timeout, socklen_t(MemoryLayout<timeval>.size))
         let argv = ["/proc/self/exe", "--api-front", "--api-front-access", APIFront.accessArgument(access)]
-            + (metricsSockets.count > 1 ? [APIFront.metricsTCPFlag] : []) + arguments
+            + [APIFront.metricsListenersOption, String(metricsSockets.count)] + arguments
         var env = ProcessInfo.processInfo.environment.filter { !["NOTIFY_SOCKET", "WATCHDOG_USEC", "WATCHDOG_PID", "LISTEN_FDS", "LISTEN_PID"].contains($0.key) }
         // A Swift trap would spawn swift-backtrace (a clone the filter forbids) and be reported
         // as a seccomp kill; the trap's own message is the better report.

@@ -63,8 +63,8 @@ struct Rtvisord: ParsableCommand {
     var apiFront = false
     @Option(help: .hidden)
     var apiFrontAccess: String?
-    @Flag(name: .customLong(String(APIFront.metricsTCPFlag.dropFirst(2))), help: .hidden)
-    var apiFrontMetricsTCP = false
+    @Option(name: .customLong(String(APIFront.metricsListenersOption.dropFirst(2))), help: .hidden)
+    var apiFrontMetricsListeners = 0
 
     func run() throws {
         if check { Self.checkDefinitions(definitions) }
@@ -123,7 +123,7 @@ struct Rtvisord: ParsableCommand {
     func runAPIFront() -> Never {
         // The daemon's signal mask is not taken over (posix_spawn cleared it): SIGTERM ends the
         // front; SIGHUP (`systemctl kill -s HUP` reaches every process of the unit) does not.
-        APIFront.closeInheritedDescriptors(metricsTCP: apiFrontMetricsTCP)
+        APIFront.closeInheritedDescriptors(metricsListeners: apiFrontMetricsListeners)
         signal(SIGPIPE, SIG_IGN)
         signal(SIGHUP, SIG_IGN)
         bootstrapLogging()
@@ -132,11 +132,11 @@ struct Rtvisord: ParsableCommand {
             logger.critical("--api-front needs --api-front-access UID:GID")
             Foundation.exit(2)
         }
-        do { try APIFront.confine(seccomp: apiSeccomp, metricsTCP: apiFrontMetricsTCP, logger: logger) } catch {
+        do { try APIFront.confine(seccomp: apiSeccomp, metricsListeners: apiFrontMetricsListeners, logger: logger) } catch {
             logger.critical("API front: \(error)")
             Foundation.exit(1)
         }
-        Task { await APIFront.serve(access: access, metricsTCP: apiFrontMetricsTCP, logger: logger) }
+        Task { await APIFront.serve(access: access, metricsListeners: apiFrontMetricsListeners, logger: logger) }
         // Parked for good (a futex wait: the filter allows it); serve() ends the process.
         DispatchSemaphore(value: 0).wait()
         Foundation.exit(1)
@@ -176,7 +176,7 @@ struct DaemonRun: Sendable {
         var metricsSockets: [Int32] = []
         do {
             listening = try HTTPServer.bindListeningSocket(paths.apiSocket, groupName: apiGroup, logger: logger)
-            metricsSockets = try bindMetricsListeners()
+            metricsSockets = bindMetricsListeners()
             let front = APIFrontSupervisor(listeningSocket: listening, metricsSockets: metricsSockets, access: PeerAccess(groupName: apiGroup),
                                            control: supervisor, logger: logger, arguments: apiFrontArguments)
             api = Task { await front.run() }
@@ -185,8 +185,7 @@ struct DaemonRun: Sendable {
         }
         let status = await supervisor.statusText
         notifier.notify(.ready, .status(status))
-        let tcp = metricsSockets.count > 1 ? " and http://\(MetricsListeners.endpoint((metrics.tcp.address, metrics.tcp.port)))/" : ""
-        await event(.daemonReady, "rtvisord \(Rtvisord.version) ready: \(status); API on \(paths.apiSocket), metrics and dashboard on \(paths.metricsSocket)\(tcp)")
+        await event(.daemonReady, "rtvisord \(Rtvisord.version) ready: \(status); API on \(paths.apiSocket)\(metricsDescription)")
 
         let watchdog = Task {
             guard let ns = notifier.watchdogPingIntervalNanoseconds else { return }
@@ -235,16 +234,26 @@ struct DaemonRun: Sendable {
         metricsSockets.forEach { close($0) }
     }
 
-    /// metrics.sock, and the TCP listener when rtvisord.json enables it. A TCP listener that
-    /// cannot be bound (port taken) is logged and left out: the API and metrics.sock still run.
-    func bindMetricsListeners() throws -> [Int32] {
-        let tcp = metrics.tcp.enabled ? (address: metrics.tcp.address, port: metrics.tcp.port) : nil
-        do {
-            return try MetricsListeners.bind(socketPath: paths.metricsSocket, tcp: tcp, logger: logger)
-        } catch where tcp != nil {
-            logger.critical("\(error); serving the metrics on \(paths.metricsSocket) only")
-            return try MetricsListeners.bind(socketPath: paths.metricsSocket, tcp: nil, logger: logger)
+    /// metrics.sock, and the TCP listener when rtvisord.json enables it. One that cannot be
+    /// bound (a port taken, a file in the socket's place) is logged and left out: the API runs
+    /// without it.
+    func bindMetricsListeners() -> [Int32] {
+        var bound: [Int32] = []
+        do { bound.append(try MetricsListeners.bindSocket(paths.metricsSocket, logger: logger)) } catch {
+            logger.critical("metrics.sock: \(error); serving the metrics without it")
         }
+        guard metrics.tcp.enabled else { return bound }
+        do { bound.append(try MetricsListeners.bindTCP(address: metrics.tcp.address, port: metrics.tcp.port)) } catch {
+            logger.critical("\(error); serving the metrics without it")
+        }
+        return bound
+    }
+
+    /// ", metrics and dashboard on …" for the ready message.
+    var metricsDescription: String {
+        var places = [paths.metricsSocket]
+        if metrics.tcp.enabled { places.append("http://" + MetricsListeners.endpoint((metrics.tcp.address, metrics.tcp.port)) + "/ (if bound)") }
+        return ", metrics and dashboard on " + places.joined(separator: " and ")
     }
 
     func event(_ e: LifecycleEvent, _ message: String) async {

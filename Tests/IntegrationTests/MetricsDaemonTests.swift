@@ -67,6 +67,19 @@ struct MetricsDaemonTests {
         #expect(!d.log.contains("API front process"), "\(d.log)")
     }
 
+    @Test func aFileInMetricsSocksPlaceCostsTheMetricsNotTheAPI() throws {
+        let dir = try D.shortTempDir()
+        try FileManager.default.createDirectory(atPath: dir + "/run", withIntermediateDirectories: true)
+        try "not a socket".write(toFile: dir + "/run/metrics.sock", atomically: true, encoding: .utf8)
+        let d = try Daemon(definitions: [("idle", try EventsDaemonTests.idle("idle", extra: "\"autostart\": true"))], reusing: dir)
+        defer { d.stop() }
+        #expect(d.waitRunning(["idle"]), "\(d.log)")
+        #expect(Self.curl(["--unix-socket", dir + "/run/api.sock", "http://localhost/metrics"]).status == 200)
+        #expect((try? String(contentsOfFile: dir + "/run/metrics.sock", encoding: .utf8)) == "not a socket", "left alone")
+        let log = d.log + ((try? String(contentsOfFile: dir + "/run/rtvisord.log", encoding: .utf8)) ?? "")
+        #expect(log.contains("taken by something other than a socket"), "\(log)")
+    }
+
     @Test func aBadSettingsFileStopsRtvisordWithThePathAndReason() throws {
         let dir = try D.shortTempDir()
         try "{\"metrics\": {\"tcp\": {\"port\": 0}}}".write(toFile: dir + "/rtvisord.json", atomically: true, encoding: .utf8)
