@@ -95,7 +95,9 @@ public enum APIFront {
         }
         let router = APIRouter(control: control)
         let api = HTTPServer(router: router, logger: logger)
-        let metrics = HTTPServer(router: MetricsRouter(api: router), logger: logger)
+        let token = ProcessInfo.processInfo.environment[DashboardActions.environmentVariable]
+        unsetenv(DashboardActions.environmentVariable)
+        let metrics = HTTPServer(router: MetricsRouter(api: router, actionsToken: token), logger: logger)
         await withTaskGroup(of: Void.self) { tasks in
             tasks.addTask {
                 do {
@@ -127,14 +129,17 @@ public final class APIFrontSupervisor: Sendable {
     let listeningSocket: Int32
     /// metrics.sock's listening socket and the metrics TCP listener's, those that are bound.
     let metricsSockets: [Int32]
+    /// Added to the front's environment: the dashboard actions' token (`DashboardActions`).
+    let frontEnvironment: [String: String]
     let access: PeerAccess
     let control: any VMControl
     let logger: Logger
     let arguments: [String]
 
     /// `arguments`: rtvisord's own options for the front (log level, seccomp mode).
-    public init(listeningSocket: Int32, metricsSockets: [Int32], access: PeerAccess, control: any VMControl, logger: Logger, arguments: [String]) {
-        self.listeningSocket = listeningSocket; self.metricsSockets = metricsSockets
+    public init(listeningSocket: Int32, metricsSockets: [Int32], frontEnvironment: [String: String] = [:], access: PeerAccess,
+                control: any VMControl, logger: Logger, arguments: [String]) {
+        self.listeningSocket = listeningSocket; self.metricsSockets = metricsSockets; self.frontEnvironment = frontEnvironment
         self.access = access; self.control = control; self.logger = logger
         self.arguments = arguments
     }
@@ -205,6 +210,7 @@ public final class APIFrontSupervisor: Sendable {
         // A Swift trap would spawn swift-backtrace (a clone the filter forbids) and be reported
         // as a seccomp kill; the trap's own message is the better report.
         env["SWIFT_BACKTRACE"] = "enable=no"
+        env.merge(frontEnvironment) { $1 }
         let environment = env.map { "\($0.key)=\($0.value)" }
         let spawned: Result<pid_t, Processes.SpawnError>? = running.withLock { r in
             guard !r.stopping else { return nil }

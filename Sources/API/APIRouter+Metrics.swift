@@ -17,23 +17,44 @@ extension APIRouter {
     }
 }
 
-/// The read-only listeners' routes: what metrics.sock (mode 0666, any local user) and the
-/// optional metrics TCP listener (no authentication) answer. Only GETs of the dashboard, the
-/// exposition and the two JSON sources the dashboard polls; everything else is refused here,
-/// in the front, so no mutating `ControlCall` can come from these listeners.
+/// The metrics listeners' routes: what metrics.sock (mode 0666, any local user) and the
+/// optional metrics TCP listener answer. GETs of the dashboard, the exposition and the JSON
+/// the dashboard polls; and, only when rtvisord.json names a group for them
+/// (`DashboardActions`), start and stop with that group's token. Everything else is refused
+/// here, in the front, so no other `ControlCall` can come from these listeners.
 public struct MetricsRouter: RequestHandling {
     let api: APIRouter
-    public init(api: APIRouter) { self.api = api }
+    /// The dashboard actions' token; nil: read-only.
+    let actionsToken: String?
+    public init(api: APIRouter, actionsToken: String? = nil) { self.api = api; self.actionsToken = actionsToken }
 
     /// The paths served, for the refusal's message and the tests.
-    public static let paths = ["/", "/metrics", "/v1/stats", "/v1/events"]
+    public static let paths = ["/", "/metrics", "/v1/stats", "/v1/events", "/v1/dashboard"]
+    /// What the dashboard may do to a VM when actions are enabled.
+    public static let actions = ["start", "stop"]
+
+    /// `GET /v1/dashboard`: whether the page shows its buttons.
+    struct Capabilities: Encodable { var actions: Bool }
 
     public func handle(_ request: APIRequest) async -> APIResponse {
         let (path, _) = APIRouter.split(request.target)
+        let parts = path.split(separator: "/").map(String.init)
+        if parts.count == 4, parts[0] == "v1", parts[1] == "vms", Self.actions.contains(parts[3]), let token = actionsToken {
+            guard request.method == "POST" else { return APIRouter.methodNotAllowed("POST") }
+            guard request.authorization != nil else {
+                var r = APIRouter.error(401, "starting and stopping VMs here needs the dashboard token (Authorization: Bearer; docs/metrics.md)")
+                r.headers.append(("WWW-Authenticate", "Bearer realm=\"rtvisor\""))
+                return r
+            }
+            guard DashboardActions.authorizes(request.authorization, token: token) else { return APIRouter.error(403, "wrong dashboard token") }
+            // A graceful stop (the guest is asked), as `rtvisorctl stop` without --force.
+            return await api.handle(APIRequest(method: "POST", target: path))
+        }
         guard Self.paths.contains(path) else {
             return APIRouter.error(404, "\(path) is not served here: this listener is read-only (GET \(Self.paths.joined(separator: ", "))); the full API is on api.sock")
         }
         guard request.method == "GET" else { return APIRouter.methodNotAllowed("GET") }
+        if path == "/v1/dashboard" { return APIRouter.json(200, Capabilities(actions: actionsToken != nil)) }
         if path == "/" {
             return APIResponse(status: 200, headers: [("Content-Type", DashboardPage.contentType), ("Cache-Control", "no-cache")],
                                body: Array(DashboardPage.html.utf8))

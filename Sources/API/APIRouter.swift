@@ -7,7 +7,11 @@ public struct APIRequest: Sendable {
     /// The request target; a query string is allowed.
     public var target: String
     public var body: [UInt8]
-    public init(method: String, target: String, body: [UInt8] = []) { self.method = method; self.target = target; self.body = body }
+    /// The `Authorization` header (only the dashboard's actions read it: `DashboardActions`).
+    public var authorization: String?
+    public init(method: String, target: String, body: [UInt8] = [], authorization: String? = nil) {
+        self.method = method; self.target = target; self.body = body; self.authorization = authorization
+    }
 }
 
 public struct APIResponse: Sendable, Equatable {

@@ -173,7 +173,8 @@ public final class HTTPServer: Sendable {
                         guard let h = head else { continue }
                         let response = if let refusal { APIRouter.error(403, refusal) }
                             else if tooLarge { APIRouter.error(413, "request body over \(APIRouter.maxBody) bytes") }
-                            else { await handle(APIRequest(method: h.method.rawValue, target: h.uri, body: body), hook: requestHook) }
+                            else { await handle(APIRequest(method: h.method.rawValue, target: h.uri, body: body,
+                                                           authorization: h.headers.first(name: "Authorization")), hook: requestHook) }
                         if let stream = response.stream {
                             try await follow(stream, response, h, connection.channel, outbound)
                             return

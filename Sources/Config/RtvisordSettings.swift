@@ -36,12 +36,24 @@ public struct RtvisordSettings: Equatable, Sendable {
     }
 }
 
-/// `"metrics"`: where `GET /metrics` and the dashboard are served besides `metrics.sock`.
+/// `"metrics"`: where `GET /metrics` and the dashboard are served besides `metrics.sock`, and
+/// who may start and stop VMs from the dashboard.
 public struct MetricsSettings: Equatable, Sendable {
     /// The TCP listener; off unless enabled (`metrics.sock` in the run directory is always there).
     public var tcp = TCPListenerSettings()
-    public init(tcp: TCPListenerSettings = TCPListenerSettings()) { self.tcp = tcp }
-    static let keys: Set<String> = ["tcp"]
+    /// The group whose members may start and stop VMs from the dashboard (with the token
+    /// rtvisord writes for that group, docs/metrics.md); nil: the dashboard is read-only.
+    public var dashboardActionsGroup: String?
+    public init(tcp: TCPListenerSettings = TCPListenerSettings(), dashboardActionsGroup: String? = nil) {
+        self.tcp = tcp; self.dashboardActionsGroup = dashboardActionsGroup
+    }
+    static let keys: Set<String> = ["tcp", "dashboard_actions_group"]
+
+    /// A group name as `groupadd` takes it (the group itself is looked up when rtvisord starts).
+    public static func isGroupName(_ s: String) -> Bool {
+        guard let first = s.unicodeScalars.first, s.count <= 32, ("a"..."z").contains(first) || first == "_" else { return false }
+        return s.unicodeScalars.allSatisfy { ("a"..."z").contains($0) || ("0"..."9").contains($0) || $0 == "_" || $0 == "-" }
+    }
 }
 
 public struct TCPListenerSettings: Equatable, Sendable {
@@ -65,8 +77,12 @@ extension Validator {
     mutating func rtvisordSettings(_ root: JSONValue) -> RtvisordSettings {
         var s = RtvisordSettings()
         guard let o = object(root, at: "$", known: RtvisordSettings.keys) else { return s }
-        if let m = o["metrics"], let mo = object(m, at: "$.metrics", known: MetricsSettings.keys),
-           let t = mo["tcp"], let to = object(t, at: "$.metrics.tcp", known: TCPListenerSettings.keys) {
+        guard let m = o["metrics"], let mo = object(m, at: "$.metrics", known: MetricsSettings.keys) else { return s }
+        if let g = mo["dashboard_actions_group"], g != .null {
+            if case let .string(name) = g, MetricsSettings.isGroupName(name) { s.metrics.dashboardActionsGroup = name }
+            else { fail("$.metrics.dashboard_actions_group", "must be a group name (lower-case letters, digits, '_' and '-') or null, got \(g.kindDescription)") }
+        }
+        if let t = mo["tcp"], let to = object(t, at: "$.metrics.tcp", known: TCPListenerSettings.keys) {
             if let b = bool(to, "enabled", at: "$.metrics.tcp") { s.metrics.tcp.enabled = b }
             if let a = to["address"] {
                 if case let .string(text) = a, TCPListenerSettings.isAddressLiteral(text) { s.metrics.tcp.address = text }

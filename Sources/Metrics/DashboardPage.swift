@@ -1,7 +1,10 @@
 /// The built-in dashboard (`GET /` on metrics.sock and the metrics TCP listener; docs/metrics.md):
 /// one self-contained page (no CDN, no fonts, nothing from the internet), embedded in rtvisord.
 /// It polls `GET /v1/stats` every second (rates are the differences between two polls) and
-/// `GET /v1/events?since=SEQ` every two, and is read-only: it has no buttons that act on a VM.
+/// `GET /v1/events?since=SEQ` every two. It is read-only unless `GET /v1/dashboard` says that
+/// actions are enabled: then each VM gets a Start or Stop button, which asks once for the token
+/// (rtvisord's `dashboard-token` file, readable by root and the actions group) and keeps it in
+/// the browser's local storage.
 /// The DOM carries `data-vm`, `data-state` and `data-field` attributes that
 /// scripts/test-dashboard.py reads in headless Chromium.
 public enum DashboardPage {
@@ -41,6 +44,8 @@ svg text { fill:var(--dim); font-size:9px; }
 #events li { padding:.1em 0; border-bottom:1px solid #222a33; overflow-wrap:anywhere; }
 #events time { color:var(--dim); margin-right:.6em; }
 .error { color:var(--bad); }
+.vm button { margin-top:.5em; padding:.35em 1.1em; border-radius:6px; border:1px solid var(--acc); background:transparent; color:var(--acc); font:inherit; }
+.vm button.stop { border-color:var(--bad); color:var(--bad); }
 @media (max-width:480px) { main { grid-template-columns:1fr; padding:.5em; } header { padding:.6em .5em; } #events { margin:0 .5em .5em; } }
 </style>
 </head>
@@ -53,6 +58,8 @@ svg text { fill:var(--dim); font-size:9px; }
 const previous = new Map();    // VM name -> {at, totals}: rates are differences between polls
 const latencyHistory = new Map(); // VM name -> [p99 seconds], the live plot
 let lastEventSeq = 0;
+let actions = false;           // GET /v1/dashboard: Start and Stop buttons for the actions group
+const tokenKey = "rtvisor-dashboard-token";
 
 const el = (tag, attrs = {}, text) => {
   const e = document.createElement(tag);
@@ -140,6 +147,14 @@ function card(vm, r) {
   field(dl, "restarts", "Restarts", String(vm.restarts));
   if (vm.pid != null) field(dl, "pid", "PID", String(vm.pid));
   s.append(h, dl);
+  if (actions) {
+    const action = ["running", "paused"].includes(vm.state) ? "stop" : ["stopped", "failed"].includes(vm.state) ? "start" : null;
+    if (action) {
+      const b = el("button", {class: action, "data-action": action}, action === "stop" ? "Stop" : "Start");
+      b.addEventListener("click", () => act(vm.name, action));
+      s.append(b);
+    }
+  }
   if (vm.realtime) {
     const rt = el("div", {class: "rt", "data-field": "realtime"});
     const rdl = el("dl");
@@ -176,6 +191,17 @@ async function pollStats() {
   }
 }
 
+async function act(name, action) {
+  const st = document.getElementById("status");
+  const token = localStorage.getItem(tokenKey) || (prompt("Dashboard token (cat /run/rtvisor/dashboard-token, as root or a member of the actions group)") || "").trim();
+  if (!token) return;
+  const res = await fetch("/v1/vms/" + encodeURIComponent(name) + "/" + action, {method: "POST", headers: {Authorization: "Bearer " + token}});
+  const body = await res.json().catch(() => ({}));
+  if (res.status === 401 || res.status === 403) localStorage.removeItem(tokenKey); else localStorage.setItem(tokenKey, token);
+  st.className = res.ok ? "" : "error";
+  st.textContent = res.ok ? name + ": " + (body.message || action) : name + ": " + (body.error || res.status);
+}
+
 async function pollEvents() {
   try {
     const res = await fetch("/v1/events?since=" + lastEventSeq, {cache: "no-store"});
@@ -193,6 +219,7 @@ async function pollEvents() {
   } catch (e) { /* the next poll tries again */ }
 }
 
+fetch("/v1/dashboard").then(r => r.json()).then(c => { actions = c.actions === true; }).catch(() => {});
 pollStats(); pollEvents();
 setInterval(pollStats, 1000);
 setInterval(pollEvents, 2000);

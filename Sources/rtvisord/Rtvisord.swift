@@ -177,8 +177,8 @@ struct DaemonRun: Sendable {
         do {
             listening = try HTTPServer.bindListeningSocket(paths.apiSocket, groupName: apiGroup, logger: logger)
             metricsSockets = bindMetricsListeners()
-            let front = APIFrontSupervisor(listeningSocket: listening, metricsSockets: metricsSockets, access: PeerAccess(groupName: apiGroup),
-                                           control: supervisor, logger: logger, arguments: apiFrontArguments)
+            let front = APIFrontSupervisor(listeningSocket: listening, metricsSockets: metricsSockets, frontEnvironment: dashboardActionsEnvironment(),
+                                           access: PeerAccess(groupName: apiGroup), control: supervisor, logger: logger, arguments: apiFrontArguments)
             api = Task { await front.run() }
         } catch {
             logger.critical("control API on \(paths.apiSocket) failed: \(error)")
@@ -230,6 +230,7 @@ struct DaemonRun: Sendable {
         await api?.value
         unlink(paths.apiSocket)
         unlink(paths.metricsSocket)
+        unlink(paths.run + "/" + DashboardActions.tokenFile)
         if listening >= 0 { close(listening) }
         metricsSockets.forEach { close($0) }
     }
@@ -247,6 +248,20 @@ struct DaemonRun: Sendable {
             logger.critical("\(error); serving the metrics without it")
         }
         return bound
+    }
+
+    /// The token of the dashboard's actions for the front, when rtvisord.json names a group and
+    /// the token file could be written for it (otherwise logged: the dashboard stays read-only).
+    func dashboardActionsEnvironment() -> [String: String] {
+        unlink(paths.run + "/" + DashboardActions.tokenFile)
+        guard let group = metrics.dashboardActionsGroup else { return [:] }
+        let token = DashboardActions.newToken()
+        do { try DashboardActions.writeToken(token, runDirectory: paths.run, group: group) } catch {
+            logger.critical("dashboard actions: \(error); the dashboard stays read-only")
+            return [:]
+        }
+        logger.notice("dashboard actions (start, stop) for group \(group): the token is in \(paths.run)/\(DashboardActions.tokenFile)")
+        return [DashboardActions.environmentVariable: token]
     }
 
     /// ", metrics and dashboard on …" for the ready message.

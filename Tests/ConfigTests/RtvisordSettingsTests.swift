@@ -28,6 +28,14 @@ import Testing
         #expect(try parse("{}") == RtvisordSettings())
     }
 
+    @Test func dashboardActionsAreOffUnlessAGroupIsNamed() throws {
+        #expect(try parse("{}").metrics.dashboardActionsGroup == nil)
+        #expect(try parse(#"{"metrics": {"dashboard_actions_group": null}}"#).metrics.dashboardActionsGroup == nil)
+        #expect(try parse(#"{"metrics": {"dashboard_actions_group": "rtvisor-ops"}}"#).metrics.dashboardActionsGroup == "rtvisor-ops")
+        #expect(problems(#"{"metrics": {"dashboard_actions_group": "Ops Team"}}"#)
+                == ["rtvisord.json: $.metrics.dashboard_actions_group: must be a group name (lower-case letters, digits, '_' and '-') or null, got \"Ops Team\""])
+    }
+
     @Test func badFieldsAreNamedByPathWithTheReason() {
         #expect(problems(#"{"metrics": {"tcp": {"enabled": "yes"}}}"#) == ["rtvisord.json: $.metrics.tcp.enabled: must be true or false, got \"yes\""])
         #expect(problems(#"{"metrics": {"tcp": {"port": 70000}}}"#) == ["rtvisord.json: $.metrics.tcp.port: must be an integer from 1 to 65535, got 70000"])

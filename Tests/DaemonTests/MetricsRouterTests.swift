@@ -36,11 +36,37 @@ import Testing
             #expect(r.status == 404, "\(method) \(target)")
             #expect(r.text.contains("read-only"))
         }
-        for target in ["/", "/metrics", "/v1/stats", "/v1/events"] {
+        for target in ["/", "/metrics", "/v1/stats", "/v1/events", "/v1/dashboard"] {
             #expect(await get(target, method: "POST", on: fake).status == 405, "POST \(target)")
             #expect(await get(target, method: "DELETE", on: fake).status == 405, "DELETE \(target)")
         }
         #expect(await fake.calls.isEmpty)
+    }
+
+    @Test func withoutAnActionsGroupThePageHasNoButtons() async {
+        let r = await get("/v1/dashboard", on: FakeControl())
+        #expect(r.status == 200 && r.text == "{\"actions\":false}\n")
+    }
+
+    @Test func startAndStopNeedTheTokenWhenActionsAreEnabled() async {
+        let fake = FakeControl()
+        let router = MetricsRouter(api: APIRouter(control: fake), actionsToken: "s3cret")
+        func post(_ target: String, _ authorization: String?) async -> APIResponse {
+            await router.handle(APIRequest(method: "POST", target: target, authorization: authorization))
+        }
+        #expect(await router.handle(APIRequest(method: "GET", target: "/v1/dashboard")).text == "{\"actions\":true}\n")
+        let missing = await post("/v1/vms/web/stop", nil)
+        #expect(missing.status == 401)
+        #expect(missing.headers.contains { $0.0 == "WWW-Authenticate" && $0.1.hasPrefix("Bearer") })
+        #expect(await post("/v1/vms/web/stop", "Bearer wrong!").status == 403)
+        #expect(await post("/v1/vms/web/stop", "Basic s3cret").status == 403)
+        #expect(await fake.calls.isEmpty)
+        // The right token: a graceful stop and a start, nothing else (no force, no other action).
+        #expect(await post("/v1/vms/web/stop?force=1", "Bearer s3cret").status == 200)
+        #expect(await post("/v1/vms/db/start", "Bearer s3cret").status == 200)
+        #expect(await post("/v1/vms/web/reset", "Bearer s3cret").status == 404)
+        #expect(await router.handle(APIRequest(method: "GET", target: "/v1/vms/web/stop", authorization: "Bearer s3cret")).status == 405)
+        #expect(await fake.calls == ["stop web", "start db"])
     }
 
     @Test func theEventsArePolledNeverFollowed() async {

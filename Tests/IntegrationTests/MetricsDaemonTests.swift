@@ -67,6 +67,40 @@ struct MetricsDaemonTests {
         #expect(!d.log.contains("API front process"), "\(d.log)")
     }
 
+    @Test func theActionsGroupStopsAndStartsWithTheTokenOnly() throws {
+        let port = try Self.freePort()
+        let settingsDir = try D.shortTempDir()
+        // Group root: it exists everywhere; in production a group of operators.
+        try "{\"metrics\": {\"dashboard_actions_group\": \"root\", \"tcp\": {\"enabled\": true, \"port\": \(port)}}}"
+            .write(toFile: settingsDir + "/rtvisord.json", atomically: true, encoding: .utf8)
+        let d = try Daemon(definitions: [("idle", try EventsDaemonTests.idle("idle", extra: "\"autostart\": true"))],
+                           arguments: ["--settings", settingsDir + "/rtvisord.json"])
+        defer { d.stop() }
+        guard d.waitRunning(["idle"]) else { Issue.record("idle not running: \(d.log)"); return }
+        chmod(d.dir, 0o711)
+        let tokenFile = d.dir + "/run/dashboard-token"
+        var st = stat()
+        #expect(stat(tokenFile, &st) == 0 && st.st_mode & 0o777 == 0o640 && st.st_uid == 0 && st.st_gid == 0)
+        let token = try String(contentsOfFile: tokenFile, encoding: .utf8).trimmingCharacters(in: .whitespacesAndNewlines)
+        #expect(token.count == 64)
+        // Not for others: nobody cannot read it.
+        #expect(D.run("/usr/bin/setpriv", ["--reuid=65534", "--regid=65534", "--clear-groups", "/bin/cat", tokenFile]).0 != 0)
+
+        let stop = "http://127.0.0.1:\(port)/v1/vms/idle/stop"
+        #expect(Self.curl(["http://127.0.0.1:\(port)/v1/dashboard"]).body.hasPrefix("{\"actions\":true}"))
+        #expect(Self.curl(["-X", "POST", stop]).status == 401)
+        #expect(Self.curl(["-X", "POST", "-H", "Authorization: Bearer \(String(repeating: "0", count: 64))", stop]).status == 403)
+        usleep(300_000)
+        #expect(d.state("idle") == "running")
+        let stopped = Self.curl(["-X", "POST", "-H", "Authorization: Bearer \(token)", stop])
+        #expect(stopped.status == 200, "\(stopped)")
+        #expect(D.waitFor(20, "idle stopped") { d.state("idle") == "stopped" })
+        let started = Self.curl(["-X", "POST", "-H", "Authorization: Bearer \(token)", "--unix-socket", d.dir + "/run/metrics.sock",
+                                 "http://localhost/v1/vms/idle/start"], asNobody: true)
+        #expect(started.status == 200, "the token, not the uid, decides: \(started)")
+        #expect(d.waitRunning(["idle"]))
+    }
+
     @Test func aFileInMetricsSocksPlaceCostsTheMetricsNotTheAPI() throws {
         let dir = try D.shortTempDir()
         try FileManager.default.createDirectory(atPath: dir + "/run", withIntermediateDirectories: true)
