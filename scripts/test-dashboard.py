@@ -203,7 +203,9 @@ def main():
     definitions(vms, os.path.abspath(args.inmates), disk, rt_cpu)
     port = free_port()
     with open(f"{work}/rtvisord.json", "w") as f:
-        json.dump({"metrics": {"tcp": {"enabled": True, "address": "127.0.0.1", "port": port}}}, f)
+        # Actions for group root (it exists everywhere; in production a group of operators).
+        json.dump({"metrics": {"tcp": {"enabled": True, "address": "127.0.0.1", "port": port},
+                               "dashboard_actions_group": "root"}}, f)
     bin_dir = os.path.abspath(args.bin_dir)
     log(f"rtvisord with idle, rt (CPU {rt_cpu}) and disk; dashboard on http://127.0.0.1:{port}/")
     daemon = subprocess.Popen([f"{bin_dir}/rtvisord", "--definitions", vms, "--run-directory", run,
@@ -236,9 +238,12 @@ def main():
         scrape(body, "metrics.sock")
         scrape(unix_request(f"{run}/api.sock", "GET", "/metrics")[2], "api.sock")
         status, _, body = unix_request(f"{run}/metrics.sock", "POST", "/v1/vms/idle/stop")
+        if status != 403:
+            fail(f"metrics.sock: a stop without the dashboard token answered {status}: {body}")
+        status, _, body = unix_request(f"{run}/metrics.sock", "POST", "/v1/reload")
         if status != 404:
-            fail(f"metrics.sock accepted a stop ({status}: {body})")
-        log("metrics.sock refuses POST /v1/vms/idle/stop (read-only)")
+            fail(f"metrics.sock: POST /v1/reload answered {status}: {body}")
+        log("metrics.sock refuses a stop without the token (403) and anything but start/stop (404)")
 
         browser = Chromium(f"{work}/chromium")
         browser.call("Page.enable")
@@ -277,6 +282,22 @@ def main():
         with open(phone, "wb") as f:
             f.write(base64.b64decode(browser.call("Page.captureScreenshot", format="png")["data"]))
         log(f"screenshot: {phone}")
+        # The Stop button, with the token the actions group reads from the run directory (kept
+        # in the page's local storage, as after the prompt the first click shows).
+        browser.call("Emulation.setDeviceMetricsOverride", width=1280, height=900, deviceScaleFactor=1, mobile=False)
+        token = open(f"{run}/dashboard-token").read().strip()
+        browser.evaluate(f"localStorage.setItem('rtvisor-dashboard-token', {json.dumps(token)})")
+        if not browser.evaluate("!!document.querySelector('section.vm[data-vm=idle] button[data-action=stop]')"):
+            fail("no Stop button on idle although actions are enabled")
+        browser.evaluate("document.querySelector('section.vm[data-vm=idle] button[data-action=stop]').click()")
+        deadline = time.time() + 20
+        while browser.evaluate("document.querySelector('section.vm[data-vm=idle]').dataset.state") != "stopped":
+            if time.time() > deadline:
+                fail(f"idle not stopped 20 s after its Stop button: {browser.evaluate(READ_DOM)}")
+            time.sleep(0.5)
+        if not browser.evaluate("!!document.querySelector('section.vm[data-vm=idle] button[data-action=start]')"):
+            fail("idle stopped, but no Start button")
+        log("the Stop button (with the group's token) stopped idle; the page shows it stopped with a Start button")
         print("PASS: dashboard and /metrics against a running rtvisord")
     except SystemExit:
         # rtvisord's log (no journald here) outlives the work directory for a failure.

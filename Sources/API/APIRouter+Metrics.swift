@@ -29,11 +29,11 @@ public struct MetricsRouter: RequestHandling {
     public init(api: APIRouter, actionsToken: String? = nil) { self.api = api; self.actionsToken = actionsToken }
 
     /// The paths served, for the refusal's message and the tests.
-    public static let paths = ["/", "/metrics", "/v1/stats", "/v1/events", "/v1/dashboard"]
+    public static let paths = ["/", "/metrics", "/v1/stats", "/v1/events", "/dashboard/config"]
     /// What the dashboard may do to a VM when actions are enabled.
     public static let actions = ["start", "stop"]
 
-    /// `GET /v1/dashboard`: whether the page shows its buttons.
+    /// `GET /dashboard/config`: whether the page shows its buttons.
     struct Capabilities: Encodable { var actions: Bool }
 
     public func handle(_ request: APIRequest) async -> APIResponse {
@@ -41,10 +41,9 @@ public struct MetricsRouter: RequestHandling {
         let parts = path.split(separator: "/").map(String.init)
         if parts.count == 4, parts[0] == "v1", parts[1] == "vms", Self.actions.contains(parts[3]), let token = actionsToken {
             guard request.method == "POST" else { return APIRouter.methodNotAllowed("POST") }
+            // 403 (`forbidden`, the API's code for a caller who may not) with or without a token.
             guard request.authorization != nil else {
-                var r = APIRouter.error(401, "starting and stopping VMs here needs the dashboard token (Authorization: Bearer; docs/metrics.md)")
-                r.headers.append(("WWW-Authenticate", "Bearer realm=\"rtvisor\""))
-                return r
+                return APIRouter.error(403, "starting and stopping VMs here needs the dashboard token (Authorization: Bearer; docs/metrics.md)")
             }
             guard DashboardActions.authorizes(request.authorization, token: token) else { return APIRouter.error(403, "wrong dashboard token") }
             // A graceful stop (the guest is asked), as `rtvisorctl stop` without --force.
@@ -54,7 +53,7 @@ public struct MetricsRouter: RequestHandling {
             return APIRouter.error(404, "\(path) is not served here: this listener is read-only (GET \(Self.paths.joined(separator: ", "))); the full API is on api.sock")
         }
         guard request.method == "GET" else { return APIRouter.methodNotAllowed("GET") }
-        if path == "/v1/dashboard" { return APIRouter.json(200, Capabilities(actions: actionsToken != nil)) }
+        if path == "/dashboard/config" { return APIRouter.json(200, Capabilities(actions: actionsToken != nil)) }
         if path == "/" {
             return APIResponse(status: 200, headers: [("Content-Type", DashboardPage.contentType), ("Cache-Control", "no-cache")],
                                body: Array(DashboardPage.html.utf8))

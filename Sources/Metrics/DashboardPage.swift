@@ -1,7 +1,7 @@
 /// The built-in dashboard (`GET /` on metrics.sock and the metrics TCP listener; docs/metrics.md):
 /// one self-contained page (no CDN, no fonts, nothing from the internet), embedded in rtvisord.
 /// It polls `GET /v1/stats` every second (rates are the differences between two polls) and
-/// `GET /v1/events?since=SEQ` every two. It is read-only unless `GET /v1/dashboard` says that
+/// `GET /v1/events?since=SEQ` every two. It is read-only unless `GET /dashboard/config` says that
 /// actions are enabled: then each VM gets a Start or Stop button, which asks once for the token
 /// (rtvisord's `dashboard-token` file, readable by root and the actions group) and keeps it in
 /// the browser's local storage.
@@ -58,7 +58,7 @@ svg text { fill:var(--dim); font-size:9px; }
 const previous = new Map();    // VM name -> {at, totals}: rates are differences between polls
 const latencyHistory = new Map(); // VM name -> [p99 seconds], the live plot
 let lastEventSeq = 0;
-let actions = false;           // GET /v1/dashboard: Start and Stop buttons for the actions group
+let actions = false;           // GET /dashboard/config: Start and Stop buttons for the actions group
 const tokenKey = "rtvisor-dashboard-token";
 
 const el = (tag, attrs = {}, text) => {
@@ -219,7 +219,7 @@ async function pollEvents() {
   } catch (e) { /* the next poll tries again */ }
 }
 
-fetch("/v1/dashboard").then(r => r.json()).then(c => { actions = c.actions === true; }).catch(() => {});
+fetch("/dashboard/config").then(r => r.json()).then(c => { actions = c.actions === true; }).catch(() => {});
 pollStats(); pollEvents();
 setInterval(pollStats, 1000);
 setInterval(pollEvents, 2000);
