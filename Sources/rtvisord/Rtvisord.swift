@@ -49,10 +49,10 @@ struct Rtvisord: ParsableCommand {
     @Option(help: "Log level: trace, debug, info, notice, warning, error, critical.")
     var logLevel = "info"
 
-    @Flag(help: "Validate every definition, print the problems and exit (status 1 if any).")
+    @Flag(help: "Validate every definition and the settings file, print the problems and exit (status 1 if any).")
     var check = false
 
-    @Option(help: "rtvisord's own settings (JSON: the metrics TCP listener; docs/metrics.md). No file: the defaults.")
+    @Option(help: "rtvisord's own settings (JSON: the metrics TCP listener, the dashboard's actions group; docs/metrics.md). No file: the defaults.")
     var settings = RtvisordSettings.defaultPath
 
     @Option(help: "Seccomp filter of the API front process: enforce, log (audit only: for finding a missing entry) or off.")
@@ -67,7 +67,7 @@ struct Rtvisord: ParsableCommand {
     var apiFrontMetricsListeners = 0
 
     func run() throws {
-        if check { Self.checkDefinitions(definitions) }
+        if check { Self.checkDefinitions(definitions, settings: settings) }
         if apiFront { runAPIFront() }
         // Before any other thread exists, so every thread inherits the mask: SIGHUP/SIGTERM/SIGINT
         // are only ever taken by the sigwait thread below.
@@ -149,11 +149,19 @@ struct Rtvisord: ParsableCommand {
         return "/usr/local/bin/rtvisor-vmm"
     }
 
-    static func checkDefinitions(_ dir: String) -> Never {
+    static func checkDefinitions(_ dir: String, settings: String) -> Never {
         let scan = DefinitionDirectory.scan(directory: dir)
         for name in scan.definitions.keys.sorted() { print("\(scan.definitions[name]!.file): OK (\(name))") }
         for p in scan.problems { print("\(p)") }
-        Foundation.exit(scan.problems.isEmpty ? 0 : 1)
+        var settingsValid = true
+        do {
+            _ = try RtvisordSettings.load(path: settings)
+            if FileManager.default.fileExists(atPath: settings) { print("\(settings): OK") }
+        } catch {
+            print("\(error)")
+            settingsValid = false
+        }
+        Foundation.exit(scan.problems.isEmpty && settingsValid ? 0 : 1)
     }
 }
 
@@ -173,11 +181,11 @@ struct DaemonRun: Sendable {
         // front accepts), and served by the confined front process (docs/sandbox.md).
         var api: Task<Void, Never>?
         var listening: Int32 = -1
-        var metricsSockets: [Int32] = []
+        var metricsListeners: [(place: String, fd: Int32)] = []
         do {
             listening = try HTTPServer.bindListeningSocket(paths.apiSocket, groupName: apiGroup, logger: logger)
-            metricsSockets = bindMetricsListeners()
-            let front = APIFrontSupervisor(listeningSocket: listening, metricsSockets: metricsSockets, frontEnvironment: dashboardActionsEnvironment(),
+            metricsListeners = bindMetricsListeners()
+            let front = APIFrontSupervisor(listeningSocket: listening, metricsSockets: metricsListeners.map(\.fd), frontEnvironment: dashboardActionsEnvironment(),
                                            access: PeerAccess(groupName: apiGroup), control: supervisor, logger: logger, arguments: apiFrontArguments)
             api = Task { await front.run() }
         } catch {
@@ -185,7 +193,8 @@ struct DaemonRun: Sendable {
         }
         let status = await supervisor.statusText
         notifier.notify(.ready, .status(status))
-        await event(.daemonReady, "rtvisord \(Rtvisord.version) ready: \(status); API on \(paths.apiSocket)\(metricsDescription)")
+        let metricsPlaces = metricsListeners.isEmpty ? "" : ", metrics and dashboard on " + metricsListeners.map(\.place).joined(separator: " and ")
+        await event(.daemonReady, "rtvisord \(Rtvisord.version) ready: \(status); API on \(paths.apiSocket)\(metricsPlaces)")
 
         let watchdog = Task {
             guard let ns = notifier.watchdogPingIntervalNanoseconds else { return }
@@ -232,19 +241,20 @@ struct DaemonRun: Sendable {
         unlink(paths.metricsSocket)
         unlink(paths.run + "/" + DashboardActions.tokenFile)
         if listening >= 0 { close(listening) }
-        metricsSockets.forEach { close($0) }
+        metricsListeners.forEach { close($0.fd) }
     }
 
     /// metrics.sock, and the TCP listener when rtvisord.json enables it. One that cannot be
     /// bound (a port taken, a file in the socket's place) is logged and left out: the API runs
     /// without it.
-    func bindMetricsListeners() -> [Int32] {
-        var bound: [Int32] = []
-        do { bound.append(try MetricsListeners.bindSocket(paths.metricsSocket, logger: logger)) } catch {
+    func bindMetricsListeners() -> [(place: String, fd: Int32)] {
+        var bound: [(place: String, fd: Int32)] = []
+        do { bound.append((paths.metricsSocket, try MetricsListeners.bindSocket(paths.metricsSocket, logger: logger))) } catch {
             logger.critical("metrics.sock: \(error); serving the metrics without it")
         }
         guard metrics.tcp.enabled else { return bound }
-        do { bound.append(try MetricsListeners.bindTCP(address: metrics.tcp.address, port: metrics.tcp.port)) } catch {
+        let endpoint = MetricsListeners.endpoint((metrics.tcp.address, metrics.tcp.port))
+        do { bound.append(("http://\(endpoint)/", try MetricsListeners.bindTCP(address: metrics.tcp.address, port: metrics.tcp.port))) } catch {
             logger.critical("\(error); serving the metrics without it")
         }
         return bound
@@ -262,13 +272,6 @@ struct DaemonRun: Sendable {
         }
         logger.notice("dashboard actions (start, stop) for group \(group): the token is in \(paths.run)/\(DashboardActions.tokenFile)")
         return [DashboardActions.environmentVariable: token]
-    }
-
-    /// ", metrics and dashboard on …" for the ready message.
-    var metricsDescription: String {
-        var places = [paths.metricsSocket]
-        if metrics.tcp.enabled { places.append("http://" + MetricsListeners.endpoint((metrics.tcp.address, metrics.tcp.port)) + "/ (if bound)") }
-        return ", metrics and dashboard on " + places.joined(separator: " and ")
     }
 
     func event(_ e: LifecycleEvent, _ message: String) async {

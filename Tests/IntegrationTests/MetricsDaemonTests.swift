@@ -121,5 +121,8 @@ struct MetricsDaemonTests {
         #expect(status == 1)
         let log = out + ((try? String(contentsOfFile: dir + "/run/rtvisord.log", encoding: .utf8)) ?? "")
         #expect(log.contains("\(dir)/rtvisord.json: $.metrics.tcp.port: must be an integer from 1 to 65535, got 0"), "\(log)")
+        // `rtvisord --check` reports it too, without starting.
+        let (checkStatus, check) = D.run(D.binary("rtvisord"), ["--check", "--definitions", dir, "--settings", dir + "/rtvisord.json"])
+        #expect(checkStatus == 1 && check.contains("$.metrics.tcp.port: must be an integer from 1 to 65535, got 0"), "\(check)")
     }
 }
