@@ -21,7 +21,10 @@ public enum MetricsListeners {
     public static func bindTCP(address: String, port: Int) throws -> Int32 {
         let fd = cdaemon_listen_tcp_backlog(address, String(port), backlog)
         guard fd >= 0 else {
-            throw IOError(errnoCode: errno, reason: "metrics TCP listener on \(endpoint((address, port))) (rtvisord.json $.metrics.tcp)")
+            let code = errno
+            // RestrictAddressFamilies= of the shipped unit: the drop-in that lifts it.
+            let hint = code == EAFNOSUPPORT ? "; rtvisord.service allows Unix sockets only: the metrics-tcp drop-in allows TCP (docs/metrics.md)" : ""
+            throw IOError(errnoCode: code, reason: "metrics TCP listener on \(endpoint((address, port))) (rtvisord.json $.metrics.tcp)\(hint)")
         }
         return fd
     }
