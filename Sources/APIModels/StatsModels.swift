@@ -114,15 +114,18 @@ public struct NICStats: Codable, Sendable, Equatable {
     /// Frames dropped because the guest had no receive buffer, or a transmit failed.
     public var rxDrops: UInt64
     public var txDrops: UInt64
+    /// Frames for the guest the host kernel dropped at the tap because the VMM had not read its
+    /// queue (the tap's `tx_dropped` in sysfs): drops the device cannot see. Nil when unreadable.
+    public var tapDrops: UInt64?
     public init(id: String, tap: String, rxFrames: UInt64, rxBytes: UInt64, txFrames: UInt64, txBytes: UInt64,
-                rxDrops: UInt64, txDrops: UInt64) {
+                rxDrops: UInt64, txDrops: UInt64, tapDrops: UInt64? = nil) {
         self.id = id; self.tap = tap; self.rxFrames = rxFrames; self.rxBytes = rxBytes; self.txFrames = txFrames
-        self.txBytes = txBytes; self.rxDrops = rxDrops; self.txDrops = txDrops
+        self.txBytes = txBytes; self.rxDrops = rxDrops; self.txDrops = txDrops; self.tapDrops = tapDrops
     }
     enum CodingKeys: String, CodingKey {
         case id, tap
         case rxFrames = "rx_frames", rxBytes = "rx_bytes", txFrames = "tx_frames", txBytes = "tx_bytes"
-        case rxDrops = "rx_drops", txDrops = "tx_drops"
+        case rxDrops = "rx_drops", txDrops = "tx_drops", tapDrops = "tap_drops"
     }
 }
 

@@ -36,6 +36,8 @@ public struct StatsTarget: Sendable, Equatable {
 public struct StatsCollector: Sendable {
     public var procRoot: String
     public var cgroupRoot: String
+    /// Where the taps' counters are (`/sys/class/net/TAP/statistics`).
+    public var netRoot: String
     /// Clock ticks per second (`sysconf(_SC_CLK_TCK)`), for /proc/PID/stat's start time.
     public var clockTicks: Double
     /// Asks a VMM for its counters over its control socket; nil when it cannot or will not
@@ -46,9 +48,11 @@ public struct StatsCollector: Sendable {
     /// much, and only its own counters.
     public static let vmmTimeoutSeconds = 1
 
-    public init(procRoot: String = "/proc", cgroupRoot: String = "/sys/fs/cgroup", clockTicks: Double = Double(sysconf(Int32(_SC_CLK_TCK))),
+    public init(procRoot: String = "/proc", cgroupRoot: String = "/sys/fs/cgroup", netRoot: String = "/sys/class/net",
+                clockTicks: Double = Double(sysconf(Int32(_SC_CLK_TCK))),
                 vmmCounters: @escaping @Sendable (_ controlSocket: String) -> VMMStatistics? = StatsCollector.askVMM) {
-        self.procRoot = procRoot; self.cgroupRoot = cgroupRoot; self.clockTicks = clockTicks; self.vmmCounters = vmmCounters
+        self.procRoot = procRoot; self.cgroupRoot = cgroupRoot; self.netRoot = netRoot; self.clockTicks = clockTicks
+        self.vmmCounters = vmmCounters
     }
 
     public static func askVMM(_ controlSocket: String) -> VMMStatistics? {
@@ -79,7 +83,12 @@ public struct StatsCollector: Sendable {
             stats.memory?.cgroupMaxBytes = usage.max
         }
         stats.vcpus = vcpuThreads(dir)
-        if let socket = t.controlSocket, let counters = vmmCounters(socket) { Self.merge(counters, into: &stats, target: t) }
+        if let socket = t.controlSocket, let counters = vmmCounters(socket) {
+            Self.merge(counters, into: &stats, target: t)
+            for i in stats.nics.indices where !stats.nics[i].tap.isEmpty {
+                stats.nics[i].tapDrops = HostFiles.line("\(netRoot)/\(stats.nics[i].tap)/statistics/tx_dropped").flatMap { UInt64($0) }
+            }
+        }
         return stats
     }
 

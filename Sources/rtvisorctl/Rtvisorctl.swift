@@ -16,7 +16,7 @@ import Glibc
 struct Rtvisorctl: ParsableCommand {
     static let configuration = CommandConfiguration(
         commandName: "rtvisorctl",
-        abstract: "Control rtvisord: list, inspect, start, stop, reboot, reset, pause, resume, validate VMs; follow their events; snapshot, restore, clone and migrate them; attach to a console; shut every guest down.",
+        abstract: "Control rtvisord: list, inspect, start, stop, reboot, reset, pause, resume, validate VMs; follow their events; show their statistics (stats, top); snapshot, restore, clone and migrate them; attach to a console; shut every guest down.",
         discussion: """
         Talks HTTP/JSON to rtvisord's socket (docs/api.yaml). Exit status: 0 success (a start of a \
         running VM or a stop of a stopped one too, with a note), 1 refused or failed (the message \
@@ -26,7 +26,7 @@ struct Rtvisorctl: ParsableCommand {
         version: RtvisorRelease.version,
         subcommands: [Status.self, List.self, Inspect.self, Start.self, Stop.self, Reboot.self, Reset.self, Pause.self, Resume.self, RtCheck.self, Latency.self,
                       Validate.self, Edit.self, Logs.self, Reload.self, Console.self, Info.self, ShutdownGuests.self, StartGuests.self,
-                      Snapshot.self, Snapshots.self, Restore.self, Clone.self, Migrate.self, MigrateReceive.self, Upgrade.self, Events.self])
+                      Snapshot.self, Snapshots.self, Restore.self, Clone.self, Migrate.self, MigrateReceive.self, Upgrade.self, Events.self, Stats.self, Top.self])
 }
 
 struct CommonOptions: ParsableArguments {
@@ -89,11 +89,15 @@ extension String {
 }
 
 func table(_ header: [String], _ rows: [[String]]) {
+    for line in tableLines(header, rows) { print(line) }
+}
+
+/// The lines of a table: columns as wide as their widest cell, two spaces apart.
+func tableLines(_ header: [String], _ rows: [[String]]) -> [String] {
     var widths = header.map(\.count)
     for r in rows { for (i, c) in r.enumerated() { widths[i] = max(widths[i], c.count) } }
     let line = { (r: [String]) in r.enumerated().map { $0.offset == r.count - 1 ? $0.element : $0.element.padded(widths[$0.offset]) }.joined(separator: "  ") }
-    print(line(header))
-    for r in rows { print(line(r)) }
+    return [line(header)] + rows.map(line)
 }
 
 func exitText(_ e: ExitInfo?) -> String {

@@ -3,6 +3,7 @@ import CDaemonSupport
 import Daemon
 import Foundation
 import Posix
+import SystemPackage
 import Testing
 import TestSupport
 import VMMInterface
@@ -35,7 +36,8 @@ import Glibc
             writeFile(cg + "/system.slice/rtvisord.service/vm-web/memory.current", "73400320\n")
             writeFile(cg + "/system.slice/rtvisord.service/vm-web/memory.max", "104857600\n")
         }
-        return (StatsCollector(procRoot: proc, cgroupRoot: cg, clockTicks: 100), ProcessIdentity(pid: 4242, startTime: 1000))
+        writeFile(root + "/net/tap-web/statistics/tx_dropped", "3\n")
+        return (StatsCollector(procRoot: proc, cgroupRoot: cg, netRoot: root + "/net", clockTicks: 100), ProcessIdentity(pid: 4242, startTime: 1000))
     }
 
     @Test func aRunningVMsProcessVCPUThreadsAndV1CgroupAreRead() throws {
@@ -119,7 +121,8 @@ import Glibc
                             VCPUStats(index: 1, cpuSeconds: 1, stealSeconds: 0, exits: ["io": 2])])
         #expect(s.disks == [DiskStats(id: "root", readOps: 10, writeOps: 5, flushOps: 1, readBytes: 40960, writeBytes: 2048, errors: 0, serviceSeconds: 0.003),
                             DiskStats(id: "1", readOps: 1, writeOps: 0, flushOps: 0, readBytes: 512, writeBytes: 0, errors: 1, serviceSeconds: 0)])
-        #expect(s.nics == [NICStats(id: "0", tap: "tap-web", rxFrames: 7, rxBytes: 700, txFrames: 8, txBytes: 800, rxDrops: 1, txDrops: 2)])
+        #expect(s.nics == [NICStats(id: "0", tap: "tap-web", rxFrames: 7, rxBytes: 700, txFrames: 8, txBytes: 800, rxDrops: 1, txDrops: 2,
+                                    tapDrops: 3)], "the tap's own drops from sysfs")
     }
 
     /// A version-4 VMM (re-adopted after a daemon upgrade) or one that does not answer in time:
@@ -154,5 +157,54 @@ import Glibc
         #expect(StatsCollector.askVMM(socket) == nil)
         let took = ContinuousClock.now - started
         #expect(took < .seconds(StatsCollector.vmmTimeoutSeconds + 2), "gave up after \(took)")
+    }
+}
+
+/// rtvisord's end of the control socket against a VMM of control protocol 4 (one started by
+/// the previous release that a new rtvisord re-adopted): hello agrees on 4 and the daemon does
+/// not send a request that version lacks; the statistics just have no counters.
+@Suite struct StatsFromAnOlderVMMTests {
+    /// Serves `connections` connections one after the other like a version-4 VMM: hello, then a
+    /// refusal for anything else; returns the requests it received other than hello.
+    static func version4VMM(_ socket: String, connections: Int) throws -> Task<[VMMControl.Request], Never> {
+        let listener = cdaemon_listen_unix(socket, 4, 0o600)
+        guard listener >= 0 else { throw Errno(rawValue: errno) }
+        return Task.detached {
+            defer { close(listener) }
+            var others: [VMMControl.Request] = []
+            for _ in 0..<connections {
+                let fd = cdaemon_accept(listener)
+                guard fd >= 0 else { break }
+                _ = fcntl(fd, F_SETFL, 0)
+                let connection = VMMControlConnection(socket: FileDescriptor(rawValue: fd))
+                while let frame = try? connection.receiveFrame(), let (id, request) = try? VMMControl.request(from: frame.body) {
+                    if case let .hello(low, high) = request {
+                        let v = VMMControl.negotiate(1...4, low...high)
+                        try? connection.reply(v.map { .hello(version: $0, vmmVersion: "0.4.0") } ?? .refused("no common version"), to: id)
+                    } else {
+                        others.append(request)
+                        try? connection.reply(.refused("\(request) needs a newer control protocol"), to: id)
+                    }
+                }
+            }
+            return others
+        }
+    }
+
+    @Test func aVersion4VMMIsSpokenToAndNotAskedForCounters() async throws {
+        let dir = try makeTemporaryDirectory("rtvisor-stats-v4")
+        let socket = dir + "/control.sock"
+        let vmm = try Self.version4VMM(socket, connections: 2)
+        func ask() throws -> (version: Int, counters: VMMStatistics?) {
+            let client = try VMMControlClient.connect(socket, timeoutSeconds: 5)
+            return (client.version, try client.statistics())
+        }
+        let answer = try ask()
+        #expect(answer.version == 4 && answer.counters == nil)
+        // The collector's own question: no counters, no error, and at once (not by a timeout).
+        let started = ContinuousClock.now
+        #expect(StatsCollector.askVMM(socket) == nil)
+        #expect(ContinuousClock.now - started < .milliseconds(900))
+        #expect(await vmm.value.isEmpty, "nothing but hello reached the old VMM")
     }
 }

@@ -88,6 +88,28 @@ import TestSupport
         await #expect(throws: ControlError.notFound("no VM named \"db\"")) { try await s.stop("db", force: false) }
     }
 
+    /// The supervisor's part of the statistics: every VM it knows, the running one with what
+    /// procfs shows of its process (the fake VMM has no vCPU threads and no control socket: no
+    /// vCPUs, no counters, nothing waited for).
+    @Test func statsListEveryVMAndReadTheRunningOnesProcess() async throws {
+        let f = try makeSupervisor()
+        let s = f.supervisor
+        await s.bootstrap()
+        let started = try await s.start("web")
+        let list = try await s.stats(nil)
+        #expect(list.vms.map(\.name) == ["crashy", "web"])
+        let web = try #require(list.vms.last)
+        #expect(web.state == .running && web.pid != nil && "started, PID \(web.pid!)" == started.message)
+        #expect(web.vmmStartedAt.map { abs($0 - list.collectedAt) < 60 } == true, "\(String(describing: web.vmmStartedAt)) vs \(list.collectedAt)")
+        #expect((web.memory?.residentBytes ?? 0) > 0 && web.memory?.guestBytes == 32 << 20)
+        #expect(web.vcpus.isEmpty && web.disks.isEmpty && web.nics.isEmpty && web.realtime == nil)
+        let crashy = try #require(list.vms.first)
+        #expect(crashy.pid == nil && crashy.vmmStartedAt == nil && crashy.memory?.residentBytes == nil)
+        #expect(try await s.stats("web").vms.map(\.name) == ["web"])
+        await #expect(throws: ControlError.notFound("no VM named \"ghost\"")) { try await s.stats("ghost") }
+        _ = try await s.stop("web", force: true)
+    }
+
     /// rtvisor-guests.service's stop and start: every guest asked at once, the daemon staying up;
     /// then the autostart VMs back (the others stay stopped).
     @Test func guestsAreShutDownTogetherAndAutostartVMsComeBack() async throws {

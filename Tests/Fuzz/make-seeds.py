@@ -118,6 +118,7 @@ api = {
     "events": G + b"/v1/events?since=0&vm=web", "events-follow": G + b"/v1/events?follow=1", "pause": P + b"/v1/vms/web/pause",
     "resume": P + b"/v1/vms/web/resume", "reload": P + b"/v1/reload", "rt-check": G + b"/v1/rt-check",
     "rt-check-vm": G + b"/v1/vms/web/rt-check", "latency": G + b"/v1/vms/web/latency",
+    "stats": G + b"/v1/stats", "stats-vm": G + b"/v1/vms/web/stats",
     "validate": P + b"/v1/validate\n" + valid,
     "validate-bad": P + b"/v1/validate\n" + json.dumps({"definition": "{\"name\": 1}", "base_directory": "/tmp"}).encode(),
     "wrong-method": b"\x05PATCH /v1/vms\n", "unknown-action": P + b"/v1/vms/web/explode",

@@ -15,6 +15,10 @@
  *                    and checks every acknowledged sector, scripts/durability.sh);
  *                    blk.flush=0 leaves FLUSH unnegotiated (the device is then
  *                    write-through and each write is acknowledged on its own)
+ *   steady           one sector written and read back every blk.gap_us
+ *                    (default 10000) for blk.secs seconds (default 10), from
+ *                    blk.start over blk.sectors: I/O that goes on while the
+ *                    host reads rtvisor's statistics
  *   hostile          two disks: malformed chains on disk 0 (NEEDS_RESET, reset,
  *                    re-init, I/O again), bad requests (error statuses), disk 1
  *                    keeps working throughout
@@ -318,6 +322,23 @@ static void check_range(u64 start, u64 sectors)
 }
 
 /* ---- modes -------------------------------------------------------------- */
+
+static void mode_steady(u64 start, u64 sectors)
+{
+	u64 secs = cmdline_get_u64("blk.secs", 10), gap = cmdline_get_u64("blk.gap_us", 10000);
+	u64 t0 = rdtsc(), dur = us_to_tsc(secs * 1000000), rounds = 0;
+
+	check_range(start, sectors);
+	while (rdtsc() - t0 < dur) {
+		u64 s = start + rounds % sectors;
+
+		write_chunk(s, 1, 1, NULL);
+		read_chunk(s, 1, 1, false, NULL);
+		rounds++;
+		udelay(gap);
+	}
+	printk("INMATE virtio-blk OK: steady: %lu sectors written and read back in %lu s\n", rounds, secs);
+}
 
 static void mode_readonly(u64 start)
 {
@@ -879,8 +900,8 @@ void inmate_main(void)
 	seed = (u32)cmdline_get_u64("blk.seed", 1);
 	timeout_us = cmdline_get_u64("blk.timeout_ms", 5000) * 1000;
 	if (strcmp(mode, "write") && strcmp(mode, "verify") && strcmp(mode, "readonly") &&
-	    strcmp(mode, "zeroes") && strcmp(mode, "bench") && strcmp(mode, "hostile") && strcmp(mode, "durable"))
-		inmate_fail(EXIT_CONFIG, "unknown blk.mode=%s (write, verify, readonly, zeroes, bench, hostile, durable)", mode);
+	    strcmp(mode, "zeroes") && strcmp(mode, "bench") && strcmp(mode, "hostile") && strcmp(mode, "durable") && strcmp(mode, "steady"))
+		inmate_fail(EXIT_CONFIG, "unknown blk.mode=%s (write, verify, readonly, zeroes, bench, hostile, durable, steady)", mode);
 	if (!cmdline_get_u64("blk.flush", 1))
 		want &= ~(1ULL << VIRTIO_BLK_F_FLUSH);
 	calibrated = timer_init();
@@ -907,6 +928,8 @@ void inmate_main(void)
 		mode_zeroes(start, sectors);
 	} else if (!strcmp(mode, "bench")) {
 		mode_bench(start);
+	} else if (!strcmp(mode, "steady")) {
+		mode_steady(start, sectors);
 	} else if (!strcmp(mode, "durable")) {
 		check_range(start, sectors);
 		for (u64 s = start; s < start + sectors; s++) {

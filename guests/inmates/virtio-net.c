@@ -226,6 +226,8 @@ static u32 rx_poll(u32 nframes)
 static void mode_echo(void)
 {
 	u64 nframes = cmdline_get_u64("net.frames", 32), window = cmdline_get_u64("net.window", 64);
+	/* net.gap_us: a pause after each frame, for traffic that goes on for a while. */
+	u64 gap = cmdline_get_u64("net.gap_us", 0);
 	u64 t0, limit, sent_bytes = 0;
 
 	if (nframes == 0 || nframes > MAX_FRAMES)
@@ -258,6 +260,8 @@ static void mode_echo(void)
 		tx_send(i, len, !(seq & 1));	/* even: header and frame in separate descriptors */
 		sent_bytes += len;
 		rx_poll(nframes);
+		if (gap)
+			udelay(gap);
 	}
 	printk("virtio-net: sent %lu frames (%lu bytes, 60..1514), waiting for replies\n", nframes, sent_bytes);
 

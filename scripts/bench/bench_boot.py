@@ -5,7 +5,7 @@ Run through scripts/bench-boot.sh, which builds everything first."""
 import argparse, json, os, re, select, signal, statistics, subprocess, sys, tempfile, time
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from qemu_peer import EMULATING, qemu_cpu  # noqa: E402
+from qemu_peer import EMULATING, machine_description, qemu_cpu  # noqa: E402
 # The features rtvisor's emulating-kvm template hides, as QEMU -cpu flags, and the Linux
 # parameters the template adds for Linux guests (docs/cpu-templates.md).
 LINUX_EXTRA = " noxsave clearcpuid=cx16,popcnt,smap highres=off" if EMULATING else ""
@@ -210,11 +210,9 @@ def main():
                 print(f"linux {who}: {t:.1f}s", file=sys.stderr)
         linux_row = ("minimal Linux 6.1: process start → init marker (s)", med(r_l), med(q_l))
 
-    machine = subprocess.run(["sh", "-c", "lscpu | sed -n 's/^Model name: *//p'"], capture_output=True, text=True).stdout.strip()
-    kvm = "kvm_pvm (nested, emulates guest ring 0)" if EMULATING else "kvm"
     with open(a.out, "a") as f:
         f.write(f"\n## bench-boot, {time.strftime('%Y-%m-%d %H:%M %Z')}\n\n")
-        f.write(f"Machine: {os.cpu_count()} CPUs, {machine}, host KVM: {kvm}. QEMU: "
+        f.write(f"Machine: {machine_description()}. QEMU: "
                 f"{subprocess.run(['qemu-system-x86_64', '--version'], capture_output=True, text=True).stdout.splitlines()[0]}, "
                 f"`-M microvm,acpi=off -enable-kvm -cpu {qemu_cpu()}`. Medians of {a.runs} alternating runs "
                 f"({a.linux_runs} for Linux).\n\n")

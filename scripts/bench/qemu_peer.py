@@ -8,6 +8,13 @@ EMULATING = os.path.exists("/sys/module/kvm_pvm")
 HIDDEN = ",-cx16,-xsave,-popcnt,-smap" if EMULATING else ""
 
 
+def machine_description():
+    """'N CPUs, <CPU model>, host KVM: …', the Machine line of a docs/benchmarks.md section."""
+    model = subprocess.run(["sh", "-c", "lscpu | sed -n 's/^Model name: *//p'"], capture_output=True, text=True).stdout.strip()
+    kvm = "kvm_pvm (nested, emulates guest ring 0)" if EMULATING else "kvm"
+    return f"{os.cpu_count()} CPUs, {model}, host KVM: {kvm}"
+
+
 def starts(cpu, seconds=2.0):
     """True if QEMU with this -cpu gets past machine reset (paused with -S) and keeps running."""
     cmd = ["qemu-system-x86_64", "-M", "microvm,acpi=off", "-enable-kvm", "-cpu", cpu, "-m", "16",
