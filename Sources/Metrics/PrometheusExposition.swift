@@ -109,6 +109,9 @@ public enum PrometheusExposition {
             out.family(name, .counter, help)
             for (vm, n) in rows { out.sample(name, ["vm": vm, "nic": n.id, "tap": n.tap], Double(value(n))) }
         }
+        let tapDrops = "rtvisor_net_tap_drops_total"
+        out.family(tapDrops, .counter, "Frames for the guest the host kernel dropped at the tap because the VMM had not read them.")
+        for (vm, n) in rows { if let d = n.tapDrops { out.sample(tapDrops, ["vm": vm, "nic": n.id, "tap": n.tap], Double(d)) } }
     }
 
     static func realtimeFamilies(_ vms: [VMStats], _ out: inout ExpositionWriter) {

@@ -21,7 +21,7 @@ enum ExpositionFixtures {
                                     cgroupCurrentBytes: 120_000_000, cgroupMaxBytes: nil),
                 disks: [DiskStats(id: "root", readOps: 10, writeOps: 20, flushOps: 3, readBytes: 40960, writeBytes: 81920,
                                   errors: 0, serviceSeconds: 0.125)],
-                nics: [NICStats(id: "net0", tap: "tap-web", rxFrames: 5, rxBytes: 500, txFrames: 6, txBytes: 600, rxDrops: 1, txDrops: 0)],
+                nics: [NICStats(id: "net0", tap: "tap-web", rxFrames: 5, rxBytes: 500, txFrames: 6, txBytes: 600, rxDrops: 1, txDrops: 0, tapDrops: 3)],
                 realtime: nil),
         VMStats(name: "rt", state: .running, pid: 4343, vmmStartedAt: 1_765_000_001, restarts: 0,
                 vcpus: [VCPUStats(index: 0, cpuSeconds: 1, stealSeconds: 0, exits: [:])],

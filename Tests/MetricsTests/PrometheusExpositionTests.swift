@@ -46,6 +46,7 @@ import VMMInterface
         #expect(families["rtvisor_net_receive_bytes"]?.value("rtvisor_net_receive_bytes_total", nic) == 500)
         #expect(families["rtvisor_net_transmit_frames"]?.value("rtvisor_net_transmit_frames_total", nic) == 6)
         #expect(families["rtvisor_net_receive_drops"]?.value("rtvisor_net_receive_drops_total", nic) == 1)
+        #expect(families["rtvisor_net_tap_drops"]?.value("rtvisor_net_tap_drops_total", nic) == 3)
         #expect(families["rtvisor_vcpu_cpu_seconds"]?.value("rtvisor_vcpu_cpu_seconds_total", ["vm": "web", "vcpu": "0"]) == 12.25)
         #expect(families["rtvisor_vcpu_exits"]?.value("rtvisor_vcpu_exits_total", ["vm": "web", "vcpu": "0", "kind": "mmio"]) == 7)
         #expect(families["rtvisor_vm_restarts"]?.value("rtvisor_vm_restarts_total", ["vm": "web"]) == 2)
