@@ -13,6 +13,9 @@ import Glibc
 struct MetricsDaemonTests {
     typealias D = DaemonProcessTests
     typealias Daemon = SnapshotDaemonTests.Daemon
+    /// A name no other suite uses: jails and real-time state are per VM name, host-wide, and
+    /// suites run in parallel.
+    static let vm = "metrics-idle"
 
     /// A TCP port nothing listens on now (the kernel's pick, through Python: no socket
     /// structures in Swift here).
@@ -34,17 +37,17 @@ struct MetricsDaemonTests {
         let port = try Self.freePort()
         let settingsDir = try D.shortTempDir()
         try "{\"metrics\": {\"tcp\": {\"enabled\": true, \"port\": \(port)}}}".write(toFile: settingsDir + "/rtvisord.json", atomically: true, encoding: .utf8)
-        let d = try Daemon(definitions: [("idle", try EventsDaemonTests.idle("idle", extra: "\"autostart\": true"))],
+        let d = try Daemon(definitions: [(Self.vm, try EventsDaemonTests.idle(Self.vm, extra: "\"autostart\": true"))],
                            arguments: ["--settings", settingsDir + "/rtvisord.json"])
         defer { d.stop() }
-        guard d.waitRunning(["idle"]) else { Issue.record("idle not running: \(d.log)"); return }
+        guard d.waitRunning([Self.vm]) else { Issue.record("\(Self.vm) not running: \(d.log)"); return }
         // Others may reach the socket: the test's directory is private by default.
         chmod(d.dir, 0o711)
         let metricsSocket = d.dir + "/run/metrics.sock"
         var st = stat()
         #expect(stat(metricsSocket, &st) == 0 && st.st_mode & 0o777 == 0o666, "mode \(String(st.st_mode & 0o777, radix: 8))")
 
-        let running = "rtvisor_vm_state{vm=\"idle\",state=\"running\"} 1"
+        let running = "rtvisor_vm_state{vm=\"\(Self.vm)\",state=\"running\"} 1"
         let tcp = Self.curl(["http://127.0.0.1:\(port)/metrics"])
         #expect(tcp.status == 200 && tcp.body.contains(running), "\(tcp)")
         let unix = Self.curl(["--unix-socket", metricsSocket, "http://localhost/metrics"], asNobody: true)
@@ -56,13 +59,13 @@ struct MetricsDaemonTests {
         #expect(Self.curl(["--unix-socket", d.dir + "/run/api.sock", "http://localhost/metrics"], asNobody: true).status == 0)
         #expect(Self.curl(["--unix-socket", d.dir + "/run/api.sock", "http://localhost/metrics"]).body.contains(running))
 
-        for args in [["-X", "POST", "http://127.0.0.1:\(port)/v1/vms/idle/stop"], ["-X", "POST", "--unix-socket", metricsSocket, "http://localhost/v1/vms/idle/stop"],
-                     ["http://127.0.0.1:\(port)/v1/vms/idle"], ["-X", "POST", "http://127.0.0.1:\(port)/metrics"]] {
+        for args in [["-X", "POST", "http://127.0.0.1:\(port)/v1/vms/\(Self.vm)/stop"], ["-X", "POST", "--unix-socket", metricsSocket, "http://localhost/v1/vms/\(Self.vm)/stop"],
+                     ["http://127.0.0.1:\(port)/v1/vms/\(Self.vm)"], ["-X", "POST", "http://127.0.0.1:\(port)/metrics"]] {
             let r = Self.curl(args)
             #expect([404, 405].contains(r.status), "\(args): \(r)")
         }
         usleep(300_000)
-        #expect(d.state("idle") == "running")
+        #expect(d.state(Self.vm) == "running")
         // The front was never replaced (a seccomp kill would have been logged and counted).
         #expect(!d.log.contains("API front process"), "\(d.log)")
     }
@@ -73,10 +76,10 @@ struct MetricsDaemonTests {
         // Group root: it exists everywhere; in production a group of operators.
         try "{\"metrics\": {\"dashboard_actions_group\": \"root\", \"tcp\": {\"enabled\": true, \"port\": \(port)}}}"
             .write(toFile: settingsDir + "/rtvisord.json", atomically: true, encoding: .utf8)
-        let d = try Daemon(definitions: [("idle", try EventsDaemonTests.idle("idle", extra: "\"autostart\": true"))],
+        let d = try Daemon(definitions: [(Self.vm, try EventsDaemonTests.idle(Self.vm, extra: "\"autostart\": true"))],
                            arguments: ["--settings", settingsDir + "/rtvisord.json"])
         defer { d.stop() }
-        guard d.waitRunning(["idle"]) else { Issue.record("idle not running: \(d.log)"); return }
+        guard d.waitRunning([Self.vm]) else { Issue.record("\(Self.vm) not running: \(d.log)"); return }
         chmod(d.dir, 0o711)
         let tokenFile = d.dir + "/run/dashboard-token"
         var st = stat()
@@ -86,28 +89,28 @@ struct MetricsDaemonTests {
         // Not for others: nobody cannot read it.
         #expect(D.run("/usr/bin/setpriv", ["--reuid=65534", "--regid=65534", "--clear-groups", "/bin/cat", tokenFile]).0 != 0)
 
-        let stop = "http://127.0.0.1:\(port)/v1/vms/idle/stop"
+        let stop = "http://127.0.0.1:\(port)/v1/vms/\(Self.vm)/stop"
         #expect(Self.curl(["http://127.0.0.1:\(port)/dashboard/config"]).body.hasPrefix("{\"actions\":true}"))
         #expect(Self.curl(["-X", "POST", stop]).status == 403)
         #expect(Self.curl(["-X", "POST", "-H", "Authorization: Bearer \(String(repeating: "0", count: 64))", stop]).status == 403)
         usleep(300_000)
-        #expect(d.state("idle") == "running")
+        #expect(d.state(Self.vm) == "running")
         let stopped = Self.curl(["-X", "POST", "-H", "Authorization: Bearer \(token)", stop])
         #expect(stopped.status == 200, "\(stopped)")
-        #expect(D.waitFor(20, "idle stopped") { d.state("idle") == "stopped" })
+        #expect(D.waitFor(20, "\(Self.vm) stopped") { d.state(Self.vm) == "stopped" })
         let started = Self.curl(["-X", "POST", "-H", "Authorization: Bearer \(token)", "--unix-socket", d.dir + "/run/metrics.sock",
-                                 "http://localhost/v1/vms/idle/start"], asNobody: true)
+                                 "http://localhost/v1/vms/\(Self.vm)/start"], asNobody: true)
         #expect(started.status == 200, "the token, not the uid, decides: \(started)")
-        #expect(d.waitRunning(["idle"]))
+        #expect(d.waitRunning([Self.vm]))
     }
 
     @Test func aFileInMetricsSocksPlaceCostsTheMetricsNotTheAPI() throws {
         let dir = try D.shortTempDir()
         try FileManager.default.createDirectory(atPath: dir + "/run", withIntermediateDirectories: true)
         try "not a socket".write(toFile: dir + "/run/metrics.sock", atomically: true, encoding: .utf8)
-        let d = try Daemon(definitions: [("idle", try EventsDaemonTests.idle("idle", extra: "\"autostart\": true"))], reusing: dir)
+        let d = try Daemon(definitions: [(Self.vm, try EventsDaemonTests.idle(Self.vm, extra: "\"autostart\": true"))], reusing: dir)
         defer { d.stop() }
-        #expect(d.waitRunning(["idle"]), "\(d.log)")
+        #expect(d.waitRunning([Self.vm]), "\(d.log)")
         #expect(Self.curl(["--unix-socket", dir + "/run/api.sock", "http://localhost/metrics"]).status == 200)
         #expect((try? String(contentsOfFile: dir + "/run/metrics.sock", encoding: .utf8)) == "not a socket", "left alone")
         let log = d.log + ((try? String(contentsOfFile: dir + "/run/rtvisord.log", encoding: .utf8)) ?? "")
