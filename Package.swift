@@ -104,6 +104,8 @@ let package = Package(
         .target(name: "SystemdNotify"),
         // JSON shapes of the control API, shared by the server and rtvisorctl (no NIO here).
         .target(name: "APIModels", dependencies: ["VMMInterface"]),
+        // GET /metrics: a StatsList in Prometheus' text exposition format (a pure function, no NIO).
+        .target(name: "Metrics", dependencies: ["APIModels", "VMMInterface"]),
         // Definition directory loading and diffing, restart policy, VM supervision, state files.
         .target(name: "Daemon", dependencies: [
             "Config", "Journald", "APIModels", "VMMInterface", "CDaemonSupport", "Realtime", "Posix",
@@ -112,7 +114,7 @@ let package = Package(
         ]),
         // The control API: transport-free router (tested directly) and an HTTP/1.1 server on a Unix socket.
         .target(name: "API", dependencies: [
-            "Daemon", "APIModels", "VMMInterface", "Sandbox", "SandboxMode", "Posix", "CDaemonSupport",
+            "Daemon", "APIModels", "Metrics", "VMMInterface", "Sandbox", "SandboxMode", "Posix", "CDaemonSupport",
             .product(name: "SystemPackage", package: "swift-system"),
             .product(name: "NIOCore", package: "swift-nio"),
             .product(name: "NIOPosix", package: "swift-nio"),
@@ -147,6 +149,7 @@ let package = Package(
             .product(name: "SystemPackage", package: "swift-system"),
         ]),
         .testTarget(name: "ArchTests", dependencies: ["Arch"]),
+        .testTarget(name: "MetricsTests", dependencies: ["Metrics", "APIModels", "VMMInterface"]),
         .testTarget(name: "VMMInterfaceTests", dependencies: ["VMMInterface", .product(name: "SystemPackage", package: "swift-system")]),
         // The VMM's logic that needs no /dev/kvm (exit dispatch).
         .testTarget(name: "VMMTests", dependencies: ["VMM", "KVM", "CKVM", "Devices", "Memory", "Arch", "VMMInterface"]),

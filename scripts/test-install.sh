@@ -51,7 +51,7 @@ expect_files "$stage" \
 	$p/lib/sysusers.d/rtvisor.conf $p/lib/tmpfiles.d/rtvisor.conf \
 	$p/share/rtvisor/inmates/idle.elf $p/share/rtvisor/examples/example.json \
 	$p/share/rtvisor/systemd/rtvisord.service.d/block-devices.conf $p/share/rtvisor/systemd/rtvisord.service.d/vfio.conf \
-	$p/share/rtvisor/systemd/rtvisord.service.d/migration-tcp.conf \
+	$p/share/rtvisor/systemd/rtvisord.service.d/metrics-tcp.conf $p/share/rtvisor/systemd/rtvisord.service.d/migration-tcp.conf \
 	$p/share/bash-completion/completions/rtvisorctl $p/share/zsh/site-functions/_rtvisorctl \
 	$p/share/fish/vendor_completions.d/rtvisorctl.fish \
 	/etc/rtvisor/vms/example.json
@@ -86,7 +86,7 @@ expect_files "$stage" \
 	$p/lib/systemd/system/rtvisord.service.d/block-devices.conf \
 	$p/lib/sysusers.d/rtvisor.conf $p/lib/tmpfiles.d/rtvisor.conf \
 	$p/share/rtvisor/systemd/rtvisord.service.d/block-devices.conf $p/share/rtvisor/systemd/rtvisord.service.d/vfio.conf \
-	$p/share/rtvisor/systemd/rtvisord.service.d/migration-tcp.conf \
+	$p/share/rtvisor/systemd/rtvisord.service.d/metrics-tcp.conf $p/share/rtvisor/systemd/rtvisord.service.d/migration-tcp.conf \
 	$p/share/bash-completion/completions/rtvisorctl $p/share/zsh/site-functions/_rtvisorctl \
 	$p/share/fish/vendor_completions.d/rtvisorctl.fish
 grep -qx "ExecStart=/usr/bin/rtvisord" "$stage/usr/lib/systemd/system/rtvisord.service" || fail "ExecStart under --prefix /usr"
@@ -95,7 +95,7 @@ install_sh --uninstall --destdir "$stage" --prefix /usr 2>"$work/log" || { cat "
 [ -z "$(find "$stage" -mindepth 1)" ] || { find "$stage" -mindepth 1; fail "left behind under --prefix /usr"; }
 
 if install_sh --destdir "$work/x" --binaries "$work/release" --drop-in nonsense 2>"$work/log"; then fail "an unknown drop-in was accepted"; fi
-grep -q "no drop-in nonsense (there are: block-devices migration-tcp vfio" "$work/log" || { cat "$work/log"; fail "unknown drop-in message"; }
+grep -q "no drop-in nonsense (there are: block-devices metrics-tcp migration-tcp vfio" "$work/log" || { cat "$work/log"; fail "unknown drop-in message"; }
 
 if command -v systemd-sysusers >/dev/null && command -v systemd-tmpfiles >/dev/null; then
 	say "--root: the group and directories from sysusers.d/tmpfiles.d, inside the root"

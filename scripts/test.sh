@@ -16,8 +16,8 @@ quick=0
 [ "${1:-}" = "--quick" ] && quick=1
 
 need=()
-# (python3-jsonschema: the schema test; lintian, man-db, zsh, fish, bash-completion: the package's)
-for pkg in build-essential qemu-system-x86 qemu-utils iproute2 python3 python3-jsonschema libseccomp-dev \
+# (python3-jsonschema: the schema test; python3-prometheus-client: MetricsTests' parser; lintian, man-db, zsh, fish, bash-completion: the package's)
+for pkg in build-essential qemu-system-x86 qemu-utils iproute2 python3 python3-jsonschema python3-prometheus-client libseccomp-dev \
 	lintian man-db groff-base zsh fish bash-completion; do
 	dpkg -s "$pkg" >/dev/null 2>&1 || need+=("$pkg")
 done
@@ -73,6 +73,9 @@ log "swift test: unit tests"
 swift test --skip-build --skip IntegrationTests 2>&1
 log "swift test: /dev/kvm integration tests"
 swift test --skip-build --filter IntegrationTests 2>&1
+
+log "the dashboard in headless Chromium and /metrics on every listener, against a real rtvisord (about 30 s)"
+scripts/test-dashboard.sh --screenshot "${TMPDIR:-/tmp}/rtvisor-dashboard.png"
 
 log "scripts/install.sh into staging trees, and --uninstall"
 scripts/test-install.sh

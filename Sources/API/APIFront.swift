@@ -17,8 +17,14 @@ import Glibc
 /// threads under the `api` seccomp filter. It reaches the VMs only through `ControlCall`s to
 /// rtvisord over a socketpair; rtvisord restarts it when it dies, and logs a seccomp kill's syscall.
 public enum APIFront {
-    /// Descriptors rtvisord passes: the bound listening socket, the control socket, the report pipe.
+    /// Descriptors rtvisord passes: the bound listening socket, the control socket, the report
+    /// pipe, then the read-only metrics listeners from `firstMetricsFD` on (metrics.sock and,
+    /// when rtvisord.json enables it, the TCP listener: bound by rtvisord, so the front's filter
+    /// needs no `socket`/`bind` for AF_INET).
     public static let listenFD: Int32 = 3, controlFD: Int32 = 4, reportFD: Int32 = 5
+    public static let firstMetricsFD: Int32 = 6
+    /// The option that tells the front how many metrics listeners it got.
+    public static let metricsListenersOption = "--api-front-metrics-listeners"
     /// The front's uid and gid: just below the VMs' range (`JailPlan.uidBase`).
     public static let uid: UInt32 = JailPlan.uidBase - 1
     /// Its jail's mount point; no VM name starts with a dot.
@@ -41,20 +47,28 @@ public enum APIFront {
         "\(access.daemonUID):\(access.groupID.map(String.init) ?? "-")"
     }
 
-    /// Closes every descriptor above the three rtvisord passed (anything else inherited by
+    /// The descriptors rtvisord passed.
+    public static func passedDescriptors(metricsListeners: Int) -> [Int32] {
+        [listenFD, controlFD, reportFD] + metricsDescriptors(metricsListeners)
+    }
+
+    static func metricsDescriptors(_ count: Int) -> [Int32] { (0..<Int32(count)).map { firstMetricsFD + $0 } }
+
+    /// Closes every descriptor above those rtvisord passed (anything else inherited by
     /// accident). Called first thing in the front, before anything opens its own.
-    public static func closeInheritedDescriptors() {
+    public static func closeInheritedDescriptors(metricsListeners: Int) {
+        let last = passedDescriptors(metricsListeners: metricsListeners).max()!
         for entry in HostFiles.list("/proc/self/fd") {
-            if let fd = Int32(entry), fd > reportFD { close(fd) }
+            if let fd = Int32(entry), fd > last { close(fd) }
         }
     }
 
     /// In the front process, while it has one thread: the jail (when started as root) and the
     /// seccomp filter every later thread inherits.
-    public static func confine(seccomp: SeccompMode, logger: Logger) throws {
+    public static func confine(seccomp: SeccompMode, metricsListeners: Int, logger: Logger) throws {
         // The first candidate for the OOM killer (it is restartable; a VMM holds guest RAM).
         try? HostFiles.write("/proc/self/oom_score_adj", "1000")
-        for fd in [listenFD, controlFD, reportFD] {
+        for fd in passedDescriptors(metricsListeners: metricsListeners) {
             guard fcntl(fd, F_SETFD, FD_CLOEXEC) == 0 else { throw SandboxError("descriptor \(fd) from rtvisord: \(errnoMessage())") }
         }
         if geteuid() == 0 {
@@ -72,20 +86,38 @@ public enum APIFront {
         try Sandbox.confineProcess(.api, program: program, subject: "rtvisord's API front", reportFD: reportFD, mode: seccomp)
     }
 
-    /// Serves the inherited listening socket until rtvisord closes the control socket.
-    public static func serve(access: PeerAccess, logger: Logger) async -> Never {
+    /// Serves the inherited listening sockets (api.sock; metrics.sock and the metrics TCP
+    /// listener read-only) until rtvisord closes the control socket.
+    public static func serve(access: PeerAccess, metricsListeners: Int, logger: Logger) async -> Never {
         let control = RemoteVMControl(fd: FileDescriptor(rawValue: controlFD)) { reason in
             logger.debug("API front exits: \(reason)")
             _exit(0)
         }
-        let server = HTTPServer(router: APIRouter(control: control), logger: logger)
-        do {
-            try await server.run(listeningSocket: listenFD, access: access) { request in
-                if request.target == testHookTarget { Sandbox.testHook(.api, label: "api-request") }
+        let router = APIRouter(control: control)
+        let api = HTTPServer(router: router, logger: logger)
+        let token = ProcessInfo.processInfo.environment[DashboardActions.environmentVariable]
+        unsetenv(DashboardActions.environmentVariable)
+        let metrics = HTTPServer(router: MetricsRouter(api: router, actionsToken: token), logger: logger)
+        await withTaskGroup(of: Void.self) { tasks in
+            tasks.addTask {
+                do {
+                    try await api.run(listeningSocket: listenFD, access: access) { request in
+                        if request.target == testHookTarget { Sandbox.testHook(.api, label: "api-request") }
+                    }
+                    logger.error("API front: the listening socket closed")
+                } catch {
+                    logger.error("API front: serving the API socket failed: \(error)")
+                }
             }
-            logger.error("API front: the listening socket closed")
-        } catch {
-            logger.error("API front: serving the API socket failed: \(error)")
+            for fd in metricsDescriptors(metricsListeners) {
+                tasks.addTask {
+                    do { try await metrics.run(listeningSocket: fd, access: access, everyoneAllowed: true) } catch {
+                        logger.error("API front: serving the metrics listener (descriptor \(fd)) failed: \(error)")
+                    }
+                }
+            }
+            // Any listener gone: the front ends, and rtvisord starts a new one with all of them.
+            await tasks.next()
         }
         _exit(1)
     }
@@ -95,14 +127,20 @@ public enum APIFront {
 /// seccomp kill is logged with the syscall). `run` returns when cancelled, the front stopped.
 public final class APIFrontSupervisor: Sendable {
     let listeningSocket: Int32
+    /// metrics.sock's listening socket and the metrics TCP listener's, those that are bound.
+    let metricsSockets: [Int32]
+    /// Added to the front's environment: the dashboard actions' token (`DashboardActions`).
+    let frontEnvironment: [String: String]
     let access: PeerAccess
     let control: any VMControl
     let logger: Logger
     let arguments: [String]
 
     /// `arguments`: rtvisord's own options for the front (log level, seccomp mode).
-    public init(listeningSocket: Int32, access: PeerAccess, control: any VMControl, logger: Logger, arguments: [String]) {
-        self.listeningSocket = listeningSocket; self.access = access; self.control = control; self.logger = logger
+    public init(listeningSocket: Int32, metricsSockets: [Int32], frontEnvironment: [String: String] = [:], access: PeerAccess,
+                control: any VMControl, logger: Logger, arguments: [String]) {
+        self.listeningSocket = listeningSocket; self.metricsSockets = metricsSockets; self.frontEnvironment = frontEnvironment
+        self.access = access; self.control = control; self.logger = logger
         self.arguments = arguments
     }
 
@@ -166,16 +204,18 @@ public final class APIFrontSupervisor: Sendable {
         // A stuck front must not block the daemon's replies for long.
         var timeout = timeval(tv_sec: 5, tv_usec: 0)
         setsockopt(pair[0], SOL_SOCKET, SO_SNDTIMEO, &timeout, socklen_t(MemoryLayout<timeval>.size))
-        let argv = ["/proc/self/exe", "--api-front", "--api-front-access", APIFront.accessArgument(access)] + arguments
+        let argv = ["/proc/self/exe", "--api-front", "--api-front-access", APIFront.accessArgument(access)]
+            + [APIFront.metricsListenersOption, String(metricsSockets.count)] + arguments
         var env = ProcessInfo.processInfo.environment.filter { !["NOTIFY_SOCKET", "WATCHDOG_USEC", "WATCHDOG_PID", "LISTEN_FDS", "LISTEN_PID"].contains($0.key) }
         // A Swift trap would spawn swift-backtrace (a clone the filter forbids) and be reported
         // as a seccomp kill; the trap's own message is the better report.
         env["SWIFT_BACKTRACE"] = "enable=no"
+        env.merge(frontEnvironment) { $1 }
         let environment = env.map { "\($0.key)=\($0.value)" }
         let spawned: Result<pid_t, Processes.SpawnError>? = running.withLock { r in
             guard !r.stopping else { return nil }
             let result = Result { () throws(Processes.SpawnError) -> pid_t in
-                try Processes.spawn(argv, environment: environment, passing: [listeningSocket, pair[1], report[1]])
+                try Processes.spawn(argv, environment: environment, passing: [listeningSocket, pair[1], report[1]] + metricsSockets)
             }
             if case let .success(pid) = result { r.pid = pid }
             return result

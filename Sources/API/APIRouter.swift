@@ -7,7 +7,11 @@ public struct APIRequest: Sendable {
     /// The request target; a query string is allowed.
     public var target: String
     public var body: [UInt8]
-    public init(method: String, target: String, body: [UInt8] = []) { self.method = method; self.target = target; self.body = body }
+    /// The `Authorization` header (only the dashboard's actions read it: `DashboardActions`).
+    public var authorization: String?
+    public init(method: String, target: String, body: [UInt8] = [], authorization: String? = nil) {
+        self.method = method; self.target = target; self.body = body; self.authorization = authorization
+    }
 }
 
 public struct APIResponse: Sendable, Equatable {
@@ -31,6 +35,12 @@ public struct APIResponse: Sendable, Equatable {
 public struct ResponseStream: Sendable {
     public let next: @Sendable () async -> [UInt8]?
     public init(next: @escaping @Sendable () async -> [UInt8]?) { self.next = next }
+}
+
+/// What answers a listener's requests: the whole API (`APIRouter`, api.sock) or only its
+/// read-only part (`MetricsRouter`, metrics.sock and the metrics TCP listener).
+public protocol RequestHandling: Sendable {
+    func handle(_ request: APIRequest) async -> APIResponse
 }
 
 /// The control API's routes (docs/api.yaml), independent of the transport: the HTTP server
@@ -62,7 +72,8 @@ public struct ResponseStream: Sendable {
 ///     GET  /v1/events[?since=SEQ][&vm=NAME][&follow=1]   DaemonEvent lines (NDJSON); follow: streamed
 ///     GET  /v1/stats                    StatsList (every VM)
 ///     GET  /v1/vms/{name}/stats         VMStats
-public struct APIRouter: Sendable {
+///     GET  /metrics                     Prometheus text exposition (APIRouter+Metrics.swift)
+public struct APIRouter: RequestHandling {
     let control: any VMControl
     public static let maxBody = 1 << 20
 
@@ -70,6 +81,10 @@ public struct APIRouter: Sendable {
 
     public func handle(_ request: APIRequest) async -> APIResponse {
         let (path, query) = Self.split(request.target)
+        if path == "/metrics" {
+            guard request.method == "GET" else { return Self.methodNotAllowed("GET") }
+            return await metrics()
+        }
         let parts = path.split(separator: "/", omittingEmptySubsequences: true).map(String.init)
         guard parts.first == "v1" else { return Self.error(404, "no such endpoint: \(path)") }
         let rest = Array(parts.dropFirst())

@@ -16,7 +16,7 @@ import Glibc
 /// (`Limits`, `ConnectionLimiter`) and one that does not finish a request in time is closed
 /// (`RequestDeadlineHandler`).
 public final class HTTPServer: Sendable {
-    let router: APIRouter
+    let router: any RequestHandling
     let logger: Logger
     let group: MultiThreadedEventLoopGroup
     let limits: Limits
@@ -47,7 +47,7 @@ public final class HTTPServer: Sendable {
         }
     }
 
-    public init(router: APIRouter, logger: Logger, limits: Limits = Limits()) {
+    public init(router: any RequestHandling, logger: Logger, limits: Limits = Limits()) {
         self.router = router; self.logger = logger; self.limits = limits
         followers = FollowerSlots(limit: limits.maxFollowers)
         group = MultiThreadedEventLoopGroup(numberOfThreads: 1)
@@ -61,7 +61,10 @@ public final class HTTPServer: Sendable {
 
     /// Serves a listening unix socket (rtvisord's API front gets it bound, from the daemon) until
     /// cancelled. `requestHook` sees every request first (test builds: the seccomp test hook).
-    public func run(listeningSocket fd: Int32, access: PeerAccess, requestHook: (@Sendable (APIRequest) -> Void)? = nil) async throws {
+    /// `everyoneAllowed`: no peer is refused (metrics.sock and the metrics TCP listener, whose
+    /// router answers only read-only routes); `access` still tells root's reserve of connections.
+    public func run(listeningSocket fd: Int32, access: PeerAccess, everyoneAllowed: Bool = false,
+                    requestHook: (@Sendable (APIRequest) -> Void)? = nil) async throws {
         let limits = limits, logger = logger
         let limiter = ConnectionLimiter(limits: limits, access: access)
         let server = try await ServerBootstrap(group: group)
@@ -97,7 +100,8 @@ public final class HTTPServer: Sendable {
                         }
                         continue
                     }
-                    let refusal: String? = peer.map { access.allows($0) ? nil : access.refusal($0) } ?? "peer credentials unavailable"
+                    let refusal: String? = everyoneAllowed ? nil
+                        : peer.map { access.allows($0) ? nil : access.refusal($0) } ?? "peer credentials unavailable"
                     if let refusal { logger.warning("API connection refused: \(refusal)") }
                     tasks.addTask { await self.serve(connection, refusal: refusal, requestHook: requestHook) }
                 }
@@ -106,13 +110,14 @@ public final class HTTPServer: Sendable {
     }
 
     /// socket, bind (a stale socket file is replaced; anything else at the path is left alone
-    /// and refused), mode 0660 and the access group, listen.
-    public static func bindListeningSocket(_ path: String, groupName: String?, logger: Logger) throws -> Int32 {
+    /// and refused), mode 0660 (0666 for metrics.sock, which any local user may read) and the
+    /// access group, listen.
+    public static func bindListeningSocket(_ path: String, groupName: String?, mode: UInt32 = 0o660, logger: Logger) throws -> Int32 {
         var st = stat()
         if lstat(path, &st) == 0 && (st.st_mode & S_IFMT) != S_IFSOCK {
             throw IOError(errnoCode: EEXIST, reason: "API socket path \(path) is taken by something other than a socket")
         }
-        let fd = cdaemon_listen_unix(path, 64, 0o660)
+        let fd = cdaemon_listen_unix(path, 64, mode)
         guard fd >= 0 else { throw IOError(errnoCode: errno, reason: "bind/listen on \(path)") }
         restrict(path, groupName: groupName, logger: logger)
         return fd
@@ -168,7 +173,8 @@ public final class HTTPServer: Sendable {
                         guard let h = head else { continue }
                         let response = if let refusal { APIRouter.error(403, refusal) }
                             else if tooLarge { APIRouter.error(413, "request body over \(APIRouter.maxBody) bytes") }
-                            else { await handle(APIRequest(method: h.method.rawValue, target: h.uri, body: body), hook: requestHook) }
+                            else { await handle(APIRequest(method: h.method.rawValue, target: h.uri, body: body,
+                                                           authorization: h.headers.first(name: "Authorization")), hook: requestHook) }
                         if let stream = response.stream {
                             try await follow(stream, response, h, connection.channel, outbound)
                             return

@@ -402,8 +402,10 @@ int64_t cdaemon_seek_hole(int fd, int64_t offset) { return lseek(fd, offset, SEE
 
 /* TCP for live migration: a listening socket on host:port (host "" or "*": every address) and
  * a client connected to host:port. -1 with errno (getaddrinfo failures: EHOSTUNREACH). */
-static int tcp_socket(const char *host, const char *port, int listening)
+/* backlog 0: connect; otherwise bind and listen with that backlog. */
+static int tcp_socket(const char *host, const char *port, int backlog)
 {
+	int listening = backlog > 0;
 	struct addrinfo hints, *res, *ai;
 	int fd = -1, one = 1, saved = EHOSTUNREACH;
 
@@ -420,7 +422,7 @@ static int tcp_socket(const char *host, const char *port, int listening)
 		setsockopt(fd, IPPROTO_TCP, TCP_NODELAY, &one, sizeof(one));
 		if (listening) {
 			setsockopt(fd, SOL_SOCKET, SO_REUSEADDR, &one, sizeof(one));
-			if (bind(fd, ai->ai_addr, ai->ai_addrlen) == 0 && listen(fd, 1) == 0) break;
+			if (bind(fd, ai->ai_addr, ai->ai_addrlen) == 0 && listen(fd, backlog) == 0) break;
 		} else if (connect(fd, ai->ai_addr, ai->ai_addrlen) == 0) {
 			break;
 		}
@@ -434,4 +436,5 @@ static int tcp_socket(const char *host, const char *port, int listening)
 }
 
 int cdaemon_listen_tcp(const char *host, const char *port) { return tcp_socket(host, port, 1); }
+int cdaemon_listen_tcp_backlog(const char *host, const char *port, int backlog) { return tcp_socket(host, port, backlog > 0 ? backlog : 1); }
 int cdaemon_connect_tcp(const char *host, const char *port) { return tcp_socket(host, port, 0); }

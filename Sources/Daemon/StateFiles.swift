@@ -18,6 +18,10 @@ public struct DaemonPaths: Sendable {
         self.definitions = definitions; self.run = run; self.vmm = vmm; self.apiSocket = apiSocket; self.state = state
     }
 
+    /// The read-only listener of `GET /metrics` and the dashboard (docs/metrics.md), next to
+    /// the API socket's default place.
+    public var metricsSocket: String { run + "/metrics.sock" }
+
     /// `snapshots/NAME/TIMESTAMP/`: where `rtvisorctl snapshot` writes by default and what
     /// `rtvisorctl snapshots` lists.
     public var snapshots: String { state + "/snapshots" }

@@ -49,8 +49,11 @@ struct Rtvisord: ParsableCommand {
     @Option(help: "Log level: trace, debug, info, notice, warning, error, critical.")
     var logLevel = "info"
 
-    @Flag(help: "Validate every definition, print the problems and exit (status 1 if any).")
+    @Flag(help: "Validate every definition and the settings file, print the problems and exit (status 1 if any).")
     var check = false
+
+    @Option(help: "rtvisord's own settings (JSON: the metrics TCP listener, the dashboard's actions group; docs/metrics.md). No file: the defaults.")
+    var settings = RtvisordSettings.defaultPath
 
     @Option(help: "Seccomp filter of the API front process: enforce, log (audit only: for finding a missing entry) or off.")
     var apiSeccomp: SeccompMode = .enforce
@@ -60,9 +63,11 @@ struct Rtvisord: ParsableCommand {
     var apiFront = false
     @Option(help: .hidden)
     var apiFrontAccess: String?
+    @Option(name: .customLong(String(APIFront.metricsListenersOption.dropFirst(2))), help: .hidden)
+    var apiFrontMetricsListeners = 0
 
     func run() throws {
-        if check { Self.checkDefinitions(definitions) }
+        if check { Self.checkDefinitions(definitions, settings: settings) }
         if apiFront { runAPIFront() }
         // Before any other thread exists, so every thread inherits the mask: SIGHUP/SIGTERM/SIGINT
         // are only ever taken by the sigwait thread below.
@@ -74,6 +79,11 @@ struct Rtvisord: ParsableCommand {
 
         bootstrapLogging()
         let logger = Logger(label: "rtvisord")
+        let daemonSettings: RtvisordSettings
+        do { daemonSettings = try RtvisordSettings.load(path: settings) } catch {
+            logger.critical("\(error)")
+            Foundation.exit(1)
+        }
         let notifier = SystemdNotifier(environment: ProcessInfo.processInfo.environment)
         let paths = DaemonPaths(definitions: definitions, run: runDirectory, vmm: vmm ?? Self.defaultVMM(),
                                 apiSocket: apiSocket ?? runDirectory + "/api.sock", state: stateDirectory)
@@ -81,7 +91,7 @@ struct Rtvisord: ParsableCommand {
             notifier.notify(.status(status))
         }
         let daemon = DaemonRun(supervisor: supervisor, notifier: notifier, logger: logger, paths: paths, apiGroup: apiGroup,
-                               apiFrontArguments: ["--log-level", logLevel, "--api-seccomp", apiSeccomp.rawValue])
+                               metrics: daemonSettings.metrics, apiFrontArguments: ["--log-level", logLevel, "--api-seccomp", apiSeccomp.rawValue])
         let done = DispatchSemaphore(value: 0)
         Task {
             await daemon.run(signals: set)
@@ -113,7 +123,7 @@ struct Rtvisord: ParsableCommand {
     func runAPIFront() -> Never {
         // The daemon's signal mask is not taken over (posix_spawn cleared it): SIGTERM ends the
         // front; SIGHUP (`systemctl kill -s HUP` reaches every process of the unit) does not.
-        APIFront.closeInheritedDescriptors()
+        APIFront.closeInheritedDescriptors(metricsListeners: apiFrontMetricsListeners)
         signal(SIGPIPE, SIG_IGN)
         signal(SIGHUP, SIG_IGN)
         bootstrapLogging()
@@ -122,11 +132,11 @@ struct Rtvisord: ParsableCommand {
             logger.critical("--api-front needs --api-front-access UID:GID")
             Foundation.exit(2)
         }
-        do { try APIFront.confine(seccomp: apiSeccomp, logger: logger) } catch {
+        do { try APIFront.confine(seccomp: apiSeccomp, metricsListeners: apiFrontMetricsListeners, logger: logger) } catch {
             logger.critical("API front: \(error)")
             Foundation.exit(1)
         }
-        Task { await APIFront.serve(access: access, logger: logger) }
+        Task { await APIFront.serve(access: access, metricsListeners: apiFrontMetricsListeners, logger: logger) }
         // Parked for good (a futex wait: the filter allows it); serve() ends the process.
         DispatchSemaphore(value: 0).wait()
         Foundation.exit(1)
@@ -139,11 +149,19 @@ struct Rtvisord: ParsableCommand {
         return "/usr/local/bin/rtvisor-vmm"
     }
 
-    static func checkDefinitions(_ dir: String) -> Never {
+    static func checkDefinitions(_ dir: String, settings: String) -> Never {
         let scan = DefinitionDirectory.scan(directory: dir)
         for name in scan.definitions.keys.sorted() { print("\(scan.definitions[name]!.file): OK (\(name))") }
         for p in scan.problems { print("\(p)") }
-        Foundation.exit(scan.problems.isEmpty ? 0 : 1)
+        var settingsValid = true
+        do {
+            _ = try RtvisordSettings.load(path: settings)
+            if FileManager.default.fileExists(atPath: settings) { print("\(settings): OK") }
+        } catch {
+            print("\(error)")
+            settingsValid = false
+        }
+        Foundation.exit(scan.problems.isEmpty && settingsValid ? 0 : 1)
     }
 }
 
@@ -154,6 +172,7 @@ struct DaemonRun: Sendable {
     let logger: Logger
     let paths: DaemonPaths
     let apiGroup: String
+    let metrics: MetricsSettings
     let apiFrontArguments: [String]
 
     func run(signals: sigset_t) async {
@@ -162,17 +181,20 @@ struct DaemonRun: Sendable {
         // front accepts), and served by the confined front process (docs/sandbox.md).
         var api: Task<Void, Never>?
         var listening: Int32 = -1
+        var metricsListeners: [(place: String, fd: Int32)] = []
         do {
             listening = try HTTPServer.bindListeningSocket(paths.apiSocket, groupName: apiGroup, logger: logger)
-            let front = APIFrontSupervisor(listeningSocket: listening, access: PeerAccess(groupName: apiGroup), control: supervisor,
-                                           logger: logger, arguments: apiFrontArguments)
+            metricsListeners = bindMetricsListeners()
+            let front = APIFrontSupervisor(listeningSocket: listening, metricsSockets: metricsListeners.map(\.fd), frontEnvironment: dashboardActionsEnvironment(),
+                                           access: PeerAccess(groupName: apiGroup), control: supervisor, logger: logger, arguments: apiFrontArguments)
             api = Task { await front.run() }
         } catch {
             logger.critical("control API on \(paths.apiSocket) failed: \(error)")
         }
         let status = await supervisor.statusText
         notifier.notify(.ready, .status(status))
-        await event(.daemonReady, "rtvisord \(Rtvisord.version) ready: \(status); API on \(paths.apiSocket)")
+        let metricsPlaces = metricsListeners.isEmpty ? "" : ", metrics and dashboard on " + metricsListeners.map(\.place).joined(separator: " and ")
+        await event(.daemonReady, "rtvisord \(Rtvisord.version) ready: \(status); API on \(paths.apiSocket)\(metricsPlaces)")
 
         let watchdog = Task {
             guard let ns = notifier.watchdogPingIntervalNanoseconds else { return }
@@ -216,7 +238,40 @@ struct DaemonRun: Sendable {
         api?.cancel()
         await api?.value
         unlink(paths.apiSocket)
+        unlink(paths.metricsSocket)
+        unlink(paths.run + "/" + DashboardActions.tokenFile)
         if listening >= 0 { close(listening) }
+        metricsListeners.forEach { close($0.fd) }
+    }
+
+    /// metrics.sock, and the TCP listener when rtvisord.json enables it. One that cannot be
+    /// bound (a port taken, a file in the socket's place) is logged and left out: the API runs
+    /// without it.
+    func bindMetricsListeners() -> [(place: String, fd: Int32)] {
+        var bound: [(place: String, fd: Int32)] = []
+        do { bound.append((paths.metricsSocket, try MetricsListeners.bindSocket(paths.metricsSocket, logger: logger))) } catch {
+            logger.critical("metrics.sock: \(error); serving the metrics without it")
+        }
+        guard metrics.tcp.enabled else { return bound }
+        let endpoint = MetricsListeners.endpoint((metrics.tcp.address, metrics.tcp.port))
+        do { bound.append(("http://\(endpoint)/", try MetricsListeners.bindTCP(address: metrics.tcp.address, port: metrics.tcp.port))) } catch {
+            logger.critical("\(error); serving the metrics without it")
+        }
+        return bound
+    }
+
+    /// The token of the dashboard's actions for the front, when rtvisord.json names a group and
+    /// the token file could be written for it (otherwise logged: the dashboard stays read-only).
+    func dashboardActionsEnvironment() -> [String: String] {
+        unlink(paths.run + "/" + DashboardActions.tokenFile)
+        guard let group = metrics.dashboardActionsGroup else { return [:] }
+        let token = DashboardActions.newToken()
+        do { try DashboardActions.writeToken(token, runDirectory: paths.run, group: group) } catch {
+            logger.critical("dashboard actions: \(error); the dashboard stays read-only")
+            return [:]
+        }
+        logger.notice("dashboard actions (start, stop) for group \(group): the token is in \(paths.run)/\(DashboardActions.tokenFile)")
+        return [DashboardActions.environmentVariable: token]
     }
 
     func event(_ e: LifecycleEvent, _ message: String) async {

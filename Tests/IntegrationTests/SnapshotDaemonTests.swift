@@ -24,12 +24,14 @@ struct SnapshotDaemonTests {
         private var keepDirectory = false
 
         /// `reusing`: the directory of a daemon that detached (its VMMs are re-adopted). `prefix`
-        /// wraps rtvisord in a command that execs it (`ip netns exec NS`: its VMs' taps there).
-        init(definitions: [(name: String, json: String)], reusing existing: String? = nil, prefix: [String] = []) throws {
+        /// wraps rtvisord in a command that execs it (`ip netns exec NS`: its VMs' taps there);
+        /// `arguments`: more of rtvisord's options.
+        init(definitions: [(name: String, json: String)], reusing existing: String? = nil, prefix: [String] = [], arguments: [String] = []) throws {
             dir = try existing ?? D.shortTempDir()
             try FileManager.default.createDirectory(atPath: dir + "/vms", withIntermediateDirectories: true)
             for d in definitions { try d.json.write(toFile: vms + "/\(d.name).json", atomically: true, encoding: .utf8) }
             let command = prefix + [D.binary("rtvisord"), "--definitions", vms, "--run-directory", dir + "/run", "--vmm", Env.vmmBinary, "--state-directory", state]
+                + arguments
             process.executableURL = URL(fileURLWithPath: command[0])
             process.arguments = Array(command.dropFirst())
             FileManager.default.createFile(atPath: dir + "/daemon.log", contents: nil)

@@ -86,4 +86,7 @@ int64_t cdaemon_seek_hole(int fd, int64_t offset);
 // address) and a connected client, TCP_NODELAY, close-on-exec. -1/errno.
 int cdaemon_listen_tcp(const char *host, const char *port);
 int cdaemon_connect_tcp(const char *host, const char *port);
+// The same listening socket with room for `backlog` connections (the metrics listener: many
+// scrapers and browsers, not one migration).
+int cdaemon_listen_tcp_backlog(const char *host, const char *port, int backlog);
 #endif
