@@ -205,7 +205,7 @@ def main():
     with open(f"{work}/rtvisord.json", "w") as f:
         # Actions for group root (it exists everywhere; in production a group of operators).
         json.dump({"metrics": {"tcp": {"enabled": True, "address": "127.0.0.1", "port": port},
-                               "dashboard_actions_group": "root"}}, f)
+                               "dashboard_actions_group": "root", "dashboard_console": True}}, f)
     bin_dir = os.path.abspath(args.bin_dir)
     log(f"rtvisord with idle, rt (CPU {rt_cpu}) and disk; dashboard on http://127.0.0.1:{port}/")
     daemon = subprocess.Popen([f"{bin_dir}/rtvisord", "--definitions", vms, "--run-directory", run,
@@ -244,6 +244,10 @@ def main():
         if status != 404:
             fail(f"metrics.sock: POST /v1/reload answered {status}: {body}")
         log("metrics.sock refuses a stop without the token (403) and anything but start/stop (404)")
+        status, _, body = unix_request(f"{run}/metrics.sock", "GET", "/v1/vms/idle/console?lines=5")
+        if status != 200 or "IDLE_READY" not in body:
+            fail(f"metrics.sock (dashboard_console on): GET /v1/vms/idle/console answered {status}: {body}")
+        log("metrics.sock serves idle's last console lines (dashboard_console is on)")
 
         browser = Chromium(f"{work}/chromium")
         browser.call("Page.enable")
@@ -259,6 +263,8 @@ def main():
             fail("the page did not update itself (same collected_at after 2.5 s)")
         if vms["rt"]["plotPoints"] < 3:
             fail(f"rt: the live latency plot has {vms['rt']['plotPoints']} points")
+        if "IDLE_READY" not in vms["idle"]["fields"].get("console", ""):
+            fail(f"idle's card shows no console lines with IDLE_READY: {vms['idle']['fields']}")
         if second["events"] == 0:
             fail("the event list is empty (vm-started events expected)")
         for name, vm in vms.items():

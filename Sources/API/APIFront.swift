@@ -97,7 +97,8 @@ public enum APIFront {
         let api = HTTPServer(router: router, logger: logger)
         let token = ProcessInfo.processInfo.environment[DashboardActions.environmentVariable]
         unsetenv(DashboardActions.environmentVariable)
-        let metrics = HTTPServer(router: MetricsRouter(api: router, actionsToken: token), logger: logger)
+        let console = ProcessInfo.processInfo.environment[DashboardActions.consoleEnvironmentVariable] == "1"
+        let metrics = HTTPServer(router: MetricsRouter(api: router, actionsToken: token, console: console), logger: logger)
         await withTaskGroup(of: Void.self) { tasks in
             tasks.addTask {
                 do {

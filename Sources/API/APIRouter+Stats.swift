@@ -15,4 +15,13 @@ extension APIRouter {
             return one
         }
     }
+
+    /// `GET /v1/vms/{name}/console?lines=N` (default 20, at most `ConsoleTail.maxLines`).
+    func consoleTail(_ method: String, vm: String, lines: String?) async -> APIResponse {
+        guard method == "GET" else { return Self.methodNotAllowed("GET") }
+        guard let count = lines.map({ Int($0) }) ?? 20, (1...ConsoleTail.maxLines).contains(count) else {
+            return Self.error(400, "lines must be a number from 1 to \(ConsoleTail.maxLines)")
+        }
+        return await run { () async throws(ControlError) in try await control.consoleTail(vm, lines: count) }
+    }
 }

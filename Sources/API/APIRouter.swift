@@ -115,6 +115,7 @@ public struct APIRouter: RequestHandling {
             return await run { () async throws(ControlError) in try await control.migrationStatus(rest[1]) }
         case 1 where rest[0] == "stats": return await stats(request.method, vm: nil)
         case 3 where rest[0] == "vms" && rest[2] == "stats": return await stats(request.method, vm: rest[1])
+        case 3 where rest[0] == "vms" && rest[2] == "console": return await consoleTail(request.method, vm: rest[1], lines: query["lines"])
         case 3 where rest[0] == "vms" && rest[2] == "latency":
             guard request.method == "GET" else { return Self.methodNotAllowed("GET") }
             return await run { () async throws(ControlError) in try await control.latency(rest[1]) }

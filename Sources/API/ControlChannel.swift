@@ -34,6 +34,8 @@ public enum ControlCall: Codable, Sendable, Equatable {
     case events(after: UInt64?, vm: String?, waitSeconds: Int)
     /// `VMControl.stats`: one VM's statistics, or every VM's (name nil).
     case stats(name: String?)
+    /// `VMControl.consoleTail`: what a running VM's guest printed last.
+    case consoleTail(name: String, lines: Int)
 }
 
 /// rtvisord's end: answers the front's calls with the real `VMControl` (the Supervisor). One
@@ -137,6 +139,7 @@ public enum ControlServer {
             case let .incomingMigration(id): return encoded(try await control.incomingMigration(id))
             case let .events(after, vm, wait): return encoded(try await control.events(after: after, vm: vm, waitSeconds: wait))
             case let .stats(name): return encoded(try await control.stats(name))
+            case let .consoleTail(name, lines): return encoded(try await control.consoleTail(name, lines: lines))
             }
         } catch {
             switch error {
@@ -268,4 +271,7 @@ public final class RemoteVMControl: VMControl, Sendable {
         try await call(.events(after: after, vm: vm, waitSeconds: waitSeconds), as: EventBatch.self)
     }
     public func stats(_ name: String?) async throws(ControlError) -> StatsList { try await call(.stats(name: name), as: StatsList.self) }
+    public func consoleTail(_ name: String, lines: Int) async throws(ControlError) -> ConsoleTail {
+        try await call(.consoleTail(name: name, lines: lines), as: ConsoleTail.self)
+    }
 }

@@ -12,6 +12,8 @@ import Glibc
 /// and root only), never on a command line, which every local user can read.
 public enum DashboardActions {
     public static let environmentVariable = "RTVISOR_DASHBOARD_TOKEN"
+    /// Set to 1 in the front's environment when rtvisord.json's `metrics.dashboard_console` is on.
+    public static let consoleEnvironmentVariable = "RTVISOR_DASHBOARD_CONSOLE"
     public static let tokenFile = "dashboard-token"
 
     /// A fresh token: 32 random bytes as hex.

@@ -9,7 +9,11 @@ public struct MetricsRouter: RequestHandling {
     let api: APIRouter
     /// The dashboard actions' token; nil: read-only.
     let actionsToken: String?
-    public init(api: APIRouter, actionsToken: String? = nil) { self.api = api; self.actionsToken = actionsToken }
+    /// Whether `GET /v1/vms/{name}/console` is served (`metrics.dashboard_console`).
+    let console: Bool
+    public init(api: APIRouter, actionsToken: String? = nil, console: Bool = false) {
+        self.api = api; self.actionsToken = actionsToken; self.console = console
+    }
 
     /// The paths served, for the refusal's message and the tests.
     public static let paths = ["/", "/metrics", "/v1/stats", "/v1/events", "/dashboard/config"]
@@ -17,7 +21,7 @@ public struct MetricsRouter: RequestHandling {
     public static let actions = ["start", "stop"]
 
     /// `GET /dashboard/config`: whether the page shows its buttons.
-    struct Capabilities: Encodable { var actions: Bool }
+    struct Capabilities: Encodable { var actions: Bool; var console: Bool }
 
     public func handle(_ request: APIRequest) async -> APIResponse {
         let (path, _) = APIRouter.split(request.target)
@@ -32,11 +36,15 @@ public struct MetricsRouter: RequestHandling {
             // A graceful stop (the guest is asked), as `rtvisorctl stop` without --force.
             return await api.handle(APIRequest(method: "POST", target: path))
         }
+        if console, parts.count == 4, parts[0] == "v1", parts[1] == "vms", parts[3] == "console" {
+            guard request.method == "GET" else { return APIRouter.methodNotAllowed("GET") }
+            return await api.handle(request)
+        }
         guard Self.paths.contains(path) else {
             return APIRouter.error(404, "\(path) is not served here: this listener is read-only (GET \(Self.paths.joined(separator: ", "))); the full API is on api.sock")
         }
         guard request.method == "GET" else { return APIRouter.methodNotAllowed("GET") }
-        if path == "/dashboard/config" { return APIRouter.json(200, Capabilities(actions: actionsToken != nil)) }
+        if path == "/dashboard/config" { return APIRouter.json(200, Capabilities(actions: actionsToken != nil, console: console)) }
         if path == "/" {
             return APIResponse(status: 200, headers: [("Content-Type", DashboardPage.contentType), ("Cache-Control", "no-cache")],
                                body: Array(DashboardPage.html.utf8))

@@ -138,3 +138,27 @@ public struct RealtimeStats: Codable, Sendable, Equatable {
         self.cpus = cpus; self.priority = priority; self.latency = latency
     }
 }
+
+/// `GET /v1/vms/{name}/console?lines=N`: what the guest printed last, as the dashboard shows it.
+public struct ConsoleTail: Codable, Sendable, Equatable {
+    public var name: String
+    /// Oldest first; control characters other than tab removed, each line at most `maxLineLength`.
+    public var lines: [String]
+    public init(name: String, lines: [String]) { self.name = name; self.lines = lines }
+
+    public static let maxLines = 100
+    public static let maxLineLength = 500
+
+    /// The last `count` complete or partial lines of raw console output (UTF-8, invalid bytes
+    /// replaced), without carriage returns, escape sequences' control bytes or empty trailing lines.
+    public static func lines(of bytes: [UInt8], count: Int) -> [String] {
+        // Split on the byte: as Characters, "\r\n" is one grapheme, not a "\n".
+        var lines = bytes.split(separator: 0x0A, omittingEmptySubsequences: false).map { line in
+            let text = String(decoding: line, as: UTF8.self)
+            return String(String.UnicodeScalarView(text.unicodeScalars.filter { $0 == "\t" || !($0.value < 0x20 || $0.value == 0x7f) })
+                .prefix(maxLineLength))
+        }
+        while lines.last?.isEmpty == true { lines.removeLast() }
+        return Array(lines.suffix(max(0, min(count, maxLines))))
+    }
+}

@@ -44,10 +44,13 @@ public struct MetricsSettings: Equatable, Sendable {
     /// The group whose members may start and stop VMs from the dashboard (with the token
     /// rtvisord writes for that group, docs/metrics.md); nil: the dashboard is read-only.
     public var dashboardActionsGroup: String?
-    public init(tcp: TCPListenerSettings = TCPListenerSettings(), dashboardActionsGroup: String? = nil) {
-        self.tcp = tcp; self.dashboardActionsGroup = dashboardActionsGroup
+    /// Whether the metrics listeners (any local user) serve the VMs' last console lines to the
+    /// dashboard; off by default: a console may show what not everyone should read.
+    public var dashboardConsole = false
+    public init(tcp: TCPListenerSettings = TCPListenerSettings(), dashboardActionsGroup: String? = nil, dashboardConsole: Bool = false) {
+        self.tcp = tcp; self.dashboardActionsGroup = dashboardActionsGroup; self.dashboardConsole = dashboardConsole
     }
-    static let keys: Set<String> = ["tcp", "dashboard_actions_group"]
+    static let keys: Set<String> = ["tcp", "dashboard_actions_group", "dashboard_console"]
 
     /// A group name as `groupadd` takes it (the group itself is looked up when rtvisord starts).
     public static func isGroupName(_ s: String) -> Bool {
@@ -82,6 +85,7 @@ extension Validator {
             if case let .string(name) = g, MetricsSettings.isGroupName(name) { s.metrics.dashboardActionsGroup = name }
             else { fail("$.metrics.dashboard_actions_group", "must be a group name (lower-case letters, digits, '_' and '-') or null, got \(g.kindDescription)") }
         }
+        if let c = bool(mo, "dashboard_console", at: "$.metrics") { s.metrics.dashboardConsole = c }
         if let t = mo["tcp"], let to = object(t, at: "$.metrics.tcp", known: TCPListenerSettings.keys) {
             if let b = bool(to, "enabled", at: "$.metrics.tcp") { s.metrics.tcp.enabled = b }
             if let a = to["address"] {

@@ -22,6 +22,28 @@ extension Supervisor {
         return StatsList(vms: collected, collectedAt: Date().timeIntervalSince1970)
     }
 
+    /// Asked of the VMM over its control socket, off the actor and the pool, with the stats'
+    /// timeout: a VMM that does not answer costs this call that much and nothing else.
+    public func consoleTail(_ name: String, lines: Int) async throws(ControlError) -> ConsoleTail {
+        let r = try record(name)
+        guard r.pid != nil, r.state == .running || r.state == .stopping else {
+            throw .conflict("VM \(name) is \(r.state.rawValue): no console to read")
+        }
+        let socket = paths.controlSocket(name)
+        let count = max(1, min(lines, ConsoleTail.maxLines))
+        let bytes = await Processes.offThePool {
+            Result { () throws(VMMControlClient.ClientError) in
+                try VMMControlClient.connect(socket, timeoutSeconds: StatsCollector.vmmTimeoutSeconds)
+                    .consoleTail(maxBytes: count * ConsoleTail.maxLineLength)
+            }
+        }
+        switch bytes {
+        case let .success(b?): return ConsoleTail(name: name, lines: ConsoleTail.lines(of: b, count: count))
+        case .success(nil): throw .conflict("VM \(name)'s VMM is older than control protocol 6: it cannot show its console's end")
+        case let .failure(e): throw .failed("VM \(name): cannot read its console: \(e)")
+        }
+    }
+
     func statsTarget(_ r: Record) -> StatsTarget {
         let d = r.current
         let process = r.lifecycle.process.map { ProcessIdentity(pid: $0.pid, startTime: $0.startTime) }

@@ -52,6 +52,8 @@ public protocol VMControl: Sendable {
     func events(after: UInt64?, vm: String?, waitSeconds: Int) async throws(ControlError) -> EventBatch
     /// Statistics of one VM (a list of one) or of all, read now (`StatsCollector`).
     func stats(_ name: String?) async throws(ControlError) -> StatsList
+    /// The last `lines` lines of a running VM's console (asked of its VMM).
+    func consoleTail(_ name: String, lines: Int) async throws(ControlError) -> ConsoleTail
 }
 
 public enum ControlError: Error, Equatable, Sendable, CustomStringConvertible {

@@ -105,6 +105,18 @@ public struct VMMControlClient {
         }
     }
 
+    /// The last `maxBytes` of the console's backlog; nil from a VMM older than version 6.
+    public func consoleTail(maxBytes: Int) throws(ClientError) -> [UInt8]? {
+        guard version >= VMMControl.Request.consoleTail(maxBytes: 0).minimumVersion else { return nil }
+        let reply: VMMControl.Reply
+        do { reply = try connection.call(.consoleTail(maxBytes: maxBytes)) } catch { throw failure("consoleTail", error) }
+        switch reply {
+        case let .consoleTail(bytes): return bytes
+        case let .refused(reason): throw ClientError(description: "consoleTail refused: \(reason)")
+        default: throw ClientError(description: "unexpected reply to consoleTail: \(reply)")
+        }
+    }
+
     public func resume() throws(ClientError) {
         let reply: VMMControl.Reply
         do { reply = try connection.call(.resume) } catch { throw failure("resume", error) }

@@ -35,6 +35,7 @@ dl { display:grid; grid-template-columns:auto 1fr; gap:.15em .8em; margin:0; }
 dt { color:var(--dim); }
 dd { margin:0; font-variant-numeric:tabular-nums; }
 .rt { margin-top:.6em; padding-top:.5em; border-top:1px solid #2d3640; }
+pre.console { margin:.6em 0 0; padding:.4em .5em; background:#0b0f13; border-radius:4px; font:11px/1.35 ui-monospace,monospace; color:var(--dim); white-space:pre-wrap; overflow-wrap:anywhere; max-height:7.5em; overflow:auto; }
 svg { width:100%; height:70px; display:block; margin-top:.3em; }
 svg .bar { fill:var(--acc); } svg .line { fill:none; stroke:var(--warn); stroke-width:1.5; }
 svg text { fill:var(--dim); font-size:9px; }
@@ -58,6 +59,8 @@ svg text { fill:var(--dim); font-size:9px; }
 const previous = new Map();    // VM name -> {at, totals}: rates are differences between polls
 const latencyHistory = new Map(); // VM name -> [p99 seconds], the live plot
 let lastEventSeq = 0;
+const consoleLines = new Map(); // VM name -> its console's last lines (when the listener serves them)
+let consoleOn = false;         // GET /dashboard/config: rtvisord.json metrics.dashboard_console
 let actions = false;           // GET /dashboard/config: Start and Stop buttons for the actions group
 const tokenKey = "rtvisor-dashboard-token";
 
@@ -155,6 +158,8 @@ function card(vm, r) {
       s.append(b);
     }
   }
+  const lines = vm.state === "running" ? consoleLines.get(vm.name) : null;
+  if (lines && lines.length) s.append(el("pre", {class: "console", "data-field": "console"}, lines.join("\n")));
   if (vm.realtime) {
     const rt = el("div", {class: "rt", "data-field": "realtime"});
     const rdl = el("dl");
@@ -219,7 +224,20 @@ async function pollEvents() {
   } catch (e) { /* the next poll tries again */ }
 }
 
-fetch("/dashboard/config").then(r => r.json()).then(c => { actions = c.actions === true; }).catch(() => {});
+// The last console lines of each running VM, every three seconds (each is a question to its VMM).
+async function pollConsoles() {
+  if (!consoleOn) return;
+  for (const card of document.querySelectorAll(".vm[data-state=running]")) {
+    const name = card.getAttribute("data-vm");
+    try {
+      const res = await fetch("/v1/vms/" + encodeURIComponent(name) + "/console?lines=6", {cache: "no-store"});
+      if (res.ok) consoleLines.set(name, (await res.json()).lines);
+    } catch (e) { /* the next poll tries again */ }
+  }
+}
+
+fetch("/dashboard/config").then(r => r.json()).then(c => { actions = c.actions === true; consoleOn = c.console === true; pollConsoles(); }).catch(() => {});
+setInterval(pollConsoles, 3000);
 pollStats(); pollEvents();
 setInterval(pollStats, 1000);
 setInterval(pollEvents, 2000);

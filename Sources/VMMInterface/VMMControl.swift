@@ -12,7 +12,7 @@ import Foundation
 public enum VMMControl {
     /// The versions this build speaks, oldest first. A change that an older peer would
     /// misunderstand adds a version; a request a version lacks is refused by `Request.minimumVersion`.
-    public static let versions: ClosedRange<Int> = 1...5
+    public static let versions: ClosedRange<Int> = 1...6
 
     /// The highest version in both ranges, or nil: no common version.
     public static func negotiate(_ ours: ClosedRange<Int>, _ theirs: ClosedRange<Int>) -> Int? {
@@ -38,6 +38,9 @@ public enum VMMControl {
         /// The VMM's counters (`Reply.statistics`): exits per vCPU, disk and NIC traffic. Read
         /// from atomics and the devices' counters: it neither pauses nor slows the guest.
         case statistics
+        /// The end of the console's backlog, at most `maxBytes` (`Reply.consoleTail`): what the
+        /// guest printed last, for the dashboard; the console's clients are not disturbed.
+        case consoleTail(maxBytes: Int)
 
         /// The first version that has this request.
         public var minimumVersion: Int {
@@ -46,6 +49,7 @@ public enum VMMControl {
             case .pause, .resume, .snapshot: 2
             case .migrate: 3
             case .statistics: 5
+            case .consoleTail: 6
             }
         }
 
@@ -73,6 +77,8 @@ public enum VMMControl {
         case migrationProgress(MigrationProgress)
         /// The answer to `statistics` (version 5).
         case statistics(VMMStatistics)
+        /// The answer to `consoleTail` (version 6): raw console bytes, oldest first.
+        case consoleTail([UInt8])
 
         /// An interim reply: more replies to the same request follow.
         public var isInterim: Bool { if case .migrationProgress = self { true } else { false } }

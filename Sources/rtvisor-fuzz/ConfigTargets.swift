@@ -88,6 +88,10 @@ final class FuzzControl: VMControl {
                     disks: [], nics: [], realtime: nil)
         }, collectedAt: 0)
     }
+    func consoleTail(_ name: String, lines: Int) throws(ControlError) -> ConsoleTail {
+        guard vms[name] == .running else { throw vms[name] == nil ? .notFound("no VM named \"\(name)\"") : .conflict("VM \(name) is not running") }
+        return ConsoleTail(name: name, lines: Array(["booting", "ready"].suffix(lines)))
+    }
     func shutdownGuests() -> GuestsResult {
         GuestsResult(vms: [ActionResult(name: "web", action: "shutdown", state: .stopping, message: "shutdown")], waitSeconds: 35)
     }

@@ -118,6 +118,9 @@ final class ControlServer: @unchecked Sendable {
             return .runState(machine.runState)
         case .statistics:
             return .statistics(machine.statistics())
+        case let .consoleTail(maxBytes):
+            guard let consoleBacklog else { return .refused("this VMM keeps no console backlog (no --console-socket)") }
+            return .consoleTail(Array(consoleBacklog().suffix(max(0, min(maxBytes, 65536)))))
         case let .migrate(migration):
             // Version 4 peers hear how it goes after each round (interim replies to this request).
             let report: ((MigrationProgress) -> Void)? = version >= 4 ? { p in try? connection.reply(.migrationProgress(p), to: id) } : nil

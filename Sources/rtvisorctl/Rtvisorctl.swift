@@ -168,18 +168,19 @@ struct ActionCommand {
         var before: VMDetail?
         let waiting = wait.map { $0.wait || $0.ready } ?? false
         if waiting { before = try options.fetch("GET", "/v1/vms/\(pathComponent(name))", as: VMDetail.self).0 }
+        // What to wait for is settled before anything is done: a refused option changes nothing.
+        var goal = before.map(target)
+        if wait?.ready == true {
+            switch goal {
+            case .running?: goal = .ready(after: nil)
+            case let .restarted(old)?: goal = .ready(after: old)
+            case .stopped?, .ready?, nil: throw ValidationError("--ready waits for a guest to come up: start, reboot and reset take it")
+            }
+        }
         try options.call("POST", "/v1/vms/\(pathComponent(name))/\(action)", body: body, as: ActionResult.self) { r in
             print("\(r.name): \(r.message) [\(r.state.rawValue)]")
         }
-        guard let wait, let before else { return }
-        var goal = target(before)
-        if wait.ready {
-            switch goal {
-            case .running: goal = .ready(after: nil)
-            case let .restarted(old): goal = .ready(after: old)
-            case .stopped, .ready: throw ValidationError("--ready waits for a guest to come up: start, reboot and reset take it")
-            }
-        }
+        guard let wait, let before, let goal else { return }
         var seconds = wait.timeout ?? 120
         if case .stopped = goal, wait.timeout == nil { seconds = max(seconds, before.stopTimeoutSeconds + 15) }
         try goal.await(options, name, seconds: seconds)
@@ -318,8 +319,16 @@ struct Console: ParsableCommand {
     var timeout: Double?
     @Flag(help: "Take over typing from another session (only one session's keys reach the guest; the others watch).")
     var force = false
+    @Option(help: "Print the console's last N lines and exit, without attaching (GET /v1/vms/NAME/console; at most 100).")
+    var tail: Int?
 
     func run() throws {
+        if let tail {
+            try options.call("GET", "/v1/vms/\(pathComponent(vm.name))/console?lines=\(tail)", as: ConsoleTail.self) { t in
+                for line in t.lines { print(line) }
+            }
+            return
+        }
         var socketPath: String?
         try options.call("GET", "/v1/vms/\(pathComponent(vm.name))", as: VMDetail.self) { d in socketPath = d.consoleSocket }
         guard let socketPath, !options.json else { return }

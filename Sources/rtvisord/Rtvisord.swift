@@ -264,14 +264,15 @@ struct DaemonRun: Sendable {
     /// the token file could be written for it (otherwise logged: the dashboard stays read-only).
     func dashboardActionsEnvironment() -> [String: String] {
         unlink(paths.run + "/" + DashboardActions.tokenFile)
-        guard let group = metrics.dashboardActionsGroup else { return [:] }
+        let console = metrics.dashboardConsole ? [DashboardActions.consoleEnvironmentVariable: "1"] : [:]
+        guard let group = metrics.dashboardActionsGroup else { return console }
         let token = DashboardActions.newToken()
         do { try DashboardActions.writeToken(token, runDirectory: paths.run, group: group) } catch {
             logger.critical("dashboard actions: \(error); the dashboard stays read-only")
-            return [:]
+            return console
         }
         logger.notice("dashboard actions (start, stop) for group \(group): the token is in \(paths.run)/\(DashboardActions.tokenFile)")
-        return [DashboardActions.environmentVariable: token]
+        return console.merging([DashboardActions.environmentVariable: token]) { $1 }
     }
 
     func event(_ e: LifecycleEvent, _ message: String) async {

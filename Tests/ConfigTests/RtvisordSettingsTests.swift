@@ -36,6 +36,12 @@ import Testing
                 == ["rtvisord.json: $.metrics.dashboard_actions_group: must be a group name (lower-case letters, digits, '_' and '-') or null, got \"Ops Team\""])
     }
 
+    @Test func theDashboardsConsoleLinesAreOffUnlessTurnedOn() throws {
+        #expect(try parse("{}").metrics.dashboardConsole == false)
+        #expect(try parse(#"{"metrics": {"dashboard_console": true}}"#).metrics.dashboardConsole)
+        #expect(problems(#"{"metrics": {"dashboard_console": 1}}"#) == ["rtvisord.json: $.metrics.dashboard_console: must be true or false, got 1"])
+    }
+
     @Test func badFieldsAreNamedByPathWithTheReason() {
         #expect(problems(#"{"metrics": {"tcp": {"enabled": "yes"}}}"#) == ["rtvisord.json: $.metrics.tcp.enabled: must be true or false, got \"yes\""])
         #expect(problems(#"{"metrics": {"tcp": {"port": 70000}}}"#) == ["rtvisord.json: $.metrics.tcp.port: must be an integer from 1 to 65535, got 70000"])

@@ -79,6 +79,12 @@ actor FakeControl: VMControl {
         return LatencySnapshot(name: "web", cpu: 1, priority: 51, periodMicroseconds: 1000, samples: 3, minNanoseconds: 1, meanNanoseconds: 2,
                                p50Nanoseconds: 2, p99Nanoseconds: 3, p9999Nanoseconds: 3, maxNanoseconds: 3, buckets: [[1, 1], [2, 1], [3, 1]], updatedAt: 0)
     }
+    func consoleTail(_ name: String, lines: Int) throws(ControlError) -> ConsoleTail {
+        calls.append("console \(name) \(lines)")
+        guard let state = vms[name] else { throw .notFound("no VM named \"\(name)\"") }
+        guard state == .running else { throw .conflict("VM \(name) is \(state.rawValue): no console to read") }
+        return ConsoleTail(name: name, lines: Array(["Linux version 6.1", "login:"].suffix(lines)))
+    }
     func stats(_ name: String?) throws(ControlError) -> StatsList {
         calls.append("stats \(name ?? "*")")
         if let name, vms[name] == nil { throw .notFound("no VM named \"\(name)\"") }
@@ -378,6 +384,20 @@ extension FakeControl {
         #expect(await fake.calls == ["stats *", "stats web", "stats ghost"])
     }
 
+    @Test func aRunningVMsConsoleEndIsServedAsLines() async throws {
+        let fake = FakeControl()
+        let router = APIRouter(control: fake)
+        let tail = await router.handle(APIRequest(method: "GET", target: "/v1/vms/web/console?lines=1"))
+        #expect(tail.status == 200, "\(tail.text)")
+        #expect(try decode(ConsoleTail.self, tail) == ConsoleTail(name: "web", lines: ["login:"]))
+        #expect(await router.handle(APIRequest(method: "GET", target: "/v1/vms/web/console")).status == 200, "20 lines by default")
+        #expect(await router.handle(APIRequest(method: "GET", target: "/v1/vms/web/console?lines=0")).status == 400)
+        #expect(await router.handle(APIRequest(method: "GET", target: "/v1/vms/web/console?lines=101")).status == 400)
+        #expect(await router.handle(APIRequest(method: "GET", target: "/v1/vms/db/console")).status == 409, "db is stopped")
+        #expect(await router.handle(APIRequest(method: "POST", target: "/v1/vms/web/console")).status == 405)
+        #expect(await fake.calls == ["console web 1", "console web 20", "console db 20"])
+    }
+
     @Test func everyRouteIsDocumented() async throws {
         let root = URL(fileURLWithPath: #filePath).deletingLastPathComponent().deletingLastPathComponent().deletingLastPathComponent()
         let yaml = try String(contentsOf: root.appendingPathComponent("docs/api.yaml"), encoding: .utf8)
@@ -388,7 +408,7 @@ extension FakeControl {
                                    "/v1/vms/{name}/snapshot", "/v1/vms/{name}/clone", "/v1/snapshots", "/v1/snapshots/restore",
                                    "/v1/vms/{name}/migrate", "/v1/migrations/incoming", "/v1/migrations/incoming/{id}", "/v1/vms/{name}/upgrade",
                                    "/v1/vms/{name}/migration", "/v1/events",
-                                   "/v1/stats", "/v1/vms/{name}/stats"]
+                                   "/v1/stats", "/v1/vms/{name}/stats", "/v1/vms/{name}/console"]
         #expect(documented == routes)
         // And the router answers each of them (not 404).
         let router = APIRouter(control: FakeControl())

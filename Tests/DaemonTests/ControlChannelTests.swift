@@ -229,6 +229,7 @@ struct SlowControl: VMControl {
     func realtimeCheck(_ name: String?) async throws(ControlError) -> [RealtimeCheck] { throw .failed("no") }
     func latency(_ name: String) async throws(ControlError) -> LatencySnapshot { throw .failed("no") }
     func stats(_ name: String?) async throws(ControlError) -> StatsList { throw .failed("no") }
+    func consoleTail(_ name: String, lines: Int) async throws(ControlError) -> ConsoleTail { throw .failed("no") }
     func shutdownGuests() async throws(ControlError) -> GuestsResult { throw .failed("no") }
     func startGuests() async throws(ControlError) -> GuestsResult { throw .failed("no") }
     func snapshot(_ name: String, _ options: SnapshotOptions) async throws(ControlError) -> SnapshotResult { throw .failed("no") }

@@ -31,6 +31,7 @@ import Testing
     @Test func everythingElseIsRefusedBeforeTheDaemonIsAsked() async {
         let fake = FakeControl()
         for (method, target) in [("POST", "/v1/vms/web/stop"), ("GET", "/v1/vms"), ("GET", "/v1/vms/web"), ("POST", "/v1/reload"),
+                                 ("GET", "/v1/vms/web/console"),
                                  ("GET", "/v1/daemon"), ("POST", "/v1/guests/shutdown")] {
             let r = await get(target, method: method, on: fake)
             #expect(r.status == 404, "\(method) \(target)")
@@ -45,7 +46,20 @@ import Testing
 
     @Test func withoutAnActionsGroupThePageHasNoButtons() async {
         let r = await get("/dashboard/config", on: FakeControl())
-        #expect(r.status == 200 && r.text == "{\"actions\":false}\n")
+        #expect(r.status == 200 && r.text == "{\"actions\":false,\"console\":false}\n")
+    }
+
+    /// rtvisord.json's metrics.dashboard_console: the console's end, read-only, and nothing more.
+    @Test func withTheConsoleOnTheLastLinesAreServed() async throws {
+        let fake = FakeControl()
+        let router = MetricsRouter(api: APIRouter(control: fake), console: true)
+        let config = await router.handle(APIRequest(method: "GET", target: "/dashboard/config"))
+        #expect(config.text == "{\"actions\":false,\"console\":true}\n")
+        let tail = await router.handle(APIRequest(method: "GET", target: "/v1/vms/web/console?lines=2"))
+        #expect(tail.status == 200 && tail.text.contains("login:"), "\(tail.text)")
+        #expect(await router.handle(APIRequest(method: "POST", target: "/v1/vms/web/console")).status == 405)
+        #expect(await router.handle(APIRequest(method: "GET", target: "/v1/vms/web")).status == 404, "only the console")
+        #expect(await fake.calls == ["console web 2"])
     }
 
     @Test func startAndStopNeedTheTokenWhenActionsAreEnabled() async {
@@ -54,7 +68,7 @@ import Testing
         func post(_ target: String, _ authorization: String?) async -> APIResponse {
             await router.handle(APIRequest(method: "POST", target: target, authorization: authorization))
         }
-        #expect(await router.handle(APIRequest(method: "GET", target: "/dashboard/config")).text == "{\"actions\":true}\n")
+        #expect(await router.handle(APIRequest(method: "GET", target: "/dashboard/config")).text == "{\"actions\":true,\"console\":false}\n")
         let missing = await post("/v1/vms/web/stop", nil)
         #expect(missing.status == 403 && missing.text.contains("needs the dashboard token") && missing.text.contains("\"code\":\"forbidden\""))
         #expect(await post("/v1/vms/web/stop", "Bearer wrong!").status == 403)

@@ -111,6 +111,10 @@ struct EventsDaemonTests {
         let inspect = d.ctl(["inspect", "calm", "--json"]).1
         #expect(inspect.contains("\"guest_ready_at\""), "reset --ready returned before the guest was up: \(inspect)")
         #expect(d.ctl(["stop", "calm", "--ready"]).0 != 0, "--ready is refused for stop")
+        #expect(d.state("calm") == "running", "a refused --ready stops nothing")
+        // The console's end, asked of the VMM (control protocol 6), without attaching.
+        let (tailed, tail) = d.ctl(["console", "calm", "--tail", "5"])
+        #expect(tailed == 0 && tail.contains("IDLE_READY"), "\(tail)\n\(d.log)")
 
         let (stopped, stopOut) = d.ctl(["stop", "calm", "--wait", "--timeout", "30"])
         #expect(stopped == 0, "\(stopOut)")

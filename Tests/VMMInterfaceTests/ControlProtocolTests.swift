@@ -22,7 +22,7 @@ import VMMInterface
         #expect(VMMControl.answerHello(minVersion: 2, maxVersion: 1, vmmVersion: "x") == .refused("hello: empty version range 2…1"))
     }
 
-    @Test(arguments: [VMMControl.Request.hello(minVersion: 1, maxVersion: 1), .describe, .statistics])
+    @Test(arguments: [VMMControl.Request.hello(minVersion: 1, maxVersion: 1), .describe, .statistics, .consoleTail(maxBytes: 4096)])
     func requestsRoundTripThroughFrames(_ request: VMMControl.Request) throws {
         let frame = try VMMControl.frame(request, id: 7)
         let body = Array(frame[4...])
@@ -36,6 +36,7 @@ import VMMInterface
         VMMControl.Reply.hello(version: 1, vmmVersion: "0.1"),
         .description(VMMDescription(vm: "web", pid: 4242, vcpus: 2, memoryMiB: 256)),
         .refused("no"),
+        .consoleTail(Array("login: \u{1B}[0m\r\n".utf8)),
         .statistics(VMMStatistics(vcpus: [.init(index: 0, exits: ["io": 12, "mmio": 3]), .init(index: 1, exits: [:])],
                                   disks: [.init(readOps: 1, writeOps: 2, flushOps: 3, readBytes: 512, writeBytes: 1024, errors: 0, serviceNanoseconds: 99)],
                                   nics: [.init(rxFrames: 5, rxBytes: 300, txFrames: 6, txBytes: 400, rxDrops: 1, txDrops: 0)])),
@@ -49,8 +50,9 @@ import VMMInterface
     /// Statistics came with version 5: a version-4 VMM (one that outlived a daemon upgrade) is
     /// still spoken to, and is not asked for them.
     @Test func statisticsNeedVersion5AndAVersion4VMMStillTalks() {
-        #expect(VMMControl.versions.upperBound == 5)
+        #expect(VMMControl.versions.upperBound == 6)
         #expect(VMMControl.Request.statistics.minimumVersion == 5)
+        #expect(VMMControl.Request.consoleTail(maxBytes: 1).minimumVersion == 6)
         #expect(VMMControl.negotiate(VMMControl.versions, 1...4) == 4)
         #expect(VMMControl.Request.statistics.passedFiles == 0)
     }
