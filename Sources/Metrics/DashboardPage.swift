@@ -185,6 +185,7 @@ async function pollStats() {
     const stats = await res.json();
     const main = document.getElementById("vms");
     main.replaceChildren(...stats.vms.map(vm => card(vm, rates(vm, stats.collected_at))));
+    for (const p of main.querySelectorAll("pre.console")) p.scrollTop = p.scrollHeight; // the newest line in view
     const running = stats.vms.filter(v => v.state === "running").length;
     document.getElementById("summary").textContent = stats.vms.length + " VMs, " + running + " running";
     const updated = document.getElementById("updated");
