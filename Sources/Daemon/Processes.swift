@@ -149,7 +149,13 @@ public enum Processes {
             while true {
                 var p = [pollfd(fd: fd, events: Int16(POLLIN), revents: 0), pollfd(fd: noticeFD, events: Int16(POLLIN), revents: 0)]
                 _ = try? retryInterrupted { poll(&p, noticeFD >= 0 ? 2 : 1, -1) }
-                if p[0].revents != 0 { break }
+                if p[0].revents != 0 {
+                    // What it said last (a partition released as it stopped) comes before its end.
+                    while noticeFD >= 0, let message = receiveNotice(noticeFD), !message.isEmpty {
+                        if let notice = VMMNotice(decoding: message) { onNotice(notice) }
+                    }
+                    break
+                }
                 guard noticeFD >= 0, p[1].revents != 0 else { continue }
                 if let message = receiveNotice(noticeFD) {
                     if let notice = VMMNotice(decoding: message) { onNotice(notice) }

@@ -148,11 +148,21 @@ extension Supervisor {
 
     /// Waits for the VMM to end on a thread of its own, passing on its notices meanwhile.
     nonisolated func watch(name: String, pid: pid_t, isChild: Bool, notices: Int32? = nil) {
-        let thread = Thread { [self] in
-            let outcome = Processes.waitForExit(pid: pid, isChild: isChild, notices: notices) { notice in
-                Task { await self.vmmNoticed(notice, name: name, pid: pid) }
+        // One stream, so the VMM's notices and its end reach the supervisor in that order.
+        enum Report: Sendable { case notice(VMMNotice), ended(ExitOutcome) }
+        let (reports, report) = AsyncStream<Report>.makeStream()
+        Task {
+            for await r in reports {
+                switch r {
+                case let .notice(n): await self.vmmNoticed(n, name: name, pid: pid)
+                case let .ended(outcome): await self.processEnded(name: name, pid: pid, outcome: outcome)
+                }
             }
-            Task { await self.processEnded(name: name, pid: pid, outcome: outcome) }
+        }
+        let thread = Thread {
+            let outcome = Processes.waitForExit(pid: pid, isChild: isChild, notices: notices) { report.yield(.notice($0)) }
+            report.yield(.ended(outcome))
+            report.finish()
         }
         thread.name = "wait-\(name)"
         thread.start()

@@ -20,6 +20,8 @@ extension Supervisor {
             event(.vmRealtimeApplied, .notice, "VM \(name): real-time partition applied: CPUs \(cpus.map(String.init).joined(separator: ",")), SCHED_FIFO \(priority); \(summary)",
                   vm: name, pid: pid, state: records[name]?.state,
                   extra: ["VM_REALTIME_CPUS": cpus.map(String.init).joined(separator: ","), "VM_REALTIME_PRIORITY": String(priority)])
+        case let .realtimeReleased(how):
+            event(.vmRealtimeReleased, .notice, "VM \(name): real-time partition released \(how)", vm: name, pid: pid, state: records[name]?.state)
         }
     }
 }

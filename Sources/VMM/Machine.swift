@@ -268,7 +268,9 @@ public final class Machine: @unchecked Sendable {
         realtime?.probe?.stop()
         realtime?.probe?.finish()
         let reason = stop.stopReason ?? .vmmError("all vCPU threads ended without a reason")
-        if reason == .reset && options.keepRealtimePartitionOnReset { realtime?.handOver() } else { realtime?.release() }
+        if reason == .reset && options.keepRealtimePartitionOnReset { realtime?.handOver() } else if let how = realtime?.release() {
+            options.notices?.send(.realtimeReleased(how: how))
+        }
         if let steps = options.trace.finish() { logger.notice("\(steps) (no boot marker)") }
         let unhandled = exits.pio.unhandled.total + exits.mmio.unhandled.total
         if unhandled > 0 {

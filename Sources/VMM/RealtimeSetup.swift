@@ -155,16 +155,23 @@ final class RealtimeSetup: @unchecked Sendable {
         try ThreadScheduling.setFIFO(priority: priority, tid: tid)
     }
 
-    /// After every vCPU thread ended.
-    func release() {
+    /// After every vCPU thread ended. Returns how it was undone.
+    @discardableResult
+    func release() -> String {
         if let releaseBroker {
-            do { let done = try releaseBroker(); logger.notice("real-time partition of \(vm) released by the janitor: \(done)") }
-            catch { logger.error("real-time partition of \(vm): \(error); the janitor undoes it when this process exits") }
-            return
+            do {
+                let done = try releaseBroker()
+                logger.notice("real-time partition of \(vm) released by the janitor: \(done)")
+                return "by the VMM's janitor: \(done)"
+            } catch {
+                logger.error("real-time partition of \(vm): \(error); the janitor undoes it when this process exits")
+                return "by the VMM's janitor as the VMM exits (\(error))"
+            }
         }
         partition?.release()
         PartitionState.undo(vm: vm, hierarchy: hierarchy)
         logger.notice("real-time partition of \(vm) released")
+        return "by the VMM"
     }
 
     /// After every vCPU thread ended, when the guest reset and this VMM's caller starts the next

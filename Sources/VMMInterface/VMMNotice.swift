@@ -19,6 +19,8 @@ public enum VMMNotice: Codable, Sendable, Equatable {
     case guestReady(millisecondsAfterVMCreation: Double)
     /// The VM's real-time partition is in force: its vCPUs run on `cpus` at SCHED_FIFO `priority`.
     case realtimeApplied(cpus: [Int], priority: Int, summary: String)
+    /// The VMM undid its real-time partition as its VM stopped (`how`: by itself or its janitor).
+    case realtimeReleased(how: String)
 
     /// A notice is at most this big; a longer datagram is not one of ours.
     public static let maximumSize = 4096

@@ -144,6 +144,10 @@ extension RealtimePartitionTests {
         let byDaemon = logText.components(separatedBy: "real-time host changes undone").count - 1
         let byVMM = logText.components(separatedBy: "real-time partition of rtz released").count - 1
         #expect(byDaemon + byVMM == 1, "\(logText.suffix(3000))")
+        // And the event stream says so once, whoever undid it.
+        let released = DaemonProcessTests.run(ctl, ["events", "--vm", "rtz", "--json"], env: env).1
+            .split(separator: "\n").filter { $0.contains("\"kind\":\"vm-realtime-released\"") }
+        #expect(released.count == 1, "\(released)")
         #expect(PartitionState.load(vm: "rtz") == nil)
         let after = HostSnapshot.take()
         #expect(after.matches(before), "host not restored:\nbefore \(before)\nafter  \(after)")
