@@ -11,7 +11,6 @@ the screenshots (docs/img/dashboard.png by default, and dashboard-phone.png at 3
 """
 import argparse
 import base64
-import http.client
 import json
 import os
 import shutil
@@ -26,6 +25,10 @@ import urllib.request
 import websocket
 from prometheus_client.parser import text_string_to_metric_families
 
+sys.dont_write_bytecode = True
+sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), "bench"))
+from unix_http import unix_request  # noqa: E402
+
 
 def log(msg):
     print(f"== {msg}", file=sys.stderr, flush=True)
@@ -34,26 +37,6 @@ def log(msg):
 def fail(msg):
     print(f"FAIL: {msg}", file=sys.stderr, flush=True)
     sys.exit(1)
-
-
-class UnixConnection(http.client.HTTPConnection):
-    def __init__(self, path):
-        super().__init__("localhost", timeout=10)
-        self.path = path
-
-    def connect(self):
-        self.sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
-        self.sock.settimeout(10)
-        self.sock.connect(self.path)
-
-
-def unix_request(path, method, target):
-    c = UnixConnection(path)
-    c.request(method, target)
-    r = c.getresponse()
-    body = r.read().decode()
-    c.close()
-    return r.status, r.getheader("Content-Type"), body
 
 
 def free_port():

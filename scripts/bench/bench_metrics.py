@@ -10,17 +10,8 @@ rtvisord (the collection) and of its API front (routing and the rendering), from
 import argparse, http.client, json, os, signal, socket, statistics, subprocess, sys, tempfile, time, shutil
 
 sys.dont_write_bytecode = True
-
-
-class UnixHTTPConnection(http.client.HTTPConnection):
-    def __init__(self, path):
-        super().__init__("localhost", timeout=30)
-        self.unix_path = path
-
-    def connect(self):
-        self.sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
-        self.sock.settimeout(30)
-        self.sock.connect(self.unix_path)
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+from unix_http import UnixHTTPConnection  # noqa: E402
 
 
 def get(connect, target):
