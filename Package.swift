@@ -50,6 +50,9 @@ let package = Package(
         .target(name: "VirtioNet", dependencies: ["Virtio", "Memory", "Posix", "CLinux", .product(name: "SystemPackage", package: "swift-system")]),
         // PCI root bus (configuration mechanism #1, BAR window), MSI-X, and the virtio-pci transport.
         .target(name: "PCI", dependencies: ["Devices", "Virtio", "Memory"]),
+        // The ivshmem-compatible channel device (registers, doorbell decoding, MSI-X, BAR2): shared
+        // memory between VMs; KVM's side (memory slot, ioeventfds, irqfds) is the VMM's.
+        .target(name: "Ivshmem", dependencies: ["PCI"]),
         // VFIO passthrough: container/group/device handling behind a mockable kernel seam, host
         // checks (IOMMU groups, vfio-pci binding), and the passthrough PCI function.
         .target(name: "VFIO", dependencies: ["CKVM", "PCI", "Posix", .product(name: "SystemPackage", package: "swift-system")]),
@@ -81,7 +84,7 @@ let package = Package(
         ]),
         // Wires one VM: memory, vCPU threads, devices, lifecycle.
         .target(name: "VMM", dependencies: [
-            "CKVM", "KVM", "Memory", "Arch", "Boot", "Devices", "Config", "Posix", "Virtio", "VirtioBlock", "VirtioNet", "PCI", "Realtime", "VMMInterface", "Sandbox", "VFIO",
+            "CKVM", "KVM", "Memory", "Arch", "Boot", "Devices", "Config", "Posix", "Virtio", "VirtioBlock", "VirtioNet", "PCI", "Realtime", "VMMInterface", "Sandbox", "VFIO", "Ivshmem",
             .product(name: "Histogram", package: "hdrhistogram-swift"),
             .product(name: "Logging", package: "swift-log"),
             .product(name: "SystemPackage", package: "swift-system"),
@@ -157,6 +160,7 @@ let package = Package(
         .testTarget(name: "VirtioTests", dependencies: ["Virtio", "VirtioBlock", "VirtioNet", "Memory", "Posix", "CLinux", "TestSupport",
                                                    .product(name: "SystemPackage", package: "swift-system")]),
         .testTarget(name: "VFIOTests", dependencies: ["VFIO", "PCI", "CKVM", "TestSupport", .product(name: "SystemPackage", package: "swift-system")]),
+        .testTarget(name: "IvshmemTests", dependencies: ["Ivshmem", "PCI"]),
         .testTarget(name: "PCITests", dependencies: ["PCI", "Virtio", "Devices", "Memory", "Posix", "TestSupport"]),
         .testTarget(name: "KVMTests", dependencies: ["KVM", "Memory", "Arch"]),
         .testTarget(name: "SandboxTests", dependencies: ["Sandbox", "SandboxMode", "Config", "VMMInterface", "CSeccomp", "CSandbox", "CKVM", "TestSupport"]),

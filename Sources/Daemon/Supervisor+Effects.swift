@@ -113,12 +113,17 @@ extension Supervisor {
         if case let .incomingMigration(source) = why { incoming = source }
         // A socket file left by an earlier VMM of this VM must not answer for the new one.
         try? FileManager.default.removeItem(atPath: paths.controlSocket(name))
+        let passing = incoming.map { [$0.socket] } ?? []
+        let channels: (fds: [Int32], attachments: [ChannelAttachment])
+        do { channels = try channelLaunch(name, definition, firstDescriptor: 3 + Int32(passing.count)) } catch { return .spawnFailed(reason: error.description) }
         let pid: pid_t
         do {
             pid = try Processes.spawnVMM(executable: paths.vmm, environment: environment, cgroup: cgroup,
-                                         passing: incoming.map { [$0.socket] } ?? []) { joinItself in
-                paths.vmmLaunch(name, baseDirectory: r.loaded.directory, cgroup: joinItself ? cgroup : nil, latencyProbe: latencyProbe,
-                                realtime: definition.realtime != nil, restore: restore, incoming: incoming).arguments
+                                         passing: passing + channels.fds) { joinItself in
+                var launch = paths.vmmLaunch(name, baseDirectory: r.loaded.directory, cgroup: joinItself ? cgroup : nil, latencyProbe: latencyProbe,
+                                             realtime: definition.realtime != nil, restore: restore, incoming: incoming)
+                launch.channels = channels.attachments
+                return launch.arguments
             }
         } catch {
             return .spawnFailed(reason: "\(error)")
