@@ -18,6 +18,8 @@
  * ivshmem.stall_ok=1: a peer that stops answering (killed) is waited for,
  * re-rung every 100 ms, and reported when it answers again; without it a
  * round trip over ivshmem.timeout_ms= (5000) fails the inmate.
+ * ivshmem.stay=1: the pinger halts instead of powering off when done (its
+ * console stays readable under rtvisord).
  *
  * Output lines tests look for:
  *   ivshmem: IVPosition <n>, BAR2 <addr> <size> MiB, <k> vectors
@@ -268,4 +270,8 @@ void inmate_main(void)
 	if (!strcmp(role, "pong"))
 		pong(c, position, peer);
 	ping(c, position, peer);
+	if (cmdline_get_u64("ivshmem.stay", 0)) {
+		printk("ivshmem: done, staying up\n");
+		halt_forever();
+	}
 }

@@ -1,0 +1,67 @@
+import Foundation
+import Testing
+import TestSupport
+#if canImport(Glibc)
+import Glibc
+#endif
+
+/// Shared-memory channels between two real VMs under rtvisord (issue 21, docs/channels.md): the
+/// ivshmem inmate as pinger (peer 0) and ponger (peer 1) on one channel. The message goes through
+/// BAR2 and the doorbells arrive as MSI-X on the vector rung; a ponger killed with kill -9 and
+/// restarted re-attaches to the same memory with the same IVPosition and the exchange resumes.
+@Suite(.enabled(if: Env.kvmAvailable, Env.noKVMReason), .serialized)
+struct ChannelDaemonTests {
+    typealias D = DaemonProcessTests
+    typealias Daemon = SnapshotDaemonTests.Daemon
+
+    static func peer(_ name: String, peer: Int, cmdline: String, extra: String = "") throws -> String {
+        try VMM.definition(name: name, kernel: try Env.inmate("ivshmem"), memoryMiB: 16, cmdline: cmdline,
+                           extra: "\"autostart\": true, \"channels\": [{\"name\": \"plc-hmi\", \"size_mib\": 4, \"peer\": \(peer), \"vectors\": 2}]"
+                           + (extra.isEmpty ? "" : ", " + extra))
+    }
+
+    /// Waits until the VM's console shows `text`; returns the console.
+    static func console(_ d: Daemon, _ vm: String, shows text: String, seconds: Double) -> String {
+        var last = ""
+        _ = D.waitFor(seconds, "\"\(text)\" on \(vm)'s console") { last = d.console(vm); return last.contains(text) }
+        return last
+    }
+
+    @Test func twoVMsExchangeAMessageAndPingPongTenThousandRoundTrips() throws {
+        let d = try Daemon(definitions: [
+            ("hmi", try Self.peer("hmi", peer: 1, cmdline: "ivshmem.role=pong")),
+            ("plc", try Self.peer("plc", peer: 0, cmdline: "ivshmem.role=ping ivshmem.rounds=10000 ivshmem.stay=1")),
+        ])
+        guard d.waitRunning(["hmi", "plc"]) else { Issue.record("\(d.log)"); return }
+        let plc = Self.console(d, "plc", shows: "ivshmem: done", seconds: 120)
+        #expect(plc.contains("ivshmem: IVPosition 0, BAR2 "), "\(plc)")
+        #expect(plc.contains("4 MiB, 2 vectors"), "\(plc)")
+        #expect(plc.contains("ivshmem: echo \"echo: hello from peer 0\" on vector 1"), "\(plc)")
+        #expect(plc.contains("ivshmem: 10000 round trips: median "), "\(plc)")
+        #expect(!plc.contains("FAIL"), "\(plc)")
+        if let line = plc.split(separator: "\n").first(where: { $0.contains("round trips:") }) { print("channel ping-pong: \(line)") }
+        let hmi = d.console("hmi")
+        #expect(hmi.contains("ivshmem: IVPosition 1, BAR2 "), "\(hmi)")
+        d.stop()
+    }
+
+    @Test func aPeerKilledAndRestartedReattachesAndTheExchangeResumes() throws {
+        let d = try Daemon(definitions: [
+            ("hmi", try Self.peer("hmi", peer: 1, cmdline: "ivshmem.role=pong",
+                                  extra: "\"restart\": {\"policy\": \"on-failure\", \"backoff_ms\": 200}")),
+            ("plc", try Self.peer("plc", peer: 0, cmdline: "ivshmem.role=ping ivshmem.rounds=100000000 ivshmem.stall_ok=1")),
+        ])
+        guard d.waitRunning(["hmi", "plc"]), let old = D.runningPID("hmi", env: d.env) else { Issue.record("\(d.log)"); return }
+        _ = Self.console(d, "plc", shows: "ivshmem: echo \"echo: hello from peer 0\" on vector 1", seconds: 60)
+        kill(old, SIGKILL)
+        let stalled = Self.console(d, "plc", shows: "ivshmem: peer 1 silent at round ", seconds: 30)
+        #expect(stalled.contains("silent"), "\(stalled)")
+        guard D.waitFor(30, "hmi restarted", { (D.runningPID("hmi", env: d.env) ?? old) != old }) else { Issue.record("\(d.log)"); return }
+        let resumed = Self.console(d, "plc", shows: "ivshmem: peer 1 answers again at round ", seconds: 60)
+        #expect(resumed.contains("(IVPosition 1, boot 2)"), "\(resumed)")
+        let hmi = d.console("hmi")
+        #expect(hmi.contains("ivshmem: IVPosition 1, BAR2 "), "\(hmi)")
+        #expect(D.runningPID("plc", env: d.env) != nil, "the pinger lives on: \(d.log)")
+        d.stop()
+    }
+}
