@@ -42,6 +42,11 @@ struct ChannelDaemonTests {
         if let line = plc.split(separator: "\n").first(where: { $0.contains("round trips:") }) { print("channel ping-pong: \(line)") }
         let hmi = d.console("hmi")
         #expect(hmi.contains("ivshmem: IVPosition 1, BAR2 "), "\(hmi)")
+        // Both VMMs put the doorbells in the kernel; none fell back to the trap path.
+        let log = d.log
+        #expect(log.components(separatedBy: "ivshmem0: channel plc-hmi, 4 MiB").count == 3, "\(log)")
+        #expect(log.components(separatedBy: "2 vectors, doorbells on ioeventfd/irqfd").count == 3, "\(log)")
+        #expect(!log.contains("doorbell ioeventfds at"), "\(log)")
         d.stop()
     }
 
