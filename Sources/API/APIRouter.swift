@@ -60,6 +60,7 @@ public struct ResponseStream: Sendable {
 ///     GET  /v1/migrations/incoming      IncomingList
 ///     GET  /v1/migrations/incoming/{id} IncomingMigration
 ///     GET  /v1/events[?since=SEQ][&vm=NAME][&follow=1]   DaemonEvent lines (NDJSON); follow: streamed
+///     GET  /v1/channels                 ChannelList
 public struct APIRouter: Sendable {
     let control: any VMControl
     public static let maxBody = 1 << 20
@@ -109,6 +110,9 @@ public struct APIRouter: Sendable {
         case 1 where rest[0] == "events":
             guard request.method == "GET" else { return Self.methodNotAllowed("GET") }
             return await events(query)
+        case 1 where rest[0] == "channels":
+            guard request.method == "GET" else { return Self.methodNotAllowed("GET") }
+            return await run { () async throws(ControlError) in try await control.channels() }
         case 1 where rest[0] == "snapshots":
             guard request.method == "GET" else { return Self.methodNotAllowed("GET") }
             let vm = query["vm"].flatMap { $0.isEmpty ? nil : $0 }

@@ -50,6 +50,8 @@ public protocol VMControl: Sendable {
     /// The lifecycle events after sequence number `after` (nil: from now on), of one VM or all; if
     /// there are none yet, waits up to `waitSeconds` (at most `EventLog.maxWaitSeconds`) for one.
     func events(after: UInt64?, vm: String?, waitSeconds: Int) async throws(ControlError) -> EventBatch
+    /// The shared-memory channels and their peers (docs/channels.md).
+    func channels() async throws(ControlError) -> ChannelList
 }
 
 public enum ControlError: Error, Equatable, Sendable, CustomStringConvertible {

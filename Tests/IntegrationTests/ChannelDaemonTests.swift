@@ -42,6 +42,17 @@ struct ChannelDaemonTests {
         if let line = plc.split(separator: "\n").first(where: { $0.contains("round trips:") }) { print("channel ping-pong: \(line)") }
         let hmi = d.console("hmi")
         #expect(hmi.contains("ivshmem: IVPosition 1, BAR2 "), "\(hmi)")
+        // rtvisorctl channels: one line per peer; the JSON is GET /v1/channels.
+        let (status, table) = d.ctl(["channels"])
+        #expect(status == 0)
+        let rows = table.split(separator: "\n").map { $0.split(separator: " ", omittingEmptySubsequences: true).map(String.init) }
+        #expect(rows.dropFirst().map { Array($0.prefix(7)) } == [["plc-hmi", "4", "2", "yes", "0", "plc", "running"],
+                                                                  ["plc-hmi", "4", "2", "yes", "1", "hmi", "running"]], "\(table)")
+        let (_, json) = d.ctl(["channels", "--json"])
+        let list = try? JSONSerialization.jsonObject(with: Data(json.utf8)) as? [String: Any]
+        let channel = (list?["channels"] as? [[String: Any]])?.first
+        #expect(channel?["size_mib"] as? Int == 4 && channel?["allocated"] as? Bool == true, "\(json)")
+        #expect((channel?["peers"] as? [[String: Any]])?.compactMap { $0["vm"] as? String } == ["plc", "hmi"], "\(json)")
         // Both VMMs put the doorbells in the kernel; none fell back to the trap path.
         let log = d.log
         #expect(log.components(separatedBy: "ivshmem0: channel plc-hmi, 4 MiB").count == 3, "\(log)")
