@@ -362,14 +362,14 @@ extension FakeControl {
                                    "/v1/rt-check", "/v1/vms/{name}/rt-check", "/v1/vms/{name}/latency", "/v1/guests/shutdown", "/v1/guests/start",
                                    "/v1/vms/{name}/snapshot", "/v1/vms/{name}/clone", "/v1/snapshots", "/v1/snapshots/restore",
                                    "/v1/vms/{name}/migrate", "/v1/migrations/incoming", "/v1/migrations/incoming/{id}", "/v1/vms/{name}/upgrade",
-                                   "/v1/vms/{name}/migration", "/v1/events"]
+                                   "/v1/vms/{name}/migration", "/v1/events", "/v1/channels"]
         #expect(documented == routes)
         // And the router answers each of them (not 404).
         let router = APIRouter(control: FakeControl())
         for route in routes {
             let path = route.replacingOccurrences(of: "{name}", with: "web").replacingOccurrences(of: "{id}", with: "1")
             let method = ["/v1/daemon", "/v1/vms", "/v1/vms/web", "/v1/rt-check", "/v1/vms/web/rt-check", "/v1/vms/web/latency", "/v1/snapshots",
-                          "/v1/migrations/incoming/1", "/v1/vms/web/migration", "/v1/events"].contains(path) ? "GET" : "POST"
+                          "/v1/migrations/incoming/1", "/v1/vms/web/migration", "/v1/events", "/v1/channels"].contains(path) ? "GET" : "POST"
             let bodies = ["/v1/validate": "{\"definition\": \"{}\"}", "/v1/vms/web/clone": "{\"count\": 1}", "/v1/snapshots/restore": "{\"directory\": \"/s\", \"name\": \"new\"}",
                           "/v1/vms/web/migrate": "{\"address\": \"unix:/x\"}", "/v1/migrations/incoming": "{\"listen\": \"tcp:0.0.0.0:7010\"}"]
             let body = Array((bodies[path] ?? "").utf8)
