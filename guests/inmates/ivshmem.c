@@ -171,8 +171,6 @@ static noreturn void pong(struct channel *c, u32 position, u32 peer)
 	}
 }
 
-static u64 ns(u64 cycles) { return cycles * 1000000 / tsc_khz; }
-
 /* Rings the peer until pong_seq reaches seq; returns the cycles of the successful round. */
 static u64 round_trip(struct channel *c, u32 peer, u64 seq, bool stall_ok, u64 timeout_ms)
 {
@@ -209,20 +207,6 @@ static u64 round_trip(struct channel *c, u32 peer, u64 seq, bool stall_ok, u64 t
 	}
 }
 
-static void sort(u64 *a, u64 n)
-{
-	static const u64 gaps[] = { 1750, 701, 301, 132, 57, 23, 10, 4, 1 };
-
-	for (unsigned int g = 0; g < ARRAY_SIZE(gaps); g++)
-		for (u64 i = gaps[g]; i < n; i++) {
-			u64 v = a[i], j = i;
-
-			for (; j >= gaps[g] && a[j - gaps[g]] > v; j -= gaps[g])
-				a[j] = a[j - gaps[g]];
-			a[j] = v;
-		}
-}
-
 static void ping(struct channel *c, u32 position, u32 peer)
 {
 	u64 rounds = cmdline_get_u64("ivshmem.rounds", 10000);
@@ -248,10 +232,7 @@ static void ping(struct channel *c, u32 position, u32 peer)
 		if (i < n)
 			samples[i] = t;
 	}
-	sort(samples, n);
-	if (n)
-		printk("ivshmem: %lu round trips: median %lu ns, p99 %lu ns, max %lu ns\n", rounds,
-		       ns(samples[n / 2]), ns(samples[n * 99 / 100]), ns(samples[n - 1]));
+	print_round_trips("ivshmem", rounds, samples, n);
 }
 
 void inmate_main(void)
