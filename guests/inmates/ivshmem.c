@@ -14,6 +14,10 @@
  *                       then ivshmem.rounds= (10000) round trips, each one
  *                       timed, and prints median/p99/max; powers off (PASS).
  *
+ *   ivshmem.role=probe  writes "probe from peer <IVPosition>" at BAR2 + 4 KiB
+ *                       and reads it back (no interrupts: QEMU's ivshmem-plain
+ *                       has no MSI-X), for a host to find in the memory file.
+ *
  * ivshmem.peer= the other side's peer id (default: 1 - IVPosition).
  * ivshmem.stall_ok=1: a peer that stops answering (killed) is waited for,
  * re-rung every 100 ms, and reported when it answers again; without it a
@@ -92,7 +96,7 @@ static void copy_string(char *dst, const char *src, size_t size)
 }
 
 /* Finds the device, maps its BARs, and routes MSI-X entry i to FIRST_VECTOR + i. */
-static struct channel *setup(u32 *position, u32 *vectors)
+static struct channel *setup(u32 *position, u32 *vectors, bool need_msix)
 {
 	static const u16 ids[][2] = { { 0x1af4, 0x1110 }, { 0, 0 } };
 	struct pci_dev d;
@@ -108,8 +112,15 @@ static struct channel *setup(u32 *position, u32 *vectors)
 	regs = pci_bar_map(&d, 0);
 	bar2 = pci_bar_map(&d, 2);
 	cap = pci_find_cap(&d, PCI_CAP_MSIX, 0);
-	if (!regs || !bar2 || !cap)
+	if (!regs || !bar2 || (need_msix && !cap))
 		inmate_fail(EXIT_FAIL, "ivshmem: BAR0 %#lx, BAR2 %#lx, MSI-X capability %#x", regs, bar2, cap);
+	if (!cap) {
+		pci_enable(&d, false);
+		*vectors = 0;
+		*position = mmio_read32(regs + REG_IVPOSITION);
+		printk("ivshmem: IVPosition %u, BAR2 %#lx %lu MiB, no MSI-X\n", *position, bar2, d.bar[2].size >> 20);
+		return (struct channel *)bar2;
+	}
 	mc = pci_read16(&d, cap + 2);
 	tbl = pci_read32(&d, cap + 4);
 	table = pci_bar_map(&d, tbl & 7) + (tbl & ~7u);
@@ -244,7 +255,17 @@ void inmate_main(void)
 	cmdline_get("ivshmem.role", role, sizeof(role));
 	if (!timer_init())
 		printk("ivshmem: PIT channel 2 unusable, assuming a %lu kHz TSC\n", tsc_khz);
-	c = setup(&position, &vectors);
+	c = setup(&position, &vectors, strcmp(role, "probe") != 0);
+	if (!strcmp(role, "probe")) {
+		char *at = (char *)c + 4096, text[64];
+
+		snprintk(text, sizeof(text), "probe from peer %u", position);
+		copy_string(at, text, sizeof(text));
+		if (strcmp(at, text))
+			inmate_fail(EXIT_FAIL, "ivshmem: BAR2 reads back \"%s\"", at);
+		printk("ivshmem: probe wrote \"%s\" at BAR2 + 4 KiB\n", text);
+		return;
+	}
 	if (vectors < 2)
 		inmate_fail(EXIT_FAIL, "ivshmem: %u MSI-X vectors, the ping-pong needs 2", vectors);
 	peer = (u32)cmdline_get_u64("ivshmem.peer", 1 - (position & 1));
