@@ -3,9 +3,16 @@
 /// hand-started VMMs sharing `/dev/shm/NAME`), and the doorbells as inherited eventfds.
 /// One `--channel` argument each: `NAME,fd=N[,doorbells=M]` or `NAME,file=PATH`.
 public struct ChannelAttachment: Codable, Equatable, Sendable {
-    public enum Memory: Codable, Equatable, Sendable {
+    public enum Memory: Codable, Equatable, Sendable, CustomStringConvertible {
         case descriptor(Int32)
         case file(String)
+
+        public var description: String {
+            switch self {
+            case let .descriptor(fd): "inherited descriptor \(fd)"
+            case let .file(path): path
+            }
+        }
     }
 
     public var name: String

@@ -81,3 +81,34 @@ struct ChannelDaemonTests {
         d.stop()
     }
 }
+
+/// A hand-started rtvisor-vmm backs a channel with a file (`--channel NAME,file=PATH`): what the
+/// guest writes to BAR2 is in the file.
+@Suite(.enabled(if: Env.kvmAvailable, Env.noKVMReason))
+struct ChannelFileTests {
+    static func definition(size: Int = 4) throws -> String {
+        try VMM.writeDefinition(VMM.definition(name: "probe", kernel: try Env.inmate("ivshmem"), memoryMiB: 16, cmdline: "ivshmem.role=probe",
+                                               extra: "\"channels\": [{\"name\": \"probe\", \"size_mib\": \(size), \"peer\": 3}]"))
+    }
+
+    @Test func whatTheGuestWritesToBar2IsInTheFile() throws {
+        let file = "/dev/shm/rtvisor-test-channel-\(getpid())"
+        defer { unlink(file) }
+        let r = try VMM.run(config: try Self.definition(), arguments: ["--channel", "probe,file=\(file)"], timeout: 60)
+        #expect(r.status == 0, "\(r.stdout)\n\(r.stderr)")
+        #expect(r.console.contains("ivshmem: IVPosition 3, BAR2 "), "\(r.console)")
+        #expect(r.stderr.contains("ivshmem0: channel probe, 4 MiB, peer 3, 1 vector, no doorbells (probe,file=\(file))"), "\(r.stderr)")
+        let data = try #require(FileManager.default.contents(atPath: file))
+        #expect(data.count == 4 << 20)
+        #expect(String(decoding: data[4096..<(4096 + 17)], as: UTF8.self) == "probe from peer 3")
+    }
+
+    @Test func aFileOfAnotherSizeIsRefusedWithTheField() throws {
+        let file = "/dev/shm/rtvisor-test-channel-small-\(getpid())"
+        FileManager.default.createFile(atPath: file, contents: Data(count: 1 << 20))
+        defer { unlink(file) }
+        let r = try VMM.run(config: try Self.definition(), arguments: ["--channel", "probe,file=\(file)"], timeout: 60)
+        #expect(r.status != 0)
+        #expect(r.stderr.contains("$.channels[0]: the channel's memory (\(file)) is not 4 MiB"), "\(r.stderr)")
+    }
+}
