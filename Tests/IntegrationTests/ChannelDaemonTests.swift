@@ -112,3 +112,32 @@ struct ChannelFileTests {
         #expect(r.stderr.contains("$.channels[0]: the channel's memory (\(file)) is not 4 MiB"), "\(r.stderr)")
     }
 }
+
+/// The minimal Linux on a channel whose other peer is the ivshmem inmate: Linux user space writes
+/// a message into BAR2 and rings the doorbell; the inmate echoes it (guests/linux/checks/ivshmem.sh).
+@Suite(.enabled(if: Env.kvmAvailable, Env.noKVMReason),
+       .enabled(if: ProcessInfo.processInfo.environment["RTVISOR_SKIP_LINUX_BOOT"] == nil,
+                "RTVISOR_SKIP_LINUX_BOOT is set: skipping the minimal-Linux boots"))
+struct ChannelLinuxTests {
+    @Test func linuxWritesAMessageThatTheInmatePeerEchoes() throws {
+        let guest = Env.guestLinuxDir
+        let kernel = try Env.requireFile(guest + "/vmlinux", builtBy: "scripts/build-guest-kernel.sh")
+        let initrd = try Env.requireFile(guest + "/initramfs.cpio", builtBy: "scripts/build-guest-kernel.sh")
+        let linux = VMM.definition(name: "lnx", kernel: kernel, memoryMiB: 64, initrd: initrd,
+                                   cmdline: LinuxGuestTests.cmdline + " rtvisor.check=ivshmem ivshmem.stay=1",
+                                   extra: "\"autostart\": true, \"channels\": [{\"name\": \"plc-hmi\", \"size_mib\": 4, \"peer\": 0, \"vectors\": 2}]")
+        let d = try ChannelDaemonTests.Daemon(definitions: [
+            ("hmi", try ChannelDaemonTests.peer("hmi", peer: 1, cmdline: "ivshmem.role=pong")),
+            ("lnx", linux),
+        ])
+        guard d.waitRunning(["hmi", "lnx"]) else { Issue.record("\(d.log)"); return }
+        let console = ChannelDaemonTests.console(d, "lnx", shows: "ivshmem: staying up", seconds: 900)
+        #expect(console.contains("revision 0x01, BAR0 0x"), "\(console.suffix(3000))")
+        // "echo: hello from linux" as little-endian 64-bit words, one line each.
+        let words = console.components(separatedBy: "ivshmem: the peer wrote (64-bit words at BAR2 + 304):").last ?? ""
+        let lines = words.split(whereSeparator: \.isNewline).map { $0.trimmingCharacters(in: .whitespaces) }.filter { $0.hasPrefix("0x") }
+        #expect(Array(lines.prefix(3)) == ["0x6568203A6F686365", "0x6D6F7266206F6C6C", "0x000078756E696C20"], "\(console.suffix(3000))")
+        #expect(console.contains("RTVISOR_CHECK_BEGIN ivshmem"), "\(console.suffix(3000))")
+        d.stop()
+    }
+}
