@@ -52,6 +52,9 @@ let package = Package(
         .target(name: "HostNetwork", dependencies: ["CLinux", "Posix"]),
         // PCI root bus (configuration mechanism #1, BAR window), MSI-X, and the virtio-pci transport.
         .target(name: "PCI", dependencies: ["Devices", "Virtio", "Memory"]),
+        // The ivshmem-compatible channel device (registers, doorbell decoding, MSI-X, BAR2): shared
+        // memory between VMs; KVM's side (memory slot, ioeventfds, irqfds) is the VMM's.
+        .target(name: "Ivshmem", dependencies: ["PCI"]),
         // VFIO passthrough: container/group/device handling behind a mockable kernel seam, host
         // checks (IOMMU groups, vfio-pci binding), and the passthrough PCI function.
         .target(name: "VFIO", dependencies: ["CKVM", "PCI", "Posix", .product(name: "SystemPackage", package: "swift-system")]),
@@ -83,7 +86,7 @@ let package = Package(
         ]),
         // Wires one VM: memory, vCPU threads, devices, lifecycle.
         .target(name: "VMM", dependencies: [
-            "CKVM", "KVM", "Memory", "Arch", "Boot", "Devices", "Config", "Posix", "Virtio", "VirtioBlock", "VirtioNet", "HostNetwork", "PCI", "Realtime", "VMMInterface", "Sandbox", "VFIO",
+            "CKVM", "KVM", "Memory", "Arch", "Boot", "Devices", "Config", "Posix", "Virtio", "VirtioBlock", "VirtioNet", "HostNetwork", "PCI", "Realtime", "VMMInterface", "Sandbox", "VFIO", "Ivshmem",
             .product(name: "Histogram", package: "hdrhistogram-swift"),
             .product(name: "Logging", package: "swift-log"),
             .product(name: "SystemPackage", package: "swift-system"),
@@ -163,6 +166,7 @@ let package = Package(
                                                    .product(name: "SystemPackage", package: "swift-system")]),
         .testTarget(name: "HostNetworkTests", dependencies: ["HostNetwork", "CLinux"]),
         .testTarget(name: "VFIOTests", dependencies: ["VFIO", "PCI", "CKVM", "TestSupport", .product(name: "SystemPackage", package: "swift-system")]),
+        .testTarget(name: "IvshmemTests", dependencies: ["Ivshmem", "PCI"]),
         .testTarget(name: "PCITests", dependencies: ["PCI", "Virtio", "Devices", "Memory", "Posix", "TestSupport"]),
         .testTarget(name: "KVMTests", dependencies: ["KVM", "Memory", "Arch"]),
         .testTarget(name: "SandboxTests", dependencies: ["Sandbox", "SandboxMode", "Config", "VMMInterface", "CSeccomp", "CSandbox", "CKVM", "TestSupport"]),

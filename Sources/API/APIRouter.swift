@@ -70,6 +70,7 @@ public protocol RequestHandling: Sendable {
 ///     GET  /v1/migrations/incoming      IncomingList
 ///     GET  /v1/migrations/incoming/{id} IncomingMigration
 ///     GET  /v1/events[?since=SEQ][&vm=NAME][&follow=1]   DaemonEvent lines (NDJSON); follow: streamed
+///     GET  /v1/channels                 ChannelList
 ///     GET  /v1/stats                    StatsList (every VM)
 ///     GET  /v1/vms/{name}/stats         VMStats
 ///     GET  /metrics                     Prometheus text exposition (APIRouter+Metrics.swift)
@@ -129,6 +130,9 @@ public struct APIRouter: RequestHandling {
         case 1 where rest[0] == "events":
             guard request.method == "GET" else { return Self.methodNotAllowed("GET") }
             return await events(query)
+        case 1 where rest[0] == "channels":
+            guard request.method == "GET" else { return Self.methodNotAllowed("GET") }
+            return await run { () async throws(ControlError) in try await control.channels() }
         case 1 where rest[0] == "snapshots":
             guard request.method == "GET" else { return Self.methodNotAllowed("GET") }
             let vm = query["vm"].flatMap { $0.isEmpty ? nil : $0 }

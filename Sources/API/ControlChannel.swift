@@ -32,6 +32,7 @@ public enum ControlCall: Codable, Sendable, Equatable {
     case incomingMigration(id: String)
     /// A long poll (`VMControl.events`): the front repeats it to follow the event stream.
     case events(after: UInt64?, vm: String?, waitSeconds: Int)
+    case channels
     /// `VMControl.stats`: one VM's statistics, or every VM's (name nil).
     case stats(name: String?)
     /// `VMControl.consoleTail`: what a running VM's guest printed last.
@@ -138,6 +139,7 @@ public enum ControlServer {
             case .incomingMigrations: return encoded(try await control.incomingMigrations())
             case let .incomingMigration(id): return encoded(try await control.incomingMigration(id))
             case let .events(after, vm, wait): return encoded(try await control.events(after: after, vm: vm, waitSeconds: wait))
+            case .channels: return encoded(try await control.channels())
             case let .stats(name): return encoded(try await control.stats(name))
             case let .consoleTail(name, lines): return encoded(try await control.consoleTail(name, lines: lines))
             }
@@ -249,6 +251,7 @@ public final class RemoteVMControl: VMControl, Sendable {
         try await call(.snapshot(name: name, options: options), as: SnapshotResult.self)
     }
     public func snapshots(vm: String?) async throws(ControlError) -> SnapshotList { try await call(.snapshots(vm: vm), as: SnapshotList.self) }
+    public func channels() async throws(ControlError) -> ChannelList { try await call(.channels, as: ChannelList.self) }
     public func restore(_ request: RestoreRequest) async throws(ControlError) -> RestoredVM { try await call(.restore(request), as: RestoredVM.self) }
     public func clone(_ name: String, _ request: CloneRequest) async throws(ControlError) -> CloneResult {
         try await call(.clone(name: name, request: request), as: CloneResult.self)

@@ -200,6 +200,11 @@ int cdaemon_seal_all(int fd)
 
 int cdaemon_get_seals(int fd) { return fcntl(fd, F_GET_SEALS); }
 
+int cdaemon_seal_size(int fd)
+{
+	return fcntl(fd, F_ADD_SEALS, F_SEAL_SHRINK | F_SEAL_GROW | F_SEAL_SEAL);
+}
+
 int cdaemon_set_sndbuf(int fd, int size) { return setsockopt(fd, SOL_SOCKET, SO_SNDBUF, &size, sizeof(size)); }
 
 int cdaemon_set_nonblock(int fd)

@@ -46,6 +46,8 @@ public struct VMDefinition: Equatable, Sendable {
     public var nets: [NetSettings]
     /// Host PCI functions given to this VM with VFIO (Passthrough.swift, docs/vfio.md).
     public var passthrough: [PassthroughSettings] = []
+    /// Shared-memory channels to other VMs (ivshmem devices; Channels.swift, docs/channels.md).
+    public var channels: [ChannelSettings] = []
     /// rtvisord's fields (autostart, restart policy, stop timeout); see DaemonSettings.swift.
     public var daemon: DaemonSettings = DaemonSettings()
     /// Dedicated host CPUs, SCHED_FIFO and locked memory; nil for an ordinary VM (Realtime.swift).
@@ -59,7 +61,7 @@ public struct VMDefinition: Equatable, Sendable {
     /// Slots 1–31 of PCI bus 0 (slot 0 is the host bridge).
     public static let maxPciDevices = 31
     public static let knownKeys: Set<String> = Set(["name", "vcpus", "memory_mib", "kernel", "initrd", "cmdline", "cpu",
-                                                     "disks", "nets", "realtime", "sandbox", "passthrough"])
+                                                     "disks", "nets", "realtime", "sandbox", "passthrough", "channels"])
         .union(DaemonSettings.keys)
     public static let cpuKeys: Set<String> = ["template", "disable_features"]
     /// Accepted and ignored: where an editor finds the definition's JSON Schema.
@@ -157,13 +159,15 @@ struct Validator {
         let disks = disks(o["disks"])
         let nets = nets(o["nets"], vmName: name)
         let passthrough = passthrough(o["passthrough"])
-        if disks.count + nets.count + passthrough.count > VMDefinition.maxPciDevices {
-            fail("$", "\(disks.count) disks, \(nets.count) nets and \(passthrough.count) passthrough devices exceed the \(VMDefinition.maxPciDevices) PCI slots")
+        let channels = channels(o["channels"])
+        if disks.count + nets.count + passthrough.count + channels.count > VMDefinition.maxPciDevices {
+            fail("$", "\(disks.count) disks, \(nets.count) nets, \(passthrough.count) passthrough devices and \(channels.count) channels exceed the \(VMDefinition.maxPciDevices) PCI slots")
         }
         var def = VMDefinition(name: name, vcpus: vcpus, memoryMiB: memory, kernel: kernel ?? "", initrd: initrd,
                                cmdline: cmdline, cpu: cpu, disks: disks, nets: nets)
         def.daemon = daemonSettings(o)
         def.passthrough = passthrough
+        def.channels = channels
         def.realtime = realtime(o["realtime"], vcpus: vcpus, memoryMiB: memory)
         def.sandbox = sandbox(o["sandbox"])
         return def

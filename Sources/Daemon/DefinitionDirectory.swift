@@ -68,7 +68,20 @@ public enum DefinitionDirectory {
                 scan.invalidFiles.insert(file)
             }
         }
+        refuseChannelConflicts(&scan)
         return scan
+    }
+
+    /// Two definitions claiming one peer id of a channel (or declaring it differently): the later
+    /// file is reported and skipped, as a second definition of one VM name is.
+    static func refuseChannelConflicts(_ scan: inout DirectoryScan) {
+        let loaded = scan.definitions.values.filter { !$0.definition.channels.isEmpty }.sorted { $0.file < $1.file }
+        let conflicts = ChannelClaims.conflicts(loaded.map { ChannelClaims.Claim(file: $0.file, vm: $0.name, channels: $0.definition.channels) })
+        for (index, issues) in conflicts.sorted(by: { $0.key < $1.key }) {
+            scan.problems.append(contentsOf: issues)
+            scan.invalidFiles.insert(loaded[index].file)
+            scan.definitions[loaded[index].name] = nil
+        }
     }
 
     public static func load(file: String, directory: String, checkFiles: Bool = true) -> Result<LoadedDefinition, DefinitionError> {

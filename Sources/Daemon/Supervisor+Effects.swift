@@ -114,16 +114,23 @@ extension Supervisor {
         // A socket file left by an earlier VMM of this VM must not answer for the new one.
         try? FileManager.default.removeItem(atPath: paths.controlSocket(name))
         // The VMM's notices (guest ready, partition applied) come on a socket pair: the VMM's
-        // end is passed after an incoming migration's stream, ours is read by `watch`.
+        // end is passed after an incoming migration's stream, ours is read by `watch`; the
+        // channels' descriptors follow (docs/channels.md).
         let notices = NoticeSocketPair()
         var passing = incoming.map { [$0.socket] } ?? []
         let noticeDescriptor = notices.map { p -> Int32 in passing.append(p.vmmEnd); return Int32(2 + passing.count) }
+        let channels: (fds: [Int32], attachments: [ChannelAttachment])
+        do { channels = try channelLaunch(name, definition, firstDescriptor: 3 + Int32(passing.count)) } catch {
+            notices?.closeBoth()
+            return .spawnFailed(reason: error.description)
+        }
         let pid: pid_t
         do {
-            pid = try Processes.spawnVMM(executable: paths.vmm, environment: environment, cgroup: cgroup, passing: passing) { joinItself in
+            pid = try Processes.spawnVMM(executable: paths.vmm, environment: environment, cgroup: cgroup, passing: passing + channels.fds) { joinItself in
                 var launch = paths.vmmLaunch(name, baseDirectory: r.loaded.directory, cgroup: joinItself ? cgroup : nil, latencyProbe: latencyProbe,
                                              realtime: definition.realtime != nil, restore: restore, incoming: incoming)
                 launch.noticeDescriptor = noticeDescriptor
+                launch.channels = channels.attachments
                 return launch.arguments
             }
         } catch {

@@ -25,6 +25,9 @@ extension Supervisor {
         guard old.definition.passthrough.isEmpty else {
             throw .conflict("VM \(name) has passthrough devices: their state lives in the host device, which cannot move (docs/migration.md)")
         }
+        guard old.definition.channels.isEmpty else {
+            throw .conflict("VM \(name) has shared-memory channels: the handover does not pass their descriptors yet; restart it to run the new binary (docs/channels.md)")
+        }
         let request = MigrationRequest(definitionJSON: try runningDefinition(name).json.bytes, handover: true)
         migrating.insert(name)
         defer { migrating.remove(name) }

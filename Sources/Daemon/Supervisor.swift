@@ -50,6 +50,8 @@ public actor Supervisor: VMControl {
     var migrationProgress: [String: MigrationStatus] = [:]
     /// Incoming migrations by id (`migrate-receive`), kept after they end so a caller can look.
     var incoming: [String: IncomingMigration] = [:]
+    /// Shared-memory channels' memory and doorbells, kept for the daemon's lifetime (docs/channels.md).
+    var channels = ChannelStore()
     var nextIncomingID = 1
     /// The recent lifecycle events (`GET /v1/events`), and the long polls waiting for the next.
     var eventLog = EventLog()

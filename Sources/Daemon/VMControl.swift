@@ -50,6 +50,8 @@ public protocol VMControl: Sendable {
     /// The lifecycle events after sequence number `after` (nil: from now on), of one VM or all; if
     /// there are none yet, waits up to `waitSeconds` (at most `EventLog.maxWaitSeconds`) for one.
     func events(after: UInt64?, vm: String?, waitSeconds: Int) async throws(ControlError) -> EventBatch
+    /// The shared-memory channels and their peers (docs/channels.md).
+    func channels() async throws(ControlError) -> ChannelList
     /// Statistics of one VM (a list of one) or of all, read now (`StatsCollector`).
     func stats(_ name: String?) async throws(ControlError) -> StatsList
     /// The last `lines` lines of a running VM's console (asked of its VMM).

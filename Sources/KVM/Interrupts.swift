@@ -80,22 +80,25 @@ extension VirtualMachine {
 
     /// A guest write of any value and size to `address` (MMIO) signals `eventfd` in the kernel,
     /// without an exit to this process.
-    public func registerIOEventFD(_ eventfd: FileDescriptor, address: UInt64, length: UInt32, pio: Bool = false) throws {
-        try ioeventfd(eventfd, address: address, length: length, pio: pio, deassign: false, "KVM_IOEVENTFD")
+    /// `datamatch`: only writes of exactly this value signal `eventfd` (others exit as usual), so
+    /// several eventfds can share one register (ivshmem's doorbell: one per peer and vector).
+    public func registerIOEventFD(_ eventfd: FileDescriptor, address: UInt64, length: UInt32, pio: Bool = false, datamatch: UInt64? = nil) throws {
+        try ioeventfd(eventfd, address: address, length: length, pio: pio, datamatch: datamatch, deassign: false, "KVM_IOEVENTFD")
     }
 
-    public func unregisterIOEventFD(_ eventfd: FileDescriptor, address: UInt64, length: UInt32, pio: Bool = false) throws {
-        try ioeventfd(eventfd, address: address, length: length, pio: pio, deassign: true, "KVM_IOEVENTFD(deassign)")
+    public func unregisterIOEventFD(_ eventfd: FileDescriptor, address: UInt64, length: UInt32, pio: Bool = false, datamatch: UInt64? = nil) throws {
+        try ioeventfd(eventfd, address: address, length: length, pio: pio, datamatch: datamatch, deassign: true, "KVM_IOEVENTFD(deassign)")
     }
 
     /// KVM_IOEVENTFD, the one ioctl behind the two calls above (`what` names it in errors).
-    private func ioeventfd(_ eventfd: FileDescriptor, address: UInt64, length: UInt32, pio: Bool, deassign: Bool, _ what: String) throws {
+    private func ioeventfd(_ eventfd: FileDescriptor, address: UInt64, length: UInt32, pio: Bool, datamatch: UInt64?, deassign: Bool, _ what: String) throws {
         var io = kvm_ioeventfd()
         io.addr = address
         io.len = length
         io.fd = eventfd.rawValue
-        // KVM_IOEVENTFD_FLAG_PIO (1 << kvm_ioeventfd_flag_nr_pio), KVM_IOEVENTFD_FLAG_DEASSIGN
-        io.flags = (pio ? 1 << 1 : 0) | (deassign ? 1 << 2 : 0)
+        io.datamatch = datamatch ?? 0
+        // KVM_IOEVENTFD_FLAG_DATAMATCH (1 << 0), _PIO (1 << 1), _DEASSIGN (1 << 2)
+        io.flags = (datamatch != nil ? 1 : 0) | (pio ? 1 << 1 : 0) | (deassign ? 1 << 2 : 0)
         try IOCtl.call(fd, CKVM_IOEVENTFD, what, &io)
     }
 }

@@ -14,6 +14,10 @@ public final class EventFD: Sendable {
         fd = FileDescriptor(rawValue: raw)
     }
 
+    /// An eventfd another process created and passed on (a channel's doorbell, by rtvisord);
+    /// closed with this object.
+    public init(adopting fd: FileDescriptor) { self.fd = fd }
+
     deinit { try? fd.close() }
 
     /// Adds 1. Never blocks in practice: the counter would have to reach 2^64-2.

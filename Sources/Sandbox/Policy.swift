@@ -138,8 +138,13 @@ public enum SeccompPolicy {
     ]
 
     /// `passthrough`: the VM has VFIO devices (their ioctls join the vcpu and vmm lists).
-    public static func rules(for kind: ThreadKind, pid: pid_t = getpid(), passthrough vfio: Bool = false) -> [SyscallRule] {
-        let extra = vfio ? passthrough(kind) : []
+    /// `sharedMemoryBars`: the VM has channels (docs/channels.md); a vCPU thread moves BAR2's
+    /// memory slot when the guest moves the BAR or turns memory decoding off and on.
+    public static func rules(for kind: ThreadKind, pid: pid_t = getpid(), passthrough vfio: Bool = false, sharedMemoryBars: Bool = false) -> [SyscallRule] {
+        var extra = vfio ? passthrough(kind) : []
+        if sharedMemoryBars && kind == .vcpu && !extra.contains(where: { $0.0 == CKVM_SET_USER_MEMORY_REGION }) {
+            extra.append((CKVM_SET_USER_MEMORY_REGION, "KVM_SET_USER_MEMORY_REGION"))
+        }
         var r = base(pid: pid)
         switch kind {
         case .vcpu:

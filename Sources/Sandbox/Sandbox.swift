@@ -31,7 +31,8 @@ public enum Sandbox {
 
     /// The SIGSYS report (stderr and the status file, opened now: a trapped thread may not
     /// open files), PosixThread's start hook, and no core dumps (guest memory stays private).
-    public static func prepare(mode: SeccompMode, vmName: String, statusFile: String?, passthrough: Bool = false) throws {
+    /// `sharedMemoryBars`: the VM has channel devices, whose BAR2 memory slot follows the guest.
+    public static func prepare(mode: SeccompMode, vmName: String, statusFile: String?, passthrough: Bool = false, sharedMemoryBars: Bool = false) throws {
         var target: String? = nil
         #if RTVISOR_TEST_HOOKS
         if let v = getenv("RTVISOR_TEST_FORBIDDEN_SYSCALL") { target = String(cString: v) }
@@ -39,7 +40,8 @@ public enum Sandbox {
         var programs: [ThreadKind: FilterProgram] = [:]
         if mode != .off {
             for kind in [ThreadKind.vcpu, .io, .vmm] {
-                programs[kind] = try FilterProgram.compile(SeccompPolicy.rules(for: kind, passthrough: passthrough), defaultAction: defaultAction(mode))
+                programs[kind] = try FilterProgram.compile(SeccompPolicy.rules(for: kind, passthrough: passthrough, sharedMemoryBars: sharedMemoryBars),
+                                                       defaultAction: defaultAction(mode))
             }
         }
         state.withLock { $0 = State(mode: mode, prepared: true, testTarget: target, programs: programs) }

@@ -30,6 +30,9 @@ extension Machine {
         guard passthrough.isEmpty else {
             throw MigrationError("VM \(definition.name) has passthrough devices: their state lives in the host device, which cannot move (docs/migration.md)")
         }
+        guard definition.channels.isEmpty else {
+            throw MigrationError("VM \(definition.name) has shared-memory channels: their memory and doorbells stay with the other peers on this host (docs/channels.md)")
+        }
         guard runState == .running else { throw MigrationError("VM \(definition.name) is paused: resume it first") }
         let channel = MigrationChannel(socket: socket)
         let started = monotonicNanoseconds()

@@ -52,6 +52,9 @@ extension Machine {
         guard passthrough.isEmpty else {
             throw SnapshotError("VM \(definition.name) has passthrough devices: their state lives in the host device, which cannot be saved (docs/snapshot.md)")
         }
+        guard definition.channels.isEmpty else {
+            throw SnapshotError("VM \(definition.name) has shared-memory channels: their memory belongs to the other peers too, which cannot be saved with it (docs/channels.md)")
+        }
         let wasPaused = runState == .paused
         let started = monotonicNanoseconds()
         try pause()
@@ -107,6 +110,7 @@ enum SnapshotReader {
         let dir = source.directory
         let statePath = SnapshotLayout.state(in: dir)
         guard def.passthrough.isEmpty else { throw VMMError.setup("snapshot \(dir): a VM with passthrough devices cannot be restored (docs/snapshot.md)") }
+        guard def.channels.isEmpty else { throw VMMError.setup("snapshot \(dir): a VM with shared-memory channels cannot be restored (docs/channels.md)") }
         let bytes: [UInt8]
         do {
             let fd = try openSnapshotFile(statePath, "snapshot state")

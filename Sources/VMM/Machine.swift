@@ -32,6 +32,8 @@ public struct RunOptions: Sendable {
     /// When the guest resets, leave a real-time VM's partition in place for the next VMM of the
     /// VM, which the caller starts (`--keep-realtime-partition-on-reset`, docs/realtime.md).
     public var keepRealtimePartitionOnReset: Bool
+    /// The shared-memory channels' memory and doorbells, as rtvisord passed them (docs/channels.md).
+    public var channels: [ChannelAttachment] = []
     /// rtvisord's notice socket (`--notice-fd`): guest ready, real-time partition applied.
     public var notices: VMMNoticeSender?
     public init(consoleInput: Bool = true, console: ConsoleOutput = ConsoleOutput(), notifyPath: NotifyPath = .exit, latencyFile: String? = nil,
@@ -163,6 +165,7 @@ public final class Machine: @unchecked Sendable {
         let notices = options.notices
         let devices = try MachinePhase.buildDevices(
             def, disks: files.disks, taps: handedOver?.taps, vm: vm, memory: memory, notifyPath: options.notifyPath, console: options.console,
+            channels: options.channels, channelBacking: backing,
             onRequest: { req in
                 switch req {
                 case .powerOff: stop.request(.powerOff)

@@ -134,11 +134,11 @@ enum MachinePhase {
     /// `onRequest` and the boot marker to `onMarker`, never to KVM.
     /// `taps`: open taps to use instead of opening the definition's (a same-host upgrade's).
     static func buildDevices(_ def: VMDefinition, disks: [BlockImage], taps: [Tap]?, vm: VirtualMachine, memory: GuestMemory, notifyPath: NotifyPath,
-                             console: ConsoleOutput, onRequest: @escaping @Sendable (GuestRequest) -> Void,
+                             console: ConsoleOutput, channels: [ChannelAttachment] = [], channelBacking: MemoryBacking = MemoryBacking(), onRequest: @escaping @Sendable (GuestRequest) -> Void,
                              onMarker: @escaping @Sendable () -> Void, logger: Logger) throws -> Devices {
         let offload: IOEventNotifier? = notifyPath == .ioeventfd ? try IOEventNotifier(vm: vm, logger: logger) : nil
         let pci = try PciDevices.build(definition: def, disks: disks, taps: taps, vm: vm, memory: memory, router: MsiRouter(vm: vm, logger: logger),
-                                       notifyOffload: offload, logger: logger)
+                                       notifyOffload: offload, channels: channels, channelBacking: channelBacking, logger: logger)
         let serial = Serial8250(interrupt: KVMInterruptLine(vm: vm, irq: GuestLayout.com1IRQ, logger: logger), output: { console.write($0) })
         let keyboard = I8042(irq: KVMInterruptLine(vm: vm, irq: GuestLayout.i8042IRQ, logger: logger), onRequest: onRequest)
         let cmos = CMOSClock()

@@ -58,3 +58,36 @@ struct KVMMsiSink: MsiVectorSink {
     func route(vector: Int, message: MsiMessage?) { router.setRoute(gsi: gsis[vector], message: message, device: device) }
     func fire(vector: Int) { eventfds[vector].signal() }
 }
+
+/// One MSI vector whose signals come from an eventfd something else writes (a VFIO device, a
+/// channel peer's doorbell): KVM_IRQFD on the vector's GSI while it is routed. Unrouted (masked,
+/// MSI-X off), the eventfd is detached: signals wait in its counter and arrive, as one interrupt,
+/// when it is attached again, which is how masking keeps them pending.
+final class IRQFDVector: Sendable {
+    let efd: EventFD
+    let gsi: UInt32
+    let router: MsiRouter
+    let device: String
+    private let attached = Mutex(false)
+
+    init(efd: EventFD, gsi: UInt32, router: MsiRouter, device: String) {
+        self.efd = efd; self.gsi = gsi; self.router = router; self.device = device
+    }
+
+    func route(_ message: MsiMessage?) {
+        attached.withLock { on in
+            do {
+                if let message {
+                    router.setRoute(gsi: gsi, message: message, device: device)
+                    // KVM injects at once if the eventfd was signalled while detached.
+                    if !on { try router.vm.registerIRQFD(efd.fd, gsi: gsi); on = true }
+                } else {
+                    if on { try router.vm.unregisterIRQFD(efd.fd, gsi: gsi); on = false }
+                    router.setRoute(gsi: gsi, message: nil, device: device)
+                }
+            } catch {
+                router.logger.error("\(device): vector on GSI \(gsi): \(error)")
+            }
+        }
+    }
+}

@@ -49,39 +49,10 @@ final class KVMPassthroughPlatform: PassthroughPlatform {
         slots.withLock { $0.free.append(slot) }
     }
 
-    final class Vector: PassthroughVector {
-        let efd: EventFD
-        let gsi: UInt32
-        let platform: KVMPassthroughPlatform
-        let device: String
-        private let attached = Mutex(false)
-        init(efd: EventFD, gsi: UInt32, platform: KVMPassthroughPlatform, device: String) {
-            self.efd = efd; self.gsi = gsi; self.platform = platform; self.device = device
-        }
-        var eventfd: Int32 { efd.fd.rawValue }
-
-        func route(_ message: MsiMessage?) {
-            attached.withLock { on in
-                do {
-                    if let message {
-                        platform.router.setRoute(gsi: gsi, message: message, device: device)
-                        // KVM injects at once if the eventfd was signalled while detached.
-                        if !on { try platform.vm.registerIRQFD(efd.fd, gsi: gsi); on = true }
-                    } else {
-                        if on { try platform.vm.unregisterIRQFD(efd.fd, gsi: gsi); on = false }
-                        platform.router.setRoute(gsi: gsi, message: nil, device: device)
-                    }
-                } catch {
-                    platform.logger.error("\(device): vector on GSI \(gsi): \(error)")
-                }
-            }
-        }
-    }
-
     func makeVectors(count: Int, device: String) throws -> [any PassthroughVector] {
         var out: [any PassthroughVector] = []
         for _ in 0..<count {
-            out.append(Vector(efd: try EventFD(), gsi: router.allocateGSI(), platform: self, device: device))
+            out.append(IRQFDVector(efd: try EventFD(), gsi: router.allocateGSI(), router: router, device: device))
         }
         return out
     }
@@ -92,4 +63,8 @@ final class KVMPassthroughPlatform: PassthroughPlatform {
         intxFDs.withLock { $0 += [trigger, resample] }
         return (trigger.fd.rawValue, resample.fd.rawValue)
     }
+}
+
+extension IRQFDVector: PassthroughVector {
+    var eventfd: Int32 { efd.fd.rawValue }
 }

@@ -9,6 +9,7 @@ import Virtio
 import VirtioBlock
 import VirtioNet
 import VFIO
+import VMMInterface
 
 /// Builds the PCI root bus with the definition's disks and NICs as virtio-pci devices.
 enum PciDevices {
@@ -27,7 +28,8 @@ enum PciDevices {
     /// `disks` are the definition's disks in order, opened by the guest files phase.
     /// `handedTaps`: taps opened by another VMM of this VM (a same-host upgrade), one per NIC.
     static func build(definition def: VMDefinition, disks: [BlockImage], taps handedTaps: [Tap]?, vm: VirtualMachine, memory: GuestMemory, router: MsiRouter,
-                      notifyOffload: (any NotifyOffload)?, logger: Logger) throws -> Built {
+                      notifyOffload: (any NotifyOffload)?, channels attachments: [ChannelAttachment] = [], channelBacking: MemoryBacking = MemoryBacking(),
+                      logger: Logger) throws -> Built {
         var devices: [any VirtioDevice] = []
         for (i, (disk, image)) in zip(def.disks, disks).enumerated() {
             devices.append(VirtioBlock(name: "blk\(i)", image: image, settings: BlockDeviceSettings(serial: disk.serial)))
@@ -71,7 +73,8 @@ enum PciDevices {
             interrupts.append((devices.count + i + 1, UInt8(GuestLayout.firstPCIInterruptPin + UInt32((devices.count + i) % 8))))
         }
         do {
-            let root = try PciRoot(devices: transports + passthrough, windowBase: GuestLayout.pciWindowBase, windowSize: GuestLayout.pciWindowSize)
+            let channels = try ChannelDevices.build(def, attachments: attachments, vm: vm, router: router, backing: channelBacking, logger: logger)
+            let root = try PciRoot(devices: transports + passthrough + channels, windowBase: GuestLayout.pciWindowBase, windowSize: GuestLayout.pciWindowSize)
             return Built(root: root, transports: transports, taps: taps, passthrough: passthrough, container: container, interrupts: interrupts)
         } catch {
             for d in passthrough { d.stop() }

@@ -74,6 +74,8 @@ public struct VMMLaunch: Codable, Equatable, Sendable {
     /// With `incoming`: the stream's hello and configuration were read by the caller (rtvisord),
     /// which saved the configuration (`MigrationConfig`, JSON) here; the definition is `definition`.
     public var incomingConfig: String?
+    /// The definition's shared-memory channels: their memory and doorbells (docs/channels.md).
+    public var channels: [ChannelAttachment] = []
     /// An inherited SOCK_SEQPACKET socket on which the VMM sends `VMMNotice`s (rtvisord's end
     /// reads them: guest ready, real-time partition applied).
     public var noticeDescriptor: Int32?
@@ -89,7 +91,7 @@ public struct VMMLaunch: Codable, Equatable, Sendable {
         case traceStartup = "trace-startup", traceOrigin = "trace-origin-ns"
         case keepRealtimePartitionOnReset = "keep-realtime-partition-on-reset"
         case restore, restoreMemory = "restore-memory", controlSocket = "control-socket", incoming
-        case incomingConfig = "incoming-config", noticeFD = "notice-fd"
+        case incomingConfig = "incoming-config", noticeFD = "notice-fd", channel
         public var long: String { "--" + rawValue }
     }
 
@@ -120,6 +122,7 @@ public struct VMMLaunch: Codable, Equatable, Sendable {
         option(.controlSocket, controlSocket)
         option(.incoming, incoming)
         option(.incomingConfig, incomingConfig)
+        for c in channels { option(.channel, c.encoded) }
         option(.noticeFD, noticeDescriptor.map(String.init))
         return a
     }
@@ -209,10 +212,15 @@ public struct VMMLaunchArguments: ParsableArguments {
     @Option(name: .customLong(VMMLaunch.Flag.incomingConfig.rawValue), help: "With --incoming and --config: the stream's hello and configuration were read by the caller, which saved the configuration (JSON) in this file.")
     public var incomingConfig: String?
 
+    @Option(name: .customLong(VMMLaunch.Flag.channel.rawValue), help: "A shared-memory channel of the definition (docs/channels.md): NAME,file=PATH (default /dev/shm/rtvisor-channel-NAME, no doorbells), or NAME,fd=N[,doorbells=M] with inherited descriptors (rtvisord).")
+    public var channel: [String] = []
     @Option(name: .customLong(VMMLaunch.Flag.noticeFD.rawValue), help: "An inherited socket (SOCK_SEQPACKET) to send notices on: guest ready, real-time partition applied (rtvisord's).")
     public var noticeFd: Int32?
 
     public mutating func validate() throws {
+        if let bad = channel.first(where: { ChannelAttachment(encoded: $0) == nil }) {
+            throw ValidationError("--channel \(bad): expected NAME,file=/ABSOLUTE/PATH or NAME,fd=N[,doorbells=M]")
+        }
         if incomingConfig != nil && (incoming == nil || config == nil) { throw ValidationError("--incoming-config needs --incoming and --config") }
         if config == nil && restore == nil && incoming == nil && realtimeJanitor == nil {
             throw ValidationError("--config is required (or --restore DIR, or --incoming ADDRESS)")
@@ -247,6 +255,7 @@ public struct VMMLaunchArguments: ParsableArguments {
         l.restore = restore
         l.restoreMemory = restoreMemory
         l.controlSocket = controlSocket
+        l.channels = channel.compactMap(ChannelAttachment.init(encoded:))
         l.noticeDescriptor = noticeFd
         return l
     }

@@ -97,7 +97,7 @@ struct RtvisorVMM: ParsableCommand {
         // Seccomp (docs/sandbox.md): the SIGSYS report and the filters' start hook, while this is
         // the only thread; each thread then installs its own filter before it does its work.
         do { try Sandbox.prepare(mode: definition.sandbox.seccomp, vmName: definition.name, statusFile: launch.statusFile,
-                                 passthrough: !definition.passthrough.isEmpty) } catch {
+                                 passthrough: !definition.passthrough.isEmpty, sharedMemoryBars: !definition.channels.isEmpty) } catch {
             fail("\(definition.name): \(error)")
         }
         trace.mark("seccomp prepare")
@@ -156,9 +156,11 @@ struct RtvisorVMM: ParsableCommand {
         do {
             var tap: (@Sendable (UInt8) -> Void)? = nil
             if let server { tap = { byte in server.tap(byte) } }
-            machine = try Machine(definition: definition,
-                                  options: RunOptions(consoleInput: launch.consoleInput, console: ConsoleOutput(fd: consoleFD, tap: tap), notifyPath: launch.notify, latencyFile: launch.latencyFile, trace: trace,
-                                                     keepRealtimePartitionOnReset: launch.keepRealtimePartitionOnReset, notices: notices),
+            var options = RunOptions(consoleInput: launch.consoleInput, console: ConsoleOutput(fd: consoleFD, tap: tap), notifyPath: launch.notify,
+                                     latencyFile: launch.latencyFile, trace: trace, keepRealtimePartitionOnReset: launch.keepRealtimePartitionOnReset,
+                                     notices: notices)
+            options.channels = launch.channels
+            machine = try Machine(definition: definition, options: options,
                                   logger: logger, processStartedAt: started,
                                   start: incoming != nil ? .incoming(incoming?.handedOver)
                                       : launch.restore.map { .snapshot(SnapshotSource(directory: absolutePath($0), memory: launch.restoreMemory)) } ?? .boot)

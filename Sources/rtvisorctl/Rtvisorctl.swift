@@ -26,7 +26,7 @@ struct Rtvisorctl: ParsableCommand {
         version: RtvisorRelease.version,
         subcommands: [Status.self, List.self, Inspect.self, Start.self, Stop.self, Reboot.self, Reset.self, Pause.self, Resume.self, RtCheck.self, Latency.self,
                       Validate.self, Edit.self, Logs.self, Reload.self, Console.self, Info.self, ShutdownGuests.self, StartGuests.self,
-                      Snapshot.self, Snapshots.self, Restore.self, Clone.self, Migrate.self, MigrateReceive.self, Upgrade.self, Events.self, Stats.self, Top.self])
+                      Snapshot.self, Snapshots.self, Restore.self, Clone.self, Migrate.self, MigrateReceive.self, Upgrade.self, Events.self, Stats.self, Top.self, Channels.self])
 }
 
 struct CommonOptions: ParsableArguments {

@@ -408,14 +408,15 @@ extension FakeControl {
                                    "/v1/vms/{name}/snapshot", "/v1/vms/{name}/clone", "/v1/snapshots", "/v1/snapshots/restore",
                                    "/v1/vms/{name}/migrate", "/v1/migrations/incoming", "/v1/migrations/incoming/{id}", "/v1/vms/{name}/upgrade",
                                    "/v1/vms/{name}/migration", "/v1/events",
-                                   "/v1/stats", "/v1/vms/{name}/stats", "/v1/vms/{name}/console"]
+                                   "/v1/stats", "/v1/vms/{name}/stats", "/v1/vms/{name}/console", "/v1/channels"]
         #expect(documented == routes)
         // And the router answers each of them (not 404).
         let router = APIRouter(control: FakeControl())
         for route in routes {
             let path = route.replacingOccurrences(of: "{name}", with: "web").replacingOccurrences(of: "{id}", with: "1")
             let method = ["/v1/daemon", "/v1/vms", "/v1/vms/web", "/v1/rt-check", "/v1/vms/web/rt-check", "/v1/vms/web/latency", "/v1/snapshots",
-                          "/v1/migrations/incoming/1", "/v1/vms/web/migration", "/v1/events", "/v1/stats", "/v1/vms/web/stats"].contains(path) ? "GET" : "POST"
+                          "/v1/migrations/incoming/1", "/v1/vms/web/migration", "/v1/events", "/v1/stats", "/v1/vms/web/stats",
+                          "/v1/channels", "/v1/vms/web/console"].contains(path) ? "GET" : "POST"
             let bodies = ["/v1/validate": "{\"definition\": \"{}\"}", "/v1/vms/web/clone": "{\"count\": 1}", "/v1/snapshots/restore": "{\"directory\": \"/s\", \"name\": \"new\"}",
                           "/v1/vms/web/migrate": "{\"address\": \"unix:/x\"}", "/v1/migrations/incoming": "{\"listen\": \"tcp:0.0.0.0:7010\"}"]
             let body = Array((bodies[path] ?? "").utf8)

@@ -28,6 +28,7 @@ import VMMInterface
         l.controlSocket = "/run/rtvisor/vms/web/control.sock"
         l.incoming = "unix:/run/rtvisor/incoming/web.sock"
         l.incomingConfig = "/run/rtvisor/incoming/web.json"
+        l.channels = [ChannelAttachment(name: "plc-hmi", memory: .descriptor(4), doorbells: 5), ChannelAttachment(name: "log", memory: .file("/dev/shm/log"))]
         l.noticeDescriptor = 4
         return l
     }
@@ -104,5 +105,31 @@ import VMMInterface
         #expect(RealtimeJanitorSpec(encoded: "rt0|x|1|80|") == nil)
         #expect(RealtimeJanitorSpec(encoded: "rt0|1|1,a|80|") == nil)
         #expect(RealtimeJanitorSpec(encoded: "rt0|1|1|80") == nil)
+    }
+}
+
+@Suite struct ChannelAttachmentTests {
+    @Test func encodedAndParsedBack() {
+        for a in [ChannelAttachment(name: "plc-hmi", memory: .descriptor(4), doorbells: 5),
+                  ChannelAttachment(name: "log", memory: .file("/dev/shm/log")),
+                  ChannelAttachment(name: "x", memory: .file("/dev/shm/x"), doorbells: 9)] {
+            #expect(ChannelAttachment(encoded: a.encoded) == a, "\(a.encoded)")
+        }
+        #expect(ChannelAttachment(name: "c", memory: .descriptor(4), doorbells: 5).encoded == "c,fd=4,doorbells=5")
+    }
+
+    @Test func doorbellsArePeerMajor() {
+        let a = ChannelAttachment(name: "c", memory: .descriptor(4), doorbells: 5)
+        #expect(a.doorbell(peer: 0, vector: 0, vectors: 2) == 5)
+        #expect(a.doorbell(peer: 3, vector: 1, vectors: 2) == Int32(12))  // 5 + 3 × 2 + 1
+        #expect(ChannelAttachment(name: "c", memory: .file("/f")).doorbell(peer: 0, vector: 0, vectors: 1) == nil)
+    }
+
+    @Test func malformedOnesAreRefused() throws {
+        for bad in ["c", ",fd=3", "c,fd=-1", "c,file=relative", "c,fd=3,fd=4", "c,fd=3,file=/x", "c,doorbells=5", "c,fd=3,colour=red"] {
+            #expect(ChannelAttachment(encoded: bad) == nil, "\(bad)")
+        }
+        #expect(throws: (any Error).self) { try VMMLaunch.parse(["--config", "/d.json", "--channel", "c,fd=x"]) }
+        #expect(try VMMLaunch.parse(["--config", "/d.json", "--channel", "c,fd=3,doorbells=4"]).channels == [ChannelAttachment(name: "c", memory: .descriptor(3), doorbells: 4)])
     }
 }

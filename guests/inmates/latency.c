@@ -264,17 +264,6 @@ static u64 pit_window(void)
 	return (t - t0) * CAL_TICKS / ticks;
 }
 
-static void sort_u64(u64 *v, int n)
-{
-	for (int i = 1; i < n; i++)
-		for (int j = i; j > 0 && v[j - 1] > v[j]; j--) {
-			u64 x = v[j];
-
-			v[j] = v[j - 1];
-			v[j - 1] = x;
-		}
-}
-
 /* Sets the library's tsc_khz (udelay, tsc_to_us); false if the PIT is unusable. */
 static bool calibrate_tsc(u32 *windows)
 {

@@ -7,6 +7,10 @@
  * and expects scripts/net-echo.py on the host side of the tap to answer each
  * one (ethertype 0x88B6, pattern bytes inverted).  net.mode=bench: transmit
  * as fast as possible, then receive a flood from net-echo.py --flood.
+ * net.mode=pingpong: two of these inmates on one bridge; net.role=pong
+ * answers every 60-byte ping frame, net.role=ping (default) times
+ * net.rounds= (10000) round trips and prints median/p99/max as the ivshmem
+ * inmate does (scripts/bench-channel.sh compares the two).
  * net.mode=reflect: answers net.frames echo test frames the way net-echo.py
  * does, so two guests on one host bridge exchange frames (one in echo mode,
  * optionally with net.peer=MAC for unicast, one in reflect mode).
@@ -40,6 +44,8 @@ const char inmate_name[] = "virtio-net";
 #define MAGIC_TXBENCH		"RTVT"	/* bench transmit frame (counted by the host) */
 #define MAGIC_FLOOD		"RTVF"	/* flood request (guest) / flood frame (host) */
 #define MAGIC_DONE		"RTVD"	/* end of flood (host), carries the sent count */
+#define MAGIC_PING		"RTVP"	/* ping-pong frame (guest <-> guest), carries the round */
+#define PP_SAMPLES		100000
 
 static u8 pool[2u << 20] __attribute__((aligned(4096)));
 
@@ -326,6 +332,80 @@ static void mode_echo(void)
 	printk("INMATE virtio-net OK: sent %lu received %lu\n", nframes, received);
 }
 
+/* Ping-pong: the newest ping (ETH_TEST) or pong (ETH_REPLY) frame's round in *round. */
+static bool pp_poll(u16 type, u32 *round)
+{
+	u64 cookie;
+	u32 len;
+	bool got = false;
+
+	while (vq_get_used(rxq, &cookie, &len)) {
+		const u8 *f = rxbuf + cookie * BUF_SIZE + NET_HDR_LEN;
+
+		if (len >= NET_HDR_LEN + 22 && (f[12] << 8 | f[13]) == type && !memcmp(f + 14, MAGIC_PING, 4)) {
+			*round = get32(f + 18);
+			got = true;
+		}
+		rx_post((u16)cookie);
+	}
+	vq_kick(rxq);
+	return got;
+}
+
+static void pp_send(u16 type, u32 round)
+{
+	u16 i = tx_get();
+	u8 *f = tx_frame(i);
+
+	memset(f, 0, MIN_FRAME);
+	eth_header(f, type);
+	memcpy(f + 14, MAGIC_PING, 4);
+	put32(f + 18, round);
+	tx_send(i, MIN_FRAME, false);
+}
+
+static u64 pp_samples[PP_SAMPLES];
+
+static void mode_pingpong(void)
+{
+	char role[8] = "ping";
+	u64 rounds = cmdline_get_u64("net.rounds", 10000), n;
+	u32 got;
+
+	cmdline_get("net.role", role, sizeof(role));
+	if (!strcmp(role, "pong")) {
+		printk("virtio-net: pong, answering pings\n");
+		for (;;) {
+			if (pp_poll(ETH_TEST, &got))
+				pp_send(ETH_REPLY, got);
+			tx_reclaim();
+			cpu_relax();
+		}
+	}
+	n = rounds < PP_SAMPLES ? rounds : PP_SAMPLES;
+	/* Round 0 is rung every 100 ms until answered: the pong may still be booting. */
+	for (u64 r = 0; r <= rounds; r++) {
+		u64 t0 = rdtsc(), limit = us_to_tsc(r ? timeout_us : 100000);
+
+		pp_send(ETH_TEST, (u32)r);
+		for (;;) {
+			if (pp_poll(ETH_REPLY, &got) && got == (u32)r)
+				break;
+			tx_reclaim();
+			if (rdtsc() - t0 > limit) {
+				if (r)
+					inmate_fail(EXIT_LOSS, "virtio-net: no pong for round %lu in %lu ms", r, timeout_us / 1000);
+				pp_send(ETH_TEST, 0);
+				t0 = rdtsc();
+			}
+			cpu_relax();
+		}
+		if (r && r - 1 < n)
+			pp_samples[r - 1] = rdtsc() - t0;
+	}
+	print_round_trips("virtio-net", rounds, pp_samples, n);
+}
+
 /* Answers echo test frames (from a guest in echo mode on the same bridge) as
  * scripts/net-echo.py does: to the sender, ethertype ETH_REPLY, every pattern
  * byte inverted, the checksum recomputed.  Ends after net.frames answers. */
@@ -515,8 +595,8 @@ void inmate_main(void)
 	bool calibrated;
 
 	cmdline_get("net.mode", mode, sizeof(mode));
-	if (strcmp(mode, "echo") && strcmp(mode, "bench") && strcmp(mode, "reflect"))
-		inmate_fail(EXIT_CONFIG, "unknown net.mode=%s (echo, bench, reflect)", mode);
+	if (strcmp(mode, "echo") && strcmp(mode, "bench") && strcmp(mode, "reflect") && strcmp(mode, "pingpong"))
+		inmate_fail(EXIT_CONFIG, "unknown net.mode=%s (echo, bench, reflect, pingpong)", mode);
 	if (cmdline_get("net.peer", peer_text, sizeof(peer_text)) && !parse_mac(peer_text, peer))
 		inmate_fail(EXIT_CONFIG, "net.peer=%s is not a MAC address like 02:00:00:aa:bb:02", peer_text);
 	timeout_us = cmdline_get_u64("net.timeout_ms", 5000) * 1000;
@@ -555,6 +635,8 @@ void inmate_main(void)
 
 	if (!strcmp(mode, "bench"))
 		mode_bench();
+	else if (!strcmp(mode, "pingpong"))
+		mode_pingpong();
 	else if (!strcmp(mode, "reflect"))
 		mode_reflect();
 	else

@@ -39,6 +39,8 @@ ssize_t cdaemon_send_fd(int fd, const char *path, int passed_fd);
 int cdaemon_memfd(const char *name);
 int cdaemon_seal_all(int fd);
 int cdaemon_get_seals(int fd);
+// A channel's shared memory (docs/channels.md): its size fixed for good, writes still allowed.
+int cdaemon_seal_size(int fd);
 
 // Sets SO_SNDBUF to `size` (best effort).
 int cdaemon_set_sndbuf(int fd, int size);

@@ -161,6 +161,12 @@ bool timer_init(void);				/* calibrate TSC with PIT channel 2 */
 void udelay(u64 us);
 static inline u64 tsc_to_us(u64 cycles) { return cycles * 1000 / tsc_khz; }
 
+/* ---- statistics (lib/stats.c) ------------------------------------------ */
+void sort_u64(u64 *a, u64 n);
+/* Sorts the n samples (TSC cycles) and prints "<who>: <rounds> round trips:
+ * median <ns> ns, p99 <ns> ns, max <ns> ns". */
+void print_round_trips(const char *who, u64 rounds, u64 *cycles, u64 n);
+
 /* ---- AP startup (lib/entry.S, lib/runtime.c) ---------------------------- */
 /* Set before sending SIPIs; each AP calls it on its own stack, in long mode. */
 extern void (*volatile ap_c_entry)(u32 slot);

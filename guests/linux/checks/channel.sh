@@ -5,9 +5,12 @@
 # peer's "echo: STRING" at 0x200.
 /bin/busybox mount -t sysfs sysfs /sys || return 2
 dev=
+set +f	# /init turns globbing off
 for d in /sys/bus/pci/devices/*; do
-	[ "$(cat "$d/vendor")" = 0x1af4 ] && [ "$(cat "$d/device")" = 0x1110 ] && dev=$d
+	read vendor < "$d/vendor"; read device < "$d/device"
+	[ "$vendor $device" = "0x1af4 0x1110" ] && dev=$d
 done
+set -f
 [ -n "$dev" ] || { echo "channel: no 1af4:1110 function"; return 2; }
 echo "1af4 1110" >/sys/bus/pci/drivers/uio_pci_generic/new_id || return 3
 echo "channel: $(basename "$dev") bound to $(basename "$(readlink "$dev/driver")")"

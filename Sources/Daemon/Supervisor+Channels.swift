@@ -1,0 +1,51 @@
+import APIModels
+import Config
+import Foundation
+import VMMInterface
+
+extension Supervisor {
+    /// The channel descriptors and attachments for starting VM `name` (docs/channels.md), or why
+    /// not: a running VM holds the same peer id of one of its channels (the definitions were
+    /// changed since it started).
+    func channelLaunch(_ name: String, _ def: VMDefinition, firstDescriptor: Int32) throws(ChannelRefusal) -> (fds: [Int32], attachments: [ChannelAttachment]) {
+        for channel in def.channels {
+            for (other, record) in records where other != name && record.pid != nil {
+                if record.current.channels.contains(where: { $0.name == channel.name && $0.peer == channel.peer }) {
+                    throw ChannelRefusal("peer \(channel.peer) of channel \"\(channel.name)\" is held by running VM \"\(other)\"")
+                }
+            }
+        }
+        return try channels.launch(def.channels, firstDescriptor: firstDescriptor)
+    }
+}
+
+extension Supervisor {
+    public func channels() async throws(ControlError) -> ChannelList {
+        var byName: [String: ChannelInfo] = [:]
+        for (vm, record) in records.sorted(by: { $0.key < $1.key }) {
+            for c in record.current.channels {
+                var info = byName[c.name] ?? ChannelInfo(name: c.name, sizeMiB: c.sizeMiB, vectors: c.vectors, allocated: false, peers: [])
+                info.peers.append(ChannelPeer(peer: c.peer, vm: vm, state: record.state, pid: record.pid))
+                byName[c.name] = info
+            }
+        }
+        // A held channel's size is the one its memory has, whatever the definitions say now.
+        for (name, held) in channels.channels {
+            var info = byName[name] ?? ChannelInfo(name: name, sizeMiB: held.sizeMiB, vectors: held.vectors, allocated: true, peers: [])
+            info.sizeMiB = held.sizeMiB
+            info.vectors = held.vectors
+            info.allocated = true
+            byName[name] = info
+        }
+        return ChannelList(channels: byName.values.sorted { $0.name < $1.name }.map { c in
+            var c = c
+            c.peers.sort { $0.peer < $1.peer }
+            return c
+        })
+    }
+}
+
+extension VMControl {
+    /// For conformers that have no channels to show (the API tests' fakes, the fuzzer's).
+    public func channels() async throws(ControlError) -> ChannelList { ChannelList(channels: []) }
+}
