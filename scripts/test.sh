@@ -53,6 +53,8 @@ if [ "$(id -u)" != 0 ]; then
 fi
 log "cross-checking the virtio inmates against QEMU's virtio-blk-pci/virtio-net-pci (TCG)"
 scripts/test-virtio-inmates-qemu.sh "${net_args[@]}" "$inmates" >&2
+log "cross-checking the ivshmem inmate against QEMU's ivshmem-plain and ivshmem-doorbell (TCG)"
+scripts/test-ivshmem-qemu.sh "$inmates" >&2
 log "VFIO against a real vfio-pci driver (QEMU q35 + intel-iommu + edu, TCG)"
 scripts/test-vfio.sh >&2
 
