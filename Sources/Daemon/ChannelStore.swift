@@ -45,6 +45,46 @@ final class HostChannel: Sendable {
         }
     }
 
+    /// A channel a running VMM holds, taken back after a daemon restart (`recover`).
+    init(recovered settings: ChannelSettings, memory: FileDescriptor, doorbells: [EventFD]) {
+        name = settings.name; sizeMiB = settings.sizeMiB; vectors = settings.vectors
+        self.memory = memory; self.doorbells = doorbells
+    }
+
+    /// The channel's descriptors as VMM `pid` inherited them (its `--channel` attachment), duplicated
+    /// into rtvisord with pidfd_getfd: a daemon restarted while peers run gets the very memory and
+    /// doorbells they use, so the next peer it starts joins them instead of a channel of its own.
+    static func recover(_ settings: ChannelSettings, from pid: pid_t, _ attachment: ChannelAttachment) throws(ChannelRefusal) -> HostChannel {
+        guard case let .descriptor(memoryFD) = attachment.memory, let first = attachment.doorbells else {
+            throw ChannelRefusal("channel \"\(settings.name)\": PID \(pid) has it without descriptors rtvisord gave")
+        }
+        let pidfd = cdaemon_pidfd_open(pid)
+        guard pidfd >= 0 else { throw ChannelRefusal("channel \"\(settings.name)\": pidfd_open(\(pid)): \(errnoMessage())") }
+        defer { close(pidfd) }
+        var taken: [Int32] = []
+        func take(_ fd: Int32) throws(ChannelRefusal) -> Int32 {
+            let got = cdaemon_pidfd_getfd(pidfd, fd)
+            guard got >= 0 else {
+                let reason = errnoMessage()
+                taken.forEach { close($0) }
+                throw ChannelRefusal("channel \"\(settings.name)\": descriptor \(fd) of PID \(pid): pidfd_getfd: \(reason)")
+            }
+            taken.append(got)
+            return got
+        }
+        let memory = try take(memoryFD)
+        var st = stat()
+        guard fstat(memory, &st) == 0, st.st_size == off_t(settings.sizeBytes) else {
+            taken.forEach { close($0) }
+            throw ChannelRefusal("channel \"\(settings.name)\": PID \(pid)'s memory is not \(settings.sizeMiB) MiB")
+        }
+        var doorbells: [EventFD] = []
+        for i in 0..<Int32(ChannelSettings.maxPeers * settings.vectors) {
+            doorbells.append(EventFD(adopting: FileDescriptor(rawValue: try take(first + i))))
+        }
+        return HostChannel(recovered: settings, memory: FileDescriptor(rawValue: memory), doorbells: doorbells)
+    }
+
     deinit { try? memory.close() }
 
     /// The memory, then every doorbell in order: what a VMM inherits for this channel.
@@ -68,6 +108,13 @@ struct ChannelStore {
         }
         return (fds, attachments)
     }
+
+    /// Keeps a channel taken back from a running VMM, unless one of that name is held already.
+    mutating func adopt(_ channel: HostChannel) {
+        if channels[channel.name] == nil { channels[channel.name] = channel }
+    }
+
+    func holds(_ name: String) -> Bool { channels[name] != nil }
 
     /// The channel, created on first use; one that exists must match (its memory is in use).
     mutating func open(_ s: ChannelSettings) throws(ChannelRefusal) -> HostChannel {

@@ -119,12 +119,17 @@ public enum Processes {
     /// Every rtvisor-vmm process with a VM launch on its command line, by pid: one pass over /proc.
     public static func vmms(procRoot: String = "/proc") -> [(pid: pid_t, launch: VMMLaunch)] {
         HostFiles.list(procRoot).compactMap { entry -> (pid: pid_t, launch: VMMLaunch)? in
-            guard let pid = pid_t(entry), let raw = HostFiles.read(procRoot + "/" + entry + "/cmdline") else { return nil }
-            let argv = raw.split(separator: "\0", omittingEmptySubsequences: false).map(String.init).dropLast(raw.hasSuffix("\0") ? 1 : 0)
-            guard let program = argv.first, program.hasSuffix("/rtvisor-vmm") || program == "rtvisor-vmm",
-                  let launch = try? VMMLaunch.parse(Array(argv.dropFirst())) else { return nil }
+            guard let pid = pid_t(entry), let launch = launch(of: pid, procRoot: procRoot) else { return nil }
             return (pid, launch)
         }.sorted { $0.pid < $1.pid }
+    }
+
+    /// How rtvisor-vmm `pid` was started (its command line), or nil for another program.
+    public static func launch(of pid: pid_t, procRoot: String = "/proc") -> VMMLaunch? {
+        guard let raw = HostFiles.read("\(procRoot)/\(pid)/cmdline") else { return nil }
+        let argv = raw.split(separator: "\0", omittingEmptySubsequences: false).map(String.init).dropLast(raw.hasSuffix("\0") ? 1 : 0)
+        guard let program = argv.first, program.hasSuffix("/rtvisor-vmm") || program == "rtvisor-vmm" else { return nil }
+        return try? VMMLaunch.parse(Array(argv.dropFirst()))
     }
 
     public static func isAlive(_ pid: pid_t, startTime: UInt64) -> Bool {

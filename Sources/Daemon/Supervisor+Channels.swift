@@ -20,6 +20,22 @@ extension Supervisor {
 }
 
 extension Supervisor {
+    /// After a daemon restart, for a re-adopted VMM: the channels it holds that rtvisord does not
+    /// yet, taken back from it (`HostChannel.recover`). A channel that cannot be is logged: the
+    /// running peers go on; a peer started later would get a channel of its own.
+    func recoverChannels(_ name: String, pid: pid_t, _ def: VMDefinition) {
+        guard !def.channels.isEmpty, let launch = Processes.launch(of: pid) else { return }
+        for settings in def.channels where !channels.holds(settings.name) {
+            guard let attachment = launch.channels.first(where: { $0.name == settings.name }) else { continue }
+            do {
+                channels.adopt(try HostChannel.recover(settings, from: pid, attachment))
+                logger.notice("VM \(name): channel \(settings.name) taken back from rtvisor-vmm PID \(pid) (its memory and doorbells)")
+            } catch {
+                logger.error("VM \(name): \(error); peers started from now on get a new channel of that name, not this one")
+            }
+        }
+    }
+
     public func channels() async throws(ControlError) -> ChannelList {
         var byName: [String: ChannelInfo] = [:]
         for (vm, record) in records.sorted(by: { $0.key < $1.key }) {

@@ -177,6 +177,7 @@ public actor Supervisor: VMControl {
             let found = AdoptedVMM(process: VMProcess(pid: st.pid, startTime: st.startTime, definition: running), startedAt: st.startedAt,
                                    restarts: st.restarts, cgroup: st.cgroup, frozen: alive && Processes.stateLetter(of: st.pid) == "T")
             if alive {
+                recoverChannels(name, pid: st.pid, running)
                 feed(name, .adopted(found))
                 if definitionGone { feed(name, .definitionRemoved) }
                 else if records[name]?.pending == true { reportPending(name) }

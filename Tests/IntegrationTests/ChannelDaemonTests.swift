@@ -82,6 +82,33 @@ struct ChannelDaemonTests {
     }
 }
 
+extension ChannelDaemonTests {
+    /// rtvisord restarts while both peers run: the new one takes the channel back from a running
+    /// VMM (pidfd_getfd), so a peer it starts later joins the same memory and doorbells.
+    @Test func aRestartedDaemonTakesTheChannelBackFromItsRunningPeers() throws {
+        let a = try Daemon(definitions: [
+            ("hmi", try Self.peer("hmi", peer: 1, cmdline: "ivshmem.role=pong",
+                                  extra: "\"restart\": {\"policy\": \"on-failure\", \"backoff_ms\": 200}")),
+            ("plc", try Self.peer("plc", peer: 0, cmdline: "ivshmem.role=ping ivshmem.rounds=100000000 ivshmem.stall_ok=1")),
+        ])
+        guard a.waitRunning(["hmi", "plc"]), let old = D.runningPID("hmi", env: a.env) else { Issue.record("\(a.log)"); return }
+        _ = Self.console(a, "plc", shows: "ivshmem: echo \"echo: hello from peer 0\" on vector 1", seconds: 60)
+        a.detach()
+
+        let b = try Daemon(definitions: [], reusing: a.dir)
+        defer { b.stop() }
+        guard b.waitRunning(["hmi", "plc"]) else { Issue.record("\(b.log)"); return }
+        #expect(b.log.contains("channel plc-hmi taken back from rtvisor-vmm PID"), "\(b.log)")
+        #expect(b.ctl(["channels"]).1.contains("yes"), "the channel's memory is held again")
+        // The ponger dies and this daemon restarts it: into the same memory, or the pinger would
+        // never hear from it again (and it would not count its second boot there).
+        kill(old, SIGKILL)
+        guard D.waitFor(30, "hmi restarted", { (D.runningPID("hmi", env: b.env) ?? old) != old }) else { Issue.record("\(b.log)"); return }
+        let resumed = Self.console(b, "plc", shows: "ivshmem: peer 1 answers again at round ", seconds: 60)
+        #expect(resumed.contains("(IVPosition 1, boot 2)"), "\(resumed)")
+    }
+}
+
 /// A hand-started rtvisor-vmm backs a channel with a file (`--channel NAME,file=PATH`): what the
 /// guest writes to BAR2 is in the file.
 @Suite(.enabled(if: Env.kvmAvailable, Env.noKVMReason))
