@@ -26,15 +26,6 @@
 
 int cdaemon_pidfd_open(pid_t pid) { return (int)syscall(SYS_pidfd_open, pid, 0); }
 
-#ifndef SYS_pidfd_getfd
-#define SYS_pidfd_getfd 438
-#endif
-int cdaemon_pidfd_getfd(int pidfd, int target_fd)
-{
-	int fd = (int)syscall(SYS_pidfd_getfd, pidfd, target_fd, 0);
-	return fd; /* close-on-exec, as pidfd_getfd(2) makes it */
-}
-
 /* The signals the daemon handles, reset to their default action in every child it starts. */
 static const int child_default_signals[] = { SIGHUP, SIGINT, SIGTERM, SIGCHLD, SIGUSR1, SIGUSR2, SIGPIPE };
 #define CHILD_DEFAULT_SIGNALS (sizeof(child_default_signals) / sizeof(child_default_signals[0]))

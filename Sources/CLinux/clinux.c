@@ -135,7 +135,8 @@ int clinux_ofd_unlock_all(int fd) {
 
 #include <sys/socket.h>
 
-#define CLINUX_MAX_PASSED_FDS 64
+/* SCM_MAX_FD: a channel passes its memory and up to 16 × 8 doorbells in one message. */
+#define CLINUX_MAX_PASSED_FDS 253
 
 long clinux_send_with_fds(int fd, const void *buf, unsigned long len, const int *fds, int nfds)
 {

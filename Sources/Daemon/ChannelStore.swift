@@ -51,38 +51,18 @@ final class HostChannel: Sendable {
         self.memory = memory; self.doorbells = doorbells
     }
 
-    /// The channel's descriptors as VMM `pid` inherited them (its `--channel` attachment), duplicated
-    /// into rtvisord with pidfd_getfd: a daemon restarted while peers run gets the very memory and
-    /// doorbells they use, so the next peer it starts joins them instead of a channel of its own.
-    static func recover(_ settings: ChannelSettings, from pid: pid_t, _ attachment: ChannelAttachment) throws(ChannelRefusal) -> HostChannel {
-        guard case let .descriptor(memoryFD) = attachment.memory, let first = attachment.doorbells else {
-            throw ChannelRefusal("channel \"\(settings.name)\": PID \(pid) has it without descriptors rtvisord gave")
-        }
-        let pidfd = cdaemon_pidfd_open(pid)
-        guard pidfd >= 0 else { throw ChannelRefusal("channel \"\(settings.name)\": pidfd_open(\(pid)): \(errnoMessage())") }
-        defer { close(pidfd) }
-        var taken: [Int32] = []
-        func take(_ fd: Int32) throws(ChannelRefusal) -> Int32 {
-            let got = cdaemon_pidfd_getfd(pidfd, fd)
-            guard got >= 0 else {
-                let reason = errnoMessage()
-                taken.forEach { close($0) }
-                throw ChannelRefusal("channel \"\(settings.name)\": descriptor \(fd) of PID \(pid): pidfd_getfd: \(reason)")
-            }
-            taken.append(got)
-            return got
-        }
-        let memory = try take(memoryFD)
+    /// The channel's descriptors as a running peer's VMM holds them (`VMMControlClient.channelDescriptors`:
+    /// the memory, then every doorbell), checked against the definition: a restarted rtvisord
+    /// gets the very memory and doorbells the peers use, so the next peer it starts joins them.
+    static func recover(_ settings: ChannelSettings, descriptors: [FileDescriptor]) throws(ChannelRefusal) -> HostChannel {
+        let expected = 1 + ChannelSettings.maxPeers * settings.vectors
         var st = stat()
-        guard fstat(memory, &st) == 0, st.st_size == off_t(settings.sizeBytes) else {
-            taken.forEach { close($0) }
-            throw ChannelRefusal("channel \"\(settings.name)\": PID \(pid)'s memory is not \(settings.sizeMiB) MiB")
+        guard descriptors.count == expected, fstat(descriptors[0].rawValue, &st) == 0, st.st_size == off_t(settings.sizeBytes) else {
+            for f in descriptors { try? f.close() }
+            throw ChannelRefusal("channel \"\(settings.name)\": the running peer's memory and doorbells are not \(settings.sizeMiB) MiB "
+                                 + "and \(expected - 1) eventfds (\(descriptors.count) descriptors)")
         }
-        var doorbells: [EventFD] = []
-        for i in 0..<Int32(ChannelSettings.maxPeers * settings.vectors) {
-            doorbells.append(EventFD(adopting: FileDescriptor(rawValue: try take(first + i))))
-        }
-        return HostChannel(recovered: settings, memory: FileDescriptor(rawValue: memory), doorbells: doorbells)
+        return HostChannel(recovered: settings, memory: descriptors[0], doorbells: descriptors.dropFirst().map { EventFD(adopting: $0) })
     }
 
     deinit { try? memory.close() }

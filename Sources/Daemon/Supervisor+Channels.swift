@@ -21,17 +21,28 @@ extension Supervisor {
 
 extension Supervisor {
     /// After a daemon restart, for a re-adopted VMM: the channels it holds that rtvisord does not
-    /// yet, taken back from it (`HostChannel.recover`). A channel that cannot be is logged: the
-    /// running peers go on; a peer started later would get a channel of its own.
+    /// yet, asked back from it over its control socket (the descriptors ride along, SCM_RIGHTS).
+    /// A channel that cannot be is logged: the running peers go on; a peer started later would
+    /// get a channel of its own.
     func recoverChannels(_ name: String, pid: pid_t, _ def: VMDefinition) {
-        guard !def.channels.isEmpty, let launch = Processes.launch(of: pid) else { return }
-        for settings in def.channels where !channels.holds(settings.name) {
-            guard let attachment = launch.channels.first(where: { $0.name == settings.name }) else { continue }
+        let missing = def.channels.filter { !channels.holds($0.name) }
+        guard !missing.isEmpty else { return }
+        let client: VMMControlClient
+        do { client = try VMMControlClient.connect(paths.controlSocket(name), timeoutSeconds: 2) } catch {
+            logger.error("VM \(name): its channels cannot be taken back: \(error); peers started from now on get new channels of those names")
+            return
+        }
+        for settings in missing {
             do {
-                channels.adopt(try HostChannel.recover(settings, from: pid, attachment))
+                guard let fds = try client.channelDescriptors(settings.name) else {
+                    throw ChannelRefusal("rtvisor-vmm PID \(pid) is older than control protocol 7 and cannot hand channel \"\(settings.name)\" back")
+                }
+                channels.adopt(try HostChannel.recover(settings, descriptors: fds))
                 logger.notice("VM \(name): channel \(settings.name) taken back from rtvisor-vmm PID \(pid) (its memory and doorbells)")
-            } catch {
+            } catch let error as ChannelRefusal {
                 logger.error("VM \(name): \(error); peers started from now on get a new channel of that name, not this one")
+            } catch {
+                logger.error("VM \(name): channel \(settings.name): \(error); peers started from now on get a new channel of that name, not this one")
             }
         }
     }

@@ -105,6 +105,21 @@ public struct VMMControlClient {
         }
     }
 
+    /// Channel `name`'s descriptors as the VMM holds them (memory, then doorbells), owned by the
+    /// caller; nil from a VMM older than version 7.
+    public func channelDescriptors(_ name: String) throws(ClientError) -> [FileDescriptor]? {
+        guard version >= VMMControl.Request.channelDescriptors(name: name).minimumVersion else { return nil }
+        let reply: VMMControl.Reply, files: [FileDescriptor]
+        do { (reply, files) = try connection.exchange(.channelDescriptors(name: name)) } catch { throw failure("channelDescriptors", error) }
+        switch reply {
+        case let .channelDescriptors(count) where count == files.count: return files
+        default:
+            for f in files { try? f.close() }
+            if case let .refused(reason) = reply { throw ClientError(description: "channelDescriptors refused: \(reason)") }
+            throw ClientError(description: "unexpected reply to channelDescriptors (\(files.count) descriptors): \(reply)")
+        }
+    }
+
     /// The last `maxBytes` of the console's backlog; nil from a VMM older than version 6.
     public func consoleTail(maxBytes: Int) throws(ClientError) -> [UInt8]? {
         guard version >= VMMControl.Request.consoleTail(maxBytes: 0).minimumVersion else { return nil }

@@ -20,7 +20,7 @@ public enum PassedFiles {
     /// each owned by the caller from here on.
     public static func receive(_ socket: FileDescriptor, maximum: Int = 65536) throws(Errno) -> (bytes: [UInt8], files: [FileDescriptor]) {
         var buffer = [UInt8](repeating: 0, count: maximum)
-        var fds = [Int32](repeating: -1, count: 64)
+        var fds = [Int32](repeating: -1, count: 253)  // SCM_MAX_FD, as the C side
         var count: Int32 = 0
         let n = buffer.withUnsafeMutableBytes { b in fds.withUnsafeMutableBufferPointer { f in
             clinux_recv_with_fds(socket.rawValue, b.baseAddress, UInt(b.count), f.baseAddress, Int32(f.count), &count)

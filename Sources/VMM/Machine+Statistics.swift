@@ -1,3 +1,4 @@
+import Config
 import VMMInterface
 import VirtioBlock
 import VirtioNet
@@ -23,5 +24,16 @@ extension Machine {
         }
         return VMMStatistics(vcpus: exitCounters.enumerated().map { .init(index: $0.offset, exits: $0.element.snapshot) },
                              disks: disks, nics: nics)
+    }
+}
+
+extension Machine {
+    /// The descriptors rtvisord passed for channel `name`, still open at the numbers its
+    /// `--channel` gave (the memory mapping and the doorbells' eventfds keep them): the memory,
+    /// then every peer's doorbells. nil for a channel without them (file-backed, no doorbells).
+    public func channelDescriptors(_ name: String) -> [Int32]? {
+        guard let attachment = options.channels.first(where: { $0.name == name }), case let .descriptor(memory) = attachment.memory,
+              let first = attachment.doorbells, let channel = definition.channels.first(where: { $0.name == name }) else { return nil }
+        return [memory] + (0..<Int32(ChannelSettings.maxPeers * channel.vectors)).map { first + $0 }
     }
 }

@@ -12,7 +12,7 @@ import Foundation
 public enum VMMControl {
     /// The versions this build speaks, oldest first. A change that an older peer would
     /// misunderstand adds a version; a request a version lacks is refused by `Request.minimumVersion`.
-    public static let versions: ClosedRange<Int> = 1...6
+    public static let versions: ClosedRange<Int> = 1...7
 
     /// The highest version in both ranges, or nil: no common version.
     public static func negotiate(_ ours: ClosedRange<Int>, _ theirs: ClosedRange<Int>) -> Int? {
@@ -41,6 +41,10 @@ public enum VMMControl {
         /// The end of the console's backlog, at most `maxBytes` (`Reply.consoleTail`): what the
         /// guest printed last, for the dashboard; the console's clients are not disturbed.
         case consoleTail(maxBytes: Int)
+        /// The descriptors rtvisord passed for channel `name` (its memory, then every doorbell),
+        /// passed back with `Reply.channelDescriptors`: a restarted rtvisord takes the channel
+        /// back from a running peer instead of making another.
+        case channelDescriptors(name: String)
 
         /// The first version that has this request.
         public var minimumVersion: Int {
@@ -50,6 +54,7 @@ public enum VMMControl {
             case .migrate: 3
             case .statistics: 5
             case .consoleTail: 6
+            case .channelDescriptors: 7
             }
         }
 
@@ -79,6 +84,8 @@ public enum VMMControl {
         case statistics(VMMStatistics)
         /// The answer to `consoleTail` (version 6): raw console bytes, oldest first.
         case consoleTail([UInt8])
+        /// The answer to `channelDescriptors` (version 7): `count` descriptors ride along.
+        case channelDescriptors(count: Int)
 
         /// An interim reply: more replies to the same request follow.
         public var isInterim: Bool { if case .migrationProgress = self { true } else { false } }

@@ -47,6 +47,14 @@ public final class VMMControlConnection {
     /// `progress` gets the interim replies of a long request (`Reply.isInterim`, control protocol 4).
     public func call(_ request: VMMControl.Request, files passing: [FileDescriptor] = [],
                      progress: ((VMMControl.Reply) -> Void)? = nil) throws -> VMMControl.Reply {
+        let (reply, received) = try exchange(request, files: passing, progress: progress)
+        for f in received { try? f.close() }
+        return reply
+    }
+
+    /// `call`, keeping the descriptors that came with the reply (the caller closes them).
+    public func exchange(_ request: VMMControl.Request, files passing: [FileDescriptor] = [],
+                         progress: ((VMMControl.Reply) -> Void)? = nil) throws -> (VMMControl.Reply, [FileDescriptor]) {
         guard passing.count == request.passedFiles else {
             throw ControlFrame.ProtocolError(description: "\(request) passes \(request.passedFiles) files, \(passing.count) given")
         }
@@ -54,12 +62,15 @@ public final class VMMControlConnection {
         nextID += 1
         try PassedFiles.send(socket, try VMMControl.frame(request, id: id), files: passing)
         while true {
-            guard let (body, stray) = try receiveFrame() else { throw ControlFrame.ProtocolError(description: "the VMM closed the control socket") }
-            for f in stray { try? f.close() }
+            guard let (body, received) = try receiveFrame() else { throw ControlFrame.ProtocolError(description: "the VMM closed the control socket") }
             let (replyID, reply) = try VMMControl.reply(from: body)
-            guard replyID == id else { throw ControlFrame.ProtocolError(description: "reply \(replyID) to request \(id)") }
-            guard reply.isInterim else { return reply }
-            progress?(reply)
+            guard replyID == id, !reply.isInterim else {
+                for f in received { try? f.close() }
+                guard replyID == id else { throw ControlFrame.ProtocolError(description: "reply \(replyID) to request \(id)") }
+                progress?(reply)
+                continue
+            }
+            return (reply, received)
         }
     }
 
@@ -75,7 +86,7 @@ public final class VMMControlConnection {
 
     // MARK: server
 
-    public func reply(_ reply: VMMControl.Reply, to id: UInt64) throws {
-        try PassedFiles.send(socket, try VMMControl.frame(reply, id: id))
+    public func reply(_ reply: VMMControl.Reply, to id: UInt64, passing: [FileDescriptor] = []) throws {
+        try PassedFiles.send(socket, try VMMControl.frame(reply, id: id), files: passing)
     }
 }

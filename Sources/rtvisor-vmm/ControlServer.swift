@@ -80,14 +80,15 @@ final class ControlServer: @unchecked Sendable {
                 logger.warning("control socket: \(error)")
                 return
             }
-            let reply = answer(request, id: id, files: files, version: &version, connection, machine)
+            var passing: [FileDescriptor] = []
+            let reply = answer(request, id: id, files: files, version: &version, connection, machine, passing: &passing)
             switch (request, reply) {
             case (.pause, .runState(.paused)): pausedHere = true
             case (.resume, _): pausedHere = false
             case let (.snapshot(s), .snapshotSaved) where s.then == .stayPaused: pausedHere = true
             default: break
             }
-            let sent = (try? connection.reply(reply, to: id)) != nil
+            let sent = (try? connection.reply(reply, to: id, passing: passing)) != nil
             // A VM saved to be stopped ends once its peer has the answer (or is gone).
             if case let .snapshot(s) = request, s.then == .stop, case .snapshotSaved = reply { machine.stopAfterSnapshot() }
             if case .migrate = request, case .migrated = reply { machine.stopAfterMigration() }
@@ -96,7 +97,7 @@ final class ControlServer: @unchecked Sendable {
     }
 
     private func answer(_ request: VMMControl.Request, id: UInt64, files: [FileDescriptor], version: inout Int?,
-                        _ connection: VMMControlConnection, _ machine: Machine) -> VMMControl.Reply {
+                        _ connection: VMMControlConnection, _ machine: Machine, passing: inout [FileDescriptor]) -> VMMControl.Reply {
         if case let .hello(low, high) = request {
             let reply = VMMControl.answerHello(minVersion: low, maxVersion: high, vmmVersion: RtvisorRelease.version)
             if case let .hello(v, _) = reply { version = v }
@@ -118,6 +119,11 @@ final class ControlServer: @unchecked Sendable {
             return .runState(machine.runState)
         case .statistics:
             return .statistics(machine.statistics())
+        case let .channelDescriptors(name):
+            // Sent as they are (SCM_RIGHTS duplicates them): this VMM keeps its own.
+            guard let fds = machine.channelDescriptors(name) else { return .refused("this VM has no channel \"\(name)\" with descriptors rtvisord passed") }
+            passing = fds.map { FileDescriptor(rawValue: $0) }
+            return .channelDescriptors(count: fds.count)
         case let .consoleTail(maxBytes):
             guard let consoleBacklog else { return .refused("this VMM keeps no console backlog (no --console-socket)") }
             return .consoleTail(Array(consoleBacklog().suffix(max(0, min(maxBytes, 65536)))))

@@ -22,7 +22,7 @@ import VMMInterface
         #expect(VMMControl.answerHello(minVersion: 2, maxVersion: 1, vmmVersion: "x") == .refused("hello: empty version range 2…1"))
     }
 
-    @Test(arguments: [VMMControl.Request.hello(minVersion: 1, maxVersion: 1), .describe, .statistics, .consoleTail(maxBytes: 4096)])
+    @Test(arguments: [VMMControl.Request.hello(minVersion: 1, maxVersion: 1), .describe, .statistics, .consoleTail(maxBytes: 4096), .channelDescriptors(name: "plc-hmi")])
     func requestsRoundTripThroughFrames(_ request: VMMControl.Request) throws {
         let frame = try VMMControl.frame(request, id: 7)
         let body = Array(frame[4...])
@@ -50,7 +50,8 @@ import VMMInterface
     /// Statistics came with version 5: a version-4 VMM (one that outlived a daemon upgrade) is
     /// still spoken to, and is not asked for them.
     @Test func statisticsNeedVersion5AndAVersion4VMMStillTalks() {
-        #expect(VMMControl.versions.upperBound == 6)
+        #expect(VMMControl.versions.upperBound == 7)
+        #expect(VMMControl.Request.channelDescriptors(name: "c").minimumVersion == 7)
         #expect(VMMControl.Request.statistics.minimumVersion == 5)
         #expect(VMMControl.Request.consoleTail(maxBytes: 1).minimumVersion == 6)
         #expect(VMMControl.negotiate(VMMControl.versions, 1...4) == 4)

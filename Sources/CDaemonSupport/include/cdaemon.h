@@ -9,9 +9,6 @@
 // pidfd_open(2): a file descriptor that becomes readable when the process exits; works for
 // processes that are not our children (VMMs re-adopted after a daemon restart). -1/errno on error.
 int cdaemon_pidfd_open(pid_t pid);
-// pidfd_getfd(2) (Linux 5.6): a duplicate of descriptor `target_fd` of the process behind `pidfd`
-// (ptrace access: root over its own VMMs), close-on-exec.
-int cdaemon_pidfd_getfd(int pidfd, int target_fd);
 
 // posix_spawn with argv/envp arrays (no shell), in a new session, with an empty signal mask
 // and default dispositions for the signals the daemon handles. stdin is /dev/null; stdout and
