@@ -20,6 +20,22 @@ struct ChannelDaemonTests {
                            + (extra.isEmpty ? "" : ", " + extra))
     }
 
+    /// A pinger (plc, peer 0) that goes on through silences, and a ponger (hmi, peer 1) that
+    /// rtvisord restarts when it dies.
+    static func pingerAndRestartingPonger() throws -> [(name: String, json: String)] {
+        [("hmi", try peer("hmi", peer: 1, cmdline: "ivshmem.role=pong", extra: "\"restart\": {\"policy\": \"on-failure\", \"backoff_ms\": 200}")),
+         ("plc", try peer("plc", peer: 0, cmdline: "ivshmem.role=ping ivshmem.rounds=100000000 ivshmem.stall_ok=1"))]
+    }
+
+    /// After ponger `old` was killed: rtvisord starts a new one, and the pinger hears from it in
+    /// the same memory (its second boot counted there, its IVPosition unchanged).
+    static func exchangeResumes(_ d: Daemon, afterRestartOf old: Int32) -> Bool {
+        guard D.waitFor(30, "hmi restarted", { (D.runningPID("hmi", env: d.env) ?? old) != old }) else { Issue.record("\(d.log)"); return false }
+        let resumed = console(d, "plc", shows: "ivshmem: peer 1 answers again at round ", seconds: 60)
+        #expect(resumed.contains("(IVPosition 1, boot 2)"), "\(resumed)")
+        return true
+    }
+
     /// Waits until the VM's console shows `text`; returns the console.
     static func console(_ d: Daemon, _ vm: String, shows text: String, seconds: Double) -> String {
         var last = ""
@@ -62,19 +78,13 @@ struct ChannelDaemonTests {
     }
 
     @Test func aPeerKilledAndRestartedReattachesAndTheExchangeResumes() throws {
-        let d = try Daemon(definitions: [
-            ("hmi", try Self.peer("hmi", peer: 1, cmdline: "ivshmem.role=pong",
-                                  extra: "\"restart\": {\"policy\": \"on-failure\", \"backoff_ms\": 200}")),
-            ("plc", try Self.peer("plc", peer: 0, cmdline: "ivshmem.role=ping ivshmem.rounds=100000000 ivshmem.stall_ok=1")),
-        ])
+        let d = try Daemon(definitions: try Self.pingerAndRestartingPonger())
         guard d.waitRunning(["hmi", "plc"]), let old = D.runningPID("hmi", env: d.env) else { Issue.record("\(d.log)"); return }
         _ = Self.console(d, "plc", shows: "ivshmem: echo \"echo: hello from peer 0\" on vector 1", seconds: 60)
         kill(old, SIGKILL)
         let stalled = Self.console(d, "plc", shows: "ivshmem: peer 1 silent at round ", seconds: 30)
         #expect(stalled.contains("silent"), "\(stalled)")
-        guard D.waitFor(30, "hmi restarted", { (D.runningPID("hmi", env: d.env) ?? old) != old }) else { Issue.record("\(d.log)"); return }
-        let resumed = Self.console(d, "plc", shows: "ivshmem: peer 1 answers again at round ", seconds: 60)
-        #expect(resumed.contains("(IVPosition 1, boot 2)"), "\(resumed)")
+        guard Self.exchangeResumes(d, afterRestartOf: old) else { return }
         let hmi = d.console("hmi")
         #expect(hmi.contains("ivshmem: IVPosition 1, BAR2 "), "\(hmi)")
         #expect(D.runningPID("plc", env: d.env) != nil, "the pinger lives on: \(d.log)")
@@ -84,13 +94,9 @@ struct ChannelDaemonTests {
 
 extension ChannelDaemonTests {
     /// rtvisord restarts while both peers run: the new one takes the channel back from a running
-    /// VMM (pidfd_getfd), so a peer it starts later joins the same memory and doorbells.
+    /// VMM (over its control socket), so a peer it starts later joins the same memory and doorbells.
     @Test func aRestartedDaemonTakesTheChannelBackFromItsRunningPeers() throws {
-        let a = try Daemon(definitions: [
-            ("hmi", try Self.peer("hmi", peer: 1, cmdline: "ivshmem.role=pong",
-                                  extra: "\"restart\": {\"policy\": \"on-failure\", \"backoff_ms\": 200}")),
-            ("plc", try Self.peer("plc", peer: 0, cmdline: "ivshmem.role=ping ivshmem.rounds=100000000 ivshmem.stall_ok=1")),
-        ])
+        let a = try Daemon(definitions: try Self.pingerAndRestartingPonger())
         guard a.waitRunning(["hmi", "plc"]), let old = D.runningPID("hmi", env: a.env) else { Issue.record("\(a.log)"); return }
         _ = Self.console(a, "plc", shows: "ivshmem: echo \"echo: hello from peer 0\" on vector 1", seconds: 60)
         a.detach()
@@ -103,9 +109,7 @@ extension ChannelDaemonTests {
         // The ponger dies and this daemon restarts it: into the same memory, or the pinger would
         // never hear from it again (and it would not count its second boot there).
         kill(old, SIGKILL)
-        guard D.waitFor(30, "hmi restarted", { (D.runningPID("hmi", env: b.env) ?? old) != old }) else { Issue.record("\(b.log)"); return }
-        let resumed = Self.console(b, "plc", shows: "ivshmem: peer 1 answers again at round ", seconds: 60)
-        #expect(resumed.contains("(IVPosition 1, boot 2)"), "\(resumed)")
+        _ = Self.exchangeResumes(b, afterRestartOf: old)
     }
 }
 
