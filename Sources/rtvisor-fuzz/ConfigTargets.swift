@@ -178,7 +178,13 @@ func fuzzAPI(_ input: UnsafeRawBufferPointer) -> String {
     done.wait()
     let r = box.response!
     precondition([200, 400, 404, 405, 409, 500].contains(r.status), "status \(r.status)")
-    if r.headers.contains(where: { $0 == ("Content-Type", "application/x-ndjson") }) {
+    if r.headers.contains(where: { $0.0 == "Content-Type" && $0.1.hasPrefix("text/plain") }) {
+        // GET /metrics: Prometheus' text format, each line a comment or `name[{labels}] value`.
+        for line in r.text.split(separator: "\n") {
+            let name = line.prefix { $0.isLetter || $0.isNumber || $0 == "_" || $0 == ":" }
+            precondition(line.hasPrefix("# ") || (!name.isEmpty && line.contains(" ")), "not an exposition line: \(line)")
+        }
+    } else if r.headers.contains(where: { $0 == ("Content-Type", "application/x-ndjson") }) {
         // GET /v1/events: one JSON object per line (none is fine).
         for line in r.body.split(separator: 0x0A) {
             precondition((try? JSONSerialization.jsonObject(with: Data(line))) != nil, "an event line is not JSON: \(r.text)")
